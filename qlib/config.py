@@ -1,0 +1,89 @@
+"""What to quantize in a BERT, and how: one ``LayerQuant`` per Linear, one ``QuantSpec`` for the embeddings.
+
+Layer names are module paths inside the ``BertModel`` (``encoder.layer.3``, ``encoder.layer.3.attention``,
+``encoder.layer.3.output.dense``, ``pooler``); an override applies to every Linear under its path and the
+longest matching path wins.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping
+
+from qlib.observers import OBSERVERS, Q8BERT_EMA_DECAY
+from qlib.quantizers import QuantSpec
+
+
+@dataclass(frozen=True)
+class LayerQuant:
+    """Quantization of one Linear: its weight grid, its input grid (per tensor) and the input's range observer.
+
+    ``weight=None`` or ``activation=None`` leaves that tensor in float. ``observer`` is ``"ema"`` (QAT, Q8BERT),
+    ``"dynamic"`` (per batch at inference, the DQ baseline) or ``"minmax"`` (post-training calibration).
+    """
+
+    weight: QuantSpec | None = field(default_factory=QuantSpec)
+    activation: QuantSpec | None = field(default_factory=QuantSpec)
+    observer: str = "ema"
+    ema_decay: float = Q8BERT_EMA_DECAY
+
+    def __post_init__(self) -> None:
+        if self.activation is not None and self.activation.granularity != "tensor":
+            raise ValueError(
+                f"activations are quantized per tensor; got granularity={self.activation.granularity!r}"
+            )
+        if self.activation is not None and self.activation.percentile is not None:
+            raise ValueError("activation ranges come from the observer; percentile clipping is for weights only")
+        if self.observer not in OBSERVERS:
+            raise ValueError(f"observer must be one of {sorted(OBSERVERS)}, got {self.observer!r}")
+
+
+@dataclass(frozen=True)
+class BertQuantConfig:
+    """Quantization of a whole BERT: a default for every encoder/pooler Linear, per-layer overrides,
+    the embedding tables' weight spec, and the task head (``None``: stays in float, as in Q8BERT)."""
+
+    default: LayerQuant = field(default_factory=LayerQuant)
+    embeddings: QuantSpec | None = field(default_factory=QuantSpec)
+    layers: Mapping[str, LayerQuant] = field(default_factory=dict)
+    head: LayerQuant | None = None
+
+    def layer_for(self, name: str) -> LayerQuant:
+        """The LayerQuant of the Linear at module path ``name``: the longest matching override, else the default."""
+        matches = [key for key in self.layers if name == key or name.startswith(key + ".")]
+        return self.layers[max(matches, key=len)] if matches else self.default
+
+
+def q8bert_config(bits: int = 8, ema_decay: float = Q8BERT_EMA_DECAY) -> BertQuantConfig:
+    """Q8BERT QAT: symmetric per-tensor weights and inputs of every Linear, EMA input ranges, quantized embeddings."""
+    spec = QuantSpec(bits, "symmetric")
+    return BertQuantConfig(default=LayerQuant(spec, spec, "ema", ema_decay), embeddings=spec)
+
+
+def dynamic_config(bits: int = 8) -> BertQuantConfig:
+    """Q8BERT's DQ baseline: the same grids as QAT, applied after FP32 training, input ranges taken per batch."""
+    spec = QuantSpec(bits, "symmetric")
+    return BertQuantConfig(default=LayerQuant(spec, spec, "dynamic"), embeddings=spec)
+
+
+def qbert_config(
+    weight_bits: int,
+    embedding_bits: int = 8,
+    activation_bits: int = 8,
+    groups: int | None = None,
+    layer_bits: Mapping[str, int] | None = None,
+    percentile: float | None = None,
+) -> BertQuantConfig:
+    """Q-BERT: asymmetric clamp quantizer on weights (group-wise when ``groups`` is set), 8-bit EMA inputs,
+    the embedding's bits on their own, and ``layer_bits`` (e.g. ``{"encoder.layer.0": 3}``) for mixed precision."""
+
+    def layer(bits: int) -> LayerQuant:
+        granularity = "group" if groups is not None else "tensor"
+        weight = QuantSpec(bits, "asymmetric", granularity, groups, percentile)
+        return LayerQuant(weight, QuantSpec(activation_bits, "asymmetric"), "ema")
+
+    return BertQuantConfig(
+        default=layer(weight_bits),
+        embeddings=QuantSpec(embedding_bits, "asymmetric", percentile=percentile),
+        layers={name: layer(bits) for name, bits in (layer_bits or {}).items()},
+    )

@@ -1,0 +1,16 @@
+"""Published numbers, for the "paper" rows beside our measurements (never our own results).
+
+Q8BERT (Zafrir et al. 2019, arXiv 1910.06188), Table 1: BERT-base, mean of 5 runs, dev sets, FP32 baseline
+and 8-bit QAT, as published in the authors' library documentation (nlp-architect). Metrics: CoLA MCC,
+SST-2 and RTE accuracy, in percent.
+"""
+
+Q8BERT_TABLE1 = {
+    "cola": {"metric": "mcc", "fp32": 58.48, "qat": 58.48},
+    "mrpc": {"metric": "f1", "fp32": 90.00, "qat": 89.56},
+    "qnli": {"metric": "accuracy", "fp32": 90.30, "qat": 90.62},
+    "qqp": {"metric": "f1", "fp32": 87.84, "qat": 87.96},
+    "rte": {"metric": "accuracy", "fp32": 69.70, "qat": 68.78},
+    "sst2": {"metric": "accuracy", "fp32": 92.36, "qat": 92.24},
+    "stsb": {"metric": "pearson", "fp32": 89.62, "qat": 89.04},
+}

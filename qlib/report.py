@@ -1,0 +1,33 @@
+"""Tables from result records: mean ± std over seeds, relative error against FP32 (presentation only)."""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import pandas as pd
+
+
+def runs_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
+    """One row per run: task, method, seed, the main metric in percent, train examples/s, wall time."""
+    rows = [
+        {"task": r["task"], "method": r["method"], "seed": r["seed"], "metric": r["main_metric"],
+         "score": 100 * r["metrics"][r["main_metric"]], "train_examples": r["train"]["train_examples"],
+         "epochs": r["params"]["epochs"], "examples_per_s": r["train"]["examples_per_s"],
+         "wall_time_s": r["provenance"]["wall_time_s"]}
+        for r in records
+    ]
+    return pd.DataFrame(rows, columns=["task", "method", "seed", "metric", "score", "train_examples", "epochs",
+                                       "examples_per_s", "wall_time_s"])
+
+
+def mean_std(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per (task, method): mean and sample std of the score over seeds, and the number of seeds."""
+    grouped = runs.groupby(["task", "method"])["score"]
+    return pd.DataFrame({"mean": grouped.mean(), "std": grouped.std(ddof=1), "seeds": grouped.count()})
+
+
+def relative_error(summary: pd.DataFrame, baseline: str = "fp32") -> pd.DataFrame:
+    """(baseline - method) / baseline in percent, per task and method, from ``mean_std``'s means
+    (Q8BERT Table 2's relative error; positive = the quantized model is worse)."""
+    means = summary["mean"].unstack("method")
+    return means.drop(columns=baseline).rsub(means[baseline], axis=0).div(means[baseline], axis=0) * 100

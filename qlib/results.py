@@ -1,0 +1,92 @@
+"""Result files: one JSON per run, with provenance, written atomically and read back with clear errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import tempfile
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+
+PACKAGES = ("torch", "transformers", "datasets", "numpy", "scikit-learn", "safetensors", "qbook")
+
+
+def _git(*args: str) -> str | None:
+    try:
+        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10,
+                             cwd=Path(__file__).resolve().parent)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def provenance(wall_time_s: float) -> dict[str, Any]:
+    """Where a result came from: git commit (and whether the tree was dirty), versions, machine, time, date."""
+    versions = {}
+    for package in PACKAGES:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    return {
+        "git_commit": _git("rev-parse", "HEAD"),
+        "git_dirty": None if status is None else bool(status),
+        "versions": {"python": platform.python_version(), **versions},
+        "machine": {"cpu": _cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                    "platform": platform.platform()},
+        "wall_time_s": round(wall_time_s, 2),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def write_json(path: str | os.PathLike, record: dict[str, Any]) -> Path:
+    """Write ``record`` to ``path`` atomically (temp file in the same folder, then rename): never half-written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(record, indent=2, sort_keys=True, allow_nan=False) + "\n"
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_json(path: str | os.PathLike) -> dict[str, Any]:
+    """Read one result file; a corrupt or non-object file raises ``ValueError`` naming it."""
+    path = Path(path)
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"corrupt result file {path}: {err}; delete it and re-run that job") from err
+    if not isinstance(record, dict):
+        raise ValueError(f"corrupt result file {path}: expected a JSON object, got {type(record).__name__}")
+    return record
+
+
+def read_results(folder: str | os.PathLike) -> list[dict[str, Any]]:
+    """Every ``*.json`` result under ``folder`` (recursively), each with its ``path``; [] if there is none."""
+    folder = Path(folder)
+    return [read_json(p) | {"path": str(p)} for p in sorted(folder.rglob("*.json"))] if folder.is_dir() else []
