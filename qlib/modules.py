@@ -35,7 +35,7 @@ class QuantLinear(nn.Linear):
         module.bias = linear.bias
         if module.input_observer is not None:
             module.input_observer.to(linear.weight.device)
-        return module
+        return module.train(linear.training)
 
     def weight_grid(self) -> QuantGrid | None:
         """The grid the weight is quantized on now (``None`` when the weight stays float)."""
@@ -71,7 +71,7 @@ class QuantEmbedding(nn.Embedding):
         """Wrap ``embedding``'s own table (shared, so a tied MLM decoder stays tied)."""
         module = cls(embedding.num_embeddings, embedding.embedding_dim, spec, embedding.padding_idx, device="meta")
         module.weight = embedding.weight
-        return module
+        return module.train(embedding.training)
 
     def weight_grid(self) -> QuantGrid:
         return self.spec.grid_for(self.weight)

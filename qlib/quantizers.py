@@ -104,7 +104,8 @@ class QuantGrid:
     def from_range(cls, lo: torch.Tensor, hi: torch.Tensor, bits: int, symmetric: bool) -> "QuantGrid":
         """Grid covering [lo, hi] per group (shapes [G]); symmetric grids cover [-max(|lo|,|hi|), +max(|lo|,|hi|)].
 
-        A zero-width range (a constant group) gets Δ = 1, which maps the constant exactly onto the grid.
+        Δ is at least the smallest normal float32, so 1/Δ stays finite: a zero-width range (a constant group)
+        maps the constant exactly onto the grid, and a subnormal range does not overflow to NaN.
         """
         check_bits(bits)
         lo, hi = torch.as_tensor(lo, dtype=torch.float32).reshape(-1), torch.as_tensor(hi, dtype=torch.float32).reshape(-1)
@@ -119,7 +120,7 @@ class QuantGrid:
         else:
             scale = (hi - lo) / (2**bits - 1)
             shift = lo
-        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+        scale = scale.clamp_min(torch.finfo(torch.float32).tiny)
         return cls(scale=scale, shift=shift, bits=bits, symmetric=symmetric)
 
     def _per_group(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
