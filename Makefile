@@ -1,0 +1,34 @@
+# The two commands of the README. Both set up .venv from nothing (torch pinned first: an unpinned torch pulls
+# a multi-GB CUDA build), and run offline by default: HF_HUB_OFFLINE=0 make book lets chapters use the hub.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.qbook-installed
+
+export HF_HUB_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM := false
+export MPLBACKEND := Agg
+export PYDEVD_DISABLE_FILE_VALIDATION := 1
+
+.PHONY: book test setup clean
+
+book: $(STAMP)
+	$(BIN)/jupyter-book build --all --warningiserror --keep-going .
+	@echo "Book built: open _build/html/index.html"
+
+test: $(STAMP)
+	$(BIN)/python -m pytest tests chapters --nbval-lax -p no:cacheprovider
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e ".[book,test]"
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (qbook)"
+	touch $(STAMP)
+
+clean:
+	rm -rf _build

@@ -1,0 +1,41 @@
+"""Metrics against values computed by hand."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from qlib.metrics import glue_metrics, squad_metrics
+
+
+def test_accuracy_and_f1():
+    # predictions 1 1 0 0 1, labels 1 0 0 1 1: TP=2, FP=1, FN=1, TN=1 -> acc 3/5, precision = recall = 2/3
+    assert glue_metrics("sst2", [1, 1, 0, 0, 1], [1, 0, 0, 1, 1]) == {"accuracy": pytest.approx(0.6)}
+    assert glue_metrics("mrpc", [1, 1, 0, 0, 1], [1, 0, 0, 1, 1]) == {"f1": pytest.approx(2 / 3),
+                                                                      "accuracy": pytest.approx(0.6)}
+
+
+def test_matthews_correlation():
+    # TP=2, FP=1, FN=1, TN=1: (2·1 - 1·1) / sqrt(3·3·2·2) = 1/6
+    assert glue_metrics("cola", [1, 1, 0, 0, 1], [1, 0, 0, 1, 1])["mcc"] == pytest.approx(1 / 6)
+
+
+def test_pearson_and_spearman():
+    # x = 1 2 3, y = 1 2 4: Pearson = 1.5 / sqrt(1 · 2.333...) ; ranks agree -> Spearman 1
+    m = glue_metrics("stsb", [1.0, 2.0, 3.0], [1.0, 2.0, 4.0])
+    assert m["pearson"] == pytest.approx(1.5 / math.sqrt(7 / 3)) and m["spearman"] == pytest.approx(1.0)
+
+
+def test_squad_exact_match_and_f1():
+    # "The cat" vs "cat": normalization drops the article -> EM 1. "a black cat sat" vs "black dog":
+    # tokens [black, cat, sat] vs [black, dog], 1 common -> P 1/3, R 1/2, F1 0.4; best of two references.
+    m = squad_metrics(["The cat", "a black cat sat"], [["cat"], ["black dog", "white"]])
+    assert m == {"exact_match": pytest.approx(0.5), "f1": pytest.approx((1 + 0.4) / 2)}
+
+
+def test_mismatched_lengths():
+    with pytest.raises(ValueError, match="equally many"):
+        glue_metrics("sst2", [1, 0], [1])
+    with pytest.raises(ValueError, match="equally many"):
+        squad_metrics([], [])

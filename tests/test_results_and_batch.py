@@ -1,0 +1,74 @@
+"""Result files (atomic, provenance, corrupt files) and the papermill batch (grid, unknown parameters, failures)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from qlib.batch import expand_grid, main, parse_value
+from qlib.results import provenance, read_json, read_results, write_json
+
+
+def test_write_is_atomic_and_leaves_nothing_behind_on_failure(tmp_path):
+    path = write_json(tmp_path / "a" / "r.json", {"x": 1})
+    assert read_json(path) == {"x": 1}
+    with pytest.raises(ValueError):
+        write_json(path, {"x": float("nan")})  # not valid JSON: refused before anything is replaced
+    assert read_json(path) == {"x": 1}
+    assert [p.name for p in path.parent.iterdir()] == ["r.json"]
+
+
+def test_corrupt_result_file_is_named(tmp_path):
+    (tmp_path / "bad.json").write_text('{"task": "sst2", "metr')
+    with pytest.raises(ValueError, match=r"corrupt result file .*bad\.json"):
+        read_results(tmp_path)
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="expected a JSON object"):
+        read_json(tmp_path / "bad.json")
+
+
+def test_provenance_has_commit_versions_machine_and_date():
+    record = provenance(12.345)
+    assert set(record) >= {"git_commit", "versions", "machine", "wall_time_s", "date"}
+    assert record["wall_time_s"] == 12.35 and record["versions"]["torch"]
+    assert record["machine"]["torch_threads"] >= 1
+
+
+def test_parse_value_and_grid():
+    assert [parse_value(v) for v in ("3", "false", "null", "0.5", "sst2")] == [3, False, None, 0.5, "sst2"]
+    assert expand_grid({"a": [1, 2], "b": ["x"]}) == [{"a": 1, "b": "x"}, {"a": 2, "b": "x"}]
+
+
+@pytest.fixture
+def job_notebook(tmp_path) -> Path:
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    params = nbformat.v4.new_code_cell("x = 1\nout = 'out.json'")
+    params.metadata["tags"] = ["parameters"]
+    body = nbformat.v4.new_code_cell(
+        "import json\nassert x != 2, 'x must not be 2'\njson.dump({'x': x}, open(f'{out}-{x}.json', 'w'))")
+    nb.cells = [params, body]
+    path = tmp_path / "job.ipynb"
+    nbformat.write(nb, path)
+    return path
+
+
+@pytest.mark.slow
+def test_batch_runs_every_job_keeps_notebooks_and_names_the_failure(job_notebook, tmp_path, capsys):
+    out = tmp_path / "runs"
+    code = main([str(job_notebook), "--grid", "x=1,2,3", "-p", f"out={tmp_path / 'r'}", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "FAILED job x-2: AssertionError: x must not be 2" in err
+    assert json.loads((tmp_path / "r-3.json").read_text()) == {"x": 3}  # the batch went on after the failure
+    assert {p.name for p in out.glob("x-*.ipynb")} == {"x-1.ipynb", "x-2.ipynb", "x-3.ipynb"}
+
+
+def test_batch_refuses_unknown_parameters(job_notebook, tmp_path, capsys):
+    code = main([str(job_notebook), "--grid", "y=1,2", "--out", str(tmp_path / "runs")])
+    assert code == 2
+    assert "unknown parameter(s) ['y']" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
