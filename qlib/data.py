@@ -202,3 +202,11 @@ def loader(encoded: datasets.Dataset, tokenizer: PreTrainedTokenizerBase, batch_
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(encoded.with_format("torch"), batch_size=batch_size, shuffle=shuffle, generator=generator,
                       collate_fn=DataCollatorWithPadding(tokenizer))
+
+
+def glue_batches(task: str, tokenizer: PreTrainedTokenizerBase, split: str, batch_size: int, max_length: int = 128,
+                 max_examples: int | None = None, seed: int = 0, source: str = "auto",
+                 shuffle: bool = False) -> DataLoader:
+    """Load, tokenize and batch one GLUE split in one call (the pipeline every experiment starts with)."""
+    encoded = tokenize(load_glue(task, split, source, max_examples, seed), tokenizer, task, max_length)
+    return loader(encoded, tokenizer, batch_size, shuffle=shuffle, seed=seed)

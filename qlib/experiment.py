@@ -16,7 +16,7 @@ import torch
 
 from qlib.config import dynamic_config, q8bert_config
 from qlib.convert import convert_bert
-from qlib.data import get_task, load_glue, loader, tokenize
+from qlib.data import get_task, glue_batches
 from qlib.metrics import glue_metrics
 from qlib.models import DEFAULT_MODEL, load_classifier
 from qlib.results import provenance, read_json, write_json
@@ -67,10 +67,9 @@ def run_q8bert(task: str, method: str, seed: int, model: str = DEFAULT_MODEL, ep
     net, tokenizer = load_classifier(model, info.num_labels)
     if method == "qat":
         convert_bert(net, q8bert_config(bits))
-    train = tokenize(load_glue(info.name, "train", source, max_train_examples, seed), tokenizer, info.name, max_length)
-    dev = tokenize(load_glue(info.name, "dev", source, max_eval_examples, seed), tokenizer, info.name, max_length)
-    train_batches = loader(train, tokenizer, batch_size, shuffle=True, seed=seed)
-    dev_batches = loader(dev, tokenizer, 64, shuffle=False)
+    train_batches = glue_batches(info.name, tokenizer, "train", batch_size, max_length, max_train_examples, seed,
+                                 source, shuffle=True)
+    dev_batches = glue_batches(info.name, tokenizer, "dev", 64, max_length, max_eval_examples, seed, source)
     training = finetune(net, train_batches, epochs, lr, progress=progress)
     evaluations = {method: _evaluate(net, dev_batches, info.name)}
     if method == "fp32":
@@ -83,7 +82,7 @@ def run_q8bert(task: str, method: str, seed: int, model: str = DEFAULT_MODEL, ep
         record = {
             "experiment": "q8bert", "task": info.name, "method": name, "seed": seed,
             "metrics": evaluation["metrics"], "main_metric": info.metrics[0],
-            "params": params, "train": {**training, "train_examples": len(train)},
+            "params": params, "train": {**training, "train_examples": len(train_batches.dataset)},
             "eval": {"examples": evaluation["examples"], "seconds": evaluation["seconds"]},
             "provenance": provenance(wall),
         }

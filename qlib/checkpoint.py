@@ -1,0 +1,131 @@
+"""Quantized checkpoints: bit-packed integer weights and their grids in one safetensors file (never a pickle).
+
+For each fake-quantized layer the file holds ``<name>.weight.codes`` (the b-bit codes, packed), and
+``<name>.weight.scale`` / ``.shift`` [G] (the grid ``ŵ = scale·q + shift``); everything else (LayerNorm, biases,
+the float head, the activation observers' ranges) is stored as it is. The layers' bits, schemes and shapes sit
+in the file's metadata. Sizes reported by the book are these files' sizes on disk.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file, save_model
+from torch import nn
+
+from qlib.convert import quantized_modules
+from qlib.packing import pack, unpack
+from qlib.quantizers import QuantGrid
+
+FORMAT = "qbook-packed-v1"
+
+
+def _atomic(path: Path, write) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def save_float(model: nn.Module, path: str | os.PathLike) -> Path:
+    """The FP32 reference checkpoint (safetensors, shared tensors stored once), written atomically."""
+    return _atomic(Path(path), lambda tmp: save_model(model, tmp))
+
+
+def save_quantized(model: nn.Module, path: str | os.PathLike) -> Path:
+    """Save a converted model with bit-packed weights, atomically; returns the path."""
+    tensors: dict[str, torch.Tensor] = {}
+    layers: dict[str, dict[str, Any]] = {}
+    stored: dict[int, str] = {}
+    for name, module in quantized_modules(model):
+        grid = module.weight_grid()
+        if grid is None:
+            continue
+        weight = module.weight.detach()
+        codes = grid.quantize(weight).to(torch.int16) - grid.qmin  # unsigned 0 … 2^b - 1
+        tensors[f"{name}.weight.codes"] = pack(codes, grid.bits)
+        tensors[f"{name}.weight.scale"] = grid.scale.contiguous()
+        tensors[f"{name}.weight.shift"] = grid.shift.contiguous()
+        layers[name] = {"bits": grid.bits, "symmetric": grid.symmetric, "shape": list(weight.shape)}
+        stored[weight.data_ptr()] = f"{name}.weight"
+    tied: dict[str, str] = {}
+    for key, value in model.state_dict().items():
+        if value.data_ptr() in stored and value.numel():
+            if stored[value.data_ptr()] != key:
+                tied[key] = stored[value.data_ptr()]
+            continue
+        stored[value.data_ptr()] = key
+        tensors[key] = value.detach().contiguous()
+    if not layers:
+        raise ValueError(f"{type(model).__name__} has no quantized layer: convert it with qlib.convert_bert first")
+    metadata = {"format": FORMAT, "layers": json.dumps(layers), "tied": json.dumps(tied)}
+    return _atomic(Path(path), lambda tmp: save_file(tensors, tmp, metadata=metadata))
+
+
+def _open(path: Path):
+    if not path.is_file():
+        raise FileNotFoundError(f"quantized checkpoint {path} not found")
+    try:
+        return safe_open(str(path), framework="pt")
+    except Exception as err:  # safetensors raises its own error type for every malformed file
+        raise ValueError(f"corrupt or truncated checkpoint {path}: {err}") from err
+
+
+def load_quantized(model: nn.Module, path: str | os.PathLike) -> nn.Module:
+    """Load a ``save_quantized`` file into ``model`` (converted with the same config); weights are unpacked exactly."""
+    path = Path(path)
+    state: dict[str, torch.Tensor] = {}
+    with _open(path) as f:
+        metadata = f.metadata() or {}
+        if metadata.get("format") != FORMAT:
+            raise ValueError(f"{path} is not a qbook quantized checkpoint (format {metadata.get('format')!r}, "
+                             f"expected {FORMAT!r})")
+        layers, tied = json.loads(metadata["layers"]), json.loads(metadata["tied"])
+        keys = set(f.keys())
+        for name, info in layers.items():
+            numel = int(torch.Size(info["shape"]).numel())
+            try:
+                codes = unpack(f.get_tensor(f"{name}.weight.codes"), info["bits"], numel)
+            except ValueError as err:
+                raise ValueError(f"corrupt checkpoint {path}, layer {name}: {err}") from err
+            grid = QuantGrid(f.get_tensor(f"{name}.weight.scale"), f.get_tensor(f"{name}.weight.shift"),
+                             info["bits"], info["symmetric"])
+            state[f"{name}.weight"] = grid.dequantize((codes.to(torch.int16) + grid.qmin).reshape(info["shape"]))
+            keys -= {f"{name}.weight.codes", f"{name}.weight.scale", f"{name}.weight.shift"}
+        for key in keys:
+            state[key] = f.get_tensor(key)
+    for key, source in tied.items():
+        state[key] = state[source]
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{path} does not fit {type(model).__name__}: missing {missing[:5]}, unexpected "
+                         f"{unexpected[:5]}; convert the model with the config it was saved with")
+    return model
+
+
+def checkpoint_sizes(path: str | os.PathLike) -> dict[str, int]:
+    """Bytes on disk of the file, and of its embedding tables and everything else (tensor payloads)."""
+    path = Path(path)
+    sizes = {"file": path.stat().st_size, "embeddings": 0, "other": 0}
+    with _open(path) as f:
+        for key in f.keys():
+            t = f.get_slice(key)
+            nbytes = int(torch.Size(t.get_shape()).numel()) * _itemsize(t.get_dtype())
+            sizes["embeddings" if ".embeddings." in f".{key}" else "other"] += nbytes
+    return sizes
+
+
+def _itemsize(dtype: str) -> int:
+    return {"F64": 8, "I64": 8, "F32": 4, "I32": 4, "F16": 2, "BF16": 2, "I16": 2, "U8": 1, "I8": 1, "BOOL": 1}[dtype]

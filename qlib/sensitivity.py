@@ -1,0 +1,88 @@
+"""Q-BERT's Hessian-aware sensitivity per layer, and the mixed-precision bit assignment it drives.
+
+For each block (an encoder layer's weight matrices, or the word-embedding table) and each of K data subsets,
+λ_i is the top Hessian eigenvalue of the loss restricted to the block; the block's sensitivity is
+Ω_i = |mean(λ_i)| + std(λ_i) (Q-BERT eq. 5; std over the K subsets, ddof = 0). More sensitive blocks get
+more bits.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from qlib.checks import check_bits
+from qlib.convert import find_bert
+from qlib.hessian import power_iteration
+
+
+def layer_blocks(model: nn.Module) -> dict[str, list[nn.Parameter]]:
+    """{"embeddings": [word table], "encoder.layer.i": [its 6 weight matrices]} for a BERT model."""
+    bert = find_bert(model)
+    blocks = {"embeddings": [bert.embeddings.word_embeddings.weight]}
+    for i, layer in enumerate(bert.encoder.layer):
+        blocks[f"encoder.layer.{i}"] = [m.weight for m in layer.modules() if isinstance(m, nn.Linear)]
+    return blocks
+
+
+def layer_spectrum(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]], blocks: Sequence[str] | None = None,
+                   max_iter: int = 50, tol: float = 1e-4, smallest_subsets: int = 0, seed: int = 0,
+                   ) -> list[dict[str, object]]:
+    """One record per (subset, block): the dominant ("top") eigenvalue, iterations, convergence and seconds;
+    on the first ``smallest_subsets`` subsets also the smallest eigenvalue (the saddle check: the top one if it
+    is negative, else power iteration on H - λ_top·I). Each batch of ``batches`` is one subset."""
+    all_blocks = layer_blocks(model)
+    names = list(blocks) if blocks is not None else list(all_blocks)
+    unknown = [n for n in names if n not in all_blocks]
+    if unknown:
+        raise ValueError(f"unknown block(s) {unknown}; allowed: {list(all_blocks)}")
+    model.eval()  # no dropout: the loss must be a fixed function of the weights
+    records = []
+    for subset, batch in enumerate(batches):
+        for name in names:
+            params = all_blocks[name]
+            start = time.perf_counter()
+            top = power_iteration(lambda: model(**batch).loss, params, max_iter=max_iter, tol=tol, seed=seed)[0]
+            record = {"subset": subset, "block": name, "top": top.eigenvalue, "iterations": top.iterations,
+                      "converged": top.converged}
+            smallest = subset < smallest_subsets
+            if smallest and top.eigenvalue < 0:  # the dominant eigenvalue is already the most negative one
+                record |= {"smallest": top.eigenvalue, "smallest_converged": top.converged}
+            elif smallest:
+                low = power_iteration(lambda: model(**batch).loss, params, max_iter=max_iter, tol=tol,
+                                      shift=top.eigenvalue, seed=seed)[0]
+                record |= {"smallest": low.eigenvalue, "smallest_converged": low.converged}
+            record["seconds"] = time.perf_counter() - start
+            records.append(record)
+    return records
+
+
+def omega(eigenvalues: Sequence[float]) -> float:
+    """Q-BERT's sensitivity Ω = |mean(λ)| + std(λ) over the K subsets' top eigenvalues."""
+    values = np.asarray(eigenvalues, dtype=float)
+    if values.size == 0 or not np.isfinite(values).all():
+        raise ValueError(f"need finite eigenvalues from at least one subset, got {list(values)}")
+    return float(abs(values.mean()) + values.std())
+
+
+def assign_bits(sensitivity: Mapping[str, float], choices: Sequence[int], target_bits: float) -> dict[str, int]:
+    """Mixed precision: every layer starts at the lowest of ``choices``; the most sensitive layers are raised
+    one choice at a time while the average bits (layers weighted equally, as BERT's encoder layers are the same
+    size) stays within ``target_bits``. E.g. choices (2, 3), target 2.5: the most sensitive half gets 3 bits."""
+    levels = sorted({check_bits(b, "bits in choices") for b in choices})
+    if not sensitivity:
+        raise ValueError("no layers to assign bits to")
+    if not levels[0] <= target_bits <= levels[-1]:
+        raise ValueError(f"target of {target_bits} average bits cannot be met with choices {levels}: "
+                         f"allowed {levels[0]}..{levels[-1]}")
+    bits = {name: levels[0] for name in sensitivity}
+    budget = target_bits * len(bits)
+    for level in levels[1:]:
+        for name in sorted(sensitivity, key=sensitivity.get, reverse=True):
+            if bits[name] < level and sum(bits.values()) - bits[name] + level <= budget + 1e-9:
+                bits[name] = level
+    return bits

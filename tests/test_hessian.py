@@ -1,0 +1,111 @@
+"""Power iteration against explicit Hessians; Q-BERT's Ω on a constructed case; mixed-precision bit assignment."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.func import functional_call
+from transformers import BertForSequenceClassification
+
+from conftest import tiny_config
+from qlib.hessian import power_iteration
+from qlib.sensitivity import assign_bits, layer_blocks, layer_spectrum, omega
+
+
+def test_power_iteration_finds_the_top_eigenvalues_of_a_quadratic():
+    eigenvalues = torch.tensor([5.0, 3.0, 1.0, -2.0, 0.5])
+    q, _ = torch.linalg.qr(torch.randn(5, 5, generator=torch.Generator().manual_seed(0)))
+    a = q @ torch.diag(eigenvalues) @ q.T
+    x = torch.randn(5, requires_grad=True)
+    pairs = power_iteration(lambda: 0.5 * x @ a @ x, [x], top_k=2, max_iter=500, tol=1e-8)
+    assert [p.eigenvalue for p in pairs] == [pytest.approx(5.0, rel=1e-4), pytest.approx(3.0, rel=1e-4)]
+    assert all(p.converged for p in pairs)
+    assert abs(float(pairs[0].eigenvector[0] @ (q[:, 0]))) == pytest.approx(1.0, abs=1e-3)
+    lowest = power_iteration(lambda: 0.5 * x @ a @ x, [x], max_iter=500, tol=1e-8, shift=5.0)[0]
+    assert lowest.eigenvalue == pytest.approx(-2.0, rel=1e-3)  # a negative eigenvalue: a saddle point
+
+
+def test_power_iteration_matches_the_explicit_hessian_of_a_tiny_bert():
+    torch.manual_seed(0)
+    config = tiny_config(hidden_size=16, intermediate_size=32)
+    config._attn_implementation = "eager"  # double backward through SDPA is not implemented on CPU
+    model = BertForSequenceClassification(config).eval()
+    batch = {"input_ids": torch.randint(5, 64, (4, 6)), "labels": torch.tensor([0, 1, 1, 0])}
+    name = "bert.encoder.layer.0.attention.self.query.weight"
+    weight = model.get_submodule(name.rsplit(".", 1)[0]).weight
+
+    def loss_of(w: torch.Tensor) -> torch.Tensor:
+        return functional_call(model, {name: w.reshape(weight.shape)}, kwargs=batch).loss
+
+    hessian = torch.autograd.functional.hessian(loss_of, weight.detach().reshape(-1))
+    expected = torch.linalg.eigvalsh((hessian + hessian.T) / 2)
+    dominant = expected[expected.abs().argmax()].item()
+    found = power_iteration(lambda: model(**batch).loss, [weight], max_iter=1000, tol=1e-7)[0]
+    assert found.converged and found.eigenvalue == pytest.approx(dominant, rel=1e-3)
+
+
+def test_non_convergence_is_reported_not_hidden():
+    x = torch.randn(4, requires_grad=True)
+    a = torch.diag(torch.tensor([1.0, 0.999, 0.998, 0.5]))
+    with pytest.warns(RuntimeWarning, match="did not converge in 2 iterations"):
+        pair = power_iteration(lambda: 0.5 * x @ a @ x, [x], max_iter=2, tol=1e-12)[0]
+    assert not pair.converged and pair.iterations == 2
+
+
+def test_omega_on_a_constructed_case():
+    # mean -2, population std of (-1, -3) = 1: Ω = |-2| + 1
+    assert omega([-1.0, -3.0]) == pytest.approx(3.0)
+    assert omega([4.0]) == 4.0
+    with pytest.raises(ValueError, match="finite eigenvalues"):
+        omega([1.0, float("nan")])
+
+
+def test_layer_spectrum_on_a_tiny_bert(tiny_model_dir):
+    model = BertForSequenceClassification.from_pretrained(tiny_model_dir, attn_implementation="eager")
+    batches = [{"input_ids": torch.randint(5, 64, (4, 8)), "labels": torch.tensor([0, 1, 0, 1])} for _ in range(2)]
+    records = layer_spectrum(model, batches, blocks=["encoder.layer.1", "embeddings"], max_iter=30, smallest_subsets=1)
+    assert [(r["subset"], r["block"]) for r in records] == [(0, "encoder.layer.1"), (0, "embeddings"),
+                                                           (1, "encoder.layer.1"), (1, "embeddings")]
+    first, later = records[:2], records[2:]
+    assert all(r["smallest"] <= r["top"] + 1e-6 or r["top"] < 0 for r in first)
+    assert all("smallest" not in r for r in later)
+    assert set(layer_blocks(model)) == {"embeddings", "encoder.layer.0", "encoder.layer.1"}
+    with pytest.raises(ValueError, match=r"unknown block\(s\) \['encoder.layer.9'\]"):
+        layer_spectrum(model, batches, blocks=["encoder.layer.9"])
+
+
+def test_bit_assignment_respects_its_target_and_ranks():
+    sensitivity = {"l0": 5.0, "l1": 1.0, "l2": 3.0, "l3": 0.1}
+    bits = assign_bits(sensitivity, (2, 3), 2.5)
+    assert bits == {"l0": 3, "l1": 2, "l2": 3, "l3": 2}
+    mixed = assign_bits(sensitivity, (2, 3, 4), 3.0)
+    assert sum(mixed.values()) / 4 <= 3.0 and mixed["l0"] == max(mixed.values())
+    assert assign_bits(sensitivity, (2, 3), 2.0) == dict.fromkeys(sensitivity, 2)
+
+
+def test_bit_assignment_errors_name_the_value():
+    with pytest.raises(ValueError, match="target of 1.5 average bits cannot be met with choices \\[2, 3\\]"):
+        assign_bits({"l0": 1.0}, (2, 3), 1.5)
+    with pytest.raises(ValueError, match="bits in choices must be an integer in 2..8, got 16"):
+        assign_bits({"l0": 1.0}, (2, 16), 3)
+
+
+def test_loss_surface_restores_the_weights():
+    from qlib.hessian import loss_surface
+
+    x = torch.tensor([1.0, 2.0], requires_grad=True)
+    surface = loss_surface(lambda: (x**2).sum(), [x], ([torch.tensor([1.0, 0.0])], [torch.tensor([0.0, 1.0])]),
+                           [-1.0, 0.0, 1.0])
+    assert surface[1, 1].item() == 5.0 and surface[2, 0].item() == (2**2 + 1**2)
+    assert x.tolist() == [1.0, 2.0]
+
+
+@pytest.mark.slow
+def test_spectrum_run_writes_its_result(glue_dir, tiny_model_dir, tmp_path):
+    from qlib.qbert import run_spectrum
+
+    result = run_spectrum("sst2", str(tiny_model_dir), finetune_examples=8, subsets=2, subset_size=4, max_length=16,
+                          max_iter=5, results_path=tmp_path / "spectrum.json", progress=False)
+    assert set(result["blocks"]) == {"embeddings", "encoder.layer.0", "encoder.layer.1"}
+    assert all(len(b["top"]) == 2 and len(b["smallest"]) == 1 for b in result["blocks"].values())
+    assert (tmp_path / "spectrum.json").is_file()

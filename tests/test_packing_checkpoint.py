@@ -1,0 +1,91 @@
+"""Bit-packing round trips, packed checkpoints (exact unpacking, sizes, ties) and their error cases."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from conftest import tiny_config
+from qlib import convert_bert, q8bert_config, qbert_config
+from qlib.checkpoint import checkpoint_sizes, load_quantized, save_float, save_quantized
+from qlib.packing import pack, packed_nbytes, unpack
+from transformers import BertForMaskedLM
+
+
+@settings(max_examples=200, deadline=None)
+@given(bits=st.integers(2, 8), data=st.data())
+def test_pack_round_trips_for_every_width_and_odd_sizes(bits, data):
+    codes = torch.tensor(data.draw(st.lists(st.integers(0, 2**bits - 1), min_size=0, max_size=67)), dtype=torch.uint8)
+    packed = pack(codes, bits)
+    assert packed.dtype == torch.uint8 and packed.numel() == packed_nbytes(codes.numel(), bits)
+    assert torch.equal(unpack(packed, bits, codes.numel()), codes)
+
+
+def test_three_bit_codes_cross_byte_boundaries():
+    assert packed_nbytes(8, 3) == 3 and packed_nbytes(7, 3) == 3 and packed_nbytes(1, 3) == 1
+    assert pack(torch.tensor([7, 0, 7], dtype=torch.uint8), 3).tolist() == [0b11000111, 0b00000001]
+
+
+def test_pack_rejects_out_of_range_codes_and_wrong_lengths():
+    with pytest.raises(ValueError, match=r"codes must lie in \[0, 3\] for 2-bit packing, got \[0, 4\]"):
+        pack(torch.tensor([0, 4]), 2)
+    with pytest.raises(ValueError, match="10 codes of 3 bits need 4 bytes, got 3"):
+        unpack(torch.zeros(3, dtype=torch.uint8), 3, 10)
+
+
+@pytest.mark.parametrize("config", [q8bert_config(8), qbert_config(3, embedding_bits=4, groups=4),
+                                    qbert_config(2, layer_bits={"encoder.layer.1": 4})])
+def test_checkpoint_round_trip_gives_the_same_outputs(tiny_bert, tmp_path, config):
+    model = convert_bert(tiny_bert, config)
+    model.train()(input_ids=torch.randint(5, 64, (2, 8)))  # observe activation ranges
+    model.eval()
+    path = save_quantized(model, tmp_path / "model.safetensors")
+    fresh = convert_bert(copy.deepcopy(tiny_bert), config)
+    with torch.no_grad():
+        for p in fresh.parameters():
+            p.add_(1.0)  # make sure loading overwrites everything
+    load_quantized(fresh, path).eval()
+    ids = torch.randint(5, 64, (3, 10))
+    with torch.no_grad():
+        assert torch.allclose(fresh(input_ids=ids).logits, model(input_ids=ids).logits, atol=1e-5)
+    query = "bert.encoder.layer.0.attention.self.query"
+    codes = dict(model.named_modules())[query].weight_grid()
+    assert torch.equal(dict(fresh.named_modules())[query].weight_grid().quantize(fresh.get_submodule(query).weight),
+                       codes.quantize(model.get_submodule(query).weight))
+
+
+def test_packed_file_is_smaller_in_proportion_to_bits(tiny_bert, tmp_path):
+    float_size = save_float(tiny_bert, tmp_path / "fp32.safetensors").stat().st_size
+    sizes = {b: checkpoint_sizes(save_quantized(convert_bert(copy.deepcopy(tiny_bert), qbert_config(b, b)),
+                                                tmp_path / f"{b}.safetensors")) for b in (2, 4, 8)}
+    assert sizes[2]["file"] < sizes[4]["file"] < sizes[8]["file"] < float_size
+    assert sizes[8]["embeddings"] < float_size / 3  # 8-bit tables: a quarter of their float bytes, plus grids
+
+
+def test_tied_weights_are_stored_once(tmp_path):
+    torch.manual_seed(0)
+    model = convert_bert(BertForMaskedLM(tiny_config()), q8bert_config()).eval()
+    path = save_quantized(model, tmp_path / "mlm.safetensors")
+    fresh = load_quantized(convert_bert(BertForMaskedLM(tiny_config()), q8bert_config()), path)
+    assert fresh.cls.predictions.decoder.weight is fresh.bert.embeddings.word_embeddings.weight
+
+
+def test_corrupt_truncated_or_missing_checkpoint(tiny_bert, tmp_path):
+    model = convert_bert(tiny_bert, q8bert_config())
+    path = save_quantized(model, tmp_path / "m.safetensors")
+    data = path.read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="corrupt or truncated checkpoint .*cut.safetensors"):
+        load_quantized(model, tmp_path / "cut.safetensors")
+    with pytest.raises(FileNotFoundError, match="quantized checkpoint .*nope.safetensors not found"):
+        load_quantized(model, tmp_path / "nope.safetensors")
+    save_float(tiny_bert, tmp_path / "fp32.safetensors")
+    with pytest.raises(ValueError, match="is not a qbook quantized checkpoint"):
+        load_quantized(model, tmp_path / "fp32.safetensors")
+    with pytest.raises(ValueError, match="has no quantized layer"):
+        save_quantized(torch.nn.Linear(2, 2), tmp_path / "x.safetensors")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.safetensors", "fp32.safetensors", "m.safetensors"]
