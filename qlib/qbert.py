@@ -10,11 +10,26 @@ import time
 from pathlib import Path
 from typing import Any
 
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
 from qlib.data import get_task, glue_batches
 from qlib.models import DEFAULT_MODEL, load_classifier
 from qlib.results import provenance, read_json, write_json
 from qlib.sensitivity import layer_spectrum, omega
 from qlib.train import finetune, set_seed
+
+
+def finetuned_for_hessian(task: str, model: str = DEFAULT_MODEL, examples: int | None = 2000, epochs: int = 1,
+                          lr: float = 5e-5, seed: int = 0, max_length: int = 64, source: str = "auto",
+                          progress: bool = True) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, dict[str, float]]:
+    """A classifier fine-tuned in FP32 on ``examples`` of ``task``, loaded with eager attention (double backward
+    through SDPA is not implemented on CPU), in eval mode; with its tokenizer and training figures."""
+    info = get_task(task)
+    set_seed(seed)
+    net, tokenizer = load_classifier(model, info.num_labels, attn_implementation="eager")
+    train = glue_batches(info.name, tokenizer, "train", 32, max_length, examples, seed, source, shuffle=True)
+    training = finetune(net, train, epochs, lr, progress=progress)
+    return net.eval(), tokenizer, training
 
 
 def run_spectrum(task: str = "sst2", model: str = DEFAULT_MODEL, seed: int = 0, finetune_examples: int = 2000,
@@ -35,10 +50,8 @@ def run_spectrum(task: str = "sst2", model: str = DEFAULT_MODEL, seed: int = 0, 
                   max_length=max_length, max_iter=max_iter, tol=tol, blocks=blocks, saddle_subsets=saddle_subsets,
                   source=source)
     start = time.perf_counter()
-    set_seed(seed)
-    net, tokenizer = load_classifier(model, info.num_labels, attn_implementation="eager")
-    train = glue_batches(info.name, tokenizer, "train", 32, max_length, finetune_examples, seed, source, shuffle=True)
-    training = finetune(net, train, finetune_epochs, lr, progress=progress)
+    net, tokenizer, training = finetuned_for_hessian(info.name, model, finetune_examples, finetune_epochs, lr, seed,
+                                                     max_length, source, progress)
     probe = glue_batches(info.name, tokenizer, "train", subset_size, max_length, subsets * subset_size, seed + 1,
                          source)
     batches = list(probe)[:subsets]
