@@ -73,14 +73,16 @@ def qbert_config(
     groups: int | None = None,
     layer_bits: Mapping[str, int] | None = None,
     percentile: float | None = None,
+    observer: str = "ema",
 ) -> BertQuantConfig:
-    """Q-BERT: asymmetric clamp quantizer on weights (group-wise when ``groups`` is set), 8-bit EMA inputs,
-    the embedding's bits on their own, and ``layer_bits`` (e.g. ``{"encoder.layer.0": 3}``) for mixed precision."""
+    """Q-BERT: asymmetric clamp quantizer on weights (group-wise when ``groups`` is set), 8-bit inputs (EMA
+    ranges for QAT, ``observer="dynamic"`` for direct quantization without fine-tuning), the embedding's bits on
+    their own, and ``layer_bits`` (e.g. ``{"encoder.layer.0": 3}``) for mixed precision."""
 
     def layer(bits: int) -> LayerQuant:
         granularity = "group" if groups is not None else "tensor"
         weight = QuantSpec(bits, "asymmetric", granularity, groups, percentile)
-        return LayerQuant(weight, QuantSpec(activation_bits, "asymmetric"), "ema")
+        return LayerQuant(weight, QuantSpec(activation_bits, "asymmetric"), observer)
 
     return BertQuantConfig(
         default=layer(weight_bits),

@@ -1,20 +1,24 @@
-"""One Q8BERT run: fine-tune a BERT on a GLUE task in FP32 or with 8-bit QAT, evaluate, write the result files.
+"""One GLUE run: fine-tune a BERT in FP32 or with quantization-aware training, evaluate, write the result files.
 
-An ``fp32`` run also evaluates its trained weights under dynamic quantization (Q8BERT's DQ column: the FP32
-model quantized after training, input ranges taken per batch), so one training gives both rows.
-Results land in ``<results_dir>/<task>/<method>-seed<seed>.json``; a run whose files exist is skipped.
+Methods: ``fp32``; ``qat`` (Q8BERT: 8-bit symmetric, EMA input ranges); ``qbert`` (Q-BERT: asymmetric weights at
+``weight_bits``, embedding at ``embedding_bits``, optional groups and per-layer bits). An ``fp32`` run also
+evaluates its trained weights under each post-training quantization in ``post_training``: ``dq`` (Q8BERT's
+DQ column: 8-bit, input ranges per batch) and ``directq-w<b>`` (Q-BERT's DirectQ: b-bit weights, no
+fine-tuning), so one training gives all those rows.
+Results land in ``<results_dir>/<task>/<label>-seed<seed>.json``; a run whose files all exist is skipped.
 """
 
 from __future__ import annotations
 
 import copy
+import re
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import torch
 
-from qlib.config import dynamic_config, q8bert_config
+from qlib.config import BertQuantConfig, dynamic_config, q8bert_config, qbert_config
 from qlib.convert import convert_bert
 from qlib.data import get_task, glue_batches
 from qlib.metrics import glue_metrics
@@ -22,7 +26,7 @@ from qlib.models import DEFAULT_MODEL, load_classifier
 from qlib.results import provenance, read_json, write_json
 from qlib.train import finetune, predict, set_seed
 
-METHODS = ("fp32", "qat")
+METHODS = ("fp32", "qat", "qbert")
 
 PROTOCOL: dict[str, dict[str, Any]] = {
     "sst2": {"epochs": 1, "lr": 5e-5},
@@ -33,9 +37,30 @@ PROTOCOL: dict[str, dict[str, Any]] = {
 weight decay 0.01, seeds 0-2). SST-2 gets one epoch: 67 k sentences take ~27 min an epoch on 2 cores."""
 
 
-def result_paths(results_dir: str | Path, task: str, method: str, seed: int) -> list[Path]:
-    """The files a run writes: fp32 runs write ``fp32-`` and ``dq-`` files, qat runs a ``qat-`` file."""
-    names = ("fp32", "dq") if method == "fp32" else (method,)
+def run_label(method: str, weight_bits: int = 8, embedding_bits: int = 8, groups: int | None = None,
+              layer_bits: Mapping[str, int] | None = None) -> str:
+    """The name a run's result file starts with: ``fp32``, ``qat``, ``qbert-w3e8``, ``qbert-w2e8-g12-mp`` …"""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; allowed: {METHODS} (fp32 runs also give post-training rows)")
+    if method != "qbert":
+        return method
+    return f"qbert-w{weight_bits}e{embedding_bits}" + (f"-g{groups}" if groups else "") + ("-mp" if layer_bits else "")
+
+
+def post_training_config(name: str, groups: int | None = None) -> BertQuantConfig:
+    """The config of a post-training row: ``dq`` or ``directq-w<b>`` (b in 2..8)."""
+    if name == "dq":
+        return dynamic_config(8)
+    match = re.fullmatch(r"directq-w(\d)", name)
+    if match:
+        return qbert_config(int(match.group(1)), groups=groups, observer="dynamic")
+    raise ValueError(f"unknown post-training quantization {name!r}; allowed: 'dq', 'directq-w<bits>' (bits 2..8)")
+
+
+def result_paths(results_dir: str | Path, task: str, label: str, seed: int,
+                 post_training: Sequence[str] = ("dq",)) -> list[Path]:
+    """The files a run writes: its own, plus one per post-training row for fp32 runs."""
+    names = (label, *post_training) if label == "fp32" else (label,)
     return [Path(results_dir) / task / f"{name}-seed{seed}.json" for name in names]
 
 
@@ -46,19 +71,24 @@ def _evaluate(model: torch.nn.Module, batches, task: str) -> dict[str, Any]:
             "seconds": time.perf_counter() - start}
 
 
-def run_q8bert(task: str, method: str, seed: int, model: str = DEFAULT_MODEL, epochs: int = 3, lr: float = 5e-5,
-               batch_size: int = 32, max_length: int = 128, max_train_examples: int | None = None,
-               max_eval_examples: int | None = None, source: str = "auto", bits: int = 8,
-               results_dir: str | Path = "results/q8bert", resume: bool = True,
-               progress: bool = True) -> list[dict[str, Any]]:
+def run_glue(task: str, method: str, seed: int, model: str = DEFAULT_MODEL, epochs: int = 3, lr: float = 5e-5,
+             batch_size: int = 32, max_length: int = 128, max_train_examples: int | None = None,
+             max_eval_examples: int | None = None, source: str = "auto", weight_bits: int = 8,
+             embedding_bits: int = 8, groups: int | None = None, layer_bits: Mapping[str, int] | None = None,
+             post_training: Sequence[str] = ("dq",), experiment: str = "q8bert",
+             results_dir: str | Path = "results/q8bert", resume: bool = True,
+             progress: bool = True) -> list[dict[str, Any]]:
     """Run one (task, method, seed) job and return its result records (read back from disk when resuming)."""
     info = get_task(task)
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; allowed: {METHODS} (fp32 runs also give the DQ result)")
+    label = run_label(method, weight_bits, embedding_bits, groups, layer_bits)
+    post_training = tuple(post_training) if method == "fp32" else ()
+    configs = {name: post_training_config(name, groups) for name in post_training}
     params = dict(task=info.name, method=method, seed=seed, model=model, epochs=epochs, lr=lr, batch_size=batch_size,
                   max_length=max_length, max_train_examples=max_train_examples,
-                  max_eval_examples=max_eval_examples, source=source, bits=bits)
-    paths = result_paths(results_dir, info.name, method, seed)
+                  max_eval_examples=max_eval_examples, source=source, weight_bits=weight_bits,
+                  embedding_bits=embedding_bits, groups=groups, layer_bits=dict(layer_bits or {}) or None,
+                  post_training=list(post_training))
+    paths = result_paths(results_dir, info.name, label, seed, post_training)
     if resume and all(p.is_file() for p in paths):
         return [read_json(p) for p in paths]
 
@@ -66,21 +96,22 @@ def run_q8bert(task: str, method: str, seed: int, model: str = DEFAULT_MODEL, ep
     set_seed(seed)
     net, tokenizer = load_classifier(model, info.num_labels)
     if method == "qat":
-        convert_bert(net, q8bert_config(bits))
+        convert_bert(net, q8bert_config(8))
+    elif method == "qbert":
+        convert_bert(net, qbert_config(weight_bits, embedding_bits, groups=groups, layer_bits=layer_bits))
     train_batches = glue_batches(info.name, tokenizer, "train", batch_size, max_length, max_train_examples, seed,
                                  source, shuffle=True)
     dev_batches = glue_batches(info.name, tokenizer, "dev", 64, max_length, max_eval_examples, seed, source)
     training = finetune(net, train_batches, epochs, lr, progress=progress)
-    evaluations = {method: _evaluate(net, dev_batches, info.name)}
-    if method == "fp32":
-        quantized = convert_bert(copy.deepcopy(net), dynamic_config(bits))
-        evaluations["dq"] = _evaluate(quantized, dev_batches, info.name)
+    evaluations = {label: _evaluate(net, dev_batches, info.name)}
+    for name, config in configs.items():
+        evaluations[name] = _evaluate(convert_bert(copy.deepcopy(net), config), dev_batches, info.name)
     wall = time.perf_counter() - start
 
     records = []
     for path, (name, evaluation) in zip(paths, evaluations.items()):
         record = {
-            "experiment": "q8bert", "task": info.name, "method": name, "seed": seed,
+            "experiment": experiment, "task": info.name, "method": name, "seed": seed,
             "metrics": evaluation["metrics"], "main_metric": info.metrics[0],
             "params": params, "train": {**training, "train_examples": len(train_batches.dataset)},
             "eval": {"examples": evaluation["examples"], "seconds": evaluation["seconds"]},

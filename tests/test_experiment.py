@@ -1,24 +1,25 @@
-"""A whole Q8BERT job on a tiny random BERT: FP32 (+DQ) and QAT results, resume, and bad input."""
+"""Whole GLUE jobs on a tiny random BERT: FP32 (+ post-training rows), Q8BERT QAT, Q-BERT QAT, resume, bad input."""
 
 from __future__ import annotations
 
 import pytest
 
-from qlib.experiment import result_paths, run_q8bert
+from qlib.experiment import post_training_config, result_paths, run_glue, run_label
 from qlib.results import read_json
 
 pytestmark = pytest.mark.slow
 
 
 def run(tiny_model_dir, tmp_path, method, **kwargs):
-    return run_q8bert("sst2", method, seed=0, model=str(tiny_model_dir), epochs=1, batch_size=4, max_length=16,
-                      results_dir=tmp_path / "results", progress=False, **kwargs)
+    return run_glue("sst2", method, seed=0, model=str(tiny_model_dir), epochs=1, batch_size=4, max_length=16,
+                    results_dir=tmp_path / "results", progress=False, **kwargs)
 
 
-def test_fp32_job_writes_fp32_and_dq_results_with_provenance(glue_dir, tiny_model_dir, tmp_path):
-    records = run(tiny_model_dir, tmp_path, "fp32")
-    assert [r["method"] for r in records] == ["fp32", "dq"]
-    for record, path in zip(records, result_paths(tmp_path / "results", "sst2", "fp32", 0)):
+def test_fp32_job_writes_fp32_and_post_training_results_with_provenance(glue_dir, tiny_model_dir, tmp_path):
+    records = run(tiny_model_dir, tmp_path, "fp32", post_training=("dq", "directq-w2"))
+    assert [r["method"] for r in records] == ["fp32", "dq", "directq-w2"]
+    paths = result_paths(tmp_path / "results", "sst2", "fp32", 0, ("dq", "directq-w2"))
+    for record, path in zip(records, paths):
         on_disk = read_json(path)
         assert on_disk == record
         assert 0.0 <= on_disk["metrics"]["accuracy"] <= 1.0
@@ -32,6 +33,23 @@ def test_qat_job_and_resume_skips_finished_runs(glue_dir, tiny_model_dir, tmp_pa
     stamp = path.stat().st_mtime_ns
     again = run(tiny_model_dir, tmp_path, "qat")
     assert again == first and path.stat().st_mtime_ns == stamp
+
+
+def test_qbert_mixed_precision_job(glue_dir, tiny_model_dir, tmp_path):
+    records = run(tiny_model_dir, tmp_path, "qbert", weight_bits=2, embedding_bits=8, groups=4,
+                  layer_bits={"encoder.layer.1": 3})
+    assert [r["method"] for r in records] == ["qbert-w2e8-g4-mp"]
+    assert records[0]["params"]["layer_bits"] == {"encoder.layer.1": 3}
+    assert (tmp_path / "results" / "sst2" / "qbert-w2e8-g4-mp-seed0.json").is_file()
+
+
+def test_labels_and_post_training_names():
+    assert run_label("qbert", 3, 8) == "qbert-w3e8" and run_label("fp32") == "fp32"
+    assert post_training_config("directq-w4").default.weight.bits == 4
+    with pytest.raises(ValueError, match="unknown post-training quantization 'int4'"):
+        post_training_config("int4")
+    with pytest.raises(ValueError, match="bits must be an integer in 2..8, got 9"):
+        post_training_config("directq-w9")
 
 
 def test_bad_method_and_non_bert_model(glue_dir, tmp_path, tiny_model_dir):
