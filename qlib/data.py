@@ -86,6 +86,11 @@ def data_dir(required_file: str | None = None) -> Path:
     return path
 
 
+def _local_file(relative: str) -> Path | None:
+    value = os.environ.get(DATA_DIR_ENV)
+    return Path(value) / relative if value and (Path(value) / relative).is_file() else None
+
+
 def _offline() -> bool:
     return any(os.environ.get(v) == "1" for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
 
@@ -156,11 +161,6 @@ def load_glue(task: str, split: str, source: str = "auto", max_examples: int | N
     if max_examples is not None and max_examples < len(ds):
         ds = ds.shuffle(seed=seed).select(range(max_examples))
     return ds
-
-
-def _local_file(relative: str) -> Path | None:
-    value = os.environ.get(DATA_DIR_ENV)
-    return Path(value) / relative if value and (Path(value) / relative).is_file() else None
 
 
 def load_squad(split: str, source: str = "auto") -> datasets.Dataset:

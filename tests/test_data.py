@@ -70,3 +70,18 @@ def test_wrong_labels(glue_dir):
     write_tsv(glue_dir / "glue" / "rte" / "dev.tsv", ["sentence1", "sentence2", "label"], [["a", "b", "maybe"]])
     with pytest.raises(ValueError, match="label 'maybe' not allowed for 'rte'"):
         load_glue("rte", "dev")
+
+
+def test_squad_from_the_official_json_layout(glue_dir):
+    import json
+
+    from qlib.data import load_squad
+
+    article = {"title": "t", "paragraphs": [{"context": "The cat sat.", "qas": [
+        {"id": "q1", "question": "Who sat?", "answers": [{"text": "The cat", "answer_start": 0}]}]}]}
+    (glue_dir / "squad").mkdir()
+    (glue_dir / "squad" / "dev-v1.1.json").write_text(json.dumps({"data": [article], "version": "1.1"}))
+    ds = load_squad("dev")
+    assert ds[0]["answers"] == {"text": ["The cat"], "answer_start": [0]} and ds[0]["question"] == "Who sat?"
+    with pytest.raises(FileNotFoundError, match="squad/train-v1.1.json"):
+        load_squad("train")
