@@ -9,6 +9,7 @@ from qlib.config import BertQuantConfig, LayerQuant, dynamic_config, q8bert_conf
 from qlib.convert import calibrate, convert_bert, find_bert, layer_names, quantized_modules
 from qlib.modules import QuantEmbedding, QuantLinear
 from qlib.observers import DynamicObserver, EMAObserver, MinMaxObserver, make_observer
+from qlib.quant_noise import quant_noise
 from qlib.quantizers import QuantGrid, QuantSpec, fake_quantize, group_view, tensor_ranges
 
 __version__ = "0.1.0"
@@ -17,5 +18,5 @@ __all__ = [
     "BertQuantConfig", "DynamicObserver", "EMAObserver", "LayerQuant", "MinMaxObserver", "QuantEmbedding",
     "QuantGrid", "QuantLinear", "QuantSpec", "calibrate", "check_bits", "convert_bert", "dynamic_config",
     "fake_quantize", "find_bert", "group_view", "layer_names", "make_observer", "q8bert_config", "qbert_config",
-    "quantized_modules", "tensor_ranges",
+    "quant_noise", "quantized_modules", "tensor_ranges",
 ]

@@ -20,14 +20,20 @@ class LayerQuant:
 
     ``weight=None`` or ``activation=None`` leaves that tensor in float. ``observer`` is ``"ema"`` (QAT, Q8BERT),
     ``"dynamic"`` (per batch at inference, the DQ baseline) or ``"minmax"`` (post-training calibration).
+    ``noise_rate`` p < 1 turns QAT into Quant-Noise: in training, only a fraction p of the weight's blocks of
+    ``noise_block`` inputs is quantized at each step (``qlib.quant_noise``); at inference all of them are.
     """
 
     weight: QuantSpec | None = field(default_factory=QuantSpec)
     activation: QuantSpec | None = field(default_factory=QuantSpec)
     observer: str = "ema"
     ema_decay: float = Q8BERT_EMA_DECAY
+    noise_rate: float = 1.0
+    noise_block: int = 8
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.noise_rate <= 1.0:
+            raise ValueError(f"noise_rate must be in [0, 1], got {self.noise_rate!r}")
         if self.activation is not None and self.activation.granularity != "tensor":
             raise ValueError(
                 f"activations are quantized per tensor; got granularity={self.activation.granularity!r}"

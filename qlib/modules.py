@@ -12,6 +12,7 @@ from torch import nn
 
 from qlib.config import LayerQuant
 from qlib.observers import make_observer
+from qlib.quant_noise import quant_noise
 from qlib.quantizers import QuantGrid, QuantSpec
 
 
@@ -52,6 +53,8 @@ class QuantLinear(nn.Linear):
         x_grid, w_grid = self.input_grid(x), self.weight_grid()
         x = x if x_grid is None else x_grid.fake_quantize(x)
         weight = self.weight if w_grid is None else w_grid.fake_quantize(self.weight)
+        if w_grid is not None and self.training and self.quant.noise_rate < 1.0:
+            weight = quant_noise(self.weight, weight, self.quant.noise_rate, self.quant.noise_block)
         return F.linear(x, weight, self.bias)
 
     def extra_repr(self) -> str:

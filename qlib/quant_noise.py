@@ -1,0 +1,27 @@
+"""Quant-Noise (Fan et al. 2021): quantize only a random subset of weight blocks at each training step.
+
+    W̃ = W + M ⊙ (Q(W) - W),   M ~ Bernoulli(p), one draw per block of ``block_size`` consecutive inputs
+
+so a fraction p of the blocks sees the quantized weights and the rest trains in full precision; at inference
+every block is quantized (p = 1). The parameter itself is never overwritten (unlike the masking hook of
+fairseq's ``quant_noise``), and the gradient is explicit: 1 on the float blocks, the straight-through
+estimator's clip mask on the quantized ones. Shapes: ``weight``, ``quantized`` [out, in]; ``in`` divisible by
+``block_size``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def quant_noise(weight: torch.Tensor, quantized: torch.Tensor, p: float, block_size: int,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+    """The noisy weight W̃: blocks of ``block_size`` inputs taken from ``quantized`` with probability ``p``."""
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"noise rate p must be in [0, 1], got {p!r}")
+    out_features, in_features = weight.shape
+    if block_size < 1 or in_features % block_size:
+        raise ValueError(f"block_size={block_size} must be a positive divisor of the {in_features} input features")
+    blocks = torch.rand(out_features, in_features // block_size, generator=generator) < p
+    mask = blocks.repeat_interleave(block_size, dim=1).to(weight.device)
+    return torch.where(mask, quantized, weight)
