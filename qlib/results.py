@@ -50,7 +50,10 @@ def provenance(wall_time_s: float) -> dict[str, Any]:
         "git_dirty": None if status is None else bool(status),
         "versions": {"python": platform.python_version(), **versions},
         "machine": {"cpu": _cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                    "platform": platform.platform()},
+                    "platform": platform.platform(),
+                    # > cores means the run shared the CPU with other work: its timings are not clean.
+                    "load_avg_1_5_15_min": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg")
+                    else None},
         "wall_time_s": round(wall_time_s, 2),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
