@@ -131,3 +131,20 @@ def to_int8(model: nn.Module) -> nn.Module:
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, child, new)
     return model
+
+
+def int8_gemm_error(weight_bits: int, k: int = 64, seed: int = 0) -> float:
+    """Max |error| of oneDNN's u8·s8 GEMM on this CPU against exact integer arithmetic, for random uint8 inputs
+    and weights spanning ±(2^(weight_bits-1) - 1) over a k-term dot product (0 where the CPU is exact)."""
+    if not hasattr(torch.ops.onednn, "qlinear_pointwise"):
+        raise RuntimeError("this PyTorch build has no oneDNN int8 kernels (torch.ops.onednn.qlinear_pointwise)")
+    generator = torch.Generator().manual_seed(seed)
+    m = 2 ** (weight_bits - 1) - 1
+    weight = torch.randint(-m, m + 1, (16, k), generator=generator).to(torch.int8)
+    x = torch.randint(0, 256, (8, k), generator=generator).to(torch.uint8)
+    packed = torch.ops.onednn.qlinear_prepack(weight, [8, k])
+    y = torch.ops.onednn.qlinear_pointwise(x, 1.0, UINT8_ZERO_POINT, packed, torch.ones(16),
+                                           torch.zeros(16, dtype=torch.long), None, 1.0, 0, torch.float32,
+                                           "none", [], "")
+    exact = (x.float() - UINT8_ZERO_POINT) @ weight.float().T
+    return float((y - exact).abs().max())

@@ -23,7 +23,8 @@ def test_book_builds_offline_with_executed_chapters_and_figures(tmp_path):
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     html = tmp_path / "book" / "_build" / "html"
     for page in ("intro.html", "chapters/first_principles.html", "chapters/q8bert.html",
-                 "chapters/qbert_sensitivity.html", "chapters/qbert_low_precision.html", "chapters/status.html"):
+                 "chapters/qbert_sensitivity.html", "chapters/qbert_low_precision.html",
+                 "chapters/int8_speed.html", "chapters/status.html"):
         assert (html / page).is_file(), page
     chapter = (html / "chapters" / "first_principles.html").read_text()
     assert chapter.count("<img") >= 5, "chapter 1's figures are missing from the HTML"

@@ -84,3 +84,13 @@ def test_calibrated_minmax_model_exports(tiny_bert):
 def test_export_is_refused_on_cpus_without_vnni(tiny_bert):
     with pytest.raises(RuntimeError, match="no AVX-512 VNNI or AVX-VNNI"):
         to_int8(trained(convert_bert(tiny_bert, q8bert_config())))
+
+
+def test_the_vnni_check_matches_what_the_kernel_does():
+    from qlib.int8 import int8_gemm_error
+
+    assert int8_gemm_error(7) == 0.0  # 7-bit weights never saturate
+    if cpu_has_vnni():
+        assert int8_gemm_error(8) == 0.0
+    else:
+        assert int8_gemm_error(8) > 1.0  # the saturation that makes to_int8 refuse here
