@@ -37,6 +37,11 @@ PROTOCOL: dict[str, dict[str, Any]] = {
 weight decay 0.01, seeds 0-2). SST-2 gets one epoch: 67 k sentences take ~27 min an epoch on 2 cores."""
 
 
+def protocol_for(task: str) -> dict[str, Any]:
+    """The protocol's epochs and learning rate for ``task``: BERT's usual 3 epochs at 5e-5 for tasks outside it."""
+    return dict(PROTOCOL.get(get_task(task).name, {"epochs": 3, "lr": 5e-5}))
+
+
 def run_label(method: str, weight_bits: int = 8, embedding_bits: int = 8, groups: int | None = None,
               layer_bits: Mapping[str, int] | None = None) -> str:
     """The name a run's result file starts with: ``fp32``, ``qat``, ``qbert-w3e8``, ``qbert-w2e8-g12-mp`` …"""

@@ -62,3 +62,12 @@ def test_bad_method_and_non_bert_model(glue_dir, tmp_path, tiny_model_dir):
     with pytest.raises(ValueError, match="model_type 'gpt2'; qlib needs a BERT"):
         run(other, tmp_path, "fp32")
     assert not (tmp_path / "results").exists()
+
+
+def test_protocol_covers_tasks_outside_the_cpu_protocol():
+    from qlib.experiment import protocol_for
+
+    assert protocol_for("sst2") == {"epochs": 1, "lr": 5e-5}
+    assert protocol_for("MNLI") == {"epochs": 3, "lr": 5e-5}
+    with pytest.raises(ValueError, match="unknown task 'imdb'"):
+        protocol_for("imdb")
