@@ -15,6 +15,7 @@ from qlib.results import provenance, read_json, read_results, write_json
 def test_write_is_atomic_and_leaves_nothing_behind_on_failure(tmp_path):
     path = write_json(tmp_path / "a" / "r.json", {"x": 1})
     assert read_json(path) == {"x": 1}
+    assert path.stat().st_mode & 0o644 == 0o644  # readable by everyone, like any committed file
     with pytest.raises(ValueError):
         write_json(path, {"x": float("nan")})  # not valid JSON: refused before anything is replaced
     assert read_json(path) == {"x": 1}
