@@ -34,7 +34,7 @@ PROTOCOL: dict[str, dict[str, Any]] = {
     "rte": {"epochs": 3, "lr": 5e-5},
 }
 """The CPU protocol's per-task settings (all: whole train set, batch 32, max 128 tokens, warm-up 10 %,
-weight decay 0.01, seeds 0-2). SST-2 gets one epoch: 67 k sentences take ~27 min an epoch on 2 cores."""
+weight decay 0.01, seeds 0-2). SST-2 gets one epoch: its 67 k sentences make it the protocol's longest job."""
 
 
 def protocol_for(task: str) -> dict[str, Any]:
