@@ -31,3 +31,9 @@ def relative_error(summary: pd.DataFrame, baseline: str = "fp32") -> pd.DataFram
     (Q8BERT Table 2's relative error; positive = the quantized model is worse)."""
     means = summary["mean"].unstack("method")
     return means.drop(columns=baseline).rsub(means[baseline], axis=0).div(means[baseline], axis=0) * 100
+
+
+def mean_std_text(summary: pd.DataFrame) -> pd.Series:
+    """``mean_std`` rows as table cells: "58.48 ± 1.20 (n=3)", or "58.48 (n=1)" for a single seed."""
+    return summary.apply(lambda r: f"{r['mean']:.2f} ± {r['std']:.2f} (n={r['seeds']})" if r["seeds"] > 1
+                         else f"{r['mean']:.2f} (n=1)", axis=1)

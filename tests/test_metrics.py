@@ -39,3 +39,19 @@ def test_mismatched_lengths():
         glue_metrics("sst2", [1, 0], [1])
     with pytest.raises(ValueError, match="equally many"):
         squad_metrics([], [])
+
+
+def test_report_tables_from_records():
+    from qlib.report import mean_std, mean_std_text, relative_error, runs_frame
+
+    def record(method, seed, mcc):
+        return {"task": "cola", "method": method, "seed": seed, "main_metric": "mcc", "metrics": {"mcc": mcc},
+                "train": {"train_examples": 10, "examples_per_s": 1.0}, "params": {"epochs": 1},
+                "provenance": {"wall_time_s": 1.0}}
+
+    runs = runs_frame([record("fp32", 0, 0.5), record("fp32", 1, 0.6), record("qat", 0, 0.44)])
+    summary = mean_std(runs)
+    assert summary.loc[("cola", "fp32"), "mean"] == pytest.approx(55.0)
+    assert mean_std_text(summary).loc[("cola", "fp32")] == "55.00 ± 7.07 (n=2)"
+    assert mean_std_text(summary).loc[("cola", "qat")] == "44.00 (n=1)"
+    assert relative_error(summary).loc["cola", "qat"] == pytest.approx(20.0)  # (55 - 44) / 55
