@@ -35,5 +35,5 @@ def relative_error(summary: pd.DataFrame, baseline: str = "fp32") -> pd.DataFram
 
 def mean_std_text(summary: pd.DataFrame) -> pd.Series:
     """``mean_std`` rows as table cells: "58.48 ± 1.20 (n=3)", or "58.48 (n=1)" for a single seed."""
-    return summary.apply(lambda r: f"{r['mean']:.2f} ± {r['std']:.2f} (n={r['seeds']})" if r["seeds"] > 1
+    return summary.apply(lambda r: f"{r['mean']:.2f} ± {r['std']:.2f} (n={int(r['seeds'])})" if r["seeds"] > 1
                          else f"{r['mean']:.2f} (n=1)", axis=1)
