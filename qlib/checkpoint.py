@@ -8,9 +8,9 @@ in the file's metadata. Sizes reported by the book are these files' sizes on dis
 
 from __future__ import annotations
 
+import copy
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -19,30 +19,18 @@ from safetensors import safe_open
 from safetensors.torch import save_file, save_model
 from torch import nn
 
-from qlib.convert import quantized_modules
+from qlib.config import BertQuantConfig
+from qlib.convert import convert_bert, quantized_modules
 from qlib.packing import pack, unpack
 from qlib.quantizers import QuantGrid
+from qlib.results import atomic_write
 
 FORMAT = "qbook-packed-v1"
 
 
-def _atomic(path: Path, write) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes the file private; a checkpoint is for everyone to read
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def save_float(model: nn.Module, path: str | os.PathLike) -> Path:
     """The FP32 reference checkpoint (safetensors, shared tensors stored once), written atomically."""
-    return _atomic(Path(path), lambda tmp: save_model(model, tmp))
+    return atomic_write(Path(path), lambda tmp: save_model(model, tmp))
 
 
 def save_quantized(model: nn.Module, path: str | os.PathLike) -> Path:
@@ -72,7 +60,7 @@ def save_quantized(model: nn.Module, path: str | os.PathLike) -> Path:
     if not layers:
         raise ValueError(f"{type(model).__name__} has no quantized layer: convert it with qlib.convert_bert first")
     metadata = {"format": FORMAT, "layers": json.dumps(layers), "tied": json.dumps(tied)}
-    return _atomic(Path(path), lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    return atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
 def _open(path: Path):
@@ -130,3 +118,19 @@ def checkpoint_sizes(path: str | os.PathLike) -> dict[str, int]:
 
 def _itemsize(dtype: str) -> int:
     return {"F64": 8, "I64": 8, "F32": 4, "I32": 4, "F16": 2, "BF16": 2, "I16": 2, "U8": 1, "I8": 1, "BOOL": 1}[dtype]
+
+
+def size_mb(model: nn.Module, config: BertQuantConfig | None, folder: str | os.PathLike) -> dict[str, float]:
+    """Measured size (MB) of ``model`` saved in FP32 (``config=None``) or bit-packed after conversion with
+    ``config`` (the model itself is not changed): the whole file, its embedding tables, and everything else."""
+    from qlib.convert import convert_bert
+
+    folder = Path(folder)
+    if config is None:
+        path = save_float(model, folder / "fp32.safetensors")
+    else:
+        path = save_quantized(convert_bert(copy.deepcopy(model), config), folder / "packed.safetensors")
+    sizes = checkpoint_sizes(path)
+    path.unlink()
+    return {"file_mb": sizes["file"] / 1e6, "embedding_mb": sizes["embeddings"] / 1e6,
+            "without_embedding_mb": sizes["other"] / 1e6}

@@ -6,16 +6,12 @@ The result file holds, per block, the top eigenvalue on each subset, Ω = |mean|
 
 from __future__ import annotations
 
-import copy
 import time
 from pathlib import Path
 from typing import Any
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from qlib.checkpoint import checkpoint_sizes, save_float, save_quantized
-from qlib.config import BertQuantConfig
-from qlib.convert import convert_bert
 from qlib.data import get_task, glue_batches
 from qlib.models import DEFAULT_MODEL, load_classifier
 from qlib.results import provenance, read_json, write_json
@@ -85,16 +81,3 @@ SETTINGS: dict[str, dict[str, Any]] = {
 """The rows of Q-BERT's main table that fine-tune at one bit width (w-bits / e-bits); the baseline, DirectQ and
 mixed-precision rows are built from an FP32 run and a spectrum result."""
 
-
-def checkpoint_size_mb(model: PreTrainedModel, config: BertQuantConfig | None, folder: str | Path) -> dict[str, float]:
-    """Measured size (MB) of ``model`` saved in FP32 (``config=None``) or bit-packed under ``config``: the whole
-    file, its embedding tables, and everything else."""
-    folder = Path(folder)
-    if config is None:
-        path = save_float(model, folder / "fp32.safetensors")
-    else:
-        path = save_quantized(convert_bert(copy.deepcopy(model), config), folder / "packed.safetensors")
-    sizes = checkpoint_sizes(path)
-    path.unlink()
-    return {"file_mb": sizes["file"] / 1e6, "embedding_mb": sizes["embeddings"] / 1e6,
-            "without_embedding_mb": sizes["other"] / 1e6}

@@ -51,6 +51,11 @@ def tensor_ranges(
     return view.kthvalue(k_lo, dim=1).values, view.kthvalue(k_hi, dim=1).values
 
 
+def _codes(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
+    """``clamp(round((x - b)/Δ), qmin, qmax)`` as floats (the one rounding rule of every grid)."""
+    return torch.clamp(torch.round((x - shift) * (1.0 / scale)), qmin, qmax)
+
+
 class _RoundWithSTE(torch.autograd.Function):
     """Fake quantization ``x̂ = Δ·clamp(round((x - b)/Δ), qmin, qmax) + b`` with the straight-through estimator.
 
@@ -61,7 +66,7 @@ class _RoundWithSTE(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, scale, shift, lo, hi, qmin: int, qmax: int):  # type: ignore[override]
-        q = torch.clamp(torch.round((x - shift) * (1.0 / scale)), qmin, qmax)
+        q = _codes(x, scale, shift, qmin, qmax)
         ctx.save_for_backward((x >= lo) & (x <= hi))
         return q * scale + shift
 
@@ -131,7 +136,7 @@ class QuantGrid:
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
         """Integer codes of ``x`` (same shape): int8 for symmetric grids, uint8 for asymmetric ones."""
         view, scale, shift = self._per_group(x)
-        q = torch.clamp(torch.round((view - shift) * (1.0 / scale)), self.qmin, self.qmax)
+        q = _codes(view, scale, shift, self.qmin, self.qmax)
         return q.to(torch.int8 if self.symmetric else torch.uint8).reshape(x.shape)
 
     def dequantize(self, q: torch.Tensor) -> torch.Tensor:

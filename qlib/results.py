@@ -10,7 +10,7 @@ import tempfile
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -59,23 +59,34 @@ def provenance(wall_time_s: float) -> dict[str, Any]:
     }
 
 
-def write_json(path: str | os.PathLike, record: dict[str, Any]) -> Path:
-    """Write ``record`` to ``path`` atomically (temp file in the same folder, then rename): never half-written."""
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
+    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it into place: a reader sees the old
+    file or the whole new one, never half of it; a failed write leaves nothing behind."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(record, indent=2, sort_keys=True, allow_nan=False) + "\n"
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes the file private; results are for everyone to read
+        write(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp makes the file private; results and checkpoints are for everyone to read
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def write_json(path: str | os.PathLike, record: dict[str, Any]) -> Path:
+    """Write ``record`` to ``path`` atomically (``atomic_write``); NaN/Inf are refused before anything is written."""
+    text = json.dumps(record, indent=2, sort_keys=True, allow_nan=False) + "\n"
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+
+    return atomic_write(path, write)
 
 
 def read_json(path: str | os.PathLike) -> dict[str, Any]:

@@ -89,3 +89,12 @@ def test_corrupt_truncated_or_missing_checkpoint(tiny_bert, tmp_path):
     with pytest.raises(ValueError, match="has no quantized layer"):
         save_quantized(torch.nn.Linear(2, 2), tmp_path / "x.safetensors")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.safetensors", "fp32.safetensors", "m.safetensors"]
+
+
+def test_size_mb_measures_files_and_leaves_the_model_alone(tiny_bert, tmp_path):
+    from qlib.checkpoint import size_mb
+
+    fp32, packed = size_mb(tiny_bert, None, tmp_path), size_mb(tiny_bert, qbert_config(2, 8), tmp_path)
+    assert packed["without_embedding_mb"] < fp32["without_embedding_mb"] / 4
+    assert packed["file_mb"] >= packed["embedding_mb"] + packed["without_embedding_mb"]
+    assert type(tiny_bert.bert.encoder.layer[0].attention.self.query) is torch.nn.Linear and not list(tmp_path.iterdir())
