@@ -76,17 +76,24 @@ def qbert_config(
     weight_bits: int,
     embedding_bits: int = 8,
     activation_bits: int = 8,
-    groups: int | None = None,
+    groups: int | str | None = None,
     layer_bits: Mapping[str, int] | None = None,
     percentile: float | None = None,
     observer: str = "ema",
 ) -> BertQuantConfig:
-    """Q-BERT: asymmetric clamp quantizer on weights (group-wise when ``groups`` is set), 8-bit inputs (EMA
+    """Q-BERT: asymmetric clamp quantizer on weights (G groups of rows when ``groups`` = G, one range per row when
+    ``groups="row"``, per tensor when None), 8-bit inputs (EMA
     ranges for QAT, ``observer="dynamic"`` for direct quantization without fine-tuning), the embedding's bits on
     their own, and ``layer_bits`` (e.g. ``{"encoder.layer.0": 3}``) for mixed precision."""
 
-    def layer(bits: int) -> LayerQuant:
+    if isinstance(groups, str) and groups != "row":
+        raise ValueError(f"groups must be a positive integer G, 'row' or None; got {groups!r}")
+    if groups == "row":
+        granularity, groups = "channel", None
+    else:
         granularity = "group" if groups is not None else "tensor"
+
+    def layer(bits: int) -> LayerQuant:
         weight = QuantSpec(bits, "asymmetric", granularity, groups, percentile)
         return LayerQuant(weight, QuantSpec(activation_bits, "asymmetric"), observer)
 

@@ -18,13 +18,15 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
+from qlib.checkpoint import save_float, save_quantized
 from qlib.config import BertQuantConfig, dynamic_config, q8bert_config, qbert_config
 from qlib.convert import convert_bert
 from qlib.data import get_task, glue_batches
 from qlib.metrics import glue_metrics
 from qlib.models import DEFAULT_MODEL, load_classifier
+from qlib.observers import Q8BERT_EMA_DECAY
 from qlib.results import provenance, read_json, write_json
-from qlib.train import finetune, predict, set_seed
+from qlib.train import finetune, predict, resolve_device, set_seed
 
 METHODS = ("fp32", "qat", "qbert")
 
@@ -42,17 +44,22 @@ def protocol_for(task: str) -> dict[str, Any]:
     return dict(PROTOCOL.get(get_task(task).name, {"epochs": 3, "lr": 5e-5}))
 
 
-def run_label(method: str, weight_bits: int = 8, embedding_bits: int = 8, groups: int | None = None,
-              layer_bits: Mapping[str, int] | None = None) -> str:
-    """The name a run's result file starts with: ``fp32``, ``qat``, ``qbert-w3e8``, ``qbert-w2e8-g12-mp`` …"""
+def run_label(method: str, weight_bits: int = 8, embedding_bits: int = 8, groups: int | str | None = None,
+              layer_bits: Mapping[str, int] | None = None, ema_decay: float | None = None) -> str:
+    """The name a run's result file starts with: ``fp32``, ``qat``, ``qbert-w3e8``, ``qbert-w3e8-per-row``,
+    ``qbert-w2e8-g12-mp2-3`` (mixed precision, its bit widths), ``qat-ema0.99`` (QAT, another EMA decay) …"""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; allowed: {METHODS} (fp32 runs also give post-training rows)")
+    if method == "qat" and ema_decay is not None and ema_decay != Q8BERT_EMA_DECAY:
+        return f"qat-ema{ema_decay:g}"
     if method != "qbert":
         return method
-    return f"qbert-w{weight_bits}e{embedding_bits}" + (f"-g{groups}" if groups else "") + ("-mp" if layer_bits else "")
+    grouping = "-per-row" if groups == "row" else f"-g{groups}" if groups else ""
+    mixed = "-mp" + "-".join(map(str, sorted({weight_bits, *layer_bits.values()}))) if layer_bits else ""
+    return f"qbert-w{weight_bits}e{embedding_bits}{grouping}{mixed}"
 
 
-def post_training_config(name: str, groups: int | None = None) -> BertQuantConfig:
+def post_training_config(name: str, groups: int | str | None = None) -> BertQuantConfig:
     """The config of a post-training row: ``dq`` or ``directq-w<b>`` (b in 2..8)."""
     if name == "dq":
         return dynamic_config(8)
@@ -79,20 +86,27 @@ def _evaluate(model: torch.nn.Module, batches, task: str) -> dict[str, Any]:
 def run_glue(task: str, method: str, seed: int, model: str = DEFAULT_MODEL, epochs: int = 3, lr: float = 5e-5,
              batch_size: int = 32, max_length: int = 128, max_train_examples: int | None = None,
              max_eval_examples: int | None = None, source: str = "auto", weight_bits: int = 8,
-             embedding_bits: int = 8, groups: int | None = None, layer_bits: Mapping[str, int] | None = None,
+             embedding_bits: int = 8, groups: int | str | None = None, layer_bits: Mapping[str, int] | None = None,
              post_training: Sequence[str] = ("dq",), experiment: str = "q8bert",
-             results_dir: str | Path = "results/q8bert", resume: bool = True,
-             progress: bool = True) -> list[dict[str, Any]]:
-    """Run one (task, method, seed) job and return its result records (read back from disk when resuming)."""
+             results_dir: str | Path = "results/q8bert", resume: bool = True, progress: bool = True,
+             device: str | None = None, ema_decay: float | None = None,
+             checkpoint_dir: str | Path | None = None) -> list[dict[str, Any]]:
+    """Run one (task, method, seed) job and return its result records (read back from disk when resuming).
+
+    ``device``: where to train and evaluate (``None``/``"auto"``: the GPU when there is one); the result's
+    provenance names it. The protocol is the same on any device. ``ema_decay``: the QAT input ranges' EMA decay
+    (None: Q8BERT's 0.9999). ``checkpoint_dir``: also keep the trained model as
+    ``<checkpoint_dir>/<task>/<label>-seed<seed>.safetensors`` (FP32 file, or bit-packed with its ranges)."""
     info = get_task(task)
-    label = run_label(method, weight_bits, embedding_bits, groups, layer_bits)
+    target = resolve_device(device)
+    label = run_label(method, weight_bits, embedding_bits, groups, layer_bits, ema_decay)
     post_training = tuple(post_training) if method == "fp32" else ()
     configs = {name: post_training_config(name, groups) for name in post_training}
     params = dict(task=info.name, method=method, seed=seed, model=model, epochs=epochs, lr=lr, batch_size=batch_size,
                   max_length=max_length, max_train_examples=max_train_examples,
                   max_eval_examples=max_eval_examples, source=source, weight_bits=weight_bits,
                   embedding_bits=embedding_bits, groups=groups, layer_bits=dict(layer_bits or {}) or None,
-                  post_training=list(post_training))
+                  post_training=list(post_training), ema_decay=ema_decay)
     paths = result_paths(results_dir, info.name, label, seed, post_training)
     if resume and all(p.is_file() for p in paths):
         return [read_json(p) for p in paths]
@@ -101,16 +115,20 @@ def run_glue(task: str, method: str, seed: int, model: str = DEFAULT_MODEL, epoc
     set_seed(seed)
     net, tokenizer = load_classifier(model, info.num_labels)
     if method == "qat":
-        convert_bert(net, q8bert_config(8))
+        convert_bert(net, q8bert_config(8, Q8BERT_EMA_DECAY if ema_decay is None else ema_decay))
     elif method == "qbert":
         convert_bert(net, qbert_config(weight_bits, embedding_bits, groups=groups, layer_bits=layer_bits))
+    net.to(target)
     train_batches = glue_batches(info.name, tokenizer, "train", batch_size, max_length, max_train_examples, seed,
                                  source, shuffle=True)
     dev_batches = glue_batches(info.name, tokenizer, "dev", 64, max_length, max_eval_examples, seed, source)
     training = finetune(net, train_batches, epochs, lr, progress=progress)
     evaluations = {label: _evaluate(net, dev_batches, info.name)}
     for name, config in configs.items():
-        evaluations[name] = _evaluate(convert_bert(copy.deepcopy(net), config), dev_batches, info.name)
+        evaluations[name] = _evaluate(convert_bert(copy.deepcopy(net), config).to(target), dev_batches, info.name)
+    if checkpoint_dir is not None:
+        checkpoint = Path(checkpoint_dir) / info.name / f"{label}-seed{seed}.safetensors"
+        (save_float if method == "fp32" else save_quantized)(net.cpu(), checkpoint)
     wall = time.perf_counter() - start
 
     records = []
@@ -120,7 +138,7 @@ def run_glue(task: str, method: str, seed: int, model: str = DEFAULT_MODEL, epoc
             "metrics": evaluation["metrics"], "main_metric": info.metrics[0],
             "params": params, "train": {**training, "train_examples": len(train_batches.dataset)},
             "eval": {"examples": evaluation["examples"], "seconds": evaluation["seconds"]},
-            "provenance": provenance(wall),
+            "provenance": provenance(wall, target),
         }
         write_json(path, record)
         records.append(record)

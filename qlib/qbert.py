@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from qlib.data import get_task, glue_batches
 from qlib.models import DEFAULT_MODEL, load_classifier
 from qlib.results import provenance, read_json, write_json
-from qlib.sensitivity import layer_spectrum, omega
+from qlib.sensitivity import assign_bits, layer_spectrum, omega
 from qlib.train import finetune, set_seed
 
 
@@ -78,6 +78,39 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "Q-BERT 3/8": {"weight_bits": 3, "embedding_bits": 8},
     "Q-BERT 2/8": {"weight_bits": 2, "embedding_bits": 8},
 }
-"""The rows of Q-BERT's main table that fine-tune at one bit width (w-bits / e-bits); the baseline, DirectQ and
-mixed-precision rows are built from an FP32 run and a spectrum result."""
+"""The rows of Q-BERT's main table that fine-tune at one bit width (w-bits / e-bits)."""
 
+MIXED_SETTINGS: dict[str, dict[str, Any]] = {
+    "Q-BERT_MP 2/3": {"choices": (2, 3), "target_bits": 2.5, "embedding_bits": 8},
+    "Q-BERT_MP 2/4": {"choices": (2, 4), "target_bits": 3.0, "embedding_bits": 8},
+}
+"""The mixed-precision rows: per-layer bits from the Ω ranking (``assign_bits``), half the layers raised."""
+
+DIRECTQ = ("directq-w4", "directq-w3", "directq-w2")
+"""The post-training rows an FP32 "Baseline" run also evaluates: DirectQ at 4, 3 and 2 bits, no fine-tuning."""
+
+
+def mixed_layer_bits(spectrum: Mapping[str, Any], choices: Sequence[int], target_bits: float) -> dict[str, int]:
+    """Per-encoder-layer weight bits from a ``run_spectrum`` result: Ω ranks the layers, ``assign_bits`` spends
+    the budget on the most sensitive (the embedding's bits are set on their own, not here)."""
+    omega_per_layer = {n: b["omega"] for n, b in spectrum["blocks"].items() if n.startswith("encoder.")}
+    if not omega_per_layer:
+        raise ValueError(f"the spectrum has no encoder layers, only blocks {list(spectrum['blocks'])}")
+    return assign_bits(omega_per_layer, choices, target_bits)
+
+
+def setting_job(setting: str, spectrum: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """``run_glue`` arguments for one row of the main table: ``"Baseline"`` (FP32, plus the DirectQ rows), a key
+    of ``SETTINGS``, or a key of ``MIXED_SETTINGS`` (needs the ``spectrum`` result)."""
+    if setting == "Baseline":
+        return {"method": "fp32", "post_training": DIRECTQ}
+    if setting in SETTINGS:
+        return {"method": "qbert", **SETTINGS[setting]}
+    if setting in MIXED_SETTINGS:
+        if spectrum is None:
+            raise ValueError(f"setting {setting!r} takes its bits from a Hessian spectrum result; none was given")
+        mixed = MIXED_SETTINGS[setting]
+        return {"method": "qbert", "weight_bits": min(mixed["choices"]), "embedding_bits": mixed["embedding_bits"],
+                "layer_bits": mixed_layer_bits(spectrum, mixed["choices"], mixed["target_bits"])}
+    allowed = ["Baseline", *SETTINGS, *MIXED_SETTINGS]
+    raise ValueError(f"unknown setting {setting!r}; allowed: {allowed}")

@@ -36,8 +36,15 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def provenance(wall_time_s: float) -> dict[str, Any]:
-    """Where a result came from: git commit (and whether the tree was dirty), versions, machine, time, date."""
+def _device_name(device: torch.device | str) -> str:
+    device = torch.device(device)
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+def provenance(wall_time_s: float, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """Where a result came from: git commit (and whether the tree was dirty), versions, machine and the device
+    the work ran on, time, date. Where the source tree has no git (a copy sent to another machine), the commit
+    is read from ``QBOOK_GIT_COMMIT`` if the sender set it, and ``git_dirty`` is unknown (None)."""
     versions = {}
     for package in PACKAGES:
         try:
@@ -46,11 +53,11 @@ def provenance(wall_time_s: float) -> dict[str, Any]:
             versions[package] = None
     status = _git("status", "--porcelain", "--untracked-files=no")
     return {
-        "git_commit": _git("rev-parse", "HEAD"),
+        "git_commit": _git("rev-parse", "HEAD") or os.environ.get("QBOOK_GIT_COMMIT"),
         "git_dirty": None if status is None else bool(status),
         "versions": {"python": platform.python_version(), **versions},
         "machine": {"cpu": _cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                    "platform": platform.platform(),
+                    "platform": platform.platform(), "device": _device_name(device),
                     # > cores means the run shared the CPU with other work: its timings are not clean.
                     "load_avg_1_5_15_min": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg")
                     else None},

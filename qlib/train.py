@@ -24,9 +24,27 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def resolve_device(device: str | None) -> torch.device:
+    """``None`` or ``"auto"``: the GPU when there is one, else the CPU; otherwise ``device`` as given."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"unknown device {device!r}; allowed: 'auto', 'cpu', 'cuda', 'cuda:<n>'") from error
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asked for, but torch sees no CUDA GPU here; use 'cpu' or 'auto'")
+    return resolved
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
 def finetune(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]], epochs: int, lr: float,
              warmup_ratio: float = 0.1, weight_decay: float = 0.01, progress: bool = True) -> dict[str, float]:
-    """Train ``model`` on ``batches`` (a re-iterable loader) for ``epochs``; returns throughput figures."""
+    """Train ``model`` on ``batches`` (a re-iterable loader) for ``epochs`` on the model's device; returns
+    throughput figures."""
     if epochs < 1:
         raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
     no_decay = ("bias", "LayerNorm.weight")
@@ -37,11 +55,13 @@ def finetune(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]], epoch
     optimizer = torch.optim.AdamW(groups, lr=lr)
     total = epochs * len(batches)
     schedule = get_linear_schedule_with_warmup(optimizer, int(warmup_ratio * total), total)
+    device = _device_of(model)
     model.train()
     examples, start = 0, time.perf_counter()
     bar = tqdm(total=total, desc="train", disable=not progress, mininterval=10)
     for _ in range(epochs):
         for batch in batches:
+            batch = {k: v.to(device) for k, v in batch.items()}
             loss = model(**batch).loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -59,10 +79,11 @@ def finetune(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]], epoch
 @torch.no_grad()
 def predict(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]]) -> tuple[np.ndarray, np.ndarray]:
     """(predictions, labels) over ``batches``: argmax of the logits, or the score for a regression head."""
+    device = _device_of(model)
     model.eval()
     predictions, labels = [], []
     for batch in batches:
-        logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+        logits = model(**{k: v.to(device) for k, v in batch.items() if k != "labels"}).logits.cpu()
         predictions.append(logits.squeeze(-1) if logits.shape[-1] == 1 else logits.argmax(-1))
         labels.append(batch["labels"])
     return torch.cat(predictions).numpy(), torch.cat(labels).numpy()

@@ -38,13 +38,15 @@ def test_qat_job_and_resume_skips_finished_runs(glue_dir, tiny_model_dir, tmp_pa
 def test_qbert_mixed_precision_job(glue_dir, tiny_model_dir, tmp_path):
     records = run(tiny_model_dir, tmp_path, "qbert", weight_bits=2, embedding_bits=8, groups=4,
                   layer_bits={"encoder.layer.1": 3})
-    assert [r["method"] for r in records] == ["qbert-w2e8-g4-mp"]
+    assert [r["method"] for r in records] == ["qbert-w2e8-g4-mp2-3"]
     assert records[0]["params"]["layer_bits"] == {"encoder.layer.1": 3}
-    assert (tmp_path / "results" / "sst2" / "qbert-w2e8-g4-mp-seed0.json").is_file()
+    assert (tmp_path / "results" / "sst2" / "qbert-w2e8-g4-mp2-3-seed0.json").is_file()
 
 
 def test_labels_and_post_training_names():
     assert run_label("qbert", 3, 8) == "qbert-w3e8" and run_label("fp32") == "fp32"
+    assert run_label("qbert", 3, 8, groups="row") == "qbert-w3e8-per-row"
+    assert run_label("qbert", 2, 8, 12, {"encoder.layer.0": 4, "encoder.layer.1": 2}) == "qbert-w2e8-g12-mp2-4"
     assert post_training_config("directq-w4").default.weight.bits == 4
     with pytest.raises(ValueError, match="unknown post-training quantization 'int4'"):
         post_training_config("int4")
