@@ -6,7 +6,7 @@ machines without Jupyter (a GPU box, a cluster node) and runs several jobs at on
 
     python -m qlib.protocol --workers 8 --results results [--only q8bert] [--device cuda]
 
-The main tables' jobs run first, the ablations after them. Finished runs are skipped, so an interrupted
+The first chapter's main table runs first, then the other main table seed by seed, then the ablations. Finished runs are skipped, so an interrupted
 protocol resumes. A failing job is named; the others still run,
 and the exit status is non-zero at the end.
 """
@@ -84,7 +84,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.only != "q8bert":
         spectrum = read_json(Path(args.results) / "qbert" / "spectrum-sst2.json")
         parts.append(qbert_jobs(spectrum, tuple(args.qbert_tasks.split(","))))
-    jobs = [job for main, _ in parts for job in main] + [job for _, ablation in parts for job in ablation]
+    by_seed = lambda jobs: sorted(jobs, key=lambda job: job["seed"])  # noqa: E731 (stable: keeps table order)
+    jobs = [job for main, _ in parts for job in main]
+    jobs = jobs[:len(parts[0][0])] + by_seed(jobs[len(parts[0][0]):])
+    jobs += by_seed([job for _, ablation in parts for job in ablation])
     failures = []
     context = multiprocessing.get_context("spawn")  # CUDA cannot be used in forked workers
     with ProcessPoolExecutor(args.workers, mp_context=context) as pool:
