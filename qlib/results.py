@@ -43,8 +43,8 @@ def _device_name(device: torch.device | str) -> str:
 
 def provenance(wall_time_s: float, device: torch.device | str = "cpu") -> dict[str, Any]:
     """Where a result came from: git commit (and whether the tree was dirty), versions, machine and the device
-    the work ran on, time, date. Where the source tree has no git (a copy sent to another machine), the commit
-    is read from ``QBOOK_GIT_COMMIT`` if the sender set it, and ``git_dirty`` is unknown (None)."""
+    the work ran on, time, date. ``QBOOK_GIT_COMMIT``, when set, names the commit instead of the local git: for a
+    copy of the tree sent to another machine, whose own git (if any) may not be the code that runs."""
     versions = {}
     for package in PACKAGES:
         try:
@@ -53,7 +53,7 @@ def provenance(wall_time_s: float, device: torch.device | str = "cpu") -> dict[s
             versions[package] = None
     status = _git("status", "--porcelain", "--untracked-files=no")
     return {
-        "git_commit": _git("rev-parse", "HEAD") or os.environ.get("QBOOK_GIT_COMMIT"),
+        "git_commit": os.environ.get("QBOOK_GIT_COMMIT") or _git("rev-parse", "HEAD"),
         "git_dirty": None if status is None else bool(status),
         "versions": {"python": platform.python_version(), **versions},
         "machine": {"cpu": _cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
