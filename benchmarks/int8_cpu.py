@@ -28,7 +28,7 @@ from transformers import BertConfig, BertForSequenceClassification  # noqa: E402
 
 from qlib import convert_bert, q8bert_config  # noqa: E402
 from qlib.checkpoint import save_float, save_quantized  # noqa: E402
-from qlib.int8 import to_int8  # noqa: E402
+from qlib.int8 import cpu_has_vnni, to_int8  # noqa: E402
 from qlib.models import DEFAULT_MODEL, load_classifier  # noqa: E402
 from qlib.results import provenance, write_json  # noqa: E402
 
@@ -119,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--repeats must be at least 7 (medians of >= 7 runs), got {args.repeats}")
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    report = {"params": vars(args) | {"out": str(args.out)}, "shapes": {}}
+    report = {"params": vars(args) | {"out": str(args.out)}, "shapes": {},
+              "cpu": {"capability": torch.backends.cpu.get_cpu_capability(), "vnni": cpu_has_vnni()}}
     for shape, build in (("bert-base", bert_base), ("packaged", packaged)):
         model = build()
         with tempfile.TemporaryDirectory() as folder:

@@ -14,3 +14,7 @@ Q8BERT_TABLE1 = {
     "sst2": {"metric": "accuracy", "fp32": 92.36, "qat": 92.24},
     "stsb": {"metric": "pearson", "fp32": 89.62, "qat": 89.04},
 }
+
+QBERT_CLAIMS = {"weight_compression": 13.0, "max_accuracy_loss_percent": 2.3}
+"""Q-BERT (Shen et al. 2020, arXiv 1909.05840): 13× weight compression at ultra-low (2/3-bit MP) precision
+within 2.3 % accuracy loss."""

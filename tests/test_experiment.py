@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from qlib.experiment import post_training_config, result_paths, run_glue, run_label
 from qlib.results import read_json
@@ -73,3 +74,36 @@ def test_protocol_covers_tasks_outside_the_cpu_protocol():
     assert protocol_for("MNLI") == {"epochs": 3, "lr": 5e-5}
     with pytest.raises(ValueError, match="unknown task 'imdb'"):
         protocol_for("imdb")
+
+
+def test_checkpoint_dir_keeps_a_loadable_model_and_ema_label(glue_dir, tiny_model_dir, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    from qlib import convert_bert, q8bert_config
+    from qlib.checkpoint import load_quantized
+
+    records = run(tiny_model_dir, tmp_path, "qat", ema_decay=0.99, checkpoint_dir=tmp_path / "ckpt")
+    assert records[0]["method"] == "qat-ema0.99" and records[0]["params"]["ema_decay"] == 0.99
+    assert records[0]["provenance"]["machine"]["device"] == "cpu"
+    path = tmp_path / "ckpt" / "sst2" / "qat-ema0.99-seed0.safetensors"
+    model = convert_bert(AutoModelForSequenceClassification.from_pretrained(tiny_model_dir), q8bert_config())
+    load_quantized(model, path)  # the EMA ranges travel with the packed weights
+    observers = [m for n, m in model.named_modules() if n.endswith("input_observer")]
+    assert observers and all(int(o.observed) > 0 for o in observers)
+
+
+def test_per_row_groups_job(glue_dir, tiny_model_dir, tmp_path):
+    records = run(tiny_model_dir, tmp_path, "qbert", weight_bits=3, groups="row")
+    assert records[0]["method"] == "qbert-w3e8-per-row"
+
+
+def test_device_resolution():
+    from qlib.train import resolve_device
+
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device(None).type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ValueError, match="unknown device 'gpu0'"):
+        resolve_device("gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="torch sees no CUDA GPU"):
+            resolve_device("cuda")

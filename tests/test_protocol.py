@@ -1,0 +1,73 @@
+"""The whole-protocol job list and the Q-BERT table's settings (no training here: the jobs are checked, not run)."""
+
+from __future__ import annotations
+
+import pytest
+
+from qlib.config import qbert_config
+from qlib.experiment import protocol_for, run_label
+from qlib.protocol import ABLATION_GROUPS, HEADS, main, q8bert_jobs, qbert_jobs
+from qlib.qbert import DIRECTQ, MIXED_SETTINGS, SETTINGS, mixed_layer_bits, setting_job
+
+SPECTRUM = {"blocks": {f"encoder.layer.{i}": {"omega": omega} for i, omega in enumerate([5.0, 1.0, 4.0, 2.0])}
+            | {"embeddings": {"omega": 9.0}}}
+
+
+def test_mixed_settings_raise_the_most_sensitive_layers_and_leave_the_embedding_alone():
+    bits = mixed_layer_bits(SPECTRUM, (2, 3), 2.5)
+    assert bits == {"encoder.layer.0": 3, "encoder.layer.1": 2, "encoder.layer.2": 3, "encoder.layer.3": 2}
+    job = setting_job("Q-BERT_MP 2/4", SPECTRUM)
+    assert job["weight_bits"] == 2 and sorted(job["layer_bits"].values()) == [2, 2, 4, 4]
+    assert run_label(**{k: job[k] for k in ("method", "weight_bits", "embedding_bits", "layer_bits")},
+                     groups=HEADS) == "qbert-w2e8-g12-mp2-4"
+
+
+def test_setting_job_rows_and_errors():
+    assert setting_job("Baseline") == {"method": "fp32", "post_training": DIRECTQ}
+    assert setting_job("Q-BERT 2/8") == {"method": "qbert", "weight_bits": 2, "embedding_bits": 8}
+    with pytest.raises(ValueError, match="takes its bits from a Hessian spectrum"):
+        setting_job("Q-BERT_MP 2/3")
+    with pytest.raises(ValueError, match="unknown setting 'Q-BERT 1/8'"):
+        setting_job("Q-BERT 1/8")
+    with pytest.raises(ValueError, match="no encoder layers"):
+        mixed_layer_bits({"blocks": {"embeddings": {"omega": 1.0}}}, (2, 3), 2.5)
+
+
+def test_per_row_groups_and_bad_groups():
+    assert qbert_config(3, groups="row").default.weight.granularity == "channel"
+    with pytest.raises(ValueError, match="groups must be a positive integer G, 'row' or None; got 'rows'"):
+        qbert_config(3, groups="rows")
+
+
+def test_job_lists_cover_both_tables_and_their_ablations():
+    q8_main, q8_ablation = q8bert_jobs()
+    assert len(q8_main) == 3 * 3 * 2 and len(q8_ablation) == 3 * 3
+    assert all(job["epochs"] == protocol_for(job["task"])["epochs"] for job in q8_main)
+    qb_main, qb_ablation = qbert_jobs(SPECTRUM)
+    rows = {run_label(j["method"], j.get("weight_bits", 8), j.get("embedding_bits", 8), j["groups"],
+                      j.get("layer_bits")) for j in qb_main}
+    assert len(qb_main) == (1 + len(SETTINGS) + len(MIXED_SETTINGS)) * 3 and len(rows) == 7
+    assert {j["groups"] for j in qb_ablation} == set(ABLATION_GROUPS)
+
+
+def test_bad_worker_count_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        main(["--workers", "0"])
+    assert "--workers and --threads must be positive, got 0" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_runner_runs_jobs_in_worker_processes_and_names_a_failing_one(glue_dir, tiny_model_dir, tmp_path,
+                                                                      monkeypatch, capsys):
+    import qlib.protocol
+
+    tiny = dict(experiment="q8bert", task="sst2", seed=0, model=str(tiny_model_dir), epochs=1, batch_size=4,
+                max_length=16)
+    jobs = [dict(tiny, method="fp32", post_training=()), dict(tiny, method="int4")]
+    monkeypatch.setattr(qlib.protocol, "q8bert_jobs", lambda: (jobs, []))
+    status = main(["--only", "q8bert", "--results", str(tmp_path / "results"), "--workers", "2", "--threads", "1",
+                   "--device", "cpu"])
+    out = capsys.readouterr()
+    assert status == 1 and "1 of 2 jobs failed" in out.err
+    assert "FAILED" in out.out and "unknown method 'int4'" in out.out
+    assert (tmp_path / "results" / "q8bert" / "sst2" / "fp32-seed0.json").is_file()
