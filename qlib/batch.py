@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import re
 import json
 import shutil
 import sys
@@ -53,7 +54,9 @@ def check_parameters(notebook: Path, names: set[str]) -> None:
 
 
 def job_name(params: dict[str, Any]) -> str:
-    return "_".join(f"{k}-{v}" for k, v in params.items()) or "job"
+    """A file name for one grid point: ``setting-Q-BERT_MP_2-3_seed-0`` (path separators and spaces replaced)."""
+    name = "_".join(f"{k}-{v}" for k, v in params.items()) or "job"
+    return re.sub(r"[^\w.+=-]", "_", name.replace("/", "-"))
 
 
 def run_batch(notebook: str | Path, grid: dict[str, list[Any]], fixed: dict[str, Any], out_dir: str | Path,

@@ -73,3 +73,24 @@ def test_batch_refuses_unknown_parameters(job_notebook, tmp_path, capsys):
     assert code == 2
     assert "unknown parameter(s) ['y']" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
+
+
+def test_job_names_are_plain_file_names():
+    from qlib.batch import job_name
+
+    assert job_name({"setting": "Q-BERT_MP 2/3", "seed": 0}) == "setting-Q-BERT_MP_2-3_seed-0"
+    assert job_name({}) == "job"
+
+
+@pytest.mark.parametrize("chapter", sorted(Path(__file__).parents[1].glob("chapters/*.ipynb")), ids=lambda p: p.stem)
+def test_papermill_sees_every_parameter_of_each_chapter(chapter):
+    import ast
+
+    import papermill
+
+    cells = [c for c in nbformat.read(chapter, 4).cells if "parameters" in c.metadata.get("tags", [])]
+    if not cells:
+        pytest.skip(f"{chapter.name} has no parameters cell")
+    assigned = {t.id for node in ast.parse(cells[0].source).body if isinstance(node, ast.Assign)
+                for t in node.targets if isinstance(t, ast.Name)}
+    assert set(papermill.inspect_notebook(str(chapter))) == assigned
