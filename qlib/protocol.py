@@ -55,6 +55,11 @@ def qbert_jobs(spectrum: dict[str, Any], tasks=("sst2",),
     return main, ablation
 
 
+def _by_seed(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Seed 0 of every row first, then seed 1, …: a partial run still fills every row (stable within a seed)."""
+    return sorted(jobs, key=lambda job: job["seed"])
+
+
 def _run(job: dict[str, Any], results: str, device: str | None, threads: int,
          checkpoints: str | None) -> tuple[str, float]:
     torch.set_num_threads(threads)
@@ -80,14 +85,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.workers < 1 or args.threads < 1:
         parser.error(f"--workers and --threads must be positive, got {args.workers} and {args.threads}")
 
-    parts = [] if args.only == "qbert" else [q8bert_jobs()]
-    if args.only != "q8bert":
-        spectrum = read_json(Path(args.results) / "qbert" / "spectrum-sst2.json")
-        parts.append(qbert_jobs(spectrum, tuple(args.qbert_tasks.split(","))))
-    by_seed = lambda jobs: sorted(jobs, key=lambda job: job["seed"])  # noqa: E731 (stable: keeps table order)
-    jobs = [job for main, _ in parts for job in main]
-    jobs = jobs[:len(parts[0][0])] + by_seed(jobs[len(parts[0][0]):])
-    jobs += by_seed([job for _, ablation in parts for job in ablation])
+    q8_main, q8_ablation = q8bert_jobs() if args.only != "qbert" else ([], [])
+    qb_main, qb_ablation = ([], []) if args.only == "q8bert" else qbert_jobs(
+        read_json(Path(args.results) / "qbert" / "spectrum-sst2.json"), tuple(args.qbert_tasks.split(",")))
+    jobs = q8_main + _by_seed(qb_main) + _by_seed(q8_ablation + qb_ablation)
     failures = []
     context = multiprocessing.get_context("spawn")  # CUDA cannot be used in forked workers
     with ProcessPoolExecutor(args.workers, mp_context=context) as pool:
