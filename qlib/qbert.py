@@ -1,7 +1,8 @@
 """Q-BERT's sensitivity study as one run: fine-tune, then the Hessian spectrum of every block on K subsets.
 
 The result file holds, per block, the top eigenvalue on each subset, Ω = |mean| + std, the smallest eigenvalue
-(its sign tells a saddle point), power-iteration counts and convergence, and the seconds each took.
+(its sign tells a saddle point), power-iteration counts and convergence, the seconds each took, and optionally
+the loss landscape of a few blocks along their top two eigenvectors (Q-BERT fig. 2).
 """
 
 from __future__ import annotations
@@ -10,12 +11,13 @@ import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import numpy as np
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from qlib.data import get_task, glue_batches
 from qlib.models import DEFAULT_MODEL, load_classifier
 from qlib.results import provenance, read_json, write_json
-from qlib.sensitivity import assign_bits, layer_spectrum, omega
+from qlib.sensitivity import assign_bits, block_landscape, layer_spectrum, omega
 from qlib.train import finetune, set_seed
 
 
@@ -35,20 +37,23 @@ def finetuned_for_hessian(task: str, model: str = DEFAULT_MODEL, examples: int |
 def run_spectrum(task: str = "sst2", model: str = DEFAULT_MODEL, seed: int = 0, finetune_examples: int = 2000,
                  finetune_epochs: int = 1, lr: float = 5e-5, subsets: int = 10, subset_size: int = 32,
                  max_length: int = 64, max_iter: int = 50, tol: float = 1e-4, blocks: list[str] | None = None,
-                 saddle_subsets: int = 1,
+                 saddle_subsets: int = 1, landscape_blocks: Sequence[str] = (), landscape_points: int = 11,
                  source: str = "auto", results_path: str | Path = "results/qbert/spectrum-sst2.json",
                  resume: bool = True, progress: bool = True) -> dict[str, Any]:
     """Fine-tune ``model`` on ``finetune_examples`` of ``task`` (FP32, eager attention), then measure each block's
     top Hessian eigenvalue on ``subsets`` disjoint training subsets of ``subset_size`` examples each, and its
-    smallest eigenvalue on the first ``saddle_subsets`` of them."""
+    smallest eigenvalue on the first ``saddle_subsets`` of them; for each of ``landscape_blocks``, the loss on
+    the first subset along its top two eigenvectors, ``landscape_points`` steps from -1 to 1 each way."""
     info = get_task(task)
+    if landscape_points < 2:
+        raise ValueError(f"landscape_points must be at least 2, got {landscape_points}")
     path = Path(results_path)
     if resume and path.is_file():
         return read_json(path)
     params = dict(task=info.name, model=model, seed=seed, finetune_examples=finetune_examples,
                   finetune_epochs=finetune_epochs, lr=lr, subsets=subsets, subset_size=subset_size,
                   max_length=max_length, max_iter=max_iter, tol=tol, blocks=blocks, saddle_subsets=saddle_subsets,
-                  source=source)
+                  landscape_blocks=list(landscape_blocks), landscape_points=landscape_points, source=source)
     start = time.perf_counter()
     net, tokenizer, training = finetuned_for_hessian(info.name, model, finetune_examples, finetune_epochs, lr, seed,
                                                      max_length, source, progress)
@@ -59,6 +64,9 @@ def run_spectrum(task: str = "sst2", model: str = DEFAULT_MODEL, seed: int = 0, 
     records = layer_spectrum(net, batches, blocks, max_iter=max_iter, tol=tol, smallest_subsets=saddle_subsets,
                             seed=seed)
     spectrum_seconds = time.perf_counter() - spectrum_start
+    alphas = np.linspace(-1.0, 1.0, landscape_points)
+    landscape = {block: block_landscape(net, batches[0], block, alphas, max_iter, tol, seed)
+                 for block in landscape_blocks}
     summary = {}
     for name in dict.fromkeys(r["block"] for r in records):
         rows = [r for r in records if r["block"] == name]
@@ -66,7 +74,7 @@ def run_spectrum(task: str = "sst2", model: str = DEFAULT_MODEL, seed: int = 0, 
                          "smallest": [r["smallest"] for r in rows if "smallest" in r],
                          "converged": all(r["converged"] and r.get("smallest_converged", True) for r in rows)}
     result = {"experiment": "qbert-spectrum", "task": info.name, "params": params, "blocks": summary,
-              "records": records, "finetune": training, "spectrum_seconds": spectrum_seconds,
+              "records": records, "landscape": landscape, "finetune": training, "spectrum_seconds": spectrum_seconds,
               "provenance": provenance(time.perf_counter() - start)}
     write_json(path, result)
     return result

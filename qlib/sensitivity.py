@@ -17,7 +17,7 @@ from torch import nn
 
 from qlib.checks import check_bits
 from qlib.convert import find_bert
-from qlib.hessian import power_iteration
+from qlib.hessian import loss_surface, power_iteration
 
 
 def layer_blocks(model: nn.Module) -> dict[str, list[nn.Parameter]]:
@@ -59,6 +59,22 @@ def layer_spectrum(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]],
             record["seconds"] = time.perf_counter() - start
             records.append(record)
     return records
+
+
+def block_landscape(model: nn.Module, batch: dict[str, torch.Tensor], block: str, alphas: Sequence[float],
+                    max_iter: int = 50, tol: float = 1e-4, seed: int = 0) -> dict[str, object]:
+    """Q-BERT fig. 2 for one block: loss(W + a·v1 + b·v2) on ``batch`` for (a, b) in ``alphas``², v1 and v2 the
+    block's top two Hessian eigenvectors (unit norm over the block). Returns alphas, the two eigenvalues, their
+    convergence, and the losses as a [len(alphas)][len(alphas)] list (row a, column b)."""
+    all_blocks = layer_blocks(model)
+    if block not in all_blocks:
+        raise ValueError(f"unknown block {block!r}; allowed: {list(all_blocks)}")
+    model.eval()
+    params = all_blocks[block]
+    pairs = power_iteration(lambda: model(**batch).loss, params, top_k=2, max_iter=max_iter, tol=tol, seed=seed)
+    surface = loss_surface(lambda: model(**batch).loss, params, (pairs[0].eigenvector, pairs[1].eigenvector), alphas)
+    return {"alphas": [float(a) for a in alphas], "eigenvalues": [p.eigenvalue for p in pairs],
+            "converged": [p.converged for p in pairs], "loss": surface.tolist()}
 
 
 def omega(eigenvalues: Sequence[float]) -> float:

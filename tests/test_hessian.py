@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch.func import functional_call
@@ -105,7 +107,31 @@ def test_spectrum_run_writes_its_result(glue_dir, tiny_model_dir, tmp_path):
     from qlib.qbert import run_spectrum
 
     result = run_spectrum("sst2", str(tiny_model_dir), finetune_examples=8, subsets=2, subset_size=4, max_length=16,
-                          max_iter=5, results_path=tmp_path / "spectrum.json", progress=False)
+                          max_iter=5, landscape_blocks=["encoder.layer.1"], landscape_points=3,
+                          results_path=tmp_path / "spectrum.json", progress=False)
     assert set(result["blocks"]) == {"embeddings", "encoder.layer.0", "encoder.layer.1"}
     assert all(len(b["top"]) == 2 and len(b["smallest"]) == 1 for b in result["blocks"].values())
     assert (tmp_path / "spectrum.json").is_file()
+    landscape = result["landscape"]["encoder.layer.1"]
+    assert landscape["alphas"] == [-1.0, 0.0, 1.0] and len(landscape["eigenvalues"]) == 2
+    assert len(landscape["loss"]) == 3 and all(len(row) == 3 for row in landscape["loss"])
+    assert all(math.isfinite(loss) for row in landscape["loss"] for loss in row)
+    with pytest.raises(ValueError, match="landscape_points must be at least 2, got 1"):
+        run_spectrum("sst2", str(tiny_model_dir), landscape_points=1, results_path=tmp_path / "x.json")
+
+
+def test_block_landscape_is_flat_at_its_centre_and_names_bad_blocks(tiny_model_dir):
+    from qlib.models import load_classifier
+    from qlib.sensitivity import block_landscape
+
+    torch.manual_seed(0)
+    model, _ = load_classifier(str(tiny_model_dir), 2, attn_implementation="eager")
+    batch = {"input_ids": torch.randint(5, 64, (4, 12)), "labels": torch.tensor([0, 1, 0, 1])}
+    with torch.no_grad():
+        centre = model(**batch).loss.item()
+    landscape = block_landscape(model, batch, "encoder.layer.0", [-0.5, 0.0, 0.5], max_iter=20)
+    assert landscape["loss"][1][1] == pytest.approx(centre, rel=1e-5)  # the weights themselves, restored after
+    with torch.no_grad():
+        assert model(**batch).loss.item() == pytest.approx(centre, rel=1e-6)
+    with pytest.raises(ValueError, match="unknown block 'encoder.layer.7'"):
+        block_landscape(model, batch, "encoder.layer.7", [0.0])
