@@ -1,4 +1,5 @@
-"""Tables from result records: mean ± std over seeds, relative error against FP32 (presentation only)."""
+"""Tables from result records: mean ± std over seeds, relative error against FP32, paired per-seed gaps
+(presentation only)."""
 
 from __future__ import annotations
 
@@ -31,6 +32,19 @@ def relative_error(summary: pd.DataFrame, baseline: str = "fp32") -> pd.DataFram
     (Q8BERT Table 2's relative error; positive = the quantized model is worse)."""
     means = summary["mean"].unstack("method")
     return means.drop(columns=baseline).rsub(means[baseline], axis=0).div(means[baseline], axis=0) * 100
+
+
+def paired_gaps(runs: pd.DataFrame, method: str, baseline: str = "fp32") -> pd.DataFrame:
+    """Per task, over the seeds run with both methods: ``method`` - ``baseline`` score of the same seed (points;
+    negative = worse), its mean and sample std, the number of pairs, and the baseline's own std over seeds."""
+    scores = runs[runs["method"].isin([method, baseline])].pivot_table(index=["task", "seed"], columns="method",
+                                                                      values="score")
+    if method not in scores or baseline not in scores:
+        return pd.DataFrame(columns=["pairs", "mean gap", "gap std", f"{baseline} std"])
+    gaps = (scores[method] - scores[baseline]).dropna().groupby("task")
+    spread = runs[runs["method"] == baseline].groupby("task")["score"].std(ddof=1)
+    return pd.DataFrame({"pairs": gaps.count(), "mean gap": gaps.mean(), "gap std": gaps.std(ddof=1),
+                         f"{baseline} std": spread}).dropna(subset=["pairs"])
 
 
 def mean_std_text(summary: pd.DataFrame) -> pd.Series:

@@ -55,3 +55,23 @@ def test_report_tables_from_records():
     assert mean_std_text(summary).loc[("cola", "fp32")] == "55.00 ± 7.07 (n=2)"
     assert mean_std_text(summary).loc[("cola", "qat")] == "44.00 (n=1)"
     assert relative_error(summary).loc["cola", "qat"] == pytest.approx(20.0)  # (55 - 44) / 55
+
+
+def test_paired_gaps_compare_the_same_seeds():
+    from qlib.report import paired_gaps, runs_frame
+
+    def record(task, method, seed, score):
+        return {"task": task, "method": method, "seed": seed, "main_metric": "accuracy",
+                "metrics": {"accuracy": score}, "train": {"train_examples": 10, "examples_per_s": 1.0},
+                "params": {"epochs": 1}, "provenance": {"wall_time_s": 1.0}}
+
+    runs = runs_frame([record("rte", "fp32", 0, 0.60), record("rte", "fp32", 1, 0.70), record("rte", "fp32", 2, 0.80),
+                       record("rte", "qat", 0, 0.58), record("rte", "qat", 1, 0.66),  # seed 2 not run: no pair
+                       record("sst2", "fp32", 0, 0.9)])
+    gaps = paired_gaps(runs, "qat")
+    assert list(gaps.index) == ["rte"]  # sst2 has no QAT run to pair with
+    assert gaps.loc["rte", "pairs"] == 2
+    assert gaps.loc["rte", "mean gap"] == pytest.approx(-3.0)  # (-2 + -4) / 2 points
+    assert gaps.loc["rte", "gap std"] == pytest.approx(2 ** 0.5)
+    assert gaps.loc["rte", "fp32 std"] == pytest.approx(10.0)
+    assert paired_gaps(runs, "dq").empty
