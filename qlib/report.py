@@ -36,15 +36,23 @@ def relative_error(summary: pd.DataFrame, baseline: str = "fp32") -> pd.DataFram
 
 def paired_gaps(runs: pd.DataFrame, method: str, baseline: str = "fp32") -> pd.DataFrame:
     """Per task, over the seeds run with both methods: ``method`` - ``baseline`` score of the same seed (points;
-    negative = worse), its mean and sample std, the number of pairs, and the baseline's own std over seeds."""
+    negative = worse): the number of pairs, the gaps' mean and sample std, the baseline's own std over seeds,
+    ``spread`` = the larger of those two stds (NaN with one seed), and ``beyond spread`` = |mean gap| > spread
+    (None when there is no spread to compare with)."""
+    columns = ["pairs", "mean gap", "gap std", f"{baseline} std", "spread", "beyond spread"]
     scores = runs[runs["method"].isin([method, baseline])].pivot_table(index=["task", "seed"], columns="method",
                                                                       values="score")
     if method not in scores or baseline not in scores:
-        return pd.DataFrame(columns=["pairs", "mean gap", "gap std", f"{baseline} std"])
+        return pd.DataFrame(columns=columns)
     gaps = (scores[method] - scores[baseline]).dropna().groupby("task")
-    spread = runs[runs["method"] == baseline].groupby("task")["score"].std(ddof=1)
-    return pd.DataFrame({"pairs": gaps.count(), "mean gap": gaps.mean(), "gap std": gaps.std(ddof=1),
-                         f"{baseline} std": spread}).dropna(subset=["pairs"])
+    table = pd.DataFrame({"pairs": gaps.count(), "mean gap": gaps.mean(), "gap std": gaps.std(ddof=1),
+                          f"{baseline} std": runs[runs["method"] == baseline].groupby("task")["score"].std(ddof=1)})
+    table = table.dropna(subset=["pairs"])
+    table["spread"] = table[["gap std", f"{baseline} std"]].max(axis=1, skipna=True)
+    table["beyond spread"] = pd.Series([None if pd.isna(s) else bool(abs(g) > s)
+                                        for g, s in zip(table["mean gap"], table["spread"])],
+                                       index=table.index, dtype=object)
+    return table[columns]
 
 
 def mean_std_text(summary: pd.DataFrame) -> pd.Series:

@@ -74,4 +74,7 @@ def test_paired_gaps_compare_the_same_seeds():
     assert gaps.loc["rte", "mean gap"] == pytest.approx(-3.0)  # (-2 + -4) / 2 points
     assert gaps.loc["rte", "gap std"] == pytest.approx(2 ** 0.5)
     assert gaps.loc["rte", "fp32 std"] == pytest.approx(10.0)
+    assert gaps.loc["rte", "spread"] == pytest.approx(10.0) and gaps.loc["rte", "beyond spread"] is False
+    one_seed = paired_gaps(runs[runs["seed"] == 0], "qat")
+    assert one_seed.loc["rte", "mean gap"] == pytest.approx(-2.0) and one_seed.loc["rte", "beyond spread"] is None
     assert paired_gaps(runs, "dq").empty
