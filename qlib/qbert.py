@@ -17,7 +17,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from qlib.data import get_task, glue_batches
 from qlib.models import DEFAULT_MODEL, load_classifier
 from qlib.results import provenance, read_json, write_json
-from qlib.sensitivity import assign_bits, block_landscape, layer_spectrum, omega
+from qlib.sensitivity import assign_bits, block_landscape, layer_blocks, layer_spectrum, omega
 from qlib.train import finetune, set_seed
 
 
@@ -57,6 +57,9 @@ def run_spectrum(task: str = "sst2", model: str = DEFAULT_MODEL, seed: int = 0, 
     start = time.perf_counter()
     net, tokenizer, training = finetuned_for_hessian(info.name, model, finetune_examples, finetune_epochs, lr, seed,
                                                      max_length, source, progress)
+    unknown = [b for b in landscape_blocks if b not in layer_blocks(net)]
+    if unknown:  # before the spectrum's minutes, not after
+        raise ValueError(f"unknown landscape block(s) {unknown}; allowed: {list(layer_blocks(net))}")
     probe = glue_batches(info.name, tokenizer, "train", subset_size, max_length, subsets * subset_size, seed + 1,
                          source)
     batches = list(probe)[:subsets]

@@ -118,9 +118,13 @@ def test_spectrum_run_writes_its_result(glue_dir, tiny_model_dir, tmp_path):
     assert all(math.isfinite(loss) for row in landscape["loss"] for loss in row)
     with pytest.raises(ValueError, match="landscape_points must be at least 2, got 1"):
         run_spectrum("sst2", str(tiny_model_dir), landscape_points=1, results_path=tmp_path / "x.json")
+    with pytest.raises(ValueError, match=r"unknown landscape block\(s\) \['encoder.layer.9'\]"):
+        run_spectrum("sst2", str(tiny_model_dir), finetune_examples=8, subsets=1, subset_size=4, max_length=16,
+                     landscape_blocks=["encoder.layer.9"], results_path=tmp_path / "y.json", progress=False)
+    assert not (tmp_path / "y.json").exists()
 
 
-def test_block_landscape_is_flat_at_its_centre_and_names_bad_blocks(tiny_model_dir):
+def test_block_landscape_matches_the_loss_at_its_centre_and_names_bad_blocks(tiny_model_dir):
     from qlib.models import load_classifier
     from qlib.sensitivity import block_landscape
 
