@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import re
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
