@@ -105,14 +105,18 @@ def load_quantized(model: nn.Module, path: str | os.PathLike) -> nn.Module:
 
 
 def checkpoint_sizes(path: str | os.PathLike) -> dict[str, int]:
-    """Bytes on disk of the file, and of its embedding tables and everything else (tensor payloads)."""
+    """Bytes on disk of the file, and of its embedding tables and everything else (tensor payloads); ``codes`` is
+    the part of everything else stored as 8-bit integers (the packed weight codes), the rest of it is float."""
     path = Path(path)
-    sizes = {"file": path.stat().st_size, "embeddings": 0, "other": 0}
+    sizes = {"file": path.stat().st_size, "embeddings": 0, "other": 0, "codes": 0}
     with _open(path) as f:
         for key in f.keys():
             t = f.get_slice(key)
             nbytes = int(torch.Size(t.get_shape()).numel()) * _itemsize(t.get_dtype())
-            sizes["embeddings" if ".embeddings." in f".{key}" else "other"] += nbytes
+            embedding = ".embeddings." in f".{key}"
+            sizes["embeddings" if embedding else "other"] += nbytes
+            if not embedding and t.get_dtype() in ("U8", "I8"):
+                sizes["codes"] += nbytes
     return sizes
 
 
@@ -122,7 +126,8 @@ def _itemsize(dtype: str) -> int:
 
 def size_mb(model: nn.Module, config: BertQuantConfig | None, folder: str | os.PathLike) -> dict[str, float]:
     """Measured size (MB) of ``model`` saved in FP32 (``config=None``) or bit-packed after conversion with
-    ``config`` (the model itself is not changed): the whole file, its embedding tables, and everything else."""
+    ``config`` (the model itself is not changed): the whole file, its embedding tables, everything else, and the
+    integer codes within everything else."""
     from qlib.convert import convert_bert
 
     folder = Path(folder)
@@ -133,4 +138,4 @@ def size_mb(model: nn.Module, config: BertQuantConfig | None, folder: str | os.P
     sizes = checkpoint_sizes(path)
     path.unlink()
     return {"file_mb": sizes["file"] / 1e6, "embedding_mb": sizes["embeddings"] / 1e6,
-            "without_embedding_mb": sizes["other"] / 1e6}
+            "without_embedding_mb": sizes["other"] / 1e6, "codes_without_embedding_mb": sizes["codes"] / 1e6}

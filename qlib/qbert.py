@@ -14,7 +14,9 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from qlib.config import BertQuantConfig, qbert_config
 from qlib.data import get_task, glue_batches
+from qlib.experiment import post_training_config, run_label
 from qlib.models import DEFAULT_MODEL, load_classifier
 from qlib.results import provenance, read_json, write_json
 from qlib.sensitivity import assign_bits, block_landscape, layer_blocks, layer_spectrum, omega
@@ -125,3 +127,26 @@ def setting_job(setting: str, spectrum: Mapping[str, Any] | None = None) -> dict
                 "layer_bits": mixed_layer_bits(spectrum, mixed["choices"], mixed["target_bits"])}
     allowed = ["Baseline", *SETTINGS, *MIXED_SETTINGS]
     raise ValueError(f"unknown setting {setting!r}; allowed: {allowed}")
+
+
+def main_table_rows(spectrum: Mapping[str, Any] | None, groups: int | str | None) -> dict[str, dict[str, Any]]:
+    """Q-BERT's main table row by row, in the paper's order: Baseline, then per bit width its DirectQ row (no
+    fine-tuning) before its Q-BERT row, then the MP rows (only with a ``spectrum``, which sets their bits). Each
+    row: ``w_bits`` and ``e_bits`` as printed, the ``label`` its result files are named by, the
+    ``BertQuantConfig`` whose packed file is its size (``None``: the FP32 file), and MP rows' ``layer_bits``."""
+    rows: dict[str, dict[str, Any]] = {"Baseline": dict(w_bits="32", e_bits="32", label="fp32", config=None)}
+    for name, bits in SETTINGS.items():
+        w, e = bits["weight_bits"], bits["embedding_bits"]
+        directq = f"directq-w{w}"
+        if directq in DIRECTQ:
+            config: BertQuantConfig = post_training_config(directq, groups)
+            rows[f"DirectQ {w}/{e}"] = dict(w_bits=str(w), e_bits=str(e), label=directq, config=config)
+        rows[name] = dict(w_bits=str(w), e_bits=str(e), label=run_label("qbert", w, e, groups),
+                          config=qbert_config(w, e, groups=groups))
+    for name, mixed in (MIXED_SETTINGS.items() if spectrum is not None else ()):
+        job = setting_job(name, spectrum)
+        w, e, layer_bits = job["weight_bits"], job["embedding_bits"], job["layer_bits"]
+        rows[name] = dict(w_bits="/".join(map(str, mixed["choices"])) + " MP", e_bits=str(e),
+                          label=run_label("qbert", w, e, groups, layer_bits),
+                          config=qbert_config(w, e, groups=groups, layer_bits=layer_bits), layer_bits=layer_bits)
+    return rows

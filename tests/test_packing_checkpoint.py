@@ -64,6 +64,7 @@ def test_packed_file_is_smaller_in_proportion_to_bits(tiny_bert, tmp_path):
                                                 tmp_path / f"{b}.safetensors")) for b in (2, 4, 8)}
     assert sizes[2]["file"] < sizes[4]["file"] < sizes[8]["file"] < float_size
     assert sizes[8]["embeddings"] < float_size / 3  # 8-bit tables: a quarter of their float bytes, plus grids
+    assert 0.9 * sizes[8]["codes"] <= 4 * sizes[2]["codes"] <= 1.1 * sizes[8]["codes"]  # four 2-bit codes a byte
 
 
 def test_tied_weights_are_stored_once(tmp_path):
@@ -97,4 +98,6 @@ def test_size_mb_measures_files_and_leaves_the_model_alone(tiny_bert, tmp_path):
     fp32, packed = size_mb(tiny_bert, None, tmp_path), size_mb(tiny_bert, qbert_config(2, 8), tmp_path)
     assert packed["without_embedding_mb"] < fp32["without_embedding_mb"] / 4
     assert packed["file_mb"] >= packed["embedding_mb"] + packed["without_embedding_mb"]
+    assert fp32["codes_without_embedding_mb"] == 0
+    assert 0 < packed["codes_without_embedding_mb"] < packed["without_embedding_mb"]
     assert type(tiny_bert.bert.encoder.layer[0].attention.self.query) is torch.nn.Linear and not list(tmp_path.iterdir())

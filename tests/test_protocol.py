@@ -7,7 +7,7 @@ import pytest
 from qlib.config import qbert_config
 from qlib.experiment import protocol_for, run_label
 from qlib.protocol import ABLATION_GROUPS, HEADS, main, q8bert_jobs, qbert_jobs
-from qlib.qbert import DIRECTQ, MIXED_SETTINGS, SETTINGS, mixed_layer_bits, setting_job
+from qlib.qbert import DIRECTQ, MIXED_SETTINGS, SETTINGS, main_table_rows, mixed_layer_bits, setting_job
 
 SPECTRUM = {"blocks": {f"encoder.layer.{i}": {"omega": omega} for i, omega in enumerate([5.0, 1.0, 4.0, 2.0])}
             | {"embeddings": {"omega": 9.0}}}
@@ -48,6 +48,20 @@ def test_job_lists_cover_both_tables_and_their_ablations():
                       j.get("layer_bits")) for j in qb_main}
     assert len(qb_main) == (1 + len(SETTINGS) + len(MIXED_SETTINGS)) * 3 and len(rows) == 7
     assert {j["groups"] for j in qb_ablation} == set(ABLATION_GROUPS)
+
+
+def test_main_table_rows_name_the_results_the_protocol_writes():
+    rows = main_table_rows(SPECTRUM, HEADS)
+    assert list(rows)[:4] == ["Baseline", "Q-BERT 8/8", "DirectQ 4/8", "Q-BERT 4/8"]
+    assert list(rows)[-2:] == list(MIXED_SETTINGS)
+    qb_main, _ = qbert_jobs(SPECTRUM)
+    written = {run_label(j["method"], j.get("weight_bits", 8), j.get("embedding_bits", 8), j["groups"],
+                         j.get("layer_bits")) for j in qb_main} | set(DIRECTQ)
+    assert {r["label"] for r in rows.values()} == written
+    assert rows["Q-BERT_MP 2/3"]["w_bits"] == "2/3 MP" and rows["Q-BERT_MP 2/3"]["layer_bits"] == mixed_layer_bits(
+        SPECTRUM, (2, 3), 2.5)
+    assert rows["Baseline"]["config"] is None and rows["DirectQ 2/8"]["config"].default.weight.bits == 2
+    assert "Q-BERT_MP 2/3" not in main_table_rows(None, HEADS)
 
 
 def test_bad_worker_count_is_refused(capsys):
