@@ -37,6 +37,15 @@ def test_int8_model_agrees_with_the_fake_quantized_model(tiny_bert):
 
 
 @needs_vnni
+def test_input_quantization_is_its_own_profiler_range(tiny_bert):
+    real = to_int8(trained(convert_bert(tiny_bert, q8bert_config())))
+    with torch.no_grad(), torch.profiler.profile() as prof:
+        real(input_ids=torch.randint(5, 64, (2, 8), generator=torch.Generator().manual_seed(1)))
+    ranges = [e for e in prof.key_averages() if e.key == "qlib::quantize_input"]
+    assert len(ranges) == 1 and ranges[0].count == 13  # once per Int8Linear
+
+
+@needs_vnni
 def test_per_channel_weights_export_too(tiny_bert):
     config = q8bert_config()
     from dataclasses import replace
