@@ -14,7 +14,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from qlib.config import BertQuantConfig, qbert_config
+from qlib.config import qbert_config
 from qlib.data import get_task, glue_batches
 from qlib.experiment import post_training_config, run_label
 from qlib.models import DEFAULT_MODEL, load_classifier
@@ -139,11 +139,13 @@ def main_table_rows(spectrum: Mapping[str, Any] | None, groups: int | str | None
         w, e = bits["weight_bits"], bits["embedding_bits"]
         directq = f"directq-w{w}"
         if directq in DIRECTQ:
-            config: BertQuantConfig = post_training_config(directq, groups)
-            rows[f"DirectQ {w}/{e}"] = dict(w_bits=str(w), e_bits=str(e), label=directq, config=config)
+            rows[f"DirectQ {w}/{e}"] = dict(w_bits=str(w), e_bits=str(e), label=directq,
+                                            config=post_training_config(directq, groups))
         rows[name] = dict(w_bits=str(w), e_bits=str(e), label=run_label("qbert", w, e, groups),
                           config=qbert_config(w, e, groups=groups))
-    for name, mixed in (MIXED_SETTINGS.items() if spectrum is not None else ()):
+    if spectrum is None:
+        return rows
+    for name, mixed in MIXED_SETTINGS.items():
         job = setting_job(name, spectrum)
         w, e, layer_bits = job["weight_bits"], job["embedding_bits"], job["layer_bits"]
         rows[name] = dict(w_bits="/".join(map(str, mixed["choices"])) + " MP", e_bits=str(e),
