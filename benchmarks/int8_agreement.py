@@ -1,10 +1,13 @@
 """Does the int8 model say what the fake-quantized QAT model says? Max |Δlogit| and accuracy on a GLUE dev set.
 
     python benchmarks/int8_agreement.py --checkpoint CKPT [--task sst2] [--out results/benchmarks/int8_agreement-sst2.json]
+    python benchmarks/int8_agreement.py --train-examples 8000 [--seed 0] [--task sst2] [--out ...]
 
 CKPT is a Q8BERT QAT model kept by ``run_glue(..., method="qat", checkpoint_dir=...)`` (bit-packed, with its EMA
-input ranges). The script loads it into a Q8BERT-converted model, exports it with ``qlib.int8.to_int8`` and runs
-both on the whole dev set on the CPU: the issue's target is accuracy equal within 0.2 points.
+input ranges); with ``--train-examples N`` the script first trains one itself (``run_glue``, QAT, N training
+examples, 1 epoch) and records that run in its report. It loads the model into a Q8BERT-converted model, exports it
+with ``qlib.int8.to_int8`` and runs both on the whole dev set on the CPU: the issue's target is accuracy equal
+within 0.2 points.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -23,6 +27,7 @@ import torch  # noqa: E402
 from qlib import convert_bert, q8bert_config  # noqa: E402
 from qlib.checkpoint import load_quantized  # noqa: E402
 from qlib.data import get_task, glue_batches  # noqa: E402
+from qlib.experiment import run_glue  # noqa: E402
 from qlib.int8 import to_int8  # noqa: E402
 from qlib.metrics import glue_metrics  # noqa: E402
 from qlib.models import DEFAULT_MODEL, load_classifier  # noqa: E402
@@ -42,7 +47,10 @@ def logits_over(model: torch.nn.Module, batches) -> tuple[torch.Tensor, torch.Te
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", type=Path, required=True)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", type=Path, help="a packed Q8BERT QAT checkpoint")
+    source.add_argument("--train-examples", type=int, help="train a QAT model on this many examples first")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the --train-examples run")
     parser.add_argument("--task", default="sst2")
     parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--threads", type=int, default=2)
@@ -52,8 +60,14 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     info = get_task(args.task)
+    folder = tempfile.TemporaryDirectory()
+    checkpoint, trained = args.checkpoint, None
+    if args.train_examples is not None:
+        trained = run_glue(info.name, "qat", args.seed, args.model, epochs=1, max_train_examples=args.train_examples,
+                           results_dir=folder.name, checkpoint_dir=folder.name, device="cpu", progress=False)[0]
+        checkpoint = Path(folder.name) / info.name / f"qat-seed{args.seed}.safetensors"
     fake, tokenizer = load_classifier(args.model, info.num_labels)
-    load_quantized(convert_bert(fake, q8bert_config()), args.checkpoint).eval()
+    load_quantized(convert_bert(fake, q8bert_config()), checkpoint).eval()
     real = to_int8(fake)
     batches = glue_batches(info.name, tokenizer, "dev", 64, 128)
     fake_logits, labels = logits_over(fake, batches)
@@ -63,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     metric = info.metrics[0]
     gap = 100 * abs(scores["int8"][metric] - scores["fake_quant"][metric])
     report = {
-        "task": info.name, "checkpoint": str(args.checkpoint), "examples": len(labels), "metric": metric,
+        "task": info.name, "checkpoint": str(args.checkpoint or "trained by this run"), "examples": len(labels),
+        "metric": metric, "trained": trained,
         "scores": scores, "gap_points": gap, "target_points": TARGET_POINTS,
         "max_abs_logit_diff": float((real_logits - fake_logits).abs().max()),
         "mean_abs_logit_diff": float((real_logits - fake_logits).abs().mean()),
@@ -71,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         "params": vars(args) | {"checkpoint": str(args.checkpoint), "out": str(out)},
         "provenance": provenance(time.perf_counter() - start),
     }
+    folder.cleanup()
     write_json(out, report)
     print(f"{info.name} dev ({len(labels)} examples): fake-quant {metric} {100 * scores['fake_quant'][metric]:.2f}, "
           f"int8 {100 * scores['int8'][metric]:.2f}: gap {gap:.2f} points "

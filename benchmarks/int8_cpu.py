@@ -4,8 +4,9 @@
 
 All variants run in one process, interleaved (one forward of each in turn, ``repeats`` rounds after warm-up),
 on the BERT-base shape (random weights: speed does not depend on them) and on the packaged model, at batch 1
-and 8, sequence 128. Prints each median and the ratios against the issue's targets; writes the measurements
-with provenance. A variant that cannot run here (no onnxruntime, a CPU without VNNI for qbook int8) is
+and 8, sequence 128; then, on the packaged model, over a grid of batch sizes and sequence lengths (the
+speed-up's dependence on the GEMM sizes). Prints each median and the ratios against the issue's targets; writes
+the measurements with provenance. A variant that cannot run here (no onnxruntime, a CPU without VNNI for qbook int8) is
 reported as skipped with its reason, never silently dropped.
 """
 
@@ -93,6 +94,10 @@ def variants(model: torch.nn.Module, example, folder: Path) -> tuple[dict[str, C
     return runs, skipped, sizes
 
 
+def point(batch: int, seq: int) -> str:
+    return f"batch{batch}-seq{seq}"
+
+
 def measure(runs: dict[str, Callable], batch: dict[str, torch.Tensor], repeats: int, warmup: int) -> dict:
     times: dict[str, list[float]] = {name: [] for name in runs}
     with torch.inference_mode():
@@ -113,6 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--seq", type=int, default=128)
+    parser.add_argument("--sweep-batches", type=int, nargs="*", default=[1, 8, 32],
+                        help="batch sizes of the packaged model's sweep (none: no sweep)")
+    parser.add_argument("--sweep-seqs", type=int, nargs="*", default=[32, 64, 128, 256])
     parser.add_argument("--out", type=Path, default=Path("results/benchmarks/int8_cpu.json"))
     args = parser.parse_args(argv)
     if args.repeats < 7:
@@ -121,16 +129,18 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     report = {"params": vars(args) | {"out": str(args.out)}, "shapes": {},
               "cpu": {"capability": torch.backends.cpu.get_cpu_capability(), "vnni": cpu_has_vnni()}}
-    for shape, build in (("bert-base", bert_base), ("packaged", packaged)):
+    main_grid = [(b, args.seq) for b in args.batches]
+    sweep = [(b, s) for b in args.sweep_batches for s in args.sweep_seqs if (b, s) not in main_grid]
+    for shape, build, grid in (("bert-base", bert_base, main_grid), ("packaged", packaged, main_grid + sweep)):
         model = build()
         with tempfile.TemporaryDirectory() as folder:
             runs, skipped, sizes = variants(model, inputs(1, args.seq), Path(folder))
             shape_report = {"skipped": skipped, "sizes_bytes": sizes, "latency": {}}
-            for batch in args.batches:
-                timing = measure(runs, inputs(batch, args.seq), args.repeats, args.warmup)
-                shape_report["latency"][f"batch{batch}"] = timing
+            for batch, seq in grid:
+                timing = measure(runs, inputs(batch, seq), args.repeats, args.warmup)
+                shape_report["latency"][point(batch, seq)] = timing
                 line = ", ".join(f"{k} {v['median_ms']:.1f} ms" for k, v in timing.items())
-                print(f"{shape} batch {batch} seq {args.seq}: {line}")
+                print(f"{shape} batch {batch} seq {seq}: {line}")
                 if "qbook_int8" in timing:
                     for other, want in TARGETS.items():
                         if other in timing:

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file, save_model
+from safetensors.torch import load_model, save_file, save_model
 from torch import nn
 
 from qlib.config import BertQuantConfig
@@ -31,6 +31,19 @@ FORMAT = "qbook-packed-v1"
 def save_float(model: nn.Module, path: str | os.PathLike) -> Path:
     """The FP32 reference checkpoint (safetensors, shared tensors stored once), written atomically."""
     return atomic_write(Path(path), lambda tmp: save_model(model, tmp))
+
+
+def load_float(model: nn.Module, path: str | os.PathLike) -> nn.Module:
+    """Load a ``save_float`` file into ``model`` (same architecture and head); a missing, corrupt or mismatched file
+    raises an error naming it."""
+    path = Path(path)
+    with _open(path):  # names a missing or corrupt file
+        pass
+    try:
+        load_model(model, str(path))  # safetensors' own loader: it knows which shared tensors save_model dropped
+    except RuntimeError as err:
+        raise ValueError(f"{path} does not fit {type(model).__name__}: {err}") from err
+    return model
 
 
 def save_quantized(model: nn.Module, path: str | os.PathLike) -> Path:
@@ -65,7 +78,7 @@ def save_quantized(model: nn.Module, path: str | os.PathLike) -> Path:
 
 def _open(path: Path):
     if not path.is_file():
-        raise FileNotFoundError(f"quantized checkpoint {path} not found")
+        raise FileNotFoundError(f"checkpoint {path} not found")
     try:
         return safe_open(str(path), framework="pt")
     except Exception as err:  # safetensors raises its own error type for every malformed file

@@ -84,7 +84,8 @@ def qbert_config(
     """Q-BERT: asymmetric clamp quantizer on weights (G groups of rows when ``groups`` = G, one range per row when
     ``groups="row"``, per tensor when None), 8-bit inputs (EMA
     ranges for QAT, ``observer="dynamic"`` for direct quantization without fine-tuning), the embedding's bits on
-    their own, and ``layer_bits`` (e.g. ``{"encoder.layer.0": 3}``) for mixed precision."""
+    their own, and ``layer_bits`` (e.g. ``{"encoder.layer.0": 3}``) for mixed precision. ``percentile`` p clips each
+    weight group's range to its [100 - p, p] percentiles instead of its min/max (the embedding keeps min/max)."""
 
     if isinstance(groups, str) and groups != "row":
         raise ValueError(f"groups must be a positive integer G, 'row' or None; got {groups!r}")
@@ -99,6 +100,6 @@ def qbert_config(
 
     return BertQuantConfig(
         default=layer(weight_bits),
-        embeddings=QuantSpec(embedding_bits, "asymmetric", percentile=percentile),
+        embeddings=QuantSpec(embedding_bits, "asymmetric"),
         layers={name: layer(bits) for name, bits in (layer_bits or {}).items()},
     )

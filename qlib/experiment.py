@@ -18,7 +18,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from qlib.checkpoint import save_float, save_quantized
+from qlib.checkpoint import load_float, save_float, save_quantized
 from qlib.config import BertQuantConfig, dynamic_config, q8bert_config, qbert_config
 from qlib.convert import convert_bert
 from qlib.data import get_task, glue_batches
@@ -45,9 +45,12 @@ def protocol_for(task: str) -> dict[str, Any]:
 
 
 def run_label(method: str, weight_bits: int = 8, embedding_bits: int = 8, groups: int | str | None = None,
-              layer_bits: Mapping[str, int] | None = None, ema_decay: float | None = None) -> str:
+              layer_bits: Mapping[str, int] | None = None, ema_decay: float | None = None,
+              percentile: float | None = None, init_from: str | Path | None = None) -> str:
     """The name a run's result file starts with: ``fp32``, ``qat``, ``qbert-w3e8``, ``qbert-w3e8-per-row``,
-    ``qbert-w2e8-g12-mp2-3`` (mixed precision, its bit widths), ``qat-ema0.99`` (QAT, another EMA decay) …"""
+    ``qbert-w2e8-g12-mp2-3`` (mixed precision, its bit widths), ``qbert-w3e8-g12-p99.9`` (weight ranges clipped to
+    percentiles), ``qbert-w3e8-g12-p99.9-ft`` (QAT started from a fine-tuned FP32 model), ``qat-ema0.99`` (QAT,
+    another EMA decay) …"""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; allowed: {METHODS} (fp32 runs also give post-training rows)")
     if method == "qat" and ema_decay is not None and ema_decay != Q8BERT_EMA_DECAY:
@@ -55,18 +58,23 @@ def run_label(method: str, weight_bits: int = 8, embedding_bits: int = 8, groups
     if method != "qbert":
         return method
     grouping = "-per-row" if groups == "row" else f"-g{groups}" if groups else ""
+    clipping = f"-p{percentile:g}" if percentile is not None else ""
     mixed = "-mp" + "-".join(map(str, sorted({weight_bits, *layer_bits.values()}))) if layer_bits else ""
-    return f"qbert-w{weight_bits}e{embedding_bits}{grouping}{mixed}"
+    start = "-ft" if init_from is not None else ""
+    return f"qbert-w{weight_bits}e{embedding_bits}{grouping}{clipping}{mixed}{start}"
 
 
 def post_training_config(name: str, groups: int | str | None = None) -> BertQuantConfig:
-    """The config of a post-training row: ``dq`` or ``directq-w<b>`` (b in 2..8)."""
+    """The config of a post-training row: ``dq``, or ``directq-w<b>`` (b in 2..8) with min/max weight ranges, or
+    ``directq-w<b>-p<p>`` with each group's range clipped to its [100 - p, p] percentiles."""
     if name == "dq":
         return dynamic_config(8)
-    match = re.fullmatch(r"directq-w(\d)", name)
+    match = re.fullmatch(r"directq-w(\d)(?:-p(\d+(?:\.\d+)?))?", name)
     if match:
-        return qbert_config(int(match.group(1)), groups=groups, observer="dynamic")
-    raise ValueError(f"unknown post-training quantization {name!r}; allowed: 'dq', 'directq-w<bits>' (bits 2..8)")
+        percentile = float(match.group(2)) if match.group(2) else None
+        return qbert_config(int(match.group(1)), groups=groups, observer="dynamic", percentile=percentile)
+    raise ValueError(f"unknown post-training quantization {name!r}; allowed: 'dq', 'directq-w<bits>' (bits 2..8), "
+                     "'directq-w<bits>-p<percentile>'")
 
 
 def result_paths(results_dir: str | Path, task: str, label: str, seed: int,
@@ -90,23 +98,29 @@ def run_glue(task: str, method: str, seed: int, model: str = DEFAULT_MODEL, epoc
              post_training: Sequence[str] = ("dq",), experiment: str = "q8bert",
              results_dir: str | Path = "results/q8bert", resume: bool = True, progress: bool = True,
              device: str | None = None, ema_decay: float | None = None,
-             checkpoint_dir: str | Path | None = None) -> list[dict[str, Any]]:
+             checkpoint_dir: str | Path | None = None, init_from: str | Path | None = None,
+             percentile: float | None = None) -> list[dict[str, Any]]:
     """Run one (task, method, seed) job and return its result records (read back from disk when resuming).
 
     ``device``: where to train and evaluate (``None``/``"auto"``: the GPU when there is one); the result's
     provenance names it. The protocol is the same on any device. ``ema_decay``: the QAT input ranges' EMA decay
     (None: Q8BERT's 0.9999). ``checkpoint_dir``: also keep the trained model as
-    ``<checkpoint_dir>/<task>/<label>-seed<seed>.safetensors`` (FP32 file, or bit-packed with its ranges)."""
+    ``<checkpoint_dir>/<task>/<label>-seed<seed>.safetensors`` (FP32 file, or bit-packed with its ranges).
+    ``init_from``: start from this FP32 checkpoint of ``model`` (a ``save_float`` file, e.g. the FP32 run of the
+    same task and seed kept with ``checkpoint_dir``) instead of the pretrained weights, as Q-BERT's QAT starts
+    from the fine-tuned FP32 model. ``percentile``: Q-BERT weight ranges clipped to each group's [100 - p, p]
+    percentiles instead of min/max."""
     info = get_task(task)
     target = resolve_device(device)
-    label = run_label(method, weight_bits, embedding_bits, groups, layer_bits, ema_decay)
+    label = run_label(method, weight_bits, embedding_bits, groups, layer_bits, ema_decay, percentile, init_from)
     post_training = tuple(post_training) if method == "fp32" else ()
     configs = {name: post_training_config(name, groups) for name in post_training}
     params = dict(task=info.name, method=method, seed=seed, model=model, epochs=epochs, lr=lr, batch_size=batch_size,
                   max_length=max_length, max_train_examples=max_train_examples,
                   max_eval_examples=max_eval_examples, source=source, weight_bits=weight_bits,
                   embedding_bits=embedding_bits, groups=groups, layer_bits=dict(layer_bits or {}) or None,
-                  post_training=list(post_training), ema_decay=ema_decay)
+                  post_training=list(post_training), ema_decay=ema_decay,
+                  init_from=None if init_from is None else str(init_from), percentile=percentile)
     paths = result_paths(results_dir, info.name, label, seed, post_training)
     if resume and all(p.is_file() for p in paths):
         return [read_json(p) for p in paths]
@@ -114,10 +128,13 @@ def run_glue(task: str, method: str, seed: int, model: str = DEFAULT_MODEL, epoc
     start = time.perf_counter()
     set_seed(seed)
     net, tokenizer = load_classifier(model, info.num_labels)
+    if init_from is not None:
+        load_float(net, init_from)
     if method == "qat":
         convert_bert(net, q8bert_config(8, Q8BERT_EMA_DECAY if ema_decay is None else ema_decay))
     elif method == "qbert":
-        convert_bert(net, qbert_config(weight_bits, embedding_bits, groups=groups, layer_bits=layer_bits))
+        convert_bert(net, qbert_config(weight_bits, embedding_bits, groups=groups, layer_bits=layer_bits,
+                                       percentile=percentile))
     net.to(target)
     train_batches = glue_batches(info.name, tokenizer, "train", batch_size, max_length, max_train_examples, seed,
                                  source, shuffle=True)

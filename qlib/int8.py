@@ -1,14 +1,20 @@
-"""Real int8 inference on x86 CPUs: a fake-quantized model exported to oneDNN's int8 GEMM kernels.
+"""Real int8 inference on x86 CPUs: a fake-quantized BERT exported to oneDNN's int8 GEMM kernels.
 
-``to_int8(model)`` swaps every ``QuantLinear`` for an ``Int8Linear`` (int8 weights packed once, the input
+``to_int8(model)`` replaces every ``QuantLinear`` by an ``Int8Linear`` (int8 weights packed once, the input
 quantized to uint8 with the *learned* static scale, int32 accumulation, float output with the bias added) and
-every ``QuantEmbedding`` for an ``Int8Embedding`` (an int8 table, rows dequantized after the lookup). Softmax,
-LayerNorm, GELU and the attention products stay in float.
+every ``QuantEmbedding`` by an ``Int8Embedding`` (an int8 table, rows dequantized after the lookup). In each
+encoder layer it also fuses what the integer kernels can do at once (``Int8SelfAttention``, ``Int8Intermediate``,
+``Int8ResidualOutput``): Q, K and V as one GEMM on one quantized input (their EMA ranges saw the same tensor);
+the FFN's GELU and the quantization of its output inside the first FFN GEMM, which hands uint8 codes to the
+second; the residual add inside the GEMM before each LayerNorm. Softmax, LayerNorm and the attention products
+stay in float. Every fusion computes what the fake-quantized model computes, in another order.
 
 Why this route: ``torch.ops.onednn.qlinear_pointwise`` is the kernel PyTorch's own maintained x86 int8 path
-(PT2E quantization with the X86 Inductor quantizer) lowers to; it takes plain uint8/int8 tensors, so nothing
-here uses the deprecated ``torch.ao`` eager modules or quantized tensor dtypes, and it is faster than
-``torch.ao``'s dynamic quantization because activation ranges are not scanned at every call.
+(PT2E quantization with the X86 Inductor quantizer) lowers to, post-ops included; it takes plain uint8/int8
+tensors, so nothing here uses the deprecated ``torch.ao`` eager modules. One deprecated piece remains:
+``torch.quantize_per_tensor`` is used as a vectorized rounding kernel in ``quantize_input`` (its result is read
+back as plain int8 bytes; a ``torch.qint8`` tensor never leaves that function), because the same rounding as a
+chain of eager float ops cost 3-7x more and was the largest share of the int8 model's time.
 """
 
 from __future__ import annotations
@@ -18,12 +24,24 @@ import copy
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers.models.bert.modeling_bert import (
+    ALL_ATTENTION_FUNCTIONS,
+    BertIntermediate,
+    BertLayer,
+    BertOutput,
+    BertSelfAttention,
+    BertSelfOutput,
+    eager_attention_forward,
+)
 
-from qlib.convert import quantized_modules
+from qlib.convert import find_bert, quantized_modules
 from qlib.modules import QuantEmbedding, QuantLinear
 from qlib.observers import DynamicObserver
+from qlib.quantizers import QuantGrid
 
 UINT8_ZERO_POINT = 128  # Q8BERT's symmetric int8 input codes -127..127 shifted into oneDNN's uint8 input
+GELU_ALGORITHMS = {"gelu": "none", "gelu_new": "tanh", "gelu_pytorch_tanh": "tanh"}
+"""transformers' activation names that oneDNN's GELU post-op computes: erf (``"none"``) or tanh approximation."""
 
 
 def cpu_has_vnni() -> bool:
@@ -52,9 +70,10 @@ def check_int8_engine() -> None:
                            "Lake or newer, AMD Zen 4 or newer)")
 
 
-def check_exportable(module: QuantLinear) -> tuple[torch.Tensor, torch.Tensor]:
-    """The static input range of ``module``, if it can run on int8 kernels; else a ``ValueError`` saying why
-    (or the observer's ``RuntimeError`` when the model was never trained or calibrated)."""
+def check_exportable(module: QuantLinear) -> float:
+    """The static input scale of ``module`` (the float32 Δ its fake quantization uses), if it can run on int8
+    kernels; else a ``ValueError`` saying why (or the observer's ``RuntimeError`` when the model was never
+    trained or calibrated)."""
     spec, act = module.quant.weight, module.quant.activation
     if spec is None or act is None or spec.bits != 8 or act.bits != 8 or not spec.symmetric or not act.symmetric:
         raise ValueError(f"int8 export needs 8-bit symmetric weights and inputs, got weight={spec}, input={act}")
@@ -62,40 +81,129 @@ def check_exportable(module: QuantLinear) -> tuple[torch.Tensor, torch.Tensor]:
         raise ValueError("int8 export supports per-tensor and per-channel weights, not group-wise ones")
     if isinstance(module.input_observer, DynamicObserver):
         raise ValueError("int8 export uses static input scales: this layer's ranges are dynamic (per batch)")
-    return module.input_observer.stored_range()
+    lo, hi = module.input_observer.stored_range()
+    return float(QuantGrid.from_range(lo, hi, 8, symmetric=True).scale)
+
+
+def quantize_input(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """uint8 codes ``clamp(round(x/Δ), -127, 127) + 128`` of ``x`` [...] (Q8BERT's symmetric grid, shifted into
+    oneDNN's unsigned input), bit-identical to ``QuantGrid.quantize`` with the same float32 Δ = ``scale``."""
+    q = torch.quantize_per_tensor(x.contiguous(), scale, 0, torch.qint8)  # round(x·(1/Δ)), vectorized
+    codes = torch.empty(0, dtype=torch.int8).set_(q.untyped_storage(), 0, q.shape, q.stride())
+    return codes.clamp_(min=-127).view(torch.uint8).bitwise_xor_(UINT8_ZERO_POINT)  # flips the sign bit: +128
 
 
 class Int8Linear(nn.Module):
-    """``y = s_x·s_w·(q_x · q_wᵀ) + b`` with q_x uint8 [..., in] (zero point 128), q_w int8 [out, in] packed
-    for oneDNN, s_w [out], b float [out]; output float [..., out]."""
+    """``y = act(s_x·s_w·(q_x·q_wᵀ) + b + r)`` on oneDNN's int8 GEMM.
 
-    def __init__(self, module: QuantLinear, tokens_hint: int = 1024) -> None:
+    q_x uint8 [..., in] (zero point 128; a float input is quantized first), q_w int8 [out, in] packed once,
+    s_w [out], b float [out], r an optional float residual [..., out]. Output float [..., out], or with
+    ``out_scale`` the uint8 codes of y on that scale (the next layer's input). ``activation``: ``None`` or
+    ``"gelu"`` with ``gelu_algorithm`` ``"none"`` (erf) or ``"tanh"``.
+    """
+
+    def __init__(self, codes: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None, x_scale: float,
+                 activation: str | None = None, gelu_algorithm: str = "none", out_scale: float | None = None,
+                 tokens_hint: int = 1024) -> None:
         super().__init__()
-        lo, hi = check_exportable(module)
-        grid = module.weight_grid()
-        weight = module.weight.detach()
-        self.out_features, self.in_features = weight.shape
-        self.x_scale = max(float(hi.abs().max()), float(lo.abs().max())) / 127 or 1.0
-        w_scale = grid.scale.expand(self.out_features) if grid.groups == 1 else grid.scale
+        self.out_features, self.in_features = codes.shape
+        self.x_scale, self.out_scale = x_scale, out_scale
+        self.activation, self.gelu_algorithm = activation or "none", gelu_algorithm if activation else ""
         self.register_buffer("w_scale", w_scale.to(torch.float32).contiguous())
         self.register_buffer("w_zero_point", torch.zeros(self.out_features, dtype=torch.long))
-        codes = grid.quantize(weight)
+        self.register_buffer("bias", None if bias is None else bias.detach().float().contiguous())
         # An opaque oneDNN tensor: kept as a plain attribute (it has no storage a state_dict could save).
-        self.packed_weight = torch.ops.onednn.qlinear_prepack(codes, [tokens_hint, self.in_features])
-        self.register_buffer("bias", None if module.bias is None else module.bias.detach().float().contiguous())
+        self.packed_weight = torch.ops.onednn.qlinear_prepack(codes.contiguous(), [tokens_hint, self.in_features])
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = x.shape
-        with torch.profiler.record_function("qlib::quantize_input"):  # its own line in a profile
-            # One new buffer, then in place: a fresh tensor per elementwise op costs more than the op here.
-            q = x.reshape(-1, self.in_features) * (1.0 / self.x_scale)
-            q = q.round_().add_(UINT8_ZERO_POINT).clamp_(1, 255).to(torch.uint8)
-        y = torch.ops.onednn.qlinear_pointwise(q, self.x_scale, UINT8_ZERO_POINT, self.packed_weight, self.w_scale,
-                                               self.w_zero_point, self.bias, 1.0, 0, torch.float32, "none", [], "")
-        return y.reshape(*shape[:-1], self.out_features)
+    @classmethod
+    def fused(cls, *modules: QuantLinear, **kwargs) -> "Int8Linear":
+        """One GEMM for Linears that read the same input with the same scale (Q, K, V): their weights stacked
+        [Σ out, in], each keeping its own weight scale."""
+        scales = {check_exportable(m) for m in modules}
+        if len(scales) != 1:
+            raise ValueError(f"Linears fused into one GEMM must share their input scale, got {sorted(scales)}")
+        grids = [m.weight_grid() for m in modules]
+        codes = torch.cat([g.quantize(m.weight.detach()) for g, m in zip(grids, modules)])
+        w_scale = torch.cat([g.scale.expand(m.out_features) for g, m in zip(grids, modules)])
+        biases = [m.bias for m in modules]
+        bias = None if all(b is None for b in biases) else torch.cat(
+            [b.detach() if b is not None else torch.zeros(m.out_features) for b, m in zip(biases, modules)])
+        return cls(codes, w_scale, bias, scales.pop(), **kwargs)
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        if x.dtype != torch.uint8:
+            with torch.profiler.record_function("qlib::quantize_input"):  # its own line in a profile
+                x = quantize_input(x, self.x_scale)
+        codes = x.reshape(-1, self.in_features)
+        quantized_output = self.out_scale is not None
+        out_scale, out_zero_point = (self.out_scale, UINT8_ZERO_POINT) if quantized_output else (1.0, 0)
+        out_dtype = torch.uint8 if quantized_output else torch.float32
+        common = (codes, self.x_scale, UINT8_ZERO_POINT, self.packed_weight, self.w_scale, self.w_zero_point)
+        if residual is None:
+            y = torch.ops.onednn.qlinear_pointwise(*common, self.bias, out_scale, out_zero_point, out_dtype,
+                                                   self.activation, [], self.gelu_algorithm)
+        else:
+            y = torch.ops.onednn.qlinear_pointwise.binary(
+                *common, residual.reshape(-1, self.out_features), self.bias, out_scale, out_zero_point, out_dtype,
+                1.0, 0, "add", 1.0, self.activation, [], self.gelu_algorithm)
+        if quantized_output:
+            y.clamp_(min=1)  # oneDNN saturates to 0..255; the symmetric grid stops at -127 (code 1)
+        return y.reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, x_scale={self.x_scale:.4g}"
+        fused = f", activation={self.activation}" if self.activation != "none" else ""
+        out = f", out_scale={self.out_scale:.4g}" if self.out_scale is not None else ""
+        return f"in_features={self.in_features}, out_features={self.out_features}, x_scale={self.x_scale:.4g}" \
+               f"{fused}{out}"
+
+
+class Int8SelfAttention(nn.Module):
+    """BERT self-attention with Q, K, V as one int8 GEMM: ``[Q K V] = Int8Linear(h)`` [B, T, 3·H·d], then
+    the model's own attention function (SDPA or eager) in float; output [B, T, H·d]."""
+
+    def __init__(self, attention: BertSelfAttention) -> None:
+        super().__init__()
+        self.config, self.is_causal, self.layer_idx = attention.config, attention.is_causal, attention.layer_idx
+        self.num_attention_heads, self.attention_head_size = attention.num_attention_heads, attention.attention_head_size
+        self.scaling = attention.scaling
+        self.qkv = Int8Linear.fused(attention.query, attention.key, attention.value)
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                **kwargs) -> tuple[torch.Tensor, torch.Tensor | None]:
+        shape = hidden_states.shape[:-1]
+        qkv = self.qkv(hidden_states).view(*shape, 3 * self.num_attention_heads, self.attention_head_size)
+        query, key, value = qkv.transpose(1, 2).split(self.num_attention_heads, dim=1)
+        kwargs.pop("past_key_values", None)  # only encoders are fused (see to_int8)
+        attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
+        output, weights = attention(self, query, key, value, attention_mask, dropout=0.0, scaling=self.scaling,
+                                    **kwargs)
+        return output.reshape(*shape, -1).contiguous(), weights
+
+
+class Int8Intermediate(nn.Module):
+    """BERT's FFN up-projection: ``GELU(x·Wᵀ + b)`` [..., 4h] inside the int8 GEMM, returned as uint8 codes on the
+    input scale of the down-projection that reads them."""
+
+    def __init__(self, intermediate: BertIntermediate, next_input_scale: float, gelu_algorithm: str) -> None:
+        super().__init__()
+        self.dense = Int8Linear.fused(intermediate.dense, activation="gelu", gelu_algorithm=gelu_algorithm,
+                                      out_scale=next_input_scale)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.dense(hidden_states)
+
+
+class Int8ResidualOutput(nn.Module):
+    """``LayerNorm(x·Wᵀ + b + residual)`` with the add inside the int8 GEMM (BERT's SelfOutput and Output);
+    x [..., in] float or uint8 codes, residual [..., h]."""
+
+    def __init__(self, output: BertSelfOutput | BertOutput) -> None:
+        super().__init__()
+        self.dense = Int8Linear.fused(output.dense)
+        self.LayerNorm = output.LayerNorm
+
+    def forward(self, hidden_states: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(self.dense(hidden_states, residual=input_tensor))
 
 
 class Int8Embedding(nn.Module):
@@ -116,6 +224,20 @@ class Int8Embedding(nn.Module):
         return rows * self.scale[group].unsqueeze(-1) + self.shift[group].unsqueeze(-1)
 
 
+def _fuse_layer(layer: BertLayer, hidden_act: object) -> None:
+    """Swap an encoder ``layer``'s attention projections, FFN and residual outputs for their fused int8 modules,
+    in place. Q, K, V stay three GEMMs if their input scales differ (per-layer EMA decays); an activation oneDNN
+    has no post-op for stays a float op between two ``Int8Linear``s."""
+    attention = layer.attention
+    if len({check_exportable(p) for p in (attention.self.query, attention.self.key, attention.self.value)}) == 1:
+        attention.self = Int8SelfAttention(attention.self)
+    attention.output = Int8ResidualOutput(attention.output)
+    layer.output = Int8ResidualOutput(layer.output)
+    gelu = GELU_ALGORITHMS.get(hidden_act) if isinstance(hidden_act, str) else None
+    if gelu is not None:
+        layer.intermediate = Int8Intermediate(layer.intermediate, layer.output.dense.x_scale, gelu)
+
+
 def to_int8(model: nn.Module) -> nn.Module:
     """A copy of the converted, trained (or calibrated) ``model`` running on int8 kernels, in eval mode."""
     layers = list(quantized_modules(model))
@@ -127,9 +249,12 @@ def to_int8(model: nn.Module) -> nn.Module:
             check_exportable(module)
     check_int8_engine()
     model = copy.deepcopy(model).eval()
-    layers = list(quantized_modules(model))
-    for name, module in layers:
-        new = Int8Linear(module) if isinstance(module, QuantLinear) else Int8Embedding(module)
+    bert = find_bert(model)
+    if not bert.config.is_decoder:
+        for layer in bert.encoder.layer:
+            _fuse_layer(layer, bert.config.hidden_act)
+    for name, module in list(quantized_modules(model)):
+        new = Int8Linear.fused(module) if isinstance(module, QuantLinear) else Int8Embedding(module)
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, child, new)
     return model

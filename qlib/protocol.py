@@ -6,9 +6,10 @@ machines without Jupyter (a GPU box, a cluster node) and runs several jobs at on
 
     python -m qlib.protocol --workers 8 --results results [--only q8bert] [--device cuda]
 
-The first chapter's main table runs first, then the other main table seed by seed, then the ablations. Finished runs are skipped, so an interrupted
-protocol resumes. A failing job is named; the others still run,
-and the exit status is non-zero at the end.
+Two stages: the first chapter's main table and Q-BERT's FP32 Baselines (which keep their models under
+``--checkpoints``), then Q-BERT's QAT rows seed by seed (each starts from its seed's Baseline model), then the
+ablations. Finished runs are skipped, so an interrupted protocol resumes. A failing job is named; the others
+still run, and the exit status is non-zero at the end.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any
 import torch
 
 from qlib.experiment import protocol_for, run_glue
-from qlib.qbert import MIXED_SETTINGS, SETTINGS, setting_job
+from qlib.qbert import MIXED_SETTINGS, SETTINGS, setting_run
 from qlib.results import read_json
 
 SEEDS = (0, 1, 2)
@@ -44,15 +45,18 @@ def q8bert_jobs(seeds=SEEDS) -> tuple[list[dict[str, Any]], list[dict[str, Any]]
     return main, ablation
 
 
-def qbert_jobs(spectrum: dict[str, Any], tasks=("sst2",),
-               seeds=SEEDS) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Q-BERT II chapter: (every row of the main table at G = heads; the group-wise ablation at 3 bits)."""
-    settings = ["Baseline", *SETTINGS, *MIXED_SETTINGS]
-    main = [dict(experiment="qbert", task=t, seed=s, groups=HEADS, **setting_job(name, spectrum), **protocol_for(t))
-            for t in tasks for name in settings for s in seeds]
-    ablation = [dict(experiment="qbert", task=t, seed=s, groups=g, **setting_job(ABLATION_SETTING),
-                     **protocol_for(t)) for t in tasks for g in ABLATION_GROUPS for s in seeds]
-    return main, ablation
+def qbert_jobs(spectrum: dict[str, Any], checkpoints: str | Path, tasks=("sst2",),
+               seeds=SEEDS) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """Q-BERT II chapter: (the FP32 Baselines, which keep their models under ``checkpoints``; the QAT rows of the
+    main table at G = heads, each from its seed's Baseline model; the group-wise ablation at 3 bits)."""
+    def job(setting: str, task: str, seed: int, groups: int | str) -> dict[str, Any]:
+        return dict(experiment="qbert", **setting_run(setting, task, seed, groups, checkpoints, spectrum),
+                    **protocol_for(task))
+
+    baselines = [job("Baseline", t, s, HEADS) for t in tasks for s in seeds]
+    main = [job(name, t, s, HEADS) for t in tasks for name in [*SETTINGS, *MIXED_SETTINGS] for s in seeds]
+    ablation = [job(ABLATION_SETTING, t, s, g) for t in tasks for g in ABLATION_GROUPS for s in seeds]
+    return baselines, main, ablation
 
 
 def _by_seed(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -61,13 +65,13 @@ def _by_seed(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _run(job: dict[str, Any], results: str, device: str | None, threads: int,
-         checkpoints: str | None) -> tuple[str, float]:
+         keep_models: str | None) -> tuple[str, float]:
     torch.set_num_threads(threads)
-    job = dict(job)
+    job = {"checkpoint_dir": keep_models} | job  # a Baseline keeps its model where the QAT rows look for it
     experiment = job.pop("experiment")
     start = time.perf_counter()
     records = run_glue(**job, experiment=experiment, results_dir=Path(results) / experiment, device=device,
-                       progress=False, checkpoint_dir=checkpoints)
+                       progress=False)
     summary = ", ".join(f"{r['method']} {r['main_metric']}={r['metrics'][r['main_metric']]:.4f}" for r in records)
     return summary, time.perf_counter() - start
 
@@ -80,30 +84,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=1, help="jobs at once, each its own process")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads per job")
     parser.add_argument("--device", default=None, help="auto (default), cpu, cuda")
-    parser.add_argument("--checkpoints", default=None, help="also keep every trained model under this folder")
+    parser.add_argument("--checkpoints", default="runs/checkpoints",
+                        help="Q-BERT's FP32 Baseline models, the QAT rows' starting points (default: runs/checkpoints)")
+    parser.add_argument("--keep-models", default=None, help="also keep every other trained model under this folder")
     args = parser.parse_args(argv)
     if args.workers < 1 or args.threads < 1:
         parser.error(f"--workers and --threads must be positive, got {args.workers} and {args.threads}")
 
     q8_main, q8_ablation = q8bert_jobs() if args.only != "qbert" else ([], [])
-    qb_main, qb_ablation = ([], []) if args.only == "q8bert" else qbert_jobs(
-        read_json(Path(args.results) / "qbert" / "spectrum-sst2.json"), tuple(args.qbert_tasks.split(",")))
-    jobs = q8_main + _by_seed(qb_main) + _by_seed(q8_ablation + qb_ablation)
-    failures = []
+    qb_baselines, qb_main, qb_ablation = ([], [], []) if args.only == "q8bert" else qbert_jobs(
+        read_json(Path(args.results) / "qbert" / "spectrum-sst2.json"), Path(args.checkpoints) / "qbert",
+        tuple(args.qbert_tasks.split(",")))
+    stages = [q8_main + _by_seed(qb_baselines), _by_seed(qb_main) + _by_seed(q8_ablation + qb_ablation)]
+    total, done, failures = sum(map(len, stages)), 0, []
     context = multiprocessing.get_context("spawn")  # CUDA cannot be used in forked workers
     with ProcessPoolExecutor(args.workers, mp_context=context) as pool:
-        futures = {pool.submit(_run, job, args.results, args.device, args.threads, args.checkpoints): job
-                   for job in jobs}
-        for done, future in enumerate(as_completed(futures), 1):
-            job = futures[future]
-            try:
-                summary, seconds = future.result()
-                print(f"[{done}/{len(jobs)}] {summary} ({seconds:.0f} s)", flush=True)
-            except Exception as error:  # name the job, keep the others running
-                failures.append(job)
-                print(f"[{done}/{len(jobs)}] FAILED {job}: {type(error).__name__}: {error}", flush=True)
+        for jobs in stages:  # a stage ends before the next starts: QAT rows need their Baseline's model
+            futures = {pool.submit(_run, job, args.results, args.device, args.threads, args.keep_models): job
+                       for job in jobs}
+            for future in as_completed(futures):
+                done, job = done + 1, futures[future]
+                try:
+                    summary, seconds = future.result()
+                    print(f"[{done}/{total}] {summary} ({seconds:.0f} s)", flush=True)
+                except Exception as error:  # name the job, keep the others running
+                    failures.append(job)
+                    print(f"[{done}/{total}] FAILED {job}: {type(error).__name__}: {error}", flush=True)
     if failures:
-        print(f"{len(failures)} of {len(jobs)} jobs failed", file=sys.stderr)
+        print(f"{len(failures)} of {total} jobs failed", file=sys.stderr)
     return 1 if failures else 0
 
 

@@ -59,3 +59,32 @@ def mean_std_text(summary: pd.DataFrame) -> pd.Series:
     """``mean_std`` rows as table cells: "58.48 ± 1.20 (n=3)", or "58.48 (n=1)" for a single seed."""
     return summary.apply(lambda r: f"{r['mean']:.2f} ± {r['std']:.2f} (n={int(r['seeds'])})" if r["seeds"] > 1
                          else f"{r['mean']:.2f} (n=1)", axis=1)
+
+
+def protocol_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
+    """How each trained run was made, one row per run (a post-training row such as ``dq`` or ``directq-w2`` trains
+    nothing and is left out): model, data, schedule, G, device, CPU and threads, torch, commit, examples/s, wall
+    hours, and the note a run's provenance carries, if any."""
+    rows = [
+        {"task": r["task"], "method": r["method"], "seed": r["seed"], "model": r["params"]["model"],
+         "train examples": r["train"]["train_examples"], "epochs": r["params"]["epochs"],
+         "max tokens": r["params"]["max_length"], "batch": r["params"]["batch_size"], "lr": r["params"]["lr"],
+         "G": r["params"].get("groups"), "device": r["provenance"]["machine"].get("device", "cpu"),
+         "CPU": r["provenance"]["machine"]["cpu"], "threads": r["provenance"]["machine"]["torch_threads"],
+         "torch": r["provenance"]["versions"]["torch"], "commit": (r["provenance"]["git_commit"] or "")[:8],
+         "examples/s": round(r["train"]["examples_per_s"], 1), "wall h": r["provenance"]["wall_time_s"] / 3600,
+         "note": r["provenance"].get("note")}
+        for r in records if r["method"] not in r["params"].get("post_training", [])
+    ]
+    return pd.DataFrame(rows)
+
+
+def latency_frame(benchmark: dict[str, Any]) -> pd.DataFrame:
+    """A ``benchmarks/int8_cpu.py`` result as one row per (shape, batch, seq, variant) with its median ms."""
+    rows = []
+    for shape, report in benchmark["shapes"].items():
+        for point, timings in report["latency"].items():
+            batch, seq = (int(part.lstrip("batchseq")) for part in point.split("-"))
+            rows += [{"shape": shape, "batch": batch, "seq": seq, "variant": variant, "median ms": t["median_ms"]}
+                     for variant, t in timings.items()]
+    return pd.DataFrame(rows, columns=["shape", "batch", "seq", "variant", "median ms"])

@@ -26,6 +26,11 @@ def test_fp32_job_writes_fp32_and_post_training_results_with_provenance(glue_dir
         assert 0.0 <= on_disk["metrics"]["accuracy"] <= 1.0
         assert on_disk["params"]["model"] == str(tiny_model_dir) and on_disk["train"]["train_examples"] == 16
         assert on_disk["train"]["examples_per_s"] > 0 and on_disk["provenance"]["wall_time_s"] > 0
+    from qlib.report import protocol_frame
+
+    protocol = protocol_frame(records)  # the post-training rows trained nothing: one row, the FP32 run's
+    assert protocol[["method", "seed", "train examples", "epochs", "max tokens"]].values.tolist() == [
+        ["fp32", 0, 16, 1, 16]]
 
 
 def test_qat_job_and_resume_skips_finished_runs(glue_dir, tiny_model_dir, tmp_path):
@@ -48,7 +53,10 @@ def test_labels_and_post_training_names():
     assert run_label("qbert", 3, 8) == "qbert-w3e8" and run_label("fp32") == "fp32"
     assert run_label("qbert", 3, 8, groups="row") == "qbert-w3e8-per-row"
     assert run_label("qbert", 2, 8, 12, {"encoder.layer.0": 4, "encoder.layer.1": 2}) == "qbert-w2e8-g12-mp2-4"
+    assert run_label("qbert", 3, 8, 12, percentile=99.9, init_from="fp32.safetensors") == "qbert-w3e8-g12-p99.9-ft"
     assert post_training_config("directq-w4").default.weight.bits == 4
+    assert post_training_config("directq-w4").default.weight.percentile is None
+    assert post_training_config("directq-w3-p99.9", groups=4).default.weight.percentile == 99.9
     with pytest.raises(ValueError, match="unknown post-training quantization 'int4'"):
         post_training_config("int4")
     with pytest.raises(ValueError, match="bits must be an integer in 2..8, got 9"):
@@ -90,6 +98,21 @@ def test_checkpoint_dir_keeps_a_loadable_model_and_ema_label(glue_dir, tiny_mode
     load_quantized(model, path)  # the EMA ranges travel with the packed weights
     observers = [m for n, m in model.named_modules() if n.endswith("input_observer")]
     assert observers and all(int(o.observed) > 0 for o in observers)
+
+
+def test_a_qat_row_starts_from_its_baseline_model_and_runs_it_first_when_missing(glue_dir, tiny_model_dir, tmp_path):
+    from qlib.qbert import fp32_checkpoint, run_setting
+
+    args = dict(model=str(tiny_model_dir), epochs=1, batch_size=4, max_length=16, experiment="qbert",
+                results_dir=tmp_path / "results", progress=False)
+    records = run_setting("Q-BERT 3/8", "sst2", 0, 4, tmp_path / "ckpt", **args)
+    start = fp32_checkpoint(tmp_path / "ckpt", "sst2", 0)
+    assert start.is_file() and records[0]["params"]["init_from"] == str(start)
+    assert records[0]["method"] == "qbert-w3e8-g4-p99.9-ft" and records[0]["params"]["percentile"] == 99.9
+    written = {p.name for p in (tmp_path / "results" / "sst2").iterdir()}
+    assert {"fp32-seed0.json", "directq-w2-p99.9-seed0.json", "directq-w2-seed0.json"} <= written
+    with pytest.raises(FileNotFoundError, match="checkpoint .*missing.safetensors not found"):
+        run(tiny_model_dir, tmp_path, "qbert", weight_bits=3, init_from=tmp_path / "missing.safetensors")
 
 
 def test_per_row_groups_job(glue_dir, tiny_model_dir, tmp_path):

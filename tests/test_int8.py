@@ -6,10 +6,22 @@ import copy
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from qlib import calibrate, convert_bert, dynamic_config, q8bert_config, qbert_config
+from qlib import QuantGrid, calibrate, convert_bert, dynamic_config, q8bert_config, qbert_config
 from qlib.checkpoint import load_quantized, save_quantized
-from qlib.int8 import Int8Embedding, Int8Linear, cpu_has_vnni, to_int8
+from qlib.int8 import (
+    Int8Embedding,
+    Int8Intermediate,
+    Int8Linear,
+    Int8ResidualOutput,
+    Int8SelfAttention,
+    UINT8_ZERO_POINT,
+    cpu_has_vnni,
+    quantize_input,
+    to_int8,
+)
 
 needs_vnni = pytest.mark.skipif(not cpu_has_vnni(), reason="this CPU has no AVX-512 VNNI/AVX-VNNI: int8 GEMMs "
                                 "saturate with 8-bit weights, so to_int8 refuses (tested below)")
@@ -27,7 +39,12 @@ def trained(model):
 def test_int8_model_agrees_with_the_fake_quantized_model(tiny_bert):
     fake = trained(convert_bert(tiny_bert, q8bert_config()))
     real = to_int8(fake)
-    assert sum(isinstance(m, Int8Linear) for m in real.modules()) == 13
+    def count(kind):
+        return sum(isinstance(m, kind) for m in real.modules())
+
+    # per layer: one fused Q/K/V GEMM, the FFN with its GELU, two GEMMs with their residual add; and the pooler
+    assert (count(Int8SelfAttention), count(Int8Intermediate), count(Int8ResidualOutput)) == (2, 2, 4)
+    assert count(Int8Linear) == 2 * 4 + 1
     assert sum(isinstance(m, Int8Embedding) for m in real.modules()) == 3
     ids = torch.randint(5, 64, (6, 12), generator=torch.Generator().manual_seed(9))
     with torch.no_grad():
@@ -42,7 +59,8 @@ def test_input_quantization_is_its_own_profiler_range(tiny_bert):
     with torch.no_grad(), torch.profiler.profile() as prof:
         real(input_ids=torch.randint(5, 64, (2, 8), generator=torch.Generator().manual_seed(1)))
     ranges = [e for e in prof.key_averages() if e.key == "qlib::quantize_input"]
-    assert len(ranges) == 1 and ranges[0].count == 13  # once per Int8Linear
+    # once per layer for Q/K/V, the attention output and the FFN; the FFN's second GEMM reads uint8 codes
+    assert len(ranges) == 1 and ranges[0].count == 2 * 3 + 1
 
 
 @needs_vnni
@@ -103,3 +121,17 @@ def test_the_vnni_check_matches_what_the_kernel_does():
         assert int8_gemm_error(8) == 0.0
     else:
         assert int8_gemm_error(8) > 1.0  # the saturation that makes to_int8 refuse here
+
+
+@settings(max_examples=300, deadline=None)
+@given(rows=st.integers(1, 5), cols=st.integers(1, 70), spread=st.sampled_from([1e-3, 1.0, 300.0]),
+       narrow=st.sampled_from([0.3, 1.0]), seed=st.integers(0, 2**16), ties=st.booleans())
+def test_quantize_input_is_bit_identical_to_the_grid(rows, cols, spread, narrow, seed, ties):
+    """The fast kernel gives qlib's own codes (+128) for every value, rounding ties and clipped values included."""
+    x = torch.randn(rows, cols, generator=torch.Generator().manual_seed(seed)) * spread
+    grid = QuantGrid.from_range(-x.abs().max() * narrow, x.abs().max() * narrow, 8, symmetric=True)
+    if ties:  # values exactly between two grid points, where rounding rules differ
+        x = (torch.round(x / grid.scale) + 0.5) * grid.scale
+    codes = quantize_input(x, float(grid.scale))
+    assert codes.dtype == torch.uint8
+    assert torch.equal(codes.to(torch.int16) - UINT8_ZERO_POINT, grid.quantize(x).to(torch.int16))

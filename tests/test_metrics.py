@@ -78,3 +78,13 @@ def test_paired_gaps_compare_the_same_seeds():
     one_seed = paired_gaps(runs[runs["seed"] == 0], "qat")
     assert one_seed.loc["rte", "mean gap"] == pytest.approx(-2.0) and one_seed.loc["rte", "beyond spread"] is None
     assert paired_gaps(runs, "dq").empty
+
+
+def test_latency_frame_reads_every_point_of_a_benchmark():
+    from qlib.report import latency_frame
+
+    bench = {"shapes": {"packaged": {"latency": {
+        "batch8-seq128": {"fp32": {"median_ms": 40.0}, "qbook_int8": {"median_ms": 10.0}},
+        "batch32-seq64": {"fp32": {"median_ms": 90.0}}}}}}
+    frame = latency_frame(bench).set_index(["batch", "seq", "variant"])["median ms"]
+    assert frame.to_dict() == {(8, 128, "fp32"): 40.0, (8, 128, "qbook_int8"): 10.0, (32, 64, "fp32"): 90.0}

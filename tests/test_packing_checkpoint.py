@@ -82,7 +82,7 @@ def test_corrupt_truncated_or_missing_checkpoint(tiny_bert, tmp_path):
     (tmp_path / "cut.safetensors").write_bytes(data[: len(data) // 2])
     with pytest.raises(ValueError, match="corrupt or truncated checkpoint .*cut.safetensors"):
         load_quantized(model, tmp_path / "cut.safetensors")
-    with pytest.raises(FileNotFoundError, match="quantized checkpoint .*nope.safetensors not found"):
+    with pytest.raises(FileNotFoundError, match="checkpoint .*nope.safetensors not found"):
         load_quantized(model, tmp_path / "nope.safetensors")
     save_float(tiny_bert, tmp_path / "fp32.safetensors")
     with pytest.raises(ValueError, match="is not a qbook quantized checkpoint"):

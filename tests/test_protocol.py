@@ -7,10 +7,26 @@ import pytest
 from qlib.config import qbert_config
 from qlib.experiment import protocol_for, run_label
 from qlib.protocol import ABLATION_GROUPS, HEADS, main, q8bert_jobs, qbert_jobs
-from qlib.qbert import DIRECTQ, MIXED_SETTINGS, SETTINGS, main_table_rows, mixed_layer_bits, setting_job
+from qlib.qbert import (
+    DIRECTQ,
+    MIXED_SETTINGS,
+    QBERT_PERCENTILE,
+    SETTINGS,
+    fp32_checkpoint,
+    main_table_rows,
+    mixed_layer_bits,
+    setting_job,
+    setting_run,
+)
 
 SPECTRUM = {"blocks": {f"encoder.layer.{i}": {"omega": omega} for i, omega in enumerate([5.0, 1.0, 4.0, 2.0])}
             | {"embeddings": {"omega": 9.0}}}
+
+
+def label(job):
+    """The result name a protocol job writes."""
+    return run_label(job["method"], job.get("weight_bits", 8), job.get("embedding_bits", 8), job["groups"],
+                     job.get("layer_bits"), percentile=job.get("percentile"), init_from=job.get("init_from"))
 
 
 def test_mixed_settings_raise_the_most_sensitive_layers_and_leave_the_embedding_alone():
@@ -18,13 +34,17 @@ def test_mixed_settings_raise_the_most_sensitive_layers_and_leave_the_embedding_
     assert bits == {"encoder.layer.0": 3, "encoder.layer.1": 2, "encoder.layer.2": 3, "encoder.layer.3": 2}
     job = setting_job("Q-BERT_MP 2/4", SPECTRUM)
     assert job["weight_bits"] == 2 and sorted(job["layer_bits"].values()) == [2, 2, 4, 4]
-    assert run_label(**{k: job[k] for k in ("method", "weight_bits", "embedding_bits", "layer_bits")},
-                     groups=HEADS) == "qbert-w2e8-g12-mp2-4"
+    assert run_label(**{k: job[k] for k in ("method", "weight_bits", "embedding_bits", "layer_bits", "percentile")},
+                     groups=HEADS, init_from="fp32.safetensors") == "qbert-w2e8-g12-p99.9-mp2-4-ft"
 
 
 def test_setting_job_rows_and_errors():
     assert setting_job("Baseline") == {"method": "fp32", "post_training": DIRECTQ}
-    assert setting_job("Q-BERT 2/8") == {"method": "qbert", "weight_bits": 2, "embedding_bits": 8}
+    assert setting_job("Q-BERT 2/8") == {"method": "qbert", "weight_bits": 2, "embedding_bits": 8,
+                                         "percentile": QBERT_PERCENTILE}
+    baseline, qat = (setting_run(s, "sst2", 1, HEADS, "ckpt") for s in ("Baseline", "Q-BERT 2/8"))
+    assert baseline["checkpoint_dir"] == "ckpt" and "init_from" not in baseline
+    assert qat["init_from"] == str(fp32_checkpoint("ckpt", "sst2", 1)) == "ckpt/sst2/fp32-seed1.safetensors"
     with pytest.raises(ValueError, match="takes its bits from a Hessian spectrum"):
         setting_job("Q-BERT_MP 2/3")
     with pytest.raises(ValueError, match="unknown setting 'Q-BERT 1/8'"):
@@ -43,21 +63,22 @@ def test_job_lists_cover_both_tables_and_their_ablations():
     q8_main, q8_ablation = q8bert_jobs()
     assert len(q8_main) == 3 * 3 * 2 and len(q8_ablation) == 3 * 3
     assert all(job["epochs"] == protocol_for(job["task"])["epochs"] for job in q8_main)
-    qb_main, qb_ablation = qbert_jobs(SPECTRUM)
-    rows = {run_label(j["method"], j.get("weight_bits", 8), j.get("embedding_bits", 8), j["groups"],
-                      j.get("layer_bits")) for j in qb_main}
-    assert len(qb_main) == (1 + len(SETTINGS) + len(MIXED_SETTINGS)) * 3 and len(rows) == 7
+    qb_baselines, qb_main, qb_ablation = qbert_jobs(SPECTRUM, "ckpt")
+    assert [j["seed"] for j in qb_baselines] == [0, 1, 2] and all(j["method"] == "fp32" for j in qb_baselines)
+    rows = {label(j) for j in qb_main}
+    assert len(qb_main) == (len(SETTINGS) + len(MIXED_SETTINGS)) * 3 and len(rows) == 6
     assert {j["groups"] for j in qb_ablation} == set(ABLATION_GROUPS)
+    assert {j["init_from"] for j in qb_main + qb_ablation} == {str(fp32_checkpoint("ckpt", "sst2", s)) for s in (0, 1, 2)}
 
 
 def test_main_table_rows_name_the_results_the_protocol_writes():
     rows = main_table_rows(SPECTRUM, HEADS)
     assert list(rows)[:4] == ["Baseline", "Q-BERT 8/8", "DirectQ 4/8", "Q-BERT 4/8"]
     assert list(rows)[-2:] == list(MIXED_SETTINGS)
-    qb_main, _ = qbert_jobs(SPECTRUM)
-    written = {run_label(j["method"], j.get("weight_bits", 8), j.get("embedding_bits", 8), j["groups"],
-                         j.get("layer_bits")) for j in qb_main} | set(DIRECTQ)
-    assert {r["label"] for r in rows.values()} == written
+    qb_baselines, qb_main, _ = qbert_jobs(SPECTRUM, "ckpt")
+    written = {label(j) for j in qb_baselines + qb_main} | set(DIRECTQ)
+    min_max_directq = {f"directq-w{b}" for b in (4, 3, 2)}  # shown beside the table, not in it
+    assert {r["label"] for r in rows.values()} == written - min_max_directq
     assert rows["Q-BERT_MP 2/3"]["w_bits"] == "2/3 MP" and rows["Q-BERT_MP 2/3"]["layer_bits"] == mixed_layer_bits(
         SPECTRUM, (2, 3), 2.5)
     assert rows["Baseline"]["config"] is None and rows["DirectQ 2/8"]["config"].default.weight.bits == 2
