@@ -164,8 +164,8 @@ class Int8SelfAttention(nn.Module):
     def __init__(self, attention: BertSelfAttention) -> None:
         super().__init__()
         self.config, self.is_causal, self.layer_idx = attention.config, attention.is_causal, attention.layer_idx
-        self.num_attention_heads, self.attention_head_size = attention.num_attention_heads, attention.attention_head_size
-        self.scaling = attention.scaling
+        self.num_attention_heads = attention.num_attention_heads
+        self.attention_head_size, self.scaling = attention.attention_head_size, attention.scaling
         self.qkv = Int8Linear.fused(attention.query, attention.key, attention.value)
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None,

@@ -106,7 +106,7 @@ std of 0.048): with min/max ranges a 4-bit step is wider than nearly every weigh
 4/8 falls to chance. Q-BERT II shows both (``directq-w<b>`` rows are the min/max ones)."""
 
 DIRECTQ_BITS = (4, 3, 2)
-DIRECTQ = tuple(f"directq-w{b}-p{QBERT_PERCENTILE:g}" for b in DIRECTQ_BITS) + tuple(f"directq-w{b}" for b in DIRECTQ_BITS)
+DIRECTQ = (*(f"directq-w{b}-p{QBERT_PERCENTILE:g}" for b in DIRECTQ_BITS), *(f"directq-w{b}" for b in DIRECTQ_BITS))
 """The post-training rows an FP32 "Baseline" run also evaluates: DirectQ at 4, 3 and 2 bits, no fine-tuning, with
 the protocol's clipped ranges and, for comparison, with min/max ranges."""
 

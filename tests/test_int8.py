@@ -6,18 +6,20 @@ import copy
 
 import pytest
 import torch
+from conftest import tiny_config
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from transformers import BertForSequenceClassification
 
 from qlib import QuantGrid, calibrate, convert_bert, dynamic_config, q8bert_config, qbert_config
 from qlib.checkpoint import load_quantized, save_quantized
 from qlib.int8 import (
+    UINT8_ZERO_POINT,
     Int8Embedding,
     Int8Intermediate,
     Int8Linear,
     Int8ResidualOutput,
     Int8SelfAttention,
-    UINT8_ZERO_POINT,
     cpu_has_vnni,
     quantize_input,
     to_int8,
@@ -36,19 +38,28 @@ def trained(model):
 
 
 @needs_vnni
-def test_int8_model_agrees_with_the_fake_quantized_model(tiny_bert):
-    fake = trained(convert_bert(tiny_bert, q8bert_config()))
+@pytest.mark.parametrize("attention, activation, fused_ffn", [("sdpa", "gelu", True), ("eager", "gelu_new", True),
+                                                             ("sdpa", "relu", False)])
+def test_int8_model_agrees_with_the_fake_quantized_model(attention, activation, fused_ffn):
+    torch.manual_seed(0)
+    config = tiny_config(hidden_act=activation)
+    config._attn_implementation = attention
+    fake = trained(convert_bert(BertForSequenceClassification(config).eval(), q8bert_config()))
     real = to_int8(fake)
+
     def count(kind):
         return sum(isinstance(m, kind) for m in real.modules())
 
-    # per layer: one fused Q/K/V GEMM, the FFN with its GELU, two GEMMs with their residual add; and the pooler
-    assert (count(Int8SelfAttention), count(Int8Intermediate), count(Int8ResidualOutput)) == (2, 2, 4)
-    assert count(Int8Linear) == 2 * 4 + 1
-    assert sum(isinstance(m, Int8Embedding) for m in real.modules()) == 3
+    # per layer: one fused Q/K/V GEMM, two GEMMs with their residual add, the FFN's first GEMM (with its GELU when
+    # oneDNN has that post-op); and the pooler
+    assert (count(Int8SelfAttention), count(Int8Intermediate), count(Int8ResidualOutput)) == (2, 2 * fused_ffn, 4)
+    assert count(Int8Linear) == 2 * 4 + 1 and count(Int8Embedding) == 3
     ids = torch.randint(5, 64, (6, 12), generator=torch.Generator().manual_seed(9))
+    mask = torch.ones_like(ids)
+    mask[:2, 8:] = 0  # padded rows go through the attention mask
     with torch.no_grad():
-        expected, got = fake(input_ids=ids).logits, real(input_ids=ids).logits
+        expected = fake(input_ids=ids, attention_mask=mask).logits
+        got = real(input_ids=ids, attention_mask=mask).logits
     assert (got - expected).abs().max().item() < 1e-4
     assert torch.equal(got.argmax(-1), expected.argmax(-1))
 

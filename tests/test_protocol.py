@@ -68,7 +68,8 @@ def test_job_lists_cover_both_tables_and_their_ablations():
     rows = {label(j) for j in qb_main}
     assert len(qb_main) == (len(SETTINGS) + len(MIXED_SETTINGS)) * 3 and len(rows) == 6
     assert {j["groups"] for j in qb_ablation} == set(ABLATION_GROUPS)
-    assert {j["init_from"] for j in qb_main + qb_ablation} == {str(fp32_checkpoint("ckpt", "sst2", s)) for s in (0, 1, 2)}
+    starts = {str(fp32_checkpoint("ckpt", "sst2", s)) for s in (0, 1, 2)}
+    assert {j["init_from"] for j in qb_main + qb_ablation} == starts
 
 
 def test_main_table_rows_name_the_results_the_protocol_writes():
