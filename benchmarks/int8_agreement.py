@@ -1,6 +1,6 @@
 """Does the int8 model say what the fake-quantized QAT model says? Max |Δlogit| and accuracy on a GLUE dev set.
 
-    python benchmarks/int8_agreement.py --checkpoint CKPT [--task sst2] [--out results/benchmarks/int8_agreement.json]
+    python benchmarks/int8_agreement.py --checkpoint CKPT [--task sst2] [--out FILE]
     python benchmarks/int8_agreement.py --train-examples 8000 [--seed 0] [--task sst2] [--out ...]
 
 CKPT is a Q8BERT QAT model kept by ``run_glue(..., method="qat", checkpoint_dir=...)`` (bit-packed, with its EMA
