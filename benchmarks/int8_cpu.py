@@ -111,6 +111,33 @@ def measure(runs: dict[str, Callable], batch: dict[str, torch.Tensor], repeats: 
             for name, t in times.items()}
 
 
+PROFILE_GROUPS = {"GEMM": ("addmm", "linear", "aten::mm"), "attention": ("scaled_dot_product", "bmm", "softmax"),
+                  "LayerNorm": ("layer_norm",)}
+
+
+def profile(runs: dict[str, Callable], batch: dict[str, torch.Tensor], rounds: int = 3) -> dict:
+    """Per PyTorch variant, ms per forward by kind of op (PyTorch profiler, self CPU time): GEMM (Linear layers,
+    with whatever their kernels fuse), attention products, LayerNorm, qbook's input quantization (the
+    ``qlib::quantize_input`` ranges), and the rest. ONNX Runtime runs outside PyTorch's profiler: not profiled."""
+    shares = {}
+    for name, run in runs.items():
+        if name == "ort_int8":
+            continue
+        with torch.inference_mode():
+            run(batch)
+            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+                for _ in range(rounds):
+                    run(batch)
+        events = prof.key_averages()
+        total = sum(e.self_cpu_time_total for e in events)
+        ms = {group: sum(e.self_cpu_time_total for e in events if any(k in e.key for k in keys))
+              for group, keys in PROFILE_GROUPS.items()}
+        ms["input quantization"] = sum(e.cpu_time_total for e in events if e.key == "qlib::quantize_input")
+        ms["rest"] = total - sum(ms.values())
+        shares[name] = {group: t / 1000 / rounds for group, t in ms.items()} | {"total": total / 1000 / rounds}
+    return shares
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=2)
@@ -121,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sweep-batches", type=int, nargs="*", default=[1, 8, 32],
                         help="batch sizes of the packaged model's sweep (none: no sweep)")
     parser.add_argument("--sweep-seqs", type=int, nargs="*", default=[32, 64, 128, 256])
+    parser.add_argument("--profile-batch", type=int, default=8, help="batch of the BERT-base profile (seq: --seq)")
     parser.add_argument("--out", type=Path, default=Path("results/benchmarks/int8_cpu.json"))
     args = parser.parse_args(argv)
     if args.repeats < 7:
@@ -149,6 +177,10 @@ def main(argv: list[str] | None = None) -> int:
                             print(f"  qbook int8 vs {other}: {ratio:.2f}x ({verdict} the {want}x target)")
             for name, reason in skipped.items():
                 print(f"  {shape}: {name} skipped: {reason}")
+            if shape == "bert-base":
+                shape_report["profile_ms"] = profile(runs, inputs(args.profile_batch, args.seq))
+                for name, ms in shape_report["profile_ms"].items():
+                    print(f"  profile {name}: " + ", ".join(f"{k} {v:.1f} ms" for k, v in ms.items()))
             if "qbook_int8_safetensors" in sizes:
                 share = sizes["qbook_int8_safetensors"] / sizes["fp32_safetensors"]
                 print(f"  {shape}: int8 checkpoint {share:.1%} of FP32 ({'meets' if share <= 0.26 else 'MISSES'} "
