@@ -98,7 +98,11 @@ def point(batch: int, seq: int) -> str:
     return f"batch{batch}-seq{seq}"
 
 
-def measure(runs: dict[str, Callable], batch: dict[str, torch.Tensor], repeats: int, warmup: int) -> dict:
+def measure(runs: dict[str, Callable], batch: dict[str, torch.Tensor], repeats: int, warmup: int,
+            pause: float) -> dict:
+    """Each variant's forward in turn, ``warmup + repeats`` rounds. After each call the CPU is left idle for
+    ``pause`` s (untimed): thread pools keep spinning for a while after their work (ONNX Runtime's by default,
+    OpenMP's briefly), and on a 2-core machine those spinning threads would slow whichever variant runs next."""
     times: dict[str, list[float]] = {name: [] for name in runs}
     with torch.inference_mode():
         for round_ in range(warmup + repeats):
@@ -107,6 +111,7 @@ def measure(runs: dict[str, Callable], batch: dict[str, torch.Tensor], repeats: 
                 run(batch)
                 if round_ >= warmup:
                     times[name].append(time.perf_counter() - start)
+                time.sleep(pause)
     return {name: {"median_ms": 1000 * statistics.median(t), "runs_ms": [round(1000 * x, 2) for x in t]}
             for name, t in times.items()}
 
@@ -148,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sweep-batches", type=int, nargs="*", default=[1, 8, 32],
                         help="batch sizes of the packaged model's sweep (none: no sweep)")
     parser.add_argument("--sweep-seqs", type=int, nargs="*", default=[32, 64, 128, 256])
+    parser.add_argument("--pause", type=float, default=0.2, help="idle seconds after each timed call (see measure)")
     parser.add_argument("--profile-batch", type=int, default=8, help="batch of the BERT-base profile (seq: --seq)")
     parser.add_argument("--out", type=Path, default=Path("results/benchmarks/int8_cpu.json"))
     args = parser.parse_args(argv)
@@ -165,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
             runs, skipped, sizes = variants(model, inputs(1, args.seq), Path(folder))
             shape_report = {"skipped": skipped, "sizes_bytes": sizes, "latency": {}}
             for batch, seq in grid:
-                timing = measure(runs, inputs(batch, seq), args.repeats, args.warmup)
+                timing = measure(runs, inputs(batch, seq), args.repeats, args.warmup, args.pause)
                 shape_report["latency"][point(batch, seq)] = timing
                 line = ", ".join(f"{k} {v['median_ms']:.1f} ms" for k, v in timing.items())
                 print(f"{shape} batch {batch} seq {seq}: {line}")
