@@ -51,7 +51,8 @@ def provenance(wall_time_s: float, device: torch.device | str = "cpu") -> dict[s
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
             versions[package] = None
-    status = _git("status", "--porcelain", "--untracked-files=no")
+    # Result files are data, not code: a run that rewrites a committed result does not make its own code dirty.
+    status = _git("status", "--porcelain", "--untracked-files=no", "--", ":(top)", ":(top,exclude)results")
     return {
         "git_commit": os.environ.get("QBOOK_GIT_COMMIT") or _git("rev-parse", "HEAD"),
         "git_dirty": None if status is None else bool(status),
