@@ -1,8 +1,12 @@
-"""Q-BERT's sensitivity study as one run: fine-tune, then the Hessian spectrum of every block on K subsets.
+"""Q-BERT as runs: the sensitivity study, and the rows of its main table.
 
-The result file holds, per block, the top eigenvalue on each subset, Ω = |mean| + std, the smallest eigenvalue
-(its sign tells a saddle point), power-iteration counts and convergence, the seconds each took, and optionally
-the loss landscape of a few blocks along their top two eigenvectors (Q-BERT fig. 2).
+``run_spectrum`` fine-tunes, then measures the Hessian spectrum of every block on K subsets. Its result file holds,
+per block, the top eigenvalue on each subset, Ω = |mean| + std, the smallest eigenvalue (its sign tells a saddle
+point), power-iteration counts and convergence, the seconds each took, and optionally the loss landscape of a few
+blocks along their top two eigenvectors (Q-BERT fig. 2).
+
+``SETTINGS``/``MIXED_SETTINGS`` name the main table's rows; ``run_setting`` runs one of them (a QAT row from its
+seed's FP32 Baseline model, with clipped weight ranges), and ``main_table_rows`` lays the table out.
 """
 
 from __future__ import annotations
