@@ -20,7 +20,7 @@ import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import torch
 
@@ -45,18 +45,30 @@ def q8bert_jobs(seeds=SEEDS) -> tuple[list[dict[str, Any]], list[dict[str, Any]]
     return main, ablation
 
 
-def qbert_jobs(spectrum: dict[str, Any], checkpoints: str | Path, tasks=("sst2",),
+def qbert_jobs(spectra: Mapping[str, dict[str, Any]], checkpoints: str | Path,
                seeds=SEEDS) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
-    """Q-BERT II chapter: (the FP32 Baselines, which keep their models under ``checkpoints``; the QAT rows of the
-    main table at G = heads, each from its seed's Baseline model; the group-wise ablation at 3 bits)."""
+    """Q-BERT II chapter, for each task of ``spectra`` (task -> its Hessian spectrum, which sets its MP rows'
+    bits): (the FP32 Baselines, which keep their models under ``checkpoints``; the QAT rows of the main table at
+    G = heads, each from its seed's Baseline model; the group-wise ablation at 3 bits)."""
     def job(setting: str, task: str, seed: int, groups: int | str) -> dict[str, Any]:
-        return dict(experiment="qbert", **setting_run(setting, task, seed, groups, checkpoints, spectrum),
+        return dict(experiment="qbert", **setting_run(setting, task, seed, groups, checkpoints, spectra[task]),
                     **protocol_for(task))
 
+    tasks = list(spectra)
     baselines = [job("Baseline", t, s, HEADS) for t in tasks for s in seeds]
     main = [job(name, t, s, HEADS) for t in tasks for name in [*SETTINGS, *MIXED_SETTINGS] for s in seeds]
     ablation = [job(ABLATION_SETTING, t, s, g) for t in tasks for g in ABLATION_GROUPS for s in seeds]
     return baselines, main, ablation
+
+
+def read_spectra(folder: Path, tasks: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Each task's committed spectrum, ``<folder>/spectrum-<task>.json``; a missing one is named with the run
+    that writes it."""
+    missing = [str(folder / f"spectrum-{t}.json") for t in tasks if not (folder / f"spectrum-{t}.json").is_file()]
+    if missing:
+        raise FileNotFoundError(f"no Hessian spectrum at {', '.join(missing)}: the Q-BERT rows take their MP bits "
+                                "from it; run chapters/qbert_sensitivity.ipynb with quick=false for that task first")
+    return {t: read_json(folder / f"spectrum-{t}.json") for t in tasks}
 
 
 def _by_seed(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -80,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--results", default="results", help="folder holding q8bert/ and qbert/ (default: results)")
     parser.add_argument("--only", choices=("q8bert", "qbert"), help="run one chapter's jobs")
-    parser.add_argument("--qbert-tasks", default="sst2", help="comma-separated tasks of the Q-BERT table")
+    parser.add_argument("--qbert-tasks", default="sst2", help="comma-separated tasks of the Q-BERT table, each with its results/qbert/spectrum-<task>.json")
     parser.add_argument("--workers", type=int, default=1, help="jobs at once, each its own process")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads per job")
     parser.add_argument("--device", default=None, help="auto (default), cpu, cuda")
@@ -93,8 +105,7 @@ def main(argv: list[str] | None = None) -> int:
 
     q8_main, q8_ablation = q8bert_jobs() if args.only != "qbert" else ([], [])
     qb_baselines, qb_main, qb_ablation = ([], [], []) if args.only == "q8bert" else qbert_jobs(
-        read_json(Path(args.results) / "qbert" / "spectrum-sst2.json"), Path(args.checkpoints) / "qbert",
-        tuple(args.qbert_tasks.split(",")))
+        read_spectra(Path(args.results) / "qbert", args.qbert_tasks.split(",")), Path(args.checkpoints) / "qbert")
     stages = [q8_main + _by_seed(qb_baselines), _by_seed(qb_main) + _by_seed(q8_ablation + qb_ablation)]
     total, done, failures = sum(map(len, stages)), 0, []
     context = multiprocessing.get_context("spawn")  # CUDA cannot be used in forked workers

@@ -6,7 +6,7 @@ import pytest
 
 from qlib.config import qbert_config
 from qlib.experiment import protocol_for, run_label
-from qlib.protocol import ABLATION_GROUPS, HEADS, main, q8bert_jobs, qbert_jobs
+from qlib.protocol import ABLATION_GROUPS, HEADS, main, q8bert_jobs, qbert_jobs, read_spectra
 from qlib.qbert import (
     DIRECTQ,
     MIXED_SETTINGS,
@@ -63,7 +63,7 @@ def test_job_lists_cover_both_tables_and_their_ablations():
     q8_main, q8_ablation = q8bert_jobs()
     assert len(q8_main) == 3 * 3 * 2 and len(q8_ablation) == 3 * 3
     assert all(job["epochs"] == protocol_for(job["task"])["epochs"] for job in q8_main)
-    qb_baselines, qb_main, qb_ablation = qbert_jobs(SPECTRUM, "ckpt")
+    qb_baselines, qb_main, qb_ablation = qbert_jobs({"sst2": SPECTRUM}, "ckpt")
     assert [j["seed"] for j in qb_baselines] == [0, 1, 2] and all(j["method"] == "fp32" for j in qb_baselines)
     rows = {label(j) for j in qb_main}
     assert len(qb_main) == (len(SETTINGS) + len(MIXED_SETTINGS)) * 3 and len(rows) == 6
@@ -72,11 +72,21 @@ def test_job_lists_cover_both_tables_and_their_ablations():
     assert {j["init_from"] for j in qb_main + qb_ablation} == starts
 
 
+def test_each_task_takes_its_mp_bits_from_its_own_spectrum(tmp_path):
+    reversed_spectrum = {"blocks": {name: {"omega": -b["omega"]} for name, b in SPECTRUM["blocks"].items()}}
+    _, qb_main, _ = qbert_jobs({"sst2": SPECTRUM, "cola": reversed_spectrum}, "ckpt", seeds=(0,))
+    mixed = {j["task"]: j["layer_bits"] for j in qb_main if j.get("layer_bits") and max(j["layer_bits"].values()) == 3}
+    assert mixed["sst2"] == mixed_layer_bits(SPECTRUM, (2, 3), 2.5)
+    assert mixed["cola"] == mixed_layer_bits(reversed_spectrum, (2, 3), 2.5) != mixed["sst2"]
+    with pytest.raises(FileNotFoundError, match=r"spectrum-cola.json.*quick=false"):
+        read_spectra(tmp_path, ["cola"])
+
+
 def test_main_table_rows_name_the_results_the_protocol_writes():
     rows = main_table_rows(SPECTRUM, HEADS)
     assert list(rows)[:4] == ["Baseline", "Q-BERT 8/8", "DirectQ 4/8", "Q-BERT 4/8"]
     assert list(rows)[-2:] == list(MIXED_SETTINGS)
-    qb_baselines, qb_main, _ = qbert_jobs(SPECTRUM, "ckpt")
+    qb_baselines, qb_main, _ = qbert_jobs({"sst2": SPECTRUM}, "ckpt")
     written = {label(j) for j in qb_baselines + qb_main} | set(DIRECTQ)
     min_max_directq = {f"directq-w{b}" for b in (4, 3, 2)}  # shown beside the table, not in it
     assert {r["label"] for r in rows.values()} == written - min_max_directq
