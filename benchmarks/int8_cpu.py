@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import os
 import statistics
 import sys
@@ -62,17 +63,25 @@ def qbook_int8(model: torch.nn.Module, example: dict[str, torch.Tensor]) -> torc
 
 
 def ort_int8(model: torch.nn.Module, example: dict[str, torch.Tensor], folder: Path) -> Callable:
-    import onnxruntime
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     fp32_path, int8_path = folder / "model.onnx", folder / "model.int8.onnx"
     torch.onnx.export(model, (), str(fp32_path), kwargs=example, input_names=list(example), output_names=["logits"],
                       dynamic_axes={k: {0: "batch", 1: "seq"} for k in example}, dynamo=False)
     quantize_dynamic(str(fp32_path), str(int8_path), weight_type=QuantType.QInt8)
+    session = ort_session(int8_path)
+    return lambda batch: session.run(None, {k: v.numpy() for k, v in batch.items()})
+
+
+def ort_session(path: Path, profile_prefix: Path | None = None):
+    """An ONNX Runtime CPU session with the benchmark's threads; with ``profile_prefix``, its own profiler on."""
+    import onnxruntime
+
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()
-    session = onnxruntime.InferenceSession(str(int8_path), options, providers=["CPUExecutionProvider"])
-    return lambda batch: session.run(None, {k: v.numpy() for k, v in batch.items()})
+    if profile_prefix is not None:
+        options.enable_profiling, options.profile_file_prefix = True, str(profile_prefix)
+    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def variants(model: torch.nn.Module, example, folder: Path) -> tuple[dict[str, Callable], dict[str, str], dict]:
@@ -123,7 +132,8 @@ PROFILE_GROUPS = {"GEMM": ("addmm", "linear", "aten::mm"), "attention": ("scaled
 def profile(runs: dict[str, Callable], batch: dict[str, torch.Tensor], rounds: int = 3) -> dict:
     """Per PyTorch variant, ms per forward by kind of op (PyTorch profiler, self CPU time): GEMM (Linear layers,
     with whatever their kernels fuse), attention products, LayerNorm, qbook's input quantization (the
-    ``qlib::quantize_input`` ranges), and the rest. ONNX Runtime runs outside PyTorch's profiler: not profiled."""
+    ``qlib::quantize_input`` ranges), and the rest. ONNX Runtime runs outside PyTorch's profiler: its own
+    profiler measures it (``ort_profile``)."""
     shares = {}
     for name, run in runs.items():
         if name == "ort_int8":
@@ -141,6 +151,34 @@ def profile(runs: dict[str, Callable], batch: dict[str, torch.Tensor], rounds: i
         ms["rest"] = total - sum(ms.values())
         shares[name] = {group: t / 1000 / rounds for group, t in ms.items()} | {"total": total / 1000 / rounds}
     return shares
+
+
+ORT_GROUPS = {"GEMM": ("MatMulInteger", "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "QGemm"),
+              "attention": ("MatMul", "FusedMatMul", "Softmax", "Attention"),
+              "LayerNorm": ("LayerNormalization", "SkipLayerNormalization"),
+              "input quantization": ("DynamicQuantizeLinear",)}
+
+
+def ort_profile(path: Path, batch: dict[str, torch.Tensor], folder: Path, rounds: int = 3) -> dict:
+    """ONNX Runtime's int8 model under its own profiler: ms per forward by group (as ``profile``; the float
+    ``MatMul``s left after ``quantize_dynamic`` are the attention products, which have no constant weight) and by
+    op type. A first, untimed run warms the session up; only node events after it count."""
+    session = ort_session(path, folder / "ort-profile")
+    feed = {k: v.numpy() for k, v in batch.items()}
+    for _ in range(rounds + 1):
+        session.run(None, feed)
+    events = json.loads(Path(session.end_profiling()).read_text())
+    first_run = min((e for e in events if e.get("cat") == "Session" and e["name"] == "model_run"),
+                    key=lambda e: e["ts"])
+    warm = first_run["ts"] + first_run["dur"]
+    by_op: dict[str, float] = {}
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and e["ts"] > warm:
+            by_op[e["args"]["op_name"]] = by_op.get(e["args"]["op_name"], 0.0) + e["dur"] / 1000 / rounds
+    groups = {group: sum(ms for op, ms in by_op.items() if op in ops) for group, ops in ORT_GROUPS.items()}
+    groups["rest"] = sum(by_op.values()) - sum(groups.values())
+    return {"groups": groups | {"total": sum(by_op.values())},
+            "by_op": dict(sorted(by_op.items(), key=lambda kv: -kv[1]))}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -185,6 +223,11 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {shape}: {name} skipped: {reason}")
             if shape == "bert-base":
                 shape_report["profile_ms"] = profile(runs, inputs(args.profile_batch, args.seq))
+                if "ort_int8" in runs:
+                    ort = ort_profile(Path(folder) / "model.int8.onnx", inputs(args.profile_batch, args.seq),
+                                      Path(folder))
+                    shape_report["profile_ms"]["ort_int8"] = ort["groups"]
+                    shape_report["ort_profile_by_op_ms"] = ort["by_op"]
                 for name, ms in shape_report["profile_ms"].items():
                     print(f"  profile {name}: " + ", ".join(f"{k} {v:.1f} ms" for k, v in ms.items()))
             if "qbook_int8_safetensors" in sizes:
