@@ -64,7 +64,7 @@ def mean_std_text(summary: pd.DataFrame) -> pd.Series:
 def protocol_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
     """How each trained run was made, one row per run (a post-training row such as ``dq`` or ``directq-w2`` trains
     nothing and is left out): model, data, schedule, G, device, CPU and threads, torch, commit, examples/s, wall
-    hours, and the note a run's provenance carries, if any."""
+    hours, and the note a run's provenance carries ("" if none)."""
     rows = [
         {"task": r["task"], "method": r["method"], "seed": r["seed"], "model": r["params"]["model"],
          "train examples": r["train"]["train_examples"], "epochs": r["params"]["epochs"],
@@ -73,7 +73,7 @@ def protocol_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
          "CPU": r["provenance"]["machine"]["cpu"], "threads": r["provenance"]["machine"]["torch_threads"],
          "torch": r["provenance"]["versions"]["torch"], "commit": (r["provenance"]["git_commit"] or "")[:8],
          "examples/s": round(r["train"]["examples_per_s"], 1), "wall h": r["provenance"]["wall_time_s"] / 3600,
-         "note": r["provenance"].get("note")}
+         "note": r["provenance"].get("note") or ""}
         for r in records if r["method"] not in r["params"].get("post_training", [])
     ]
     return pd.DataFrame(rows)

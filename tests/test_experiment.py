@@ -31,6 +31,8 @@ def test_fp32_job_writes_fp32_and_post_training_results_with_provenance(glue_dir
     protocol = protocol_frame(records)  # the post-training rows trained nothing: one row, the FP32 run's
     assert protocol[["method", "seed", "train examples", "epochs", "max tokens"]].values.tolist() == [
         ["fp32", 0, 16, 1, 16]]
+    noted = [records[0], records[0] | {"seed": 1, "provenance": records[0]["provenance"] | {"note": "shared CPU"}}]
+    assert protocol_frame(noted)["note"].tolist() == ["", "shared CPU"]  # no NaN for a run without a note
 
 
 def test_qat_job_and_resume_skips_finished_runs(glue_dir, tiny_model_dir, tmp_path):
