@@ -2,8 +2,10 @@
 
 For each fake-quantized layer the file holds ``<name>.weight.codes`` (the b-bit codes, packed), and
 ``<name>.weight.scale`` / ``.shift`` [G] (the grid ``ŵ = scale·q + shift``); everything else (LayerNorm, biases,
-the float head, the activation observers' ranges) is stored as it is. The layers' bits, schemes and shapes sit
-in the file's metadata. Sizes reported by the book are these files' sizes on disk.
+the float head, the activation observers' ranges) is stored as it is, or with the float parameters (biases,
+LayerNorm, the float head) in float16 on request, as GPTQ- and AWQ-packed files keep them; the grids and the
+observers' ranges stay float32. The layers' bits, schemes and shapes sit in the file's metadata. Sizes reported
+by the book are these files' sizes on disk.
 """
 
 from __future__ import annotations
@@ -46,8 +48,13 @@ def load_float(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     return model
 
 
-def save_quantized(model: nn.Module, path: str | os.PathLike) -> Path:
-    """Save a converted model with bit-packed weights, atomically; returns the path."""
+def save_quantized(model: nn.Module, path: str | os.PathLike, float_dtype: torch.dtype = torch.float32) -> Path:
+    """Save a converted model with bit-packed weights, atomically; returns the path. ``float_dtype``
+    (``torch.float32`` or ``torch.float16``) stores the parameters that are not packed: float32 loads back exactly,
+    float16 rounds them (relative error ≤ 2⁻¹¹)."""
+    if float_dtype not in (torch.float32, torch.float16):
+        raise ValueError(f"float_dtype must be torch.float32 or torch.float16, got {float_dtype}")
+    parameters = {name for name, _ in model.named_parameters(remove_duplicate=False)}
     tensors: dict[str, torch.Tensor] = {}
     layers: dict[str, dict[str, Any]] = {}
     stored: dict[int, str] = {}
@@ -69,10 +76,11 @@ def save_quantized(model: nn.Module, path: str | os.PathLike) -> Path:
                 tied[key] = stored[value.data_ptr()]
             continue
         stored[value.data_ptr()] = key
-        tensors[key] = value.detach().contiguous()
+        tensors[key] = value.detach().to(float_dtype if key in parameters else value.dtype).contiguous()
     if not layers:
         raise ValueError(f"{type(model).__name__} has no quantized layer: convert it with qlib.convert_bert first")
-    metadata = {"format": FORMAT, "layers": json.dumps(layers), "tied": json.dumps(tied)}
+    metadata = {"format": FORMAT, "layers": json.dumps(layers), "tied": json.dumps(tied),
+                "float_dtype": str(float_dtype).removeprefix("torch.")}
     return atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
@@ -137,17 +145,18 @@ def _itemsize(dtype: str) -> int:
     return {"F64": 8, "I64": 8, "F32": 4, "I32": 4, "F16": 2, "BF16": 2, "I16": 2, "U8": 1, "I8": 1, "BOOL": 1}[dtype]
 
 
-def size_mb(model: nn.Module, config: BertQuantConfig | None, folder: str | os.PathLike) -> dict[str, float]:
+def size_mb(model: nn.Module, config: BertQuantConfig | None, folder: str | os.PathLike,
+            float_dtype: torch.dtype = torch.float32) -> dict[str, float]:
     """Measured size (MB) of ``model`` saved in FP32 (``config=None``) or bit-packed after conversion with
-    ``config`` (the model itself is not changed): the whole file, its embedding tables, everything else, and the
-    integer codes within everything else."""
+    ``config`` (the model itself is not changed; ``float_dtype`` as in ``save_quantized``): the whole file, its
+    embedding tables, everything else, and the integer codes within everything else."""
     from qlib.convert import convert_bert
 
     folder = Path(folder)
     if config is None:
         path = save_float(model, folder / "fp32.safetensors")
     else:
-        path = save_quantized(convert_bert(copy.deepcopy(model), config), folder / "packed.safetensors")
+        path = save_quantized(convert_bert(copy.deepcopy(model), config), folder / "packed.safetensors", float_dtype)
     sizes = checkpoint_sizes(path)
     path.unlink()
     return {"file_mb": sizes["file"] / 1e6, "embedding_mb": sizes["embeddings"] / 1e6,

@@ -85,6 +85,17 @@ def omega(eigenvalues: Sequence[float]) -> float:
     return float(abs(values.mean()) + values.std())
 
 
+def negative_curvature(top: Sequence[float], smallest: float | None = None,
+                       noise: float = 1e-3) -> dict[str, int | bool]:
+    """The saddle check for one block: with ε = noise·|mean(λ_top)| (below it an eigenvalue is the power iteration's
+    numerical noise), how many of the K subsets' dominant eigenvalues ``top`` are below -ε, and whether any of them
+    or the ``smallest`` eigenvalue is, i.e. the weights are not at a minimum of some subset's loss."""
+    eps = noise * abs(float(np.mean(top)))
+    negative_subsets = sum(t < -eps for t in top)
+    return {"negative_top_subsets": negative_subsets,
+            "negative_curvature": negative_subsets > 0 or (smallest is not None and smallest < -eps)}
+
+
 def assign_bits(sensitivity: Mapping[str, float], choices: Sequence[int], target_bits: float) -> dict[str, int]:
     """Mixed precision: every layer starts at the lowest of ``choices``; the most sensitive layers are raised
     one choice at a time while the average bits (layers weighted equally, as BERT's encoder layers are the same

@@ -11,7 +11,7 @@ from transformers import BertForSequenceClassification
 
 from conftest import tiny_config
 from qlib.hessian import power_iteration
-from qlib.sensitivity import assign_bits, layer_blocks, layer_spectrum, omega
+from qlib.sensitivity import assign_bits, layer_blocks, layer_spectrum, negative_curvature, omega
 
 
 def test_power_iteration_finds_the_top_eigenvalues_of_a_quadratic():
@@ -60,6 +60,13 @@ def test_omega_on_a_constructed_case():
     assert omega([4.0]) == 4.0
     with pytest.raises(ValueError, match="finite eigenvalues"):
         omega([1.0, float("nan")])
+
+
+def test_negative_curvature_ignores_noise_and_counts_subsets():
+    # mean top λ ≈ 7.5: ε ≈ 0.0075, so -0.005 is noise and -0.5 a negative direction; with mean 15, ε = 0.015
+    assert negative_curvature([10.0, 20.5, -0.005, -0.5]) == {"negative_top_subsets": 1, "negative_curvature": True}
+    assert negative_curvature([10.0, 20.0], smallest=-0.009) == {"negative_top_subsets": 0, "negative_curvature": False}
+    assert negative_curvature([10.0, 20.0], smallest=-1.0)["negative_curvature"]
 
 
 def test_layer_spectrum_on_a_tiny_bert(tiny_model_dir):

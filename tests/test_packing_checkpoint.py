@@ -8,6 +8,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from safetensors import safe_open
 
 from conftest import tiny_config
 from qlib import convert_bert, q8bert_config, qbert_config
@@ -101,3 +102,26 @@ def test_size_mb_measures_files_and_leaves_the_model_alone(tiny_bert, tmp_path):
     assert fp32["codes_without_embedding_mb"] == 0
     assert 0 < packed["codes_without_embedding_mb"] < packed["without_embedding_mb"]
     assert type(tiny_bert.bert.encoder.layer[0].attention.self.query) is torch.nn.Linear and not list(tmp_path.iterdir())
+
+
+def test_float16_floats_halve_the_float_part_and_keep_codes_and_grids(tiny_bert, tmp_path):
+    config = qbert_config(2, 8, groups=4)
+    model = convert_bert(tiny_bert, config)
+    model.train()(input_ids=torch.randint(5, 64, (2, 8)))
+    model.eval()
+    exact = checkpoint_sizes(save_quantized(model, tmp_path / "f32.safetensors"))
+    half_path = save_quantized(model, tmp_path / "f16.safetensors", float_dtype=torch.float16)
+    half = checkpoint_sizes(half_path)
+    assert half["codes"] == exact["codes"]
+    assert half["other"] - half["codes"] < 0.6 * (exact["other"] - exact["codes"])  # grids stay float32
+    with safe_open(str(half_path), framework="pt") as f:
+        assert f.get_tensor("bert.encoder.layer.0.output.LayerNorm.weight").dtype == torch.float16
+        assert f.get_tensor("bert.encoder.layer.0.output.dense.weight.scale").dtype == torch.float32
+        assert f.metadata()["float_dtype"] == "float16"
+    fresh = load_quantized(convert_bert(copy.deepcopy(tiny_bert), config), half_path).eval()
+    assert fresh.bert.encoder.layer[0].output.LayerNorm.weight.dtype == torch.float32
+    ids = torch.randint(5, 64, (3, 10))
+    with torch.no_grad():
+        assert torch.allclose(fresh(input_ids=ids).logits, model(input_ids=ids).logits, atol=1e-2)
+    with pytest.raises(ValueError, match="float_dtype must be torch.float32 or torch.float16, got torch.bfloat16"):
+        save_quantized(model, tmp_path / "bf16.safetensors", float_dtype=torch.bfloat16)
