@@ -18,6 +18,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from qlib.checkpoint import load_float
 from qlib.config import qbert_config
 from qlib.data import get_task, glue_batches
 from qlib.experiment import post_training_config, run_glue, run_label
@@ -29,12 +30,17 @@ from qlib.train import finetune, set_seed
 
 def finetuned_for_hessian(task: str, model: str = DEFAULT_MODEL, examples: int | None = 2000, epochs: int = 1,
                           lr: float = 5e-5, seed: int = 0, max_length: int = 64, source: str = "auto",
-                          progress: bool = True) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, dict[str, float]]:
-    """A classifier fine-tuned in FP32 on ``examples`` of ``task``, loaded with eager attention (double backward
-    through SDPA is not implemented on CPU), in eval mode; with its tokenizer and training figures."""
+                          progress: bool = True, init_from: str | Path | None = None,
+                          ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, dict[str, float]]:
+    """A classifier fine-tuned in FP32 on ``examples`` of ``task``, or loaded from the FP32 checkpoint ``init_from``
+    (e.g. the task's Baseline, the model Q-BERT's QAT rows start from) with no further training; loaded with eager
+    attention (double backward through SDPA is not implemented on CPU), in eval mode; with its tokenizer and
+    training figures (none for ``init_from``)."""
     info = get_task(task)
     set_seed(seed)
     net, tokenizer = load_classifier(model, info.num_labels, attn_implementation="eager")
+    if init_from is not None:
+        return load_float(net, init_from).eval(), tokenizer, {}
     train = glue_batches(info.name, tokenizer, "train", 32, max_length, examples, seed, source, shuffle=True)
     training = finetune(net, train, epochs, lr, progress=progress)
     return net.eval(), tokenizer, training
@@ -45,9 +51,9 @@ def run_spectrum(task: str = "sst2", model: str = DEFAULT_MODEL, seed: int = 0, 
                  max_length: int = 64, max_iter: int = 50, tol: float = 1e-4, blocks: list[str] | None = None,
                  saddle_subsets: int = 1, landscape_blocks: Sequence[str] = (), landscape_points: int = 11,
                  source: str = "auto", results_path: str | Path = "results/qbert/spectrum-sst2.json",
-                 resume: bool = True, progress: bool = True) -> dict[str, Any]:
-    """Fine-tune ``model`` on ``finetune_examples`` of ``task`` (FP32, eager attention), then measure each block's
-    top Hessian eigenvalue on ``subsets`` disjoint training subsets of ``subset_size`` examples each, and its
+                 resume: bool = True, progress: bool = True, init_from: str | Path | None = None) -> dict[str, Any]:
+    """Fine-tune ``model`` on ``finetune_examples`` of ``task`` (FP32, eager attention), or load the FP32 model
+    ``init_from`` instead (``finetuned_for_hessian``), then measure each block's top Hessian eigenvalue on ``subsets`` disjoint training subsets of ``subset_size`` examples each, and its
     smallest eigenvalue on the first ``saddle_subsets`` of them; for each of ``landscape_blocks``, the loss on
     the first subset along its top two eigenvectors, ``landscape_points`` steps from -1 to 1 each way."""
     info = get_task(task)
@@ -59,10 +65,11 @@ def run_spectrum(task: str = "sst2", model: str = DEFAULT_MODEL, seed: int = 0, 
     params = dict(task=info.name, model=model, seed=seed, finetune_examples=finetune_examples,
                   finetune_epochs=finetune_epochs, lr=lr, subsets=subsets, subset_size=subset_size,
                   max_length=max_length, max_iter=max_iter, tol=tol, blocks=blocks, saddle_subsets=saddle_subsets,
-                  landscape_blocks=list(landscape_blocks), landscape_points=landscape_points, source=source)
+                  landscape_blocks=list(landscape_blocks), landscape_points=landscape_points, source=source,
+                  init_from=None if init_from is None else str(init_from))
     start = time.perf_counter()
     net, tokenizer, training = finetuned_for_hessian(info.name, model, finetune_examples, finetune_epochs, lr, seed,
-                                                     max_length, source, progress)
+                                                     max_length, source, progress, init_from)
     unknown = [b for b in landscape_blocks if b not in layer_blocks(net)]
     if unknown:  # before the spectrum's minutes, not after
         raise ValueError(f"unknown landscape block(s) {unknown}; allowed: {list(layer_blocks(net))}")

@@ -131,6 +131,26 @@ def test_spectrum_run_writes_its_result(glue_dir, tiny_model_dir, tmp_path):
     assert not (tmp_path / "y.json").exists()
 
 
+@pytest.mark.slow
+def test_spectrum_of_a_given_fp32_model_skips_the_fine_tune(glue_dir, tiny_model_dir, tmp_path):
+    from qlib.checkpoint import save_float
+    from qlib.models import load_classifier
+    from qlib.qbert import finetuned_for_hessian, run_spectrum
+
+    torch.manual_seed(1)
+    baseline, _ = load_classifier(str(tiny_model_dir), 2)
+    with torch.no_grad():
+        baseline.classifier.weight.normal_()
+    path = save_float(baseline, tmp_path / "fp32-seed0.safetensors")
+    loaded, _, training = finetuned_for_hessian("sst2", str(tiny_model_dir), init_from=path)
+    assert training == {} and torch.equal(loaded.classifier.weight, baseline.classifier.weight)
+    result = run_spectrum("sst2", str(tiny_model_dir), subsets=1, subset_size=4, max_length=16, max_iter=5,
+                          results_path=tmp_path / "spectrum.json", progress=False, init_from=path)
+    assert result["finetune"] == {} and result["params"]["init_from"] == str(path)
+    with pytest.raises(FileNotFoundError, match="nope.safetensors not found"):
+        run_spectrum("sst2", str(tiny_model_dir), results_path=tmp_path / "z.json", init_from=tmp_path / "nope.safetensors")
+
+
 def test_block_landscape_matches_the_loss_at_its_centre_and_names_bad_blocks(tiny_model_dir):
     from qlib.models import load_classifier
     from qlib.sensitivity import block_landscape
