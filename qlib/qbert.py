@@ -1,7 +1,7 @@
 """Q-BERT as runs: the sensitivity study, and the rows of its main table.
 
-``run_spectrum`` fine-tunes, then measures the Hessian spectrum of every block on K subsets. Its result file holds,
-per block, the top eigenvalue on each subset, Ω = |mean| + std, the smallest eigenvalue (its sign tells a saddle
+``run_spectrum`` fine-tunes (or takes a given FP32 model, e.g. the task's Baseline), then measures the Hessian
+spectrum of every block on K subsets. Its result file holds, per block, the top eigenvalue on each subset, Ω = |mean| + std, the smallest eigenvalue (its sign tells a saddle
 point), power-iteration counts and convergence, the seconds each took, and optionally the loss landscape of a few
 blocks along their top two eigenvectors (Q-BERT fig. 2).
 
@@ -53,9 +53,10 @@ def run_spectrum(task: str = "sst2", model: str = DEFAULT_MODEL, seed: int = 0, 
                  source: str = "auto", results_path: str | Path = "results/qbert/spectrum-sst2.json",
                  resume: bool = True, progress: bool = True, init_from: str | Path | None = None) -> dict[str, Any]:
     """Fine-tune ``model`` on ``finetune_examples`` of ``task`` (FP32, eager attention), or load the FP32 model
-    ``init_from`` instead (``finetuned_for_hessian``), then measure each block's top Hessian eigenvalue on ``subsets`` disjoint training subsets of ``subset_size`` examples each, and its
-    smallest eigenvalue on the first ``saddle_subsets`` of them; for each of ``landscape_blocks``, the loss on
-    the first subset along its top two eigenvectors, ``landscape_points`` steps from -1 to 1 each way."""
+    ``init_from`` instead (``finetuned_for_hessian``), then measure each block's top Hessian eigenvalue on
+    ``subsets`` disjoint training subsets of ``subset_size`` examples each, and its smallest eigenvalue on the first
+    ``saddle_subsets`` of them; for each of ``landscape_blocks``, the loss on the first subset along its top two
+    eigenvectors, ``landscape_points`` steps from -1 to 1 each way."""
     info = get_task(task)
     if landscape_points < 2:
         raise ValueError(f"landscape_points must be at least 2, got {landscape_points}")
