@@ -1,9 +1,10 @@
 """Q-BERT as runs: the sensitivity study, and the rows of its main table.
 
 ``run_spectrum`` fine-tunes (or takes a given FP32 model, e.g. the task's Baseline), then measures the Hessian
-spectrum of every block on K subsets. Its result file holds, per block, the top eigenvalue on each subset, Ω = |mean| + std, the smallest eigenvalue (its sign tells a saddle
-point), power-iteration counts and convergence, the seconds each took, and optionally the loss landscape of a few
-blocks along their top two eigenvectors (Q-BERT fig. 2).
+spectrum of every block on K subsets. Its result file holds, per block, the top eigenvalue on each subset,
+Ω = |mean| + std, the smallest eigenvalue (its sign tells a saddle point), power-iteration counts and convergence,
+the seconds each took, and optionally the loss landscape of a few blocks along their top two eigenvectors
+(Q-BERT fig. 2).
 
 ``SETTINGS``/``MIXED_SETTINGS`` name the main table's rows; ``run_setting`` runs one of them (a QAT row from its
 seed's FP32 Baseline model, with clipped weight ranges), and ``main_table_rows`` lays the table out.
