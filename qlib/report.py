@@ -55,6 +55,13 @@ def paired_gaps(runs: pd.DataFrame, method: str, baseline: str = "fp32") -> pd.D
     return table[columns]
 
 
+def baseline_over_seeds(runs: pd.DataFrame, baseline: str = "fp32") -> pd.Series:
+    """Per method of one task's ``runs_frame``: the baseline's mean score over the seeds that method has, so a
+    drop compares the same seeds (NaN where the baseline lacks one of them)."""
+    scores = runs[runs["method"] == baseline].set_index("seed")["score"]
+    return runs.groupby("method")["seed"].apply(lambda seeds: scores.reindex(seeds.unique()).mean(skipna=False))
+
+
 def mean_std_text(summary: pd.DataFrame) -> pd.Series:
     """``mean_std`` rows as table cells: "58.48 ± 1.20 (n=3)", or "58.48 (n=1)" for a single seed."""
     return summary.apply(lambda r: f"{r['mean']:.2f} ± {r['std']:.2f} (n={int(r['seeds'])})" if r["seeds"] > 1

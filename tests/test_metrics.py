@@ -88,3 +88,15 @@ def test_latency_frame_reads_every_point_of_a_benchmark():
         "batch32-seq64": {"fp32": {"median_ms": 90.0}}}}}}
     frame = latency_frame(bench).set_index(["batch", "seq", "variant"])["median ms"]
     assert frame.to_dict() == {(8, 128, "fp32"): 40.0, (8, 128, "qbook_int8"): 10.0, (32, 64, "fp32"): 90.0}
+
+
+def test_baseline_over_seeds_compares_the_same_seeds():
+    import pandas as pd
+
+    from qlib.report import baseline_over_seeds
+
+    runs = pd.DataFrame({"method": ["fp32", "fp32", "qbert", "mp", "mp"], "seed": [0, 1, 0, 0, 2],
+                         "score": [20.0, 30.0, 19.0, 18.0, 17.0]})
+    reference = baseline_over_seeds(runs)
+    assert reference["fp32"] == 25.0 and reference["qbert"] == 20.0  # qbert has seed 0 only
+    assert pd.isna(reference["mp"])  # the baseline lacks seed 2
