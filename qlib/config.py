@@ -80,12 +80,16 @@ def qbert_config(
     layer_bits: Mapping[str, int] | None = None,
     percentile: float | None = None,
     observer: str = "ema",
+    noise_rate: float = 1.0,
+    noise_block: int = 8,
 ) -> BertQuantConfig:
     """Q-BERT: asymmetric clamp quantizer on weights (G groups of rows when ``groups`` = G, one range per row when
     ``groups="row"``, per tensor when None), 8-bit inputs (EMA
     ranges for QAT, ``observer="dynamic"`` for direct quantization without fine-tuning), the embedding's bits on
     their own, and ``layer_bits`` (e.g. ``{"encoder.layer.0": 3}``) for mixed precision. ``percentile`` p clips each
-    weight group's range to its [100 - p, p] percentiles instead of its min/max (the embedding keeps min/max)."""
+    weight group's range to its [100 - p, p] percentiles instead of its min/max (the embedding keeps min/max).
+    ``noise_rate`` p < 1 trains the Linears with Quant-Noise (a fraction p of their weight blocks of
+    ``noise_block`` inputs quantized per step; the embedding trains with every weight quantized)."""
 
     if isinstance(groups, str) and groups != "row":
         raise ValueError(f"groups must be a positive integer G, 'row' or None; got {groups!r}")
@@ -96,7 +100,8 @@ def qbert_config(
 
     def layer(bits: int) -> LayerQuant:
         weight = QuantSpec(bits, "asymmetric", granularity, groups, percentile)
-        return LayerQuant(weight, QuantSpec(activation_bits, "asymmetric"), observer)
+        return LayerQuant(weight, QuantSpec(activation_bits, "asymmetric"), observer, noise_rate=noise_rate,
+                          noise_block=noise_block)
 
     return BertQuantConfig(
         default=layer(weight_bits),

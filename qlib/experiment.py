@@ -46,13 +46,16 @@ def protocol_for(task: str) -> dict[str, Any]:
 
 def run_label(method: str, weight_bits: int = 8, embedding_bits: int = 8, groups: int | str | None = None,
               layer_bits: Mapping[str, int] | None = None, ema_decay: float | None = None,
-              percentile: float | None = None, init_from: str | Path | None = None) -> str:
+              percentile: float | None = None, init_from: str | Path | None = None, noise_rate: float = 1.0) -> str:
     """The name a run's result file starts with: ``fp32``, ``qat``, ``qbert-w3e8``, ``qbert-w3e8-per-row``,
     ``qbert-w2e8-g12-mp2-3`` (mixed precision, its bit widths), ``qbert-w3e8-g12-p99.9`` (weight ranges clipped to
-    percentiles), ``qbert-w3e8-g12-p99.9-ft`` (QAT started from a fine-tuned FP32 model), ``qat-ema0.99`` (QAT,
-    another EMA decay) …"""
+    percentiles), ``qbert-w2e8-g12-p99.9-qn0.5`` (Quant-Noise at rate 0.5), ``qbert-w3e8-g12-p99.9-ft`` (QAT
+    started from a fine-tuned FP32 model), ``qat-ema0.99`` (QAT, another EMA decay) …"""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; allowed: {METHODS} (fp32 runs also give post-training rows)")
+    if noise_rate != 1.0 and method != "qbert":
+        raise ValueError(f"noise_rate={noise_rate!r} is for method 'qbert' (Quant-Noise on Q-BERT's grids), "
+                         f"not {method!r}")
     if method == "qat" and ema_decay is not None and ema_decay != Q8BERT_EMA_DECAY:
         return f"qat-ema{ema_decay:g}"
     if method != "qbert":
@@ -60,8 +63,34 @@ def run_label(method: str, weight_bits: int = 8, embedding_bits: int = 8, groups
     grouping = "-per-row" if groups == "row" else f"-g{groups}" if groups else ""
     clipping = f"-p{percentile:g}" if percentile is not None else ""
     mixed = "-mp" + "-".join(map(str, sorted({weight_bits, *layer_bits.values()}))) if layer_bits else ""
+    noise = f"-qn{noise_rate:g}" if noise_rate != 1.0 else ""
     start = "-ft" if init_from is not None else ""
-    return f"qbert-w{weight_bits}e{embedding_bits}{grouping}{clipping}{mixed}{start}"
+    return f"qbert-w{weight_bits}e{embedding_bits}{grouping}{clipping}{mixed}{noise}{start}"
+
+
+def training_config(method: str, weight_bits: int = 8, embedding_bits: int = 8, groups: int | str | None = None,
+                    layer_bits: Mapping[str, int] | None = None, ema_decay: float | None = None,
+                    percentile: float | None = None, noise_rate: float = 1.0) -> BertQuantConfig | None:
+    """The quantization a ``method`` trains with: None for ``fp32``, Q8BERT's for ``qat``, Q-BERT's for ``qbert``
+    (with Quant-Noise when ``noise_rate`` < 1)."""
+    run_label(method, noise_rate=noise_rate)  # names a bad method or noise rate
+    if method == "qat":
+        return q8bert_config(8, Q8BERT_EMA_DECAY if ema_decay is None else ema_decay)
+    if method == "qbert":
+        return qbert_config(weight_bits, embedding_bits, groups=groups, layer_bits=layer_bits, percentile=percentile,
+                            noise_rate=noise_rate)
+    return None
+
+
+def record_config(record: Mapping[str, Any]) -> BertQuantConfig | None:
+    """The quantization a result record's model was evaluated with (None: FP32): a post-training row's (``dq``,
+    ``directq-w<b>…``, written by an ``fp32`` run), else the one its method trained with."""
+    params = record["params"]
+    if params["method"] == "fp32" and record["method"] != "fp32":
+        return post_training_config(record["method"], params.get("groups"))
+    return training_config(params["method"], params.get("weight_bits", 8), params.get("embedding_bits", 8),
+                           params.get("groups"), params.get("layer_bits"), params.get("ema_decay"),
+                           params.get("percentile"), params.get("noise_rate", 1.0))
 
 
 def post_training_config(name: str, groups: int | str | None = None) -> BertQuantConfig:
@@ -99,7 +128,7 @@ def run_glue(task: str, method: str, seed: int, model: str = DEFAULT_MODEL, epoc
              results_dir: str | Path = "results/q8bert", resume: bool = True, progress: bool = True,
              device: str | None = None, ema_decay: float | None = None,
              checkpoint_dir: str | Path | None = None, init_from: str | Path | None = None,
-             percentile: float | None = None) -> list[dict[str, Any]]:
+             percentile: float | None = None, noise_rate: float = 1.0) -> list[dict[str, Any]]:
     """Run one (task, method, seed) job and return its result records (read back from disk when resuming).
 
     ``device``: where to train and evaluate (``None``/``"auto"``: the GPU when there is one); the result's
@@ -109,10 +138,12 @@ def run_glue(task: str, method: str, seed: int, model: str = DEFAULT_MODEL, epoc
     ``init_from``: start from this FP32 checkpoint of ``model`` (a ``save_float`` file, e.g. the FP32 run of the
     same task and seed kept with ``checkpoint_dir``) instead of the pretrained weights, as Q-BERT's QAT starts
     from the fine-tuned FP32 model. ``percentile``: Q-BERT weight ranges clipped to each group's [100 - p, p]
-    percentiles instead of min/max."""
+    percentiles instead of min/max. ``noise_rate``: Quant-Noise (``qbert`` only): each training step quantizes a
+    random fraction ``noise_rate`` of every Linear's weight blocks; evaluation quantizes them all."""
     info = get_task(task)
     target = resolve_device(device)
-    label = run_label(method, weight_bits, embedding_bits, groups, layer_bits, ema_decay, percentile, init_from)
+    label = run_label(method, weight_bits, embedding_bits, groups, layer_bits, ema_decay, percentile, init_from,
+                      noise_rate)
     post_training = tuple(post_training) if method == "fp32" else ()
     configs = {name: post_training_config(name, groups) for name in post_training}
     params = dict(task=info.name, method=method, seed=seed, model=model, epochs=epochs, lr=lr, batch_size=batch_size,
@@ -120,7 +151,8 @@ def run_glue(task: str, method: str, seed: int, model: str = DEFAULT_MODEL, epoc
                   max_eval_examples=max_eval_examples, source=source, weight_bits=weight_bits,
                   embedding_bits=embedding_bits, groups=groups, layer_bits=dict(layer_bits or {}) or None,
                   post_training=list(post_training), ema_decay=ema_decay,
-                  init_from=None if init_from is None else str(init_from), percentile=percentile)
+                  init_from=None if init_from is None else str(init_from), percentile=percentile,
+                  noise_rate=noise_rate)
     paths = result_paths(results_dir, info.name, label, seed, post_training)
     if resume and all(p.is_file() for p in paths):
         return [read_json(p) for p in paths]
@@ -130,11 +162,10 @@ def run_glue(task: str, method: str, seed: int, model: str = DEFAULT_MODEL, epoc
     net, tokenizer = load_classifier(model, info.num_labels)
     if init_from is not None:
         load_float(net, init_from)
-    if method == "qat":
-        convert_bert(net, q8bert_config(8, Q8BERT_EMA_DECAY if ema_decay is None else ema_decay))
-    elif method == "qbert":
-        convert_bert(net, qbert_config(weight_bits, embedding_bits, groups=groups, layer_bits=layer_bits,
-                                       percentile=percentile))
+    config = training_config(method, weight_bits, embedding_bits, groups, layer_bits, ema_decay, percentile,
+                             noise_rate)
+    if config is not None:
+        convert_bert(net, config)
     net.to(target)
     train_batches = glue_batches(info.name, tokenizer, "train", batch_size, max_length, max_train_examples, seed,
                                  source, shuffle=True)

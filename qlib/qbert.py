@@ -171,10 +171,11 @@ def setting_run(setting: str, task: str, seed: int, groups: int | str | None, ch
 def run_setting(setting: str, task: str, seed: int, groups: int | str | None, checkpoints: str | Path,
                 spectrum: Mapping[str, Any] | None = None, **run_args: Any) -> list[dict[str, Any]]:
     """Run one row of the main table (``setting_run``; ``run_args``: the other ``run_glue`` arguments, e.g.
-    ``epochs``, ``results_dir``). A QAT row whose FP32 starting point is not under ``checkpoints`` runs the Baseline
-    of its task and seed first (again, if only its result files were kept)."""
+    ``epochs``, ``results_dir``, ``noise_rate`` for Quant-Noise). A QAT row whose FP32 starting point is not under
+    ``checkpoints`` runs the Baseline of its task and seed first (again, if only its result files were kept)."""
     if setting != "Baseline" and not fp32_checkpoint(checkpoints, task, seed).is_file():
-        run_glue(**setting_run("Baseline", task, seed, groups, checkpoints), **(run_args | {"resume": False}))
+        baseline_args = {name: value for name, value in run_args.items() if name != "noise_rate"}
+        run_glue(**setting_run("Baseline", task, seed, groups, checkpoints), **(baseline_args | {"resume": False}))
     return run_glue(**setting_run(setting, task, seed, groups, checkpoints, spectrum), **run_args)
 
 

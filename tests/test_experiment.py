@@ -117,6 +117,19 @@ def test_a_qat_row_starts_from_its_baseline_model_and_runs_it_first_when_missing
         run(tiny_model_dir, tmp_path, "qbert", weight_bits=3, init_from=tmp_path / "missing.safetensors")
 
 
+def test_a_quant_noise_row_trains_its_baseline_without_noise(glue_dir, tiny_model_dir, tmp_path):
+    from qlib.qbert import run_setting
+
+    args = dict(model=str(tiny_model_dir), epochs=1, batch_size=4, max_length=16, experiment="qbert",
+                results_dir=tmp_path / "results", progress=False)
+    records = run_setting("Q-BERT 2/8", "sst2", 0, 4, tmp_path / "ckpt", noise_rate=0.5, **args)
+    assert records[0]["method"] == "qbert-w2e8-g4-p99.9-qn0.5-ft" and records[0]["params"]["noise_rate"] == 0.5
+    baseline = read_json(tmp_path / "results" / "sst2" / "fp32-seed0.json")
+    assert baseline["params"]["noise_rate"] == 1.0
+    with pytest.raises(ValueError, match="noise_rate=0.5 is for method 'qbert'"):
+        run_setting("Baseline", "sst2", 1, 4, tmp_path / "ckpt", noise_rate=0.5, **args)
+
+
 def test_per_row_groups_job(glue_dir, tiny_model_dir, tmp_path):
     records = run(tiny_model_dir, tmp_path, "qbert", weight_bits=3, groups="row")
     assert records[0]["method"] == "qbert-w3e8-per-row"

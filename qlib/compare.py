@@ -1,0 +1,117 @@
+"""Every method side by side: one row per (chapter, method) of a task, read from the result files.
+
+A row names its paper, its bits (weights / embedding / activations) as read from the quantization its model was
+evaluated with (``record_config``), how it was trained, its dev score over seeds, its relative drop against the FP32
+runs of its own chapter on the same seeds, (FP32 − row) / FP32, the measured size of its bit-packed file, and,
+where a CPU kernel runs its scheme, the latency ratio against FP32 from an ``int8_cpu`` benchmark. Presentation
+only: nothing here trains or evaluates.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from typing import Any, Mapping, Sequence
+
+import pandas as pd
+from torch import nn
+
+from qlib.checkpoint import size_mb
+from qlib.config import BertQuantConfig
+from qlib.experiment import record_config
+from qlib.report import baseline_over_seeds, latency_frame, mean_std, mean_std_text, runs_frame
+
+KERNELS = {"fp32": "fp32", "dq": "ao_dynamic", "qat": "qbook_int8"}
+"""Which benchmark variant runs a method's scheme on the CPU: DQ's per-batch 8-bit inputs are torch.ao's dynamic
+int8 Linear; Q8BERT QAT's learned 8-bit ranges are ``qlib.int8``. The other rows have no low-bit kernel here."""
+
+
+def paper_of(label: str) -> str:
+    """The paper a result label reproduces: ``fp32`` → FP32, ``dq`` → Q8BERT (DQ), ``qat…`` → Q8BERT (QAT),
+    ``directq…`` → Q-BERT (DirectQ), ``qbert…-mp…`` → Q-BERT_MP, ``qbert…-qn<p>…`` → Quant-Noise, ``qbert…`` →
+    Q-BERT."""
+    if label == "fp32":
+        return "FP32"
+    if label == "dq":
+        return "Q8BERT (DQ)"
+    if label.startswith("qat"):
+        return "Q8BERT (QAT)"
+    if label.startswith("directq"):
+        return "Q-BERT (DirectQ)"
+    if label.startswith("qbert"):
+        return "Quant-Noise" if "-qn" in label else "Q-BERT_MP" if "-mp" in label else "Q-BERT"
+    raise ValueError(f"unknown result label {label!r}; allowed: fp32, dq, qat…, directq…, qbert…")
+
+
+def bits_of(config: BertQuantConfig | None) -> dict[str, str]:
+    """The bit widths a config gives the encoder weights (``2/3 MP`` when layers differ; with the Quant-Noise rate
+    it trains at), their ranges (scheme, per tensor / G groups / per row, clipping), the embedding tables and the
+    Linears' inputs (with how their ranges are set); ``32`` where a tensor stays in float."""
+    if config is None:
+        return {"weights": "32", "weight ranges": "", "embedding": "32", "inputs": "32"}
+    layer_quants = [config.default, *config.layers.values()]
+    widths = sorted({q.weight.bits if q.weight is not None else 32 for q in layer_quants})
+    weight, inputs, noise = config.default.weight, config.default.activation, config.default.noise_rate
+    extent = {"tensor": "per tensor", "channel": "per row", "group": f"{weight.groups} group{'s' if weight.groups != 1 else ''}"}[weight.granularity]
+    clipped = f", [{100 - weight.percentile:g}, {weight.percentile:g}] pct" if weight.percentile else ", min/max"
+    ranges = {"ema": "EMA", "dynamic": "per batch", "minmax": "calibrated"}[config.default.observer]
+    return {"weights": "/".join(map(str, widths)) + (" MP" if len(widths) > 1 else "")
+            + (f", Quant-Noise p={noise:g}" if noise < 1 else ""),
+            "weight ranges": f"{weight.scheme}, {extent}{clipped}",
+            "embedding": str(config.embeddings.bits) if config.embeddings is not None else "32",
+            "inputs": f"{inputs.bits} ({ranges})" if inputs is not None else "32"}
+
+
+def training_of(record: Mapping[str, Any]) -> str:
+    """How a record's model was made: post-training rows train nothing; others fine-tune for their epochs, from
+    the pretrained model or from an FP32 checkpoint (``init_from``)."""
+    params = record["params"]
+    if params["method"] == "fp32" and record["method"] != "fp32":
+        return "none: quantized after FP32 fine-tuning"
+    start = "the FP32 Baseline" if params.get("init_from") else "pretrained"
+    kind = "FP32" if params["method"] == "fp32" else "QAT"
+    return f"{kind}, {params['epochs']} epoch{'s' if params['epochs'] != 1 else ''} from {start}"
+
+
+def side_by_side(sources: Mapping[str, Sequence[Mapping[str, Any]]], model: nn.Module,
+                 benchmark: Mapping[str, Any] | None = None, shape: str = "packaged", batch: int = 8,
+                 seq: int = 128) -> pd.DataFrame:
+    """Every method of every task in ``sources`` (chapter name → its result records), one row each, with the
+    measured file size of ``model`` quantized as that row and, given a ``benchmark``, the CPU latency vs FP32 at
+    (``shape``, ``batch``, ``seq``). Columns: task, chapter, method, paper, weights, weight ranges, embedding,
+    inputs, training, score, seeds, mean, drop vs FP32 (%), file (MB), file vs FP32, CPU latency vs FP32; per
+    task, each chapter's rows from the largest file to the smallest."""
+    latency = pd.Series(dtype=float)
+    if benchmark is not None:
+        frame = latency_frame(benchmark).query("shape == @shape and batch == @batch and seq == @seq")
+        if frame.empty:
+            raise ValueError(f"the benchmark has no point {shape} batch {batch} seq {seq}")
+        latency = frame.set_index("variant")["median ms"]
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        sizes = {"fp32": size_mb(model, None, folder)["file_mb"]}
+        for order, (chapter, records) in enumerate(sources.items()):
+            for task in dict.fromkeys(r["task"] for r in records):
+                task_records = [r for r in records if r["task"] == task]
+                runs = runs_frame(task_records)
+                summary = mean_std(runs).droplevel("task")
+                fp32_same_seeds = baseline_over_seeds(runs)
+                scores = mean_std_text(summary)
+                first = {r["method"]: r for r in reversed(task_records)}
+                for label, record in first.items():
+                    config = record_config(record)
+                    if label not in sizes:
+                        sizes[label] = size_mb(model, config, folder)["file_mb"]
+                    reference, mean = fp32_same_seeds.get(label, float("nan")), summary["mean"][label]
+                    kernel = KERNELS.get("qat" if label.startswith("qat") else label)
+                    rows.append({
+                        "task": task, "order": order, "chapter": chapter, "method": label, "paper": paper_of(label),
+                        **bits_of(config), "training": training_of(record), "score": scores[label],
+                        "seeds": int(summary["seeds"][label]), "mean": mean,
+                        "drop vs FP32 (%)": (reference - mean) / reference * 100,
+                        "file (MB)": sizes[label],
+                        "file vs FP32": sizes[label] / sizes["fp32"],
+                        "CPU latency vs FP32": latency.get(kernel, float("nan")) / latency.get("fp32", float("nan"))})
+    if not rows:
+        return pd.DataFrame()
+    table = pd.DataFrame(rows).sort_values(["task", "order", "file (MB)", "method"], ascending=[True, True, False, True])
+    return table.drop(columns="order").reset_index(drop=True)

@@ -1,0 +1,82 @@
+"""The side-by-side table: configs read back from result records, sizes measured, drops on the same seeds; and
+Quant-Noise as a Q-BERT run option."""
+
+import pytest
+import torch
+
+from qlib.compare import bits_of, paper_of, side_by_side
+from qlib.config import qbert_config
+from qlib.experiment import record_config, run_label, training_config
+from qlib.modules import QuantLinear
+
+
+def record(task, method, seed, score, **params):
+    trained = params.pop("trained", "fp32" if method in ("fp32", "dq") or method.startswith("directq") else method)
+    return {"task": task, "method": method, "seed": seed, "main_metric": "accuracy", "metrics": {"accuracy": score},
+            "train": {"train_examples": 10, "examples_per_s": 1.0}, "provenance": {"wall_time_s": 1.0},
+            "params": {"method": trained, "epochs": 1, "weight_bits": 8, "embedding_bits": 8, "groups": None,
+                       "layer_bits": None, "ema_decay": None, "percentile": None, **params}}
+
+
+def test_record_config_rebuilds_what_each_row_was_evaluated_with():
+    assert record_config(record("sst2", "fp32", 0, 0.9)) is None
+    dq = record_config(record("sst2", "dq", 0, 0.9))
+    assert dq.default.observer == "dynamic" and dq.default.weight.bits == 8
+    direct = record_config(record("sst2", "directq-w3-p99.9", 0, 0.5, groups=4))
+    assert (direct.default.weight.bits, direct.default.weight.groups, direct.default.weight.percentile) == (3, 4, 99.9)
+    qat = record_config(record("sst2", "qat-ema0.99", 0, 0.9, trained="qat", ema_decay=0.99))
+    assert qat.default.ema_decay == 0.99 and qat.default.weight.symmetric
+    mixed = record_config(record("sst2", "qbert-w2e8-mp2-3", 0, 0.8, trained="qbert", weight_bits=2,
+                                 layer_bits={"encoder.layer.0": 3}))
+    assert mixed.layer_for("encoder.layer.0.output.dense").weight.bits == 3 and mixed.default.weight.bits == 2
+    noisy = record_config(record("sst2", "qbert-w2e8-qn0.5", 0, 0.8, trained="qbert", weight_bits=2, noise_rate=0.5))
+    assert noisy.default.noise_rate == 0.5
+    old = {**record("sst2", "dq", 0, 0.9), "params": {"method": "fp32", "epochs": 1}}  # an early file: no bits
+    assert record_config(old).default.observer == "dynamic"
+
+
+def test_quant_noise_is_a_qbert_option_with_its_own_label():
+    assert run_label("qbert", 2, 8, 12, percentile=99.9, init_from="x", noise_rate=0.5) == "qbert-w2e8-g12-p99.9-qn0.5-ft"
+    assert run_label("qbert", 2, 8, 12, noise_rate=1.0) == "qbert-w2e8-g12"
+    with pytest.raises(ValueError, match="noise_rate=0.5 is for method 'qbert'"):
+        run_label("qat", noise_rate=0.5)
+    with pytest.raises(ValueError, match="noise_rate must be in"):
+        training_config("qbert", 2, noise_rate=1.5)
+    config = qbert_config(2, noise_rate=0.25, noise_block=4)
+    layer = QuantLinear.from_float(torch.nn.Linear(8, 3), config.default)
+    assert layer.quant.noise_rate == 0.25 and layer.quant.noise_block == 4
+
+
+def test_paper_and_bits_of_each_row():
+    assert [paper_of(label) for label in ("fp32", "dq", "qat-ema0.99", "directq-w2", "qbert-w2e8-g12-p99.9-mp2-3-ft",
+                                          "qbert-w2e8-qn0.1-ft", "qbert-w8e8")] == [
+        "FP32", "Q8BERT (DQ)", "Q8BERT (QAT)", "Q-BERT (DirectQ)", "Q-BERT_MP", "Quant-Noise", "Q-BERT"]
+    with pytest.raises(ValueError, match="unknown result label 'int4'"):
+        paper_of("int4")
+    assert bits_of(None) == {"weights": "32", "weight ranges": "", "embedding": "32", "inputs": "32"}
+    mixed = bits_of(qbert_config(2, 8, groups=1, layer_bits={"encoder.layer.0": 4}, percentile=99.9, noise_rate=0.5))
+    assert mixed == {"weights": "2/4 MP, Quant-Noise p=0.5", "weight ranges": "asymmetric, 1 group, [0.1, 99.9] pct",
+                     "embedding": "8", "inputs": "8 (EMA)"}
+
+
+def test_side_by_side_measures_sizes_and_pairs_each_chapter_with_its_own_fp32(tiny_bert):
+    q8bert = [record("rte", "fp32", 0, 0.60), record("rte", "fp32", 1, 0.70), record("rte", "dq", 0, 0.57),
+              record("rte", "dq", 1, 0.63), record("rte", "qat", 0, 0.66)]
+    qbert = [record("rte", "fp32", 0, 0.50), record("rte", "directq-w2", 0, 0.25, post_training=["directq-w2"]),
+             record("rte", "qbert-w4e8", 0, 0.45, trained="qbert", weight_bits=4)]
+    bench = {"shapes": {"packaged": {"latency": {"batch8-seq128": {
+        "fp32": {"median_ms": 40.0}, "ao_dynamic": {"median_ms": 20.0}, "qbook_int8": {"median_ms": 10.0}}}}}}
+    table = side_by_side({"Q8BERT": q8bert, "Q-BERT": qbert}, tiny_bert, bench).set_index(["chapter", "method"])
+    assert table.loc[("Q8BERT", "dq"), "drop vs FP32 (%)"] == pytest.approx((65 - 60) / 65 * 100)
+    assert table.loc[("Q8BERT", "qat"), "drop vs FP32 (%)"] == pytest.approx((60 - 66) / 60 * 100)  # seed 0 only
+    assert table.loc[("Q-BERT", "directq-w2"), "drop vs FP32 (%)"] == pytest.approx(50.0)  # its own FP32: 50
+    assert table.loc[("Q8BERT", "qat"), "CPU latency vs FP32"] == 0.25
+    assert table.loc[("Q8BERT", "dq"), "CPU latency vs FP32"] == 0.5
+    assert pytest.approx(table.loc[("Q-BERT", "fp32"), "file vs FP32"]) == 1.0
+    sizes = table["file (MB)"]
+    assert sizes[("Q-BERT", "directq-w2")] < sizes[("Q-BERT", "qbert-w4e8")] < sizes[("Q8BERT", "qat")] \
+        < sizes[("Q8BERT", "fp32")]  # measured files, 2 < 4 < 8 < 32 bits
+    assert table.loc[("Q-BERT", "directq-w2"), "training"] == "none: quantized after FP32 fine-tuning"
+    assert list(table.xs("Q-BERT")["file (MB)"]) == sorted(table.xs("Q-BERT")["file (MB)"], reverse=True)
+    with pytest.raises(ValueError, match="no point packaged batch 1 seq 128"):
+        side_by_side({"Q8BERT": q8bert}, tiny_bert, bench, batch=1)
