@@ -24,8 +24,8 @@ def check_tensor(x: torch.Tensor, what: str = "tensor") -> torch.Tensor:
         raise ValueError(f"cannot quantize an empty {what} (shape {tuple(x.shape)}); it has no range")
     if not x.is_floating_point():
         raise TypeError(f"{what} must be a floating-point tensor, got dtype {x.dtype}")
-    bad = (~torch.isfinite(x)).sum().item()
-    if bad:
+    if not torch.isfinite(x).all():
+        bad = (~torch.isfinite(x)).sum().item()
         raise ValueError(f"{what} holds {bad} NaN/Inf value(s) of {x.numel()}; only finite values can be quantized")
     return x
 

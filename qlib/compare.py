@@ -25,6 +25,10 @@ KERNELS = {"fp32": "fp32", "dq": "ao_dynamic", "qat": "qbook_int8"}
 int8 Linear; Q8BERT QAT's learned 8-bit ranges are ``qlib.int8``. The other rows have no low-bit kernel here."""
 
 
+PAPERS = ("FP32", "Q8BERT (DQ)", "Q8BERT (QAT)", "Q-BERT (DirectQ)", "Q-BERT", "Q-BERT_MP", "Quant-Noise")
+"""Every value ``paper_of`` gives, in a fixed order (for legends and colours)."""
+
+
 def paper_of(label: str) -> str:
     """The paper a result label reproduces: ``fp32`` → FP32, ``dq`` → Q8BERT (DQ), ``qat…`` → Q8BERT (QAT),
     ``directq…`` → Q-BERT (DirectQ), ``qbert…-mp…`` → Q-BERT_MP, ``qbert…-qn<p>…`` → Quant-Noise, ``qbert…`` →
@@ -115,3 +119,16 @@ def side_by_side(sources: Mapping[str, Sequence[Mapping[str, Any]]], model: nn.M
         return pd.DataFrame()
     table = pd.DataFrame(rows).sort_values(["task", "order", "file (MB)", "method"], ascending=[True, True, False, True])
     return table.drop(columns="order").reset_index(drop=True)
+
+
+def pareto(table: pd.DataFrame) -> pd.DataFrame:
+    """Per task, the rows of a ``side_by_side`` table that no row with a file at most as large beats on mean
+    score: the measured size–accuracy front, smallest file first."""
+    keep = []
+    for _, rows in table.groupby("task", sort=False):
+        best = float("-inf")
+        for index, row in rows.sort_values(["file (MB)", "mean"], ascending=[True, False]).iterrows():
+            if row["mean"] > best:
+                keep.append(index)
+                best = row["mean"]
+    return table.loc[keep]

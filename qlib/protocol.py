@@ -6,9 +6,9 @@ machines without Jupyter (a GPU box, a cluster node) and runs several jobs at on
 
     python -m qlib.protocol --workers 8 --results results [--only q8bert] [--device cuda]
 
-Two stages: the first chapter's main table and Q-BERT's FP32 Baselines (which keep their models under
-``--checkpoints``), then Q-BERT's QAT rows seed by seed (each starts from its seed's Baseline model), then the
-ablations. Finished runs are skipped, so an interrupted protocol resumes. A failing job is named; the others
+Two stages: the first chapter's main table and the FP32 Baselines (which keep their models under
+``--checkpoints``), then Q-BERT's and Quant-Noise's QAT rows seed by seed (each starts from its seed's Baseline
+model), then the ablations. Finished runs are skipped, so an interrupted protocol resumes. A failing job is named; the others
 still run, and the exit status is non-zero at the end.
 """
 
@@ -34,6 +34,9 @@ HEADS = 12  # the packaged model's and BERT-base's attention heads: Q-BERT's G f
 ABLATION_GROUPS: tuple[int | str, ...] = (1, 4 * HEADS, "row")  # with G = HEADS from the main table
 ABLATION_SETTING = "Q-BERT 3/8"
 EMA_ABLATION_DECAY = 0.99
+QUANT_NOISE_TASKS = ("cola",)
+QUANT_NOISE_SETTINGS = ("Q-BERT 2/8", "Q-BERT 3/8")  # where QAT (p = 1) loses the most
+QUANT_NOISE_RATE = 0.5
 
 
 def q8bert_jobs(seeds=SEEDS) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -55,10 +58,25 @@ def qbert_jobs(spectra: Mapping[str, dict[str, Any]], checkpoints: str | Path,
                     **protocol_for(task))
 
     tasks = list(spectra)
-    baselines = [job("Baseline", t, s, HEADS) for t in tasks for s in seeds]
+    baselines = baseline_jobs(tasks, checkpoints, seeds)
     main = [job(name, t, s, HEADS) for t in tasks for name in [*SETTINGS, *MIXED_SETTINGS] for s in seeds]
     ablation = [job(ABLATION_SETTING, t, s, g) for t in tasks for g in ABLATION_GROUPS for s in seeds]
     return baselines, main, ablation
+
+
+def baseline_jobs(tasks: Sequence[str], checkpoints: str | Path, seeds=SEEDS) -> list[dict[str, Any]]:
+    """The FP32 Baselines of ``tasks`` (with their DirectQ rows): they keep the models that Q-BERT's and
+    Quant-Noise's QAT rows start from under ``checkpoints``."""
+    return [dict(experiment="qbert", **setting_run("Baseline", t, s, HEADS, checkpoints), **protocol_for(t))
+            for t in tasks for s in seeds]
+
+
+def quant_noise_jobs(checkpoints: str | Path, seeds=SEEDS) -> list[dict[str, Any]]:
+    """Quant-Noise chapter: Q-BERT's rows of ``QUANT_NOISE_SETTINGS`` trained at noise rate ``QUANT_NOISE_RATE``
+    on ``QUANT_NOISE_TASKS``, each from its seed's FP32 Baseline."""
+    return [dict(experiment="quant-noise", **setting_run(name, t, s, HEADS, checkpoints),
+                 noise_rate=QUANT_NOISE_RATE, **protocol_for(t))
+            for t in QUANT_NOISE_TASKS for name in QUANT_NOISE_SETTINGS for s in seeds]
 
 
 def read_spectra(folder: Path, tasks: Sequence[str]) -> dict[str, dict[str, Any]]:
@@ -91,7 +109,7 @@ def _run(job: dict[str, Any], results: str, device: str | None, threads: int,
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--results", default="results", help="folder holding q8bert/ and qbert/ (default: results)")
-    parser.add_argument("--only", choices=("q8bert", "qbert"), help="run one chapter's jobs")
+    parser.add_argument("--only", choices=("q8bert", "qbert", "quant-noise"), help="run one chapter's jobs")
     parser.add_argument("--qbert-tasks", default="sst2", help="comma-separated tasks of the Q-BERT table, each with its results/qbert/spectrum-<task>.json")
     parser.add_argument("--workers", type=int, default=1, help="jobs at once, each its own process")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads per job")
@@ -103,10 +121,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.workers < 1 or args.threads < 1:
         parser.error(f"--workers and --threads must be positive, got {args.workers} and {args.threads}")
 
-    q8_main, q8_ablation = q8bert_jobs() if args.only != "qbert" else ([], [])
-    qb_baselines, qb_main, qb_ablation = ([], [], []) if args.only == "q8bert" else qbert_jobs(
-        read_spectra(Path(args.results) / "qbert", args.qbert_tasks.split(",")), Path(args.checkpoints) / "qbert")
-    stages = [q8_main + _by_seed(qb_baselines), _by_seed(qb_main) + _by_seed(q8_ablation + qb_ablation)]
+    checkpoints = Path(args.checkpoints) / "qbert"
+    q8_main, q8_ablation = q8bert_jobs() if args.only in (None, "q8bert") else ([], [])
+    qbert_tasks = args.qbert_tasks.split(",") if args.only in (None, "qbert") else []
+    qb_baselines, qb_main, qb_ablation = qbert_jobs(read_spectra(Path(args.results) / "qbert", qbert_tasks),
+                                                    checkpoints)
+    noise = quant_noise_jobs(checkpoints) if args.only in (None, "quant-noise") else []
+    qb_baselines += baseline_jobs(sorted({j["task"] for j in noise} - set(qbert_tasks)), checkpoints)
+    stages = [q8_main + _by_seed(qb_baselines), _by_seed(qb_main + noise) + _by_seed(q8_ablation + qb_ablation)]
     total, done, failures = sum(map(len, stages)), 0, []
     context = multiprocessing.get_context("spawn")  # CUDA cannot be used in forked workers
     with ProcessPoolExecutor(args.workers, mp_context=context) as pool:

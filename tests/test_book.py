@@ -24,6 +24,7 @@ def test_book_builds_offline_with_executed_chapters_and_figures(tmp_path):
     html = tmp_path / "book" / "_build" / "html"
     for page in ("intro.html", "chapters/first_principles.html", "chapters/q8bert.html",
                  "chapters/qbert_sensitivity.html", "chapters/qbert_low_precision.html",
+                 "chapters/quant_noise.html", "chapters/side_by_side.html",
                  "chapters/int8_speed.html", "chapters/status.html"):
         assert (html / page).is_file(), page
     chapter = (html / "chapters" / "first_principles.html").read_text()

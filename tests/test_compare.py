@@ -80,3 +80,18 @@ def test_side_by_side_measures_sizes_and_pairs_each_chapter_with_its_own_fp32(ti
     assert list(table.xs("Q-BERT")["file (MB)"]) == sorted(table.xs("Q-BERT")["file (MB)"], reverse=True)
     with pytest.raises(ValueError, match="no point packaged batch 1 seq 128"):
         side_by_side({"Q8BERT": q8bert}, tiny_bert, bench, batch=1)
+
+
+def test_pareto_keeps_the_rows_no_smaller_file_beats():
+    import pandas as pd
+
+    from qlib.compare import pareto
+
+    table = pd.DataFrame({"task": ["a"] * 5 + ["b"], "method": ["fp32", "q8", "dq", "w4", "w2", "fp32"],
+                          "file (MB)": [90.0, 23.0, 23.0, 17.0, 15.0, 90.0], "mean": [80, 79, 77, 70, 50, 60]})
+    front = pareto(table)
+    assert list(zip(front["task"], front["method"])) == [("a", "w2"), ("a", "w4"), ("a", "q8"), ("a", "fp32"),
+                                                         ("b", "fp32")]
+    worse_and_larger = pd.concat([table, pd.DataFrame({"task": ["a"], "method": ["bad"], "file (MB)": [30.0],
+                                                       "mean": [60]})], ignore_index=True)
+    assert "bad" not in set(pareto(worse_and_larger)["method"])

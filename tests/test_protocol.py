@@ -6,7 +6,8 @@ import pytest
 
 from qlib.config import qbert_config
 from qlib.experiment import protocol_for, run_label
-from qlib.protocol import ABLATION_GROUPS, HEADS, main, q8bert_jobs, qbert_jobs, read_spectra
+from qlib.protocol import (ABLATION_GROUPS, HEADS, QUANT_NOISE_RATE, baseline_jobs, main, q8bert_jobs, qbert_jobs,
+                           quant_noise_jobs, read_spectra)
 from qlib.qbert import (
     DIRECTQ,
     MIXED_SETTINGS,
@@ -26,7 +27,8 @@ SPECTRUM = {"blocks": {f"encoder.layer.{i}": {"omega": omega} for i, omega in en
 def label(job):
     """The result name a protocol job writes."""
     return run_label(job["method"], job.get("weight_bits", 8), job.get("embedding_bits", 8), job["groups"],
-                     job.get("layer_bits"), percentile=job.get("percentile"), init_from=job.get("init_from"))
+                     job.get("layer_bits"), percentile=job.get("percentile"), init_from=job.get("init_from"),
+                     noise_rate=job.get("noise_rate", 1.0))
 
 
 def test_mixed_settings_raise_the_most_sensitive_layers_and_leave_the_embedding_alone():
@@ -70,6 +72,15 @@ def test_job_lists_cover_both_tables_and_their_ablations():
     assert {j["groups"] for j in qb_ablation} == set(ABLATION_GROUPS)
     starts = {str(fp32_checkpoint("ckpt", "sst2", s)) for s in (0, 1, 2)}
     assert {j["init_from"] for j in qb_main + qb_ablation} == starts
+
+
+def test_quant_noise_jobs_start_from_the_baselines_the_protocol_keeps():
+    jobs = quant_noise_jobs("ckpt", seeds=(0, 1))
+    assert {label(j) for j in jobs} == {f"qbert-w{b}e8-g12-p99.9-qn{QUANT_NOISE_RATE:g}-ft" for b in (2, 3)}
+    assert all(j["experiment"] == "quant-noise" and j["epochs"] == protocol_for(j["task"])["epochs"] for j in jobs)
+    baselines = baseline_jobs(sorted({j["task"] for j in jobs}), "ckpt", seeds=(0, 1))
+    kept = {str(fp32_checkpoint(j["checkpoint_dir"], j["task"], j["seed"])) for j in baselines}
+    assert {j["init_from"] for j in jobs} == kept
 
 
 def test_each_task_takes_its_mp_bits_from_its_own_spectrum(tmp_path):
