@@ -17,7 +17,7 @@ from torch import nn
 
 from qlib.checkpoint import size_mb
 from qlib.config import BertQuantConfig
-from qlib.experiment import record_config
+from qlib.experiment import is_post_training, record_config
 from qlib.report import baseline_over_seeds, latency_frame, mean_std, mean_std_text, runs_frame
 
 KERNELS = {"fp32": "fp32", "dq": "ao_dynamic", "qat": "qbook_int8"}
@@ -55,21 +55,25 @@ def bits_of(config: BertQuantConfig | None) -> dict[str, str]:
     layer_quants = [config.default, *config.layers.values()]
     widths = sorted({q.weight.bits if q.weight is not None else 32 for q in layer_quants})
     weight, inputs, noise = config.default.weight, config.default.activation, config.default.noise_rate
-    extent = {"tensor": "per tensor", "channel": "per row", "group": f"{weight.groups} group{'s' if weight.groups != 1 else ''}"}[weight.granularity]
-    clipped = f", [{100 - weight.percentile:g}, {weight.percentile:g}] pct" if weight.percentile else ", min/max"
-    ranges = {"ema": "EMA", "dynamic": "per batch", "minmax": "calibrated"}[config.default.observer]
+    ranges = ""
+    if weight is not None:
+        extent = {"tensor": "per tensor", "channel": "per row",
+                  "group": f"{weight.groups} group{'s' if weight.groups != 1 else ''}"}[weight.granularity]
+        clipped = f"[{100 - weight.percentile:g}, {weight.percentile:g}] pct" if weight.percentile else "min/max"
+        ranges = f"{weight.scheme}, {extent}, {clipped}"
+    observed = {"ema": "EMA", "dynamic": "per batch", "minmax": "calibrated"}[config.default.observer]
     return {"weights": "/".join(map(str, widths)) + (" MP" if len(widths) > 1 else "")
             + (f", Quant-Noise p={noise:g}" if noise < 1 else ""),
-            "weight ranges": f"{weight.scheme}, {extent}{clipped}",
+            "weight ranges": ranges,
             "embedding": str(config.embeddings.bits) if config.embeddings is not None else "32",
-            "inputs": f"{inputs.bits} ({ranges})" if inputs is not None else "32"}
+            "inputs": f"{inputs.bits} ({observed})" if inputs is not None else "32"}
 
 
 def training_of(record: Mapping[str, Any]) -> str:
     """How a record's model was made: post-training rows train nothing; others fine-tune for their epochs, from
     the pretrained model or from an FP32 checkpoint (``init_from``)."""
     params = record["params"]
-    if params["method"] == "fp32" and record["method"] != "fp32":
+    if is_post_training(record):
         return "none: quantized after FP32 fine-tuning"
     start = "the FP32 Baseline" if params.get("init_from") else "pretrained"
     kind = "FP32" if params["method"] == "fp32" else "QAT"
@@ -117,7 +121,8 @@ def side_by_side(sources: Mapping[str, Sequence[Mapping[str, Any]]], model: nn.M
                         "CPU latency vs FP32": latency.get(kernel, float("nan")) / latency.get("fp32", float("nan"))})
     if not rows:
         return pd.DataFrame()
-    table = pd.DataFrame(rows).sort_values(["task", "order", "file (MB)", "method"], ascending=[True, True, False, True])
+    table = pd.DataFrame(rows).sort_values(["task", "order", "file (MB)", "method"],
+                                           ascending=[True, True, False, True])
     return table.drop(columns="order").reset_index(drop=True)
 
 

@@ -82,11 +82,17 @@ def training_config(method: str, weight_bits: int = 8, embedding_bits: int = 8, 
     return None
 
 
+def is_post_training(record: Mapping[str, Any]) -> bool:
+    """Whether a result record is a post-training row (``dq``, ``directq-w<b>…``): written by an ``fp32`` run for
+    its trained weights quantized with no further training."""
+    return record["params"]["method"] == "fp32" and record["method"] != "fp32"
+
+
 def record_config(record: Mapping[str, Any]) -> BertQuantConfig | None:
-    """The quantization a result record's model was evaluated with (None: FP32): a post-training row's (``dq``,
-    ``directq-w<b>…``, written by an ``fp32`` run), else the one its method trained with."""
+    """The quantization a result record's model was evaluated with (None: FP32): a post-training row's, else the
+    one its method trained with."""
     params = record["params"]
-    if params["method"] == "fp32" and record["method"] != "fp32":
+    if is_post_training(record):
         return post_training_config(record["method"], params.get("groups"))
     return training_config(params["method"], params.get("weight_bits", 8), params.get("embedding_bits", 8),
                            params.get("groups"), params.get("layer_bits"), params.get("ema_decay"),

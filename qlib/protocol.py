@@ -8,8 +8,8 @@ machines without Jupyter (a GPU box, a cluster node) and runs several jobs at on
 
 Two stages: the first chapter's main table and the FP32 Baselines (which keep their models under
 ``--checkpoints``), then Q-BERT's and Quant-Noise's QAT rows seed by seed (each starts from its seed's Baseline
-model), then the ablations. Finished runs are skipped, so an interrupted protocol resumes. A failing job is named; the others
-still run, and the exit status is non-zero at the end.
+model), then the ablations. Finished runs are skipped, so an interrupted protocol resumes. A failing job is named;
+the others still run, and the exit status is non-zero at the end.
 """
 
 from __future__ import annotations

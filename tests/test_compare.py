@@ -36,7 +36,8 @@ def test_record_config_rebuilds_what_each_row_was_evaluated_with():
 
 
 def test_quant_noise_is_a_qbert_option_with_its_own_label():
-    assert run_label("qbert", 2, 8, 12, percentile=99.9, init_from="x", noise_rate=0.5) == "qbert-w2e8-g12-p99.9-qn0.5-ft"
+    label = run_label("qbert", 2, 8, 12, percentile=99.9, init_from="x", noise_rate=0.5)
+    assert label == "qbert-w2e8-g12-p99.9-qn0.5-ft"
     assert run_label("qbert", 2, 8, 12, noise_rate=1.0) == "qbert-w2e8-g12"
     with pytest.raises(ValueError, match="noise_rate=0.5 is for method 'qbert'"):
         run_label("qat", noise_rate=0.5)
