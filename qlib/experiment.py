@@ -25,6 +25,7 @@ from qlib.data import get_task, glue_batches
 from qlib.metrics import glue_metrics
 from qlib.models import DEFAULT_MODEL, load_classifier
 from qlib.observers import Q8BERT_EMA_DECAY
+from qlib.report import is_post_training
 from qlib.results import provenance, read_json, write_json
 from qlib.train import finetune, predict, resolve_device, set_seed
 
@@ -80,12 +81,6 @@ def training_config(method: str, weight_bits: int = 8, embedding_bits: int = 8, 
         return qbert_config(weight_bits, embedding_bits, groups=groups, layer_bits=layer_bits, percentile=percentile,
                             noise_rate=noise_rate)
     return None
-
-
-def is_post_training(record: Mapping[str, Any]) -> bool:
-    """Whether a result record is a post-training row (``dq``, ``directq-w<b>…``): written by an ``fp32`` run for
-    its trained weights quantized with no further training."""
-    return record["params"]["method"] == "fp32" and record["method"] != "fp32"
 
 
 def record_config(record: Mapping[str, Any]) -> BertQuantConfig | None:

@@ -8,6 +8,12 @@ from typing import Any, Iterable
 import pandas as pd
 
 
+def is_post_training(record: dict[str, Any]) -> bool:
+    """Whether a result record is a post-training row (``dq``, ``directq-w<b>…``): written by an ``fp32`` run for
+    its trained weights quantized with no further training."""
+    return record["params"]["method"] == "fp32" and record["method"] != "fp32"
+
+
 def runs_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
     """One row per run: task, method, seed, the main metric in percent, train examples/s, wall time."""
     rows = [
@@ -81,7 +87,7 @@ def protocol_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
          "torch": r["provenance"]["versions"]["torch"], "commit": (r["provenance"]["git_commit"] or "")[:8],
          "examples/s": round(r["train"]["examples_per_s"], 1), "wall h": r["provenance"]["wall_time_s"] / 3600,
          "note": r["provenance"].get("note") or ""}
-        for r in records if r["method"] not in r["params"].get("post_training", [])
+        for r in records if not is_post_training(r)
     ]
     return pd.DataFrame(rows)
 

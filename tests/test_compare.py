@@ -8,6 +8,7 @@ from qlib.compare import bits_of, paper_of, side_by_side
 from qlib.config import qbert_config
 from qlib.experiment import record_config, run_label, training_config
 from qlib.modules import QuantLinear
+from qlib.report import is_post_training
 
 
 def record(task, method, seed, score, **params):
@@ -33,6 +34,8 @@ def test_record_config_rebuilds_what_each_row_was_evaluated_with():
     assert noisy.default.noise_rate == 0.5
     old = {**record("sst2", "dq", 0, 0.9), "params": {"method": "fp32", "epochs": 1}}  # an early file: no bits
     assert record_config(old).default.observer == "dynamic"
+    assert is_post_training(old) and not is_post_training(record("sst2", "fp32", 0, 0.9))
+    assert not is_post_training(record("sst2", "qbert-w2e8", 0, 0.5, trained="qbert"))
 
 
 def test_quant_noise_is_a_qbert_option_with_its_own_label():
