@@ -108,7 +108,7 @@ def _run(job: dict[str, Any], results: str, device: str | None, threads: int,
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--results", default="results", help="folder holding q8bert/ and qbert/ (default: results)")
+    parser.add_argument("--results", default="results", help="folder holding q8bert/, qbert/ and quant-noise/ (default: results)")
     parser.add_argument("--only", choices=("q8bert", "qbert", "quant-noise"), help="run one chapter's jobs")
     parser.add_argument("--qbert-tasks", default="sst2", help="comma-separated tasks of the Q-BERT table, each with its results/qbert/spectrum-<task>.json")
     parser.add_argument("--workers", type=int, default=1, help="jobs at once, each its own process")
