@@ -24,7 +24,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from qlib.experiment import protocol_for, run_glue
+from qlib.experiment import protocol_for, run_glue, run_label
 from qlib.qbert import MIXED_SETTINGS, SETTINGS, setting_run
 from qlib.results import read_json
 
@@ -77,6 +77,14 @@ def quant_noise_jobs(checkpoints: str | Path, seeds=SEEDS) -> list[dict[str, Any
     return [dict(experiment="quant-noise", **setting_run(name, t, s, HEADS, checkpoints),
                  noise_rate=QUANT_NOISE_RATE, **protocol_for(t))
             for t in QUANT_NOISE_TASKS for name in QUANT_NOISE_SETTINGS for s in seeds]
+
+
+def job_label(job: Mapping[str, Any]) -> str:
+    """The result name a protocol job writes (``run_label`` of its arguments), e.g. to list the jobs whose
+    ``<label>-seed<n>.json`` is not committed yet."""
+    return run_label(job["method"], job.get("weight_bits", 8), job.get("embedding_bits", 8), job.get("groups"),
+                     job.get("layer_bits"), job.get("ema_decay"), job.get("percentile"), job.get("init_from"),
+                     job.get("noise_rate", 1.0))
 
 
 def read_spectra(folder: Path, tasks: Sequence[str]) -> dict[str, dict[str, Any]]:

@@ -6,8 +6,8 @@ import pytest
 
 from qlib.config import qbert_config
 from qlib.experiment import protocol_for, run_label
-from qlib.protocol import (ABLATION_GROUPS, HEADS, QUANT_NOISE_RATE, baseline_jobs, main, q8bert_jobs, qbert_jobs,
-                           quant_noise_jobs, read_spectra)
+from qlib.protocol import (ABLATION_GROUPS, HEADS, QUANT_NOISE_RATE, baseline_jobs, job_label, main, q8bert_jobs,
+                           qbert_jobs, quant_noise_jobs, read_spectra)
 from qlib.qbert import (
     DIRECTQ,
     MIXED_SETTINGS,
@@ -26,9 +26,7 @@ SPECTRUM = {"blocks": {f"encoder.layer.{i}": {"omega": omega} for i, omega in en
 
 def label(job):
     """The result name a protocol job writes."""
-    return run_label(job["method"], job.get("weight_bits", 8), job.get("embedding_bits", 8), job["groups"],
-                     job.get("layer_bits"), percentile=job.get("percentile"), init_from=job.get("init_from"),
-                     noise_rate=job.get("noise_rate", 1.0))
+    return job_label(job)
 
 
 def test_mixed_settings_raise_the_most_sensitive_layers_and_leave_the_embedding_alone():
