@@ -69,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     metric = info.metrics[0]
     difference = (logits["float16"] - logits["float32"]).abs()
     report = {
-        "task": info.name, "result": str(args.result), "checkpoint": str(args.checkpoint), "examples": len(labels),
+        "task": info.name, "seed": params["seed"], "layer_bits": params["layer_bits"], "result": str(args.result),
+        "checkpoint": str(args.checkpoint), "examples": len(labels),
         "metric": metric, "recorded_score": record["metrics"][metric], "scores": scores,
         "gap_points": 100 * abs(scores["float16"][metric] - scores["float32"][metric]),
         "max_abs_logit_diff": float(difference.max()), "mean_abs_logit_diff": float(difference.mean()),
