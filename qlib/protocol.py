@@ -88,12 +88,13 @@ def job_label(job: Mapping[str, Any]) -> str:
 
 
 def read_spectra(folder: Path, tasks: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """Each task's committed spectrum, ``<folder>/spectrum-<task>.json``; a missing one is named with the run
-    that writes it."""
+    """Each task's committed spectrum, ``<folder>/spectrum-<task>.json`` (measured on the task's seed-0 FP32
+    Baseline); a missing one is named with the run that writes it."""
     missing = [str(folder / f"spectrum-{t}.json") for t in tasks if not (folder / f"spectrum-{t}.json").is_file()]
     if missing:
         raise FileNotFoundError(f"no Hessian spectrum at {', '.join(missing)}: the Q-BERT rows take their MP bits "
-                                "from it; run chapters/qbert_sensitivity.ipynb with quick=false for that task first")
+                                "from it; run chapters/qbert_sensitivity.ipynb with quick=false for that task first (it measures the "
+                                "task's seed-0 FP32 Baseline, so the Baseline runs come before it)")
     return {t: read_json(folder / f"spectrum-{t}.json") for t in tasks}
 
 

@@ -38,6 +38,9 @@ def finetuned_for_hessian(task: str, model: str = DEFAULT_MODEL, examples: int |
     attention (double backward through SDPA is not implemented on CPU), in eval mode; with its tokenizer and
     training figures (none for ``init_from``)."""
     info = get_task(task)
+    if init_from is not None and not Path(init_from).is_file():
+        raise FileNotFoundError(f"FP32 checkpoint {init_from} not found: a task's Baseline run keeps it (Q-BERT II "
+                                "with setting='Baseline' and quick=False, or run_setting('Baseline', ...))")
     set_seed(seed)
     net, tokenizer = load_classifier(model, info.num_labels, attn_implementation="eager")
     if init_from is not None:

@@ -147,7 +147,7 @@ def test_spectrum_of_a_given_fp32_model_skips_the_fine_tune(glue_dir, tiny_model
     result = run_spectrum("sst2", str(tiny_model_dir), subsets=1, subset_size=4, max_length=16, max_iter=5,
                           results_path=tmp_path / "spectrum.json", progress=False, init_from=path)
     assert result["finetune"] == {} and result["params"]["init_from"] == str(path)
-    with pytest.raises(FileNotFoundError, match="nope.safetensors not found"):
+    with pytest.raises(FileNotFoundError, match=r"nope.safetensors not found: a task's Baseline run keeps it"):
         run_spectrum("sst2", str(tiny_model_dir), results_path=tmp_path / "z.json", init_from=tmp_path / "nope.safetensors")
 
 
