@@ -93,8 +93,8 @@ def read_spectra(folder: Path, tasks: Sequence[str]) -> dict[str, dict[str, Any]
     missing = [str(folder / f"spectrum-{t}.json") for t in tasks if not (folder / f"spectrum-{t}.json").is_file()]
     if missing:
         raise FileNotFoundError(f"no Hessian spectrum at {', '.join(missing)}: the Q-BERT rows take their MP bits "
-                                "from it; run chapters/qbert_sensitivity.ipynb with quick=false for that task first (it measures the "
-                                "task's seed-0 FP32 Baseline, so the Baseline runs come before it)")
+                                "from it; run chapters/qbert_sensitivity.ipynb with quick=false for that task first "
+                                "(it measures the task's seed-0 FP32 Baseline, so the Baseline runs come before it)")
     return {t: read_json(folder / f"spectrum-{t}.json") for t in tasks}
 
 
