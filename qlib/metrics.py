@@ -35,6 +35,18 @@ def glue_metrics(task: str, predictions: Sequence, labels: Sequence) -> dict[str
     return {name: METRICS[name](predictions, labels) for name in get_task(task).metrics}
 
 
+def constant_answer(task: str, labels: Sequence[int]) -> dict[str, float]:
+    """The task's metrics for the best constant answer, every example given the one label that scores highest on
+    the main metric: the floor a model must clear to have learned anything (accuracy: the majority class's share;
+    MCC: 0). ``labels``: (examples,) class ids."""
+    info = get_task(task)
+    if not info.label_names:
+        raise ValueError(f"task {info.name!r} is a regression: a constant answer has no class to repeat")
+    labels = np.asarray(labels)
+    answers = [glue_metrics(task, np.full_like(labels, label), labels) for label in range(info.num_labels)]
+    return max(answers, key=lambda scores: scores[info.metrics[0]])
+
+
 def _normalize_answer(text: str) -> str:
     """Lower-case, drop punctuation and the articles a/an/the, collapse whitespace (SQuAD v1.1)."""
     text = "".join(ch for ch in text.lower() if ch not in set(string.punctuation))

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from qlib.metrics import glue_metrics, squad_metrics
+from qlib.metrics import constant_answer, glue_metrics, squad_metrics
 
 
 def test_accuracy_and_f1():
@@ -25,6 +25,37 @@ def test_pearson_and_spearman():
     # x = 1 2 3, y = 1 2 4: Pearson = 1.5 / sqrt(1 · 2.333...) ; ranks agree -> Spearman 1
     m = glue_metrics("stsb", [1.0, 2.0, 3.0], [1.0, 2.0, 4.0])
     assert m["pearson"] == pytest.approx(1.5 / math.sqrt(7 / 3)) and m["spearman"] == pytest.approx(1.0)
+
+
+def test_constant_answer_is_the_majority_class_and_zero_mcc():
+    # 3 of 5 labels are 1: always answering 1 is right 3/5 of the time; MCC of a constant answer is 0.
+    assert constant_answer("rte", [1, 0, 1, 1, 0]) == {"accuracy": pytest.approx(0.6)}
+    assert constant_answer("rte", [0, 0, 0, 1]) == {"accuracy": pytest.approx(0.75)}  # the other class wins here
+    assert constant_answer("cola", [1, 0, 1, 1, 0]) == {"mcc": 0.0}
+    with pytest.raises(ValueError, match="'stsb' is a regression"):
+        constant_answer("stsb", [0.5, 1.0])
+
+
+def test_constant_answer_script_writes_each_tasks_floor(glue_dir, tmp_path):
+    import sys
+    from pathlib import Path
+
+    from qlib.results import read_json
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    try:
+        from constant_answer import main
+    finally:
+        sys.path.pop(0)
+    out = tmp_path / "floor.json"
+    assert main(["--tasks", "rte,cola", "--out", str(out)]) == 0
+    record = read_json(out)
+    # the fixture's RTE dev: 12 pairs alternating entailment / not_entailment; CoLA's: 16 sentences, half 1
+    assert record["tasks"]["rte"]["label counts"] == {"entailment": 6, "not_entailment": 6}
+    assert record["tasks"]["rte"]["constant answer"] == {"accuracy": pytest.approx(0.5)}
+    assert record["tasks"]["cola"] | {"label counts": None} == {
+        "dev examples": 16, "metric": "mcc", "label counts": None, "constant answer": {"mcc": 0.0}}
+    assert record["provenance"]["git_commit"]
 
 
 def test_squad_exact_match_and_f1():
