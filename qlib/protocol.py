@@ -6,10 +6,11 @@ machines without Jupyter (a GPU box, a cluster node) and runs several jobs at on
 
     python -m qlib.protocol --workers 8 --results results [--only q8bert] [--device cuda]
 
-Two stages: the first chapter's main table and the FP32 Baselines (which keep their models under
-``--checkpoints``), then Q-BERT's and Quant-Noise's QAT rows seed by seed (each starts from its seed's Baseline
-model), then the ablations. Finished runs are skipped, so an interrupted protocol resumes. A failing job is named;
-the others still run, and the exit status is non-zero at the end.
+Three stages: the first chapter's main table and the FP32 Baselines (which keep their models under
+``--checkpoints``); the Hessian spectrum of each Q-BERT task's seed-0 Baseline, where its committed one is missing
+(Q-BERT I's job: it sets the task's MP bits); then Q-BERT's and Quant-Noise's QAT rows seed by seed (each starts
+from its seed's Baseline model), then the ablations. Finished runs are skipped, so an interrupted protocol resumes.
+A failing job is named; the others still run, and the exit status is non-zero at the end.
 """
 
 from __future__ import annotations
@@ -19,13 +20,14 @@ import multiprocessing
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from functools import partial
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
 from qlib.experiment import protocol_for, run_glue, run_label
-from qlib.qbert import MIXED_SETTINGS, SETTINGS, setting_run
+from qlib.qbert import MIXED_SETTINGS, SETTINGS, fp32_checkpoint, run_spectrum, setting_run
 from qlib.results import read_json
 
 SEEDS = (0, 1, 2)
@@ -37,6 +39,7 @@ EMA_ABLATION_DECAY = 0.99
 QUANT_NOISE_TASKS = ("cola",)
 QUANT_NOISE_SETTINGS = ("Q-BERT 2/8", "Q-BERT 3/8")  # where QAT (p = 1) loses the most
 QUANT_NOISE_RATE = 0.5
+LANDSCAPE_BLOCKS = ("encoder.layer.0", "encoder.layer.2", "encoder.layer.5")  # Q-BERT I's default, fig. 2's
 
 
 def q8bert_jobs(seeds=SEEDS) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -98,6 +101,13 @@ def read_spectra(folder: Path, tasks: Sequence[str]) -> dict[str, dict[str, Any]
     return {t: read_json(folder / f"spectrum-{t}.json") for t in tasks}
 
 
+def spectrum_job(task: str, checkpoints: str | Path, results: str | Path) -> dict[str, Any]:
+    """Q-BERT I's ``quick=False`` run for ``task`` (``run_spectrum`` arguments): the Hessian spectrum of the task's
+    seed-0 FP32 Baseline, written to ``<results>/qbert/spectrum-<task>.json``, where ``read_spectra`` finds it."""
+    return dict(task=task, init_from=str(fp32_checkpoint(checkpoints, task, 0)), landscape_blocks=LANDSCAPE_BLOCKS,
+                results_path=str(Path(results) / "qbert" / f"spectrum-{task}.json"))
+
+
 def _by_seed(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Seed 0 of every row first, then seed 1, …: a partial run still fills every row (stable within a seed)."""
     return sorted(jobs, key=lambda job: job["seed"])
@@ -115,11 +125,22 @@ def _run(job: dict[str, Any], results: str, device: str | None, threads: int,
     return summary, time.perf_counter() - start
 
 
+def _spectrum(job: dict[str, Any], threads: int) -> tuple[str, float]:
+    torch.set_num_threads(threads)
+    start = time.perf_counter()
+    result = run_spectrum(**job, progress=False)
+    ranking = sorted(result["blocks"], key=lambda block: result["blocks"][block]["omega"], reverse=True)
+    return f"spectrum {job['task']}: Ω ranks {', '.join(ranking)}", time.perf_counter() - start
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--results", default="results", help="folder holding q8bert/, qbert/ and quant-noise/ (default: results)")
+    parser.add_argument("--results", default="results",
+                        help="folder holding q8bert/, qbert/ and quant-noise/ (default: results)")
     parser.add_argument("--only", choices=("q8bert", "qbert", "quant-noise"), help="run one chapter's jobs")
-    parser.add_argument("--qbert-tasks", default="sst2", help="comma-separated tasks of the Q-BERT table, each with its results/qbert/spectrum-<task>.json")
+    parser.add_argument("--qbert-tasks", default="sst2",
+                        help="comma-separated tasks of the Q-BERT table; a task's missing "
+                             "<results>/qbert/spectrum-<task>.json is measured after the Baselines")
     parser.add_argument("--workers", type=int, default=1, help="jobs at once, each its own process")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads per job")
     parser.add_argument("--device", default=None, help="auto (default), cpu, cuda")
@@ -133,29 +154,39 @@ def main(argv: list[str] | None = None) -> int:
     checkpoints = Path(args.checkpoints) / "qbert"
     q8_main, q8_ablation = q8bert_jobs() if args.only in (None, "q8bert") else ([], [])
     qbert_tasks = args.qbert_tasks.split(",") if args.only in (None, "qbert") else []
-    qb_baselines, qb_main, qb_ablation = qbert_jobs(read_spectra(Path(args.results) / "qbert", qbert_tasks),
-                                                    checkpoints)
     noise = quant_noise_jobs(checkpoints) if args.only in (None, "quant-noise") else []
-    qb_baselines += baseline_jobs(sorted({j["task"] for j in noise} - set(qbert_tasks)), checkpoints)
-    stages = [q8_main + _by_seed(qb_baselines), _by_seed(qb_main + noise) + _by_seed(q8_ablation + qb_ablation)]
-    total, done, failures = sum(map(len, stages)), 0, []
+    baselines = baseline_jobs(qbert_tasks, checkpoints) + baseline_jobs(
+        sorted({j["task"] for j in noise} - set(qbert_tasks)), checkpoints)
+    spectra = [job for job in (spectrum_job(t, checkpoints, args.results) for t in qbert_tasks)
+               if not Path(job["results_path"]).is_file()]
+    train = partial(_run, results=args.results, device=args.device, threads=args.threads,
+                    keep_models=args.keep_models)
+    failures: list[str] = []
+
+    def qat_stage() -> list[tuple[Callable, dict[str, Any]]]:  # built once the spectra exist: they set the MP bits
+        ready = [t for t in qbert_tasks if Path(spectrum_job(t, checkpoints, args.results)["results_path"]).is_file()]
+        failures.extend(f"the Q-BERT rows of {t} (no spectrum)" for t in qbert_tasks if t not in ready)
+        _, qb_main, qb_ablation = qbert_jobs(read_spectra(Path(args.results) / "qbert", ready), checkpoints)
+        return [(train, job) for job in _by_seed(qb_main + noise) + _by_seed(q8_ablation + qb_ablation)]
+
+    stages = [lambda: [(train, job) for job in q8_main + _by_seed(baselines)],
+              lambda: [(partial(_spectrum, threads=args.threads), job) for job in spectra], qat_stage]
     context = multiprocessing.get_context("spawn")  # CUDA cannot be used in forked workers
     with ProcessPoolExecutor(args.workers, mp_context=context) as pool:
-        for jobs in stages:  # a stage ends before the next starts: QAT rows need their Baseline's model
-            futures = {pool.submit(_run, job, args.results, args.device, args.threads, args.keep_models): job
-                       for job in jobs}
-            for future in as_completed(futures):
-                done, job = done + 1, futures[future]
+        for number, stage in enumerate(stages, 1):  # a stage ends before the next starts: each needs the last's
+            futures = {pool.submit(run, job): job for run, job in stage()}
+            for done, future in enumerate(as_completed(futures), 1):
+                job = futures[future]
                 try:
                     summary, seconds = future.result()
-                    print(f"[{done}/{total}] {summary} ({seconds:.0f} s)", flush=True)
+                    print(f"[stage {number}: {done}/{len(futures)}] {summary} ({seconds:.0f} s)", flush=True)
                 except Exception as error:  # name the job, keep the others running
-                    failures.append(job)
-                    print(f"[{done}/{total}] FAILED {job}: {type(error).__name__}: {error}", flush=True)
+                    failures.append(str(job))
+                    print(f"[stage {number}: {done}/{len(futures)}] FAILED {job}: {type(error).__name__}: {error}",
+                          flush=True)
     if failures:
-        print(f"{len(failures)} of {total} jobs failed", file=sys.stderr)
+        print(f"{len(failures)} job(s) failed or not started: " + "; ".join(failures), file=sys.stderr)
     return 1 if failures else 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -113,7 +113,8 @@ class QuantGrid:
         maps the constant exactly onto the grid, and a subnormal range does not overflow to NaN.
         """
         check_bits(bits)
-        lo, hi = torch.as_tensor(lo, dtype=torch.float32).reshape(-1), torch.as_tensor(hi, dtype=torch.float32).reshape(-1)
+        lo = torch.as_tensor(lo, dtype=torch.float32).reshape(-1)
+        hi = torch.as_tensor(hi, dtype=torch.float32).reshape(-1)
         if not (torch.isfinite(lo).all() and torch.isfinite(hi).all()):
             raise ValueError(f"range must be finite, got lo={lo.tolist()[:4]}, hi={hi.tolist()[:4]}")
         if (lo > hi).any():

@@ -34,7 +34,8 @@ def test_empty_tensor():
 
 
 def test_groups_that_do_not_divide_the_rows():
-    with pytest.raises(ValueError, match=r"groups=5 does not divide the 12 rows .* allowed: a divisor of 12 \(1, 2, 3, 4, 6, 12\)"):
+    with pytest.raises(ValueError,
+                       match=r"groups=5 does not divide the 12 rows .* allowed: a divisor of 12 \(1, 2, 3, 4, 6, 12\)"):
         fake_quantize(torch.randn(12, 3), 4, granularity="group", groups=5)
 
 

@@ -34,7 +34,8 @@ def test_every_encoder_linear_and_embedding_is_converted_and_the_head_stays_floa
     assert sum(isinstance(m, QuantLinear) for m in names.values()) == 2 * 6 + 1  # 6 Linears a layer + pooler
     assert sum(isinstance(m, QuantEmbedding) for m in names.values()) == 3
     assert type(tiny_bert.classifier) is nn.Linear
-    assert not any(isinstance(m, (nn.Softmax, nn.LayerNorm)) and "Quant" in type(m).__name__ for m in tiny_bert.modules())
+    assert not any(isinstance(m, (nn.Softmax, nn.LayerNorm)) and "Quant" in type(m).__name__
+                   for m in tiny_bert.modules())
 
 
 def test_parameters_are_shared_not_copied(tiny_bert):

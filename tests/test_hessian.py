@@ -148,7 +148,8 @@ def test_spectrum_of_a_given_fp32_model_skips_the_fine_tune(glue_dir, tiny_model
                           results_path=tmp_path / "spectrum.json", progress=False, init_from=path)
     assert result["finetune"] == {} and result["params"]["init_from"] == str(path)
     with pytest.raises(FileNotFoundError, match=r"nope.safetensors not found: a task's Baseline run keeps it"):
-        run_spectrum("sst2", str(tiny_model_dir), results_path=tmp_path / "z.json", init_from=tmp_path / "nope.safetensors")
+        run_spectrum("sst2", str(tiny_model_dir), results_path=tmp_path / "z.json",
+                     init_from=tmp_path / "nope.safetensors")
 
 
 def test_block_landscape_matches_the_loss_at_its_centre_and_names_bad_blocks(tiny_model_dir):

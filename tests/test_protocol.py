@@ -7,7 +7,7 @@ import pytest
 from qlib.config import qbert_config
 from qlib.experiment import protocol_for, run_label
 from qlib.protocol import (ABLATION_GROUPS, HEADS, QUANT_NOISE_RATE, baseline_jobs, job_label, main, q8bert_jobs,
-                           qbert_jobs, quant_noise_jobs, read_spectra)
+                           qbert_jobs, quant_noise_jobs, read_spectra, spectrum_job)
 from qlib.qbert import (
     DIRECTQ,
     MIXED_SETTINGS,
@@ -123,6 +123,47 @@ def test_runner_runs_jobs_in_worker_processes_and_names_a_failing_one(glue_dir, 
     status = main(["--only", "q8bert", "--results", str(tmp_path / "results"), "--workers", "2", "--threads", "1",
                    "--device", "cpu"])
     out = capsys.readouterr()
-    assert status == 1 and "1 of 2 jobs failed" in out.err
+    assert status == 1 and "1 job(s) failed" in out.err
     assert "FAILED" in out.out and "unknown method 'int4'" in out.out
     assert (tmp_path / "results" / "q8bert" / "sst2" / "fp32-seed0.json").is_file()
+
+
+def test_spectrum_job_measures_the_seed_0_baseline_where_the_tables_read_it():
+    job = spectrum_job("cola", "ckpt", "res")
+    assert job["init_from"] == str(fp32_checkpoint("ckpt", "cola", 0))
+    assert job["results_path"] == "res/qbert/spectrum-cola.json"
+
+
+@pytest.mark.slow
+def test_runner_measures_a_missing_spectrum_between_the_baselines_and_the_qat_rows(glue_dir, tiny_model_dir,
+                                                                                   tmp_path, monkeypatch, capsys):
+    import qlib.protocol
+    from qlib.results import read_json
+
+    tiny = dict(model=str(tiny_model_dir), epochs=1, batch_size=4, max_length=16)
+    method = {"value": "fp32"}
+    monkeypatch.setattr(qlib.protocol, "baseline_jobs", lambda tasks, checkpoints: [
+        dict(experiment="qbert", method=method["value"], post_training=(), task=t, seed=0,
+             checkpoint_dir=str(checkpoints), **tiny) for t in tasks])
+    real_spectrum_job = qlib.protocol.spectrum_job
+    monkeypatch.setattr(qlib.protocol, "spectrum_job", lambda *args: real_spectrum_job(*args) | dict(
+        model=str(tiny_model_dir), subsets=2, subset_size=4, max_length=16, max_iter=5, landscape_blocks=()))
+    spectra_seen = {}
+
+    def qat_jobs(spectra, checkpoints):
+        spectra_seen.update(spectra)
+        return [], [], []
+
+    monkeypatch.setattr(qlib.protocol, "qbert_jobs", qat_jobs)
+    args = ["--only", "qbert", "--qbert-tasks", "sst2", "--threads", "1", "--device", "cpu"]
+
+    assert main([*args, "--checkpoints", str(tmp_path / "ckpt"), "--results", str(tmp_path / "results")]) == 0
+    spectrum = read_json(tmp_path / "results" / "qbert" / "spectrum-sst2.json")
+    assert spectrum["params"]["init_from"] == str(fp32_checkpoint(tmp_path / "ckpt" / "qbert", "sst2", 0))
+    assert spectra_seen["sst2"]["blocks"] == spectrum["blocks"]  # the QAT rows' bits come from the new spectrum
+
+    method["value"] = "int4"  # a Baseline that fails: no model, so no spectrum, so no QAT rows for its task
+    capsys.readouterr()
+    assert main([*args, "--checkpoints", str(tmp_path / "none"), "--results", str(tmp_path / "other")]) == 1
+    err = capsys.readouterr().err
+    assert "3 job(s) failed or not started" in err and "the Q-BERT rows of sst2 (no spectrum)" in err
