@@ -7,10 +7,11 @@ machines without Jupyter (a GPU box, a cluster node) and runs several jobs at on
     python -m qlib.protocol --workers 8 --results results [--only q8bert] [--device cuda]
 
 Three stages: the first chapter's main table and the FP32 Baselines (which keep their models under
-``--checkpoints``); the Hessian spectrum of each Q-BERT task's seed-0 Baseline, where its committed one is missing
-(Q-BERT I's job: it sets the task's MP bits); then Q-BERT's and Quant-Noise's QAT rows seed by seed (each starts
-from its seed's Baseline model), then the ablations. Finished runs are skipped, so an interrupted protocol resumes.
-A failing job is named; the others still run, and the exit status is non-zero at the end.
+``--checkpoints``); the Hessian spectrum of each Q-BERT task's seed-0 Baseline, on the CPU, where its committed one
+is missing (Q-BERT I's job: it sets the task's MP bits); then Q-BERT's and Quant-Noise's QAT rows seed by seed
+(each starts from its seed's Baseline model), then the ablations. Finished runs are skipped, so an interrupted
+protocol resumes. A failing job is named; the others still run, and the exit status is non-zero at the end. A
+task whose Baseline or spectrum failed gets no QAT rows, and is named too.
 """
 
 from __future__ import annotations
@@ -108,6 +109,17 @@ def spectrum_job(task: str, checkpoints: str | Path, results: str | Path) -> dic
                 results_path=str(Path(results) / "qbert" / f"spectrum-{task}.json"))
 
 
+def _name(job: Mapping[str, Any]) -> str:
+    """A job as the run it makes: ``spectrum of cola``, ``qbert/cola/qbert-w2e8-g12-p99.9-ft-seed1``."""
+    if "results_path" in job:
+        return f"spectrum of {job['task']}"
+    try:
+        label = job_label(job)
+    except ValueError:  # a job too malformed to label (an unknown method) is named by its method
+        label = job.get("method")
+    return f"{job['experiment']}/{job['task']}/{label}-seed{job['seed']}"
+
+
 def _by_seed(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Seed 0 of every row first, then seed 1, …: a partial run still fills every row (stable within a seed)."""
     return sorted(jobs, key=lambda job: job["seed"])
@@ -181,12 +193,13 @@ def main(argv: list[str] | None = None) -> int:
                     summary, seconds = future.result()
                     print(f"[stage {number}: {done}/{len(futures)}] {summary} ({seconds:.0f} s)", flush=True)
                 except Exception as error:  # name the job, keep the others running
-                    failures.append(str(job))
-                    print(f"[stage {number}: {done}/{len(futures)}] FAILED {job}: {type(error).__name__}: {error}",
-                          flush=True)
+                    failures.append(_name(job))
+                    print(f"[stage {number}: {done}/{len(futures)}] FAILED {_name(job)}: "
+                          f"{type(error).__name__}: {error}", flush=True)
     if failures:
         print(f"{len(failures)} job(s) failed or not started: " + "; ".join(failures), file=sys.stderr)
     return 1 if failures else 0
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -124,7 +124,7 @@ def test_runner_runs_jobs_in_worker_processes_and_names_a_failing_one(glue_dir, 
                    "--device", "cpu"])
     out = capsys.readouterr()
     assert status == 1 and "1 job(s) failed" in out.err
-    assert "FAILED" in out.out and "unknown method 'int4'" in out.out
+    assert "FAILED q8bert/sst2/int4-seed0" in out.out and "unknown method 'int4'" in out.out
     assert (tmp_path / "results" / "q8bert" / "sst2" / "fp32-seed0.json").is_file()
 
 
@@ -166,4 +166,5 @@ def test_runner_measures_a_missing_spectrum_between_the_baselines_and_the_qat_ro
     capsys.readouterr()
     assert main([*args, "--checkpoints", str(tmp_path / "none"), "--results", str(tmp_path / "other")]) == 1
     err = capsys.readouterr().err
-    assert "3 job(s) failed or not started" in err and "the Q-BERT rows of sst2 (no spectrum)" in err
+    assert ("3 job(s) failed or not started: qbert/sst2/int4-seed0; spectrum of sst2; "
+            "the Q-BERT rows of sst2 (no spectrum)") in err
