@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Iterable
 
 import pandas as pd
+
+from qlib.results import read_json
 
 
 def is_post_training(record: dict[str, Any]) -> bool:
@@ -101,3 +104,12 @@ def latency_frame(benchmark: dict[str, Any]) -> pd.DataFrame:
             rows += [{"shape": shape, "batch": batch, "seq": seq, "variant": variant, "median ms": t["median_ms"]}
                      for variant, t in timings.items()]
     return pd.DataFrame(rows, columns=["shape", "batch", "seq", "variant", "median ms"])
+
+
+def constant_answer_scores(path: str | Path) -> dict[str, float]:
+    """Each task's best constant answer (``qlib.metrics.constant_answer``) in percent of its main metric, read from
+    the file ``benchmarks/constant_answer.py`` writes; {} when there is none, and the tables show no floor."""
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    return {task: 100 * floor["constant answer"][floor["metric"]] for task, floor in read_json(path)["tasks"].items()}

@@ -57,6 +57,11 @@ def test_constant_answer_script_writes_each_tasks_floor(glue_dir, tmp_path):
         "dev examples": 16, "metric": "mcc", "label counts": None, "constant answer": {"mcc": 0.0}}
     assert record["provenance"]["git_commit"]
 
+    from qlib.report import constant_answer_scores
+
+    assert constant_answer_scores(out) == {"rte": pytest.approx(50.0), "cola": 0.0}  # percent of the main metric
+    assert constant_answer_scores(tmp_path / "missing.json") == {}
+
 
 def test_squad_exact_match_and_f1():
     # "The cat" vs "cat": normalization drops the article -> EM 1. "a black cat sat" vs "black dog":
