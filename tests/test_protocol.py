@@ -134,6 +134,26 @@ def test_spectrum_job_measures_the_seed_0_baseline_where_the_tables_read_it():
     assert job["results_path"] == "res/qbert/spectrum-cola.json"
 
 
+def test_spectrum_job_is_the_chapters_quick_false_run():
+    import ast
+    import inspect
+    from pathlib import Path
+
+    import nbformat
+
+    from qlib.qbert import run_spectrum
+
+    chapter = nbformat.read(Path(__file__).parents[1] / "chapters" / "qbert_sensitivity.ipynb", 4)
+    cell = next(c for c in chapter.cells if "parameters" in c.metadata.get("tags", []))
+    parameters = {node.targets[0].id: ast.literal_eval(node.value) for node in ast.parse(cell.source).body}
+    defaults = {name: p.default for name, p in inspect.signature(run_spectrum).parameters.items()}
+    job = defaults | spectrum_job("sst2", "ckpt", "res")
+    for name in ("model", "subsets", "subset_size", "max_iter", "tol", "landscape_points"):
+        assert job[name] == parameters[name], name
+    assert list(job["landscape_blocks"]) == parameters["landscape_blocks"]
+    assert parameters["init_from"] == "baseline"  # the chapter's "baseline" is the seed-0 model the job names
+
+
 @pytest.mark.slow
 def test_runner_measures_a_missing_spectrum_between_the_baselines_and_the_qat_rows(glue_dir, tiny_model_dir,
                                                                                    tmp_path, monkeypatch, capsys):
