@@ -1,17 +1,26 @@
-"""GLUE and SQuAD v1.1 loaders: a local data directory offline, the Hugging Face hub online.
+"""GLUE and SQuAD v1.1 loaders: the files as their authors ship them offline, the Hugging Face hub online.
 
-Offline, tasks are read from ``$QBOOK_DATA_DIR/glue/<task>/{train,dev}.tsv`` (tab-separated, one header row,
-no quoting) in any of the column layouts GLUE and ``datasets`` use; online they come from ``nyu-mll/glue``.
-Every split is returned as a ``datasets.Dataset`` with columns ``sentence1`` (``sentence2``) and ``label``.
+Offline, a task is read from ``$QBOOK_DATA_DIR/glue/<task>/{train,dev}.tsv`` exactly as GLUE's
+``download_glue_data.py`` writes it (see ``GLUE_FILES``): tab-separated with quoting off, CoLA without a header row,
+MRPC behind a UTF-8 byte-order mark with its label first, STS-B with ten columns and a float score, RTE/QNLI with
+text labels. The column layout of a ``datasets`` export (``sentence``/``sentence1``/``premise``…, ``label``, ``idx``)
+is accepted too. Online the tasks come from ``nyu-mll/glue``. Every split is returned as a ``datasets.Dataset``
+with columns ``sentence1`` (``sentence2``) and ``label`` (class id, or float score for STS-B).
+
+The reader is a plain line splitter rather than ``datasets``' CSV builder: GLUE's files need quoting off, CoLA's
+first row is data, and a bad row must be reported by file and line, which the CSV builder cannot do.
 """
 
 from __future__ import annotations
 
-import csv
+import gzip
+import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Iterator
 
 import datasets
 import torch
@@ -20,18 +29,26 @@ from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
 
 DATA_DIR_ENV = "QBOOK_DATA_DIR"
 SPLITS = ("train", "dev")
+BOM = "\ufeff"
 
 
 @dataclass(frozen=True)
 class Task:
-    """A GLUE task: its text columns, labels, metrics (the first is the one papers report) and hub names."""
+    """A GLUE task: its text columns, labels, metrics (the first is the one papers report), hub names and files.
+
+    ``aliases`` maps a column name of the official file or of a ``datasets`` export to the canonical column
+    (``sentence1``, ``sentence2``, ``label``); ``headerless`` names the columns of an official file that has no
+    header row (CoLA); ``bom``: the official file starts with a UTF-8 byte-order mark (MRPC)."""
 
     name: str
     pair: bool
     label_names: tuple[str, ...]  # empty for regression (STS-B)
     metrics: tuple[str, ...]
     dev_split: str = "validation"
-    aliases: dict[str, str] = field(default_factory=dict)  # file column -> canonical column
+    aliases: dict[str, str] = field(default_factory=dict)
+    headerless: tuple[str, ...] = ()
+    bom: bool = False
+    dev_file: str = "dev.tsv"
 
     @property
     def num_labels(self) -> int:
@@ -41,22 +58,27 @@ class Task:
     def text_columns(self) -> tuple[str, ...]:
         return ("sentence1", "sentence2") if self.pair else ("sentence1",)
 
+    def file(self, split: str) -> str:
+        """The split's path under the data folder, e.g. ``glue/mnli/dev_matched.tsv``."""
+        return f"glue/{self.name}/{self.dev_file if split == 'dev' else 'train.tsv'}"
+
 
 _SINGLE = {"sentence": "sentence1"}
 _NLI = ("entailment", "not_entailment")
 TASKS: dict[str, Task] = {
     t.name: t
     for t in [
-        Task("cola", False, ("unacceptable", "acceptable"), ("mcc",), aliases=_SINGLE),
+        Task("cola", False, ("unacceptable", "acceptable"), ("mcc",), aliases=_SINGLE,
+             headerless=("source", "label", "annotation", "sentence")),
         Task("sst2", False, ("negative", "positive"), ("accuracy",), aliases=_SINGLE),
-        Task("mrpc", True, ("not_equivalent", "equivalent"), ("f1", "accuracy"),
+        Task("mrpc", True, ("not_equivalent", "equivalent"), ("f1", "accuracy"), bom=True,
              aliases={"#1 String": "sentence1", "#2 String": "sentence2", "Quality": "label"}),
         Task("stsb", True, (), ("pearson", "spearman"), aliases={"score": "label"}),
         Task("qqp", True, ("not_duplicate", "duplicate"), ("f1", "accuracy"),
              aliases={"question1": "sentence1", "question2": "sentence2", "is_duplicate": "label"}),
         Task("mnli", True, ("entailment", "neutral", "contradiction"), ("accuracy",),
-             dev_split="validation_matched", aliases={"premise": "sentence1", "hypothesis": "sentence2",
-                                                      "gold_label": "label"}),
+             dev_split="validation_matched", dev_file="dev_matched.tsv",
+             aliases={"premise": "sentence1", "hypothesis": "sentence2", "gold_label": "label"}),
         Task("qnli", True, _NLI, ("accuracy",), aliases={"question": "sentence1", "sentence": "sentence2"}),
         Task("rte", True, _NLI, ("accuracy",)),
         Task("wnli", True, ("not_entailment", "entailment"), ("accuracy",)),
@@ -70,6 +92,11 @@ def get_task(name: str) -> Task:
     if key not in TASKS:
         raise ValueError(f"unknown task {name!r}; allowed: {', '.join(TASKS)} (and 'squad' via load_squad)")
     return TASKS[key]
+
+
+def _check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; allowed: {SPLITS}")
 
 
 def data_dir(required_file: str | None = None) -> Path:
@@ -95,46 +122,80 @@ def _offline() -> bool:
     return any(os.environ.get(v) == "1" for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
 
 
-def _read_tsv(path: Path, task: Task) -> datasets.Dataset:
-    with path.open(encoding="utf-8", newline="") as f:
-        header = next(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE), [])
-    renamed = {column: task.aliases.get(column, column) for column in header}
-    needed = set(task.text_columns) | {"label"}
-    if not needed <= set(renamed.values()):
-        raise ValueError(
-            f"{path}: columns {header} do not give {sorted(needed)} for task {task.name!r} "
-            f"(accepted names: {sorted(needed | set(task.aliases))})"
-        )
-    features = datasets.Features({c: datasets.Value("string") for c in header})
-    ds = datasets.load_dataset("csv", data_files=str(path), delimiter="\t", quoting=csv.QUOTE_NONE,
-                               features=features, split="train")
-    ds = ds.rename_columns({k: v for k, v in renamed.items() if k != v})
-    return ds.remove_columns([c for c in ds.column_names if c not in needed])
+def _use_local(source: str, relatives: tuple[str, ...]) -> bool:
+    if source not in ("auto", "local", "hub"):
+        raise ValueError(f"unknown source {source!r}; allowed: 'auto', 'local', 'hub'")
+    return source == "local" or (source == "auto" and (_offline() or any(map(_local_file, relatives))))
 
 
-def _labels_to_ids(ds: datasets.Dataset, task: Task, origin: str) -> datasets.Dataset:
-    """Map label strings ("1", "entailment", "2.5") to ints (floats for STS-B), rejecting anything else."""
-    if ds.features["label"].dtype not in ("string", "large_string"):
-        values = set(ds.unique("label"))
-        allowed = set(range(task.num_labels)) if task.label_names else None
-        if allowed is not None and not values <= allowed:
-            raise ValueError(f"{origin}: labels {sorted(values - allowed)} not in {sorted(allowed)} for {task.name!r}")
-        return ds
-    names = {name: i for i, name in enumerate(task.label_names)} | {str(i): i for i in range(len(task.label_names))}
+def _tsv_rows(path: Path, bom_allowed: bool) -> Iterator[tuple[int, list[str]]]:
+    """(line number, fields) of each line of a tab-separated file with quoting off, as GLUE writes it."""
+    with path.open(encoding="utf-8", newline="\n") as f:
+        for number, line in enumerate(f, start=1):
+            if number == 1 and line.startswith(BOM):
+                if not bom_allowed:
+                    raise ValueError(f"{path}:1: starts with a UTF-8 byte-order mark, which this task's GLUE "
+                                     "file does not have (only MRPC's does); save the file as plain UTF-8")
+                line = line[1:]
+            yield number, line.rstrip("\n").removesuffix("\r").split("\t")
 
-    def convert(label: str) -> int | float:
-        if not task.label_names:
+
+def _label_parser(task: Task, path: Path):
+    """A function (line, text) -> class id (or float score for STS-B) that names the file and line it rejects."""
+    if not task.label_names:
+        def score(number: int, text: str) -> float:
             try:
-                return float(label)
+                value = float(text)
             except ValueError:
-                raise ValueError(f"{origin}: label {label!r} is not a number (task {task.name!r} is a regression)")
-        if label not in names:
-            raise ValueError(f"{origin}: label {label!r} not allowed for {task.name!r}; allowed: {sorted(names)}")
-        return names[label]
+                value = math.nan
+            if not math.isfinite(value):
+                raise ValueError(f"{path}:{number}: score {text!r} is not a finite number "
+                                 f"(task {task.name!r} is a regression on 0-5)")
+            return value
+        return score
+    ids = {name: i for i, name in enumerate(task.label_names)} | {str(i): i for i in range(task.num_labels)}
 
-    dtype = "float32" if not task.label_names else "int64"
-    return ds.map(lambda b: {"label": [convert(x) for x in b["label"]]}, batched=True,
-                  features=datasets.Features({**ds.features, "label": datasets.Value(dtype)}))
+    def class_id(number: int, text: str) -> int:
+        if text not in ids:
+            raise ValueError(f"{path}:{number}: label {text!r} not allowed for {task.name!r}; allowed: {sorted(ids)}")
+        return ids[text]
+    return class_id
+
+
+def read_glue_tsv(path: str | os.PathLike, task: str) -> dict[str, list]:
+    """The rows of one GLUE file as columns ``sentence1`` (``sentence2``), ``label``.
+
+    Accepts the official layout of ``task`` (``Task.aliases`` / ``Task.headerless``) and a ``datasets`` export's.
+    Raises ``ValueError`` naming the file and line of a row with the wrong number of columns, an unknown label,
+    a byte-order mark where GLUE has none, missing columns, or a file with no rows."""
+    info, path = get_task(task), Path(path)
+    needed = (*info.text_columns, "label")
+    rows = _tsv_rows(path, info.bom)
+    first = next(rows, None)
+    if first is None:
+        raise ValueError(f"{path}: the file is empty; expected a GLUE {info.name} file")
+    header = [info.aliases.get(column, column) for column in first[1]]
+    if set(needed) <= set(header):
+        columns, body = header, rows
+    elif info.headerless:  # CoLA as GLUE ships it: the first line is already data
+        columns = [info.aliases.get(column, column) for column in info.headerless]
+        body = (row for row in (first, *rows))
+    else:
+        raise ValueError(f"{path}:1: columns {first[1]} do not give {sorted(needed)} for task {info.name!r} "
+                         f"(accepted names: {sorted(set(needed) | set(info.aliases))})")
+    where = [columns.index(c) for c in needed]
+    parse_label = _label_parser(info, path)
+    out: dict[str, list] = {c: [] for c in needed}
+    for number, fields in body:
+        if len(fields) != len(columns):
+            raise ValueError(f"{path}:{number}: {len(fields)} tab-separated columns, expected {len(columns)} "
+                             f"({', '.join(columns)})")
+        for column, index in zip(needed[:-1], where):
+            out[column].append(fields[index])
+        out["label"].append(parse_label(number, fields[where[-1]]))
+    if not out["label"]:
+        raise ValueError(f"{path}: no rows below the header; expected a GLUE {info.name} split")
+    return out
 
 
 def load_glue(task: str, split: str, source: str = "auto", max_examples: int | None = None,
@@ -144,15 +205,13 @@ def load_glue(task: str, split: str, source: str = "auto", max_examples: int | N
     ``source``: ``"local"`` ($QBOOK_DATA_DIR), ``"hub"`` (nyu-mll/glue) or ``"auto"`` (local when present).
     """
     info = get_task(task)
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; allowed: {SPLITS}")
-    if source not in ("auto", "local", "hub"):
-        raise ValueError(f"unknown source {source!r}; allowed: 'auto', 'local', 'hub'")
-    relative = f"glue/{info.name}/{split}.tsv"
-    use_local = source == "local" or (source == "auto" and (_offline() or _local_file(relative) is not None))
-    if use_local:
-        path = data_dir(relative) / relative
-        ds = _labels_to_ids(_read_tsv(path, info), info, str(path))
+    _check_split(split)
+    relative = info.file(split)
+    if _use_local(source, (relative,)):
+        columns = read_glue_tsv(data_dir(relative) / relative, info.name)
+        label = datasets.Value("float32" if not info.label_names else "int64")
+        features = datasets.Features({c: datasets.Value("string") for c in info.text_columns} | {"label": label})
+        ds = datasets.Dataset.from_dict(columns, features=features)
     else:
         hub_split = "train" if split == "train" else info.dev_split
         ds = datasets.load_dataset("nyu-mll/glue", info.name, split=hub_split)
@@ -163,24 +222,95 @@ def load_glue(task: str, split: str, source: str = "auto", max_examples: int | N
     return ds
 
 
-def load_squad(split: str, source: str = "auto") -> datasets.Dataset:
-    """SQuAD v1.1 (``train`` or ``dev``) with columns id, context, question, answers{text, answer_start}.
+SQUAD_FILES = {
+    "dev": ("squad/v1.1/dev.json.gz", "squad/dev-v1.1.json"),
+    "train": ("squad/v1.1/train.reconstructed.json.gz", "squad/train-v1.1.json"),
+}
+"""Where SQuAD v1.1 is looked for, first match wins. ``train.reconstructed.json.gz`` is the official train set
+rebuilt from the SQuAD explorer pages: titles, contexts, questions, answer texts and their order are official, but
+the ids are synthetic (``recon-train-…``) and each ``answer_start`` is the answer's first occurrence in its context
+(the official offset for 95.8 % of dev answers). Train on it; cite results on the official dev file."""
 
-    Offline it reads the official JSON ``$QBOOK_DATA_DIR/squad/{train,dev}-v1.1.json``.
-    """
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; allowed: {SPLITS}")
-    relative = f"squad/{split}-v1.1.json"
-    if source == "local" or (source == "auto" and (_offline() or _local_file(relative) is not None)):
-        articles = json.loads((data_dir(relative) / relative).read_text(encoding="utf-8"))["data"]
-        rows = [
-            {"id": qa["id"], "context": par["context"], "question": qa["question"],
-             "answers": {"text": [a["text"] for a in qa["answers"]],
-                         "answer_start": [a["answer_start"] for a in qa["answers"]]}}
-            for article in articles for par in article["paragraphs"] for qa in par["qas"]
-        ]
-        return datasets.Dataset.from_list(rows)
+
+def _read_json_maybe_gzip(path: Path) -> Any:
+    try:
+        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+        return json.loads(raw.decode("utf-8"))
+    except (OSError, EOFError, gzip.BadGzipFile) as error:
+        raise ValueError(f"{path}: not a complete gzip file ({error}); copy it again") from error
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path}: not SQuAD JSON ({error})") from error
+
+
+def read_squad_json(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The questions of a SQuAD v1.1 file (``.json`` or ``.json.gz``): id, title, context, question, answers.
+
+    Raises ``ValueError`` naming the file and the question of a truncated gzip, a non-SQuAD layout, or an answer
+    whose ``answer_start`` does not point at its text."""
+    path = Path(path)
+    document = _read_json_maybe_gzip(path)
+    if not isinstance(document, dict) or not isinstance(document.get("data"), list):
+        raise ValueError(f"{path}: expected SQuAD JSON {{'data': [...], 'version': '1.1'}}")
+    rows = []
+    for article in document["data"]:
+        for paragraph in article["paragraphs"]:
+            context = paragraph["context"]
+            for qa in paragraph["qas"]:
+                for answer in qa["answers"]:
+                    start, text = answer["answer_start"], answer["text"]
+                    if context[start:start + len(text)] != text:
+                        raise ValueError(f"{path}: question {qa['id']!r}: answer {text!r} is not at "
+                                         f"answer_start={start} of its context")
+                rows.append({"id": qa["id"], "title": article["title"], "context": context,
+                             "question": qa["question"],
+                             "answers": {"text": [a["text"] for a in qa["answers"]],
+                                         "answer_start": [a["answer_start"] for a in qa["answers"]]}})
+    return rows
+
+
+def load_squad(split: str, source: str = "auto") -> datasets.Dataset:
+    """SQuAD v1.1 (``train`` or ``dev``) with columns id, title, context, question, answers{text, answer_start}.
+
+    Offline it reads the first of ``SQUAD_FILES[split]`` under ``$QBOOK_DATA_DIR``; online ``rajpurkar/squad``."""
+    _check_split(split)
+    candidates = SQUAD_FILES[split]
+    if _use_local(source, candidates):
+        found = next(filter(None, map(_local_file, candidates)), None)
+        path = found or data_dir(" or ".join(candidates)) / candidates[0]
+        return datasets.Dataset.from_list(read_squad_json(path))
     return datasets.load_dataset("rajpurkar/squad", split="train" if split == "train" else "validation")
+
+
+_HASHES: dict[tuple[str, int, int], str] = {}
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file's bytes (cached per path, size and modification time)."""
+    stat = Path(path).stat()
+    key = (str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _HASHES:
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        _HASHES[key] = digest.hexdigest()
+    return _HASHES[key]
+
+
+def data_provenance(relatives: tuple[str, ...] | list[str], source: str = "auto") -> dict[str, Any]:
+    """What a run read: ``{"source": "local", "folder": ..., "files": {relative path: sha256}}`` for the files
+    under ``$QBOOK_DATA_DIR``, or ``{"source": "hub", "files": {}}`` when they come from the hub."""
+    if not _use_local(source, tuple(relatives)):
+        return {"source": "hub", "folder": None, "files": {}}
+    folder = data_dir()
+    return {"source": "local", "folder": str(folder.resolve()),
+            "files": {relative: file_sha256(data_dir(relative) / relative) for relative in sorted(relatives)}}
+
+
+def glue_provenance(task: str, splits: tuple[str, ...] = SPLITS, source: str = "auto") -> dict[str, Any]:
+    """``data_provenance`` of a GLUE task's split files."""
+    info = get_task(task)
+    return data_provenance([info.file(s) for s in splits], source)
 
 
 def tokenize(ds: datasets.Dataset, tokenizer: PreTrainedTokenizerBase, task: str,

@@ -43,21 +43,43 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return path
 
 
-def write_tsv(path: Path, header: list[str], rows: list[list[object]]) -> Path:
+def write_tsv(path: Path, header: list[str] | None, rows: list[list[object]], bom: bool = False) -> Path:
+    """A tab-separated file as GLUE writes them: no quoting, ``\\n`` line ends, optional header and UTF-8 BOM."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join("\t".join(map(str, r)) for r in [header, *rows]) + "\n", encoding="utf-8")
+    lines = [header, *rows] if header is not None else rows
+    text = "\n".join("\t".join(map(str, r)) for r in lines) + "\n"
+    path.write_text(("\ufeff" if bom else "") + text, encoding="utf-8")
     return path
+
+
+SENTENCES = [["it was a great film ", 1], ["a dull plot ", 0], ["the movie was fun ", 1], ['not "good" ', 0]] * 4
+
+
+def write_official_glue(root: Path) -> Path:
+    """Tiny train/dev files of SST-2, CoLA, RTE, MRPC and STS-B in the exact layouts of GLUE's download:
+    SST-2 with its trailing spaces, CoLA headerless (source, label, annotation, sentence), RTE with text labels,
+    MRPC behind a UTF-8 BOM with its label first, STS-B with ten columns and a float score."""
+    glue = root / "glue"
+    for split in ("train", "dev"):
+        write_tsv(glue / "sst2" / f"{split}.tsv", ["sentence", "label"], SENTENCES)
+        write_tsv(glue / "cola" / f"{split}.tsv", None,
+                  [["gj04", label, "" if label else "*", text.strip()] for text, label in SENTENCES])
+        write_tsv(glue / "rte" / f"{split}.tsv", ["index", "sentence1", "sentence2", "label"],
+                  [[i, "it was a film", "it was a movie", ["entailment", "not_entailment"][i % 2]]
+                   for i in range(12)])
+        write_tsv(glue / "mrpc" / f"{split}.tsv", ["Quality", "#1 ID", "#2 ID", "#1 String", "#2 String"],
+                  [[i % 2, 1000 + i, 2000 + i, "the film was good", "it was a good movie"] for i in range(12)],
+                  bom=True)
+        write_tsv(glue / "stsb" / f"{split}.tsv",
+                  ["index", "genre", "filename", "year", "old_index", "source1", "source2", "sentence1",
+                   "sentence2", "score"],
+                  [[i, "main-captions", "MSRvid", "2012test", f"{i:04d}", "none", "none", "a good film",
+                    "a fun movie", f"{i % 6:.3f}"] for i in range(12)])
+    return root
 
 
 @pytest.fixture
 def glue_dir(tmp_path, monkeypatch) -> Path:
-    """A data directory with tiny SST-2 (sentence, label), RTE (datasets layout, "string" labels) and CoLA files."""
-    sentences = [["it was a great film", 1], ["a dull plot", 0], ["the movie was fun", 1], ['not "good"', 0]] * 4
-    for split in ("train", "dev"):
-        write_tsv(tmp_path / "glue" / "sst2" / f"{split}.tsv", ["sentence", "label"], sentences)
-        write_tsv(tmp_path / "glue" / "cola" / f"{split}.tsv", ["sentence", "label"], sentences)
-        write_tsv(tmp_path / "glue" / "rte" / f"{split}.tsv", ["index", "sentence1", "sentence2", "label"],
-                  [[i, "it was a film", "it was a movie", ["entailment", "not_entailment"][i % 2]]
-                   for i in range(12)])
-    monkeypatch.setenv("QBOOK_DATA_DIR", str(tmp_path))
+    """A data directory (``QBOOK_DATA_DIR``) of tiny GLUE files in their official layouts."""
+    monkeypatch.setenv("QBOOK_DATA_DIR", str(write_official_glue(tmp_path)))
     return tmp_path
