@@ -19,7 +19,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-from qlib.data import get_task, load_glue  # noqa: E402
+from qlib.data import data_provenance, get_task, load_glue  # noqa: E402
 from qlib.metrics import constant_answer  # noqa: E402
 from qlib.results import provenance, write_json  # noqa: E402
 
@@ -31,15 +31,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     start = time.perf_counter()
     tasks = {}
-    for name in args.tasks.split(","):
-        info = get_task(name)
+    infos = [get_task(name) for name in args.tasks.split(",")]
+    data = data_provenance([info.file("dev") for info in infos])
+    for info in infos:
         labels = load_glue(info.name, "dev")["label"]
         counts = Counter(labels)
         tasks[info.name] = {"dev examples": len(labels), "metric": info.metrics[0],
                             "label counts": {info.label_names[i]: counts[i] for i in range(info.num_labels)},
                             "constant answer": constant_answer(info.name, labels)}
         print(f"{info.name}: {tasks[info.name]}")
-    write_json(args.out, {"tasks": tasks, "provenance": provenance(time.perf_counter() - start)})
+    write_json(args.out, {"tasks": tasks, "provenance": provenance(time.perf_counter() - start, data=data)})
     print(f"wrote {args.out}")
     return 0
 

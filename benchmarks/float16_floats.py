@@ -26,7 +26,7 @@ import torch  # noqa: E402
 from int8_agreement import logits_over  # noqa: E402  (this folder's agreement script)
 from qlib import convert_bert, qbert_config  # noqa: E402
 from qlib.checkpoint import checkpoint_sizes, load_quantized, save_quantized  # noqa: E402
-from qlib.data import get_task, glue_batches  # noqa: E402
+from qlib.data import get_task, glue_batches, glue_provenance  # noqa: E402
 from qlib.metrics import glue_metrics  # noqa: E402
 from qlib.models import load_classifier  # noqa: E402
 from qlib.results import provenance, read_json, write_json  # noqa: E402
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         "same_prediction": float((logits["float16"].argmax(-1) == logits["float32"].argmax(-1)).float().mean()),
         "sizes_bytes": sizes,
         "params": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()} | {"out": str(out)},
-        "provenance": provenance(time.perf_counter() - start),
+        "provenance": provenance(time.perf_counter() - start, data=glue_provenance(info.name, ("dev",))),
     }
     write_json(out, report)
     print(f"{info.name} dev ({len(labels)} examples), {args.result.stem}: {metric} float32 floats "

@@ -26,7 +26,7 @@ import torch  # noqa: E402
 
 from qlib import convert_bert, q8bert_config  # noqa: E402
 from qlib.checkpoint import load_quantized  # noqa: E402
-from qlib.data import get_task, glue_batches  # noqa: E402
+from qlib.data import get_task, glue_batches, glue_provenance  # noqa: E402
 from qlib.experiment import run_glue  # noqa: E402
 from qlib.int8 import to_int8  # noqa: E402
 from qlib.metrics import glue_metrics  # noqa: E402
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         "mean_abs_logit_diff": float((real_logits - fake_logits).abs().mean()),
         "same_prediction": float((real_logits.argmax(-1) == fake_logits.argmax(-1)).float().mean()),
         "params": vars(args) | {"checkpoint": str(args.checkpoint), "out": str(out)},
-        "provenance": provenance(time.perf_counter() - start),
+        "provenance": provenance(time.perf_counter() - start, data=glue_provenance(info.name, ("dev",))),
     }
     folder.cleanup()
     write_json(out, report)

@@ -21,7 +21,7 @@ import torch
 from qlib.checkpoint import load_float, save_float, save_quantized
 from qlib.config import BertQuantConfig, dynamic_config, q8bert_config, qbert_config
 from qlib.convert import convert_bert
-from qlib.data import get_task, glue_batches
+from qlib.data import get_task, glue_batches, glue_provenance
 from qlib.metrics import glue_metrics
 from qlib.models import DEFAULT_MODEL, load_classifier
 from qlib.observers import Q8BERT_EMA_DECAY
@@ -179,6 +179,7 @@ def run_glue(task: str, method: str, seed: int, model: str = DEFAULT_MODEL, epoc
         checkpoint = Path(checkpoint_dir) / info.name / f"{label}-seed{seed}.safetensors"
         (save_float if method == "fp32" else save_quantized)(net.cpu(), checkpoint)
     wall = time.perf_counter() - start
+    data = glue_provenance(info.name, source=source)
 
     records = []
     for path, (name, evaluation) in zip(paths, evaluations.items()):
@@ -187,7 +188,7 @@ def run_glue(task: str, method: str, seed: int, model: str = DEFAULT_MODEL, epoc
             "metrics": evaluation["metrics"], "main_metric": info.metrics[0],
             "params": params, "train": {**training, "train_examples": len(train_batches.dataset)},
             "eval": {"examples": evaluation["examples"], "seconds": evaluation["seconds"]},
-            "provenance": provenance(wall, target),
+            "provenance": provenance(wall, target, data=data),
         }
         write_json(path, record)
         records.append(record)

@@ -32,5 +32,8 @@ def load_classifier(model: str, num_labels: int, attn_implementation: str | None
     kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
     if num_labels == 1:
         kwargs["problem_type"] = "regression"
-    net = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels, **kwargs)
+    # The task sets the head: a checkpoint's head for another number of labels is replaced by a new one (the
+    # encoder's shapes come from the same config, so only the head can differ).
+    net = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels, ignore_mismatched_sizes=True,
+                                                             **kwargs)
     return net, AutoTokenizer.from_pretrained(path)

@@ -6,7 +6,7 @@ machines without Jupyter (a GPU box, a cluster node) and runs several jobs at on
 
     python -m qlib.protocol --workers 8 --results results [--only q8bert] [--device cuda]
 
-Three stages: the first chapter's main table and the FP32 Baselines (which keep their models under
+Three stages: the FP32 protocol sweep of the small tasks (``--only sweep``), the first chapter's main table and the FP32 Baselines (which keep their models under
 ``--checkpoints``); the Hessian spectrum of each Q-BERT task's seed-0 Baseline, on the CPU, where its committed one
 is missing (Q-BERT I's job: it sets the task's MP bits); then Q-BERT's and Quant-Noise's QAT rows seed by seed
 (each starts from its seed's Baseline model), then the ablations. Finished runs are skipped, so an interrupted
@@ -41,6 +41,22 @@ QUANT_NOISE_TASKS = ("cola",)
 QUANT_NOISE_SETTINGS = ("Q-BERT 2/8", "Q-BERT 3/8")  # where QAT (p = 1) loses the most
 QUANT_NOISE_RATE = 0.5
 LANDSCAPE_BLOCKS = ("encoder.layer.0", "encoder.layer.2", "encoder.layer.5")  # Q-BERT I's default, fig. 2's
+SWEEP_TASKS = ("rte", "mrpc", "stsb", "cola")  # the small tasks, whose FP32 protocol the sweep picks
+SWEEP_GRID = {"lr": (2e-5, 5e-5), "epochs": (3, 6)}
+
+
+def sweep_folder(lr: float, epochs: int) -> str:
+    """Where one point of the FP32 sweep writes, under the results folder: ``q8bert-sweep/lr2e-05-ep3``."""
+    return f"q8bert-sweep/lr{lr:g}-ep{epochs}"
+
+
+def sweep_jobs(seed: int = 0) -> list[dict[str, Any]]:
+    """The FP32 protocol sweep of the Q8BERT chapter: each task of ``SWEEP_TASKS`` fine-tuned at seed ``seed`` at
+    every learning rate and epoch count of ``SWEEP_GRID`` (no post-training rows), task by task, so each task's
+    choice is complete as early as possible."""
+    return [dict(experiment="q8bert-sweep", folder=sweep_folder(lr, epochs), task=t, method="fp32", seed=seed,
+                 lr=lr, epochs=epochs, post_training=())
+            for t in SWEEP_TASKS for epochs in SWEEP_GRID["epochs"] for lr in SWEEP_GRID["lr"]]
 
 
 def q8bert_jobs(seeds=SEEDS) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -117,7 +133,7 @@ def _name(job: Mapping[str, Any]) -> str:
         label = job_label(job)
     except ValueError:  # a job too malformed to label (an unknown method) is named by its method
         label = job.get("method")
-    return f"{job['experiment']}/{job['task']}/{label}-seed{job['seed']}"
+    return f"{job.get('folder', job['experiment'])}/{job['task']}/{label}-seed{job['seed']}"
 
 
 def _by_seed(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -130,8 +146,9 @@ def _run(job: dict[str, Any], results: str, device: str | None, threads: int,
     torch.set_num_threads(threads)
     job = {"checkpoint_dir": keep_models} | job  # a Baseline keeps its model where the QAT rows look for it
     experiment = job.pop("experiment")
+    folder = job.pop("folder", experiment)
     start = time.perf_counter()
-    records = run_glue(**job, experiment=experiment, results_dir=Path(results) / experiment, device=device,
+    records = run_glue(**job, experiment=experiment, results_dir=Path(results) / folder, device=device,
                        progress=False)
     summary = ", ".join(f"{r['method']} {r['main_metric']}={r['metrics'][r['main_metric']]:.4f}" for r in records)
     return summary, time.perf_counter() - start
@@ -149,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--results", default="results",
                         help="folder holding q8bert/, qbert/ and quant-noise/ (default: results)")
-    parser.add_argument("--only", choices=("q8bert", "qbert", "quant-noise"), help="run one chapter's jobs")
+    parser.add_argument("--only", choices=("q8bert", "qbert", "quant-noise", "sweep"),
+                        help="run one chapter's jobs (sweep: the FP32 protocol sweep of the small tasks)")
     parser.add_argument("--qbert-tasks", default="sst2",
                         help="comma-separated tasks of the Q-BERT table; a task's missing "
                              "<results>/qbert/spectrum-<task>.json is measured after the Baselines")
@@ -181,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
         _, qb_main, qb_ablation = qbert_jobs(read_spectra(Path(args.results) / "qbert", ready), checkpoints)
         return [(train, job) for job in _by_seed(qb_main + noise) + _by_seed(q8_ablation + qb_ablation)]
 
-    stages = [lambda: [(train, job) for job in q8_main + _by_seed(baselines)],
+    sweep = sweep_jobs() if args.only in (None, "sweep") else []
+    stages = [lambda: [(train, job) for job in sweep + q8_main + _by_seed(baselines)],
               lambda: [(partial(_spectrum, threads=args.threads), job) for job in spectra], qat_stage]
     context = multiprocessing.get_context("spawn")  # CUDA cannot be used in forked workers
     with ProcessPoolExecutor(args.workers, mp_context=context) as pool:

@@ -21,7 +21,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from qlib.checkpoint import load_float
 from qlib.config import qbert_config
-from qlib.data import get_task, glue_batches
+from qlib.data import get_task, glue_batches, glue_provenance
 from qlib.experiment import post_training_config, run_glue, run_label
 from qlib.models import DEFAULT_MODEL, load_classifier
 from qlib.results import provenance, read_json, write_json
@@ -96,7 +96,7 @@ def run_spectrum(task: str = "sst2", model: str = DEFAULT_MODEL, seed: int = 0, 
                          "converged": all(r["converged"] and r.get("smallest_converged", True) for r in rows)}
     result = {"experiment": "qbert-spectrum", "task": info.name, "params": params, "blocks": summary,
               "records": records, "landscape": landscape, "finetune": training, "spectrum_seconds": spectrum_seconds,
-              "provenance": provenance(time.perf_counter() - start)}
+              "provenance": provenance(time.perf_counter() - start, data=glue_provenance(info.name, source=source))}
     write_json(path, result)
     return result
 

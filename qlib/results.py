@@ -41,21 +41,37 @@ def _device_name(device: torch.device | str) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
 
 
-def provenance(wall_time_s: float, device: torch.device | str = "cpu") -> dict[str, Any]:
-    """Where a result came from: git commit (and whether the tree was dirty), versions, machine and the device
-    the work ran on, time, date. ``QBOOK_GIT_COMMIT``, when set, names the commit instead of the local git: for a
-    copy of the tree sent to another machine, whose own git (if any) may not be the code that runs."""
+def code_state() -> dict[str, Any]:
+    """The code a run ran: the git commit, and whether the tree differs from it (tracked changes outside
+    ``results/``, or untracked files under ``qlib/``). ``QBOOK_GIT_COMMIT``, when set, names the commit for a copy of
+    the tree that runs without its git (another machine); the record then says it is an override and keeps the
+    local git's own answer beside it."""
+    local = _git("rev-parse", "HEAD")
+    # Result files are data, not code: a run that writes a result does not make its own code dirty.
+    tracked = _git("status", "--porcelain", "--untracked-files=no", "--", ":(top)", ":(top,exclude)results")
+    untracked = _git("status", "--porcelain", "--untracked-files=all", "--", ":(top)qlib")
+    dirty = None if tracked is None or untracked is None else bool(tracked or untracked)
+    override = os.environ.get("QBOOK_GIT_COMMIT")
+    state: dict[str, Any] = {"git_commit": override or local, "git_dirty": dirty}
+    if override:
+        state |= {"git_commit_override": True, "git_commit_local": local}
+    return state
+
+
+def provenance(wall_time_s: float, device: torch.device | str = "cpu", *,
+               data: dict[str, Any] | None) -> dict[str, Any]:
+    """Where a result came from: the code (``code_state``), the data files it read with their SHA-256 (``data``,
+    from ``qlib.data.data_provenance``; ``None`` only for a result that read no data file), versions, machine and
+    the device the work ran on, wall time, date. Written once, by the run; nothing edits it afterwards."""
     versions = {}
     for package in PACKAGES:
         try:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
             versions[package] = None
-    # Result files are data, not code: a run that rewrites a committed result does not make its own code dirty.
-    status = _git("status", "--porcelain", "--untracked-files=no", "--", ":(top)", ":(top,exclude)results")
     return {
-        "git_commit": os.environ.get("QBOOK_GIT_COMMIT") or _git("rev-parse", "HEAD"),
-        "git_dirty": None if status is None else bool(status),
+        **code_state(),
+        "data": data,
         "versions": {"python": platform.python_version(), **versions},
         "machine": {"cpu": _cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                     "platform": platform.platform(), "device": _device_name(device),

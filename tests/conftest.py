@@ -73,8 +73,8 @@ def write_official_glue(root: Path) -> Path:
         write_tsv(glue / "stsb" / f"{split}.tsv",
                   ["index", "genre", "filename", "year", "old_index", "source1", "source2", "sentence1",
                    "sentence2", "score"],
-                  [[i, "main-captions", "MSRvid", "2012test", f"{i:04d}", "none", "none", "a good film",
-                    "a fun movie", f"{i % 6:.3f}"] for i in range(12)])
+                  [[i, "main-captions", "MSRvid", "2012test", f"{i:04d}", "none", "none", SENTENCES[i][0],
+                    SENTENCES[i + 1][0], f"{i % 6:.3f}"] for i in range(12)])
     return root
 
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from qlib.experiment import post_training_config, result_paths, run_glue, run_label
+from qlib.data import file_sha256
 from qlib.results import read_json
 
 pytestmark = pytest.mark.slow
@@ -26,6 +27,9 @@ def test_fp32_job_writes_fp32_and_post_training_results_with_provenance(glue_dir
         assert 0.0 <= on_disk["metrics"]["accuracy"] <= 1.0
         assert on_disk["params"]["model"] == str(tiny_model_dir) and on_disk["train"]["train_examples"] == 16
         assert on_disk["train"]["examples_per_s"] > 0 and on_disk["provenance"]["wall_time_s"] > 0
+        assert on_disk["provenance"]["data"] == {
+            "source": "local", "folder": str(glue_dir.resolve()),
+            "files": {f"glue/sst2/{s}.tsv": file_sha256(glue_dir / "glue" / "sst2" / f"{s}.tsv") for s in ("dev", "train")}}
     from qlib.report import protocol_frame
 
     protocol = protocol_frame(records)  # the post-training rows trained nothing: one row, the FP32 run's
@@ -145,3 +149,11 @@ def test_device_resolution():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="torch sees no CUDA GPU"):
             resolve_device("cuda")
+
+
+@pytest.mark.parametrize("task,metrics", [("stsb", {"pearson", "spearman"}), ("mrpc", {"f1", "accuracy"})])
+def test_regression_and_pair_tasks_train_from_their_official_files(glue_dir, tiny_model_dir, tmp_path, task, metrics):
+    record = run_glue(task, "fp32", seed=0, model=str(tiny_model_dir), epochs=1, batch_size=4, max_length=16,
+                      results_dir=tmp_path / "results", progress=False, post_training=())[0]
+    assert set(record["metrics"]) == metrics and record["main_metric"] == sorted(metrics)[task == "mrpc"]
+    assert all(-1.0 <= v <= 1.0 for v in record["metrics"].values())

@@ -6,7 +6,7 @@ import pytest
 
 from qlib.config import qbert_config
 from qlib.experiment import protocol_for, run_label
-from qlib.protocol import (ABLATION_GROUPS, HEADS, QUANT_NOISE_RATE, baseline_jobs, job_label, main, q8bert_jobs,
+from qlib.protocol import (SWEEP_GRID, SWEEP_TASKS, sweep_jobs, ABLATION_GROUPS, HEADS, QUANT_NOISE_RATE, baseline_jobs, job_label, main, q8bert_jobs,
                            qbert_jobs, quant_noise_jobs, read_spectra, spectrum_job)
 from qlib.qbert import (
     DIRECTQ,
@@ -188,3 +188,13 @@ def test_runner_measures_a_missing_spectrum_between_the_baselines_and_the_qat_ro
     err = capsys.readouterr().err
     assert ("3 job(s) failed or not started: qbert/sst2/int4-seed0; spectrum of sst2; "
             "the Q-BERT rows of sst2 (no spectrum)") in err
+
+
+def test_the_fp32_sweep_covers_every_small_task_at_every_grid_point_and_writes_apart():
+    jobs = sweep_jobs()
+    assert len(jobs) == len(SWEEP_TASKS) * len(SWEEP_GRID["lr"]) * len(SWEEP_GRID["epochs"])
+    assert {(j["task"], j["lr"], j["epochs"]) for j in jobs} == {
+        (t, lr, e) for t in SWEEP_TASKS for lr in SWEEP_GRID["lr"] for e in SWEEP_GRID["epochs"]}
+    assert all(j["method"] == "fp32" and j["seed"] == 0 and j["post_training"] == () for j in jobs)
+    assert [j["task"] for j in jobs[:4]] == [SWEEP_TASKS[0]] * 4  # task by task
+    assert jobs[0]["folder"] == "q8bert-sweep/lr2e-05-ep3" and len({j["folder"] for j in jobs}) == 4

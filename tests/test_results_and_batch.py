@@ -9,7 +9,7 @@ import nbformat
 import pytest
 
 from qlib.batch import expand_grid, main, parse_value
-from qlib.results import provenance, read_json, read_results, write_json
+from qlib.results import code_state, provenance, read_json, read_results, write_json
 
 
 def test_write_is_atomic_and_leaves_nothing_behind_on_failure(tmp_path):
@@ -31,11 +31,42 @@ def test_corrupt_result_file_is_named(tmp_path):
         read_json(tmp_path / "bad.json")
 
 
-def test_provenance_has_commit_versions_machine_and_date():
-    record = provenance(12.345)
-    assert set(record) >= {"git_commit", "versions", "machine", "wall_time_s", "date"}
+def test_provenance_has_commit_versions_machine_data_and_date():
+    record = provenance(12.345, data={"source": "local", "folder": "/d", "files": {"glue/x.tsv": "ab"}})
+    assert set(record) >= {"git_commit", "git_dirty", "data", "versions", "machine", "wall_time_s", "date"}
     assert record["wall_time_s"] == 12.35 and record["versions"]["torch"]
-    assert record["machine"]["torch_threads"] >= 1
+    assert record["machine"]["torch_threads"] >= 1 and record["data"]["files"] == {"glue/x.tsv": "ab"}
+    with pytest.raises(TypeError, match="data"):
+        provenance(1.0)  # every writer says what data it read (None: none)
+
+
+def test_a_commit_override_is_recorded_as_one(monkeypatch):
+    monkeypatch.setenv("QBOOK_GIT_COMMIT", "f" * 40)
+    record = provenance(0.0, data=None)
+    assert record["git_commit"] == "f" * 40 and record["git_commit_override"] is True
+    monkeypatch.delenv("QBOOK_GIT_COMMIT")
+    local = provenance(0.0, data=None)
+    assert "git_commit_override" not in local and record["git_commit_local"] == local["git_commit"]
+
+
+def test_an_untracked_file_under_qlib_makes_the_tree_dirty(tmp_path, monkeypatch):
+    import subprocess
+
+    import qlib.results as results
+
+    repo = tmp_path / "repo"
+    (repo / "qlib").mkdir(parents=True)
+    (repo / "qlib" / "a.py").write_text("")
+    for command in (["init", "-q"], ["add", "-A"], ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "a"]):
+        subprocess.run(["git", *command], cwd=repo, check=True)
+    monkeypatch.setattr(results, "_git", lambda *args: subprocess.run(
+        ["git", *args], cwd=repo, capture_output=True, text=True).stdout.strip())
+    assert results.code_state()["git_dirty"] is False
+    (repo / "results").mkdir()
+    (repo / "results" / "r.json").write_text("{}")  # a result written by the run is data, not code
+    assert results.code_state()["git_dirty"] is False
+    (repo / "qlib" / "new_method.py").write_text("")
+    assert results.code_state()["git_dirty"] is True
 
 
 def test_parse_value_and_grid():
