@@ -11,13 +11,14 @@ notebook; the others still run, and the batch exits non-zero at the end.
 from __future__ import annotations
 
 import argparse
+import ast
 import itertools
 import json
 import re
 import shutil
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import papermill
 
@@ -43,14 +44,68 @@ def expand_grid(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
     return [dict(zip(names, values)) for values in itertools.product(*(grid[n] for n in names))]
 
 
-def check_parameters(notebook: Path, names: set[str]) -> None:
-    """Refuse parameters the notebook's ``parameters`` cell does not declare (papermill would only warn)."""
-    declared = set(papermill.inspect_notebook(str(notebook)))
+_TYPES: dict[str, type] = {"int": int, "float": float, "str": str, "bool": bool, "list": list, "dict": dict,
+                           "None": type(None)}
+
+
+def _annotation_types(annotation: str, name: str, notebook: Path) -> tuple[type, ...]:
+    """``Optional[int]`` → (int, NoneType); ``Union[int, str]`` → (int, str); ``float`` → (float,)."""
+    match = re.fullmatch(r"\s*(Optional|Union)\[(.*)\]\s*", annotation)
+    names = [n.strip() for n in match.group(2).split(",")] if match else [annotation.strip()]
+    if match and match.group(1) == "Optional":
+        names.append("None")
+    unknown = [n for n in names if n not in _TYPES]
+    if unknown:
+        raise ValueError(f"{notebook}: parameter {name!r} is annotated {annotation!r}; qlib understands "
+                         f"{', '.join(_TYPES)}, Optional[...] and Union[...]")
+    return tuple(_TYPES[n] for n in names)
+
+
+def parameter_types(notebook: str | Path) -> dict[str, tuple[type, ...]]:
+    """Each parameter of the notebook's ``parameters`` cell and the types its value may take: those its annotation
+    names (``epochs: Optional[int] = None``), else its default's type. A float also takes an int; a parameter
+    whose default is None needs an annotation."""
+    notebook = Path(notebook)
+    declared = papermill.inspect_notebook(str(notebook))
     if not declared:
         raise ValueError(f"{notebook} has no cell tagged 'parameters'; papermill cannot parameterize it")
-    unknown = sorted(names - declared)
+    types = {}
+    for name, info in declared.items():
+        if info["inferred_type_name"] != "None":
+            types[name] = _annotation_types(info["inferred_type_name"], name, notebook)
+            continue
+        default = ast.literal_eval(info["default"])
+        if default is None:
+            raise ValueError(f"{notebook}: parameter {name!r} defaults to None without an annotation; write "
+                             f"e.g. `{name}: Optional[int] = None` so a wrong value can be refused")
+        types[name] = (type(default),)
+    return {name: (*t, int) if float in t and int not in t else t for name, t in types.items()}
+
+
+def _type_names(types: tuple[type, ...]) -> str:
+    return " or ".join("None" if t is type(None) else t.__name__ for t in types)
+
+
+def check_parameter_types(notebook: str | Path, values: Mapping[str, Any]) -> None:
+    """Refuse a value of a declared parameter whose type its ``parameter_types`` do not allow (``quick='flase'``
+    or ``quick=None`` for ``quick = True``), naming the parameter and the expected type. Names the notebook does
+    not declare are ignored, so a chapter can pass its ``globals()``."""
+    for name, types in parameter_types(notebook).items():
+        if name in values:
+            value = values[name]
+            if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+                raise TypeError(f"parameter {name!r} of {Path(notebook).name} must be {_type_names(types)}, got "
+                                f"{value!r} ({type(value).__name__}); e.g. -p {name} true, not a misspelling")
+
+
+def check_parameters(notebook: str | Path, params: Mapping[str, Any]) -> None:
+    """Refuse parameters the notebook's ``parameters`` cell does not declare (papermill would only warn), and
+    values of the wrong type (``check_parameter_types``)."""
+    declared = parameter_types(notebook)
+    unknown = sorted(set(params) - set(declared))
     if unknown:
         raise ValueError(f"unknown parameter(s) {unknown} for {notebook}; allowed: {sorted(declared)}")
+    check_parameter_types(notebook, params)
 
 
 def job_name(params: dict[str, Any]) -> str:
@@ -65,7 +120,8 @@ def run_batch(notebook: str | Path, grid: dict[str, list[Any]], fixed: dict[str,
     notebook, out_dir = Path(notebook).resolve(), Path(out_dir).resolve()
     if not notebook.is_file():
         raise FileNotFoundError(f"notebook {notebook} not found")
-    check_parameters(notebook, set(grid) | set(fixed))
+    for params in expand_grid(grid) or [{}]:  # every job's values, before the first job's minutes
+        check_parameters(notebook, {**fixed, **params})
     out_dir.mkdir(parents=True, exist_ok=True)
     source = out_dir / f"_source_{notebook.name}"
     shutil.copyfile(notebook, source)
@@ -102,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     fixed = {name: parse_value(value) for name, value in args.param}
     try:
         succeeded, failures = run_batch(args.notebook, grid, fixed, args.out, args.fail_fast)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, TypeError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     for name, message in failures:

@@ -8,7 +8,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from qlib.batch import expand_grid, main, parse_value
+from qlib.batch import check_parameter_types, expand_grid, main, parameter_types, parse_value
 from qlib.results import code_state, provenance, read_json, read_results, write_json
 
 
@@ -122,6 +122,64 @@ def test_papermill_sees_every_parameter_of_each_chapter(chapter):
     cells = [c for c in nbformat.read(chapter, 4).cells if "parameters" in c.metadata.get("tags", [])]
     if not cells:
         pytest.skip(f"{chapter.name} has no parameters cell")
-    assigned = {t.id for node in ast.parse(cells[0].source).body if isinstance(node, ast.Assign)
-                for t in node.targets if isinstance(t, ast.Name)}
+    body = ast.parse(cells[0].source).body
+    assigned = {t.id for node in body if isinstance(node, ast.Assign) for t in node.targets if isinstance(t, ast.Name)}
+    assigned |= {node.target.id for node in body if isinstance(node, ast.AnnAssign)}
     assert set(papermill.inspect_notebook(str(chapter))) == assigned
+    types = parameter_types(chapter)  # every parameter has a type a wrong value can be checked against
+    assert set(types) == assigned and all(types.values())
+    all_cells = nbformat.read(chapter, 4).cells
+    after = all_cells[all_cells.index(cells[0]) + 1:]
+    code = next(c for c in after if c.cell_type == "code")
+    assert f'check_parameter_types("{chapter.name}", globals())' in code.source  # papermill -p is checked too
+
+
+@pytest.fixture
+def typed_notebook(tmp_path) -> Path:
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    params = nbformat.v4.new_code_cell("from typing import Optional, Union\n\nquick = True\nlr = 5e-5\n"
+                                       "epochs: Optional[int] = None\ngroups: Union[int, str] = 12\nname = 'a'")
+    params.metadata["tags"] = ["parameters"]
+    check = nbformat.v4.new_code_cell("from qlib.batch import check_parameter_types\n"
+                                      f"check_parameter_types({str(tmp_path / 'typed.ipynb')!r}, globals())")
+    nb.cells = [params, check]
+    nbformat.write(nb, tmp_path / "typed.ipynb")
+    return tmp_path / "typed.ipynb"
+
+
+def test_parameter_types_come_from_defaults_and_annotations(typed_notebook):
+    assert parameter_types(typed_notebook) == {"quick": (bool,), "lr": (float, int), "epochs": (int, type(None)),
+                                               "groups": (int, str), "name": (str,)}
+    check_parameter_types(typed_notebook, {"quick": False, "lr": 1, "epochs": 3, "groups": "row", "other": 1})
+    for name, value, expected in [("quick", "flase", "bool"), ("quick", None, "bool"), ("epochs", 2.5, "int or None"),
+                                  ("lr", True, "float or int"), ("name", 3, "str")]:
+        with pytest.raises(TypeError, match=rf"parameter '{name}' of typed.ipynb must be {expected}, got {value!r}"):
+            check_parameter_types(typed_notebook, {name: value})
+
+
+def test_a_none_default_without_annotation_is_refused(tmp_path):
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    cell = nbformat.v4.new_code_cell("epochs = None")
+    cell.metadata["tags"] = ["parameters"]
+    nb.cells = [cell]
+    nbformat.write(nb, tmp_path / "n.ipynb")
+    with pytest.raises(ValueError, match="'epochs' defaults to None without an annotation.*Optional"):
+        parameter_types(tmp_path / "n.ipynb")
+
+
+def test_batch_refuses_a_wrong_type_before_running_anything(typed_notebook, tmp_path, capsys):
+    code = main([str(typed_notebook), "-p", "quick=flase", "--out", str(tmp_path / "runs")])
+    assert code == 2 and "parameter 'quick' of typed.ipynb must be bool, got 'flase'" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_papermill_run_with_a_misspelt_value_fails_in_the_notebook(typed_notebook, tmp_path):
+    import papermill
+
+    with pytest.raises(papermill.PapermillExecutionError, match="parameter 'quick' of typed.ipynb must be bool"):
+        papermill.execute_notebook(str(typed_notebook), str(tmp_path / "out.ipynb"), parameters={"quick": "flase"},
+                                   progress_bar=False)
+    papermill.execute_notebook(str(typed_notebook), str(tmp_path / "out.ipynb"), parameters={"quick": False},
+                               progress_bar=False)
