@@ -4,13 +4,16 @@ For each fake-quantized layer the file holds ``<name>.weight.codes`` (the b-bit 
 ``<name>.weight.scale`` / ``.shift`` [G] (the grid ``ŵ = scale·q + shift``); everything else (LayerNorm, biases,
 the float head, the activation observers' ranges) is stored as it is, or with the float parameters (biases,
 LayerNorm, the float head) in float16 on request, as GPTQ- and AWQ-packed files keep them; the grids and the
-observers' ranges stay float32. The layers' bits, schemes and shapes sit in the file's metadata. Sizes reported
-by the book are these files' sizes on disk.
+observers' ranges stay float32. Each layer's grid (bits, scheme, granularity, groups, percentile) and shape sit
+in the file's metadata, and loading refuses a model whose layers are quantized otherwise, naming the layer. Every
+file (``save_float``'s too) carries the SHA-256 of its tensors, so a flipped byte is refused, not loaded. Sizes
+reported by the book are these files' sizes on disk.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -24,23 +27,54 @@ from torch import nn
 from qlib.config import BertQuantConfig
 from qlib.convert import convert_bert, quantized_modules
 from qlib.packing import pack, unpack
-from qlib.quantizers import QuantGrid
+from qlib.quantizers import QuantGrid, QuantSpec
 from qlib.results import atomic_write
 
-FORMAT = "qbook-packed-v1"
+FORMAT = "qbook-packed-v2"
+PAYLOAD_KEY = "payload_sha256"
+
+
+def payload_sha256(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over every tensor's name, dtype, shape and bytes, in name order: what a checkpoint's payload is."""
+    digest = hashlib.sha256()
+    for key in sorted(tensors):
+        tensor = tensors[key].detach().cpu().contiguous()
+        digest.update(f"{key}|{tensor.dtype}|{list(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _verified_tensors(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """(metadata, tensors) of a checkpoint whose payload matches the hash it carries; raises naming the file."""
+    with _open(path) as f:
+        metadata = f.metadata() or {}
+        tensors = {key: f.get_tensor(key) for key in f.keys()}
+    if PAYLOAD_KEY not in metadata:
+        raise ValueError(f"{path} carries no payload hash ({PAYLOAD_KEY}): it was not written by qlib's save_float or "
+                         "save_quantized (or by an older version); save it again")
+    if payload_sha256(tensors) != metadata[PAYLOAD_KEY]:
+        raise ValueError(f"corrupt checkpoint {path}: its tensors do not match the SHA-256 it was saved with "
+                         "(a changed or flipped byte); copy or save it again")
+    return metadata, tensors
 
 
 def save_float(model: nn.Module, path: str | os.PathLike) -> Path:
-    """The FP32 reference checkpoint (safetensors, shared tensors stored once), written atomically."""
-    return atomic_write(Path(path), lambda tmp: save_model(model, tmp))
+    """The FP32 reference checkpoint (safetensors, shared tensors stored once, with its payload's SHA-256), written
+    atomically."""
+    def write(tmp: str) -> None:
+        save_model(model, tmp)  # safetensors drops the duplicates of shared tensors; hash what it kept
+        with _open(Path(tmp)) as f:
+            kept = {key: f.get_tensor(key) for key in f.keys()}
+        save_file(kept, tmp, metadata={"format": "pt", PAYLOAD_KEY: payload_sha256(kept)})
+
+    return atomic_write(Path(path), write)
 
 
 def load_float(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     """Load a ``save_float`` file into ``model`` (same architecture and head); a missing, corrupt or mismatched file
     raises an error naming it."""
     path = Path(path)
-    with _open(path):  # names a missing or corrupt file
-        pass
+    _verified_tensors(path)  # names a missing, corrupt or altered file
     try:
         load_model(model, str(path))  # safetensors' own loader: it knows which shared tensors save_model dropped
     except RuntimeError as err:
@@ -67,7 +101,7 @@ def save_quantized(model: nn.Module, path: str | os.PathLike, float_dtype: torch
         tensors[f"{name}.weight.codes"] = pack(codes, grid.bits)
         tensors[f"{name}.weight.scale"] = grid.scale.contiguous()
         tensors[f"{name}.weight.shift"] = grid.shift.contiguous()
-        layers[name] = {"bits": grid.bits, "symmetric": grid.symmetric, "shape": list(weight.shape)}
+        layers[name] = _grid_record(_weight_spec(module), weight) | {"shape": list(weight.shape)}
         stored[weight.data_ptr()] = f"{name}.weight"
     tied: dict[str, str] = {}
     for key, value in model.state_dict().items():
@@ -80,8 +114,39 @@ def save_quantized(model: nn.Module, path: str | os.PathLike, float_dtype: torch
     if not layers:
         raise ValueError(f"{type(model).__name__} has no quantized layer: convert it with qlib.convert_bert first")
     metadata = {"format": FORMAT, "layers": json.dumps(layers), "tied": json.dumps(tied),
-                "float_dtype": str(float_dtype).removeprefix("torch.")}
+                "float_dtype": str(float_dtype).removeprefix("torch."), PAYLOAD_KEY: payload_sha256(tensors)}
     return atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata=metadata))
+
+
+def _weight_spec(module: nn.Module) -> QuantSpec | None:
+    """The spec a quantized module's weight is fitted with (``None``: the weight stays float)."""
+    return module.spec if hasattr(module, "spec") else module.quant.weight
+
+
+GRID_FIELDS = ("bits", "scheme", "granularity", "groups", "percentile")
+
+
+def _grid_record(spec: QuantSpec, weight: torch.Tensor) -> dict[str, Any]:
+    """What a layer's grid is: bits, scheme, granularity, its number of groups G for ``weight``, percentile."""
+    return {"bits": spec.bits, "scheme": spec.scheme, "granularity": spec.granularity,
+            "groups": spec.num_groups(weight), "percentile": spec.percentile}
+
+
+def _check_layers_fit(model: nn.Module, layers: dict[str, dict[str, Any]], path: Path) -> None:
+    """Refuse a model whose quantized layers differ from the file's (which layers, or any of ``GRID_FIELDS``)."""
+    expected = {name: _grid_record(spec, module.weight) for name, module in quantized_modules(model)
+                if (spec := _weight_spec(module)) is not None}
+    for name in sorted(set(expected) | set(layers)):
+        if name not in layers or name not in expected:
+            where, other = ("the model", "the file") if name in expected else ("the file", "the model")
+            raise ValueError(f"{path} does not fit {type(model).__name__}: layer {name} is quantized in {where} but "
+                             f"not in {other}; convert the model with the config the file was saved with")
+        differ = {k: (layers[name][k], expected[name][k]) for k in GRID_FIELDS if layers[name][k] != expected[name][k]}
+        if differ:
+            said = ", ".join(f"{k} {saved!r} in the file, {wanted!r} in the model"
+                             for k, (saved, wanted) in differ.items())
+            raise ValueError(f"{path} does not fit {type(model).__name__}: layer {name}: {said}; convert the model "
+                             "with the config the file was saved with")
 
 
 def _open(path: Path):
@@ -94,28 +159,30 @@ def _open(path: Path):
 
 
 def load_quantized(model: nn.Module, path: str | os.PathLike) -> nn.Module:
-    """Load a ``save_quantized`` file into ``model`` (converted with the same config); weights are unpacked exactly."""
+    """Load a ``save_quantized`` file into ``model`` (converted with the same config); weights are unpacked exactly.
+
+    Refuses, naming the file and the layer, a model quantized otherwise (another layer set, bits, scheme,
+    granularity, groups or percentile), and a file whose tensors do not match the hash it was saved with."""
     path = Path(path)
-    state: dict[str, torch.Tensor] = {}
     with _open(path) as f:
         metadata = f.metadata() or {}
-        if metadata.get("format") != FORMAT:
-            raise ValueError(f"{path} is not a qbook quantized checkpoint (format {metadata.get('format')!r}, "
-                             f"expected {FORMAT!r})")
-        layers, tied = json.loads(metadata["layers"]), json.loads(metadata["tied"])
-        keys = set(f.keys())
-        for name, info in layers.items():
-            numel = int(torch.Size(info["shape"]).numel())
-            try:
-                codes = unpack(f.get_tensor(f"{name}.weight.codes"), info["bits"], numel)
-            except ValueError as err:
-                raise ValueError(f"corrupt checkpoint {path}, layer {name}: {err}") from err
-            grid = QuantGrid(f.get_tensor(f"{name}.weight.scale"), f.get_tensor(f"{name}.weight.shift"),
-                             info["bits"], info["symmetric"])
-            state[f"{name}.weight"] = grid.dequantize((codes.to(torch.int16) + grid.qmin).reshape(info["shape"]))
-            keys -= {f"{name}.weight.codes", f"{name}.weight.scale", f"{name}.weight.shift"}
-        for key in keys:
-            state[key] = f.get_tensor(key)
+    if metadata.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a qbook quantized checkpoint of this version (format "
+                         f"{metadata.get('format')!r}, expected {FORMAT!r}); save it again with save_quantized")
+    metadata, tensors = _verified_tensors(path)
+    layers, tied = json.loads(metadata["layers"]), json.loads(metadata["tied"])
+    _check_layers_fit(model, layers, path)
+    state: dict[str, torch.Tensor] = {}
+    for name, info in layers.items():
+        numel = int(torch.Size(info["shape"]).numel())
+        try:
+            codes = unpack(tensors.pop(f"{name}.weight.codes"), info["bits"], numel)
+        except ValueError as err:
+            raise ValueError(f"corrupt checkpoint {path}, layer {name}: {err}") from err
+        grid = QuantGrid(tensors.pop(f"{name}.weight.scale"), tensors.pop(f"{name}.weight.shift"), info["bits"],
+                         info["scheme"] == "symmetric")
+        state[f"{name}.weight"] = grid.dequantize((codes.to(torch.int16) + grid.qmin).reshape(info["shape"]))
+    state |= tensors
     for key, source in tied.items():
         state[key] = state[source]
     missing, unexpected = model.load_state_dict(state, strict=False)

@@ -6,12 +6,12 @@ machines without Jupyter (a GPU box, a cluster node) and runs several jobs at on
 
     python -m qlib.protocol --workers 8 --results results [--only q8bert] [--device cuda]
 
-Three stages: the FP32 protocol sweep of the small tasks (``--only sweep``), the first chapter's main table and the FP32 Baselines (which keep their models under
-``--checkpoints``); the Hessian spectrum of each Q-BERT task's seed-0 Baseline, on the CPU, where its committed one
-is missing (Q-BERT I's job: it sets the task's MP bits); then Q-BERT's and Quant-Noise's QAT rows seed by seed
-(each starts from its seed's Baseline model), then the ablations. Finished runs are skipped, so an interrupted
-protocol resumes. A failing job is named; the others still run, and the exit status is non-zero at the end. A
-task whose Baseline or spectrum failed gets no QAT rows, and is named too.
+Three stages: the FP32 protocol sweep of the small tasks (``--only sweep``), the first chapter's main table and the
+FP32 Baselines (which keep their models under ``--checkpoints``); the Hessian spectrum of each Q-BERT task's seed-0
+Baseline, on the CPU, where its committed one is missing (Q-BERT I's job: it sets the task's MP bits); then Q-BERT's
+and Quant-Noise's QAT rows seed by seed (each starts from its seed's Baseline model), then the ablations. Finished
+runs are skipped, so an interrupted protocol resumes. A failing job is named; the others still run, and the exit
+status is non-zero at the end. A task whose Baseline or spectrum failed gets no QAT rows, and is named too.
 """
 
 from __future__ import annotations

@@ -29,7 +29,8 @@ def test_fp32_job_writes_fp32_and_post_training_results_with_provenance(glue_dir
         assert on_disk["train"]["examples_per_s"] > 0 and on_disk["provenance"]["wall_time_s"] > 0
         assert on_disk["provenance"]["data"] == {
             "source": "local", "folder": str(glue_dir.resolve()),
-            "files": {f"glue/sst2/{s}.tsv": file_sha256(glue_dir / "glue" / "sst2" / f"{s}.tsv") for s in ("dev", "train")}}
+            "files": {f"glue/sst2/{s}.tsv": file_sha256(glue_dir / "glue" / "sst2" / f"{s}.tsv")
+                      for s in ("dev", "train")}}
     from qlib.report import protocol_frame
 
     protocol = protocol_frame(records)  # the post-training rows trained nothing: one row, the FP32 run's

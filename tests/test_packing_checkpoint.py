@@ -126,3 +126,53 @@ def test_float16_floats_halve_the_float_part_and_keep_codes_and_grids(tiny_bert,
         assert torch.allclose(fresh(input_ids=ids).logits, model(input_ids=ids).logits, atol=1e-2)
     with pytest.raises(ValueError, match="float_dtype must be torch.float32 or torch.float16, got torch.bfloat16"):
         save_quantized(model, tmp_path / "bf16.safetensors", float_dtype=torch.bfloat16)
+
+
+def _saved(tiny_bert, tmp_path, config):
+    model = convert_bert(copy.deepcopy(tiny_bert), config).eval()
+    return save_quantized(model, tmp_path / "model.safetensors")
+
+
+@pytest.mark.parametrize("other,said", [
+    (qbert_config(2, groups=4), "bits 3 in the file, 2 in the model"),
+    (qbert_config(3, groups=2), "groups 4 in the file, 2 in the model"),
+    (qbert_config(3, groups=4, percentile=99.9), "percentile None in the file, 99.9 in the model"),
+    (qbert_config(3, groups=4, layer_bits={"encoder.layer.1": 4}), "bits 3 in the file, 4 in the model"),
+    (q8bert_config(8), "scheme 'asymmetric' in the file, 'symmetric' in the model"),
+])
+def test_a_checkpoint_refuses_a_model_quantized_otherwise_naming_the_layer(tiny_bert, tmp_path, other, said):
+    path = _saved(tiny_bert, tmp_path, qbert_config(3, groups=4))
+    with pytest.raises(ValueError, match=rf"{path} does not fit .*: layer bert\.\S+: {said}"):
+        load_quantized(convert_bert(copy.deepcopy(tiny_bert), other), path)
+
+
+def test_a_checkpoint_refuses_a_model_with_another_layer_set(tiny_bert, tmp_path):
+    path = _saved(tiny_bert, tmp_path, qbert_config(3, groups=4))
+    model = convert_bert(copy.deepcopy(tiny_bert), qbert_config(3, groups=4))
+    target = model.bert.encoder.layer[0].attention.self
+    target.query = torch.nn.Linear(target.query.in_features, target.query.out_features)  # left in float
+    with pytest.raises(ValueError, match="layer bert.encoder.layer.0.attention.self.query is quantized in the file "
+                                         "but not in the model"):
+        load_quantized(model, path)
+
+
+def _flip_last_byte(path):
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0x01  # in the last tensor's payload: the header still parses
+    path.write_bytes(bytes(data))
+
+
+def test_a_flipped_byte_is_refused_not_loaded(tiny_bert, tmp_path):
+    path = _saved(tiny_bert, tmp_path, qbert_config(3, groups=4))
+    fresh = convert_bert(copy.deepcopy(tiny_bert), qbert_config(3, groups=4))
+    load_quantized(fresh, path)  # intact: loads
+    _flip_last_byte(path)
+    with pytest.raises(ValueError, match=f"corrupt checkpoint {path}: its tensors do not match the SHA-256"):
+        load_quantized(fresh, path)
+    from qlib.checkpoint import load_float
+
+    float_path = save_float(tiny_bert, tmp_path / "fp32.safetensors")
+    load_float(copy.deepcopy(tiny_bert), float_path)
+    _flip_last_byte(float_path)
+    with pytest.raises(ValueError, match=f"corrupt checkpoint {float_path}: its tensors do not match"):
+        load_float(copy.deepcopy(tiny_bert), float_path)

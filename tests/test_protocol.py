@@ -6,8 +6,9 @@ import pytest
 
 from qlib.config import qbert_config
 from qlib.experiment import protocol_for, run_label
-from qlib.protocol import (SWEEP_GRID, SWEEP_TASKS, sweep_jobs, ABLATION_GROUPS, HEADS, QUANT_NOISE_RATE, baseline_jobs, job_label, main, q8bert_jobs,
+from qlib.protocol import (ABLATION_GROUPS, HEADS, QUANT_NOISE_RATE, baseline_jobs, job_label, main, q8bert_jobs,
                            qbert_jobs, quant_noise_jobs, read_spectra, spectrum_job)
+from qlib.protocol import SWEEP_GRID, SWEEP_TASKS, sweep_jobs
 from qlib.qbert import (
     DIRECTQ,
     MIXED_SETTINGS,
