@@ -158,3 +158,21 @@ def test_regression_and_pair_tasks_train_from_their_official_files(glue_dir, tin
                       results_dir=tmp_path / "results", progress=False, post_training=())[0]
     assert set(record["metrics"]) == metrics and record["main_metric"] == sorted(metrics)[task == "mrpc"]
     assert all(-1.0 <= v <= 1.0 for v in record["metrics"].values())
+
+
+def test_a_seeded_qat_run_is_deterministic(glue_dir, tiny_model_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    runs = []
+    for attempt in ("a", "b"):
+        record = run_glue("sst2", "qat", seed=3, model=str(tiny_model_dir), epochs=2, batch_size=4, max_length=16,
+                          results_dir=tmp_path / attempt, checkpoint_dir=tmp_path / attempt, progress=False)[0]
+        runs.append((record, load_file(tmp_path / attempt / "sst2" / "qat-seed3.safetensors")))
+    (first, first_weights), (second, second_weights) = runs
+    assert first["metrics"] == second["metrics"] and first["train"]["steps"] == second["train"]["steps"]
+    assert first_weights.keys() == second_weights.keys()
+    assert all(torch.equal(first_weights[k], second_weights[k]) for k in first_weights)
+    other = run_glue("sst2", "qat", seed=4, model=str(tiny_model_dir), epochs=2, batch_size=4, max_length=16,
+                     results_dir=tmp_path / "c", checkpoint_dir=tmp_path / "c", progress=False)[0]
+    other_weights = load_file(tmp_path / "c" / "sst2" / "qat-seed4.safetensors")
+    assert any(not torch.equal(first_weights[k], other_weights[k]) for k in first_weights)  # the seed matters
