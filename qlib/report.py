@@ -8,6 +8,7 @@ from typing import Any, Iterable
 
 import pandas as pd
 
+from qlib.data import read_official_data
 from qlib.results import read_json
 
 
@@ -80,7 +81,7 @@ def mean_std_text(summary: pd.DataFrame) -> pd.Series:
 def protocol_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
     """How each trained run was made, one row per run (a post-training row such as ``dq`` or ``directq-w2`` trains
     nothing and is left out): model, data, schedule, G, device, CPU and threads, torch, commit, examples/s, wall
-    hours, and the note a run's provenance carries ("" if none)."""
+    hours, the data it read (``data_label``), and the note a run's provenance carries ("" if none)."""
     rows = [
         {"task": r["task"], "method": r["method"], "seed": r["seed"], "model": r["params"]["model"],
          "train examples": r["train"]["train_examples"], "epochs": r["params"]["epochs"],
@@ -89,10 +90,54 @@ def protocol_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
          "CPU": r["provenance"]["machine"]["cpu"], "threads": r["provenance"]["machine"]["torch_threads"],
          "torch": r["provenance"]["versions"]["torch"], "commit": (r["provenance"]["git_commit"] or "")[:8],
          "examples/s": round(r["train"]["examples_per_s"], 1), "wall h": r["provenance"]["wall_time_s"] / 3600,
-         "note": r["provenance"].get("note") or ""}
+         "data": data_label(r), "note": r["provenance"].get("note") or ""}
         for r in records if not is_post_training(r)
     ]
     return pd.DataFrame(rows)
+
+
+def data_label(record: dict[str, Any]) -> str:
+    """What data a result read, in a table cell: ``official`` (every file it hashed is the official bytes),
+    ``hub``, ``local copy`` (hashed files that are not the official bytes), or ``altered copy`` (the earlier
+    altered files, before results recorded their data: a note of kind ``altered-data``), ``no data file`` (a
+    benchmark that read none) or ``unrecorded``."""
+    data = record["provenance"].get("data")
+    if data is not None:
+        return "hub" if data["source"] == "hub" else "official" if read_official_data(data) else "local copy"
+    kinds = {note["kind"] for note in record.get("notes", [])}
+    if "altered-data" in kinds:
+        return "altered copy"
+    return "no data file" if "data" in record["provenance"] else "unrecorded"
+
+
+def _run_name(record: dict[str, Any]) -> str:
+    if {"task", "method", "seed"} <= set(record):
+        return f"{record['task']} {record['method']} seed {record['seed']}"
+    return Path(record.get("path", "result")).stem
+
+
+def notes_markdown(records: Iterable[dict[str, Any]], heading: str = "Notes on these results",
+                   max_names: int = 12) -> str:
+    """The remarks on ``records`` as a markdown list, each said once with the runs it concerns: the notes
+    ``notes.toml`` keeps on their files (``qlib.results.read_results`` attaches them), the results computed on the
+    earlier altered data first, then the notes written into older files' provenance; each names at most
+    ``max_names`` of its runs. "" when there is none."""
+    grouped: dict[tuple[int, str], list[str]] = {}
+    for record in records:
+        name = _run_name(record)
+        remarks = [(note["kind"] != "altered-data", note["text"]) for note in record.get("notes", [])]
+        if record["provenance"].get("note"):
+            remarks.append((True, f"Written in this result's provenance: “{record['provenance']['note']}”"))
+        for key in remarks:
+            grouped.setdefault(key, []).append(name)
+    if not grouped:
+        return ""
+    def runs(names: list[str]) -> str:
+        shown = ", ".join(names[:max_names]) + (f", and {len(names) - max_names} more" if len(names) > max_names else "")
+        return f"{len(names)} result{'s' * (len(names) > 1)}: {shown}"
+
+    items = [f"* {text} (*{runs(names)}*)" for (_, text), names in sorted(grouped.items(), key=lambda i: i[0][0])]
+    return f"**{heading}** (from `results/notes.toml` and the result files)\n\n" + "\n".join(items)
 
 
 def latency_frame(benchmark: dict[str, Any]) -> pd.DataFrame:

@@ -7,12 +7,18 @@ import os
 import platform
 import subprocess
 import tempfile
+import sys
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10
+    import tomli as tomllib
 
 PACKAGES = ("torch", "transformers", "datasets", "numpy", "scikit-learn", "safetensors", "qbook")
 
@@ -125,7 +131,44 @@ def read_json(path: str | os.PathLike) -> dict[str, Any]:
     return record
 
 
+NOTES_FILE = "notes.toml"
+NOTE_KINDS = ("altered-data", "no-data-record", "edited", "other-stack", "remark")
+"""What a note says about its files: computed on the earlier altered data; written before results recorded their
+data (and read none); edited by hand after the run; run with another software stack; any other remark."""
+
+
+def read_notes(root: str | os.PathLike) -> dict[str, list[dict[str, str]]]:
+    """The notes of ``<root>/notes.toml`` per result file (path relative to ``root``): [{"kind", "text"}, ...]; {}
+    without the file. A note of an unknown kind, or without files or text, raises ``ValueError`` naming it."""
+    path = Path(root) / NOTES_FILE
+    if not path.is_file():
+        return {}
+    try:
+        notes = tomllib.loads(path.read_text(encoding="utf-8")).get("note", [])
+    except tomllib.TOMLDecodeError as err:
+        raise ValueError(f"{path}: not valid TOML ({err})") from err
+    by_file: dict[str, list[dict[str, str]]] = {}
+    for number, note in enumerate(notes, 1):
+        if note.get("kind") not in NOTE_KINDS or not note.get("text") or not note.get("files"):
+            raise ValueError(f"{path}: note {number} needs kind (one of {NOTE_KINDS}), text and files; got "
+                             f"kind={note.get('kind')!r}")
+        for name in note["files"]:
+            by_file.setdefault(name, []).append({"kind": note["kind"], "text": " ".join(note["text"].split())})
+    return by_file
+
+
+def notes_for(path: str | os.PathLike) -> list[dict[str, str]]:
+    """The notes on one result file: those of the ``notes.toml`` in the nearest folder above it that has one."""
+    path = Path(path).resolve()
+    for folder in path.parents:
+        if (folder / NOTES_FILE).is_file():
+            return read_notes(folder).get(path.relative_to(folder).as_posix(), [])
+    return []
+
+
 def read_results(folder: str | os.PathLike) -> list[dict[str, Any]]:
-    """Every ``*.json`` result under ``folder`` (recursively), each with its ``path``; [] if there is none."""
+    """Every ``*.json`` result under ``folder`` (recursively), each with its ``path`` and the ``notes`` that
+    ``notes.toml`` keeps on it (``notes_for``); [] if there is none."""
     folder = Path(folder)
-    return [read_json(p) | {"path": str(p)} for p in sorted(folder.rglob("*.json"))] if folder.is_dir() else []
+    return [read_json(p) | {"path": str(p), "notes": notes_for(p)} for p in sorted(folder.rglob("*.json"))
+            ] if folder.is_dir() else []

@@ -140,13 +140,12 @@ def test_spectrum_job_is_the_chapters_quick_false_run():
     import inspect
     from pathlib import Path
 
-    import nbformat
-
     from qlib.qbert import run_spectrum
 
-    chapter = nbformat.read(Path(__file__).parents[1] / "chapters" / "qbert_sensitivity.ipynb", 4)
-    cell = next(c for c in chapter.cells if "parameters" in c.metadata.get("tags", []))
-    parameters = {node.targets[0].id: ast.literal_eval(node.value) for node in ast.parse(cell.source).body}
+    import papermill
+
+    declared = papermill.inspect_notebook(str(Path(__file__).parents[1] / "chapters" / "qbert_sensitivity.ipynb"))
+    parameters = {name: ast.literal_eval(p["default"]) for name, p in declared.items()}
     defaults = {name: p.default for name, p in inspect.signature(run_spectrum).parameters.items()}
     job = defaults | spectrum_job("sst2", "ckpt", "res")
     for name in ("model", "subsets", "subset_size", "max_iter", "tol", "landscape_points"):

@@ -1,0 +1,74 @@
+"""The committed results and their notes: every result says which data it read (its files' SHA-256) or is named in
+results/notes.toml as computed before that was recorded; every note names files that exist; notes reach the tables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from qlib.data import OFFICIAL_SHA256
+from qlib.report import data_label, notes_markdown, protocol_frame
+from qlib.results import NOTES_FILE, notes_for, read_notes, read_results, write_json
+
+RESULTS = Path(__file__).parents[1] / "results"
+COMMITTED = sorted(p for p in RESULTS.rglob("*.json"))
+
+
+def test_every_note_names_committed_result_files():
+    notes = read_notes(RESULTS)
+    missing = sorted(name for name in notes if not (RESULTS / name).is_file())
+    assert not missing, f"{NOTES_FILE} names files that are not committed: {missing}"
+
+
+@pytest.mark.parametrize("path", COMMITTED, ids=lambda p: p.relative_to(RESULTS).as_posix())
+def test_every_committed_result_records_the_hashes_of_its_data_or_is_noted_as_before_them(path):
+    record = read_results(path.parent)
+    record = next(r for r in record if Path(r["path"]) == path)
+    data = record["provenance"].get("data", "absent")
+    kinds = {note["kind"] for note in record["notes"]}
+    if data == "absent":
+        assert kinds & {"altered-data", "no-data-record"}, (
+            f"{path} records no data hashes and {NOTES_FILE} does not say why: results must record "
+            "provenance['data'] (qlib.data.data_provenance)")
+    elif data is not None and data["source"] == "local":
+        assert data["files"] and all(len(sha) == 64 for sha in data["files"].values())
+        assert not kinds & {"altered-data", "no-data-record"}, f"{path} records its data; its note is wrong"
+
+
+def _record(tmp_path, name, data="absent", note=None):
+    provenance = {"machine": {"device": "cpu"}} | ({} if data == "absent" else {"data": data})
+    provenance |= {"note": note} if note else {}
+    return write_json(tmp_path / "results" / name, {"task": "rte", "method": "fp32", "seed": int(name[-6]),
+                                                    "provenance": provenance})
+
+
+def test_notes_reach_the_records_and_are_said_once(tmp_path):
+    official = {"source": "local", "folder": "/d",
+                "files": {k: OFFICIAL_SHA256[k] for k in ("glue/rte/train.tsv", "glue/rte/dev.tsv")}}
+    _record(tmp_path, "rte/fp32-seed0.json")
+    _record(tmp_path, "rte/fp32-seed1.json", note="shared the CPU")
+    _record(tmp_path, "rte/fp32-seed2.json", data=official)
+    _record(tmp_path, "rte/fp32-seed3.json", data=official | {"files": {"glue/rte/dev.tsv": "0" * 64}})
+    (tmp_path / "results" / NOTES_FILE).write_text(
+        '[[note]]\nkind = "altered-data"\ntext = "old data"\nfiles = ["rte/fp32-seed0.json", "rte/fp32-seed1.json"]\n')
+    records = read_results(tmp_path / "results" / "rte")
+    assert [r["notes"] for r in records[:3]] == [[{"kind": "altered-data", "text": "old data"}]] * 2 + [[]]
+    assert notes_for(tmp_path / "results" / "rte" / "fp32-seed1.json") == records[1]["notes"]
+    assert [data_label(r) for r in records] == ["altered copy", "altered copy", "official", "local copy"]
+    text = notes_markdown(records)
+    assert text.count("old data") == 1 and "rte fp32 seed 0, rte fp32 seed 1" in text
+    assert text.index("old data") < text.index("shared the CPU")  # the data caveat comes first
+    assert notes_markdown(records[2:]) == ""
+
+
+def test_a_bad_note_is_refused_naming_it(tmp_path):
+    (tmp_path / NOTES_FILE).write_text('[[note]]\nkind = "typo"\ntext = "x"\nfiles = ["a.json"]\n')
+    with pytest.raises(ValueError, match=r"note 1 needs kind \(one of .*altered-data"):
+        read_notes(tmp_path)
+
+
+def test_protocol_frame_says_which_data_each_run_read():
+    records = read_results(RESULTS / "q8bert" / "rte")
+    frame = protocol_frame(records)
+    assert set(frame["data"]) <= {"official", "altered copy", "local copy", "hub"}
