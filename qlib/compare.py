@@ -17,8 +17,8 @@ from torch import nn
 
 from qlib.checkpoint import size_mb
 from qlib.config import BertQuantConfig
-from qlib.experiment import record_config
-from qlib.report import baseline_over_seeds, is_post_training, latency_frame, mean_std, mean_std_text, runs_frame
+from qlib.experiment import is_post_training, record_config
+from qlib.report import baseline_over_seeds, latency_frame, mean_std, mean_std_text, runs_frame
 
 KERNELS = {"fp32": "fp32", "dq": "ao_dynamic", "qat": "qbook_int8"}
 """Which benchmark variant runs a method's scheme on the CPU: DQ's per-batch 8-bit inputs are torch.ao's dynamic

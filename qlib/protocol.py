@@ -6,12 +6,13 @@ machines without Jupyter (a GPU box, a cluster node) and runs several jobs at on
 
     python -m qlib.protocol --workers 8 --results results [--only q8bert] [--device cuda]
 
-Three stages: the FP32 protocol sweep of the small tasks (``--only sweep``), the first chapter's main table and the
-FP32 Baselines (which keep their models under ``--checkpoints``); the Hessian spectrum of each Q-BERT task's seed-0
-Baseline, on the CPU, where its committed one is missing (Q-BERT I's job: it sets the task's MP bits); then Q-BERT's
-and Quant-Noise's QAT rows seed by seed (each starts from its seed's Baseline model), then the ablations. Finished
-runs are skipped, so an interrupted protocol resumes. A failing job is named; the others still run, and the exit
-status is non-zero at the end. A task whose Baseline or spectrum failed gets no QAT rows, and is named too.
+Four stages: the FP32 protocol sweep of the small tasks (``--only sweep``), which picks their epochs and learning
+rates (``qlib.experiment.protocol_for``); the first chapter's main table and the FP32 Baselines (which keep their
+models under ``--checkpoints``); the Hessian spectrum of each Q-BERT task's seed-0 Baseline, on the CPU, where its
+committed one is missing (Q-BERT I's job: it sets the task's MP bits); then Q-BERT's and Quant-Noise's QAT rows seed
+by seed (each starts from its seed's Baseline model), then the ablations. Finished runs are skipped, so an
+interrupted protocol resumes. A failing job is named; the others still run, and the exit status is non-zero at the
+end. A task whose sweep, Baseline or spectrum is missing gets no rows that need it, and is named too.
 """
 
 from __future__ import annotations
@@ -27,12 +28,14 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
-from qlib.experiment import protocol_for, run_glue, run_label
+from qlib.experiment import (SWEEP_TASKS, protocol_for, run_glue, run_label, sweep_folder,
+                             sweep_points)
 from qlib.qbert import MIXED_SETTINGS, SETTINGS, fp32_checkpoint, run_spectrum, setting_run
 from qlib.results import read_json
 
 SEEDS = (0, 1, 2)
-Q8BERT_TASKS = ("sst2", "cola", "rte")
+Q8BERT_TASKS = ("sst2", "cola", "rte", "mrpc", "stsb")
+EMA_ABLATION_TASKS = ("cola", "rte")
 HEADS = 12  # the packaged model's and BERT-base's attention heads: Q-BERT's G for the main table
 ABLATION_GROUPS: tuple[int | str, ...] = (1, 4 * HEADS, "row")  # with G = HEADS from the main table
 ABLATION_SETTING = "Q-BERT 3/8"
@@ -41,62 +44,74 @@ QUANT_NOISE_TASKS = ("cola",)
 QUANT_NOISE_SETTINGS = ("Q-BERT 2/8", "Q-BERT 3/8")  # where QAT (p = 1) loses the most
 QUANT_NOISE_RATE = 0.5
 LANDSCAPE_BLOCKS = ("encoder.layer.0", "encoder.layer.2", "encoder.layer.5")  # Q-BERT I's default, fig. 2's
-SWEEP_TASKS = ("rte", "mrpc", "stsb", "cola")  # the small tasks, whose FP32 protocol the sweep picks
-SWEEP_GRID = {"lr": (2e-5, 5e-5), "epochs": (3, 6)}
-
-
-def sweep_folder(lr: float, epochs: int) -> str:
-    """Where one point of the FP32 sweep writes, under the results folder: ``q8bert-sweep/lr2e-05-ep3``."""
-    return f"q8bert-sweep/lr{lr:g}-ep{epochs}"
 
 
 def sweep_jobs(seed: int = 0) -> list[dict[str, Any]]:
     """The FP32 protocol sweep of the Q8BERT chapter: each task of ``SWEEP_TASKS`` fine-tuned at seed ``seed`` at
-    every learning rate and epoch count of ``SWEEP_GRID`` (no post-training rows), task by task, so each task's
-    choice is complete as early as possible."""
-    return [dict(experiment="q8bert-sweep", folder=sweep_folder(lr, epochs), task=t, method="fp32", seed=seed,
-                 lr=lr, epochs=epochs, post_training=())
-            for t in SWEEP_TASKS for epochs in SWEEP_GRID["epochs"] for lr in SWEEP_GRID["lr"]]
+    every point of ``SWEEP_GRID`` (no post-training rows), task by task, so each task's choice is complete as early
+    as possible."""
+    return [dict(experiment="q8bert-sweep", folder=sweep_folder(p["lr"], p["epochs"]), task=t, method="fp32",
+                 seed=seed, post_training=(), **p) for t in SWEEP_TASKS for p in sweep_points()]
 
 
-def q8bert_jobs(seeds=SEEDS) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Q8BERT chapter: (FP32 (+DQ) and QAT on SST-2, CoLA and RTE; QAT with a shorter EMA, the ablation)."""
-    main = [dict(experiment="q8bert", task=t, method=m, seed=s, **protocol_for(t))
-            for t in Q8BERT_TASKS for s in seeds for m in ("fp32", "qat")]
-    ablation = [dict(experiment="q8bert", task=t, method="qat", seed=s, ema_decay=EMA_ABLATION_DECAY,
-                     **protocol_for(t)) for t in Q8BERT_TASKS for s in seeds]
+def picked_protocols(tasks: Sequence[str], results: str | Path = "results",
+                     ) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """(task -> its epochs and learning rate, the tasks whose protocol is not picked yet: a sweep task whose FP32
+    sweep under ``results`` is incomplete; see ``protocol_for``)."""
+    picked, waiting = {}, []
+    for task in dict.fromkeys(tasks):
+        try:
+            picked[task] = protocol_for(task, results)
+        except FileNotFoundError:
+            waiting.append(task)
+    return picked, waiting
+
+
+def q8bert_jobs(protocols: Mapping[str, dict[str, Any]],
+                seeds=SEEDS) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Q8BERT chapter, for each task of ``protocols`` (task -> its epochs and learning rate): (FP32 (+DQ) and QAT,
+    the main table; QAT with a shorter EMA on the tasks of ``EMA_ABLATION_TASKS``, the ablation)."""
+    main = [dict(experiment="q8bert", task=t, method=m, seed=s, **protocols[t])
+            for t in protocols for s in seeds for m in ("fp32", "qat")]
+    ablation = [dict(experiment="q8bert", task=t, method="qat", seed=s, ema_decay=EMA_ABLATION_DECAY, **protocols[t])
+                for t in EMA_ABLATION_TASKS if t in protocols for s in seeds]
     return main, ablation
 
 
-def qbert_jobs(spectra: Mapping[str, dict[str, Any]], checkpoints: str | Path,
-               seeds=SEEDS) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+Jobs = list[dict[str, Any]]
+
+
+def qbert_jobs(spectra: Mapping[str, dict[str, Any]], checkpoints: str | Path, seeds=SEEDS,
+               results: str | Path = "results") -> tuple[Jobs, Jobs, Jobs]:
     """Q-BERT II chapter, for each task of ``spectra`` (task -> its Hessian spectrum, which sets its MP rows'
     bits): (the FP32 Baselines, which keep their models under ``checkpoints``; the QAT rows of the main table at
     G = heads, each from its seed's Baseline model; the group-wise ablation at 3 bits)."""
     def job(setting: str, task: str, seed: int, groups: int | str) -> dict[str, Any]:
         return dict(experiment="qbert", **setting_run(setting, task, seed, groups, checkpoints, spectra[task]),
-                    **protocol_for(task))
+                    **protocol_for(task, results))
 
     tasks = list(spectra)
-    baselines = baseline_jobs(tasks, checkpoints, seeds)
+    baselines = baseline_jobs(tasks, checkpoints, seeds, results)
     main = [job(name, t, s, HEADS) for t in tasks for name in [*SETTINGS, *MIXED_SETTINGS] for s in seeds]
     ablation = [job(ABLATION_SETTING, t, s, g) for t in tasks for g in ABLATION_GROUPS for s in seeds]
     return baselines, main, ablation
 
 
-def baseline_jobs(tasks: Sequence[str], checkpoints: str | Path, seeds=SEEDS) -> list[dict[str, Any]]:
+def baseline_jobs(tasks: Sequence[str], checkpoints: str | Path, seeds=SEEDS,
+                  results: str | Path = "results") -> list[dict[str, Any]]:
     """The FP32 Baselines of ``tasks`` (with their DirectQ rows): they keep the models that Q-BERT's and
     Quant-Noise's QAT rows start from under ``checkpoints``."""
-    return [dict(experiment="qbert", **setting_run("Baseline", t, s, HEADS, checkpoints), **protocol_for(t))
+    return [dict(experiment="qbert", **setting_run("Baseline", t, s, HEADS, checkpoints), **protocol_for(t, results))
             for t in tasks for s in seeds]
 
 
-def quant_noise_jobs(checkpoints: str | Path, seeds=SEEDS) -> list[dict[str, Any]]:
+def quant_noise_jobs(checkpoints: str | Path, seeds=SEEDS, results: str | Path = "results",
+                     tasks: Sequence[str] = QUANT_NOISE_TASKS) -> list[dict[str, Any]]:
     """Quant-Noise chapter: Q-BERT's rows of ``QUANT_NOISE_SETTINGS`` trained at noise rate ``QUANT_NOISE_RATE``
     on ``QUANT_NOISE_TASKS``, each from its seed's FP32 Baseline."""
     return [dict(experiment="quant-noise", **setting_run(name, t, s, HEADS, checkpoints),
-                 noise_rate=QUANT_NOISE_RATE, **protocol_for(t))
-            for t in QUANT_NOISE_TASKS for name in QUANT_NOISE_SETTINGS for s in seeds]
+                 noise_rate=QUANT_NOISE_RATE, **protocol_for(t, results))
+            for t in tasks for name in QUANT_NOISE_SETTINGS for s in seeds]
 
 
 def job_label(job: Mapping[str, Any]) -> str:
@@ -182,26 +197,42 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--workers and --threads must be positive, got {args.workers} and {args.threads}")
 
     checkpoints = Path(args.checkpoints) / "qbert"
-    q8_main, q8_ablation = q8bert_jobs() if args.only in (None, "q8bert") else ([], [])
-    qbert_tasks = args.qbert_tasks.split(",") if args.only in (None, "qbert") else []
-    noise = quant_noise_jobs(checkpoints) if args.only in (None, "quant-noise") else []
-    baselines = baseline_jobs(qbert_tasks, checkpoints) + baseline_jobs(
-        sorted({j["task"] for j in noise} - set(qbert_tasks)), checkpoints)
-    spectra = [job for job in (spectrum_job(t, checkpoints, args.results) for t in qbert_tasks)
-               if not Path(job["results_path"]).is_file()]
+    failures: list[str] = []
+    wanted = {"q8bert": Q8BERT_TASKS, "qbert": args.qbert_tasks.split(","), "quant-noise": QUANT_NOISE_TASKS}
+    wanted = {chapter: tasks if args.only in (None, chapter) else () for chapter, tasks in wanted.items()}
     train = partial(_run, results=args.results, device=args.device, threads=args.threads,
                     keep_models=args.keep_models)
-    failures: list[str] = []
+    plan: dict[str, Any] = {}  # what the later stages share, filled once the sweep has run
+
+    def sweep_stage() -> list[tuple[Callable, dict[str, Any]]]:
+        return [(train, job) for job in (sweep_jobs() if args.only in (None, "sweep") else [])]
+
+    def baseline_stage() -> list[tuple[Callable, dict[str, Any]]]:  # the sweep has picked the small tasks' protocols
+        protocols, waiting = picked_protocols([t for tasks in wanted.values() for t in tasks], args.results)
+        failures.extend(f"the rows of {t} (its FP32 sweep is incomplete: no protocol picked)" for t in waiting)
+        q8_main, plan["q8_ablation"] = q8bert_jobs({t: protocols[t] for t in wanted["q8bert"] if t in protocols})
+        plan["qbert_tasks"] = [t for t in wanted["qbert"] if t in protocols]
+        plan["noise"] = quant_noise_jobs(checkpoints, results=args.results,
+                                         tasks=[t for t in wanted["quant-noise"] if t in protocols])
+        baselines = baseline_jobs(plan["qbert_tasks"], checkpoints, results=args.results) + baseline_jobs(
+            sorted({j["task"] for j in plan["noise"]} - set(plan["qbert_tasks"])), checkpoints, results=args.results)
+        return [(train, job) for job in q8_main + _by_seed(baselines)]
+
+    def spectrum_stage() -> list[tuple[Callable, dict[str, Any]]]:
+        jobs = [spectrum_job(t, checkpoints, args.results) for t in plan["qbert_tasks"]]
+        return [(partial(_spectrum, threads=args.threads), job) for job in jobs
+                if not Path(job["results_path"]).is_file()]
 
     def qat_stage() -> list[tuple[Callable, dict[str, Any]]]:  # built once the spectra exist: they set the MP bits
-        ready = [t for t in qbert_tasks if Path(spectrum_job(t, checkpoints, args.results)["results_path"]).is_file()]
-        failures.extend(f"the Q-BERT rows of {t} (no spectrum)" for t in qbert_tasks if t not in ready)
-        _, qb_main, qb_ablation = qbert_jobs(read_spectra(Path(args.results) / "qbert", ready), checkpoints)
-        return [(train, job) for job in _by_seed(qb_main + noise) + _by_seed(q8_ablation + qb_ablation)]
+        tasks = plan["qbert_tasks"]
+        ready = [t for t in tasks if Path(spectrum_job(t, checkpoints, args.results)["results_path"]).is_file()]
+        failures.extend(f"the Q-BERT rows of {t} (no spectrum)" for t in tasks if t not in ready)
+        _, qb_main, qb_ablation = qbert_jobs(read_spectra(Path(args.results) / "qbert", ready), checkpoints,
+                                             results=args.results)
+        return [(train, job) for job in _by_seed(qb_main + plan["noise"])
+                + _by_seed(plan["q8_ablation"] + qb_ablation)]
 
-    sweep = sweep_jobs() if args.only in (None, "sweep") else []
-    stages = [lambda: [(train, job) for job in sweep + q8_main + _by_seed(baselines)],
-              lambda: [(partial(_spectrum, threads=args.threads), job) for job in spectra], qat_stage]
+    stages = [sweep_stage, baseline_stage, spectrum_stage, qat_stage]
     context = multiprocessing.get_context("spawn")  # CUDA cannot be used in forked workers
     with ProcessPoolExecutor(args.workers, mp_context=context) as pool:
         for number, stage in enumerate(stages, 1):  # a stage ends before the next starts: each needs the last's

@@ -9,13 +9,8 @@ from typing import Any, Iterable
 import pandas as pd
 
 from qlib.data import read_official_data
+from qlib.experiment import SWEEP_TASKS, is_post_training, protocol_for, sweep_scores
 from qlib.results import read_json
-
-
-def is_post_training(record: dict[str, Any]) -> bool:
-    """Whether a result record is a post-training row (``dq``, ``directq-w<b>…``): written by an ``fp32`` run for
-    its trained weights quantized with no further training."""
-    return record["params"]["method"] == "fp32" and record["method"] != "fp32"
 
 
 def runs_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
@@ -138,6 +133,23 @@ def notes_markdown(records: Iterable[dict[str, Any]], heading: str = "Notes on t
 
     items = [f"* {text} (*{runs(names)}*)" for (_, text), names in sorted(grouped.items(), key=lambda i: i[0][0])]
     return f"**{heading}** (from `results/notes.toml` and the result files)\n\n" + "\n".join(items)
+
+
+def sweep_frame(results: str | Path = "results") -> pd.DataFrame:
+    """The FP32 protocol sweep as a table: one row per (task, epochs, lr) with the dev main metric (percent; NaN
+    for a point not run yet) and ``picked`` marking the point ``protocol_for`` takes once the task's sweep is whole.
+    """
+    rows = []
+    for task in SWEEP_TASKS:
+        scores = sweep_scores(task, results)
+        try:
+            picked = protocol_for(task, results)
+        except FileNotFoundError:
+            picked = None
+        rows += [{"task": task, "epochs": point["epochs"], "lr": point["lr"],
+                  "dev score (%)": None if score is None else 100 * score, "picked": point == picked}
+                 for point, score in scores]
+    return pd.DataFrame(rows).set_index(["task", "epochs", "lr"])
 
 
 def latency_frame(benchmark: dict[str, Any]) -> pd.DataFrame:

@@ -8,7 +8,7 @@ from qlib.compare import bits_of, paper_of, side_by_side
 from qlib.config import qbert_config
 from qlib.experiment import record_config, run_label, training_config
 from qlib.modules import QuantLinear
-from qlib.report import is_post_training
+from qlib.experiment import is_post_training
 
 
 def record(task, method, seed, score, **params):

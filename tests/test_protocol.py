@@ -8,7 +8,8 @@ from qlib.config import qbert_config
 from qlib.experiment import protocol_for, run_label
 from qlib.protocol import (ABLATION_GROUPS, HEADS, QUANT_NOISE_RATE, baseline_jobs, job_label, main, q8bert_jobs,
                            qbert_jobs, quant_noise_jobs, read_spectra, spectrum_job)
-from qlib.protocol import SWEEP_GRID, SWEEP_TASKS, sweep_jobs
+from qlib.experiment import SWEEP_GRID, SWEEP_TASKS, sweep_folder, sweep_points
+from qlib.protocol import EMA_ABLATION_TASKS, Q8BERT_TASKS, picked_protocols, sweep_jobs
 from qlib.qbert import (
     DIRECTQ,
     MIXED_SETTINGS,
@@ -28,6 +29,40 @@ SPECTRUM = {"blocks": {f"encoder.layer.{i}": {"omega": omega} for i, omega in en
 def label(job):
     """The result name a protocol job writes."""
     return job_label(job)
+
+
+def write_sweep(results, task, scores):
+    """Sweep results of ``task`` under ``results``, one dev score per grid point (None: that point not run)."""
+    from qlib.data import get_task
+    from qlib.results import write_json
+
+    for point, score in zip(sweep_points(), scores):
+        if score is not None:
+            write_json(results / sweep_folder(point["lr"], point["epochs"]) / task / "fp32-seed0.json",
+                       {"task": task, "metrics": {get_task(task).metrics[0]: score}})
+
+
+@pytest.fixture
+def swept(tmp_path):
+    """A results folder whose sweep is complete for every sweep task (best: 6 epochs at 2e-5)."""
+    for task in SWEEP_TASKS:
+        write_sweep(tmp_path, task, [0.5, 0.6, 0.7, 0.6])
+    return tmp_path
+
+
+def test_a_sweep_task_takes_the_best_point_of_its_sweep_and_waits_for_all_of_it(tmp_path):
+    assert [p for p in sweep_points()] == [{"epochs": 3, "lr": 2e-5}, {"epochs": 3, "lr": 5e-5},
+                                          {"epochs": 6, "lr": 2e-5}, {"epochs": 6, "lr": 5e-5}]
+    write_sweep(tmp_path, "mrpc", [0.8, 0.9, 0.85, None])
+    with pytest.raises(FileNotFoundError, match=r"mrpc's FP32 protocol is picked by its sweep, and 1 of its 4 points"
+                                                r".*qlib.protocol --only sweep"):
+        protocol_for("mrpc", tmp_path)
+    write_sweep(tmp_path, "mrpc", [None, None, None, 0.9])
+    assert protocol_for("mrpc", tmp_path) == {"epochs": 3, "lr": 5e-5}  # a tie goes to the cheaper point
+    assert protocol_for("sst2", tmp_path) == {"epochs": 1, "lr": 5e-5} and protocol_for("qnli") == {"epochs": 3,
+                                                                                                    "lr": 5e-5}
+    assert picked_protocols(["sst2", "mrpc", "cola"], tmp_path) == (
+        {"sst2": {"epochs": 1, "lr": 5e-5}, "mrpc": {"epochs": 3, "lr": 5e-5}}, ["cola"])
 
 
 def test_mixed_settings_raise_the_most_sensitive_layers_and_leave_the_embedding_alone():
@@ -60,10 +95,12 @@ def test_per_row_groups_and_bad_groups():
         qbert_config(3, groups="rows")
 
 
-def test_job_lists_cover_both_tables_and_their_ablations():
-    q8_main, q8_ablation = q8bert_jobs()
-    assert len(q8_main) == 3 * 3 * 2 and len(q8_ablation) == 3 * 3
-    assert all(job["epochs"] == protocol_for(job["task"])["epochs"] for job in q8_main)
+def test_job_lists_cover_both_tables_and_their_ablations(swept):
+    q8_main, q8_ablation = q8bert_jobs(picked_protocols(Q8BERT_TASKS, swept)[0])
+    assert len(Q8BERT_TASKS) == 5 and len(q8_main) == 5 * 3 * 2 and len(q8_ablation) == 2 * 3
+    assert {j["task"] for j in q8_ablation} == set(EMA_ABLATION_TASKS) == {"cola", "rte"}
+    assert all((j["epochs"], j["lr"]) == tuple(protocol_for(j["task"], swept).values()) for j in q8_main)
+    assert {(j["task"], j["epochs"], j["lr"]) for j in q8_main if j["task"] == "rte"} == {("rte", 6, 2e-5)}
     qb_baselines, qb_main, qb_ablation = qbert_jobs({"sst2": SPECTRUM}, "ckpt")
     assert [j["seed"] for j in qb_baselines] == [0, 1, 2] and all(j["method"] == "fp32" for j in qb_baselines)
     rows = {label(j) for j in qb_main}
@@ -73,18 +110,19 @@ def test_job_lists_cover_both_tables_and_their_ablations():
     assert {j["init_from"] for j in qb_main + qb_ablation} == starts
 
 
-def test_quant_noise_jobs_start_from_the_baselines_the_protocol_keeps():
-    jobs = quant_noise_jobs("ckpt", seeds=(0, 1))
+def test_quant_noise_jobs_start_from_the_baselines_the_protocol_keeps(swept):
+    jobs = quant_noise_jobs("ckpt", seeds=(0, 1), results=swept)
     assert {label(j) for j in jobs} == {f"qbert-w{b}e8-g12-p99.9-qn{QUANT_NOISE_RATE:g}-ft" for b in (2, 3)}
-    assert all(j["experiment"] == "quant-noise" and j["epochs"] == protocol_for(j["task"])["epochs"] for j in jobs)
-    baselines = baseline_jobs(sorted({j["task"] for j in jobs}), "ckpt", seeds=(0, 1))
+    assert all(j["experiment"] == "quant-noise" and j["epochs"] == protocol_for(j["task"], swept)["epochs"]
+               for j in jobs)
+    baselines = baseline_jobs(sorted({j["task"] for j in jobs}), "ckpt", seeds=(0, 1), results=swept)
     kept = {str(fp32_checkpoint(j["checkpoint_dir"], j["task"], j["seed"])) for j in baselines}
     assert {j["init_from"] for j in jobs} == kept
 
 
-def test_each_task_takes_its_mp_bits_from_its_own_spectrum(tmp_path):
+def test_each_task_takes_its_mp_bits_from_its_own_spectrum(tmp_path, swept):
     reversed_spectrum = {"blocks": {name: {"omega": -b["omega"]} for name, b in SPECTRUM["blocks"].items()}}
-    _, qb_main, _ = qbert_jobs({"sst2": SPECTRUM, "cola": reversed_spectrum}, "ckpt", seeds=(0,))
+    _, qb_main, _ = qbert_jobs({"sst2": SPECTRUM, "cola": reversed_spectrum}, "ckpt", seeds=(0,), results=swept)
     mixed = {j["task"]: j["layer_bits"] for j in qb_main if j.get("layer_bits") and max(j["layer_bits"].values()) == 3}
     assert mixed["sst2"] == mixed_layer_bits(SPECTRUM, (2, 3), 2.5)
     assert mixed["cola"] == mixed_layer_bits(reversed_spectrum, (2, 3), 2.5) != mixed["sst2"]
@@ -120,11 +158,11 @@ def test_runner_runs_jobs_in_worker_processes_and_names_a_failing_one(glue_dir, 
     tiny = dict(experiment="q8bert", task="sst2", seed=0, model=str(tiny_model_dir), epochs=1, batch_size=4,
                 max_length=16)
     jobs = [dict(tiny, method="fp32", post_training=()), dict(tiny, method="int4")]
-    monkeypatch.setattr(qlib.protocol, "q8bert_jobs", lambda: (jobs, []))
+    monkeypatch.setattr(qlib.protocol, "q8bert_jobs", lambda protocols: (jobs, []))
     status = main(["--only", "q8bert", "--results", str(tmp_path / "results"), "--workers", "2", "--threads", "1",
                    "--device", "cpu"])
     out = capsys.readouterr()
-    assert status == 1 and "1 job(s) failed" in out.err
+    assert status == 1 and "job(s) failed" in out.err
     assert "FAILED q8bert/sst2/int4-seed0" in out.out and "unknown method 'int4'" in out.out
     assert (tmp_path / "results" / "q8bert" / "sst2" / "fp32-seed0.json").is_file()
 
@@ -162,7 +200,7 @@ def test_runner_measures_a_missing_spectrum_between_the_baselines_and_the_qat_ro
 
     tiny = dict(model=str(tiny_model_dir), epochs=1, batch_size=4, max_length=16)
     method = {"value": "fp32"}
-    monkeypatch.setattr(qlib.protocol, "baseline_jobs", lambda tasks, checkpoints: [
+    monkeypatch.setattr(qlib.protocol, "baseline_jobs", lambda tasks, checkpoints, results: [
         dict(experiment="qbert", method=method["value"], post_training=(), task=t, seed=0,
              checkpoint_dir=str(checkpoints), **tiny) for t in tasks])
     real_spectrum_job = qlib.protocol.spectrum_job
@@ -170,7 +208,7 @@ def test_runner_measures_a_missing_spectrum_between_the_baselines_and_the_qat_ro
         model=str(tiny_model_dir), subsets=2, subset_size=4, max_length=16, max_iter=5, landscape_blocks=()))
     spectra_seen = {}
 
-    def qat_jobs(spectra, checkpoints):
+    def qat_jobs(spectra, checkpoints, results):
         spectra_seen.update(spectra)
         return [], [], []
 
@@ -191,6 +229,7 @@ def test_runner_measures_a_missing_spectrum_between_the_baselines_and_the_qat_ro
 
 
 def test_the_fp32_sweep_covers_every_small_task_at_every_grid_point_and_writes_apart():
+    assert set(SWEEP_TASKS) == {"cola", "rte", "mrpc", "stsb"} and SWEEP_GRID == {"lr": (2e-5, 5e-5), "epochs": (3, 6)}
     jobs = sweep_jobs()
     assert len(jobs) == len(SWEEP_TASKS) * len(SWEEP_GRID["lr"]) * len(SWEEP_GRID["epochs"])
     assert {(j["task"], j["lr"], j["epochs"]) for j in jobs} == {

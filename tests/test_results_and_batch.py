@@ -36,6 +36,8 @@ def test_provenance_has_commit_versions_machine_data_and_date():
     assert set(record) >= {"git_commit", "git_dirty", "data", "versions", "machine", "wall_time_s", "date"}
     assert record["wall_time_s"] == 12.35 and record["versions"]["torch"]
     assert record["machine"]["torch_threads"] >= 1 and record["data"]["files"] == {"glue/x.tsv": "ab"}
+    assert set(record["machine"]["cpu_features"]) <= {"avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16",
+                                                      "amx_bf16", "amx_int8"}
     with pytest.raises(TypeError, match="data"):
         provenance(1.0)  # every writer says what data it read (None: none)
 
