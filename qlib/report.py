@@ -8,7 +8,7 @@ from typing import Any, Iterable
 
 import pandas as pd
 
-from qlib.data import read_official_data
+from qlib.data import get_task, read_official_data
 from qlib.experiment import SWEEP_TASKS, is_post_training, protocol_for, sweep_scores
 from qlib.results import read_json
 
@@ -82,7 +82,8 @@ def protocol_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
          "train examples": r["train"]["train_examples"], "epochs": r["params"]["epochs"],
          "max tokens": r["params"]["max_length"], "batch": r["params"]["batch_size"], "lr": r["params"]["lr"],
          "G": r["params"].get("groups"), "device": r["provenance"]["machine"].get("device", "cpu"),
-         "CPU": r["provenance"]["machine"]["cpu"], "threads": r["provenance"]["machine"]["torch_threads"],
+         "CPU": r["provenance"]["machine"]["cpu"], "CPU class": cpu_class(r["provenance"]["machine"]),
+         "threads": r["provenance"]["machine"]["torch_threads"],
          "torch": r["provenance"]["versions"]["torch"], "commit": (r["provenance"]["git_commit"] or "")[:8],
          "examples/s": round(r["train"]["examples_per_s"], 1), "wall h": r["provenance"]["wall_time_s"] / 3600,
          "data": data_label(r), "note": r["provenance"].get("note") or ""}
@@ -127,8 +128,10 @@ def notes_markdown(records: Iterable[dict[str, Any]], heading: str = "Notes on t
             grouped.setdefault(key, []).append(name)
     if not grouped:
         return ""
+
     def runs(names: list[str]) -> str:
-        shown = ", ".join(names[:max_names]) + (f", and {len(names) - max_names} more" if len(names) > max_names else "")
+        more = f", and {len(names) - max_names} more" if len(names) > max_names else ""
+        shown = ", ".join(names[:max_names]) + more
         return f"{len(names)} result{'s' * (len(names) > 1)}: {shown}"
 
     items = [f"* {text} (*{runs(names)}*)" for (_, text), names in sorted(grouped.items(), key=lambda i: i[0][0])]
@@ -136,20 +139,43 @@ def notes_markdown(records: Iterable[dict[str, Any]], heading: str = "Notes on t
 
 
 def sweep_frame(results: str | Path = "results") -> pd.DataFrame:
-    """The FP32 protocol sweep as a table: one row per (task, epochs, lr) with the dev main metric (percent; NaN
-    for a point not run yet) and ``picked`` marking the point ``protocol_for`` takes once the task's sweep is whole.
-    """
-    rows = []
+    """The FP32 protocol sweep as one row per task: its metric, the dev score (percent) at each grid point
+    (``"3 ep, lr 2e-05"``; "not run" until it is), and ``picked``: the point ``protocol_for`` takes once the task's
+    sweep is whole, or how many points it still waits for."""
+    rows = {}
     for task in SWEEP_TASKS:
         scores = sweep_scores(task, results)
-        try:
+        row: dict[str, Any] = {"metric": get_task(task).metrics[0]}
+        row |= {f"{p['epochs']} ep, lr {p['lr']:g}": "not run" if v is None else round(100 * v, 2)
+                for p, v in scores}
+        waiting = sum(v is None for _, v in scores)
+        if waiting:
+            row["picked"] = f"waits for {waiting} of {len(scores)}"
+        else:
             picked = protocol_for(task, results)
-        except FileNotFoundError:
-            picked = None
-        rows += [{"task": task, "epochs": point["epochs"], "lr": point["lr"],
-                  "dev score (%)": None if score is None else 100 * score, "picked": point == picked}
-                 for point, score in scores]
-    return pd.DataFrame(rows).set_index(["task", "epochs", "lr"])
+            row["picked"] = f"{picked['epochs']} ep, lr {picked['lr']:g}"
+        rows[task] = row
+    return pd.DataFrame(rows).T.rename_axis("task")
+
+
+def data_caveat(records: Iterable[dict[str, Any]]) -> str:
+    """One sentence for under a table: how many of its results were computed on the earlier altered copy of the
+    data (``data_label``), or "" when none was."""
+    records = list(records)
+    altered = sum(data_label(r) == "altered copy" for r in records)
+    if not altered:
+        return ""
+    return (f"**{altered} of these {len(records)} results were computed on an earlier, altered copy of the data**, "
+            "not on the official GLUE files: they are not GLUE results, and are replaced as their re-runs on the "
+            "official files land (see the notes under the protocol below, and `results/notes.toml`).")
+
+
+def cpu_class(machine: dict[str, Any]) -> str:
+    """The CPU class a result ran on, from its recorded ISA features: ``AMX``, ``AVX-512 VNNI``, ``AVX2``, or ""
+    for a result that predates their recording."""
+    features = set(machine.get("cpu_features") or ())
+    return ("AMX" if "amx_int8" in features else "AVX-512 VNNI" if "avx512_vnni" in features
+            else "AVX2" if "avx2" in features else "")
 
 
 def latency_frame(benchmark: dict[str, Any]) -> pd.DataFrame:

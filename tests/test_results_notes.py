@@ -72,3 +72,27 @@ def test_protocol_frame_says_which_data_each_run_read():
     records = read_results(RESULTS / "q8bert" / "rte")
     frame = protocol_frame(records)
     assert set(frame["data"]) <= {"official", "altered copy", "local copy", "hub"}
+
+
+def test_sweep_frame_shows_each_tasks_points_and_its_pick(tmp_path):
+    from qlib.experiment import sweep_folder, sweep_points
+    from qlib.report import sweep_frame
+
+    for point, score in zip(sweep_points(), [0.5, 0.7, 0.6, 0.7]):
+        write_json(tmp_path / sweep_folder(point["lr"], point["epochs"]) / "rte" / "fp32-seed0.json",
+                   {"metrics": {"accuracy": score}})
+    write_json(tmp_path / sweep_folder(2e-5, 3) / "mrpc" / "fp32-seed0.json", {"metrics": {"f1": 0.8}})
+    frame = sweep_frame(tmp_path)
+    assert frame.loc["rte", "picked"] == "3 ep, lr 5e-05" and frame.loc["rte", "6 ep, lr 2e-05"] == 60.0
+    assert frame.loc["mrpc", "picked"] == "waits for 3 of 4" and frame.loc["mrpc", "3 ep, lr 5e-05"] == "not run"
+    assert frame.loc["mrpc", "metric"] == "f1" and list(frame.index) == ["rte", "mrpc", "stsb", "cola"]
+
+
+def test_data_caveat_counts_the_results_on_the_altered_copy():
+    from qlib.report import data_caveat
+
+    old = {"provenance": {}, "notes": [{"kind": "altered-data", "text": "old"}]}
+    files = {"glue/rte/dev.tsv": OFFICIAL_SHA256["glue/rte/dev.tsv"]}
+    new = {"provenance": {"data": {"source": "local", "files": files}}}
+    assert data_caveat([old, new, old]).startswith("**2 of these 3 results were computed on an earlier, altered copy")
+    assert data_caveat([new]) == "" and data_caveat([]) == ""
