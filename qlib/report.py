@@ -107,6 +107,9 @@ def data_label(record: dict[str, Any]) -> str:
 
 
 def _run_name(record: dict[str, Any]) -> str:
+    """A result as the run it is: ``rte fp32 seed 0``, ``rte sweep 3 ep, lr 2e-05``, else its file's name."""
+    if record.get("experiment") == "q8bert-sweep":
+        return f"{record['task']} sweep {record['params']['epochs']} ep, lr {record['params']['lr']:g}"
     if {"task", "method", "seed"} <= set(record):
         return f"{record['task']} {record['method']} seed {record['seed']}"
     return Path(record.get("path", "result")).stem

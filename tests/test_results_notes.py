@@ -96,3 +96,9 @@ def test_data_caveat_counts_the_results_on_the_altered_copy():
     new = {"provenance": {"data": {"source": "local", "files": files}}}
     assert data_caveat([old, new, old]).startswith("**2 of these 3 results were computed on an earlier, altered copy")
     assert data_caveat([new]) == "" and data_caveat([]) == ""
+
+
+def test_sweep_runs_are_named_by_their_grid_point_in_the_notes():
+    records = read_results(RESULTS / "q8bert-sweep")
+    text = notes_markdown(records)
+    assert all(f"rte sweep 3 ep, lr {lr}" in text for lr in ("2e-05", "5e-05"))
