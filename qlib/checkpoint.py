@@ -24,11 +24,11 @@ from safetensors import safe_open
 from safetensors.torch import load_model, save_file, save_model
 from torch import nn
 
+from qlib.atomic import atomic_write
 from qlib.config import BertQuantConfig
 from qlib.convert import convert_bert, quantized_modules
 from qlib.packing import pack, unpack
 from qlib.quantizers import QuantGrid, QuantSpec
-from qlib.results import atomic_write
 
 FORMAT = "qbook-packed-v2"
 PAYLOAD_KEY = "payload_sha256"
@@ -217,8 +217,6 @@ def size_mb(model: nn.Module, config: BertQuantConfig | None, folder: str | os.P
     """Measured size (MB) of ``model`` saved in FP32 (``config=None``) or bit-packed after conversion with
     ``config`` (the model itself is not changed; ``float_dtype`` as in ``save_quantized``): the whole file, its
     embedding tables, everything else, and the integer codes within everything else."""
-    from qlib.convert import convert_bert
-
     folder = Path(folder)
     if config is None:
         path = save_float(model, folder / "fp32.safetensors")

@@ -6,14 +6,15 @@ import json
 import os
 import platform
 import subprocess
-import tempfile
 import sys
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
+
+from qlib.atomic import atomic_write
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -104,23 +105,6 @@ def provenance(wall_time_s: float, device: torch.device | str = "cpu", *,
         "wall_time_s": round(wall_time_s, 2),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it into place: a reader sees the old
-    file or the whole new one, never half of it; a failed write leaves nothing behind."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes the file private; results and checkpoints are for everyone to read
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def write_json(path: str | os.PathLike, record: dict[str, Any]) -> Path:
