@@ -3,8 +3,9 @@
 A row names its paper, its bits (weights / embedding / activations) as read from the quantization its model was
 evaluated with (``record_config``), how it was trained, its dev score over seeds, its relative drop against the FP32
 runs of its own chapter on the same seeds, (FP32 − row) / FP32, the measured size of its bit-packed file, and,
-where a CPU kernel runs its scheme, the latency ratio against FP32 from an ``int8_cpu`` benchmark. Presentation
-only: nothing here trains or evaluates.
+where a CPU kernel runs its scheme, the latency ratio against FP32 from an ``int8_cpu`` benchmark. Nothing here
+trains or evaluates: sizes are measured by converting a copy of the model the way each row was quantized and
+saving it.
 """
 
 from __future__ import annotations
