@@ -36,8 +36,9 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("tiny-bert")
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
     vocab += [f"[unused{i}]" for i in range(64 - len(vocab))]
-    (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    BertTokenizerFast(vocab_file=str(path / "vocab.txt"), do_lower_case=True).save_pretrained(path)
+    tokenizer = BertTokenizerFast(vocab={token: i for i, token in enumerate(vocab)}, do_lower_case=True)
+    assert tokenizer.tokenize("The movie") == ["the", "movie"]  # the vocabulary is the one written here
+    tokenizer.save_pretrained(path)
     torch.manual_seed(0)
     BertForSequenceClassification(tiny_config()).save_pretrained(path)
     return path
