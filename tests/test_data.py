@@ -252,3 +252,11 @@ def test_iob1_to_iob2_keeps_the_spans_and_opens_each_with_b(tags):
     assert _spans(converted) == _spans(tags)
     for previous, tag in zip(["O", *converted], converted):
         assert not tag.startswith("I-") or previous[2:] == tag[2:]  # every I-X continues an X
+
+
+def test_the_packaged_models_tokenizer_knows_its_words():
+    from qlib.models import DEFAULT_MODEL, model_path
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path(DEFAULT_MODEL))
+    ids = tokenizer("The sailors rode the breeze clear of the rocks.")["input_ids"]
+    assert tokenizer.unk_token_id not in ids and tokenizer.convert_ids_to_tokens(ids)[1:3] == ["the", "sailors"]
