@@ -1,4 +1,8 @@
-"""BERT inference latency on this CPU: FP32 eager vs torch.ao dynamic int8 vs ONNX Runtime int8 vs qbook int8.
+"""BERT inference latency on this CPU: qbook int8 against FP32 eager and the int8/bf16 engines a user would try.
+
+Variants: FP32 eager; torch.ao dynamic int8; ONNX Runtime dynamic int8; torch bf16 weights (CPUs with AVX-512
+BF16 or AMX); OpenVINO bf16 and OpenVINO int8 (NNCF post-training quantization, calibrated on a few batches of the
+same inputs; OpenVINO's own default inference precision, recorded); qbook int8.
 
     python benchmarks/int8_cpu.py [--threads 2] [--repeats 7] [--out results/benchmarks/int8_cpu.json]
 
@@ -6,8 +10,9 @@ All variants run in one process, interleaved (one forward of each in turn, ``rep
 on the BERT-base shape (random weights: speed does not depend on them) and on the packaged model, at batch 1
 and 8, sequence 128; then, on the packaged model, over a grid of batch sizes and sequence lengths (the
 speed-up's dependence on the GEMM sizes). Prints each median and the ratios against the issue's targets; writes
-the measurements with provenance. A variant that cannot run here (no onnxruntime, a CPU without VNNI for qbook int8) is
-reported as skipped with its reason, never silently dropped.
+the measurements with provenance. A variant that cannot run here (a peer not installed: ``pip install -e
+".[bench]"``; a CPU without VNNI for qbook int8, without bf16 for the bf16 rows) is reported as skipped with its
+reason, never silently dropped.
 """
 
 from __future__ import annotations
@@ -84,9 +89,42 @@ def ort_session(path: Path, profile_prefix: Path | None = None):
     return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def variants(model: torch.nn.Module, example, folder: Path) -> tuple[dict[str, Callable], dict[str, str], dict]:
+def has_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX-512 BF16 or AMX), where bf16 rows mean something."""
+    from qlib.results import cpu_features
+
+    return bool({"avx512_bf16", "amx_bf16"} & set(cpu_features()))
+
+
+def openvino_model(model: torch.nn.Module, example: dict[str, torch.Tensor], precision: str,
+                   calibration: list[dict[str, torch.Tensor]] | None = None) -> tuple[Callable, str]:
+    """``model`` converted to OpenVINO (``ov.convert_model``), int8 by NNCF post-training quantization on
+    ``calibration`` batches when given, compiled for the CPU with the benchmark's threads at inference precision
+    ``precision`` ("bf16", or "" for OpenVINO's default); returns the forward and the precision it ran at."""
+    import openvino as ov
+
+    ov_model = ov.convert_model(model, example_input=example)
+    if calibration is not None:
+        import nncf
+
+        ov_model = nncf.quantize(ov_model, nncf.Dataset([{k: v.numpy() for k, v in b.items()} for b in calibration]),
+                                 model_type=nncf.ModelType.TRANSFORMER, subset_size=len(calibration))
+    config = {"INFERENCE_NUM_THREADS": torch.get_num_threads()} | (
+        {"INFERENCE_PRECISION_HINT": precision} if precision else {})
+    compiled = ov.Core().compile_model(ov_model, "CPU", config)
+    request = compiled.create_infer_request()
+    return (lambda batch: request.infer({k: v.numpy() for k, v in batch.items()}),
+            compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name())
+
+
+CALIBRATION = ((2, 128), (3, 64), (4, 96), (6, 128))  # NNCF's calibration inputs: none of them is timed
+
+
+def variants(model: torch.nn.Module, example, folder: Path) -> tuple[dict[str, Callable], dict[str, str], dict, dict]:
+    """(forward per variant, skipped variants with why, checkpoint sizes in bytes, engine settings recorded)."""
     runs: dict[str, Callable] = {"fp32": lambda b: model(**b)}
     skipped: dict[str, str] = {}
+    settings: dict[str, str] = {}
     sizes: dict[str, int] = {"fp32_safetensors": save_float(model, folder / "fp32.safetensors").stat().st_size}
     dynamic = torch.ao.quantization.quantize_dynamic(copy.deepcopy(model), {torch.nn.Linear}, dtype=torch.qint8)
     runs["ao_dynamic"] = lambda b: dynamic(**b)
@@ -94,13 +132,26 @@ def variants(model: torch.nn.Module, example, folder: Path) -> tuple[dict[str, C
         runs["ort_int8"] = ort_int8(model, example, folder)
     except ImportError as err:
         skipped["ort_int8"] = f"onnxruntime not installed ({err}); pip install onnxruntime onnx"
+    if has_bf16():
+        half = copy.deepcopy(model).to(torch.bfloat16)
+        runs["torch_bf16"] = lambda b: half(**b)
+    else:
+        skipped["torch_bf16"] = skipped["openvino_bf16"] = "this CPU has neither AVX-512 BF16 nor AMX"
+    try:
+        calibration = [inputs(b, s) for b, s in CALIBRATION]
+        runs["openvino_int8"], settings["openvino_int8_precision"] = openvino_model(model, example, "", calibration)
+        if has_bf16():
+            runs["openvino_bf16"], _ = openvino_model(model, example, "bf16")
+    except ImportError as err:
+        skipped["openvino_int8"] = skipped["openvino_bf16"] = (f"openvino/nncf not installed ({err}); "
+                                                               "pip install openvino nncf")
     try:
         real, fake = qbook_int8(model, example)
         runs["qbook_int8"] = lambda b: real(**b)
         sizes["qbook_int8_safetensors"] = save_quantized(fake, folder / "int8.safetensors").stat().st_size
     except RuntimeError as err:
         skipped["qbook_int8"] = str(err)
-    return runs, skipped, sizes
+    return runs, skipped, sizes, settings
 
 
 def point(batch: int, seq: int) -> str:
@@ -136,7 +187,7 @@ def profile(runs: dict[str, Callable], batch: dict[str, torch.Tensor], rounds: i
     profiler measures it (``ort_profile``)."""
     shares = {}
     for name, run in runs.items():
-        if name == "ort_int8":
+        if name == "ort_int8" or name.startswith("openvino"):  # outside PyTorch's profiler
             continue
         with torch.inference_mode():
             run(batch)
@@ -206,19 +257,19 @@ def main(argv: list[str] | None = None) -> int:
     for shape, build, grid in (("bert-base", bert_base, main_grid), ("packaged", packaged, main_grid + sweep)):
         model = build()
         with tempfile.TemporaryDirectory() as folder:
-            runs, skipped, sizes = variants(model, inputs(1, args.seq), Path(folder))
-            shape_report = {"skipped": skipped, "sizes_bytes": sizes, "latency": {}}
+            runs, skipped, sizes, settings = variants(model, inputs(1, args.seq), Path(folder))
+            shape_report = {"skipped": skipped, "sizes_bytes": sizes, "engine_settings": settings, "latency": {}}
             for batch, seq in grid:
                 timing = measure(runs, inputs(batch, seq), args.repeats, args.warmup, args.pause)
                 shape_report["latency"][point(batch, seq)] = timing
                 line = ", ".join(f"{k} {v['median_ms']:.1f} ms" for k, v in timing.items())
                 print(f"{shape} batch {batch} seq {seq}: {line}")
                 if "qbook_int8" in timing:
-                    for other, want in TARGETS.items():
-                        if other in timing:
-                            ratio = timing[other]["median_ms"] / timing["qbook_int8"]["median_ms"]
-                            verdict = "meets" if ratio >= want else "MISSES"
-                            print(f"  qbook int8 vs {other}: {ratio:.2f}x ({verdict} the {want}x target)")
+                    for other in (name for name in timing if name != "qbook_int8"):
+                        ratio = timing[other]["median_ms"] / timing["qbook_int8"]["median_ms"]
+                        want = TARGETS.get(other)
+                        verdict = f" ({'meets' if ratio >= want else 'MISSES'} the {want}x target)" if want else ""
+                        print(f"  qbook int8 vs {other}: {ratio:.2f}x{verdict}")
             for name, reason in skipped.items():
                 print(f"  {shape}: {name} skipped: {reason}")
             if shape == "bert-base":
