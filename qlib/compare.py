@@ -19,7 +19,7 @@ from torch import nn
 from qlib.checkpoint import size_mb
 from qlib.config import BertQuantConfig
 from qlib.experiment import is_post_training, record_config
-from qlib.report import baseline_over_seeds, latency_frame, mean_std, mean_std_text, runs_frame
+from qlib.report import baseline_over_seeds, latency_frame, mean_std, mean_std_text, relative_drop, runs_frame
 
 KERNELS = {"fp32": "fp32", "dq": "ao_dynamic", "qat": "qbook_int8"}
 """Which benchmark variant runs a method's scheme on the CPU: DQ's per-batch 8-bit inputs are torch.ao's dynamic
@@ -116,7 +116,7 @@ def side_by_side(sources: Mapping[str, Sequence[Mapping[str, Any]]], model: nn.M
                         "task": task, "order": order, "chapter": chapter, "method": label, "paper": paper_of(label),
                         **bits_of(config), "training": training_of(record), "score": scores[label],
                         "seeds": int(summary["seeds"][label]), "mean": mean,
-                        "drop vs FP32 (%)": (reference - mean) / reference * 100,
+                        "drop vs FP32 (%)": relative_drop(reference, mean),
                         "file (MB)": sizes[label],
                         "file vs FP32": sizes[label] / sizes["fp32"],
                         "CPU latency vs FP32": latency.get(kernel, float("nan")) / latency.get("fp32", float("nan"))})

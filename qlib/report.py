@@ -32,11 +32,17 @@ def mean_std(runs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({"mean": grouped.mean(), "std": grouped.std(ddof=1), "seeds": grouped.count()})
 
 
+def relative_drop(reference, score):
+    """(reference - score) / reference in percent: Q8BERT Table 2's relative error and Q-BERT's accuracy drop
+    (positive = ``score`` is worse). Works on numbers, NumPy arrays and pandas objects alike."""
+    return (reference - score) / reference * 100
+
+
 def relative_error(summary: pd.DataFrame, baseline: str = "fp32") -> pd.DataFrame:
-    """(baseline - method) / baseline in percent, per task and method, from ``mean_std``'s means
-    (Q8BERT Table 2's relative error; positive = the quantized model is worse)."""
+    """``relative_drop`` of each method against ``baseline``, per task, from ``mean_std``'s means (Q8BERT
+    Table 2)."""
     means = summary["mean"].unstack("method")
-    return means.drop(columns=baseline).rsub(means[baseline], axis=0).div(means[baseline], axis=0) * 100
+    return relative_drop(means[baseline].to_numpy()[:, None], means.drop(columns=baseline))
 
 
 def paired_gaps(runs: pd.DataFrame, method: str, baseline: str = "fp32") -> pd.DataFrame:

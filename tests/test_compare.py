@@ -99,3 +99,15 @@ def test_pareto_keeps_the_rows_no_smaller_file_beats():
     worse_and_larger = pd.concat([table, pd.DataFrame({"task": ["a"], "method": ["bad"], "file (MB)": [30.0],
                                                        "mean": [60]})], ignore_index=True)
     assert "bad" not in set(pareto(worse_and_larger)["method"])
+
+
+def test_one_relative_drop_formula_serves_table_2_and_the_drops():
+    import pandas as pd
+
+    from qlib.report import relative_drop, relative_error
+
+    assert relative_drop(80.0, 76.0) == 5.0 and relative_drop(50.0, 55.0) == -10.0
+    index = pd.MultiIndex.from_tuples([("a", "fp32"), ("a", "qat"), ("b", "fp32"), ("b", "qat")],
+                                      names=["task", "method"])
+    summary = pd.DataFrame({"mean": [80.0, 76.0, 50.0, 45.0]}, index=index)
+    assert relative_error(summary)["qat"].to_dict() == {"a": 5.0, "b": 10.0}
