@@ -329,12 +329,13 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 
 def data_provenance(relatives: tuple[str, ...] | list[str], source: str = "auto") -> dict[str, Any]:
-    """What a run read: ``{"source": "local", "folder": ..., "files": {relative path: sha256}}`` for the files
-    under ``$QBOOK_DATA_DIR``, or ``{"source": "hub", "files": {}}`` when they come from the hub."""
+    """What a run read: ``{"source": "local", "folder": <the data folder's name>, "files": {relative path: sha256}}``
+    for the files under ``$QBOOK_DATA_DIR`` (the name only: a path of this machine means nothing on another, and the
+    hashes identify the files), or ``{"source": "hub", "files": {}}`` when they come from the hub."""
     if not _use_local(source, tuple(relatives)):
         return {"source": "hub", "folder": None, "files": {}}
     folder = data_dir()
-    return {"source": "local", "folder": str(folder.resolve()),
+    return {"source": "local", "folder": folder.resolve().name,
             "files": {relative: file_sha256(data_dir(relative) / relative) for relative in sorted(relatives)}}
 
 
