@@ -1,7 +1,7 @@
 """Every method side by side: one row per (chapter, method) of a task, read from the result files.
 
 A row names its paper, its bits (weights / embedding / activations) as read from the quantization its model was
-evaluated with (``record_config``), how it was trained, its dev score over seeds, its relative drop against the FP32
+evaluated with (its ``RunSpec``'s ``quant_config``), how it was trained, its dev score over seeds, its relative drop against the FP32
 runs of its own chapter on the same seeds, (FP32 − row) / FP32, the measured size of its bit-packed file, and,
 where a CPU kernel runs its scheme, the latency ratio against FP32 from an ``int8_cpu`` benchmark. Nothing here
 trains or evaluates: sizes are measured by converting a copy of the model the way each row was quantized and
@@ -18,33 +18,12 @@ from torch import nn
 
 from qlib.checkpoint import size_mb
 from qlib.config import BertQuantConfig
-from qlib.experiment import is_post_training, record_config
 from qlib.report import baseline_over_seeds, latency_frame, mean_std, mean_std_text, relative_drop, runs_frame
+from qlib.spec import RunSpec
 
 KERNELS = {"fp32": "fp32", "dq": "ao_dynamic", "qat": "qbook_int8"}
 """Which benchmark variant runs a method's scheme on the CPU: DQ's per-batch 8-bit inputs are torch.ao's dynamic
-int8 Linear; Q8BERT QAT's learned 8-bit ranges are ``qlib.int8``. The other rows have no low-bit kernel here."""
-
-
-PAPERS = ("FP32", "Q8BERT (DQ)", "Q8BERT (QAT)", "Q-BERT (DirectQ)", "Q-BERT", "Q-BERT_MP", "Quant-Noise")
-"""Every value ``paper_of`` gives, in a fixed order (for legends and colours)."""
-
-
-def paper_of(label: str) -> str:
-    """The paper a result label reproduces: ``fp32`` → FP32, ``dq`` → Q8BERT (DQ), ``qat…`` → Q8BERT (QAT),
-    ``directq…`` → Q-BERT (DirectQ), ``qbert…-mp…`` → Q-BERT_MP, ``qbert…-qn<p>…`` → Quant-Noise, ``qbert…`` →
-    Q-BERT."""
-    if label == "fp32":
-        return "FP32"
-    if label == "dq":
-        return "Q8BERT (DQ)"
-    if label.startswith("qat"):
-        return "Q8BERT (QAT)"
-    if label.startswith("directq"):
-        return "Q-BERT (DirectQ)"
-    if label.startswith("qbert"):
-        return "Quant-Noise" if "-qn" in label else "Q-BERT_MP" if "-mp" in label else "Q-BERT"
-    raise ValueError(f"unknown result label {label!r}; allowed: fp32, dq, qat…, directq…, qbert…")
+int8 Linear; Q8BERT QAT's learned 8-bit ranges are ``qlib.int8``. The other methods have no low-bit kernel here."""
 
 
 def bits_of(config: BertQuantConfig | None) -> dict[str, str]:
@@ -73,12 +52,13 @@ def bits_of(config: BertQuantConfig | None) -> dict[str, str]:
 def training_of(record: Mapping[str, Any]) -> str:
     """How a record's model was made: post-training rows train nothing; others fine-tune for their epochs, from
     the pretrained model or from an FP32 checkpoint (``init_from``)."""
-    params = record["params"]
-    if is_post_training(record):
+    spec = RunSpec.from_record(record)
+    if spec.is_post_training:
         return "none: quantized after FP32 fine-tuning"
-    start = "the FP32 Baseline" if params.get("init_from") else "pretrained"
-    kind = "FP32" if params["method"] == "fp32" else "QAT"
-    return f"{kind}, {params['epochs']} epoch{'s' if params['epochs'] != 1 else ''} from {start}"
+    start = "the FP32 Baseline" if spec.init_from else "pretrained"
+    kind = "FP32" if spec.method == "fp32" else "QAT"
+    epochs = spec.protocol.epochs
+    return f"{kind}, {epochs} epoch{'s' if epochs != 1 else ''} from {start}"
 
 
 def side_by_side(sources: Mapping[str, Sequence[Mapping[str, Any]]], model: nn.Module,
@@ -107,13 +87,14 @@ def side_by_side(sources: Mapping[str, Sequence[Mapping[str, Any]]], model: nn.M
                 scores = mean_std_text(summary)
                 first = {r["method"]: r for r in reversed(task_records)}
                 for label, record in first.items():
-                    config = record_config(record)
+                    spec = RunSpec.from_record(record)
+                    config = spec.quant_config()
                     if label not in sizes:
                         sizes[label] = size_mb(model, config, folder)["file_mb"]
                     reference, mean = fp32_same_seeds.get(label, float("nan")), summary["mean"][label]
-                    kernel = KERNELS.get("qat" if label.startswith("qat") else label)
+                    kernel = KERNELS.get(spec.method)
                     rows.append({
-                        "task": task, "order": order, "chapter": chapter, "method": label, "paper": paper_of(label),
+                        "task": task, "order": order, "chapter": chapter, "method": label, "paper": spec.paper,
                         **bits_of(config), "training": training_of(record), "score": scores[label],
                         "seeds": int(summary["seeds"][label]), "mean": mean,
                         "drop vs FP32 (%)": relative_drop(reference, mean),

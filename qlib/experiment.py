@@ -1,17 +1,15 @@
-"""One GLUE run: fine-tune a BERT in FP32 or with quantization-aware training, evaluate, write the result files.
+"""One GLUE run: ``run(spec)`` fine-tunes a BERT as its ``RunSpec`` says (FP32, Q8BERT QAT, Q-BERT QAT or
+Quant-Noise), evaluates it, and writes the result files; the protocol's per-task settings and FP32 sweep.
 
-Methods: ``fp32``; ``qat`` (Q8BERT: 8-bit symmetric, EMA input ranges); ``qbert`` (Q-BERT: asymmetric weights at
-``weight_bits``, embedding at ``embedding_bits``, optional groups and per-layer bits). An ``fp32`` run also
-evaluates its trained weights under each post-training quantization in ``post_training``: ``dq`` (Q8BERT's
-DQ column: 8-bit, input ranges per batch) and ``directq-w<b>`` (Q-BERT's DirectQ: b-bit weights, no
-fine-tuning), so one training gives all those rows.
-Results land in ``<results_dir>/<task>/<label>-seed<seed>.json``; a run whose files all exist is skipped.
+An ``fp32`` run also evaluates its trained weights under each post-training spec it is given (``dq``: Q8BERT's DQ
+column; ``directq``: Q-BERT's DirectQ, no fine-tuning), so one training gives all those rows. Results land at each
+spec's ``result_path`` (``<results_dir>/<task>/<label>-seed<seed>.json``); a run whose files all exist is skipped.
+``run_glue`` is the same run with the spec's fields as keywords (the chapters' papermill parameters).
 """
 
 from __future__ import annotations
 
 import copy
-import re
 import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -19,16 +17,13 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from qlib.checkpoint import load_float, save_float, save_quantized
-from qlib.config import BertQuantConfig, dynamic_config, q8bert_config, qbert_config
 from qlib.convert import convert_bert
 from qlib.data import get_task, glue_batches, glue_provenance
 from qlib.metrics import glue_metrics
 from qlib.models import DEFAULT_MODEL, load_classifier
-from qlib.observers import Q8BERT_EMA_DECAY
 from qlib.results import provenance, read_json, write_json
+from qlib.spec import RunSpec, TrainingProtocol
 from qlib.train import finetune, predict, resolve_device, set_seed
-
-METHODS = ("fp32", "qat", "qbert")
 
 PROTOCOL: dict[str, dict[str, Any]] = {"sst2": {"epochs": 1, "lr": 5e-5}}
 """The CPU protocol's fixed per-task settings (all: whole train set, batch 32, max 128 tokens, warm-up 10 %,
@@ -78,81 +73,6 @@ def protocol_for(task: str, results: str | Path = "results") -> dict[str, Any]:
     return dict(max(scores, key=lambda item: item[1])[0])  # max keeps the first of equal scores
 
 
-def run_label(method: str, weight_bits: int = 8, embedding_bits: int = 8, groups: int | str | None = None,
-              layer_bits: Mapping[str, int] | None = None, ema_decay: float | None = None,
-              percentile: float | None = None, init_from: str | Path | None = None, noise_rate: float = 1.0) -> str:
-    """The name a run's result file starts with: ``fp32``, ``qat``, ``qbert-w3e8``, ``qbert-w3e8-per-row``,
-    ``qbert-w2e8-g12-mp2-3`` (mixed precision, its bit widths), ``qbert-w3e8-g12-p99.9`` (weight ranges clipped to
-    percentiles), ``qbert-w2e8-g12-p99.9-qn0.5`` (Quant-Noise at rate 0.5), ``qbert-w3e8-g12-p99.9-ft`` (QAT
-    started from a fine-tuned FP32 model), ``qat-ema0.99`` (QAT, another EMA decay) …"""
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; allowed: {METHODS} (fp32 runs also give post-training rows)")
-    if noise_rate != 1.0 and method != "qbert":
-        raise ValueError(f"noise_rate={noise_rate!r} is for method 'qbert' (Quant-Noise on Q-BERT's grids), "
-                         f"not {method!r}")
-    if method == "qat" and ema_decay is not None and ema_decay != Q8BERT_EMA_DECAY:
-        return f"qat-ema{ema_decay:g}"
-    if method != "qbert":
-        return method
-    grouping = "-per-row" if groups == "row" else f"-g{groups}" if groups else ""
-    clipping = f"-p{percentile:g}" if percentile is not None else ""
-    mixed = "-mp" + "-".join(map(str, sorted({weight_bits, *layer_bits.values()}))) if layer_bits else ""
-    noise = f"-qn{noise_rate:g}" if noise_rate != 1.0 else ""
-    start = "-ft" if init_from is not None else ""
-    return f"qbert-w{weight_bits}e{embedding_bits}{grouping}{clipping}{mixed}{noise}{start}"
-
-
-def training_config(method: str, weight_bits: int = 8, embedding_bits: int = 8, groups: int | str | None = None,
-                    layer_bits: Mapping[str, int] | None = None, ema_decay: float | None = None,
-                    percentile: float | None = None, noise_rate: float = 1.0) -> BertQuantConfig | None:
-    """The quantization a ``method`` trains with: None for ``fp32``, Q8BERT's for ``qat``, Q-BERT's for ``qbert``
-    (with Quant-Noise when ``noise_rate`` < 1)."""
-    run_label(method, noise_rate=noise_rate)  # names a bad method or noise rate
-    if method == "qat":
-        return q8bert_config(8, Q8BERT_EMA_DECAY if ema_decay is None else ema_decay)
-    if method == "qbert":
-        return qbert_config(weight_bits, embedding_bits, groups=groups, layer_bits=layer_bits, percentile=percentile,
-                            noise_rate=noise_rate)
-    return None
-
-
-def is_post_training(record: dict[str, Any]) -> bool:
-    """Whether a result record is a post-training row (``dq``, ``directq-w<b>…``): written by an ``fp32`` run for
-    its trained weights quantized with no further training."""
-    return record["params"]["method"] == "fp32" and record["method"] != "fp32"
-
-
-def record_config(record: Mapping[str, Any]) -> BertQuantConfig | None:
-    """The quantization a result record's model was evaluated with (None: FP32): a post-training row's, else the
-    one its method trained with."""
-    params = record["params"]
-    if is_post_training(record):
-        return post_training_config(record["method"], params.get("groups"))
-    return training_config(params["method"], params.get("weight_bits", 8), params.get("embedding_bits", 8),
-                           params.get("groups"), params.get("layer_bits"), params.get("ema_decay"),
-                           params.get("percentile"), params.get("noise_rate", 1.0))
-
-
-def post_training_config(name: str, groups: int | str | None = None) -> BertQuantConfig:
-    """The config of a post-training row: ``dq``, or ``directq-w<b>`` (b in 2..8) with min/max weight ranges, or
-    ``directq-w<b>-p<p>`` with each group's range clipped to its [100 - p, p] percentiles."""
-    if name == "dq":
-        return dynamic_config(8)
-    match = re.fullmatch(r"directq-w(\d)(?:-p(\d+(?:\.\d+)?))?", name)
-    if match:
-        percentile = float(match.group(2)) if match.group(2) else None
-        return qbert_config(int(match.group(1)), groups=groups, observer="dynamic", percentile=percentile)
-    raise ValueError(f"unknown post-training quantization {name!r}; allowed: 'dq', 'directq-w<bits>' (bits 2..8), "
-                     "'directq-w<bits>-p<percentile>'")
-
-
-def result_paths(results_dir: str | Path, task: str, label: str, seed: int,
-                 post_training: Sequence[str] = ("dq",)) -> list[Path]:
-    """The files a run writes: its own, plus one per post-training row for fp32 runs."""
-    names = (label, *post_training) if label == "fp32" else (label,)
-    return [Path(results_dir) / task / f"{name}-seed{seed}.json" for name in names]
-
-
 def _evaluate(model: torch.nn.Module, batches, task: str) -> dict[str, Any]:
     start = time.perf_counter()
     predictions, labels = predict(model, batches)
@@ -160,71 +80,82 @@ def _evaluate(model: torch.nn.Module, batches, task: str) -> dict[str, Any]:
             "seconds": time.perf_counter() - start}
 
 
-def run_glue(task: str, method: str, seed: int, model: str = DEFAULT_MODEL, epochs: int = 3, lr: float = 5e-5,
-             batch_size: int = 32, max_length: int = 128, max_train_examples: int | None = None,
-             max_eval_examples: int | None = None, source: str = "auto", weight_bits: int = 8,
-             embedding_bits: int = 8, groups: int | str | None = None, layer_bits: Mapping[str, int] | None = None,
-             post_training: Sequence[str] = ("dq",), experiment: str = "q8bert",
-             results_dir: str | Path = "results/q8bert", resume: bool = True, progress: bool = True,
-             device: str | None = None, ema_decay: float | None = None,
-             checkpoint_dir: str | Path | None = None, init_from: str | Path | None = None,
-             percentile: float | None = None, noise_rate: float = 1.0) -> list[dict[str, Any]]:
-    """Run one (task, method, seed) job and return its result records (read back from disk when resuming).
+def checkpoint_path(spec: RunSpec, checkpoint_dir: str | Path) -> Path:
+    """Where ``run`` keeps the model of ``spec`` (``<checkpoint_dir>/<task>/<label>-seed<seed>.safetensors``): the
+    FP32 file of an ``fp32`` run (what Q-BERT's QAT rows start from), else the bit-packed file with its ranges."""
+    return Path(checkpoint_dir) / spec.task / f"{spec.label}-seed{spec.seed}.safetensors"
 
-    ``device``: where to train and evaluate (``None``/``"auto"``: the GPU when there is one); the result's
-    provenance names it. The protocol is the same on any device. ``ema_decay``: the QAT input ranges' EMA decay
-    (None: Q8BERT's 0.9999). ``checkpoint_dir``: also keep the trained model as
-    ``<checkpoint_dir>/<task>/<label>-seed<seed>.safetensors`` (FP32 file, or bit-packed with its ranges).
-    ``init_from``: start from this FP32 checkpoint of ``model`` (a ``save_float`` file, e.g. the FP32 run of the
-    same task and seed kept with ``checkpoint_dir``) instead of the pretrained weights, as Q-BERT's QAT starts
-    from the fine-tuned FP32 model. ``percentile``: Q-BERT weight ranges clipped to each group's [100 - p, p]
-    percentiles instead of min/max. ``noise_rate``: Quant-Noise (``qbert`` only): each training step quantizes a
-    random fraction ``noise_rate`` of every Linear's weight blocks; evaluation quantizes them all."""
-    info = get_task(task)
-    target = resolve_device(device)
-    label = run_label(method, weight_bits, embedding_bits, groups, layer_bits, ema_decay, percentile, init_from,
-                      noise_rate)
-    post_training = tuple(post_training) if method == "fp32" else ()
-    configs = {name: post_training_config(name, groups) for name in post_training}
-    params = dict(task=info.name, method=method, seed=seed, model=model, epochs=epochs, lr=lr, batch_size=batch_size,
-                  max_length=max_length, max_train_examples=max_train_examples,
-                  max_eval_examples=max_eval_examples, source=source, weight_bits=weight_bits,
-                  embedding_bits=embedding_bits, groups=groups, layer_bits=dict(layer_bits or {}) or None,
-                  post_training=list(post_training), ema_decay=ema_decay,
-                  init_from=None if init_from is None else str(init_from), percentile=percentile,
-                  noise_rate=noise_rate)
-    paths = result_paths(results_dir, info.name, label, seed, post_training)
+
+def _params(spec: RunSpec, post_training: Sequence[RunSpec]) -> dict[str, Any]:
+    """The trained run's settings as a result record's ``params`` (the flat layout every result file has)."""
+    flat = spec.to_dict()
+    return flat | flat.pop("protocol") | {"layer_bits": flat["layer_bits"] or None,
+                                          "post_training": [row.label for row in post_training]}
+
+
+def run(spec: RunSpec, post_training: Sequence[RunSpec] = (), experiment: str = "q8bert",
+        results_dir: str | Path = "results/q8bert", resume: bool = True, progress: bool = True,
+        device: str | None = None, checkpoint_dir: str | Path | None = None) -> list[dict[str, Any]]:
+    """Train and evaluate the run ``spec`` names, and write its result file (and one per ``post_training`` row).
+
+    Args:
+        spec: a trained run (``fp32``, ``qat`` or ``qbert``); a post-training spec is refused with its
+            ``trained_spec`` named.
+        post_training: ``dq`` / ``directq`` specs of the same task, seed and protocol, evaluated on an ``fp32``
+            run's trained weights.
+        experiment: the chapter the records belong to (their ``experiment`` field).
+        results_dir: the folder the result files go under (``spec.result_path(results_dir)``).
+        resume: return the records already on disk when every file of the run exists.
+        device: where to train and evaluate (None/``"auto"``: the GPU when there is one); the provenance names it.
+        checkpoint_dir: also keep the trained model at ``checkpoint_path(spec, checkpoint_dir)``.
+
+    Returns:
+        The run's records, its own first, read back from disk when resuming.
+    """
+    if spec.is_post_training:
+        raise ValueError(f"{spec.label} trains nothing: run its trained spec ({spec.trained_spec.label}) with it "
+                         "in post_training")
+    foreign = [row.label for row in post_training
+               if not row.is_post_training or row.trained_spec != spec.with_(init_from=None)]
+    if foreign or (post_training and spec.method != "fp32"):
+        raise ValueError(f"post_training rows {foreign or [r.label for r in post_training]} do not belong to "
+                         f"{spec.label}: they must be dq/directq specs of an fp32 run of the same task, seed and "
+                         "protocol")
+    rows = (spec, *post_training)
+    paths = [row.result_path(results_dir) for row in rows]
     if resume and all(p.is_file() for p in paths):
         return [read_json(p) for p in paths]
 
+    info, protocol, target = get_task(spec.task), spec.protocol, resolve_device(device)
     start = time.perf_counter()
-    set_seed(seed)
-    net, tokenizer = load_classifier(model, info.num_labels)
-    if init_from is not None:
-        load_float(net, init_from)
-    config = training_config(method, weight_bits, embedding_bits, groups, layer_bits, ema_decay, percentile,
-                             noise_rate)
+    set_seed(spec.seed)
+    net, tokenizer = load_classifier(protocol.model, info.num_labels)
+    if spec.init_from is not None:
+        load_float(net, spec.init_from)
+    config = spec.quant_config()
     if config is not None:
         convert_bert(net, config)
     net.to(target)
-    train_batches = glue_batches(info.name, tokenizer, "train", batch_size, max_length, max_train_examples, seed,
-                                 source, shuffle=True)
-    dev_batches = glue_batches(info.name, tokenizer, "dev", 64, max_length, max_eval_examples, seed, source)
-    training = finetune(net, train_batches, epochs, lr, progress=progress)
-    evaluations = {label: _evaluate(net, dev_batches, info.name)}
-    for name, config in configs.items():
-        evaluations[name] = _evaluate(convert_bert(copy.deepcopy(net), config).to(target), dev_batches, info.name)
+    train_batches = glue_batches(info.name, tokenizer, "train", protocol.batch_size, protocol.max_length,
+                                 protocol.max_train_examples, spec.seed, protocol.source, shuffle=True)
+    dev_batches = glue_batches(info.name, tokenizer, "dev", 64, protocol.max_length, protocol.max_eval_examples,
+                               spec.seed, protocol.source)
+    training = finetune(net, train_batches, protocol.epochs, protocol.lr, progress=progress)
+    evaluations = [_evaluate(net, dev_batches, info.name)]
+    for row in post_training:
+        evaluations.append(_evaluate(convert_bert(copy.deepcopy(net), row.quant_config()).to(target), dev_batches,
+                                     info.name))
     if checkpoint_dir is not None:
-        checkpoint = Path(checkpoint_dir) / info.name / f"{label}-seed{seed}.safetensors"
-        (save_float if method == "fp32" else save_quantized)(net.cpu(), checkpoint)
+        (save_float if spec.method == "fp32" else save_quantized)(net.cpu(), checkpoint_path(spec, checkpoint_dir))
     wall = time.perf_counter() - start
-    data = glue_provenance(info.name, source=source)
+    data = glue_provenance(info.name, source=protocol.source)
 
+    params = _params(spec, post_training)
     records = []
-    for path, (name, evaluation) in zip(paths, evaluations.items()):
+    for row, path, evaluation in zip(rows, paths, evaluations):
         record = {
-            "experiment": experiment, "task": info.name, "method": name, "seed": seed,
-            "metrics": evaluation["metrics"], "main_metric": info.metrics[0],
+            "experiment": experiment, "task": info.name, "method": row.label, "seed": spec.seed,
+            "spec": row.to_dict(), "metrics": evaluation["metrics"], "main_metric": info.metrics[0],
             "params": params, "train": {**training, "train_examples": len(train_batches.dataset)},
             "eval": {"examples": evaluation["examples"], "seconds": evaluation["seconds"]},
             "provenance": provenance(wall, target, data=data),
@@ -232,3 +163,25 @@ def run_glue(task: str, method: str, seed: int, model: str = DEFAULT_MODEL, epoc
         write_json(path, record)
         records.append(record)
     return records
+
+
+RUN_OPTIONS = ("experiment", "results_dir", "resume", "progress", "device", "checkpoint_dir")
+"""``run``'s keywords that are not part of a run's identity."""
+
+
+def run_glue(task: str, method: str, seed: int, model: str | None = None, *,
+             post_training: Sequence[str] = ("dq",), **knobs: Any) -> list[dict[str, Any]]:
+    """``run`` with the spec as keywords, as the chapters' parameters give it: ``knobs`` are ``RunSpec`` and
+    ``TrainingProtocol`` fields (``epochs``, ``lr``, ``weight_bits``, ``groups``, ``init_from``…) and ``run``'s
+    options (``results_dir``, ``checkpoint_dir``, ``device``…). ``post_training`` names the rows an ``fp32`` run
+    also evaluates by their labels (``dq``, ``directq-w3-p99.9``); an ``fp32`` run's ``groups`` are its DirectQ
+    rows' G. A knob its method does not have is refused, naming it."""
+    options = {name: knobs.pop(name) for name in RUN_OPTIONS if name in knobs}
+    if model is not None:
+        knobs["model"] = model
+    groups = knobs.pop("groups", None) if method == "fp32" else knobs.get("groups")
+    spec = RunSpec(task, method, seed).with_(**knobs)
+    rows = [RunSpec.from_label(name, task, seed, protocol=spec.protocol,
+                               groups=groups if name.startswith("directq") else None)
+            for name in (post_training if method == "fp32" else ())]
+    return run(spec, rows, **options)

@@ -1,8 +1,9 @@
 """The book's whole training protocol as one list of jobs, run without Jupyter: ``python -m qlib.protocol``.
 
-Each job is the ``run_glue`` call a chapter's ``quick=False`` cell makes for one grid point of its papermill
-batch (see each chapter's *Reproducing*): same function, same arguments, same result files. This runner is for
-machines without Jupyter (a GPU box, a cluster node) and runs several jobs at once, each in its own process:
+Each job (``Job``: a ``RunSpec`` and what it serves) is the run a chapter's ``quick=False`` cell makes for one
+grid point of its papermill batch (see each chapter's *Reproducing*): the same ``run``, the same result files. This
+runner is for machines without Jupyter (a GPU box, a cluster node) and runs several jobs at once, each in its own
+process:
 
     python -m qlib.protocol --workers 8 --results results [--only q8bert] [--device cuda]
 
@@ -22,16 +23,17 @@ import multiprocessing
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
-from qlib.experiment import (SWEEP_TASKS, protocol_for, run_glue, run_label, sweep_folder,
-                             sweep_points)
-from qlib.qbert import MIXED_SETTINGS, SETTINGS, fp32_checkpoint, run_spectrum, setting_run
+from qlib.experiment import SWEEP_TASKS, protocol_for, run, sweep_folder, sweep_points
+from qlib.qbert import MIXED_SETTINGS, SETTINGS, directq_specs, fp32_checkpoint, run_spectrum, setting_spec
 from qlib.results import read_json
+from qlib.spec import RunSpec, TrainingProtocol
 
 SEEDS = (0, 1, 2)
 Q8BERT_TASKS = ("sst2", "cola", "rte", "mrpc", "stsb")
@@ -46,12 +48,35 @@ QUANT_NOISE_RATE = 0.5
 LANDSCAPE_BLOCKS = ("encoder.layer.0", "encoder.layer.2", "encoder.layer.5")  # Q-BERT I's default, fig. 2's
 
 
-def sweep_jobs(seed: int = 0) -> list[dict[str, Any]]:
+@dataclass(frozen=True)
+class Job:
+    """One training job of the protocol: the run (``spec``), the rows its FP32 weights also give
+    (``post_training``), the chapter it serves (``experiment``) and the folder under the results it writes to
+    (``folder``, default the chapter's), and whether it keeps its model where later jobs start from it
+    (``keep_model``: Q-BERT's Baselines)."""
+
+    spec: RunSpec
+    experiment: str
+    post_training: tuple[RunSpec, ...] = ()
+    folder: str | None = None
+    keep_model: bool = False
+
+    @property
+    def name(self) -> str:
+        """The job as the result it writes: ``qbert/cola/qbert-w2e8-g12-p99.9-ft-seed1``."""
+        return f"{self.folder or self.experiment}/{self.spec.task}/{self.spec.label}-seed{self.spec.seed}"
+
+
+def _protocol(task: str, results: str | Path) -> TrainingProtocol:
+    return TrainingProtocol(**protocol_for(task, results))
+
+
+def sweep_jobs(seed: int = 0) -> list[Job]:
     """The FP32 protocol sweep of the Q8BERT chapter: each task of ``SWEEP_TASKS`` fine-tuned at seed ``seed`` at
     every point of ``SWEEP_GRID`` (no post-training rows), task by task, so each task's choice is complete as early
     as possible."""
-    return [dict(experiment="q8bert-sweep", folder=sweep_folder(p["lr"], p["epochs"]), task=t, method="fp32",
-                 seed=seed, post_training=(), **p) for t in SWEEP_TASKS for p in sweep_points()]
+    return [Job(RunSpec(t, "fp32", seed, protocol=TrainingProtocol(**p)), "q8bert-sweep",
+                folder=sweep_folder(p["lr"], p["epochs"])) for t in SWEEP_TASKS for p in sweep_points()]
 
 
 def picked_protocols(tasks: Sequence[str], results: str | Path = "results",
@@ -67,28 +92,36 @@ def picked_protocols(tasks: Sequence[str], results: str | Path = "results",
     return picked, waiting
 
 
-def q8bert_jobs(protocols: Mapping[str, dict[str, Any]],
-                seeds=SEEDS) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def q8bert_jobs(protocols: Mapping[str, dict[str, Any]], seeds=SEEDS) -> tuple[list[Job], list[Job]]:
     """Q8BERT chapter, for each task of ``protocols`` (task -> its epochs and learning rate): (FP32 (+DQ) and QAT,
     the main table; QAT with a shorter EMA on the tasks of ``EMA_ABLATION_TASKS``, the ablation)."""
-    main = [dict(experiment="q8bert", task=t, method=m, seed=s, **protocols[t])
-            for t in protocols for s in seeds for m in ("fp32", "qat")]
-    ablation = [dict(experiment="q8bert", task=t, method="qat", seed=s, ema_decay=EMA_ABLATION_DECAY, **protocols[t])
-                for t in EMA_ABLATION_TASKS if t in protocols for s in seeds]
+    def job(task: str, method: str, seed: int, **knobs: Any) -> Job:
+        spec = RunSpec(task, method, seed, protocol=TrainingProtocol(**protocols[task]), **knobs)
+        return Job(spec, "q8bert", (spec.with_(method="dq"),) if method == "fp32" else ())
+
+    main = [job(t, m, s) for t in protocols for s in seeds for m in ("fp32", "qat")]
+    ablation = [job(t, "qat", s, ema_decay=EMA_ABLATION_DECAY) for t in EMA_ABLATION_TASKS if t in protocols
+                for s in seeds]
     return main, ablation
 
 
-Jobs = list[dict[str, Any]]
+def baseline_jobs(tasks: Sequence[str], checkpoints: str | Path, seeds=SEEDS,
+                  results: str | Path = "results") -> list[Job]:
+    """The FP32 Baselines of ``tasks`` (with their DirectQ rows at G = ``HEADS``): they keep the models that
+    Q-BERT's and Quant-Noise's QAT rows start from under ``checkpoints``."""
+    specs = [setting_spec("Baseline", t, s, HEADS, checkpoints, protocol=_protocol(t, results))
+             for t in tasks for s in seeds]
+    return [Job(spec, "qbert", directq_specs(spec, HEADS), keep_model=True) for spec in specs]
 
 
 def qbert_jobs(spectra: Mapping[str, dict[str, Any]], checkpoints: str | Path, seeds=SEEDS,
-               results: str | Path = "results") -> tuple[Jobs, Jobs, Jobs]:
+               results: str | Path = "results") -> tuple[list[Job], list[Job], list[Job]]:
     """Q-BERT II chapter, for each task of ``spectra`` (task -> its Hessian spectrum, which sets its MP rows'
     bits): (the FP32 Baselines, which keep their models under ``checkpoints``; the QAT rows of the main table at
     G = heads, each from its seed's Baseline model; the group-wise ablation at 3 bits)."""
-    def job(setting: str, task: str, seed: int, groups: int | str) -> dict[str, Any]:
-        return dict(experiment="qbert", **setting_run(setting, task, seed, groups, checkpoints, spectra[task]),
-                    **protocol_for(task, results))
+    def job(setting: str, task: str, seed: int, groups: int | str) -> Job:
+        return Job(setting_spec(setting, task, seed, groups, checkpoints, spectra[task], _protocol(task, results)),
+                   "qbert")
 
     tasks = list(spectra)
     baselines = baseline_jobs(tasks, checkpoints, seeds, results)
@@ -97,29 +130,13 @@ def qbert_jobs(spectra: Mapping[str, dict[str, Any]], checkpoints: str | Path, s
     return baselines, main, ablation
 
 
-def baseline_jobs(tasks: Sequence[str], checkpoints: str | Path, seeds=SEEDS,
-                  results: str | Path = "results") -> list[dict[str, Any]]:
-    """The FP32 Baselines of ``tasks`` (with their DirectQ rows): they keep the models that Q-BERT's and
-    Quant-Noise's QAT rows start from under ``checkpoints``."""
-    return [dict(experiment="qbert", **setting_run("Baseline", t, s, HEADS, checkpoints), **protocol_for(t, results))
-            for t in tasks for s in seeds]
-
-
 def quant_noise_jobs(checkpoints: str | Path, seeds=SEEDS, results: str | Path = "results",
-                     tasks: Sequence[str] = QUANT_NOISE_TASKS) -> list[dict[str, Any]]:
+                     tasks: Sequence[str] = QUANT_NOISE_TASKS) -> list[Job]:
     """Quant-Noise chapter: Q-BERT's rows of ``QUANT_NOISE_SETTINGS`` trained at noise rate ``QUANT_NOISE_RATE``
     on ``QUANT_NOISE_TASKS``, each from its seed's FP32 Baseline."""
-    return [dict(experiment="quant-noise", **setting_run(name, t, s, HEADS, checkpoints),
-                 noise_rate=QUANT_NOISE_RATE, **protocol_for(t, results))
+    return [Job(setting_spec(name, t, s, HEADS, checkpoints, protocol=_protocol(t, results)).with_(
+                    noise_rate=QUANT_NOISE_RATE), "quant-noise")
             for t in tasks for name in QUANT_NOISE_SETTINGS for s in seeds]
-
-
-def job_label(job: Mapping[str, Any]) -> str:
-    """The result name a protocol job writes (``run_label`` of its arguments), e.g. to list the jobs whose
-    ``<label>-seed<n>.json`` is not committed yet."""
-    return run_label(job["method"], job.get("weight_bits", 8), job.get("embedding_bits", 8), job.get("groups"),
-                     job.get("layer_bits"), job.get("ema_decay"), job.get("percentile"), job.get("init_from"),
-                     job.get("noise_rate", 1.0))
 
 
 def read_spectra(folder: Path, tasks: Sequence[str]) -> dict[str, dict[str, Any]]:
@@ -140,31 +157,19 @@ def spectrum_job(task: str, checkpoints: str | Path, results: str | Path) -> dic
                 results_path=str(Path(results) / "qbert" / f"spectrum-{task}.json"))
 
 
-def _name(job: Mapping[str, Any]) -> str:
-    """A job as the run it makes: ``spectrum of cola``, ``qbert/cola/qbert-w2e8-g12-p99.9-ft-seed1``."""
-    if "results_path" in job:
-        return f"spectrum of {job['task']}"
-    try:
-        label = job_label(job)
-    except ValueError:  # a job too malformed to label (an unknown method) is named by its method
-        label = job.get("method")
-    return f"{job.get('folder', job['experiment'])}/{job['task']}/{label}-seed{job['seed']}"
-
-
-def _by_seed(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _by_seed(jobs: list[Job]) -> list[Job]:
     """Seed 0 of every row first, then seed 1, …: a partial run still fills every row (stable within a seed)."""
-    return sorted(jobs, key=lambda job: job["seed"])
+    return sorted(jobs, key=lambda job: job.spec.seed)
 
 
-def _run(job: dict[str, Any], results: str, device: str | None, threads: int,
+def _run(job: Job, results: str, device: str | None, threads: int, checkpoints: Path,
          keep_models: str | None) -> tuple[str, float]:
     torch.set_num_threads(threads)
-    job = {"checkpoint_dir": keep_models} | job  # a Baseline keeps its model where the QAT rows look for it
-    experiment = job.pop("experiment")
-    folder = job.pop("folder", experiment)
+    keep = checkpoints if job.keep_model else keep_models  # a Baseline keeps its model where the QAT rows look
     start = time.perf_counter()
-    records = run_glue(**job, experiment=experiment, results_dir=Path(results) / folder, device=device,
-                       progress=False)
+    records = run(job.spec, job.post_training, experiment=job.experiment,
+                  results_dir=Path(results) / (job.folder or job.experiment), device=device, progress=False,
+                  checkpoint_dir=keep)
     summary = ", ".join(f"{r['method']} {r['main_metric']}={r['metrics'][r['main_metric']]:.4f}" for r in records)
     return summary, time.perf_counter() - start
 
@@ -200,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     failures: list[str] = []
     wanted = {"q8bert": Q8BERT_TASKS, "qbert": args.qbert_tasks.split(","), "quant-noise": QUANT_NOISE_TASKS}
     wanted = {chapter: tasks if args.only in (None, chapter) else () for chapter, tasks in wanted.items()}
-    train = partial(_run, results=args.results, device=args.device, threads=args.threads,
+    train = partial(_run, results=args.results, device=args.device, threads=args.threads, checkpoints=checkpoints,
                     keep_models=args.keep_models)
     plan: dict[str, Any] = {}  # what the later stages share, filled once the sweep has run
 
@@ -215,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         plan["noise"] = quant_noise_jobs(checkpoints, results=args.results,
                                          tasks=[t for t in wanted["quant-noise"] if t in protocols])
         baselines = baseline_jobs(plan["qbert_tasks"], checkpoints, results=args.results) + baseline_jobs(
-            sorted({j["task"] for j in plan["noise"]} - set(plan["qbert_tasks"])), checkpoints, results=args.results)
+            sorted({j.spec.task for j in plan["noise"]} - set(plan["qbert_tasks"])), checkpoints, results=args.results)
         return [(train, job) for job in q8_main + _by_seed(baselines)]
 
     def spectrum_stage() -> list[tuple[Callable, dict[str, Any]]]:
@@ -243,8 +248,9 @@ def main(argv: list[str] | None = None) -> int:
                     summary, seconds = future.result()
                     print(f"[stage {number}: {done}/{len(futures)}] {summary} ({seconds:.0f} s)", flush=True)
                 except Exception as error:  # name the job, keep the others running
-                    failures.append(_name(job))
-                    print(f"[stage {number}: {done}/{len(futures)}] FAILED {_name(job)}: "
+                    name = job.name if isinstance(job, Job) else f"spectrum of {job['task']}"
+                    failures.append(name)
+                    print(f"[stage {number}: {done}/{len(futures)}] FAILED {name}: "
                           f"{type(error).__name__}: {error}", flush=True)
     if failures:
         print(f"{len(failures)} job(s) failed or not started: " + "; ".join(failures), file=sys.stderr)

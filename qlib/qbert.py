@@ -6,8 +6,9 @@ spectrum of every block on K subsets. Its result file holds, per block, the top 
 the seconds each took, and optionally the loss landscape of a few blocks along their top two eigenvectors
 (Q-BERT fig. 2).
 
-``SETTINGS``/``MIXED_SETTINGS`` name the main table's rows; ``run_setting`` runs one of them (a QAT row from its
-seed's FP32 Baseline model, with clipped weight ranges), and ``main_table_rows`` lays the table out.
+``SETTINGS``/``MIXED_SETTINGS`` name the main table's rows; ``setting_spec`` is one of them as a ``RunSpec`` (a QAT
+row starts from its seed's FP32 Baseline model, with clipped weight ranges), ``run_setting`` runs it, and
+``main_table_rows`` lays the table out.
 """
 
 from __future__ import annotations
@@ -22,10 +23,11 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from qlib.checkpoint import load_float
 from qlib.config import qbert_config
 from qlib.data import get_task, glue_batches, glue_provenance
-from qlib.experiment import post_training_config, run_glue, run_label
+from qlib.experiment import RUN_OPTIONS, checkpoint_path, run
 from qlib.models import DEFAULT_MODEL, load_classifier
 from qlib.results import provenance, read_json, write_json
 from qlib.sensitivity import assign_bits, block_landscape, layer_blocks, layer_spectrum, omega
+from qlib.spec import FROM_CHECKPOINT, RunSpec, TrainingProtocol
 from qlib.train import finetune, set_seed
 
 
@@ -122,9 +124,16 @@ step is wider than nearly every other weight of the group. The Q-BERT II chapter
 kinds of DirectQ (``directq-w<b>`` rows are the min/max ones)."""
 
 DIRECTQ_BITS = (4, 3, 2)
-DIRECTQ = (*(f"directq-w{b}-p{QBERT_PERCENTILE:g}" for b in DIRECTQ_BITS), *(f"directq-w{b}" for b in DIRECTQ_BITS))
+DIRECTQ: tuple[dict[str, Any], ...] = (*({"weight_bits": b, "percentile": QBERT_PERCENTILE} for b in DIRECTQ_BITS),
+                                      *({"weight_bits": b} for b in DIRECTQ_BITS))
 """The post-training rows an FP32 "Baseline" run also evaluates: DirectQ at 4, 3 and 2 bits, no fine-tuning, with
-the protocol's clipped ranges and, for comparison, with min/max ranges."""
+the protocol's clipped ranges and, for comparison, with min/max ranges (``directq_specs``)."""
+
+
+def directq_specs(baseline: RunSpec, groups: int | str | None) -> tuple[RunSpec, ...]:
+    """The ``DIRECTQ`` rows of the FP32 run ``baseline`` at G = ``groups``, as post-training specs."""
+    return tuple(RunSpec(baseline.task, "directq", baseline.seed, groups=groups, protocol=baseline.protocol, **row)
+                 for row in DIRECTQ)
 
 
 def mixed_layer_bits(spectrum: Mapping[str, Any], choices: Sequence[int], target_bits: float) -> dict[str, int]:
@@ -136,75 +145,77 @@ def mixed_layer_bits(spectrum: Mapping[str, Any], choices: Sequence[int], target
     return assign_bits(omega_per_layer, choices, target_bits)
 
 
-def setting_job(setting: str, spectrum: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """``run_glue`` arguments for one row of the main table: ``"Baseline"`` (FP32, plus the DirectQ rows), a key
-    of ``SETTINGS``, or a key of ``MIXED_SETTINGS`` (needs the ``spectrum`` result). QAT rows also need their
-    starting point, ``init_from`` (see ``run_setting``)."""
+def setting_spec(setting: str, task: str, seed: int, groups: int | str | None, checkpoints: str | Path | None,
+                 spectrum: Mapping[str, Any] | None = None,
+                 protocol: TrainingProtocol = TrainingProtocol()) -> RunSpec:
+    """One row of the main table on ``task`` and ``seed`` as a ``RunSpec``: ``"Baseline"`` (FP32; its DirectQ rows
+    are ``directq_specs``), a key of ``SETTINGS``, or a key of ``MIXED_SETTINGS`` (its bits from the ``spectrum``
+    result). A QAT row starts from the Baseline's FP32 model under ``checkpoints`` (``init_from``), as Q-BERT
+    fine-tunes the FP32 model with quantization; ``checkpoints=None`` names no file (a label, a table row)."""
     if setting == "Baseline":
-        return {"method": "fp32", "post_training": DIRECTQ}
+        return RunSpec(task, "fp32", seed, protocol=protocol)
+    start = FROM_CHECKPOINT if checkpoints is None else str(fp32_checkpoint(checkpoints, task, seed))
+    common = dict(groups=groups, percentile=QBERT_PERCENTILE, init_from=start, protocol=protocol)
     if setting in SETTINGS:
-        return {"method": "qbert", **SETTINGS[setting], "percentile": QBERT_PERCENTILE}
+        return RunSpec(task, "qbert", seed, **SETTINGS[setting], **common)
     if setting in MIXED_SETTINGS:
         if spectrum is None:
             raise ValueError(f"setting {setting!r} takes its bits from a Hessian spectrum result; none was given")
         mixed = MIXED_SETTINGS[setting]
-        return {"method": "qbert", "weight_bits": min(mixed["choices"]), "embedding_bits": mixed["embedding_bits"],
-                "layer_bits": mixed_layer_bits(spectrum, mixed["choices"], mixed["target_bits"]),
-                "percentile": QBERT_PERCENTILE}
+        return RunSpec(task, "qbert", seed, weight_bits=min(mixed["choices"]), embedding_bits=mixed["embedding_bits"],
+                       layer_bits=mixed_layer_bits(spectrum, mixed["choices"], mixed["target_bits"]), **common)
     allowed = ["Baseline", *SETTINGS, *MIXED_SETTINGS]
     raise ValueError(f"unknown setting {setting!r}; allowed: {allowed}")
 
 
 def fp32_checkpoint(checkpoints: str | Path, task: str, seed: int) -> Path:
-    """Where the Baseline run of ``task`` and ``seed`` keeps its fine-tuned FP32 model (``run_glue``'s layout)."""
-    return Path(checkpoints) / task / f"fp32-seed{seed}.safetensors"
-
-
-def setting_run(setting: str, task: str, seed: int, groups: int | str | None, checkpoints: str | Path,
-                spectrum: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """``run_glue`` arguments for one row of the main table on ``task`` and ``seed``: the Baseline keeps its FP32
-    model under ``checkpoints``; a QAT row starts from that model (``init_from``), as Q-BERT fine-tunes the FP32
-    model with quantization."""
-    job = setting_job(setting, spectrum) | {"task": task, "seed": seed, "groups": groups}
-    if setting == "Baseline":
-        return job | {"checkpoint_dir": str(checkpoints)}
-    return job | {"init_from": str(fp32_checkpoint(checkpoints, task, seed))}
+    """Where the Baseline run of ``task`` and ``seed`` keeps its fine-tuned FP32 model (``run``'s layout)."""
+    return checkpoint_path(RunSpec(task, "fp32", seed), checkpoints)
 
 
 def run_setting(setting: str, task: str, seed: int, groups: int | str | None, checkpoints: str | Path,
                 spectrum: Mapping[str, Any] | None = None, **run_args: Any) -> list[dict[str, Any]]:
-    """Run one row of the main table (``setting_run``; ``run_args``: the other ``run_glue`` arguments, e.g.
-    ``epochs``, ``results_dir``, ``noise_rate`` for Quant-Noise). A QAT row whose FP32 starting point is not under
-    ``checkpoints`` runs the Baseline of its task and seed first (again, if only its result files were kept)."""
-    if setting != "Baseline" and not fp32_checkpoint(checkpoints, task, seed).is_file():
-        baseline_args = {name: value for name, value in run_args.items() if name != "noise_rate"}
-        run_glue(**setting_run("Baseline", task, seed, groups, checkpoints), **(baseline_args | {"resume": False}))
-    return run_glue(**setting_run(setting, task, seed, groups, checkpoints, spectrum), **run_args)
+    """Run one row of the main table (``setting_spec``; ``run_args``: ``TrainingProtocol`` fields such as
+    ``epochs``, ``noise_rate`` for Quant-Noise, and ``run``'s options such as ``results_dir``). The Baseline keeps
+    its FP32 model under ``checkpoints`` and evaluates the DirectQ rows; a QAT row whose FP32 starting point is not
+    there runs the Baseline of its task and seed first (again, if only its result files were kept)."""
+    options = {name: run_args.pop(name) for name in RUN_OPTIONS if name in run_args}
+    noise = {"noise_rate": run_args.pop("noise_rate")} if "noise_rate" in run_args else {}
+    protocol = TrainingProtocol(**run_args)
+    baseline = setting_spec("Baseline", task, seed, groups, checkpoints, protocol=protocol)
+    keep = options | {"checkpoint_dir": checkpoints}
+    if setting == "Baseline":  # a knob the Baseline lacks (noise_rate) is refused by its spec, naming it
+        return run(baseline.with_(**noise), directq_specs(baseline, groups), **keep)
+    if not fp32_checkpoint(checkpoints, task, seed).is_file():
+        run(baseline, directq_specs(baseline, groups), **(keep | {"resume": False}))
+    return run(setting_spec(setting, task, seed, groups, checkpoints, spectrum, protocol).with_(**noise), **options)
 
 
-def main_table_rows(spectrum: Mapping[str, Any] | None, groups: int | str | None) -> dict[str, dict[str, Any]]:
+def main_table_rows(spectrum: Mapping[str, Any] | None, groups: int | str | None,
+                    task: str = "sst2") -> dict[str, dict[str, Any]]:
     """Q-BERT's main table row by row, in the paper's order: Baseline, then per bit width its DirectQ row (no
     fine-tuning) before its Q-BERT row, then the MP rows (only with a ``spectrum``, which sets their bits). Each
-    row: ``w_bits`` and ``e_bits`` as printed, the ``label`` its result files are named by, the
-    ``BertQuantConfig`` whose packed file is its size (``None``: the FP32 file), and MP rows' ``layer_bits``."""
-    p = QBERT_PERCENTILE
-    rows: dict[str, dict[str, Any]] = {"Baseline": dict(w_bits="32", e_bits="32", label="fp32", config=None)}
-    for name, bits in SETTINGS.items():
-        w, e = bits["weight_bits"], bits["embedding_bits"]
-        directq = f"directq-w{w}-p{p:g}"
-        if directq in DIRECTQ:
-            rows[f"DirectQ {w}/{e}"] = dict(w_bits=str(w), e_bits=str(e), label=directq,
-                                            config=post_training_config(directq, groups))
-        rows[name] = dict(w_bits=str(w), e_bits=str(e), label=run_label("qbert", w, e, groups, percentile=p,
-                                                                        init_from="fp32"),
-                          config=qbert_config(w, e, groups=groups, percentile=p))
+    row: ``w_bits`` and ``e_bits`` as printed, its ``spec`` (on ``task``, seed 0), the ``label`` its result files
+    are named by, the ``BertQuantConfig`` whose packed file is its size (``None``: the FP32 file), and MP rows'
+    ``layer_bits``."""
+
+    def row(spec: RunSpec, w_bits: str, **extra: Any) -> dict[str, Any]:
+        return dict(w_bits=w_bits, e_bits=str(spec.embedding_bits) if spec.method == "qbert" else "8" if
+                    spec.method == "directq" else "32", spec=spec, label=spec.label, config=spec.quant_config(),
+                    **extra)
+
+    baseline = setting_spec("Baseline", task, 0, groups, None)
+    clipped_directq = {r.weight_bits: r for r in directq_specs(baseline, groups) if r.percentile is not None}
+    rows: dict[str, dict[str, Any]] = {"Baseline": row(baseline, "32")}
+    for name in SETTINGS:
+        spec = setting_spec(name, task, 0, groups, None)
+        if spec.weight_bits in clipped_directq:
+            rows[f"DirectQ {spec.weight_bits}/{spec.embedding_bits}"] = row(clipped_directq[spec.weight_bits],
+                                                                            str(spec.weight_bits))
+        rows[name] = row(spec, str(spec.weight_bits))
     if spectrum is None:
         return rows
     for name, mixed in MIXED_SETTINGS.items():
-        job = setting_job(name, spectrum)
-        w, e, layer_bits = job["weight_bits"], job["embedding_bits"], job["layer_bits"]
-        rows[name] = dict(w_bits="/".join(map(str, mixed["choices"])) + " MP", e_bits=str(e),
-                          label=run_label("qbert", w, e, groups, layer_bits, percentile=p, init_from="fp32"),
-                          config=qbert_config(w, e, groups=groups, layer_bits=layer_bits, percentile=p),
-                          layer_bits=layer_bits)
+        spec = setting_spec(name, task, 0, groups, None, spectrum)
+        rows[name] = row(spec, "/".join(map(str, mixed["choices"])) + " MP", layer_bits=dict(spec.layer_bits))
     return rows

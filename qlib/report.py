@@ -9,8 +9,9 @@ from typing import Any, Iterable
 import pandas as pd
 
 from qlib.data import get_task, read_official_data
-from qlib.experiment import SWEEP_TASKS, is_post_training, protocol_for, sweep_scores
+from qlib.experiment import SWEEP_TASKS, protocol_for, sweep_scores
 from qlib.results import read_json
+from qlib.spec import RunSpec
 
 
 def runs_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
@@ -93,7 +94,7 @@ def protocol_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
          "torch": r["provenance"]["versions"]["torch"], "commit": (r["provenance"]["git_commit"] or "")[:8],
          "examples/s": round(r["train"]["examples_per_s"], 1), "wall h": r["provenance"]["wall_time_s"] / 3600,
          "data": data_label(r), "note": r["provenance"].get("note") or ""}
-        for r in records if not is_post_training(r)
+        for r in records if not RunSpec.from_record(r).is_post_training
     ]
     return pd.DataFrame(rows)
 

@@ -4,11 +4,10 @@ Quant-Noise as a Q-BERT run option."""
 import pytest
 import torch
 
-from qlib.compare import bits_of, paper_of, side_by_side
+from qlib.compare import bits_of, side_by_side
 from qlib.config import qbert_config
-from qlib.experiment import record_config, run_label, training_config
 from qlib.modules import QuantLinear
-from qlib.experiment import is_post_training
+from qlib.spec import RunSpec
 
 
 def record(task, method, seed, score, **params):
@@ -19,44 +18,42 @@ def record(task, method, seed, score, **params):
                        "layer_bits": None, "ema_decay": None, "percentile": None, **params}}
 
 
-def test_record_config_rebuilds_what_each_row_was_evaluated_with():
-    assert record_config(record("sst2", "fp32", 0, 0.9)) is None
-    dq = record_config(record("sst2", "dq", 0, 0.9))
+def test_each_record_is_read_back_as_the_quantization_it_was_evaluated_with():
+    def config(r):
+        return RunSpec.from_record(r).quant_config()
+
+    assert config(record("sst2", "fp32", 0, 0.9)) is None
+    dq = config(record("sst2", "dq", 0, 0.9))
     assert dq.default.observer == "dynamic" and dq.default.weight.bits == 8
-    direct = record_config(record("sst2", "directq-w3-p99.9", 0, 0.5, groups=4))
+    direct = config(record("sst2", "directq-w3-p99.9", 0, 0.5, groups=4))
     assert (direct.default.weight.bits, direct.default.weight.groups, direct.default.weight.percentile) == (3, 4, 99.9)
-    qat = record_config(record("sst2", "qat-ema0.99", 0, 0.9, trained="qat", ema_decay=0.99))
+    qat = config(record("sst2", "qat-ema0.99", 0, 0.9, trained="qat", ema_decay=0.99))
     assert qat.default.ema_decay == 0.99 and qat.default.weight.symmetric
-    mixed = record_config(record("sst2", "qbert-w2e8-mp2-3", 0, 0.8, trained="qbert", weight_bits=2,
-                                 layer_bits={"encoder.layer.0": 3}))
+    mixed = config(record("sst2", "qbert-w2e8-mp2-3", 0, 0.8, trained="qbert", weight_bits=2,
+                          layer_bits={"encoder.layer.0": 3}))
     assert mixed.layer_for("encoder.layer.0.output.dense").weight.bits == 3 and mixed.default.weight.bits == 2
-    noisy = record_config(record("sst2", "qbert-w2e8-qn0.5", 0, 0.8, trained="qbert", weight_bits=2, noise_rate=0.5))
+    noisy = config(record("sst2", "qbert-w2e8-qn0.5", 0, 0.8, trained="qbert", weight_bits=2, noise_rate=0.5))
     assert noisy.default.noise_rate == 0.5
     old = {**record("sst2", "dq", 0, 0.9), "params": {"method": "fp32", "epochs": 1}}  # an early file: no bits
-    assert record_config(old).default.observer == "dynamic"
-    assert is_post_training(old) and not is_post_training(record("sst2", "fp32", 0, 0.9))
-    assert not is_post_training(record("sst2", "qbert-w2e8", 0, 0.5, trained="qbert"))
+    assert config(old).default.observer == "dynamic"
+    assert RunSpec.from_record(old).is_post_training and not RunSpec.from_record(
+        record("sst2", "fp32", 0, 0.9)).is_post_training
+    assert not RunSpec.from_record(record("sst2", "qbert-w2e8", 0, 0.5, trained="qbert", weight_bits=2)
+                                   ).is_post_training
 
 
 def test_quant_noise_is_a_qbert_option_with_its_own_label():
-    label = run_label("qbert", 2, 8, 12, percentile=99.9, init_from="x", noise_rate=0.5)
-    assert label == "qbert-w2e8-g12-p99.9-qn0.5-ft"
-    assert run_label("qbert", 2, 8, 12, noise_rate=1.0) == "qbert-w2e8-g12"
-    with pytest.raises(ValueError, match="noise_rate=0.5 is for method 'qbert'"):
-        run_label("qat", noise_rate=0.5)
-    with pytest.raises(ValueError, match="noise_rate must be in"):
-        training_config("qbert", 2, noise_rate=1.5)
     config = qbert_config(2, noise_rate=0.25, noise_block=4)
     layer = QuantLinear.from_float(torch.nn.Linear(8, 3), config.default)
     assert layer.quant.noise_rate == 0.25 and layer.quant.noise_block == 4
 
 
 def test_paper_and_bits_of_each_row():
-    assert [paper_of(label) for label in ("fp32", "dq", "qat-ema0.99", "directq-w2", "qbert-w2e8-g12-p99.9-mp2-3-ft",
-                                          "qbert-w2e8-qn0.1-ft", "qbert-w8e8")] == [
+    mp = {"layer_bits": {"encoder.layer.0": 3}}
+    assert [RunSpec.from_label(label, "sst2", **(mp if "-mp" in label else {})).paper
+            for label in ("fp32", "dq", "qat-ema0.99", "directq-w2", "qbert-w2e8-g12-p99.9-mp2-3-ft",
+                          "qbert-w2e8-qn0.1-ft", "qbert-w8e8")] == [
         "FP32", "Q8BERT (DQ)", "Q8BERT (QAT)", "Q-BERT (DirectQ)", "Q-BERT_MP", "Quant-Noise", "Q-BERT"]
-    with pytest.raises(ValueError, match="unknown result label 'int4'"):
-        paper_of("int4")
     assert bits_of(None) == {"weights": "32", "weight ranges": "", "embedding": "32", "inputs": "32"}
     mixed = bits_of(qbert_config(2, 8, groups=1, layer_bits={"encoder.layer.0": 4}, percentile=99.9, noise_rate=0.5))
     assert mixed == {"weights": "2/4 MP, Quant-Noise p=0.5", "weight ranges": "asymmetric, 1 group, [0.1, 99.9] pct",

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from qlib.experiment import post_training_config, result_paths, run_glue, run_label
+from qlib.experiment import run_glue
+from qlib.spec import RunSpec
 from qlib.data import file_sha256
 from qlib.results import read_json
 
@@ -20,7 +21,10 @@ def run(tiny_model_dir, tmp_path, method, **kwargs):
 def test_fp32_job_writes_fp32_and_post_training_results_with_provenance(glue_dir, tiny_model_dir, tmp_path):
     records = run(tiny_model_dir, tmp_path, "fp32", post_training=("dq", "directq-w2"))
     assert [r["method"] for r in records] == ["fp32", "dq", "directq-w2"]
-    paths = result_paths(tmp_path / "results", "sst2", "fp32", 0, ("dq", "directq-w2"))
+    paths = [RunSpec.from_record(r).result_path(tmp_path / "results") for r in records]
+    assert [p.name for p in paths] == ["fp32-seed0.json", "dq-seed0.json", "directq-w2-seed0.json"]
+    assert RunSpec.from_record(records[2]) == RunSpec("sst2", "directq", weight_bits=2,
+                                                      protocol=RunSpec.from_record(records[0]).protocol)
     for record, path in zip(records, paths):
         on_disk = read_json(path)
         assert on_disk == record
@@ -42,7 +46,7 @@ def test_fp32_job_writes_fp32_and_post_training_results_with_provenance(glue_dir
 
 def test_qat_job_and_resume_skips_finished_runs(glue_dir, tiny_model_dir, tmp_path):
     first = run(tiny_model_dir, tmp_path, "qat")
-    path = result_paths(tmp_path / "results", "sst2", "qat", 0)[0]
+    path = tmp_path / "results" / "sst2" / "qat-seed0.json"
     stamp = path.stat().st_mtime_ns
     again = run(tiny_model_dir, tmp_path, "qat")
     assert again == first and path.stat().st_mtime_ns == stamp
@@ -56,18 +60,21 @@ def test_qbert_mixed_precision_job(glue_dir, tiny_model_dir, tmp_path):
     assert (tmp_path / "results" / "sst2" / "qbert-w2e8-g4-mp2-3-seed0.json").is_file()
 
 
-def test_labels_and_post_training_names():
-    assert run_label("qbert", 3, 8) == "qbert-w3e8" and run_label("fp32") == "fp32"
-    assert run_label("qbert", 3, 8, groups="row") == "qbert-w3e8-per-row"
-    assert run_label("qbert", 2, 8, 12, {"encoder.layer.0": 4, "encoder.layer.1": 2}) == "qbert-w2e8-g12-mp2-4"
-    assert run_label("qbert", 3, 8, 12, percentile=99.9, init_from="fp32.safetensors") == "qbert-w3e8-g12-p99.9-ft"
-    assert post_training_config("directq-w4").default.weight.bits == 4
-    assert post_training_config("directq-w4").default.weight.percentile is None
-    assert post_training_config("directq-w3-p99.9", groups=4).default.weight.percentile == 99.9
-    with pytest.raises(ValueError, match="unknown post-training quantization 'int4'"):
-        post_training_config("int4")
-    with pytest.raises(ValueError, match="bits must be an integer in 2..8, got 9"):
-        post_training_config("directq-w9")
+def test_run_takes_a_spec_and_refuses_rows_that_are_not_its_own(glue_dir, tiny_model_dir, tmp_path):
+    from qlib.experiment import run
+    from qlib.spec import TrainingProtocol
+
+    tiny = TrainingProtocol(model=str(tiny_model_dir), epochs=1, batch_size=4, max_length=16)
+    spec = RunSpec("sst2", "qbert", 1, weight_bits=3, groups=4, protocol=tiny)
+    records = run(spec, results_dir=tmp_path / "results", progress=False)
+    assert RunSpec.from_record(records[0]) == spec and spec.result_path(tmp_path / "results").is_file()
+    fp32 = spec.with_(method="fp32", weight_bits=8, groups=None)
+    with pytest.raises(ValueError, match="dq trains nothing: run its trained spec \\(fp32\\)"):
+        run(fp32.with_(method="dq"), results_dir=tmp_path / "results")
+    with pytest.raises(ValueError, match=r"post_training rows \['dq'\] do not belong to fp32"):
+        run(fp32, [RunSpec("sst2", "dq", 2, protocol=tiny)], results_dir=tmp_path / "results")
+    with pytest.raises(ValueError, match="do not belong to qbert-w3e8-g4"):
+        run(spec, [fp32.with_(method="dq")], results_dir=tmp_path / "results")
 
 
 def test_bad_method_and_non_bert_model(glue_dir, tmp_path, tiny_model_dir):
@@ -131,7 +138,7 @@ def test_a_quant_noise_row_trains_its_baseline_without_noise(glue_dir, tiny_mode
     assert records[0]["method"] == "qbert-w2e8-g4-p99.9-qn0.5-ft" and records[0]["params"]["noise_rate"] == 0.5
     baseline = read_json(tmp_path / "results" / "sst2" / "fp32-seed0.json")
     assert baseline["params"]["noise_rate"] == 1.0
-    with pytest.raises(ValueError, match="noise_rate=0.5 is for method 'qbert'"):
+    with pytest.raises(ValueError, match="noise_rate=0.5 is not a knob of method 'fp32'"):
         run_setting("Baseline", "sst2", 1, 4, tmp_path / "ckpt", noise_rate=0.5, **args)
 
 

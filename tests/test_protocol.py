@@ -2,24 +2,26 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from qlib.config import qbert_config
-from qlib.experiment import protocol_for, run_label
-from qlib.protocol import (ABLATION_GROUPS, HEADS, QUANT_NOISE_RATE, baseline_jobs, job_label, main, q8bert_jobs,
+from qlib.experiment import protocol_for
+from qlib.protocol import (ABLATION_GROUPS, HEADS, QUANT_NOISE_RATE, Job, baseline_jobs, main, q8bert_jobs,
                            qbert_jobs, quant_noise_jobs, read_spectra, spectrum_job)
+from qlib.spec import RunSpec, TrainingProtocol
 from qlib.experiment import SWEEP_GRID, SWEEP_TASKS, sweep_folder, sweep_points
 from qlib.protocol import EMA_ABLATION_TASKS, Q8BERT_TASKS, picked_protocols, sweep_jobs
 from qlib.qbert import (
-    DIRECTQ,
     MIXED_SETTINGS,
     QBERT_PERCENTILE,
     SETTINGS,
+    directq_specs,
     fp32_checkpoint,
     main_table_rows,
     mixed_layer_bits,
-    setting_job,
-    setting_run,
+    setting_spec,
 )
 
 SPECTRUM = {"blocks": {f"encoder.layer.{i}": {"omega": omega} for i, omega in enumerate([5.0, 1.0, 4.0, 2.0])}
@@ -28,7 +30,7 @@ SPECTRUM = {"blocks": {f"encoder.layer.{i}": {"omega": omega} for i, omega in en
 
 def label(job):
     """The result name a protocol job writes."""
-    return job_label(job)
+    return job.spec.label
 
 
 def write_sweep(results, task, scores):
@@ -68,23 +70,24 @@ def test_a_sweep_task_takes_the_best_point_of_its_sweep_and_waits_for_all_of_it(
 def test_mixed_settings_raise_the_most_sensitive_layers_and_leave_the_embedding_alone():
     bits = mixed_layer_bits(SPECTRUM, (2, 3), 2.5)
     assert bits == {"encoder.layer.0": 3, "encoder.layer.1": 2, "encoder.layer.2": 3, "encoder.layer.3": 2}
-    job = setting_job("Q-BERT_MP 2/4", SPECTRUM)
-    assert job["weight_bits"] == 2 and sorted(job["layer_bits"].values()) == [2, 2, 4, 4]
-    assert run_label(**{k: job[k] for k in ("method", "weight_bits", "embedding_bits", "layer_bits", "percentile")},
-                     groups=HEADS, init_from="fp32.safetensors") == "qbert-w2e8-g12-p99.9-mp2-4-ft"
+    spec = setting_spec("Q-BERT_MP 2/4", "sst2", 0, HEADS, "ckpt", SPECTRUM)
+    assert spec.weight_bits == 2 and sorted(spec.layer_bits.values()) == [2, 2, 4, 4]
+    assert spec.label == "qbert-w2e8-g12-p99.9-mp2-4-ft"
 
 
-def test_setting_job_rows_and_errors():
-    assert setting_job("Baseline") == {"method": "fp32", "post_training": DIRECTQ}
-    assert setting_job("Q-BERT 2/8") == {"method": "qbert", "weight_bits": 2, "embedding_bits": 8,
-                                         "percentile": QBERT_PERCENTILE}
-    baseline, qat = (setting_run(s, "sst2", 1, HEADS, "ckpt") for s in ("Baseline", "Q-BERT 2/8"))
-    assert baseline["checkpoint_dir"] == "ckpt" and "init_from" not in baseline
-    assert qat["init_from"] == str(fp32_checkpoint("ckpt", "sst2", 1)) == "ckpt/sst2/fp32-seed1.safetensors"
+def test_setting_specs_rows_and_errors():
+    baseline = setting_spec("Baseline", "sst2", 1, HEADS, "ckpt")
+    assert baseline == RunSpec("sst2", "fp32", 1)
+    assert [r.label for r in directq_specs(baseline, HEADS)] == [
+        "directq-w4-p99.9", "directq-w3-p99.9", "directq-w2-p99.9", "directq-w4", "directq-w3", "directq-w2"]
+    assert all(r.groups == HEADS and r.trained_spec == baseline for r in directq_specs(baseline, HEADS))
+    qat = setting_spec("Q-BERT 2/8", "sst2", 1, HEADS, "ckpt")
+    assert qat == RunSpec("sst2", "qbert", 1, weight_bits=2, groups=HEADS, percentile=QBERT_PERCENTILE,
+                          init_from=str(fp32_checkpoint("ckpt", "sst2", 1)))
     with pytest.raises(ValueError, match="takes its bits from a Hessian spectrum"):
-        setting_job("Q-BERT_MP 2/3")
+        setting_spec("Q-BERT_MP 2/3", "sst2", 0, HEADS, "ckpt")
     with pytest.raises(ValueError, match="unknown setting 'Q-BERT 1/8'"):
-        setting_job("Q-BERT 1/8")
+        setting_spec("Q-BERT 1/8", "sst2", 0, HEADS, "ckpt")
     with pytest.raises(ValueError, match="no encoder layers"):
         mixed_layer_bits({"blocks": {"embeddings": {"omega": 1.0}}}, (2, 3), 2.5)
 
@@ -98,32 +101,33 @@ def test_per_row_groups_and_bad_groups():
 def test_job_lists_cover_both_tables_and_their_ablations(swept):
     q8_main, q8_ablation = q8bert_jobs(picked_protocols(Q8BERT_TASKS, swept)[0])
     assert len(Q8BERT_TASKS) == 5 and len(q8_main) == 5 * 3 * 2 and len(q8_ablation) == 2 * 3
-    assert {j["task"] for j in q8_ablation} == set(EMA_ABLATION_TASKS) == {"cola", "rte"}
-    assert all((j["epochs"], j["lr"]) == tuple(protocol_for(j["task"], swept).values()) for j in q8_main)
-    assert {(j["task"], j["epochs"], j["lr"]) for j in q8_main if j["task"] == "rte"} == {("rte", 6, 2e-5)}
+    assert {j.spec.task for j in q8_ablation} == set(EMA_ABLATION_TASKS) == {"cola", "rte"}
+    assert all((j.spec.protocol.epochs, j.spec.protocol.lr) == tuple(protocol_for(j.spec.task, swept).values()) for j in q8_main)
+    assert {(j.spec.task, j.spec.protocol.epochs, j.spec.protocol.lr) for j in q8_main if j.spec.task == "rte"} == {("rte", 6, 2e-5)}
     qb_baselines, qb_main, qb_ablation = qbert_jobs({"sst2": SPECTRUM}, "ckpt")
-    assert [j["seed"] for j in qb_baselines] == [0, 1, 2] and all(j["method"] == "fp32" for j in qb_baselines)
+    assert [j.spec.seed for j in qb_baselines] == [0, 1, 2] and all(j.spec.method == "fp32" for j in qb_baselines)
     rows = {label(j) for j in qb_main}
     assert len(qb_main) == (len(SETTINGS) + len(MIXED_SETTINGS)) * 3 and len(rows) == 6
-    assert {j["groups"] for j in qb_ablation} == set(ABLATION_GROUPS)
+    assert {j.spec.groups for j in qb_ablation} == set(ABLATION_GROUPS)
     starts = {str(fp32_checkpoint("ckpt", "sst2", s)) for s in (0, 1, 2)}
-    assert {j["init_from"] for j in qb_main + qb_ablation} == starts
+    assert {j.spec.init_from for j in qb_main + qb_ablation} == starts
 
 
 def test_quant_noise_jobs_start_from_the_baselines_the_protocol_keeps(swept):
     jobs = quant_noise_jobs("ckpt", seeds=(0, 1), results=swept)
     assert {label(j) for j in jobs} == {f"qbert-w{b}e8-g12-p99.9-qn{QUANT_NOISE_RATE:g}-ft" for b in (2, 3)}
-    assert all(j["experiment"] == "quant-noise" and j["epochs"] == protocol_for(j["task"], swept)["epochs"]
+    assert all(j.experiment == "quant-noise" and j.spec.protocol.epochs == protocol_for(j.spec.task, swept)["epochs"]
                for j in jobs)
-    baselines = baseline_jobs(sorted({j["task"] for j in jobs}), "ckpt", seeds=(0, 1), results=swept)
-    kept = {str(fp32_checkpoint(j["checkpoint_dir"], j["task"], j["seed"])) for j in baselines}
-    assert {j["init_from"] for j in jobs} == kept
+    baselines = baseline_jobs(sorted({j.spec.task for j in jobs}), "ckpt", seeds=(0, 1), results=swept)
+    assert all(j.keep_model and j.spec.method == "fp32" for j in baselines)
+    kept = {str(fp32_checkpoint("ckpt", j.spec.task, j.spec.seed)) for j in baselines}
+    assert {j.spec.init_from for j in jobs} == kept
 
 
 def test_each_task_takes_its_mp_bits_from_its_own_spectrum(tmp_path, swept):
     reversed_spectrum = {"blocks": {name: {"omega": -b["omega"]} for name, b in SPECTRUM["blocks"].items()}}
     _, qb_main, _ = qbert_jobs({"sst2": SPECTRUM, "cola": reversed_spectrum}, "ckpt", seeds=(0,), results=swept)
-    mixed = {j["task"]: j["layer_bits"] for j in qb_main if j.get("layer_bits") and max(j["layer_bits"].values()) == 3}
+    mixed = {j.spec.task: j.spec.layer_bits for j in qb_main if j.spec.layer_bits and max(j.spec.layer_bits.values()) == 3}
     assert mixed["sst2"] == mixed_layer_bits(SPECTRUM, (2, 3), 2.5)
     assert mixed["cola"] == mixed_layer_bits(reversed_spectrum, (2, 3), 2.5) != mixed["sst2"]
     with pytest.raises(FileNotFoundError, match=r"spectrum-cola.json.*quick=false"):
@@ -135,9 +139,11 @@ def test_main_table_rows_name_the_results_the_protocol_writes():
     assert list(rows)[:4] == ["Baseline", "Q-BERT 8/8", "DirectQ 4/8", "Q-BERT 4/8"]
     assert list(rows)[-2:] == list(MIXED_SETTINGS)
     qb_baselines, qb_main, _ = qbert_jobs({"sst2": SPECTRUM}, "ckpt")
-    written = {label(j) for j in qb_baselines + qb_main} | set(DIRECTQ)
+    written = {row.label for j in qb_baselines for row in j.post_training} | {label(j) for j in qb_baselines + qb_main}
     min_max_directq = {f"directq-w{b}" for b in (4, 3, 2)}  # shown beside the table, not in it
     assert {r["label"] for r in rows.values()} == written - min_max_directq
+    assert {r["spec"] for r in rows.values()} >= {replace(j.spec, init_from="fp32", protocol=TrainingProtocol())
+                                                  for j in qb_main if j.spec.seed == 0}
     assert rows["Q-BERT_MP 2/3"]["w_bits"] == "2/3 MP" and rows["Q-BERT_MP 2/3"]["layer_bits"] == mixed_layer_bits(
         SPECTRUM, (2, 3), 2.5)
     assert rows["Baseline"]["config"] is None and rows["DirectQ 2/8"]["config"].default.weight.bits == 2
@@ -155,15 +161,16 @@ def test_runner_runs_jobs_in_worker_processes_and_names_a_failing_one(glue_dir, 
                                                                       monkeypatch, capsys):
     import qlib.protocol
 
-    tiny = dict(experiment="q8bert", task="sst2", seed=0, model=str(tiny_model_dir), epochs=1, batch_size=4,
-                max_length=16)
-    jobs = [dict(tiny, method="fp32", post_training=()), dict(tiny, method="int4")]
+    tiny = TrainingProtocol(model=str(tiny_model_dir), epochs=1, batch_size=4, max_length=16)
+    missing = str(tmp_path / "missing.safetensors")  # a job that fails: its starting checkpoint is not there
+    jobs = [Job(RunSpec("sst2", "fp32", protocol=tiny), "q8bert"),
+            Job(RunSpec("sst2", "qbert", weight_bits=3, init_from=missing, protocol=tiny), "q8bert")]
     monkeypatch.setattr(qlib.protocol, "q8bert_jobs", lambda protocols: (jobs, []))
     status = main(["--only", "q8bert", "--results", str(tmp_path / "results"), "--workers", "2", "--threads", "1",
                    "--device", "cpu"])
     out = capsys.readouterr()
     assert status == 1 and "job(s) failed" in out.err
-    assert "FAILED q8bert/sst2/int4-seed0" in out.out and "unknown method 'int4'" in out.out
+    assert "FAILED q8bert/sst2/qbert-w3e8-ft-seed0" in out.out and "missing.safetensors not found" in out.out
     assert (tmp_path / "results" / "q8bert" / "sst2" / "fp32-seed0.json").is_file()
 
 
@@ -198,11 +205,10 @@ def test_runner_measures_a_missing_spectrum_between_the_baselines_and_the_qat_ro
     import qlib.protocol
     from qlib.results import read_json
 
-    tiny = dict(model=str(tiny_model_dir), epochs=1, batch_size=4, max_length=16)
-    method = {"value": "fp32"}
+    model = {"path": str(tiny_model_dir)}
     monkeypatch.setattr(qlib.protocol, "baseline_jobs", lambda tasks, checkpoints, results: [
-        dict(experiment="qbert", method=method["value"], post_training=(), task=t, seed=0,
-             checkpoint_dir=str(checkpoints), **tiny) for t in tasks])
+        Job(RunSpec(t, "fp32", protocol=TrainingProtocol(model=model["path"], epochs=1, batch_size=4, max_length=16)),
+            "qbert", keep_model=True) for t in tasks])
     real_spectrum_job = qlib.protocol.spectrum_job
     monkeypatch.setattr(qlib.protocol, "spectrum_job", lambda *args: real_spectrum_job(*args) | dict(
         model=str(tiny_model_dir), subsets=2, subset_size=4, max_length=16, max_iter=5, landscape_blocks=()))
@@ -220,11 +226,11 @@ def test_runner_measures_a_missing_spectrum_between_the_baselines_and_the_qat_ro
     assert spectrum["params"]["init_from"] == str(fp32_checkpoint(tmp_path / "ckpt" / "qbert", "sst2", 0))
     assert spectra_seen["sst2"]["blocks"] == spectrum["blocks"]  # the QAT rows' bits come from the new spectrum
 
-    method["value"] = "int4"  # a Baseline that fails: no model, so no spectrum, so no QAT rows for its task
+    model["path"] = str(tmp_path / "no-model")  # a Baseline that fails: no model, so no spectrum, no QAT rows
     capsys.readouterr()
     assert main([*args, "--checkpoints", str(tmp_path / "none"), "--results", str(tmp_path / "other")]) == 1
     err = capsys.readouterr().err
-    assert ("3 job(s) failed or not started: qbert/sst2/int4-seed0; spectrum of sst2; "
+    assert ("3 job(s) failed or not started: qbert/sst2/fp32-seed0; spectrum of sst2; "
             "the Q-BERT rows of sst2 (no spectrum)") in err
 
 
@@ -232,8 +238,8 @@ def test_the_fp32_sweep_covers_every_small_task_at_every_grid_point_and_writes_a
     assert set(SWEEP_TASKS) == {"cola", "rte", "mrpc", "stsb"} and SWEEP_GRID == {"lr": (2e-5, 5e-5), "epochs": (3, 6)}
     jobs = sweep_jobs()
     assert len(jobs) == len(SWEEP_TASKS) * len(SWEEP_GRID["lr"]) * len(SWEEP_GRID["epochs"])
-    assert {(j["task"], j["lr"], j["epochs"]) for j in jobs} == {
+    assert {(j.spec.task, j.spec.protocol.lr, j.spec.protocol.epochs) for j in jobs} == {
         (t, lr, e) for t in SWEEP_TASKS for lr in SWEEP_GRID["lr"] for e in SWEEP_GRID["epochs"]}
-    assert all(j["method"] == "fp32" and j["seed"] == 0 and j["post_training"] == () for j in jobs)
-    assert [j["task"] for j in jobs[:4]] == [SWEEP_TASKS[0]] * 4  # task by task
-    assert jobs[0]["folder"] == "q8bert-sweep/lr2e-05-ep3" and len({j["folder"] for j in jobs}) == 4
+    assert all(j.spec.method == "fp32" and j.spec.seed == 0 and j.post_training == () for j in jobs)
+    assert [j.spec.task for j in jobs[:4]] == [SWEEP_TASKS[0]] * 4  # task by task
+    assert jobs[0].folder == "q8bert-sweep/lr2e-05-ep3" and len({j.folder for j in jobs}) == 4
