@@ -1,11 +1,13 @@
 """Quantized checkpoints: bit-packed integer weights and their grids in one safetensors file (never a pickle).
 
-For each fake-quantized layer the file holds ``<name>.weight.codes`` (the b-bit codes, packed), and
-``<name>.weight.scale`` / ``.shift`` [G] (the grid ``ŵ = scale·q + shift``); everything else (LayerNorm, biases,
+For each fake-quantized layer the file holds the tensors its weight quantizer encodes (``WeightQuantizer.encode``) as
+``<name>.weight.<part>``: for a uniform grid ``codes`` (the b-bit codes, packed) and ``scale`` / ``shift`` [G] (the grid
+``ŵ = scale·q + shift``); loading decodes them with the model's own quantizer. Everything else (LayerNorm, biases,
 the float head, the activation observers' ranges) is stored as it is, or with the float parameters (biases,
 LayerNorm, the float head) in float16 on request, as GPTQ- and AWQ-packed files keep them; the grids and the
-observers' ranges stay float32. Each layer's grid (bits, scheme, granularity, groups, percentile) and shape sit
-in the file's metadata, and loading refuses a model whose layers are quantized otherwise, naming the layer. Every
+observers' ranges stay float32. Each layer's quantizer (``describe``: for a grid its bits, scheme, granularity, groups,
+percentile) and shape sit in the file's metadata, and loading refuses a model whose layers are quantized otherwise,
+naming the layer. Every
 file (``save_float``'s too) carries the SHA-256 of its tensors, so a flipped byte is refused, not loaded. Sizes
 reported by the book are these files' sizes on disk.
 """
@@ -27,8 +29,7 @@ from torch import nn
 from qlib.atomic import atomic_write
 from qlib.config import BertQuantConfig
 from qlib.convert import convert_bert, quantized_modules
-from qlib.packing import pack, unpack
-from qlib.quantizers import QuantGrid, QuantSpec
+from qlib.weight_quantizer import WeightQuantizer
 
 FORMAT = "qbook-packed-v2"
 PAYLOAD_KEY = "payload_sha256"
@@ -93,15 +94,12 @@ def save_quantized(model: nn.Module, path: str | os.PathLike, float_dtype: torch
     layers: dict[str, dict[str, Any]] = {}
     stored: dict[int, str] = {}
     for name, module in quantized_modules(model):
-        grid = module.weight_grid()
-        if grid is None:
+        quantizer = _weight_quantizer(module)
+        if quantizer is None:
             continue
         weight = module.weight.detach()
-        codes = grid.quantize(weight).to(torch.int16) - grid.qmin  # unsigned 0 … 2^b - 1
-        tensors[f"{name}.weight.codes"] = pack(codes, grid.bits)
-        tensors[f"{name}.weight.scale"] = grid.scale.contiguous()
-        tensors[f"{name}.weight.shift"] = grid.shift.contiguous()
-        layers[name] = _grid_record(_weight_spec(module), weight) | {"shape": list(weight.shape)}
+        tensors |= {f"{name}.weight.{part}": t.contiguous() for part, t in quantizer.encode(weight).items()}
+        layers[name] = quantizer.describe(weight) | {"shape": list(weight.shape)}
         stored[weight.data_ptr()] = f"{name}.weight"
     tied: dict[str, str] = {}
     for key, value in model.state_dict().items():
@@ -118,30 +116,24 @@ def save_quantized(model: nn.Module, path: str | os.PathLike, float_dtype: torch
     return atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
-def _weight_spec(module: nn.Module) -> QuantSpec | None:
-    """The spec a quantized module's weight is fitted with (``None``: the weight stays float)."""
+def _weight_quantizer(module: nn.Module) -> WeightQuantizer | None:
+    """The weight quantizer of a quantized module (``None``: the weight stays float)."""
     return module.spec if hasattr(module, "spec") else module.quant.weight
 
 
-GRID_FIELDS = ("bits", "scheme", "granularity", "groups", "percentile")
-
-
-def _grid_record(spec: QuantSpec, weight: torch.Tensor) -> dict[str, Any]:
-    """What a layer's grid is: bits, scheme, granularity, its number of groups G for ``weight``, percentile."""
-    return {"bits": spec.bits, "scheme": spec.scheme, "granularity": spec.granularity,
-            "groups": spec.num_groups(weight), "percentile": spec.percentile}
-
-
 def _check_layers_fit(model: nn.Module, layers: dict[str, dict[str, Any]], path: Path) -> None:
-    """Refuse a model whose quantized layers differ from the file's (which layers, or any of ``GRID_FIELDS``)."""
-    expected = {name: _grid_record(spec, module.weight) for name, module in quantized_modules(model)
-                if (spec := _weight_spec(module)) is not None}
+    """Refuse a model whose quantized layers differ from the file's (which layers, or anything their quantizers
+    ``describe``)."""
+    expected = {name: quantizer.describe(module.weight) for name, module in quantized_modules(model)
+                if (quantizer := _weight_quantizer(module)) is not None}
     for name in sorted(set(expected) | set(layers)):
         if name not in layers or name not in expected:
             where, other = ("the model", "the file") if name in expected else ("the file", "the model")
             raise ValueError(f"{path} does not fit {type(model).__name__}: layer {name} is quantized in {where} but "
                              f"not in {other}; convert the model with the config the file was saved with")
-        differ = {k: (layers[name][k], expected[name][k]) for k in GRID_FIELDS if layers[name][k] != expected[name][k]}
+        saved = {k: v for k, v in layers[name].items() if k != "shape"}
+        differ = {k: (saved.get(k), expected[name].get(k)) for k in sorted(set(saved) | set(expected[name]))
+                  if saved.get(k) != expected[name].get(k)}
         if differ:
             said = ", ".join(f"{k} {saved!r} in the file, {wanted!r} in the model"
                              for k, (saved, wanted) in differ.items())
@@ -172,16 +164,15 @@ def load_quantized(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     metadata, tensors = _verified_tensors(path)
     layers, tied = json.loads(metadata["layers"]), json.loads(metadata["tied"])
     _check_layers_fit(model, layers, path)
+    modules = dict(quantized_modules(model))
     state: dict[str, torch.Tensor] = {}
     for name, info in layers.items():
-        numel = int(torch.Size(info["shape"]).numel())
+        prefix = f"{name}.weight."
+        encoded = {key.removeprefix(prefix): tensors.pop(key) for key in [k for k in tensors if k.startswith(prefix)]}
         try:
-            codes = unpack(tensors.pop(f"{name}.weight.codes"), info["bits"], numel)
+            state[f"{name}.weight"] = _weight_quantizer(modules[name]).decode(encoded, info["shape"])
         except ValueError as err:
             raise ValueError(f"corrupt checkpoint {path}, layer {name}: {err}") from err
-        grid = QuantGrid(tensors.pop(f"{name}.weight.scale"), tensors.pop(f"{name}.weight.shift"), info["bits"],
-                         info["scheme"] == "symmetric")
-        state[f"{name}.weight"] = grid.dequantize((codes.to(torch.int16) + grid.qmin).reshape(info["shape"]))
     state |= tensors
     for key, source in tied.items():
         state[key] = state[source]

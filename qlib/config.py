@@ -12,11 +12,13 @@ from typing import Mapping
 
 from qlib.observers import OBSERVERS, Q8BERT_EMA_DECAY
 from qlib.quantizers import QuantSpec
+from qlib.weight_quantizer import WeightQuantizer, check_weight_quantizer
 
 
 @dataclass(frozen=True)
 class LayerQuant:
-    """Quantization of one Linear: its weight grid, its input grid (per tensor) and the input's range observer.
+    """Quantization of one Linear: its weight quantizer (a uniform ``QuantSpec`` grid, or any ``WeightQuantizer``), its
+    input grid (per tensor) and the input's range observer.
 
     ``weight=None`` or ``activation=None`` leaves that tensor in float. ``observer`` is ``"ema"`` (QAT, Q8BERT),
     ``"dynamic"`` (per batch at inference, the DQ baseline) or ``"minmax"`` (post-training calibration).
@@ -24,7 +26,7 @@ class LayerQuant:
     ``noise_block`` inputs is quantized at each step (``qlib.quant_noise``); at inference all of them are.
     """
 
-    weight: QuantSpec | None = field(default_factory=QuantSpec)
+    weight: WeightQuantizer | None = field(default_factory=QuantSpec)
     activation: QuantSpec | None = field(default_factory=QuantSpec)
     observer: str = "ema"
     ema_decay: float = Q8BERT_EMA_DECAY
@@ -32,6 +34,7 @@ class LayerQuant:
     noise_block: int = 8
 
     def __post_init__(self) -> None:
+        check_weight_quantizer(self.weight, "LayerQuant.weight")
         if not 0.0 <= self.noise_rate <= 1.0:
             raise ValueError(f"noise_rate must be in [0, 1], got {self.noise_rate!r}")
         if self.activation is not None and self.activation.granularity != "tensor":
@@ -50,9 +53,12 @@ class BertQuantConfig:
     the embedding tables' weight spec, and the task head (``None``: stays in float, as in Q8BERT)."""
 
     default: LayerQuant = field(default_factory=LayerQuant)
-    embeddings: QuantSpec | None = field(default_factory=QuantSpec)
+    embeddings: WeightQuantizer | None = field(default_factory=QuantSpec)
     layers: Mapping[str, LayerQuant] = field(default_factory=dict)
     head: LayerQuant | None = None
+
+    def __post_init__(self) -> None:
+        check_weight_quantizer(self.embeddings, "BertQuantConfig.embeddings")
 
     def layer_for(self, name: str) -> LayerQuant:
         """The LayerQuant of the Linear at module path ``name``: the longest matching override, else the default."""

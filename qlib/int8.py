@@ -37,7 +37,7 @@ from transformers.models.bert.modeling_bert import (
 from qlib.convert import find_bert, quantized_modules
 from qlib.modules import QuantEmbedding, QuantLinear
 from qlib.observers import DynamicObserver
-from qlib.quantizers import QuantGrid
+from qlib.quantizers import QuantGrid, QuantSpec
 
 UINT8_ZERO_POINT = 128  # Q8BERT's symmetric int8 input codes -127..127 shifted into oneDNN's uint8 input
 GELU_ALGORITHMS = {"gelu": "none", "gelu_new": "tanh", "gelu_pytorch_tanh": "tanh"}
@@ -75,6 +75,9 @@ def check_exportable(module: QuantLinear) -> float:
     kernels; else a ``ValueError`` saying why (or the observer's ``RuntimeError`` when the model was never
     trained or calibrated)."""
     spec, act = module.quant.weight, module.quant.activation
+    if spec is not None and not isinstance(spec, QuantSpec):
+        raise ValueError(f"int8 export needs a uniform 8-bit grid (QuantSpec); this layer's weight quantizer is "
+                         f"{type(spec).__name__}, which has no int8 kernel: run it decoded in float")
     if spec is None or act is None or spec.bits != 8 or act.bits != 8 or not spec.symmetric or not act.symmetric:
         raise ValueError(f"int8 export needs 8-bit symmetric weights and inputs, got weight={spec}, input={act}")
     if spec.granularity == "group":

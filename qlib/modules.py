@@ -1,7 +1,8 @@
 """Fake-quantized layers for training and evaluation (torch.ao's QAT-module role).
 
-Weights are fitted a fresh grid at every forward (their range is known); inputs take the range their observer
-gives (EMA during QAT, per batch for dynamic quantization). Biases stay in float (int32 at export).
+Weights go through their weight quantizer (``qlib.weight_quantizer``; a uniform ``QuantSpec`` fits a fresh grid at
+every forward, since their range is known); inputs take the range their observer gives (EMA during QAT, per batch for
+dynamic quantization). Biases stay in float (int32 at export).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from qlib.config import LayerQuant
 from qlib.observers import make_observer
 from qlib.quant_noise import quant_noise
 from qlib.quantizers import QuantGrid, QuantSpec
+from qlib.weight_quantizer import WeightQuantizer
 
 
 class QuantLinear(nn.Linear):
@@ -39,8 +41,13 @@ class QuantLinear(nn.Linear):
         return module.train(linear.training)
 
     def weight_grid(self) -> QuantGrid | None:
-        """The grid the weight is quantized on now (``None`` when the weight stays float)."""
-        return None if self.quant.weight is None else self.quant.weight.grid_for(self.weight)
+        """The uniform grid the weight is quantized on now (``None`` when the weight stays float); only for a
+        ``QuantSpec`` weight quantizer (the int8 export's)."""
+        if self.quant.weight is None:
+            return None
+        if not isinstance(self.quant.weight, QuantSpec):
+            raise TypeError(f"{type(self.quant.weight).__name__} quantizes on no uniform grid")
+        return self.quant.weight.grid_for(self.weight)
 
     def input_grid(self, x: torch.Tensor) -> QuantGrid | None:
         """The per-tensor grid for input ``x`` (observer-updating in training mode)."""
@@ -50,10 +57,10 @@ class QuantLinear(nn.Linear):
         return QuantGrid.from_range(lo, hi, self.quant.activation.bits, self.quant.activation.symmetric)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x_grid, w_grid = self.input_grid(x), self.weight_grid()
+        x_grid, quantizer = self.input_grid(x), self.quant.weight
         x = x if x_grid is None else x_grid.fake_quantize(x)
-        weight = self.weight if w_grid is None else w_grid.fake_quantize(self.weight)
-        if w_grid is not None and self.training and self.quant.noise_rate < 1.0:
+        weight = self.weight if quantizer is None else quantizer.fake_quantize(self.weight)
+        if quantizer is not None and self.training and self.quant.noise_rate < 1.0:
             weight = quant_noise(self.weight, weight, self.quant.noise_rate, self.quant.noise_block)
         return F.linear(x, weight, self.bias)
 
@@ -64,24 +71,27 @@ class QuantLinear(nn.Linear):
 class QuantEmbedding(nn.Embedding):
     """``E[i] = Q(W)[i]``: a lookup into the fake-quantized table W [num_embeddings, dim] (Q8BERT sec. 2)."""
 
-    def __init__(self, num_embeddings: int, embedding_dim: int, spec: QuantSpec | None = None,
+    def __init__(self, num_embeddings: int, embedding_dim: int, spec: WeightQuantizer | None = None,
                  padding_idx: int | None = None, device: torch.device | str | None = None) -> None:
         super().__init__(num_embeddings, embedding_dim, padding_idx=padding_idx, device=device)
         self.spec = spec or QuantSpec()
 
     @classmethod
-    def from_float(cls, embedding: nn.Embedding, spec: QuantSpec) -> "QuantEmbedding":
+    def from_float(cls, embedding: nn.Embedding, spec: WeightQuantizer) -> "QuantEmbedding":
         """Wrap ``embedding``'s own table (shared, so a tied MLM decoder stays tied)."""
         module = cls(embedding.num_embeddings, embedding.embedding_dim, spec, embedding.padding_idx, device="meta")
         module.weight = embedding.weight
         return module.train(embedding.training)
 
     def weight_grid(self) -> QuantGrid:
+        """The uniform grid of the table (a ``QuantSpec`` weight quantizer only: the int8 export's)."""
+        if not isinstance(self.spec, QuantSpec):
+            raise TypeError(f"{type(self.spec).__name__} quantizes on no uniform grid")
         return self.spec.grid_for(self.weight)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         rows = F.embedding(ids, self.weight, self.padding_idx)
-        return self.weight_grid().fake_quantize_rows(rows, ids, self.num_embeddings)
+        return self.spec.fake_quantize_rows(self.weight, rows, ids)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, spec={self.spec}"

@@ -9,16 +9,20 @@ A grid maps a real tensor to integers and back, ``x̂ = Δ·q + b``:
 
 Granularity splits a tensor's rows (dim 0) into G contiguous groups, each with its own range:
 G = 1 is per tensor, G = rows is per output channel, G = heads is Q-BERT's group-wise scheme.
+
+``QuantSpec`` is the uniform grid as a weight quantizer (``qlib.weight_quantizer``): a checkpoint stores its codes
+bit-packed (``codes``, b bits each) with the grid (``scale``, ``shift`` [G]).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal, Mapping, Sequence
 
 import torch
 
 from qlib.checks import check_bits, check_groups, check_tensor
+from qlib.packing import pack, unpack
 
 Scheme = Literal["symmetric", "asymmetric"]
 Granularity = Literal["tensor", "channel", "group"]
@@ -208,6 +212,38 @@ class QuantSpec:
         """The grid fitted to ``x`` itself (weights, or activations quantized dynamically per batch)."""
         lo, hi = tensor_ranges(x, self.num_groups(x), self.percentile)
         return QuantGrid.from_range(lo, hi, self.bits, self.symmetric)
+
+    # --- the weight-quantizer contract (qlib.weight_quantizer) ---------------------------------------------------
+
+    def fake_quantize(self, weight: torch.Tensor) -> torch.Tensor:
+        """``Δ·clamp(round((W - b)/Δ), qmin, qmax) + b`` on the grid fitted to ``weight``, with the STE."""
+        return self.grid_for(weight).fake_quantize(weight)
+
+    def fake_quantize_rows(self, weight: torch.Tensor, rows: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """Rows ``ids`` of ``fake_quantize(weight)``, from ``rows = weight[ids]``, on the grid fitted to the table."""
+        return self.grid_for(weight).fake_quantize_rows(rows, ids, weight.shape[0])
+
+    def encode(self, weight: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``codes``: the b-bit codes shifted to 0 … 2^b - 1 and bit-packed (``qlib.packing``); ``scale``,
+        ``shift`` [G]: the grid."""
+        grid = self.grid_for(weight.detach())
+        codes = grid.quantize(weight.detach()).to(torch.int16) - grid.qmin
+        return {"codes": pack(codes, self.bits), "scale": grid.scale.contiguous(),
+                "shift": grid.shift.contiguous()}
+
+    def decode(self, encoded: Mapping[str, torch.Tensor], shape: Sequence[int]) -> torch.Tensor:
+        """``Δ·q + b`` of the unpacked codes, shape ``shape``: exactly ``fake_quantize``'s values."""
+        missing = sorted({"codes", "scale", "shift"} - set(encoded))
+        if missing:
+            raise ValueError(f"a uniform grid's encoding needs codes, scale and shift; missing {missing}")
+        grid = QuantGrid(encoded["scale"], encoded["shift"], self.bits, self.symmetric)
+        codes = unpack(encoded["codes"], self.bits, int(torch.Size(shape).numel()))
+        return grid.dequantize((codes.to(torch.int16) + grid.qmin).reshape(tuple(shape)))
+
+    def describe(self, weight: torch.Tensor) -> dict[str, Any]:
+        """Bits, scheme, granularity, the number of groups G it gives ``weight``, and the clip percentile."""
+        return {"bits": self.bits, "scheme": self.scheme, "granularity": self.granularity,
+                "groups": self.num_groups(weight), "percentile": self.percentile}
 
 
 def fake_quantize(

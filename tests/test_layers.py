@@ -12,7 +12,7 @@ QLIB = Path(__file__).parents[1] / "qlib"
 
 LAYERS: list[tuple[str, int, set[str]]] = [  # (layer, rank, modules): a module may import only lower ranks or its own
     ("shared helpers", 0, {"checks", "atomic"}),
-    ("quantization core", 1, {"quantizers", "observers", "quant_noise", "packing"}),
+    ("quantization core", 1, {"weight_quantizer", "quantizers", "observers", "quant_noise", "packing"}),
     ("BERT made quantized", 2, {"config", "modules", "convert"}),
     ("second order", 3, {"hessian", "sensitivity"}),
     ("deployment", 3, {"checkpoint", "int8"}),
