@@ -345,6 +345,12 @@ def glue_provenance(task: str, splits: tuple[str, ...] = SPLITS, source: str = "
     return data_provenance([info.file(s) for s in splits], source)
 
 
+def squad_provenance(source: str = "auto") -> dict[str, Any]:
+    """``data_provenance`` of the SQuAD files ``load_squad`` reads (the first of ``SQUAD_FILES`` present)."""
+    found = [next((c for c in SQUAD_FILES[split] if _local_file(c)), SQUAD_FILES[split][0]) for split in SPLITS]
+    return data_provenance(found, source)
+
+
 def tokenize(ds: datasets.Dataset, tokenizer: PreTrainedTokenizerBase, task: str,
              max_length: int = 128) -> datasets.Dataset:
     """Token ids (unpadded; batches are padded dynamically) and ``labels`` for a GLUE split."""

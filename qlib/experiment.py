@@ -1,5 +1,6 @@
-"""One GLUE run: ``run(spec)`` fine-tunes a BERT as its ``RunSpec`` says (FP32, Q8BERT QAT, Q-BERT QAT or
-Quant-Noise), evaluates it, and writes the result files; the protocol's per-task settings and FP32 sweep.
+"""One run: ``run(spec)`` fine-tunes a BERT on its task (GLUE, SQuAD or CoNLL-2003; ``qlib.tasks``) as its
+``RunSpec`` says (FP32, Q8BERT QAT, Q-BERT QAT or Quant-Noise), evaluates it, and writes the result files; the
+protocol's per-task settings and FP32 sweep.
 
 An ``fp32`` run also evaluates its trained weights under each post-training spec it is given (``dq``: Q8BERT's DQ
 column; ``directq``: Q-BERT's DirectQ, no fine-tuning), so one training gives all those rows. Results land at each
@@ -18,12 +19,11 @@ import torch
 
 from qlib.checkpoint import load_float, save_float, save_quantized
 from qlib.convert import convert_bert
-from qlib.data import get_task, glue_batches, glue_provenance
-from qlib.metrics import glue_metrics
-from qlib.models import DEFAULT_MODEL, load_classifier
+from qlib.data import get_task
 from qlib.results import provenance, read_json, write_json
 from qlib.spec import RunSpec, TrainingProtocol
-from qlib.train import finetune, predict, resolve_device, set_seed
+from qlib.tasks import RunTask, get_run_task
+from qlib.train import finetune, resolve_device, set_seed
 
 PROTOCOL: dict[str, dict[str, Any]] = {"sst2": {"epochs": 1, "lr": 5e-5}}
 """The CPU protocol's fixed per-task settings (all: whole train set, batch 32, max 128 tokens, warm-up 10 %,
@@ -61,7 +61,7 @@ def protocol_for(task: str, results: str | Path = "results") -> dict[str, Any]:
     """The protocol's epochs and learning rate for ``task``: ``PROTOCOL``'s for SST-2, the best point of the FP32
     sweep under ``results`` for a task of ``SWEEP_TASKS`` (refused, saying what to run, until every point of it is
     there), and BERT's usual 3 epochs at 5e-5 for any other task."""
-    name = get_task(task).name
+    name = get_run_task(task).name
     if name not in SWEEP_TASKS:
         return dict(PROTOCOL.get(name, {"epochs": 3, "lr": 5e-5}))
     scores = sweep_scores(name, results)
@@ -73,11 +73,10 @@ def protocol_for(task: str, results: str | Path = "results") -> dict[str, Any]:
     return dict(max(scores, key=lambda item: item[1])[0])  # max keeps the first of equal scores
 
 
-def _evaluate(model: torch.nn.Module, batches, task: str) -> dict[str, Any]:
+def _evaluate(model: torch.nn.Module, task: RunTask, data: Any) -> dict[str, Any]:
     start = time.perf_counter()
-    predictions, labels = predict(model, batches)
-    return {"metrics": glue_metrics(task, predictions, labels), "examples": len(labels),
-            "seconds": time.perf_counter() - start}
+    metrics, examples = task.score(model, data)
+    return {"metrics": metrics, "examples": examples, "seconds": time.perf_counter() - start}
 
 
 def checkpoint_path(spec: RunSpec, checkpoint_dir: str | Path) -> Path:
@@ -126,36 +125,33 @@ def run(spec: RunSpec, post_training: Sequence[RunSpec] = (), experiment: str = 
     if resume and all(p.is_file() for p in paths):
         return [read_json(p) for p in paths]
 
-    info, protocol, target = get_task(spec.task), spec.protocol, resolve_device(device)
+    task, protocol, target = get_run_task(spec.task), spec.protocol, resolve_device(device)
     start = time.perf_counter()
     set_seed(spec.seed)
-    net, tokenizer = load_classifier(protocol.model, info.num_labels)
+    net, tokenizer = task.load(protocol.model)
     if spec.init_from is not None:
         load_float(net, spec.init_from)
     config = spec.quant_config()
     if config is not None:
         convert_bert(net, config)
     net.to(target)
-    train_batches = glue_batches(info.name, tokenizer, "train", protocol.batch_size, protocol.max_length,
-                                 protocol.max_train_examples, spec.seed, protocol.source, shuffle=True)
-    dev_batches = glue_batches(info.name, tokenizer, "dev", 64, protocol.max_length, protocol.max_eval_examples,
-                               spec.seed, protocol.source)
+    train_batches = task.train_batches(tokenizer, protocol, spec.seed)
+    dev = task.eval_data(tokenizer, protocol, spec.seed)
     training = finetune(net, train_batches, protocol.epochs, protocol.lr, progress=progress)
-    evaluations = [_evaluate(net, dev_batches, info.name)]
+    evaluations = [_evaluate(net, task, dev)]
     for row in post_training:
-        evaluations.append(_evaluate(convert_bert(copy.deepcopy(net), row.quant_config()).to(target), dev_batches,
-                                     info.name))
+        evaluations.append(_evaluate(convert_bert(copy.deepcopy(net), row.quant_config()).to(target), task, dev))
     if checkpoint_dir is not None:
         (save_float if spec.method == "fp32" else save_quantized)(net.cpu(), checkpoint_path(spec, checkpoint_dir))
     wall = time.perf_counter() - start
-    data = glue_provenance(info.name, source=protocol.source)
+    data = task.provenance(protocol.source)
 
     params = _params(spec, post_training)
     records = []
     for row, path, evaluation in zip(rows, paths, evaluations):
         record = {
-            "experiment": experiment, "task": info.name, "method": row.label, "seed": spec.seed,
-            "spec": row.to_dict(), "metrics": evaluation["metrics"], "main_metric": info.metrics[0],
+            "experiment": experiment, "task": task.name, "method": row.label, "seed": spec.seed,
+            "spec": row.to_dict(), "metrics": evaluation["metrics"], "main_metric": task.metrics[0],
             "params": params, "train": {**training, "train_examples": len(train_batches.dataset)},
             "eval": {"examples": evaluation["examples"], "seconds": evaluation["seconds"]},
             "provenance": provenance(wall, target, data=data),

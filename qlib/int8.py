@@ -264,7 +264,7 @@ def to_int8(model: nn.Module) -> nn.Module:
 
 
 def int8_gemm_error(weight_bits: int, k: int = 64, seed: int = 0) -> float:
-    """Max |error| of oneDNN's u8·s8 GEMM on this CPU against exact integer arithmetic, for random uint8 inputs
+    """Max ``|error|`` of oneDNN's u8·s8 GEMM on this CPU against exact integer arithmetic, for random uint8 inputs
     and weights spanning ±(2^(weight_bits-1) - 1) over a k-term dot product (0 where the CPU is exact)."""
     if not hasattr(torch.ops.onednn, "qlinear_pointwise"):
         raise RuntimeError("this PyTorch build has no oneDNN int8 kernels (torch.ops.onednn.qlinear_pointwise)")

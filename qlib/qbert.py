@@ -2,7 +2,7 @@
 
 ``run_spectrum`` fine-tunes (or takes a given FP32 model, e.g. the task's Baseline), then measures the Hessian
 spectrum of every block on K subsets. Its result file holds, per block, the top eigenvalue on each subset,
-Ω = |mean| + std, the smallest eigenvalue (its sign tells a saddle point), power-iteration counts and convergence,
+``Ω = |mean| + std``, the smallest eigenvalue (its sign tells a saddle point), power-iteration counts and convergence,
 the seconds each took, and optionally the loss landscape of a few blocks along their top two eigenvectors
 (Q-BERT fig. 2).
 

@@ -111,7 +111,7 @@ class QuantGrid:
 
     @classmethod
     def from_range(cls, lo: torch.Tensor, hi: torch.Tensor, bits: int, symmetric: bool) -> "QuantGrid":
-        """Grid covering [lo, hi] per group (shapes [G]); symmetric grids cover [-max(|lo|,|hi|), +max(|lo|,|hi|)].
+        """Grid covering [lo, hi] per group (shapes [G]); symmetric grids cover ``[-max(|lo|,|hi|), +max(|lo|,|hi|)]``.
 
         Δ is at least the smallest normal float32, so 1/Δ stays finite: a zero-width range (a constant group)
         maps the constant exactly onto the grid, and a subnormal range does not overflow to NaN.

@@ -49,7 +49,7 @@ def relative_error(summary: pd.DataFrame, baseline: str = "fp32") -> pd.DataFram
 def paired_gaps(runs: pd.DataFrame, method: str, baseline: str = "fp32") -> pd.DataFrame:
     """Per task, over the seeds run with both methods: ``method`` - ``baseline`` score of the same seed (points;
     negative = worse): the number of pairs, the gaps' mean and sample std, the baseline's own std over seeds,
-    ``spread`` = the larger of those two stds (NaN with one seed), and ``beyond spread`` = |mean gap| > spread
+    ``spread`` = the larger of those two stds (NaN with one seed), and ``beyond spread`` = ``|mean gap| > spread``
     (None when there is no spread to compare with)."""
     columns = ["pairs", "mean gap", "gap std", f"{baseline} std", "spread", "beyond spread"]
     scores = runs[runs["method"].isin([method, baseline])].pivot_table(index=["task", "seed"], columns="method",

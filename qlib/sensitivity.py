@@ -2,7 +2,7 @@
 
 For each block (an encoder layer's weight matrices, or the word-embedding table) and each of K data subsets,
 λ_i is the top Hessian eigenvalue of the loss restricted to the block; the block's sensitivity is
-Ω_i = |mean(λ_i)| + std(λ_i) (Q-BERT eq. 5; std over the K subsets, ddof = 0). More sensitive blocks get
+``Ω_i = |mean(λ_i)| + std(λ_i)`` (Q-BERT eq. 5; std over the K subsets, ddof = 0). More sensitive blocks get
 more bits.
 """
 
@@ -63,7 +63,7 @@ def layer_spectrum(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]],
 
 def block_landscape(model: nn.Module, batch: dict[str, torch.Tensor], block: str, alphas: Sequence[float],
                     max_iter: int = 50, tol: float = 1e-4, seed: int = 0) -> dict[str, object]:
-    """Q-BERT fig. 2 for one block: loss(W + a·v1 + b·v2) on ``batch`` for (a, b) in ``alphas``², v1 and v2 the
+    """Q-BERT fig. 2 for one block: loss(W + a·v1 + b·v2) on ``batch`` for (a, b) in ``alphas`` × ``alphas``, v1 and v2 the
     block's top two Hessian eigenvectors (unit norm over the block). Returns alphas, the two eigenvalues, their
     convergence, and the losses as a [len(alphas)][len(alphas)] list (row a, column b)."""
     all_blocks = layer_blocks(model)
@@ -78,7 +78,7 @@ def block_landscape(model: nn.Module, batch: dict[str, torch.Tensor], block: str
 
 
 def omega(eigenvalues: Sequence[float]) -> float:
-    """Q-BERT's sensitivity Ω = |mean(λ)| + std(λ) over the K subsets' top eigenvalues."""
+    """Q-BERT's sensitivity ``Ω = |mean(λ)| + std(λ)`` over the K subsets' top eigenvalues."""
     values = np.asarray(eigenvalues, dtype=float)
     if values.size == 0 or not np.isfinite(values).all():
         raise ValueError(f"need finite eigenvalues from at least one subset, got {list(values)}")
@@ -87,7 +87,7 @@ def omega(eigenvalues: Sequence[float]) -> float:
 
 def negative_curvature(top: Sequence[float], smallest: float | None = None,
                        noise: float = 1e-3) -> dict[str, int | bool]:
-    """The saddle check for one block: with ε = noise·|mean(λ_top)| (below it an eigenvalue is the power iteration's
+    """The saddle check for one block: with ``ε = noise·|mean(λ_top)|`` (below it an eigenvalue is the power iteration's
     numerical noise), how many of the K subsets' dominant eigenvalues ``top`` are below -ε, and whether any of them
     or the ``smallest`` eigenvalue is, i.e. the weights are not at a minimum of some subset's loss."""
     eps = noise * abs(float(np.mean(top)))

@@ -26,17 +26,17 @@ from typing import Any, Mapping
 
 from qlib.checks import check_bits
 from qlib.config import BertQuantConfig, dynamic_config, q8bert_config, qbert_config
-from qlib.data import get_task
 from qlib.models import DEFAULT_MODEL
 from qlib.observers import Q8BERT_EMA_DECAY
+from qlib.tasks import get_run_task
 
 TRAINED_METHODS = ("fp32", "qat", "qbert")
 POST_TRAINING_METHODS = ("dq", "directq")
 METHODS = TRAINED_METHODS + POST_TRAINING_METHODS
 SOURCES = ("auto", "local", "hub")
 FROM_CHECKPOINT = "fp32"
-"""``init_from`` of a spec read back from a label: the label says the run started from an FP32 checkpoint
-(``-ft``), not which file."""
+"""The ``init_from`` of a spec read back from a label, which says (``-ft``) that the run started from an FP32
+checkpoint, but not from which file."""
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,11 @@ class TrainingProtocol:
 
     Args:
         model: a BERT name or path (``DEFAULT_MODEL``: the offline packaged model).
-        epochs, lr, batch_size, max_length: the schedule (AdamW, linear warm-up over 10 %, weight decay 0.01).
+        epochs: passes over the training data.
+        lr: AdamW's peak learning rate (linear warm-up over 10 % of the steps, then linear decay; weight decay 0.01).
+        batch_size: training examples a step.
+        max_length: the longest input in tokens (longer ones are cut, or windowed for QA).
+        doc_stride: how many tokens consecutive windows of a long SQuAD context share (QA tasks only).
         max_train_examples, max_eval_examples: a fixed random subset of the splits (None: all of them).
         source: where the data comes from (``auto``, ``local`` files, the ``hub``).
     """
@@ -55,12 +59,13 @@ class TrainingProtocol:
     lr: float = 5e-5
     batch_size: int = 32
     max_length: int = 128
+    doc_stride: int = 128
     max_train_examples: int | None = None
     max_eval_examples: int | None = None
     source: str = "auto"
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "max_length"):
+        for name in ("epochs", "batch_size", "max_length", "doc_stride"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -79,7 +84,7 @@ class RunSpec:
     """One run: task, method, seed, the method's quantization knobs, and its training protocol.
 
     Args:
-        task: a GLUE task name (``get_task`` normalises ``SST-2`` to ``sst2``).
+        task: a GLUE task, ``squad`` or ``conll2003`` (``get_run_task`` normalises ``SST-2`` to ``sst2``).
         method: one of ``METHODS`` (see the module docstring).
         seed: the seed of the data order, the new head and dropout.
         weight_bits: encoder weights' bits (``qbert``, ``directq``; 8 for the others).
@@ -108,7 +113,7 @@ class RunSpec:
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # normalised once here, so equal runs compare (and hash) equal
-        set_(self, "task", get_task(self.task).name)
+        set_(self, "task", get_run_task(self.task).name)
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; allowed: {METHODS}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:

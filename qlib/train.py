@@ -68,7 +68,7 @@ def finetune(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]], epoch
             optimizer.step()
             schedule.step()
             optimizer.zero_grad(set_to_none=True)
-            examples += len(batch["labels"])
+            examples += len(batch["input_ids"])
             bar.update()
             bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
     bar.close()

@@ -1,0 +1,140 @@
+"""Every head the papers use, trained and scored through one ``run(spec)``: extractive QA (SQuAD v1.1) and token
+classification (CoNLL-2003) beside GLUE's; each task's score checked against hand-computed values."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+from transformers import AutoTokenizer
+
+from qlib.conll import NER_LABELS
+from qlib.data import file_sha256
+from qlib.experiment import run
+from qlib.spec import RunSpec, TrainingProtocol
+from qlib.tasks import ConllTask, GlueTask, SquadTask, get_run_task
+
+QUESTIONS = [  # the tiny tokenizer's words only, so no answer hides behind [UNK]
+    ("q1", "it was good it was the film", "what was good", [("the film", 19)]),
+    ("q2", "it was not good it was a dull plot", "what was dull", [("a dull plot", 23), ("dull plot", 25)]),
+    ("q3", "it was not good it was a fun movie", "what was fun", [("movie", 29)]),
+]
+CONLL = """-DOCSTART- -X- -X- O
+
+it PRP B-NP O
+was VBD B-VP O
+the DT B-NP I-MISC
+movie NN I-NP I-MISC
+
+good JJ B-NP I-ORG
+plot NN I-NP O
+"""
+
+
+def squad_document(questions) -> dict:
+    """SQuAD v1.1 JSON, one paragraph per question, as the official files lay it out."""
+    return {"version": "1.1", "data": [{"title": "Films", "paragraphs": [
+        {"context": context, "qas": [{"id": qid, "question": question,
+                                      "answers": [{"text": t, "answer_start": s} for t, s in answers]}]}
+        for qid, context, question, answers in questions]}]}
+
+
+@pytest.fixture
+def task_data(glue_dir):
+    """SQuAD (gzip, official layout) and CoNLL-2003 (IOB1, with -DOCSTART-) files beside the tiny GLUE ones."""
+    for name in ("dev.json.gz", "train.reconstructed.json.gz"):
+        path = glue_dir / "squad" / "v1.1" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(gzip.compress(json.dumps(squad_document(QUESTIONS * (1 if "dev" in name else 4))).encode(),
+                                       mtime=0))
+    for split in ("train", "dev", "test"):
+        path = glue_dir / "conll2003" / f"{split}.txt"
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(CONLL if split != "train" else "\n".join([CONLL] + [CONLL.split("\n", 2)[2]] * 3))
+    return glue_dir
+
+
+def tiny(model_dir, **overrides) -> TrainingProtocol:
+    return TrainingProtocol(**{"model": str(model_dir), "epochs": 1, "batch_size": 4, "max_length": 16,
+                               "doc_stride": 4} | overrides)
+
+
+class WordLogits(nn.Module):
+    """A stand-in model whose logits are set per vocabulary word, to score a task by hand."""
+
+    def __init__(self, tokenizer, **per_word: torch.Tensor) -> None:
+        super().__init__()
+        self.anchor = nn.Parameter(torch.zeros(1))
+        self.tables = {name: torch.zeros(len(tokenizer), *next(iter(words.values())).shape)
+                       for name, words in per_word.items()}
+        for name, words in per_word.items():
+            for word, value in words.items():
+                self.tables[name][tokenizer.convert_tokens_to_ids(word)] = value
+
+    def forward(self, input_ids, **_):
+        return SimpleNamespace(**{name: table[input_ids].squeeze(-1) for name, table in self.tables.items()})
+
+
+def test_the_registry_knows_every_head():
+    assert get_run_task("SST-2") == GlueTask("sst2") and get_run_task("stsb").metrics == ("pearson", "spearman")
+    assert get_run_task("squad") == SquadTask() and get_run_task("CoNLL2003") == ConllTask()
+    with pytest.raises(ValueError, match="unknown task 'imdb'; allowed: cola, .*squad, conll2003"):
+        get_run_task("imdb")
+    assert RunSpec("squad", "qat").label == "qat" and RunSpec("conll2003").task == "conll2003"
+
+
+def test_squad_is_scored_by_the_best_span_over_windows(task_data, tiny_model_dir):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    task = SquadTask()
+    data = task.eval_data(tokenizer, tiny(tiny_model_dir, max_length=12, doc_stride=4), seed=0)
+    assert len(data.features) > len(data.examples) == 3  # the contexts overflow 12 tokens: several windows each
+    one = torch.tensor([5.0])
+    model = WordLogits(tokenizer, start_logits={"the": one, "dull": one, "movie": one},
+                       end_logits={"film": one, "dull": one, "movie": one})
+    metrics, examples = task.score(model, data)
+    # q1 "the film" (EM 1, F1 1); q2 "dull" against "a dull plot"/"dull plot" (EM 0, F1 2/3); q3 "movie" (1, 1)
+    assert examples == 3
+    assert metrics == pytest.approx({"exact_match": 2 / 3, "f1": (1 + 2 / 3 + 1) / 3})
+
+
+def test_conll_is_scored_by_entities_on_each_words_first_piece(task_data, tiny_model_dir):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    task = ConllTask()
+    data = task.eval_data(tokenizer, tiny(tiny_model_dir), seed=0)
+
+    def tag(name):
+        return torch.eye(len(NER_LABELS))[NER_LABELS.index(name)] * 5
+
+    model = WordLogits(tokenizer, logits={"the": tag("B-MISC"), "movie": tag("I-MISC"), "good": tag("B-PER"),
+                                          "it": tag("O"), "was": tag("O"), "plot": tag("O")})
+    metrics, sentences = task.score(model, data)
+    # references (IOB2): MISC "the movie", ORG "good"; predictions: MISC "the movie" (right), PER "good" (wrong type)
+    assert sentences == 2 and metrics == pytest.approx({"f1": 0.5, "precision": 0.5, "recall": 0.5})
+
+
+@pytest.mark.slow
+def test_a_tiny_squad_run_trains_and_scores_through_run(task_data, tiny_model_dir, tmp_path):
+    spec = RunSpec("squad", "fp32", protocol=tiny(tiny_model_dir))
+    records = run(spec, [spec.with_(method="dq")], experiment="qbert", results_dir=tmp_path / "r", progress=False)
+    assert [r["method"] for r in records] == ["fp32", "dq"] and records[0]["main_metric"] == "f1"
+    for record in records:
+        assert set(record["metrics"]) == {"exact_match", "f1"} and 0 <= record["metrics"]["f1"] <= 1
+        assert record["eval"]["examples"] == 3 and record["train"]["train_examples"] >= 12  # windows
+        assert record["provenance"]["data"]["files"] == {
+            f"squad/v1.1/{n}": file_sha256(task_data / "squad" / "v1.1" / n)
+            for n in ("dev.json.gz", "train.reconstructed.json.gz")}
+    assert RunSpec.from_record(records[0]) == spec and spec.result_path(tmp_path / "r").is_file()
+
+
+@pytest.mark.slow
+def test_a_tiny_conll_qat_run_trains_and_scores_through_run(task_data, tiny_model_dir, tmp_path):
+    spec = RunSpec("conll2003", "qbert", weight_bits=4, groups=4, protocol=tiny(tiny_model_dir, epochs=2))
+    record = run(spec, experiment="qbert", results_dir=tmp_path / "r", progress=False)[0]
+    assert record["method"] == "qbert-w4e8-g4" and set(record["metrics"]) == {"f1", "precision", "recall"}
+    assert record["eval"]["examples"] == 2 and record["train"]["train_examples"] == 8
+    assert set(record["provenance"]["data"]["files"]) == {"conll2003/train.txt", "conll2003/dev.txt"}
+    assert RunSpec.from_record(record) == spec
