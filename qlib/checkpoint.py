@@ -84,9 +84,18 @@ def load_float(model: nn.Module, path: str | os.PathLike) -> nn.Module:
 
 
 def save_quantized(model: nn.Module, path: str | os.PathLike, float_dtype: torch.dtype = torch.float32) -> Path:
-    """Save a converted model with bit-packed weights, atomically; returns the path. ``float_dtype``
-    (``torch.float32`` or ``torch.float16``) stores the parameters that are not packed: float32 loads back exactly,
-    float16 rounds them (relative error ≤ 2⁻¹¹)."""
+    """Save a converted model with each quantized weight as its quantizer encodes it (bit-packed codes and grids),
+    atomically, in one safetensors file with the layers' quantizers and the payload's SHA-256 in its metadata.
+
+    Args:
+        model: a model converted by ``convert_bert`` (after QAT, or calibrated).
+        path: the file to write (replaced whole, never half-written).
+        float_dtype: ``torch.float32`` or ``torch.float16`` for the parameters that are not packed (biases,
+            LayerNorm, the float head): float32 loads back exactly, float16 rounds them (relative error ≤ 2⁻¹¹).
+
+    Returns:
+        ``path``.
+    """
     if float_dtype not in (torch.float32, torch.float16):
         raise ValueError(f"float_dtype must be torch.float32 or torch.float16, got {float_dtype}")
     parameters = {name for name, _ in model.named_parameters(remove_duplicate=False)}
@@ -151,10 +160,19 @@ def _open(path: Path):
 
 
 def load_quantized(model: nn.Module, path: str | os.PathLike) -> nn.Module:
-    """Load a ``save_quantized`` file into ``model`` (converted with the same config); weights are unpacked exactly.
+    """Load a ``save_quantized`` file into ``model``; each weight is decoded exactly by the model's own quantizer.
 
-    Refuses, naming the file and the layer, a model quantized otherwise (another layer set, bits, scheme,
-    granularity, groups or percentile), and a file whose tensors do not match the hash it was saved with."""
+    Refuses, naming the file and the layer, a model quantized otherwise (another layer set, or anything its
+    quantizers ``describe``: bits, scheme, granularity, groups, percentile), and a file whose tensors do not match
+    the hash it was saved with.
+
+    Args:
+        model: converted with the config the file was saved with.
+        path: a ``save_quantized`` file.
+
+    Returns:
+        ``model``, holding the file's weights, ranges and float parameters.
+    """
     path = Path(path)
     with _open(path) as f:
         metadata = f.metadata() or {}

@@ -54,9 +54,19 @@ def _replace(root: nn.Module, name: str, new: nn.Module) -> None:
 
 
 def convert_bert(model: nn.Module, config: BertQuantConfig) -> nn.Module:
-    """Replace ``model``'s Linear and Embedding layers by fake-quantized ones per ``config``; returns ``model``.
+    """Replace ``model``'s Linear and Embedding layers by fake-quantized ones per ``config``, in place (torch.ao's
+    ``from_float`` on every layer): each encoder/pooler Linear becomes a ``QuantLinear`` with ``config.layer_for``
+    its name, each embedding table a ``QuantEmbedding`` with ``config.embeddings``; the task head stays float unless
+    ``config.head`` says otherwise.
 
     Parameters are shared with the float layers, so conversion before building the optimizer is all QAT needs.
+
+    Args:
+        model: any ``BertFor...`` model (or a ``BertModel``).
+        config: the quantization; a per-layer key that names no layer is refused, naming it.
+
+    Returns:
+        ``model`` itself, converted.
     """
     bert = find_bert(model)
     _check_layer_keys(model, config)

@@ -41,7 +41,19 @@ def orthogonalize(v: Vectors, basis: Sequence[Vectors]) -> Vectors:
 
 
 def hessian_vector_product(grads: Vectors, params: Vectors, v: Vectors) -> Vectors:
-    """H v = ∂(gᵀv)/∂W, for ``grads`` = ∂L/∂W computed with ``create_graph=True``."""
+    """The Hessian-vector product by double backpropagation (Pearlmutter 1994): ``H v = ∂(gᵀv)/∂W``.
+
+    Args:
+        grads: g = ∂L/∂W, computed with ``create_graph=True``.
+        params: W, the tensors the gradient was taken for.
+        v: the direction, one tensor per parameter.
+
+    Returns:
+        H v, one tensor per parameter.
+
+    Shapes:
+        each of ``grads``, ``v`` and the result has its parameter's shape.
+    """
     return list(torch.autograd.grad(grads, params, grad_outputs=v, retain_graph=True))
 
 
@@ -65,6 +77,19 @@ def power_iteration(loss_fn: Callable[[], torch.Tensor], params: Vectors, top_k:
     change is below ``tol`` (Q-BERT's authors stop at 1e-4) or ``max_iter`` is reached; a pair that did not
     converge is returned with ``converged=False`` and a warning, never silently. Returned eigenvalues are of H
     (the shift added back). With ``shift`` = λ_max > 0, the result is H's smallest eigenvalue (negative: a saddle).
+
+    Args:
+        loss_fn: computes the loss L (called once; its graph is kept for the products).
+        params: W, the block of parameters whose Hessian is iterated.
+        top_k: how many eigenpairs, each deflated against the earlier ones.
+        max_iter: iterations per eigenpair at most.
+        tol: relative change of the eigenvalue estimate that ends an iteration.
+        shift: iterate on H - shift·I.
+        seed: the random start vector's seed.
+
+    Returns:
+        ``Eigenpair`` s (eigenvalue of H, unit eigenvector as one tensor per parameter, iterations, converged), the
+        largest in magnitude first.
     """
     if top_k < 1 or max_iter < 1 or tol <= 0:
         raise ValueError(f"need top_k >= 1, max_iter >= 1, tol > 0; got {top_k}, {max_iter}, {tol}")

@@ -18,7 +18,18 @@ def packed_nbytes(numel: int, bits: int) -> int:
 
 
 def pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
-    """Pack unsigned codes (any shape, values in [0, 2^bits)) into a flat uint8 tensor of ceil(n·bits/8) bytes."""
+    """Pack unsigned codes into one little-endian bit stream: code i takes bits i·b … i·b + b - 1.
+
+    Args:
+        codes: integers in [0, 2^bits), any shape (read flat).
+        bits: b in 2..8.
+
+    Returns:
+        The stream as a flat uint8 tensor.
+
+    Shapes:
+        codes [...] with n elements → [ceil(n·b / 8)].
+    """
     check_bits(bits)
     flat = codes.reshape(-1).to(torch.int64)
     if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= 2**bits):
@@ -32,7 +43,19 @@ def pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
 
 
 def unpack(packed: torch.Tensor, bits: int, numel: int) -> torch.Tensor:
-    """Inverse of ``pack``: the first ``numel`` codes as a flat uint8 tensor."""
+    """Inverse of ``pack``.
+
+    Args:
+        packed: the flat uint8 stream ``pack`` wrote.
+        bits: b in 2..8, as packed.
+        numel: n, the number of codes packed (the stream's last byte may hold padding bits).
+
+    Returns:
+        The codes, flat uint8.
+
+    Shapes:
+        packed [ceil(n·b / 8)] → [n].
+    """
     check_bits(bits)
     if packed.dtype != torch.uint8 or packed.dim() != 1:
         raise ValueError(f"packed codes must be a flat uint8 tensor, got {packed.dtype} of shape {tuple(packed.shape)}")

@@ -16,7 +16,22 @@ import torch
 
 def quant_noise(weight: torch.Tensor, quantized: torch.Tensor, p: float, block_size: int,
                 generator: torch.Generator | None = None) -> torch.Tensor:
-    """The noisy weight W̃: blocks of ``block_size`` inputs taken from ``quantized`` with probability ``p``."""
+    """The noisy weight ``W̃ = W + M ⊙ (Q(W) - W)``: each block of ``block_size`` consecutive inputs of a row is taken
+    from ``quantized`` with probability ``p`` (Quant-Noise, Fan et al. 2021, eq. 3), else from ``weight``.
+
+    Args:
+        weight: W, the float weight (the parameter; never written to).
+        quantized: Q(W), with its own gradient rule (the STE's clip mask).
+        p: the noise rate in [0, 1]: 1 is plain QAT, 0 plain float training.
+        block_size: inputs per block; divides ``in``.
+        generator: the random source of the block mask M.
+
+    Returns:
+        W̃; its gradient is 1 on the float blocks and Q's on the quantized ones.
+
+    Shapes:
+        weight, quantized [out, in] → [out, in].
+    """
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"noise rate p must be in [0, 1], got {p!r}")
     out_features, in_features = weight.shape

@@ -43,7 +43,20 @@ def group_view(x: torch.Tensor, groups: int) -> torch.Tensor:
 def tensor_ranges(
     x: torch.Tensor, groups: int = 1, percentile: float | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-group clip range (lo [G], hi [G]) of ``x``: min/max, or the [100-p, p] percentiles to drop outliers."""
+    """Per-group clip range of ``x``: its min/max, or its [100 - p, p] percentiles to drop outliers (Q-BERT's clipped
+    sub-interval).
+
+    Args:
+        x: the tensor, rows first.
+        groups: G, dividing ``x``'s rows: group g is rows g·rows/G … (g + 1)·rows/G - 1.
+        percentile: p in (50, 100], or None for min/max.
+
+    Returns:
+        (lo, hi): the range of each group.
+
+    Shapes:
+        x [rows, ...] → lo [G], hi [G].
+    """
     check_tensor(x)
     view = group_view(x.detach(), groups)
     if percentile is None:
@@ -111,7 +124,15 @@ class QuantGrid:
 
     @classmethod
     def from_range(cls, lo: torch.Tensor, hi: torch.Tensor, bits: int, symmetric: bool) -> "QuantGrid":
-        """Grid covering [lo, hi] per group (shapes [G]); symmetric grids cover ``[-max(|lo|,|hi|), +max(|lo|,|hi|)]``.
+        """Grid covering [lo, hi] per group; symmetric grids cover ``[-max(|lo|,|hi|), +max(|lo|,|hi|)]``.
+
+        Args:
+            lo, hi: each group's range, lo ≤ hi, finite.
+            bits: b in 2..8.
+            symmetric: the symmetric grid (zero maps to code 0) or the asymmetric one (lo maps to code 0).
+
+        Shapes:
+            lo [G], hi [G] → scale [G], shift [G].
 
         Δ is at least the smallest normal float32, so 1/Δ stays finite: a zero-width range (a constant group)
         maps the constant exactly onto the grid, and a subnormal range does not overflow to NaN.
@@ -254,5 +275,19 @@ def fake_quantize(
     groups: int | None = None,
     percentile: float | None = None,
 ) -> torch.Tensor:
-    """Quantize ``x`` on a grid fitted to its own range and return the dequantized values (STE gradient)."""
+    """Fake quantization of ``x`` on a grid fitted to its own range, ``x̂ = Δ·clamp(round((x - b)/Δ), qmin, qmax) + b``
+    (Q8BERT eq. 1 for ``symmetric``, Q-BERT eq. 3 for ``asymmetric``), with the straight-through estimator's gradient.
+
+    Args:
+        x: the tensor to quantize.
+        bits: b in 2..8.
+        scheme: ``symmetric`` (Δ = max|x| / (2^(b-1) - 1), b = 0) or ``asymmetric`` (Δ = (max - min) / (2^b - 1),
+            b = min).
+        granularity: one range per ``tensor``, per row (``channel``) or per ``group`` of rows.
+        groups: G for ``granularity="group"``.
+        percentile: clip each range to its [100 - p, p] percentiles.
+
+    Returns:
+        x̂, the dequantized values, same shape and dtype as ``x``.
+    """
     return QuantSpec(bits, scheme, granularity, groups, percentile).grid_for(x).fake_quantize(x)

@@ -32,9 +32,22 @@ def layer_blocks(model: nn.Module) -> dict[str, list[nn.Parameter]]:
 def layer_spectrum(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]], blocks: Sequence[str] | None = None,
                    max_iter: int = 50, tol: float = 1e-4, smallest_subsets: int = 0, seed: int = 0,
                    ) -> list[dict[str, object]]:
-    """One record per (subset, block): the dominant ("top") eigenvalue, iterations, convergence and seconds;
-    on the first ``smallest_subsets`` subsets also the smallest eigenvalue (the saddle check: the top one if it
-    is negative, else power iteration on H - λ_top·I). Each batch of ``batches`` is one subset."""
+    """Q-BERT's per-block Hessian spectrum (sec. 3.2): the top eigenvalue λ_i of each block's Hessian on each data
+    subset, by power iteration on that block's parameters only.
+
+    Args:
+        model: a BERT with eager attention (double backward through SDPA is not implemented on CPU).
+        batches: one batch per data subset, with labels.
+        blocks: block names (``layer_blocks``; default all: the embedding and each encoder layer).
+        max_iter, tol: the power iteration's stopping rule.
+        smallest_subsets: on the first this many subsets, also the smallest eigenvalue (the saddle check: the top
+            one if it is negative, else power iteration on H - λ_top·I).
+        seed: the start vectors' seed.
+
+    Returns:
+        One record per (subset, block): ``block``, ``subset``, ``top``, iterations, ``converged``, seconds, and
+        ``smallest`` / ``smallest_converged`` where measured.
+    """
     all_blocks = layer_blocks(model)
     names = list(blocks) if blocks is not None else list(all_blocks)
     unknown = [n for n in names if n not in all_blocks]
@@ -97,9 +110,19 @@ def negative_curvature(top: Sequence[float], smallest: float | None = None,
 
 
 def assign_bits(sensitivity: Mapping[str, float], choices: Sequence[int], target_bits: float) -> dict[str, int]:
-    """Mixed precision: every layer starts at the lowest of ``choices``; the most sensitive layers are raised
-    one choice at a time while the average bits (layers weighted equally, as BERT's encoder layers are the same
-    size) stays within ``target_bits``. E.g. choices (2, 3), target 2.5: the most sensitive half gets 3 bits."""
+    """Mixed precision from sensitivity (Q-BERT sec. 3.2): every layer starts at the lowest of ``choices``; the most
+    sensitive layers are raised one choice at a time while the average bits (layers weighted equally, as BERT's
+    encoder layers are the same size) stays within ``target_bits``. E.g. choices (2, 3), target 2.5: the most
+    sensitive half gets 3 bits.
+
+    Args:
+        sensitivity: layer name → Ω (larger: more sensitive).
+        choices: the bit widths allowed, each in 2..8.
+        target_bits: the average bits to stay within, between the smallest and the largest choice.
+
+    Returns:
+        layer name → its bits.
+    """
     levels = sorted({check_bits(b, "bits in choices") for b in choices})
     if not sensitivity:
         raise ValueError("no layers to assign bits to")
