@@ -3,9 +3,12 @@
     python -m qlib.batch chapters/q8bert.ipynb --grid task=cola,rte --grid method=fp32,qat \\
         --grid seed=0,1,2 -p quick=false --out runs/q8bert
 
-Jobs run one after another (each a fresh kernel, in the chapter's folder); the chapter is snapshotted first so
-that editing it during a long batch changes nothing. A failing job is named with its error and its executed
-notebook; the others still run, and the batch exits non-zero at the end.
+Each grid point is a ``NotebookJob``, run by the same Dask machinery as ``python -m qlib.protocol``
+(``qlib.jobs``): on a local cluster (``--workers``, default one at a time) or an existing one (``--scheduler``).
+Each job is a fresh kernel in the chapter's folder; the chapter is snapshotted first so that editing it during a
+long batch changes nothing. A failing job is named with its error and its executed notebook; the others still run,
+and the batch exits non-zero at the end. (A batch re-runs every grid point; the chapters themselves skip runs whose
+result files exist.)
 """
 
 from __future__ import annotations
@@ -17,10 +20,13 @@ import json
 import re
 import shutil
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 import papermill
+
+from qlib.jobs import close_client, execute, make_client
 
 
 def parse_value(text: str) -> Any:
@@ -114,9 +120,39 @@ def job_name(params: dict[str, Any]) -> str:
     return re.sub(r"[^\w.+=-]", "_", name.replace("/", "-"))
 
 
+@dataclass(frozen=True)
+class NotebookJob:
+    """One papermill execution of ``source`` (a chapter's snapshot) with ``parameters``, kept at ``output``, run in
+    the chapter's folder ``cwd``; a job of ``qlib.jobs.execute``. ``job``: the protocol job the execution runs (its
+    result files tell whether it is done), if any."""
+
+    name: str
+    source: str
+    output: str
+    cwd: str
+    parameters: Mapping[str, Any] = field(hash=False)
+    needs: tuple[str, ...] = ()
+    resources: Mapping[str, float] = field(default_factory=dict, hash=False)
+    job: Any = None
+
+    def done(self) -> bool:  # a batch executes every grid point; the chapter skips the runs whose results exist
+        return self.job is not None and self.job.done()
+
+    def __call__(self) -> str:
+        Path(self.output).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            papermill.execute_notebook(self.source, self.output, parameters=dict(self.parameters), cwd=self.cwd,
+                                       progress_bar=False)
+        except papermill.PapermillExecutionError as err:  # re-raised plainly: the message is what the batch reports
+            raise RuntimeError(f"{err.ename}: {err.evalue} (executed notebook: {self.output})") from None
+        return f"executed notebook: {self.output}"
+
+
 def run_batch(notebook: str | Path, grid: dict[str, list[Any]], fixed: dict[str, Any], out_dir: str | Path,
-              fail_fast: bool = False) -> tuple[int, list[tuple[str, str]]]:
-    """Execute ``notebook`` once per grid point; return (jobs succeeded, failures as (job, message) pairs)."""
+              fail_fast: bool = False, scheduler: str | None = None,
+              workers: int | None = None) -> tuple[int, list[tuple[str, str]]]:
+    """Execute ``notebook`` once per grid point on Dask (``qlib.jobs``); return (jobs succeeded, failures as
+    (job, message) pairs)."""
     notebook, out_dir = Path(notebook).resolve(), Path(out_dir).resolve()
     if not notebook.is_file():
         raise FileNotFoundError(f"notebook {notebook} not found")
@@ -125,23 +161,15 @@ def run_batch(notebook: str | Path, grid: dict[str, list[Any]], fixed: dict[str,
     out_dir.mkdir(parents=True, exist_ok=True)
     source = out_dir / f"_source_{notebook.name}"
     shutil.copyfile(notebook, source)
-    jobs = expand_grid(grid)
-    failures: list[tuple[str, str]] = []
-    succeeded = 0
-    for i, params in enumerate(jobs, 1):
-        name = job_name(params)
-        output = out_dir / f"{name}.ipynb"
-        print(f"[{i}/{len(jobs)}] {name}", flush=True)
-        try:
-            papermill.execute_notebook(str(source), str(output), parameters={**fixed, **params},
-                                       cwd=str(notebook.parent), progress_bar=False)
-            succeeded += 1
-        except papermill.PapermillExecutionError as err:
-            failures.append((name, f"{err.ename}: {err.evalue} (executed notebook: {output})"))
-            print(f"FAILED {name}: {failures[-1][1]}", file=sys.stderr, flush=True)
-            if fail_fast:
-                break
-    return succeeded, failures
+    jobs = [NotebookJob(job_name(params), str(source), str(out_dir / f"{job_name(params)}.ipynb"),
+                        str(notebook.parent), {**fixed, **params}) for params in expand_grid(grid)]
+    client, threads = make_client(scheduler, workers)
+    try:
+        report = execute(jobs, client, threads, resume=False, fail_fast=fail_fast)
+    finally:
+        close_client(client)
+    failures = [(o.name, o.error.removeprefix("RuntimeError: ")) for o in report.outcomes if o.status != "done"]
+    return len(report.by_status("done")), failures
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -153,11 +181,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="a parameter fixed for every job")
     parser.add_argument("--out", type=Path, required=True, help="folder for the executed notebooks")
     parser.add_argument("--fail-fast", action="store_true", help="stop at the first failing job")
+    parser.add_argument("--scheduler", default=None,
+                        help="address of a running Dask scheduler (tcp://host:8786); default: a local cluster")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="local cluster: notebooks executed at once (default 1)")
     args = parser.parse_args(argv)
     grid = {name: [parse_value(v) for v in values.split(",")] for name, values in args.grid}
     fixed = {name: parse_value(value) for name, value in args.param}
     try:
-        succeeded, failures = run_batch(args.notebook, grid, fixed, args.out, args.fail_fast)
+        succeeded, failures = run_batch(args.notebook, grid, fixed, args.out, args.fail_fast, args.scheduler,
+                                        args.workers)
     except (ValueError, TypeError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -1,36 +1,35 @@
 """The book's whole training protocol as one list of jobs, run without Jupyter: ``python -m qlib.protocol``.
 
 Each job (``Job``: a ``RunSpec`` and what it serves) is the run a chapter's ``quick=False`` cell makes for one
-grid point of its papermill batch (see each chapter's *Reproducing*): the same ``run``, the same result files. This
-runner is for machines without Jupyter (a GPU box, a cluster node) and runs several jobs at once, each in its own
-process:
+grid point of its papermill batch (see each chapter's *Reproducing*): the same ``run``, the same result files. Jobs
+run on Dask (``qlib.jobs``): a local cluster by default, sized to the cores, or an existing cluster:
 
-    python -m qlib.protocol --workers 8 --results results [--only q8bert] [--device cuda]
+    python -m qlib.protocol [--workers 1] [--threads 2] [--only q8bert] [--device cuda]
+    python -m qlib.protocol --scheduler tcp://host:8786 --threads 8
 
-Four stages: the FP32 protocol sweep of the small tasks (``--only sweep``), which picks their epochs and learning
-rates (``qlib.experiment.protocol_for``); the first chapter's main table and the FP32 Baselines (which keep their
-models under ``--checkpoints``); the Hessian spectrum of each Q-BERT task's seed-0 Baseline, on the CPU, where its
-committed one is missing (Q-BERT I's job: it sets the task's MP bits); then Q-BERT's and Quant-Noise's QAT rows seed
-by seed (each starts from its seed's Baseline model), then the ablations. Finished runs are skipped, so an
-interrupted protocol resumes. A failing job is named; the others still run, and the exit status is non-zero at the
-end. A task whose sweep, Baseline or spectrum is missing gets no rows that need it, and is named too.
+Three stages, each a graph of jobs whose edges are Dask futures: (1) the FP32 protocol sweep of the small tasks
+(``--only sweep``), which picks their epochs and learning rates (``qlib.experiment.protocol_for``); (2) the first
+chapter's main table, the FP32 Baselines (which keep their models under ``--checkpoints``), the Hessian spectrum of
+each Q-BERT task's seed-0 Baseline where its committed one is missing (Q-BERT I's job), and Q-BERT's and
+Quant-Noise's QAT rows, each started as soon as its seed's Baseline is written, seed by seed, then the ablations;
+(3) the mixed-precision rows of the tasks whose spectrum stage 2 measured (it sets their bits). Finished runs are
+skipped, so an interrupted protocol resumes. A failing job is named and the jobs that need it are reported as not
+started; the others still run, and the exit status is non-zero at the end. A task whose sweep or spectrum is
+missing gets no rows that need it, and is named too.
 """
 
 from __future__ import annotations
 
 import argparse
-import multiprocessing
+import json
 import sys
-import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass
-from functools import partial
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
-import torch
-
-from qlib.experiment import SWEEP_TASKS, protocol_for, run, sweep_folder, sweep_points
+from qlib.batch import NotebookJob, job_name
+from qlib.experiment import SWEEP_TASKS, checkpoint_path, protocol_for, run, sweep_folder, sweep_points
+from qlib.jobs import Report, close_client, execute, make_client, resources_for
 from qlib.qbert import MIXED_SETTINGS, SETTINGS, directq_specs, fp32_checkpoint, run_spectrum, setting_spec
 from qlib.results import read_json
 from qlib.spec import RunSpec, TrainingProtocol
@@ -51,32 +50,115 @@ LANDSCAPE_BLOCKS = ("encoder.layer.0", "encoder.layer.2", "encoder.layer.5")  # 
 @dataclass(frozen=True)
 class Job:
     """One training job of the protocol: the run (``spec``), the rows its FP32 weights also give
-    (``post_training``), the chapter it serves (``experiment``) and the folder under the results it writes to
-    (``folder``, default the chapter's), and whether it keeps its model where later jobs start from it
-    (``keep_model``: Q-BERT's Baselines)."""
+    (``post_training``), the chapter it serves (``experiment``), the folder under ``results`` it writes to
+    (``folder``, default the chapter's), where it keeps its model (``checkpoint_dir``: Q-BERT's Baselines, whose
+    models the QAT rows start from), the jobs it ``needs`` first (by name), and the ``device`` it trains on.
+    Calling it runs it (``qlib.experiment.run``); ``qlib.jobs.execute`` calls it on a Dask worker."""
 
     spec: RunSpec
     experiment: str
     post_training: tuple[RunSpec, ...] = ()
     folder: str | None = None
-    keep_model: bool = False
+    checkpoint_dir: str | None = None
+    needs: tuple[str, ...] = ()
+    results: str = "results"
+    device: str | None = None
 
     @property
     def name(self) -> str:
         """The job as the result it writes: ``qbert/cola/qbert-w2e8-g12-p99.9-ft-seed1``."""
         return f"{self.folder or self.experiment}/{self.spec.task}/{self.spec.label}-seed{self.spec.seed}"
 
+    @property
+    def results_dir(self) -> Path:
+        return Path(self.results) / (self.folder or self.experiment)
+
+    @property
+    def resources(self) -> dict[str, float]:
+        return dict(resources_for(self.device))
+
+    def done(self) -> bool:
+        """Whether every result file of the job exists (and, for a job that keeps its model, the model)."""
+        files = [row.result_path(self.results_dir) for row in (self.spec, *self.post_training)]
+        if self.checkpoint_dir is not None:
+            files.append(checkpoint_path(self.spec, self.checkpoint_dir))
+        return all(f.is_file() for f in files)
+
+    def run(self) -> list[dict[str, Any]]:
+        """Train and evaluate the job now (``qlib.experiment.run``); its records."""
+        return run(self.spec, self.post_training, experiment=self.experiment, results_dir=self.results_dir,
+                   device=self.device, progress=False, checkpoint_dir=self.checkpoint_dir, resume=False)
+
+    def __call__(self) -> str:
+        return ", ".join(f"{r['method']} {r['main_metric']}={r['metrics'][r['main_metric']]:.4f}" for r in self.run())
+
+    def to_json(self) -> str:
+        """The job as JSON (a chapter's ``job`` parameter; ``from_json`` reads it back equal)."""
+        return json.dumps({"spec": self.spec.to_dict(), "experiment": self.experiment,
+                           "post_training": [row.to_dict() for row in self.post_training], "folder": self.folder,
+                           "checkpoint_dir": self.checkpoint_dir, "needs": list(self.needs), "results": self.results,
+                           "device": self.device})
+
+    @classmethod
+    def from_json(cls, text: str) -> Job:
+        data = json.loads(text)
+        return cls(**(data | {"spec": RunSpec.from_dict(data["spec"]), "needs": tuple(data["needs"]),
+                              "post_training": tuple(RunSpec.from_dict(row) for row in data["post_training"])}))
+
+    def absolute(self) -> Job:
+        """The same job with every path absolute (for a notebook that runs in the chapters' folder)."""
+        spec = self.spec if self.spec.init_from is None else self.spec.with_(
+            init_from=str(Path(self.spec.init_from).resolve()))
+        return replace(self, spec=spec, results=str(Path(self.results).resolve()),
+                       checkpoint_dir=None if self.checkpoint_dir is None else str(Path(self.checkpoint_dir).resolve()))
+
+
+CHAPTERS = {"q8bert": "q8bert.ipynb", "q8bert-sweep": "q8bert.ipynb", "qbert": "qbert_low_precision.ipynb",
+            "quant-noise": "quant_noise.ipynb"}
+"""The chapter whose ``job`` parameter runs a job of each experiment (``--via papermill``)."""
+
+
+def via_papermill(job: Job, chapters: Path, notebooks: Path) -> NotebookJob:
+    """``job`` as a papermill execution of its chapter (``CHAPTERS``) with ``quick=False`` and ``job`` = the job's
+    JSON: the chapter makes the same ``run`` call and writes the same result files; its executed notebook is kept
+    under ``notebooks``."""
+    output = notebooks / f"{job_name({'job': job.name})}.ipynb"
+    return NotebookJob(job.name, str(chapters / CHAPTERS[job.experiment]), str(output), str(chapters),
+                       {"quick": False, "job": job.absolute().to_json()}, needs=job.needs, job=job)
+
+
+@dataclass(frozen=True)
+class SpectrumJob:
+    """Q-BERT I's job: the Hessian spectrum of a task's seed-0 FP32 Baseline (``run_spectrum`` with ``arguments``,
+    see ``spectrum_job``), after the Baseline it ``needs``."""
+
+    arguments: Mapping[str, Any] = field(hash=False)
+    needs: tuple[str, ...] = ()
+    resources: Mapping[str, float] = field(default_factory=dict, hash=False)  # the Hessian runs on the CPU
+
+    @property
+    def name(self) -> str:
+        return f"spectrum of {self.arguments['task']}"
+
+    def done(self) -> bool:
+        return Path(self.arguments["results_path"]).is_file()
+
+    def __call__(self) -> str:
+        result = run_spectrum(**self.arguments, progress=False, resume=False)
+        ranking = sorted(result["blocks"], key=lambda block: result["blocks"][block]["omega"], reverse=True)
+        return f"Ω ranks {', '.join(ranking)}"
+
 
 def _protocol(task: str, results: str | Path) -> TrainingProtocol:
     return TrainingProtocol(**protocol_for(task, results))
 
 
-def sweep_jobs(seed: int = 0) -> list[Job]:
+def sweep_jobs(seed: int = 0, results: str | Path = "results") -> list[Job]:
     """The FP32 protocol sweep of the Q8BERT chapter: each task of ``SWEEP_TASKS`` fine-tuned at seed ``seed`` at
     every point of ``SWEEP_GRID`` (no post-training rows), task by task, so each task's choice is complete as early
     as possible."""
     return [Job(RunSpec(t, "fp32", seed, protocol=TrainingProtocol(**p)), "q8bert-sweep",
-                folder=sweep_folder(p["lr"], p["epochs"])) for t in SWEEP_TASKS for p in sweep_points()]
+                folder=sweep_folder(p["lr"], p["epochs"]), results=str(results)) for t in SWEEP_TASKS for p in sweep_points()]
 
 
 def picked_protocols(tasks: Sequence[str], results: str | Path = "results",
@@ -92,12 +174,13 @@ def picked_protocols(tasks: Sequence[str], results: str | Path = "results",
     return picked, waiting
 
 
-def q8bert_jobs(protocols: Mapping[str, dict[str, Any]], seeds=SEEDS) -> tuple[list[Job], list[Job]]:
+def q8bert_jobs(protocols: Mapping[str, dict[str, Any]], seeds=SEEDS,
+                results: str | Path = "results") -> tuple[list[Job], list[Job]]:
     """Q8BERT chapter, for each task of ``protocols`` (task -> its epochs and learning rate): (FP32 (+DQ) and QAT,
     the main table; QAT with a shorter EMA on the tasks of ``EMA_ABLATION_TASKS``, the ablation)."""
     def job(task: str, method: str, seed: int, **knobs: Any) -> Job:
         spec = RunSpec(task, method, seed, protocol=TrainingProtocol(**protocols[task]), **knobs)
-        return Job(spec, "q8bert", (spec.with_(method="dq"),) if method == "fp32" else ())
+        return Job(spec, "q8bert", (spec.with_(method="dq"),) if method == "fp32" else (), results=str(results))
 
     main = [job(t, m, s) for t in protocols for s in seeds for m in ("fp32", "qat")]
     ablation = [job(t, "qat", s, ema_decay=EMA_ABLATION_DECAY) for t in EMA_ABLATION_TASKS if t in protocols
@@ -111,21 +194,30 @@ def baseline_jobs(tasks: Sequence[str], checkpoints: str | Path, seeds=SEEDS,
     Q-BERT's and Quant-Noise's QAT rows start from under ``checkpoints``."""
     specs = [setting_spec("Baseline", t, s, HEADS, checkpoints, protocol=_protocol(t, results))
              for t in tasks for s in seeds]
-    return [Job(spec, "qbert", directq_specs(spec, HEADS), keep_model=True) for spec in specs]
+    return [Job(spec, "qbert", directq_specs(spec, HEADS), checkpoint_dir=str(checkpoints), results=str(results))
+            for spec in specs]
 
 
-def qbert_jobs(spectra: Mapping[str, dict[str, Any]], checkpoints: str | Path, seeds=SEEDS,
-               results: str | Path = "results") -> tuple[list[Job], list[Job], list[Job]]:
-    """Q-BERT II chapter, for each task of ``spectra`` (task -> its Hessian spectrum, which sets its MP rows'
-    bits): (the FP32 Baselines, which keep their models under ``checkpoints``; the QAT rows of the main table at
-    G = heads, each from its seed's Baseline model; the group-wise ablation at 3 bits)."""
+def baseline_name(task: str, seed: int) -> str:
+    """The name of the Baseline job of ``task`` and ``seed``: what the QAT rows starting from its model need."""
+    return Job(RunSpec(task, "fp32", seed), "qbert").name
+
+
+def qbert_jobs(tasks: Sequence[str], checkpoints: str | Path, spectra: Mapping[str, dict[str, Any]] | None = None,
+               seeds=SEEDS, results: str | Path = "results") -> tuple[list[Job], list[Job], list[Job]]:
+    """Q-BERT II chapter, for ``tasks``: (the FP32 Baselines, which keep their models under ``checkpoints``; the QAT
+    rows of the main table at G = heads, each from its seed's Baseline model, which it needs; the group-wise
+    ablation at 3 bits). The MP rows take their bits from the task's Hessian spectrum: a task without one in
+    ``spectra`` gets none yet."""
+    spectra = spectra or {}
+
     def job(setting: str, task: str, seed: int, groups: int | str) -> Job:
-        return Job(setting_spec(setting, task, seed, groups, checkpoints, spectra[task], _protocol(task, results)),
-                   "qbert")
+        spec = setting_spec(setting, task, seed, groups, checkpoints, spectra.get(task), _protocol(task, results))
+        return Job(spec, "qbert", needs=(baseline_name(task, seed),), results=str(results))
 
-    tasks = list(spectra)
     baselines = baseline_jobs(tasks, checkpoints, seeds, results)
-    main = [job(name, t, s, HEADS) for t in tasks for name in [*SETTINGS, *MIXED_SETTINGS] for s in seeds]
+    main = [job(name, t, s, HEADS) for t in tasks for name in [*SETTINGS, *MIXED_SETTINGS] for s in seeds
+            if name not in MIXED_SETTINGS or t in spectra]
     ablation = [job(ABLATION_SETTING, t, s, g) for t in tasks for g in ABLATION_GROUPS for s in seeds]
     return baselines, main, ablation
 
@@ -133,9 +225,9 @@ def qbert_jobs(spectra: Mapping[str, dict[str, Any]], checkpoints: str | Path, s
 def quant_noise_jobs(checkpoints: str | Path, seeds=SEEDS, results: str | Path = "results",
                      tasks: Sequence[str] = QUANT_NOISE_TASKS) -> list[Job]:
     """Quant-Noise chapter: Q-BERT's rows of ``QUANT_NOISE_SETTINGS`` trained at noise rate ``QUANT_NOISE_RATE``
-    on ``QUANT_NOISE_TASKS``, each from its seed's FP32 Baseline."""
+    on ``QUANT_NOISE_TASKS``, each from its seed's FP32 Baseline, which it needs."""
     return [Job(setting_spec(name, t, s, HEADS, checkpoints, protocol=_protocol(t, results)).with_(
-                    noise_rate=QUANT_NOISE_RATE), "quant-noise")
+                    noise_rate=QUANT_NOISE_RATE), "quant-noise", needs=(baseline_name(t, s),), results=str(results))
             for t in tasks for name in QUANT_NOISE_SETTINGS for s in seeds]
 
 
@@ -157,29 +249,15 @@ def spectrum_job(task: str, checkpoints: str | Path, results: str | Path) -> dic
                 results_path=str(Path(results) / "qbert" / f"spectrum-{task}.json"))
 
 
+
+
 def _by_seed(jobs: list[Job]) -> list[Job]:
     """Seed 0 of every row first, then seed 1, …: a partial run still fills every row (stable within a seed)."""
     return sorted(jobs, key=lambda job: job.spec.seed)
 
 
-def _run(job: Job, results: str, device: str | None, threads: int, checkpoints: Path,
-         keep_models: str | None) -> tuple[str, float]:
-    torch.set_num_threads(threads)
-    keep = checkpoints if job.keep_model else keep_models  # a Baseline keeps its model where the QAT rows look
-    start = time.perf_counter()
-    records = run(job.spec, job.post_training, experiment=job.experiment,
-                  results_dir=Path(results) / (job.folder or job.experiment), device=device, progress=False,
-                  checkpoint_dir=keep)
-    summary = ", ".join(f"{r['method']} {r['main_metric']}={r['metrics'][r['main_metric']]:.4f}" for r in records)
-    return summary, time.perf_counter() - start
-
-
-def _spectrum(job: dict[str, Any], threads: int) -> tuple[str, float]:
-    torch.set_num_threads(threads)
-    start = time.perf_counter()
-    result = run_spectrum(**job, progress=False)
-    ranking = sorted(result["blocks"], key=lambda block: result["blocks"][block]["omega"], reverse=True)
-    return f"spectrum {job['task']}: Ω ranks {', '.join(ranking)}", time.perf_counter() - start
+def _present_spectra(folder: Path, tasks: Sequence[str]) -> dict[str, dict[str, Any]]:
+    return read_spectra(folder, [t for t in tasks if (folder / f"spectrum-{t}.json").is_file()])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -190,68 +268,76 @@ def main(argv: list[str] | None = None) -> int:
                         help="run one chapter's jobs (sweep: the FP32 protocol sweep of the small tasks)")
     parser.add_argument("--qbert-tasks", default="sst2",
                         help="comma-separated tasks of the Q-BERT table; a task's missing "
-                             "<results>/qbert/spectrum-<task>.json is measured after the Baselines")
-    parser.add_argument("--workers", type=int, default=1, help="jobs at once, each its own process")
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads per job")
-    parser.add_argument("--device", default=None, help="auto (default), cpu, cuda")
+                             "<results>/qbert/spectrum-<task>.json is measured after its seed-0 Baseline")
+    parser.add_argument("--scheduler", default=None,
+                        help="address of a running Dask scheduler (tcp://host:8786); default: a local cluster")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="local cluster: worker processes, one job each at a time (default 1)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads per job (default: the cores shared out among the local workers)")
+    parser.add_argument("--device", default=None, help="auto (default), cpu, cuda (a cuda job asks for a GPU worker)")
     parser.add_argument("--checkpoints", default="runs/checkpoints",
                         help="Q-BERT's FP32 Baseline models, the QAT rows' starting points (default: runs/checkpoints)")
     parser.add_argument("--keep-models", default=None, help="also keep every other trained model under this folder")
+    parser.add_argument("--via", choices=("direct", "papermill"), default="direct",
+                        help="run each training job as a direct call (default) or as a papermill execution of its "
+                             "chapter, keeping the executed notebook under --notebooks; both write the same results")
+    parser.add_argument("--notebooks", default="runs/notebooks", help="where --via papermill keeps the notebooks")
     args = parser.parse_args(argv)
-    if args.workers < 1 or args.threads < 1:
-        parser.error(f"--workers and --threads must be positive, got {args.workers} and {args.threads}")
+    try:
+        client, threads = make_client(args.scheduler, args.workers, args.threads,
+                                      gpus=0 if args.device == "cpu" else None)
+    except ValueError as err:
+        parser.error(str(err))
 
-    checkpoints = Path(args.checkpoints) / "qbert"
-    failures: list[str] = []
+    results, checkpoints = args.results, Path(args.checkpoints) / "qbert"
+    spectra_folder = Path(results) / "qbert"
     wanted = {"q8bert": Q8BERT_TASKS, "qbert": args.qbert_tasks.split(","), "quant-noise": QUANT_NOISE_TASKS}
     wanted = {chapter: tasks if args.only in (None, chapter) else () for chapter, tasks in wanted.items()}
-    train = partial(_run, results=args.results, device=args.device, threads=args.threads, checkpoints=checkpoints,
-                    keep_models=args.keep_models)
-    plan: dict[str, Any] = {}  # what the later stages share, filled once the sweep has run
+    failures: list[str] = []
+    reports: list[Report] = []
 
-    def sweep_stage() -> list[tuple[Callable, dict[str, Any]]]:
-        return [(train, job) for job in (sweep_jobs() if args.only in (None, "sweep") else [])]
+    def stage(number: int, jobs: list[Any]) -> None:
+        """Run one stage's jobs on the cluster, each after the jobs it needs."""
+        jobs = [replace(j, device=args.device, checkpoint_dir=j.checkpoint_dir or args.keep_models)
+                if isinstance(j, Job) else j for j in jobs]
+        if args.via == "papermill":
+            chapters = Path(__file__).resolve().parents[1] / "chapters"
+            jobs = [via_papermill(j, chapters, Path(args.notebooks).resolve()) if isinstance(j, Job) else j
+                    for j in jobs]
+        print(f"stage {number}: {len(jobs)} job(s) on {client.scheduler.address if client.scheduler else client}",
+              flush=True)
+        report = execute(jobs, client, threads, progress=lambda line: print(f"[stage {number}] {line}", flush=True))
+        failures.extend(o.name for o in report.outcomes if o.status in ("failed", "not started"))
+        reports.append(report)
 
-    def baseline_stage() -> list[tuple[Callable, dict[str, Any]]]:  # the sweep has picked the small tasks' protocols
-        protocols, waiting = picked_protocols([t for tasks in wanted.values() for t in tasks], args.results)
+    try:
+        if args.only in (None, "sweep"):  # 1: the FP32 sweep picks the small tasks' protocols
+            stage(1, sweep_jobs(results=results))
+        protocols, waiting = picked_protocols([t for tasks in wanted.values() for t in tasks], results)
         failures.extend(f"the rows of {t} (its FP32 sweep is incomplete: no protocol picked)" for t in waiting)
-        q8_main, plan["q8_ablation"] = q8bert_jobs({t: protocols[t] for t in wanted["q8bert"] if t in protocols})
-        plan["qbert_tasks"] = [t for t in wanted["qbert"] if t in protocols]
-        plan["noise"] = quant_noise_jobs(checkpoints, results=args.results,
-                                         tasks=[t for t in wanted["quant-noise"] if t in protocols])
-        baselines = baseline_jobs(plan["qbert_tasks"], checkpoints, results=args.results) + baseline_jobs(
-            sorted({j.spec.task for j in plan["noise"]} - set(plan["qbert_tasks"])), checkpoints, results=args.results)
-        return [(train, job) for job in q8_main + _by_seed(baselines)]
-
-    def spectrum_stage() -> list[tuple[Callable, dict[str, Any]]]:
-        jobs = [spectrum_job(t, checkpoints, args.results) for t in plan["qbert_tasks"]]
-        return [(partial(_spectrum, threads=args.threads), job) for job in jobs
-                if not Path(job["results_path"]).is_file()]
-
-    def qat_stage() -> list[tuple[Callable, dict[str, Any]]]:  # built once the spectra exist: they set the MP bits
-        tasks = plan["qbert_tasks"]
-        ready = [t for t in tasks if Path(spectrum_job(t, checkpoints, args.results)["results_path"]).is_file()]
-        failures.extend(f"the Q-BERT rows of {t} (no spectrum)" for t in tasks if t not in ready)
-        _, qb_main, qb_ablation = qbert_jobs(read_spectra(Path(args.results) / "qbert", ready), checkpoints,
-                                             results=args.results)
-        return [(train, job) for job in _by_seed(qb_main + plan["noise"])
-                + _by_seed(plan["q8_ablation"] + qb_ablation)]
-
-    stages = [sweep_stage, baseline_stage, spectrum_stage, qat_stage]
-    context = multiprocessing.get_context("spawn")  # CUDA cannot be used in forked workers
-    with ProcessPoolExecutor(args.workers, mp_context=context) as pool:
-        for number, stage in enumerate(stages, 1):  # a stage ends before the next starts: each needs the last's
-            futures = {pool.submit(run, job): job for run, job in stage()}
-            for done, future in enumerate(as_completed(futures), 1):
-                job = futures[future]
-                try:
-                    summary, seconds = future.result()
-                    print(f"[stage {number}: {done}/{len(futures)}] {summary} ({seconds:.0f} s)", flush=True)
-                except Exception as error:  # name the job, keep the others running
-                    name = job.name if isinstance(job, Job) else f"spectrum of {job['task']}"
-                    failures.append(name)
-                    print(f"[stage {number}: {done}/{len(futures)}] FAILED {name}: "
-                          f"{type(error).__name__}: {error}", flush=True)
+        q8_main, q8_ablation = q8bert_jobs({t: protocols[t] for t in wanted["q8bert"] if t in protocols},
+                                           results=results)
+        qbert_tasks = [t for t in wanted["qbert"] if t in protocols]
+        noise = quant_noise_jobs(checkpoints, results=results, tasks=[t for t in wanted["quant-noise"] if t in protocols])
+        measured = _present_spectra(spectra_folder, qbert_tasks)
+        baselines, qb_main, qb_ablation = qbert_jobs(qbert_tasks, checkpoints, measured, results=results)
+        baselines += baseline_jobs(sorted({j.spec.task for j in noise} - set(qbert_tasks)), checkpoints,
+                                   results=results)
+        spectra = [SpectrumJob(spectrum_job(t, checkpoints, results), needs=(baseline_name(t, 0),))
+                   for t in qbert_tasks if t not in measured]
+        # 2: everything that needs no new spectrum; each QAT row starts once its Baseline is written
+        stage(2, q8_main + _by_seed(baselines) + spectra + _by_seed(qb_main + noise)
+              + _by_seed(q8_ablation + qb_ablation))
+        new = _present_spectra(spectra_folder, [t for t in qbert_tasks if t not in measured])
+        failures.extend(f"the Q-BERT MP rows of {t} (no spectrum)" for t in qbert_tasks
+                        if t not in measured and t not in new)
+        if new:  # 3: the MP rows of the tasks whose spectrum stage 2 measured
+            new_baselines, new_main, _ = qbert_jobs(list(new), checkpoints, new, results=results)
+            stage(3, _by_seed(new_baselines) + _by_seed([j for j in new_main if j.spec.layer_bits]))
+    finally:
+        close_client(client)
+    print("\n".join(report.summary() for report in reports), flush=True)
     if failures:
         print(f"{len(failures)} job(s) failed or not started: " + "; ".join(failures), file=sys.stderr)
     return 1 if failures else 0

@@ -10,6 +10,7 @@ from qlib.config import qbert_config
 from qlib.experiment import protocol_for
 from qlib.protocol import (ABLATION_GROUPS, HEADS, QUANT_NOISE_RATE, Job, baseline_jobs, main, q8bert_jobs,
                            qbert_jobs, quant_noise_jobs, read_spectra, spectrum_job)
+from qlib.results import read_json
 from qlib.spec import RunSpec, TrainingProtocol
 from qlib.experiment import SWEEP_GRID, SWEEP_TASKS, sweep_folder, sweep_points
 from qlib.protocol import EMA_ABLATION_TASKS, Q8BERT_TASKS, picked_protocols, sweep_jobs
@@ -104,7 +105,9 @@ def test_job_lists_cover_both_tables_and_their_ablations(swept):
     assert {j.spec.task for j in q8_ablation} == set(EMA_ABLATION_TASKS) == {"cola", "rte"}
     assert all((j.spec.protocol.epochs, j.spec.protocol.lr) == tuple(protocol_for(j.spec.task, swept).values()) for j in q8_main)
     assert {(j.spec.task, j.spec.protocol.epochs, j.spec.protocol.lr) for j in q8_main if j.spec.task == "rte"} == {("rte", 6, 2e-5)}
-    qb_baselines, qb_main, qb_ablation = qbert_jobs({"sst2": SPECTRUM}, "ckpt")
+    qb_baselines, qb_main, qb_ablation = qbert_jobs(["sst2"], "ckpt", {"sst2": SPECTRUM})
+    assert all(j.needs == (f"qbert/sst2/fp32-seed{j.spec.seed}",) for j in qb_main + qb_ablation)
+    assert {j.name for j in qb_baselines} == {f"qbert/sst2/fp32-seed{s}" for s in (0, 1, 2)}
     assert [j.spec.seed for j in qb_baselines] == [0, 1, 2] and all(j.spec.method == "fp32" for j in qb_baselines)
     rows = {label(j) for j in qb_main}
     assert len(qb_main) == (len(SETTINGS) + len(MIXED_SETTINGS)) * 3 and len(rows) == 6
@@ -119,14 +122,18 @@ def test_quant_noise_jobs_start_from_the_baselines_the_protocol_keeps(swept):
     assert all(j.experiment == "quant-noise" and j.spec.protocol.epochs == protocol_for(j.spec.task, swept)["epochs"]
                for j in jobs)
     baselines = baseline_jobs(sorted({j.spec.task for j in jobs}), "ckpt", seeds=(0, 1), results=swept)
-    assert all(j.keep_model and j.spec.method == "fp32" for j in baselines)
+    assert all(j.checkpoint_dir == "ckpt" and j.spec.method == "fp32" for j in baselines)
+    assert {j.needs for j in jobs} == {(j.name,) for j in baselines}
     kept = {str(fp32_checkpoint("ckpt", j.spec.task, j.spec.seed)) for j in baselines}
     assert {j.spec.init_from for j in jobs} == kept
 
 
 def test_each_task_takes_its_mp_bits_from_its_own_spectrum(tmp_path, swept):
     reversed_spectrum = {"blocks": {name: {"omega": -b["omega"]} for name, b in SPECTRUM["blocks"].items()}}
-    _, qb_main, _ = qbert_jobs({"sst2": SPECTRUM, "cola": reversed_spectrum}, "ckpt", seeds=(0,), results=swept)
+    _, qb_main, _ = qbert_jobs(["sst2", "cola"], "ckpt", {"sst2": SPECTRUM, "cola": reversed_spectrum}, seeds=(0,),
+                               results=swept)
+    _, without, _ = qbert_jobs(["sst2", "cola"], "ckpt", {"sst2": SPECTRUM}, seeds=(0,), results=swept)
+    assert {j.spec.task for j in without if j.spec.layer_bits} == {"sst2"}  # cola's MP rows wait for its spectrum
     mixed = {j.spec.task: j.spec.layer_bits for j in qb_main if j.spec.layer_bits and max(j.spec.layer_bits.values()) == 3}
     assert mixed["sst2"] == mixed_layer_bits(SPECTRUM, (2, 3), 2.5)
     assert mixed["cola"] == mixed_layer_bits(reversed_spectrum, (2, 3), 2.5) != mixed["sst2"]
@@ -138,7 +145,7 @@ def test_main_table_rows_name_the_results_the_protocol_writes():
     rows = main_table_rows(SPECTRUM, HEADS)
     assert list(rows)[:4] == ["Baseline", "Q-BERT 8/8", "DirectQ 4/8", "Q-BERT 4/8"]
     assert list(rows)[-2:] == list(MIXED_SETTINGS)
-    qb_baselines, qb_main, _ = qbert_jobs({"sst2": SPECTRUM}, "ckpt")
+    qb_baselines, qb_main, _ = qbert_jobs(["sst2"], "ckpt", {"sst2": SPECTRUM})
     written = {row.label for j in qb_baselines for row in j.post_training} | {label(j) for j in qb_baselines + qb_main}
     min_max_directq = {f"directq-w{b}" for b in (4, 3, 2)}  # shown beside the table, not in it
     assert {r["label"] for r in rows.values()} == written - min_max_directq
@@ -153,7 +160,10 @@ def test_main_table_rows_name_the_results_the_protocol_writes():
 def test_bad_worker_count_is_refused(capsys):
     with pytest.raises(SystemExit):
         main(["--workers", "0"])
-    assert "--workers and --threads must be positive, got 0" in capsys.readouterr().err
+    assert "workers and threads must be positive, got 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--workers", "2", "--threads", "64"])
+    assert "oversubscribe this machine's" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -163,15 +173,20 @@ def test_runner_runs_jobs_in_worker_processes_and_names_a_failing_one(glue_dir, 
 
     tiny = TrainingProtocol(model=str(tiny_model_dir), epochs=1, batch_size=4, max_length=16)
     missing = str(tmp_path / "missing.safetensors")  # a job that fails: its starting checkpoint is not there
-    jobs = [Job(RunSpec("sst2", "fp32", protocol=tiny), "q8bert"),
-            Job(RunSpec("sst2", "qbert", weight_bits=3, init_from=missing, protocol=tiny), "q8bert")]
-    monkeypatch.setattr(qlib.protocol, "q8bert_jobs", lambda protocols: (jobs, []))
+    results = str(tmp_path / "results")
+    jobs = [Job(RunSpec("sst2", "fp32", protocol=tiny), "q8bert", results=results),
+            Job(RunSpec("sst2", "qbert", weight_bits=3, init_from=missing, protocol=tiny), "q8bert", results=results)]
+    monkeypatch.setattr(qlib.protocol, "q8bert_jobs", lambda protocols, **_: (jobs, []))
     status = main(["--only", "q8bert", "--results", str(tmp_path / "results"), "--workers", "2", "--threads", "1",
                    "--device", "cpu"])
     out = capsys.readouterr()
     assert status == 1 and "job(s) failed" in out.err
     assert "FAILED q8bert/sst2/qbert-w3e8-ft-seed0" in out.out and "missing.safetensors not found" in out.out
     assert (tmp_path / "results" / "q8bert" / "sst2" / "fp32-seed0.json").is_file()
+    assert "q8bert/sst2/fp32-seed0: done on tcp://" in out.out  # the summary names the worker
+    capsys.readouterr()
+    assert main(["--only", "q8bert", "--results", results, "--threads", "1", "--device", "cpu"]) == 1
+    assert "q8bert/sst2/fp32-seed0: skipped" in capsys.readouterr().out  # resumed: the finished run is not redone
 
 
 def test_spectrum_job_measures_the_seed_0_baseline_where_the_tables_read_it():
@@ -203,20 +218,19 @@ def test_spectrum_job_is_the_chapters_quick_false_run():
 def test_runner_measures_a_missing_spectrum_between_the_baselines_and_the_qat_rows(glue_dir, tiny_model_dir,
                                                                                    tmp_path, monkeypatch, capsys):
     import qlib.protocol
-    from qlib.results import read_json
 
     model = {"path": str(tiny_model_dir)}
-    monkeypatch.setattr(qlib.protocol, "baseline_jobs", lambda tasks, checkpoints, results: [
+    monkeypatch.setattr(qlib.protocol, "baseline_jobs", lambda tasks, checkpoints, results=None: [
         Job(RunSpec(t, "fp32", protocol=TrainingProtocol(model=model["path"], epochs=1, batch_size=4, max_length=16)),
-            "qbert", keep_model=True) for t in tasks])
+            "qbert", checkpoint_dir=str(checkpoints), results=str(results)) for t in tasks])
     real_spectrum_job = qlib.protocol.spectrum_job
     monkeypatch.setattr(qlib.protocol, "spectrum_job", lambda *args: real_spectrum_job(*args) | dict(
         model=str(tiny_model_dir), subsets=2, subset_size=4, max_length=16, max_iter=5, landscape_blocks=()))
     spectra_seen = {}
 
-    def qat_jobs(spectra, checkpoints, results):
+    def qat_jobs(tasks, checkpoints, spectra, results):
         spectra_seen.update(spectra)
-        return [], [], []
+        return qlib.protocol.baseline_jobs(tasks, checkpoints, results), [], []
 
     monkeypatch.setattr(qlib.protocol, "qbert_jobs", qat_jobs)
     args = ["--only", "qbert", "--qbert-tasks", "sst2", "--threads", "1", "--device", "cpu"]
@@ -231,7 +245,7 @@ def test_runner_measures_a_missing_spectrum_between_the_baselines_and_the_qat_ro
     assert main([*args, "--checkpoints", str(tmp_path / "none"), "--results", str(tmp_path / "other")]) == 1
     err = capsys.readouterr().err
     assert ("3 job(s) failed or not started: qbert/sst2/fp32-seed0; spectrum of sst2; "
-            "the Q-BERT rows of sst2 (no spectrum)") in err
+            "the Q-BERT MP rows of sst2 (no spectrum)") in err
 
 
 def test_the_fp32_sweep_covers_every_small_task_at_every_grid_point_and_writes_apart():
@@ -243,3 +257,25 @@ def test_the_fp32_sweep_covers_every_small_task_at_every_grid_point_and_writes_a
     assert all(j.spec.method == "fp32" and j.spec.seed == 0 and j.post_training == () for j in jobs)
     assert [j.spec.task for j in jobs[:4]] == [SWEEP_TASKS[0]] * 4  # task by task
     assert jobs[0].folder == "q8bert-sweep/lr2e-05-ep3" and len({j.folder for j in jobs}) == 4
+
+
+@pytest.mark.slow
+def test_a_job_run_through_its_chapter_writes_what_the_direct_call_writes(glue_dir, tiny_model_dir, tmp_path):
+    from pathlib import Path
+
+    from qlib.protocol import via_papermill
+
+    tiny = TrainingProtocol(model=str(tiny_model_dir), epochs=1, batch_size=4, max_length=16)
+    job = Job(RunSpec("sst2", "fp32", protocol=tiny), "q8bert", (RunSpec("sst2", "dq", protocol=tiny),),
+              results=str(tmp_path / "papermill"))
+    assert Job.from_json(job.to_json()) == job
+    direct = replace(job, results=str(tmp_path / "direct"))
+    direct()
+    chapters = Path(__file__).parents[1] / "chapters"
+    notebook_job = via_papermill(job, chapters, tmp_path / "notebooks")
+    assert notebook_job.name == job.name and not notebook_job.done()
+    notebook_job()
+    assert notebook_job.done() and (tmp_path / "notebooks" / "job-q8bert-sst2-fp32-seed0.ipynb").is_file()
+    for row in (job.spec, *job.post_training):
+        through_chapter, called = (read_json(row.result_path(j.results_dir)) for j in (job, direct))
+        assert through_chapter["metrics"] == called["metrics"] and through_chapter["spec"] == called["spec"]

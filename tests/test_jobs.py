@@ -1,0 +1,96 @@
+"""The Dask machinery under qlib.protocol and qlib.batch: a LocalCluster of two single-thread workers runs a tiny
+protocol with a dependency chain, a failing job and a resume, and writes the same results as the direct serial run;
+clusters are sized so the CPU is not oversubscribed; the SLURM recipe's job script is built."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from qlib.jobs import close_client, execute, local_cluster_size, make_client, resources_for
+from qlib.protocol import Job
+from qlib.results import read_json
+from qlib.spec import RunSpec, TrainingProtocol
+
+
+def tiny_protocol_jobs(model_dir, results, checkpoints) -> list[Job]:
+    """Baseline → QAT row from its model; a job that fails (a missing model) → a job that needs it."""
+    tiny = TrainingProtocol(model=str(model_dir), epochs=1, batch_size=4, max_length=16)
+    baseline = Job(RunSpec("sst2", "fp32", protocol=tiny), "qbert", (RunSpec("sst2", "dq", protocol=tiny),),
+                   checkpoint_dir=str(checkpoints), results=str(results))
+    start = str(checkpoints / "sst2" / "fp32-seed0.safetensors")
+    qat = Job(RunSpec("sst2", "qbert", weight_bits=3, groups=4, init_from=start, protocol=tiny), "qbert",
+              needs=(baseline.name,), results=str(results))
+    broken = Job(RunSpec("rte", "fp32", protocol=TrainingProtocol(model=str(results / "no-model"))), "qbert",
+                 results=str(results))
+    after_broken = Job(RunSpec("rte", "qat", protocol=tiny), "qbert", needs=(broken.name,), results=str(results))
+    return [baseline, qat, broken, after_broken]
+
+
+@pytest.mark.slow
+def test_a_local_cluster_runs_the_chain_names_the_failure_resumes_and_matches_the_serial_run(glue_dir, tiny_model_dir,
+                                                                                              tmp_path):
+    jobs = tiny_protocol_jobs(tiny_model_dir, tmp_path / "dask", tmp_path / "ckpt-dask")
+    client, threads = make_client(workers=2, threads=1)
+    lines: list[str] = []
+    try:
+        report = execute(jobs, client, threads, progress=lines.append)
+        statuses = {o.name: o.status for o in report.outcomes}
+        assert statuses == {"qbert/sst2/fp32-seed0": "done", "qbert/sst2/qbert-w3e8-g4-ft-seed0": "done",
+                            "qbert/rte/fp32-seed0": "failed", "qbert/rte/qat-seed0": "not started"}
+        failed = report.by_status("failed")[0]
+        assert "no-model" in failed.error and "needs qbert/rte/fp32-seed0" in report.by_status("not started")[0].error
+        assert all(o.worker.startswith("tcp://") and o.seconds > 0 for o in report.by_status("done"))
+        assert len(lines) == 4 and "FAILED qbert/rte/fp32-seed0" in "\n".join(lines)
+        assert "qbert/sst2/fp32-seed0: done on tcp://" in report.summary() and not report.ok
+
+        again = execute(jobs, client, threads, progress=lines.append)  # resume: only what did not finish runs
+        assert [o.status for o in again.outcomes] == ["skipped", "skipped", "failed", "not started"]
+    finally:
+        close_client(client)
+
+    torch.set_num_threads(1)
+    serial = tiny_protocol_jobs(tiny_model_dir, tmp_path / "serial", tmp_path / "ckpt-serial")
+    for job in serial[:2]:  # the direct call, in this process, one after the other
+        job()
+    for dask_job, serial_job in zip(jobs[:2], serial[:2]):
+        for row in (dask_job.spec, *dask_job.post_training):
+            on_dask = read_json(row.result_path(dask_job.results_dir))
+            direct = read_json(row.result_path(serial_job.results_dir))
+            assert on_dask["metrics"] == direct["metrics"] and on_dask["train"]["steps"] == direct["train"]["steps"]
+
+
+def test_job_lists_are_checked_before_anything_runs():
+    class Named:
+        def __init__(self, name, needs=()):
+            self.name, self.needs, self.resources = name, needs, {}
+
+    with pytest.raises(ValueError, match=r"job b needs \['c'\], which are not listed before it"):
+        execute([Named("a"), Named("b", ("c",)), Named("c")], client=None)
+    with pytest.raises(ValueError, match=r"job names must be unique; repeated: \['a'\]"):
+        execute([Named("a"), Named("a")], client=None)
+
+
+def test_clusters_do_not_oversubscribe_the_cores():
+    assert local_cluster_size(cores=2) == (1, 2) and local_cluster_size(2, cores=2) == (2, 1)
+    assert local_cluster_size(1, 1, cores=2) == (1, 1)
+    with pytest.raises(ValueError, match="2 worker\\(s\\) × 2 thread\\(s\\) oversubscribe this machine's 2 cores"):
+        local_cluster_size(2, 2, cores=2)
+    with pytest.raises(ValueError, match="workers and threads must be positive, got 0"):
+        local_cluster_size(0, cores=2)
+    assert resources_for("cuda") == {"GPU": 1} and resources_for("cuda:1") == {"GPU": 1}
+    assert resources_for("cpu") == {} and resources_for(None) == {}
+
+
+def test_the_slurm_recipe_builds_its_job_script():
+    pytest.importorskip("dask_jobqueue", reason="the SLURM recipe's extra (pip install dask-jobqueue)")
+    from qlib.jobs import slurm_cluster
+
+    cluster = slurm_cluster(jobs=0, cores=4, memory="16GB", walltime="02:00:00", queue="gpu", gpus=1)
+    try:
+        script = cluster.job_script()
+    finally:
+        cluster.close()
+    for line in ("#SBATCH -p gpu", "#SBATCH --gres=gpu:1", "#SBATCH -t 02:00:00", "#SBATCH --cpus-per-task=4"):
+        assert line in script, line
+    assert "--nthreads 1" in script and "--resources GPU=1" in script  # one run at a time, on a GPU worker
