@@ -50,12 +50,14 @@ class LayerQuant:
 @dataclass(frozen=True)
 class BertQuantConfig:
     """Quantization of a whole BERT: a default for every encoder/pooler Linear, per-layer overrides,
-    the embedding tables' weight spec, and the task head (``None``: stays in float, as in Q8BERT)."""
+    the embedding tables' weight spec, the task head (``None``: stays in float, as in Q8BERT), and whether GELU,
+    softmax and LayerNorm run in integer arithmetic (I-BERT's kernels, ``qlib.integer_modules``)."""
 
     default: LayerQuant = field(default_factory=LayerQuant)
     embeddings: WeightQuantizer | None = field(default_factory=QuantSpec)
     layers: Mapping[str, LayerQuant] = field(default_factory=dict)
     head: LayerQuant | None = None
+    integer_nonlinearities: bool = False
 
     def __post_init__(self) -> None:
         check_weight_quantizer(self.embeddings, "BertQuantConfig.embeddings")

@@ -2,7 +2,7 @@
 
 Every Linear inside the ``BertModel`` (attention Q/K/V/output, FFN, pooler) becomes a ``QuantLinear`` and the
 word/position/token-type tables become ``QuantEmbedding``s; Softmax, LayerNorm and GELU stay in float, as in
-Q8BERT. Linears of the task head (outside the ``BertModel``) are quantized only when ``config.head`` is set.
+Q8BERT, unless the config asks for I-BERT's integer kernels. Linears of the task head (outside the ``BertModel``) are quantized only when ``config.head`` is set.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from torch import nn
 from transformers import BertModel
 
 from qlib.config import BertQuantConfig
+from qlib.integer_modules import use_integer_nonlinearities
 from qlib.modules import QuantEmbedding, QuantLinear
 
 
@@ -57,7 +58,8 @@ def convert_bert(model: nn.Module, config: BertQuantConfig) -> nn.Module:
     """Replace ``model``'s Linear and Embedding layers by fake-quantized ones per ``config``, in place (torch.ao's
     ``from_float`` on every layer): each encoder/pooler Linear becomes a ``QuantLinear`` with ``config.layer_for``
     its name, each embedding table a ``QuantEmbedding`` with ``config.embeddings``; the task head stays float unless
-    ``config.head`` says otherwise.
+    ``config.head`` says otherwise; with ``config.integer_nonlinearities``, GELU, softmax and LayerNorm run I-BERT's
+    integer kernels (``use_integer_nonlinearities``).
 
     Parameters are shared with the float layers, so conversion before building the optimizer is all QAT needs.
 
@@ -80,6 +82,8 @@ def convert_bert(model: nn.Module, config: BertQuantConfig) -> nn.Module:
         for name, module in list(model.named_modules()):
             if type(module) is nn.Linear and id(module) not in inside:
                 _replace(model, name, QuantLinear.from_float(module, config.head))
+    if config.integer_nonlinearities:
+        use_integer_nonlinearities(model)
     return model
 
 

@@ -35,6 +35,7 @@ from transformers.models.bert.modeling_bert import (
 )
 
 from qlib.convert import find_bert, quantized_modules
+from qlib.integer_modules import IntegerNonlinearity
 from qlib.modules import QuantEmbedding, QuantLinear
 from qlib.observers import DynamicObserver
 from qlib.quantizers import QuantGrid, QuantSpec
@@ -250,6 +251,9 @@ def to_int8(model: nn.Module) -> nn.Module:
     for _, module in layers:
         if isinstance(module, QuantLinear):
             check_exportable(module)
+    if any(isinstance(m, IntegerNonlinearity) for m in model.modules()):
+        raise ValueError("the int8 export runs GELU, softmax and LayerNorm in float; a model trained with integer "
+                         "nonlinearities (qlib.integer_modules) has no export yet")
     check_int8_engine()
     model = copy.deepcopy(model).eval()
     bert = find_bert(model)

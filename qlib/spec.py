@@ -14,7 +14,8 @@ Methods:
   training (Q8BERT's DQ column; Q-BERT's DirectQ at ``weight_bits``). ``trained_spec`` is that ``fp32`` run.
 
 Labels (the names result files start with) are unchanged from the first results: ``fp32``, ``dq``,
-``directq-w4-p99.9``, ``qat``, ``qat-ema0.99``, ``qbert-w2e8-g12-p99.9-mp2-3-qn0.5-ft``.
+``directq-w4-p99.9``, ``qat``, ``qat-ema0.99``, ``qbert-w2e8-g12-p99.9-mp2-3-qn0.5-ft``; ``-int`` marks integer
+GELU, softmax and LayerNorm (``qat-int``).
 """
 
 from __future__ import annotations
@@ -94,6 +95,7 @@ class RunSpec:
         percentile: clip each weight group's range to its [100 - p, p] percentiles (``qbert``, ``directq``).
         ema_decay: the input ranges' EMA decay (``qat`` only; None, or Q8BERT's 0.9999, which is stored as None).
         noise_rate: Quant-Noise's p, the fraction of weight blocks quantized per step (``qbert`` only; 1: plain QAT).
+        integer_nonlinearities: GELU, softmax and LayerNorm in integer arithmetic (I-BERT; ``qat``, ``qbert``).
         init_from: an FP32 checkpoint to start from instead of the pretrained weights (trained methods).
         protocol: the ``TrainingProtocol``.
     """
@@ -108,6 +110,7 @@ class RunSpec:
     percentile: float | None = None
     ema_decay: float | None = None
     noise_rate: float = 1.0
+    integer_nonlinearities: bool = False
     init_from: str | None = None
     protocol: TrainingProtocol = field(default_factory=TrainingProtocol)
 
@@ -147,9 +150,9 @@ class RunSpec:
         """Refuse a knob its method does not have, naming both (a run is never labelled as something it is not)."""
         has = {"weight_bits": ("qbert", "directq"), "embedding_bits": ("qbert",), "groups": ("qbert", "directq"),
                "layer_bits": ("qbert",), "percentile": ("qbert", "directq"), "ema_decay": ("qat",),
-               "noise_rate": ("qbert",), "init_from": TRAINED_METHODS}
+               "noise_rate": ("qbert",), "integer_nonlinearities": ("qat", "qbert"), "init_from": TRAINED_METHODS}
         unset = {"weight_bits": 8, "embedding_bits": 8, "groups": None, "layer_bits": {}, "percentile": None,
-                 "ema_decay": None, "noise_rate": 1.0, "init_from": None}
+                 "ema_decay": None, "noise_rate": 1.0, "integer_nonlinearities": False, "init_from": None}
         for knob, methods in has.items():
             if self.method not in methods and getattr(self, knob) != unset[knob]:
                 raise ValueError(f"{knob}={getattr(self, knob)!r} is not a knob of method {self.method!r}; "
@@ -163,7 +166,7 @@ class RunSpec:
         ``qat-ema0.99``, ``qbert-w3e8``, ``qbert-w3e8-per-row``, ``qbert-w2e8-g12-mp2-3`` (mixed precision, its bit
         widths), ``qbert-w2e8-g12-p99.9-qn0.5-ft`` (clipped, Quant-Noise at 0.5, from an FP32 checkpoint); ``-ft``
         marks any trained run that starts from an FP32 checkpoint (``init_from``)."""
-        start = "-ft" if self.init_from is not None else ""
+        start = ("-int" if self.integer_nonlinearities else "") + ("-ft" if self.init_from is not None else "")
         if self.method == "dq":
             return "dq"
         if self.method == "fp32":
@@ -209,15 +212,17 @@ class RunSpec:
         input ranges per batch; ``qbert``: Q-BERT's asymmetric weights with its groups, bits, clipping and noise;
         ``directq``: Q-BERT's weight grids with ranges per batch for the inputs, no fine-tuning."""
         if self.method == "qat":
-            return q8bert_config(8, Q8BERT_EMA_DECAY if self.ema_decay is None else self.ema_decay)
+            config = q8bert_config(8, Q8BERT_EMA_DECAY if self.ema_decay is None else self.ema_decay)
+            return replace(config, integer_nonlinearities=self.integer_nonlinearities)
         if self.method == "dq":
             return dynamic_config(8)
         if self.method == "directq":
             return qbert_config(self.weight_bits, groups=self.groups, observer="dynamic", percentile=self.percentile)
         if self.method == "qbert":
-            return qbert_config(self.weight_bits, self.embedding_bits, groups=self.groups,
-                                layer_bits=dict(self.layer_bits) or None, percentile=self.percentile,
-                                noise_rate=self.noise_rate)
+            config = qbert_config(self.weight_bits, self.embedding_bits, groups=self.groups,
+                                  layer_bits=dict(self.layer_bits) or None, percentile=self.percentile,
+                                  noise_rate=self.noise_rate)
+            return replace(config, integer_nonlinearities=self.integer_nonlinearities)
         return None
 
     def with_(self, **changes: Any) -> RunSpec:
@@ -251,9 +256,9 @@ class RunSpec:
         number = r"\d+(?:\.\d+)?(?:e-?\d+)?"
         patterns = {
             "fp32": "fp32(?P<ft>-ft)?", "dq": "dq", "directq": rf"directq-w(?P<w>\d)(?:-p(?P<p>{number}))?",
-            "qat": rf"qat(?:-ema(?P<ema>{number}))?(?P<ft>-ft)?",
+            "qat": rf"qat(?:-ema(?P<ema>{number}))?(?P<int>-int)?(?P<ft>-ft)?",
             "qbert": rf"qbert-w(?P<w>\d)e(?P<e>\d)(?P<g>-per-row|-g\d+)?(?:-p(?P<p>{number}))?"
-                     rf"(?P<mp>-mp[\d-]+)?(?:-qn(?P<qn>{number}))?(?P<ft>-ft)?",
+                     rf"(?P<mp>-mp[\d-]+)?(?:-qn(?P<qn>{number}))?(?P<int>-int)?(?P<ft>-ft)?",
         }
         for method, pattern in patterns.items():
             match = re.fullmatch(pattern, label)
@@ -261,7 +266,7 @@ class RunSpec:
                 break
         else:
             raise ValueError(f"unknown result label {label!r}; allowed: fp32, dq, directq-w<b>[-p<p>], "
-                             "qat[-ema<d>], qbert-w<b>e<b>[-g<G>|-per-row][-p<p>][-mp<bits>][-qn<p>][-ft]")
+                             "qat[-ema<d>][-int][-ft], qbert-w<b>e<b>[-g<G>|-per-row][-p<p>][-mp<bits>][-qn<p>][-int][-ft]")
         parsed: dict[str, Any] = {}
         found = match.groupdict()
         if method == "directq":
@@ -279,6 +284,8 @@ class RunSpec:
                                  "holds only their widths)")
         if found.get("ft"):
             parsed["init_from"] = FROM_CHECKPOINT
+        if found.get("int"):
+            parsed["integer_nonlinearities"] = True
         if known.get("init_from") is not None and parsed.get("init_from") is None:
             raise ValueError(f"label {label!r} names a run from the pretrained model, not init_from="
                              f"{known['init_from']!r}")
@@ -298,11 +305,13 @@ class RunSpec:
         protocol = TrainingProtocol(**{f.name: params[f.name] for f in fields(TrainingProtocol) if f.name in params})
         trained = params["method"]
         knobs = {"weight_bits": params.get("weight_bits", 8), "embedding_bits": params.get("embedding_bits", 8),
+                 "integer_nonlinearities": params.get("integer_nonlinearities", False),
                  "groups": params.get("groups"), "layer_bits": params.get("layer_bits") or {},
                  "percentile": params.get("percentile"), "ema_decay": params.get("ema_decay"),
                  "noise_rate": params.get("noise_rate", 1.0), "init_from": params.get("init_from")}
         if trained != "fp32" or record["method"] == "fp32":  # the trained run itself: the knobs its method has
-            applies = {"fp32": ("init_from",), "qat": ("ema_decay", "init_from"), "qbert": tuple(knobs)}[trained]
+            applies = {"fp32": ("init_from",), "qat": ("ema_decay", "integer_nonlinearities", "init_from"),
+                       "qbert": tuple(knobs)}[trained]
             return cls(record["task"], trained, record["seed"], **{k: knobs[k] for k in applies}, protocol=protocol)
         # a post-training row of an fp32 run: its label says which; DirectQ's groups are the run's
         groups = {"groups": params.get("groups")} if record["method"].startswith("directq") else {}

@@ -12,8 +12,8 @@ QLIB = Path(__file__).parents[1] / "qlib"
 
 LAYERS: list[tuple[str, int, set[str]]] = [  # (layer, rank, modules): a module may import only lower ranks or its own
     ("shared helpers", 0, {"checks", "atomic"}),
-    ("quantization core", 1, {"weight_quantizer", "quantizers", "observers", "quant_noise", "packing"}),
-    ("BERT made quantized", 2, {"config", "modules", "convert"}),
+    ("quantization core", 1, {"weight_quantizer", "quantizers", "observers", "quant_noise", "packing", "integer_ops"}),
+    ("BERT made quantized", 2, {"config", "modules", "integer_modules", "convert"}),
     ("second order", 3, {"hessian", "sensitivity"}),
     ("deployment", 3, {"checkpoint", "int8"}),
     ("experiments", 4, {"data", "conll", "qa", "ner", "metrics", "models", "train", "probe", "results", "tasks", "spec", "experiment", "jobs",

@@ -26,11 +26,13 @@ specs = st.one_of(
     st.builds(RunSpec, task=st.just("rte"), method=st.just("directq"), weight_bits=bits,
               percentile=st.sampled_from([None, 99.9, 99.0]), groups=st.sampled_from([None, 12, "row"])),
     st.builds(RunSpec, task=st.just("mrpc"), method=st.just("qat"),
-              ema_decay=st.sampled_from([None, 0.99, 0.999, Q8BERT_EMA_DECAY])),
+              ema_decay=st.sampled_from([None, 0.99, 0.999, Q8BERT_EMA_DECAY]), integer_nonlinearities=st.booleans(),
+              init_from=st.sampled_from([None, FROM_CHECKPOINT])),
     st.builds(RunSpec, task=st.just("sst2"), method=st.just("qbert"), seed=st.integers(0, 9), weight_bits=bits,
               embedding_bits=bits, groups=st.sampled_from([None, 1, 12, 48, "row"]),
               layer_bits=st.dictionaries(st.sampled_from([f"encoder.layer.{i}" for i in range(6)]), bits, max_size=6),
               percentile=st.sampled_from([None, 99.9]), noise_rate=st.sampled_from([1.0, 0.5, 0.25]),
+              integer_nonlinearities=st.booleans(),
               init_from=st.sampled_from([None, FROM_CHECKPOINT]),
               protocol=st.builds(TrainingProtocol, epochs=st.integers(1, 6), lr=st.sampled_from([2e-5, 5e-5]))),
 )
@@ -65,6 +67,8 @@ def test_labels_of_the_papers_rows():
     assert RunSpec("SST-2").label == "fp32" and RunSpec("sst2").task == "sst2"
     assert RunSpec("rte", "qat", ema_decay=Q8BERT_EMA_DECAY).label == "qat"
     assert RunSpec("rte", "qat", ema_decay=0.99).label == "qat-ema0.99"
+    assert RunSpec("rte", "qat", integer_nonlinearities=True).label == "qat-int"
+    assert RunSpec("rte", "qat", integer_nonlinearities=True).quant_config().integer_nonlinearities
     assert RunSpec("rte", "directq", weight_bits=3, percentile=99.9, groups=12).label == "directq-w3-p99.9"
     assert RunSpec("sst2", "qbert", weight_bits=3, groups="row").label == "qbert-w3e8-per-row"
     mixed = RunSpec("sst2", "qbert", weight_bits=2, groups=12, layer_bits={"encoder.layer.0": 4, "encoder.layer.1": 2})
