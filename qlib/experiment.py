@@ -20,6 +20,7 @@ import torch
 from qlib.checkpoint import load_float, save_float, save_quantized
 from qlib.convert import convert_bert
 from qlib.data import get_task
+from qlib.distill import distillation_loss
 from qlib.results import provenance, read_json, write_json
 from qlib.spec import RunSpec, TrainingProtocol
 from qlib.tasks import RunTask, get_run_task
@@ -128,7 +129,8 @@ def run(spec: RunSpec, post_training: Sequence[RunSpec] = (), experiment: str = 
     task, protocol, target = get_run_task(spec.task), spec.protocol, resolve_device(device)
     start = time.perf_counter()
     set_seed(spec.seed)
-    net, tokenizer = task.load(protocol.model)
+    attention = "eager" if spec.distillation == "hidden" else None  # eager attention returns the attention maps
+    net, tokenizer = task.load(protocol.model, attention)
     if spec.init_from is not None:
         load_float(net, spec.init_from)
     config = spec.quant_config()
@@ -137,7 +139,11 @@ def run(spec: RunSpec, post_training: Sequence[RunSpec] = (), experiment: str = 
     net.to(target)
     train_batches = task.train_batches(tokenizer, protocol, spec.seed)
     dev = task.eval_data(tokenizer, protocol, spec.seed)
-    training = finetune(net, train_batches, protocol.epochs, protocol.lr, progress=progress)
+    loss = None
+    if spec.distillation is not None:  # the teacher: the FP32 model the student starts from
+        teacher = load_float(task.load(protocol.model, attention)[0], spec.init_from).to(target)
+        loss = distillation_loss(teacher, spec.distillation)
+    training = finetune(net, train_batches, protocol.epochs, protocol.lr, progress=progress, loss_fn=loss)
     evaluations = [_evaluate(net, task, dev)]
     for row in post_training:
         evaluations.append(_evaluate(convert_bert(copy.deepcopy(net), row.quant_config()).to(target), task, dev))

@@ -15,7 +15,7 @@ Methods:
 
 Labels (the names result files start with) are unchanged from the first results: ``fp32``, ``dq``,
 ``directq-w4-p99.9``, ``qat``, ``qat-ema0.99``, ``qbert-w2e8-g12-p99.9-mp2-3-qn0.5-ft``; ``-int`` marks integer
-GELU, softmax and LayerNorm (``qat-int``).
+GELU, softmax and LayerNorm (``qat-int``), ``-kd`` / ``-kdh`` distillation from the FP32 model (``qat-kd-ft``).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from typing import Any, Mapping
 
 from qlib.checks import check_bits
 from qlib.config import BertQuantConfig, dynamic_config, q8bert_config, qbert_config
+from qlib.distill import MODES as DISTILLATION_MODES
 from qlib.models import DEFAULT_MODEL
 from qlib.observers import Q8BERT_EMA_DECAY
 from qlib.tasks import get_run_task
@@ -96,6 +97,8 @@ class RunSpec:
         ema_decay: the input ranges' EMA decay (``qat`` only; None, or Q8BERT's 0.9999, which is stored as None).
         noise_rate: Quant-Noise's p, the fraction of weight blocks quantized per step (``qbert`` only; 1: plain QAT).
         integer_nonlinearities: GELU, softmax and LayerNorm in integer arithmetic (I-BERT; ``qat``, ``qbert``).
+        distillation: learn from the FP32 model ``init_from`` as teacher (``qlib.distill``): ``logits`` or
+            ``hidden`` (logits, hidden states and attention maps, as TernaryBERT); ``qat``, ``qbert``.
         init_from: an FP32 checkpoint to start from instead of the pretrained weights (trained methods).
         protocol: the ``TrainingProtocol``.
     """
@@ -111,6 +114,7 @@ class RunSpec:
     ema_decay: float | None = None
     noise_rate: float = 1.0
     integer_nonlinearities: bool = False
+    distillation: str | None = None
     init_from: str | None = None
     protocol: TrainingProtocol = field(default_factory=TrainingProtocol)
 
@@ -150,13 +154,21 @@ class RunSpec:
         """Refuse a knob its method does not have, naming both (a run is never labelled as something it is not)."""
         has = {"weight_bits": ("qbert", "directq"), "embedding_bits": ("qbert",), "groups": ("qbert", "directq"),
                "layer_bits": ("qbert",), "percentile": ("qbert", "directq"), "ema_decay": ("qat",),
-               "noise_rate": ("qbert",), "integer_nonlinearities": ("qat", "qbert"), "init_from": TRAINED_METHODS}
+               "noise_rate": ("qbert",), "integer_nonlinearities": ("qat", "qbert"),
+               "distillation": ("qat", "qbert"), "init_from": TRAINED_METHODS}
         unset = {"weight_bits": 8, "embedding_bits": 8, "groups": None, "layer_bits": {}, "percentile": None,
-                 "ema_decay": None, "noise_rate": 1.0, "integer_nonlinearities": False, "init_from": None}
+                 "ema_decay": None, "noise_rate": 1.0, "integer_nonlinearities": False, "distillation": None,
+                 "init_from": None}
         for knob, methods in has.items():
             if self.method not in methods and getattr(self, knob) != unset[knob]:
                 raise ValueError(f"{knob}={getattr(self, knob)!r} is not a knob of method {self.method!r}; "
                                  f"it is for {', '.join(methods)}")
+        if self.distillation is not None:
+            if self.distillation not in DISTILLATION_MODES:
+                raise ValueError(f"unknown distillation {self.distillation!r}; allowed: {DISTILLATION_MODES}")
+            if self.init_from is None:
+                raise ValueError("distillation needs its teacher: init_from, the task's FP32 model (the student "
+                                 "starts from it too)")
 
     # --- identity ---------------------------------------------------------------------------------------------
 
@@ -166,7 +178,9 @@ class RunSpec:
         ``qat-ema0.99``, ``qbert-w3e8``, ``qbert-w3e8-per-row``, ``qbert-w2e8-g12-mp2-3`` (mixed precision, its bit
         widths), ``qbert-w2e8-g12-p99.9-qn0.5-ft`` (clipped, Quant-Noise at 0.5, from an FP32 checkpoint); ``-ft``
         marks any trained run that starts from an FP32 checkpoint (``init_from``)."""
-        start = ("-int" if self.integer_nonlinearities else "") + ("-ft" if self.init_from is not None else "")
+        distilled = {None: "", "logits": "-kd", "hidden": "-kdh"}[self.distillation]
+        start = (distilled + ("-int" if self.integer_nonlinearities else "")
+                 + ("-ft" if self.init_from is not None else ""))
         if self.method == "dq":
             return "dq"
         if self.method == "fp32":
@@ -256,9 +270,9 @@ class RunSpec:
         number = r"\d+(?:\.\d+)?(?:e-?\d+)?"
         patterns = {
             "fp32": "fp32(?P<ft>-ft)?", "dq": "dq", "directq": rf"directq-w(?P<w>\d)(?:-p(?P<p>{number}))?",
-            "qat": rf"qat(?:-ema(?P<ema>{number}))?(?P<int>-int)?(?P<ft>-ft)?",
+            "qat": rf"qat(?:-ema(?P<ema>{number}))?(?P<kd>-kdh?)?(?P<int>-int)?(?P<ft>-ft)?",
             "qbert": rf"qbert-w(?P<w>\d)e(?P<e>\d)(?P<g>-per-row|-g\d+)?(?:-p(?P<p>{number}))?"
-                     rf"(?P<mp>-mp[\d-]+)?(?:-qn(?P<qn>{number}))?(?P<int>-int)?(?P<ft>-ft)?",
+                     rf"(?P<mp>-mp[\d-]+)?(?:-qn(?P<qn>{number}))?(?P<kd>-kdh?)?(?P<int>-int)?(?P<ft>-ft)?",
         }
         for method, pattern in patterns.items():
             match = re.fullmatch(pattern, label)
@@ -266,7 +280,8 @@ class RunSpec:
                 break
         else:
             raise ValueError(f"unknown result label {label!r}; allowed: fp32, dq, directq-w<b>[-p<p>], "
-                             "qat[-ema<d>][-int][-ft], qbert-w<b>e<b>[-g<G>|-per-row][-p<p>][-mp<bits>][-qn<p>][-int][-ft]")
+                             "qat[-ema<d>][-kd|-kdh][-int][-ft], "
+                             "qbert-w<b>e<b>[-g<G>|-per-row][-p<p>][-mp<bits>][-qn<p>][-kd|-kdh][-int][-ft]")
         parsed: dict[str, Any] = {}
         found = match.groupdict()
         if method == "directq":
@@ -286,6 +301,8 @@ class RunSpec:
             parsed["init_from"] = FROM_CHECKPOINT
         if found.get("int"):
             parsed["integer_nonlinearities"] = True
+        if found.get("kd"):
+            parsed["distillation"] = "hidden" if found["kd"] == "-kdh" else "logits"
         if known.get("init_from") is not None and parsed.get("init_from") is None:
             raise ValueError(f"label {label!r} names a run from the pretrained model, not init_from="
                              f"{known['init_from']!r}")
@@ -306,11 +323,13 @@ class RunSpec:
         trained = params["method"]
         knobs = {"weight_bits": params.get("weight_bits", 8), "embedding_bits": params.get("embedding_bits", 8),
                  "integer_nonlinearities": params.get("integer_nonlinearities", False),
+                 "distillation": params.get("distillation"),
                  "groups": params.get("groups"), "layer_bits": params.get("layer_bits") or {},
                  "percentile": params.get("percentile"), "ema_decay": params.get("ema_decay"),
                  "noise_rate": params.get("noise_rate", 1.0), "init_from": params.get("init_from")}
         if trained != "fp32" or record["method"] == "fp32":  # the trained run itself: the knobs its method has
-            applies = {"fp32": ("init_from",), "qat": ("ema_decay", "integer_nonlinearities", "init_from"),
+            applies = {"fp32": ("init_from",),
+                       "qat": ("ema_decay", "integer_nonlinearities", "distillation", "init_from"),
                        "qbert": tuple(knobs)}[trained]
             return cls(record["task"], trained, record["seed"], **{k: knobs[k] for k in applies}, protocol=protocol)
         # a post-training row of an fp32 run: its label says which; DirectQ's groups are the run's

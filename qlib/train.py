@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 import time
-from typing import Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
@@ -42,9 +42,12 @@ def _device_of(model: nn.Module) -> torch.device:
 
 
 def finetune(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]], epochs: int, lr: float,
-             warmup_ratio: float = 0.1, weight_decay: float = 0.01, progress: bool = True) -> dict[str, float]:
+             warmup_ratio: float = 0.1, weight_decay: float = 0.01, progress: bool = True,
+             loss_fn: Callable[[nn.Module, dict[str, torch.Tensor]], torch.Tensor] | None = None,
+             ) -> dict[str, float]:
     """Train ``model`` on ``batches`` (a re-iterable loader) for ``epochs`` on the model's device; returns
-    throughput figures."""
+    throughput figures. ``loss_fn(model, batch)``: the loss to minimize (default: the head's own, from the batch's
+    labels), e.g. ``qlib.distill.distillation_loss``."""
     if epochs < 1:
         raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
     no_decay = ("bias", "LayerNorm.weight")
@@ -62,7 +65,7 @@ def finetune(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]], epoch
     for _ in range(epochs):
         for batch in batches:
             batch = {k: v.to(device) for k, v in batch.items()}
-            loss = model(**batch).loss
+            loss = model(**batch).loss if loss_fn is None else loss_fn(model, batch)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()

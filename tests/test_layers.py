@@ -16,7 +16,7 @@ LAYERS: list[tuple[str, int, set[str]]] = [  # (layer, rank, modules): a module 
     ("BERT made quantized", 2, {"config", "modules", "integer_modules", "convert"}),
     ("second order", 3, {"hessian", "sensitivity"}),
     ("deployment", 3, {"checkpoint", "int8"}),
-    ("experiments", 4, {"data", "conll", "qa", "ner", "metrics", "models", "train", "probe", "results", "tasks", "spec", "experiment", "jobs",
+    ("experiments", 4, {"data", "conll", "qa", "ner", "metrics", "models", "train", "probe", "results", "tasks", "distill", "spec", "experiment", "jobs",
                         "qbert",
                         "protocol", "batch", "report", "compare", "papers"}),
     ("public API", 5, {"__init__"}),

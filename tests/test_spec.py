@@ -79,6 +79,21 @@ def test_labels_of_the_papers_rows():
         "FP32", "Q8BERT (DQ)", "Q8BERT (QAT)", "Q-BERT"]
 
 
+def test_distilled_runs_name_their_mode_and_need_their_teacher():
+    logits = RunSpec("sst2", "qat", init_from="fp32.safetensors", distillation="logits")
+    hidden = RunSpec("sst2", "qbert", weight_bits=2, groups=12, percentile=99.9, init_from="fp32.safetensors",
+                     distillation="hidden", integer_nonlinearities=True)
+    assert logits.label == "qat-kd-ft" and hidden.label == "qbert-w2e8-g12-p99.9-kdh-int-ft"
+    for spec in (logits, hidden):
+        assert RunSpec.from_label(spec.label, "sst2", init_from="fp32.safetensors") == spec
+    with pytest.raises(ValueError, match="distillation needs its teacher: init_from"):
+        RunSpec("sst2", "qat", distillation="logits")
+    with pytest.raises(ValueError, match="unknown distillation 'attention'; allowed: \\('logits', 'hidden'\\)"):
+        RunSpec("sst2", "qat", init_from="x", distillation="attention")
+    with pytest.raises(ValueError, match="distillation='logits' is not a knob of method 'fp32'"):
+        RunSpec("sst2", "fp32", init_from="x", distillation="logits")
+
+
 def test_configs_are_what_each_row_is_evaluated_with():
     dq = RunSpec("sst2", "dq").quant_config()
     assert dq.default.observer == "dynamic" and dq.default.weight.bits == 8 and dq.default.weight.symmetric
