@@ -22,32 +22,38 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from qlib.checkpoint import load_float
 from qlib.config import qbert_config
-from qlib.data import get_task, glue_batches, glue_provenance
 from qlib.experiment import RUN_OPTIONS, checkpoint_path, run
-from qlib.models import DEFAULT_MODEL, load_classifier
+from qlib.models import DEFAULT_MODEL
 from qlib.results import provenance, read_json, write_json
 from qlib.sensitivity import assign_bits, block_landscape, layer_blocks, layer_spectrum, omega
 from qlib.spec import FROM_CHECKPOINT, RunSpec, TrainingProtocol
+from qlib.tasks import get_run_task
 from qlib.train import finetune, set_seed
+
+
+def _hessian_data(batch_size: int, max_length: int, examples: int | None, source: str) -> TrainingProtocol:
+    """The data settings of the Hessian's fine-tuning and probe batches (SQuAD's windows overlap by half)."""
+    return TrainingProtocol(batch_size=batch_size, max_length=max_length, doc_stride=max_length // 2,
+                            max_train_examples=examples, source=source)
 
 
 def finetuned_for_hessian(task: str, model: str = DEFAULT_MODEL, examples: int | None = 2000, epochs: int = 1,
                           lr: float = 5e-5, seed: int = 0, max_length: int = 64, source: str = "auto",
                           progress: bool = True, init_from: str | Path | None = None,
                           ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, dict[str, float]]:
-    """A classifier fine-tuned in FP32 on ``examples`` of ``task``, or loaded from the FP32 checkpoint ``init_from``
+    """A BERT with ``task``'s head fine-tuned in FP32 on ``examples`` of it, or loaded from the FP32 checkpoint ``init_from``
     (e.g. the task's Baseline, the model Q-BERT's QAT rows start from) with no further training; loaded with eager
     attention (double backward through SDPA is not implemented on CPU), in eval mode; with its tokenizer and
     training figures (none for ``init_from``)."""
-    info = get_task(task)
+    info = get_run_task(task)
     if init_from is not None and not Path(init_from).is_file():
         raise FileNotFoundError(f"FP32 checkpoint {init_from} not found: a task's Baseline run keeps it (Q-BERT II "
                                 "with setting='Baseline' and quick=False, or run_setting('Baseline', ...))")
     set_seed(seed)
-    net, tokenizer = load_classifier(model, info.num_labels, attn_implementation="eager")
+    net, tokenizer = info.load(model, attn_implementation="eager")
     if init_from is not None:
         return load_float(net, init_from).eval(), tokenizer, {}
-    train = glue_batches(info.name, tokenizer, "train", 32, max_length, examples, seed, source, shuffle=True)
+    train = info.train_batches(tokenizer, _hessian_data(32, max_length, examples, source), seed)
     training = finetune(net, train, epochs, lr, progress=progress)
     return net.eval(), tokenizer, training
 
@@ -63,7 +69,7 @@ def run_spectrum(task: str = "sst2", model: str = DEFAULT_MODEL, seed: int = 0, 
     ``subsets`` disjoint training subsets of ``subset_size`` examples each, and its smallest eigenvalue on the first
     ``saddle_subsets`` of them; for each of ``landscape_blocks``, the loss on the first subset along its top two
     eigenvectors, ``landscape_points`` steps from -1 to 1 each way."""
-    info = get_task(task)
+    info = get_run_task(task)
     if landscape_points < 2:
         raise ValueError(f"landscape_points must be at least 2, got {landscape_points}")
     path = Path(results_path)
@@ -80,8 +86,8 @@ def run_spectrum(task: str = "sst2", model: str = DEFAULT_MODEL, seed: int = 0, 
     unknown = [b for b in landscape_blocks if b not in layer_blocks(net)]
     if unknown:  # before the spectrum's minutes, not after
         raise ValueError(f"unknown landscape block(s) {unknown}; allowed: {list(layer_blocks(net))}")
-    probe = glue_batches(info.name, tokenizer, "train", subset_size, max_length, subsets * subset_size, seed + 1,
-                         source)
+    probe = info.train_batches(tokenizer, _hessian_data(subset_size, max_length, subsets * subset_size, source),
+                               seed + 1, shuffle=False)
     batches = list(probe)[:subsets]
     spectrum_start = time.perf_counter()
     records = layer_spectrum(net, batches, blocks, max_iter=max_iter, tol=tol, smallest_subsets=saddle_subsets,
@@ -98,7 +104,7 @@ def run_spectrum(task: str = "sst2", model: str = DEFAULT_MODEL, seed: int = 0, 
                          "converged": all(r["converged"] and r.get("smallest_converged", True) for r in rows)}
     result = {"experiment": "qbert-spectrum", "task": info.name, "params": params, "blocks": summary,
               "records": records, "landscape": landscape, "finetune": training, "spectrum_seconds": spectrum_seconds,
-              "provenance": provenance(time.perf_counter() - start, data=glue_provenance(info.name, source=source))}
+              "provenance": provenance(time.perf_counter() - start, data=info.provenance(source))}
     write_json(path, result)
     return result
 

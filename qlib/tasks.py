@@ -54,7 +54,8 @@ class RunTask(Protocol):
     def load(self, model: str, attn_implementation: str | None = None
              ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]: ...
 
-    def train_batches(self, tokenizer: PreTrainedTokenizerBase, settings: Settings, seed: int) -> DataLoader: ...
+    def train_batches(self, tokenizer: PreTrainedTokenizerBase, settings: Settings, seed: int,
+                      shuffle: bool = True) -> DataLoader: ...
 
     def eval_data(self, tokenizer: PreTrainedTokenizerBase, settings: Settings, seed: int) -> Any: ...
 
@@ -81,9 +82,9 @@ class GlueTask:
     def load(self, model: str, attn_implementation: str | None = None):
         return load_bert(model, "sequence", get_task(self.name).num_labels, attn_implementation)
 
-    def train_batches(self, tokenizer, settings, seed):
+    def train_batches(self, tokenizer, settings, seed, shuffle=True):
         return glue_batches(self.name, tokenizer, "train", settings.batch_size, settings.max_length,
-                            settings.max_train_examples, seed, settings.source, shuffle=True)
+                            settings.max_train_examples, seed, settings.source, shuffle=shuffle)
 
     def eval_data(self, tokenizer, settings, seed):
         return glue_batches(self.name, tokenizer, "dev", EVAL_BATCH, settings.max_length, settings.max_eval_examples,
@@ -114,10 +115,10 @@ class SquadTask:
     def load(self, model: str, attn_implementation: str | None = None):
         return load_bert(model, "qa", attn_implementation=attn_implementation)
 
-    def train_batches(self, tokenizer, settings, seed):
+    def train_batches(self, tokenizer, settings, seed, shuffle=True):
         questions = _subset(load_squad("train", settings.source), settings.max_train_examples, seed)
         windows = qa_train_features(questions, tokenizer, settings.max_length, settings.doc_stride)
-        return loader(windows, tokenizer, settings.batch_size, shuffle=True, seed=seed)
+        return loader(windows, tokenizer, settings.batch_size, shuffle=shuffle, seed=seed)
 
     def eval_data(self, tokenizer, settings, seed):
         questions = _subset(load_squad("dev", settings.source), settings.max_eval_examples, seed)
@@ -160,9 +161,9 @@ class ConllTask:
                           generator=torch.Generator().manual_seed(seed),
                           collate_fn=DataCollatorForTokenClassification(tokenizer))
 
-    def train_batches(self, tokenizer, settings, seed):
+    def train_batches(self, tokenizer, settings, seed, shuffle=True):
         return self._batches("train", tokenizer, settings, settings.batch_size, settings.max_train_examples, seed,
-                             True)
+                             shuffle)
 
     def eval_data(self, tokenizer, settings, seed):
         return self._batches("dev", tokenizer, settings, EVAL_BATCH, settings.max_eval_examples, seed, False)

@@ -138,3 +138,15 @@ def test_a_tiny_conll_qat_run_trains_and_scores_through_run(task_data, tiny_mode
     assert record["eval"]["examples"] == 2 and record["train"]["train_examples"] == 8
     assert set(record["provenance"]["data"]["files"]) == {"conll2003/train.txt", "conll2003/dev.txt"}
     assert RunSpec.from_record(record) == spec
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", ["squad", "conll2003"])
+def test_q_bert_spectra_are_measured_on_the_qa_and_ner_heads(task_data, tiny_model_dir, tmp_path, task):
+    from qlib.qbert import run_spectrum
+
+    result = run_spectrum(task, str(tiny_model_dir), finetune_examples=4, subsets=2, subset_size=2, max_length=16,
+                          max_iter=3, results_path=tmp_path / f"spectrum-{task}.json", progress=False)
+    assert result["task"] == task and set(result["blocks"]) == {"embeddings", "encoder.layer.0", "encoder.layer.1"}
+    assert all(len(block["top"]) == 2 and len(block["smallest"]) == 1 for block in result["blocks"].values())
+    assert set(result["provenance"]["data"]["files"]) == set(get_run_task(task).provenance("auto")["files"])
