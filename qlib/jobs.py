@@ -150,8 +150,12 @@ def execute(jobs: Sequence[Runnable], client: Client, threads: int = 1, resume: 
             if fail_fast and outcome.status == "failed":
                 client.cancel([f for f in futures.values() if not f.done()])
     except KeyboardInterrupt:
-        client.cancel(list(futures.values()))
-        progress("interrupted: the jobs that had not finished are cancelled (their results were never written)")
+        unfinished = [name for name, future in futures.items() if outcomes[name].status == "not started"]
+        client.cancel([futures[name] for name in unfinished])
+        for name in unfinished:
+            outcomes[name] = Outcome(name, "not started", error="interrupted (Ctrl-C) before it finished")
+        print(f"interrupted: {len(unfinished)} unfinished job(s) cancelled; their results were never written",
+              flush=True)
     return Report([outcomes[job.name] for job in jobs])
 
 

@@ -206,3 +206,23 @@ def constant_answer_scores(path: str | Path) -> dict[str, float]:
     if not path.is_file():
         return {}
     return {task: 100 * floor["constant answer"][floor["metric"]] for task, floor in read_json(path)["tasks"].items()}
+
+
+MISSING = "—"
+"""How a table shows a value that does not exist (a std over one seed, a row a paper did not report): never "nan"."""
+
+
+def table_html(frame: pd.DataFrame) -> str:
+    """``frame`` as the book's HTML table: pandas' notebook rendering, missing values shown as ``MISSING``."""
+    return frame.to_html(na_rep=MISSING, notebook=True, max_rows=pd.get_option("display.max_rows"),
+                         max_cols=pd.get_option("display.max_columns"))
+
+
+def book_tables() -> None:
+    """Render every DataFrame this notebook displays with ``table_html`` (an IPython HTML formatter); outside
+    IPython, nothing."""
+    from IPython import get_ipython
+
+    shell = get_ipython()
+    if shell is not None:
+        shell.display_formatter.formatters["text/html"].for_type(pd.DataFrame, table_html)

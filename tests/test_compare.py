@@ -108,3 +108,12 @@ def test_one_relative_drop_formula_serves_table_2_and_the_drops():
                                       names=["task", "method"])
     summary = pd.DataFrame({"mean": [80.0, 76.0, 50.0, 45.0]}, index=index)
     assert relative_error(summary)["qat"].to_dict() == {"a": 5.0, "b": 10.0}
+
+
+def test_book_tables_show_a_missing_value_as_a_dash_never_nan():
+    import pandas as pd
+
+    from qlib.report import MISSING, table_html
+
+    html = table_html(pd.DataFrame({"score": [88.5, float("nan")], "std": [None, 0.4]}, index=["qat", "dq"]))
+    assert MISSING in html and "NaN" not in html and "nan" not in html.lower().replace("dataframe", "")

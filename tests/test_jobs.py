@@ -94,3 +94,38 @@ def test_the_slurm_recipe_builds_its_job_script():
     for line in ("#SBATCH -p gpu", "#SBATCH --gres=gpu:1", "#SBATCH -t 02:00:00", "#SBATCH --cpus-per-task=4"):
         assert line in script, line
     assert "--nthreads 1" in script and "--resources GPU=1" in script  # one run at a time, on a GPU worker
+
+
+def test_ctrl_c_cancels_what_has_not_finished_and_still_reports(tmp_path):
+    from dataclasses import dataclass
+
+    from distributed import Client
+
+    @dataclass(frozen=True)
+    class Sleep:
+        name: str
+        seconds: float
+        needs: tuple[str, ...] = ()
+        resources: tuple = ()
+
+        def done(self) -> bool:
+            return False
+
+        def __call__(self) -> str:
+            import time
+
+            time.sleep(self.seconds)
+            return f"slept {self.seconds} s"
+
+    def interrupt(line: str) -> None:  # the user presses Ctrl-C as the first job finishes
+        raise KeyboardInterrupt
+
+    client = Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None)
+    try:
+        report = execute([Sleep("short", 0.1), Sleep("long", 30.0), Sleep("after", 0.1, needs=("long",))], client,
+                         progress=interrupt)
+    finally:
+        close_client(client)
+    assert [o.status for o in report.outcomes] == ["done", "not started", "not started"]
+    assert report.outcomes[1].error == "interrupted (Ctrl-C) before it finished"
+    assert "1 done, 0 skipped, 0 failed, 2 not started" in report.summary()
