@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import time
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import torch
 
@@ -22,7 +22,7 @@ from qlib.convert import convert_bert
 from qlib.data import get_task
 from qlib.distill import distillation_loss
 from qlib.results import provenance, read_json, write_json
-from qlib.spec import RunSpec, TrainingProtocol
+from qlib.spec import RunSpec
 from qlib.tasks import RunTask, get_run_task
 from qlib.train import finetune, resolve_device, set_seed
 

@@ -29,6 +29,11 @@ class RangeObserver(nn.Module):
         self.register_buffer("observed", torch.zeros((), dtype=torch.long))
 
     def batch_range(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The range of ``x`` alone: (min, max), or (-max|x|, max|x|) for a symmetric grid.
+
+        Shapes:
+            x [...] → lo [1], hi [1].
+        """
         lo, hi = tensor_ranges(x)
         if self.symmetric:
             max_abs = torch.maximum(lo.abs(), hi.abs())
@@ -36,6 +41,7 @@ class RangeObserver(nn.Module):
         return lo, hi
 
     def stored_range(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The range kept so far, (lo [1], hi [1]); a ``RuntimeError`` saying what to do if nothing was observed."""
         if int(self.observed) == 0:
             raise RuntimeError(
                 f"{type(self).__name__} has never observed a batch, so it has no range; run the model in "
@@ -98,7 +104,16 @@ OBSERVERS = {"ema": EMAObserver, "minmax": MinMaxObserver, "dynamic": DynamicObs
 
 
 def make_observer(kind: str, symmetric: bool, ema_decay: float = Q8BERT_EMA_DECAY) -> RangeObserver:
-    """Build the observer named ``kind`` (one of ``OBSERVERS``)."""
+    """The observer named ``kind``.
+
+    Args:
+        kind: ``ema`` (QAT: ``r ← d·r + (1 - d)·r_batch``), ``minmax`` (calibration) or ``dynamic`` (per batch).
+        symmetric: track max|x| (a symmetric grid) rather than min and max.
+        ema_decay: d, for ``ema`` (Q8BERT's 0.9999 by default).
+
+    Returns:
+        A fresh ``RangeObserver``; an unknown ``kind`` is refused, naming the allowed ones.
+    """
     if kind not in OBSERVERS:
         raise ValueError(f"observer must be one of {sorted(OBSERVERS)}, got {kind!r}")
     if kind == "ema":

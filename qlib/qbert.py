@@ -21,7 +21,6 @@ import numpy as np
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from qlib.checkpoint import load_float
-from qlib.config import qbert_config
 from qlib.experiment import RUN_OPTIONS, checkpoint_path, run
 from qlib.models import DEFAULT_MODEL
 from qlib.results import provenance, read_json, write_json

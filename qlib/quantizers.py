@@ -160,18 +160,31 @@ class QuantGrid:
         return view, scale, shift
 
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
-        """Integer codes of ``x`` (same shape): int8 for symmetric grids, uint8 for asymmetric ones."""
+        """Integer codes ``q = clamp(round((x - b)/Δ), qmin, qmax)`` of ``x``.
+
+        Shapes:
+            x [rows, ...] (G dividing rows) → the same shape, int8 for symmetric grids, uint8 for asymmetric ones.
+        """
         view, scale, shift = self._per_group(x)
         q = _codes(view, scale, shift, self.qmin, self.qmax)
         return q.to(torch.int8 if self.symmetric else torch.uint8).reshape(x.shape)
 
     def dequantize(self, q: torch.Tensor) -> torch.Tensor:
-        """Real values ``Δ·q + b`` of integer codes ``q`` (any shape whose rows the groups divide)."""
+        """Real values ``Δ·q + b`` of integer codes ``q``.
+
+        Shapes:
+            q [rows, ...] (G dividing rows) → the same shape, float32.
+        """
         view, scale, shift = self._per_group(q.to(torch.float32))
         return (view * scale + shift).reshape(q.shape)
 
     def fake_quantize(self, x: torch.Tensor) -> torch.Tensor:
-        """``dequantize(quantize(x))`` in float, differentiable with the straight-through estimator."""
+        """``dequantize(quantize(x))`` in float, differentiable with the straight-through estimator (the gradient
+        passes where ``lo ≤ x ≤ hi`` and is 0 where x was clipped).
+
+        Shapes:
+            x [rows, ...] (G dividing rows) → the same shape and dtype.
+        """
         view, scale, shift = self._per_group(x)
         lo, hi = (t.to(x.dtype)[:, None] for t in self.clip_range)
         return _RoundWithSTE.apply(view, scale, shift, lo, hi, self.qmin, self.qmax).reshape(x.shape)
