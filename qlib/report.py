@@ -226,3 +226,36 @@ def book_tables() -> None:
     shell = get_ipython()
     if shell is not None:
         shell.display_formatter.formatters["text/html"].for_type(pd.DataFrame, table_html)
+
+
+def integer_kernel_errors(points: int = 2001, bits: int = 16) -> dict[str, pd.DataFrame]:
+    """Each integer kernel of ``qlib.integer_ops`` against its float function over its input range: GELU on
+    [-8, 8] and exp on [-8, 0] (``points`` inputs quantized to ``bits``-bit codes), softmax and LayerNorm on seeded
+    random rows (one score row of 128, one hidden row of 384, ×4). Columns: the input (``x``; the element's index for
+    softmax and LayerNorm), the float value, the integer kernel's, and ``|error|``."""
+    import torch
+    import torch.nn.functional as F
+
+    from qlib.integer_ops import i_exp, i_gelu, i_layernorm, i_softmax
+
+    def codes(x: torch.Tensor) -> tuple[torch.Tensor, float]:
+        scale = float(x.abs().max()) / (2 ** (bits - 1) - 1)
+        return torch.round(x / scale).to(torch.int64), scale
+
+    generator = torch.Generator().manual_seed(0)
+    inputs = {"GELU": torch.linspace(-8, 8, points, dtype=torch.float64),
+              "exp": torch.linspace(-8, 0, points, dtype=torch.float64),
+              "softmax": torch.randn(128, dtype=torch.float64, generator=generator) * 4,
+              "LayerNorm": torch.randn(384, dtype=torch.float64, generator=generator) * 4 + 1}
+    kernels = {"GELU": (i_gelu, F.gelu), "exp": (i_exp, torch.exp),
+               "softmax": (i_softmax, lambda x: torch.softmax(x, -1)),
+               "LayerNorm": (i_layernorm, lambda x: F.layer_norm(x, x.shape))}
+    frames = {}
+    for name, x in inputs.items():
+        integer, reference = kernels[name]
+        q, out_scale = integer(*codes(x))
+        value = (q * out_scale).double()
+        frames[name] = pd.DataFrame({"x": x.numpy() if name in ("GELU", "exp") else range(len(x)),
+                                     "float": reference(x).numpy(), "integer": value.numpy(),
+                                     "|error|": (value - reference(x)).abs().numpy()})
+    return frames

@@ -117,3 +117,13 @@ def test_book_tables_show_a_missing_value_as_a_dash_never_nan():
 
     html = table_html(pd.DataFrame({"score": [88.5, float("nan")], "std": [None, 0.4]}, index=["qat", "dq"]))
     assert MISSING in html and "NaN" not in html and "nan" not in html.lower().replace("dataframe", "")
+
+
+def test_the_integer_kernels_error_curves_are_the_kernels_bounds():
+    from qlib.report import integer_kernel_errors
+
+    errors = integer_kernel_errors(points=801)
+    assert set(errors) == {"GELU", "exp", "softmax", "LayerNorm"} and len(errors["GELU"]) == 801
+    bounds = {"GELU": 0.0185, "exp": 2.5e-3, "softmax": 6e-3, "LayerNorm": 2e-3}
+    assert all(errors[name]["|error|"].max() < bound for name, bound in bounds.items())
+    assert errors["GELU"]["|error|"].max() > 0.01  # the polynomial's own error, not a float copy
