@@ -11,7 +11,8 @@ Three stages, each a graph of jobs whose edges are Dask futures: (1) the FP32 pr
 (``--only sweep``), which picks their epochs and learning rates (``qlib.experiment.protocol_for``); (2) the first
 chapter's main table, the FP32 Baselines (which keep their models under ``--checkpoints``), the Hessian spectrum of
 each Q-BERT task's seed-0 Baseline where its committed one is missing (Q-BERT I's job), and Q-BERT's and
-Quant-Noise's QAT rows, each started as soon as its seed's Baseline is written, seed by seed, then the ablations;
+Quant-Noise's QAT rows, each started as soon as its seed's Baseline is written, seed by seed, then the ablations
+and the "Beyond the papers" rows (``beyond_jobs``);
 (3) the mixed-precision rows of the tasks whose spectrum stage 2 measured (it sets their bits). Finished runs are
 skipped, so an interrupted protocol resumes. A failing job is named and the jobs that need it are reported as not
 started; the others still run, and the exit status is non-zero at the end. A task whose sweep or spectrum is
@@ -44,6 +45,9 @@ EMA_ABLATION_DECAY = 0.99
 QUANT_NOISE_TASKS = ("cola",)
 QUANT_NOISE_SETTINGS = ("Q-BERT 2/8", "Q-BERT 3/8")  # where QAT (p = 1) loses the most
 QUANT_NOISE_RATE = 0.5
+INTEGER_TASKS = ("sst2", "mrpc")  # the beyond chapter's integer-only QAT: SST-2 and one more task
+DISTILLATION_TASKS = ("sst2",)
+DISTILLED_SETTINGS = ("Q-BERT 8/8", "Q-BERT 4/8", "Q-BERT 3/8", "Q-BERT 2/8")
 LANDSCAPE_BLOCKS = ("encoder.layer.0", "encoder.layer.2", "encoder.layer.5")  # Q-BERT I's default, fig. 2's
 
 
@@ -114,7 +118,7 @@ class Job:
 
 
 CHAPTERS = {"q8bert": "q8bert.ipynb", "q8bert-sweep": "q8bert.ipynb", "qbert": "qbert_low_precision.ipynb",
-            "quant-noise": "quant_noise.ipynb"}
+            "quant-noise": "quant_noise.ipynb", "beyond": "integer_and_distilled.ipynb"}
 """The chapter whose ``job`` parameter runs a job of each experiment (``--via papermill``)."""
 
 
@@ -231,6 +235,21 @@ def quant_noise_jobs(checkpoints: str | Path, seeds=SEEDS, results: str | Path =
             for t in tasks for name in QUANT_NOISE_SETTINGS for s in seeds]
 
 
+def beyond_jobs(checkpoints: str | Path, seeds=SEEDS, results: str | Path = "results",
+                integer_tasks: Sequence[str] = INTEGER_TASKS,
+                distillation_tasks: Sequence[str] = DISTILLATION_TASKS) -> list[Job]:
+    """The "Beyond the papers" chapter: Q8BERT's QAT with I-BERT's integer GELU, softmax and LayerNorm on
+    ``integer_tasks`` (against the Q8BERT chapter's QAT and FP32 rows of the same seeds), and Q-BERT's QAT rows of
+    ``DISTILLED_SETTINGS`` distilled from their seed's FP32 Baseline (TernaryBERT's logits, hidden states and
+    attention maps), each after that Baseline, on ``distillation_tasks``."""
+    integer = [Job(RunSpec(t, "qat", s, integer_nonlinearities=True, protocol=_protocol(t, results)), "beyond",
+                   results=str(results)) for t in integer_tasks for s in seeds]
+    distilled = [Job(setting_spec(name, t, s, HEADS, checkpoints, protocol=_protocol(t, results)).with_(
+                         distillation="hidden"), "beyond", needs=(baseline_name(t, s),), results=str(results))
+                 for t in distillation_tasks for name in DISTILLED_SETTINGS for s in seeds]
+    return integer + distilled
+
+
 def read_spectra(folder: Path, tasks: Sequence[str]) -> dict[str, dict[str, Any]]:
     """Each task's committed spectrum, ``<folder>/spectrum-<task>.json`` (measured on the task's seed-0 FP32
     Baseline); a missing one is named with the run that writes it."""
@@ -264,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--results", default="results",
                         help="folder holding q8bert/, qbert/ and quant-noise/ (default: results)")
-    parser.add_argument("--only", choices=("q8bert", "qbert", "quant-noise", "sweep"),
+    parser.add_argument("--only", choices=("q8bert", "qbert", "quant-noise", "beyond", "sweep"),
                         help="run one chapter's jobs (sweep: the FP32 protocol sweep of the small tasks)")
     parser.add_argument("--qbert-tasks", default="sst2",
                         help="comma-separated tasks of the Q-BERT table; a task's missing "
@@ -292,7 +311,8 @@ def main(argv: list[str] | None = None) -> int:
 
     results, checkpoints = args.results, Path(args.checkpoints) / "qbert"
     spectra_folder = Path(results) / "qbert"
-    wanted = {"q8bert": Q8BERT_TASKS, "qbert": args.qbert_tasks.split(","), "quant-noise": QUANT_NOISE_TASKS}
+    wanted = {"q8bert": Q8BERT_TASKS, "qbert": args.qbert_tasks.split(","), "quant-noise": QUANT_NOISE_TASKS,
+              "beyond": tuple(dict.fromkeys(INTEGER_TASKS + DISTILLATION_TASKS))}
     wanted = {chapter: tasks if args.only in (None, chapter) else () for chapter, tasks in wanted.items()}
     failures: list[str] = []
     reports: list[Report] = []
@@ -320,15 +340,19 @@ def main(argv: list[str] | None = None) -> int:
                                            results=results)
         qbert_tasks = [t for t in wanted["qbert"] if t in protocols]
         noise = quant_noise_jobs(checkpoints, results=results, tasks=[t for t in wanted["quant-noise"] if t in protocols])
+        beyond = beyond_jobs(checkpoints, results=results,
+                             integer_tasks=[t for t in INTEGER_TASKS if t in protocols and t in wanted["beyond"]],
+                             distillation_tasks=[t for t in DISTILLATION_TASKS
+                                                 if t in protocols and t in wanted["beyond"]])
         measured = _present_spectra(spectra_folder, qbert_tasks)
         baselines, qb_main, qb_ablation = qbert_jobs(qbert_tasks, checkpoints, measured, results=results)
-        baselines += baseline_jobs(sorted({j.spec.task for j in noise} - set(qbert_tasks)), checkpoints,
-                                   results=results)
+        baselines += baseline_jobs(sorted({j.spec.task for j in noise + beyond if j.needs} - set(qbert_tasks)),
+                                   checkpoints, results=results)
         spectra = [SpectrumJob(spectrum_job(t, checkpoints, results), needs=(baseline_name(t, 0),))
                    for t in qbert_tasks if t not in measured]
         # 2: everything that needs no new spectrum; each QAT row starts once its Baseline is written
         stage(2, q8_main + _by_seed(baselines) + spectra + _by_seed(qb_main + noise)
-              + _by_seed(q8_ablation + qb_ablation))
+              + _by_seed(q8_ablation + qb_ablation) + _by_seed(beyond))
         new = _present_spectra(spectra_folder, [t for t in qbert_tasks if t not in measured])
         failures.extend(f"the Q-BERT MP rows of {t} (no spectrum)" for t in qbert_tasks
                         if t not in measured and t not in new)
