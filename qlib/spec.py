@@ -144,6 +144,8 @@ class RunSpec:
             raise ValueError(f"ema_decay must be in (0, 1), got {self.ema_decay!r}")
         if self.ema_decay == Q8BERT_EMA_DECAY:  # Q8BERT's own decay is the default: the same run
             set_(self, "ema_decay", None)
+        if not isinstance(self.integer_nonlinearities, bool):
+            raise ValueError(f"integer_nonlinearities must be True or False, got {self.integer_nonlinearities!r}")
         if self.init_from is not None:
             set_(self, "init_from", str(self.init_from))
         if isinstance(self.protocol, Mapping):
@@ -178,15 +180,14 @@ class RunSpec:
         ``qat-ema0.99``, ``qbert-w3e8``, ``qbert-w3e8-per-row``, ``qbert-w2e8-g12-mp2-3`` (mixed precision, its bit
         widths), ``qbert-w2e8-g12-p99.9-qn0.5-ft`` (clipped, Quant-Noise at 0.5, from an FP32 checkpoint); ``-ft``
         marks any trained run that starts from an FP32 checkpoint (``init_from``)."""
-        distilled = {None: "", "logits": "-kd", "hidden": "-kdh"}[self.distillation]
-        start = (distilled + ("-int" if self.integer_nonlinearities else "")
-                 + ("-ft" if self.init_from is not None else ""))
+        suffix = ({None: "", "logits": "-kd", "hidden": "-kdh"}[self.distillation]
+                  + ("-int" if self.integer_nonlinearities else "") + ("-ft" if self.init_from is not None else ""))
         if self.method == "dq":
             return "dq"
         if self.method == "fp32":
-            return f"fp32{start}"
+            return f"fp32{suffix}"
         if self.method == "qat":
-            return ("qat" if self.ema_decay is None else f"qat-ema{self.ema_decay:g}") + start
+            return ("qat" if self.ema_decay is None else f"qat-ema{self.ema_decay:g}") + suffix
         clipping = f"-p{self.percentile:g}" if self.percentile is not None else ""
         if self.method == "directq":
             return f"directq-w{self.weight_bits}{clipping}"
@@ -194,7 +195,7 @@ class RunSpec:
         mixed = ("-mp" + "-".join(map(str, sorted({self.weight_bits, *self.layer_bits.values()})))
                  if self.layer_bits else "")
         noise = f"-qn{self.noise_rate:g}" if self.noise_rate != 1.0 else ""
-        return f"qbert-w{self.weight_bits}e{self.embedding_bits}{grouping}{clipping}{mixed}{noise}{start}"
+        return f"qbert-w{self.weight_bits}e{self.embedding_bits}{grouping}{clipping}{mixed}{noise}{suffix}"
 
     def result_path(self, results_dir: str | Path) -> Path:
         """``<results_dir>/<task>/<label>-seed<seed>.json``: where the run's result file is written."""

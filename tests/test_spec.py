@@ -132,6 +132,7 @@ def test_an_old_record_without_a_spec_is_read_from_its_params():
     (dict(method="qbert", groups=0), "groups must be a positive integer G, 'row' or None; got 0"),
     (dict(method="qbert", percentile=40), r"percentile must be in \(50, 100\], got 40"),
     (dict(seed=-1), "seed must be a non-negative integer, got -1"),
+    (dict(method="qat", integer_nonlinearities="yes"), "integer_nonlinearities must be True or False, got 'yes'"),
     (dict(task="imdb"), "unknown task 'imdb'"),
     (dict(protocol=TrainingProtocol()), None),
 ])
