@@ -1,18 +1,22 @@
 """BERT inference latency on this CPU: qbook int8 against FP32 eager and the int8/bf16 engines a user would try.
 
-Variants: FP32 eager; torch.ao dynamic int8; ONNX Runtime dynamic int8; torch bf16 weights (CPUs with AVX-512
-BF16 or AMX); OpenVINO bf16 and OpenVINO int8 (NNCF post-training quantization, calibrated on a few batches of the
-same inputs; OpenVINO's own default inference precision, recorded); qbook int8.
+Variants (``VARIANTS``, each built by its own function; one that cannot run here is skipped with why):
+FP32 eager; torch.ao dynamic int8; ONNX Runtime dynamic int8 and static QDQ int8 (calibrated); PyTorch's
+maintained int8 route (PT2E with torchao's X86 Inductor quantizer, ``torch.compile``); torch bf16 (CPUs with
+AVX-512 BF16 or AMX); OpenVINO bf16 and OpenVINO int8 (NNCF post-training quantization); qbook int8
+(``qlib.int8.to_int8``: 8-bit inputs where the CPU computes them exactly, else 7-bit), with its attention
+products in bf16 where the CPU has bf16; and qbook's QDQ export (``qlib.onnx_export``, the learned scales)
+run by ONNX Runtime and by OpenVINO. Post-training peers calibrate on ``CALIBRATION``, none of which is timed.
 
-    python benchmarks/int8_cpu.py [--threads 2] [--repeats 7] [--out results/benchmarks/int8_cpu.json]
+    python benchmarks/int8_cpu.py [--threads 2] [--repeats 7] [--out results/benchmarks/int8_cpu-<class>-<time>.json]
 
 All variants run in one process, interleaved (one forward of each in turn, ``repeats`` rounds after warm-up),
 on the BERT-base shape (random weights: speed does not depend on them) and on the packaged model, at batch 1
-and 8, sequence 128; then, on the packaged model, over a grid of batch sizes and sequence lengths (the
-speed-up's dependence on the GEMM sizes). Prints each median and the ratios against the issue's targets; writes
-the measurements with provenance. A variant that cannot run here (a peer not installed: ``pip install -e
-".[bench]"``; a CPU without VNNI for qbook int8, without bf16 for the bf16 rows) is reported as skipped with its
-reason, never silently dropped.
+and 8, sequence 128; then, on the packaged model, over a grid of batch sizes and sequence lengths. Before timing,
+each variant's logits are compared with the fake-quantized model's and FP32's on one batch (max |Δ|). The CPU's
+limits are measured too: a large int8 GEMM (oneDNN, u8·s8) and a large FP32 GEMM, in operations per second, beside
+what qbook's GEMMs and whole forward reach. Prints each median and the ratios against the issue's targets; writes
+the measurements with provenance to a file named after the CPU class (``qlib.cpu.cpu_class``).
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
@@ -35,11 +41,16 @@ from transformers import BertConfig, BertForSequenceClassification  # noqa: E402
 
 from qlib import convert_bert, q8bert_config  # noqa: E402
 from qlib.checkpoint import save_float, save_quantized  # noqa: E402
-from qlib.int8 import cpu_has_vnni, to_int8  # noqa: E402
+from qlib.cpu import CPU_CLASSES, cpu_class, cpu_features, cpu_model  # noqa: E402
+from qlib.int8 import exact_input_bits, to_int8  # noqa: E402
+from qlib.onnx_export import export_onnx  # noqa: E402
 from qlib.models import DEFAULT_MODEL, load_classifier  # noqa: E402
 from qlib.results import provenance, write_json  # noqa: E402
+from qlib.speed import TARGETS  # noqa: E402
 
-TARGETS = {"fp32": 3.7, "ao_dynamic": 1.15, "ort_int8": 1.25}  # qbook int8 speedup wanted over each
+TORCH_VARIANTS = ("fp32", "ao_dynamic", "torch_bf16", "pt2e_inductor", "qbook_int8", "qbook_int8_bf16_attention")
+"""The variants that run inside PyTorch, so its profiler can split their time."""
+CALIBRATION = ((2, 128), (3, 64), (4, 96), (6, 128))  # post-training peers' calibration inputs: none is timed
 
 
 def bert_base() -> BertForSequenceClassification:
@@ -57,31 +68,55 @@ def inputs(batch: int, seq: int) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
 
 
-def qbook_int8(model: torch.nn.Module, example: dict[str, torch.Tensor]) -> torch.nn.Module:
-    """Q8BERT conversion, EMA ranges set by a few training-mode forwards (as QAT leaves them), int8 export."""
-    fake = convert_bert(copy.deepcopy(model), q8bert_config())
-    fake.train()
-    with torch.no_grad():
-        for _ in range(3):
-            fake(**example)
-    return to_int8(fake.eval()), fake
+class Skip(Exception):
+    """A variant that cannot run here, with why."""
 
 
-def ort_int8(model: torch.nn.Module, example: dict[str, torch.Tensor], folder: Path) -> Callable:
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+@dataclass
+class Setup:
+    """What every variant builder reads: the FP32 model, one example batch, calibration batches, a scratch folder,
+    and the Q8BERT fake-quantized copy whose scales qbook's variants use (EMA ranges set as QAT leaves them)."""
 
-    fp32_path, int8_path = folder / "model.onnx", folder / "model.int8.onnx"
-    torch.onnx.export(model, (), str(fp32_path), kwargs=example, input_names=list(example), output_names=["logits"],
-                      dynamic_axes={k: {0: "batch", 1: "seq"} for k in example}, dynamo=False)
-    quantize_dynamic(str(fp32_path), str(int8_path), weight_type=QuantType.QInt8)
-    session = ort_session(int8_path)
-    return lambda batch: session.run(None, {k: v.numpy() for k, v in batch.items()})
+    model: torch.nn.Module
+    example: dict[str, torch.Tensor]
+    folder: Path
+    calibration: list[dict[str, torch.Tensor]] = field(default_factory=lambda: [inputs(b, s) for b, s in CALIBRATION])
+    fake: torch.nn.Module | None = None
+    settings: dict[str, str] = field(default_factory=dict)
+    sizes: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.fake = convert_bert(copy.deepcopy(self.model), q8bert_config()).train()
+        with torch.no_grad():
+            for _ in range(3):
+                self.fake(**self.example)
+        self.fake.eval()
+
+    def fp32_onnx(self) -> Path:
+        path = self.folder / "model.onnx"
+        if not path.exists():
+            torch.onnx.export(self.model, (), str(path), kwargs=self.example, input_names=list(self.example),
+                              output_names=["logits"], dynamic_axes={k: {0: "batch", 1: "seq"} for k in self.example},
+                              dynamo=False)
+        return path
+
+
+def has_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX-512 BF16 or AMX), where bf16 rows mean something."""
+    return bool({"avx512_bf16", "amx_bf16"} & set(cpu_features()))
+
+
+def needs_bf16() -> None:
+    if not has_bf16():
+        raise Skip("this CPU has neither AVX-512 BF16 nor AMX")
 
 
 def ort_session(path: Path, profile_prefix: Path | None = None):
     """An ONNX Runtime CPU session with the benchmark's threads; with ``profile_prefix``, its own profiler on."""
-    import onnxruntime
-
+    try:
+        import onnxruntime
+    except ImportError as err:
+        raise Skip(f"onnxruntime not installed ({err}); pip install -e '.[bench]'") from None
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()
     if profile_prefix is not None:
@@ -89,69 +124,235 @@ def ort_session(path: Path, profile_prefix: Path | None = None):
     return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def has_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (AVX-512 BF16 or AMX), where bf16 rows mean something."""
-    from qlib.results import cpu_features
-
-    return bool({"avx512_bf16", "amx_bf16"} & set(cpu_features()))
+def ort_run(path: Path) -> Callable:
+    session = ort_session(path)
+    return lambda batch: session.run(None, {k: v.numpy() for k, v in batch.items()})
 
 
-def openvino_model(model: torch.nn.Module, example: dict[str, torch.Tensor], precision: str,
-                   calibration: list[dict[str, torch.Tensor]] | None = None) -> tuple[Callable, str]:
-    """``model`` converted to OpenVINO (``ov.convert_model``), int8 by NNCF post-training quantization on
-    ``calibration`` batches when given, compiled for the CPU with the benchmark's threads at inference precision
-    ``precision`` ("bf16", or "" for OpenVINO's default); returns the forward and the precision it ran at."""
-    import openvino as ov
-
-    ov_model = ov.convert_model(model, example_input=example)
-    if calibration is not None:
-        import nncf
-
-        ov_model = nncf.quantize(ov_model, nncf.Dataset([{k: v.numpy() for k, v in b.items()} for b in calibration]),
-                                 model_type=nncf.ModelType.TRANSFORMER, subset_size=len(calibration))
+def openvino_run(model, setup: Setup, precision: str, name: str) -> Callable:
+    """``model`` (an OpenVINO model or an ONNX file) compiled for the CPU with the benchmark's threads at inference
+    precision ``precision`` ("bf16", or "" for OpenVINO's default, recorded under ``name``)."""
+    try:
+        import openvino as ov
+    except ImportError as err:
+        raise Skip(f"openvino not installed ({err}); pip install -e '.[bench]'") from None
+    core = ov.Core()
+    model = core.read_model(str(model)) if isinstance(model, Path) else model
     config = {"INFERENCE_NUM_THREADS": torch.get_num_threads()} | (
         {"INFERENCE_PRECISION_HINT": precision} if precision else {})
-    compiled = ov.Core().compile_model(ov_model, "CPU", config)
+    compiled = core.compile_model(model, "CPU", config)
+    setup.settings[f"{name}_precision"] = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
     request = compiled.create_infer_request()
-    return (lambda batch: request.infer({k: v.numpy() for k, v in batch.items()}),
-            compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name())
+    return lambda batch: request.infer({k: v.numpy() for k, v in batch.items()})
 
 
-CALIBRATION = ((2, 128), (3, 64), (4, 96), (6, 128))  # NNCF's calibration inputs: none of them is timed
+def fp32(setup: Setup) -> Callable:
+    setup.sizes["fp32_safetensors"] = save_float(setup.model, setup.folder / "fp32.safetensors").stat().st_size
+    return lambda b: setup.model(**b)
 
 
-def variants(model: torch.nn.Module, example, folder: Path) -> tuple[dict[str, Callable], dict[str, str], dict, dict]:
-    """(forward per variant, skipped variants with why, checkpoint sizes in bytes, engine settings recorded)."""
-    runs: dict[str, Callable] = {"fp32": lambda b: model(**b)}
-    skipped: dict[str, str] = {}
-    settings: dict[str, str] = {}
-    sizes: dict[str, int] = {"fp32_safetensors": save_float(model, folder / "fp32.safetensors").stat().st_size}
-    dynamic = torch.ao.quantization.quantize_dynamic(copy.deepcopy(model), {torch.nn.Linear}, dtype=torch.qint8)
-    runs["ao_dynamic"] = lambda b: dynamic(**b)
+def ao_dynamic(setup: Setup) -> Callable:
+    dynamic = torch.ao.quantization.quantize_dynamic(copy.deepcopy(setup.model), {torch.nn.Linear}, dtype=torch.qint8)
+    return lambda b: dynamic(**b)
+
+
+def ort_int8(setup: Setup) -> Callable:
+    """ONNX Runtime's dynamic int8 (``quantize_dynamic``: int8 weights, inputs quantized per batch)."""
     try:
-        runs["ort_int8"] = ort_int8(model, example, folder)
+        from onnxruntime.quantization import QuantType, quantize_dynamic
     except ImportError as err:
-        skipped["ort_int8"] = f"onnxruntime not installed ({err}); pip install onnxruntime onnx"
-    if has_bf16():
-        half = copy.deepcopy(model).to(torch.bfloat16)
-        runs["torch_bf16"] = lambda b: half(**b)
-    else:
-        skipped["torch_bf16"] = skipped["openvino_bf16"] = "this CPU has neither AVX-512 BF16 nor AMX"
+        raise Skip(f"onnxruntime not installed ({err}); pip install -e '.[bench]'") from None
+    path = setup.folder / "model.int8.onnx"
+    quantize_dynamic(str(setup.fp32_onnx()), str(path), weight_type=QuantType.QInt8)
+    return ort_run(path)
+
+
+def ort_qdq_static(setup: Setup) -> Callable:
+    """ONNX Runtime's static int8 (``quantize_static``, QDQ format, uint8 inputs and int8 weights as ONNX Runtime
+    advises for x86, MinMax ranges from the calibration batches)."""
     try:
-        calibration = [inputs(b, s) for b, s in CALIBRATION]
-        runs["openvino_int8"], settings["openvino_int8_precision"] = openvino_model(model, example, "", calibration)
-        if has_bf16():
-            runs["openvino_bf16"], _ = openvino_model(model, example, "bf16")
+        from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     except ImportError as err:
-        skipped["openvino_int8"] = skipped["openvino_bf16"] = (f"openvino/nncf not installed ({err}); "
-                                                               "pip install openvino nncf")
+        raise Skip(f"onnxruntime not installed ({err}); pip install -e '.[bench]'") from None
+
+    class Batches(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter([{k: v.numpy() for k, v in b.items()} for b in setup.calibration])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    path = setup.folder / "model.qdq.onnx"
+    quantize_static(str(setup.fp32_onnx()), str(path), Batches(), quant_format=QuantFormat.QDQ,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    return ort_run(path)
+
+
+def pt2e_inductor(setup: Setup) -> Callable:
+    """PyTorch's maintained int8 route: ``torch.export``, torchao's PT2E ``prepare``/``convert`` with the X86
+    Inductor quantizer's default (static, per-channel weights) config, calibration, ``torch.compile`` (freezing on,
+    as the quantizer's docs ask: Inductor folds the weights into oneDNN's int8 kernels)."""
     try:
-        real, fake = qbook_int8(model, example)
-        runs["qbook_int8"] = lambda b: real(**b)
-        sizes["qbook_int8_safetensors"] = save_quantized(fake, folder / "int8.safetensors").stat().st_size
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+        from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as x86
+    except ImportError as err:
+        raise Skip(f"torchao not installed ({err}); pip install -e '.[bench]'") from None
+    import torch._dynamo.config
+    import torch._inductor.config
+
+    batch, seq = torch.export.Dim("batch", max=64), torch.export.Dim("seq", max=512)
+    dims = {name: {0: batch, 1: seq} for name in setup.example}
+    exported = torch.export.export(setup.model, (), kwargs=setup.calibration[0], dynamic_shapes=dims,
+                                   strict=False).module()
+    quantizer = x86.X86InductorQuantizer().set_global(x86.get_default_x86_inductor_quantization_config())
+    prepared = prepare_pt2e(exported, quantizer)
+    for batch in setup.calibration:
+        prepared(**batch)
+    torch._inductor.config.freezing = True
+    torch._dynamo.config.recompile_limit = 64  # one compiled graph per (batch, seq) point of the sweep
+    compiled = torch.compile(convert_pt2e(prepared), dynamic=False)
+    return lambda b: compiled(**b)
+
+
+def torch_bf16(setup: Setup) -> Callable:
+    needs_bf16()
+    half = copy.deepcopy(setup.model).to(torch.bfloat16)
+    return lambda b: half(**b)
+
+
+def openvino_bf16(setup: Setup) -> Callable:
+    needs_bf16()
+    import openvino as ov
+
+    return openvino_run(ov.convert_model(setup.model, example_input=setup.example), setup, "bf16", "openvino_bf16")
+
+
+def openvino_int8(setup: Setup) -> Callable:
+    """OpenVINO int8: NNCF post-training quantization (transformer preset) on the calibration batches, OpenVINO's
+    default inference precision for what stays float (recorded)."""
+    try:
+        import nncf
+        import openvino as ov
+    except ImportError as err:
+        raise Skip(f"openvino/nncf not installed ({err}); pip install -e '.[bench]'") from None
+    ov_model = ov.convert_model(setup.model, example_input=setup.example)
+    dataset = nncf.Dataset([{k: v.numpy() for k, v in b.items()} for b in setup.calibration])
+    ov_model = nncf.quantize(ov_model, dataset, model_type=nncf.ModelType.TRANSFORMER,
+                             subset_size=len(setup.calibration))
+    return openvino_run(ov_model, setup, "", "openvino_int8")
+
+
+def qbook_int8(setup: Setup) -> Callable:
+    try:
+        real = to_int8(setup.fake)
     except RuntimeError as err:
-        skipped["qbook_int8"] = str(err)
-    return runs, skipped, sizes, settings
+        raise Skip(str(err)) from None
+    setup.settings["qbook_int8_input_bits"] = str(exact_input_bits()[0])
+    setup.sizes["qbook_int8_safetensors"] = save_quantized(setup.fake, setup.folder / "int8.safetensors").stat().st_size
+    return lambda b: real(**b)
+
+
+def qbook_int8_bf16_attention(setup: Setup) -> Callable:
+    needs_bf16()
+    real = to_int8(setup.fake, attention_dtype=torch.bfloat16)
+    return lambda b: real(**b)
+
+
+def qbook_qdq_export(setup: Setup) -> Path:
+    path = setup.folder / "qbook.qdq.onnx"
+    if not path.exists():
+        try:
+            export_onnx(setup.fake, path, setup.example)
+        except ImportError as err:
+            raise Skip(f"onnx not installed ({err}); pip install -e '.[bench]'") from None
+    return path
+
+
+def qbook_qdq_ort(setup: Setup) -> Callable:
+    """qbook's QDQ export (the learned scales) run by ONNX Runtime."""
+    return ort_run(qbook_qdq_export(setup))
+
+
+def qbook_qdq_openvino(setup: Setup) -> Callable:
+    """qbook's QDQ export (the learned scales) read and run by OpenVINO."""
+    return openvino_run(qbook_qdq_export(setup), setup, "", "qbook_qdq_openvino")
+
+
+VARIANTS: dict[str, Callable[[Setup], Callable]] = {
+    "fp32": fp32, "ao_dynamic": ao_dynamic, "ort_int8": ort_int8, "ort_qdq_static": ort_qdq_static,
+    "pt2e_inductor": pt2e_inductor, "torch_bf16": torch_bf16, "openvino_bf16": openvino_bf16,
+    "openvino_int8": openvino_int8, "qbook_int8": qbook_int8, "qbook_int8_bf16_attention": qbook_int8_bf16_attention,
+    "qbook_qdq_ort": qbook_qdq_ort, "qbook_qdq_openvino": qbook_qdq_openvino,
+}
+
+
+def variants(setup: Setup, names: list[str]) -> tuple[dict[str, Callable], dict[str, str]]:
+    """(forward per variant that runs here, skipped variants with why). A builder that fails for another reason
+    is reported as skipped with its error, so the rest of the benchmark still runs."""
+    runs, skipped = {}, {}
+    for name in names:
+        try:
+            runs[name] = VARIANTS[name](setup)
+        except Skip as why:
+            skipped[name] = str(why)
+        except Exception as err:  # noqa: BLE001 - a peer's failure is reported, not fatal
+            skipped[name] = f"failed to build: {type(err).__name__}: {str(err)[:300]}"
+    return runs, skipped
+
+
+def logits_of(output) -> torch.Tensor:
+    """The logits of any variant's output: a transformers output, ONNX Runtime's list, OpenVINO's result."""
+    if hasattr(output, "logits"):
+        return output.logits.float()
+    return torch.as_tensor(output[0]).float()
+
+
+def agreement(runs: dict[str, Callable], setup: Setup, batch: dict[str, torch.Tensor]) -> dict[str, dict]:
+    """Per variant, max |Δlogit| against the fake-quantized Q8BERT model and against FP32 on ``batch``, and
+    whether the predicted classes agree with each."""
+    with torch.inference_mode():
+        reference = {"fake_quantized": setup.fake(**batch).logits, "fp32": setup.model(**batch).logits}
+        out = {}
+        for name, run in runs.items():
+            logits = logits_of(run(batch))
+            out[name] = {f"max_abs_diff_vs_{ref}": float((logits - r).abs().max()) for ref, r in reference.items()}
+            out[name] |= {f"same_class_vs_{ref}": float((logits.argmax(-1) == r.argmax(-1)).float().mean())
+                          for ref, r in reference.items()}
+    return out
+
+
+def gemm_peaks(m: int = 1024, k: int = 4096, n: int = 4096, repeats: int = 7) -> dict[str, float]:
+    """This CPU's measured limits with the benchmark's threads: GOP/s of a large int8 GEMM (oneDNN's u8·s8
+    ``qlinear_pointwise``, float output, as qbook's Linears call it) and of a large FP32 GEMM (``torch.mm``),
+    medians of ``repeats`` after one warm-up; 2·m·k·n operations each."""
+    generator = torch.Generator().manual_seed(0)
+    a, b = torch.randn(m, k, generator=generator), torch.randn(k, n, generator=generator)
+    x = torch.randint(1, 256, (m, k), generator=generator).to(torch.uint8)
+    w = torch.randint(-127, 128, (n, k), generator=generator).to(torch.int8)
+    runs = {"fp32_gemm_gops": lambda: torch.mm(a, b)}
+    try:
+        packed = torch.ops.onednn.qlinear_prepack(w, [m, k])
+        scales, zeros = torch.ones(n), torch.zeros(n, dtype=torch.long)
+        runs["int8_gemm_gops"] = lambda: torch.ops.onednn.qlinear_pointwise(
+            x, 1.0, 128, packed, scales, zeros, None, 1.0, 0, torch.float32, "none", [], "")
+    except (AttributeError, RuntimeError):
+        pass
+    peaks = {}
+    for name, run in runs.items():
+        run()
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            run()
+            times.append(time.perf_counter() - start)
+        peaks[name] = 2 * m * k * n / statistics.median(times) / 1e9
+    return peaks
+
+
+def linear_ops(model: torch.nn.Module, tokens: int) -> int:
+    """Operations (2 per multiply-add) of ``model``'s Linear layers over ``tokens`` tokens (the classifier and
+    pooler counted once per sequence would be noise: counted per token here)."""
+    return 2 * tokens * sum(m.in_features * m.out_features for m in model.modules() if isinstance(m, torch.nn.Linear))
 
 
 def point(batch: int, seq: int) -> str:
@@ -187,7 +388,7 @@ def profile(runs: dict[str, Callable], batch: dict[str, torch.Tensor], rounds: i
     profiler measures it (``ort_profile``)."""
     shares = {}
     for name, run in runs.items():
-        if name == "ort_int8" or name.startswith("openvino"):  # outside PyTorch's profiler
+        if name not in TORCH_VARIANTS:  # outside PyTorch's profiler
             continue
         with torch.inference_mode():
             run(batch)
@@ -232,6 +433,32 @@ def ort_profile(path: Path, batch: dict[str, torch.Tensor], folder: Path, rounds
             "by_op": dict(sorted(by_op.items(), key=lambda kv: -kv[1]))}
 
 
+def default_out(cpu: str) -> Path:
+    """``results/benchmarks/int8_cpu-<class>-<UTC time>.json``: one file per run, named after its CPU class."""
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H%M")
+    return Path("results/benchmarks") / f"int8_cpu-{CPU_CLASSES.get(cpu, 'other')}-{stamp}.json"
+
+
+def achieved(model: torch.nn.Module, profile_ms: dict, latency: dict, tokens: int) -> dict:
+    """GOP/s of each profiled variant's GEMMs (Linear operations over their GEMM time) and of its whole forward
+    (the same operations over the forward's median time): what the chapter sets beside the CPU's peaks."""
+    ops = linear_ops(model, tokens)
+    return {name: {"gemm_gops": ops / (ms["GEMM"] / 1000) / 1e9 if ms["GEMM"] else None,
+                   "forward_gops": ops / (latency[name]["median_ms"] / 1000) / 1e9}
+            for name, ms in profile_ms.items() if name in latency}
+
+
+def print_verdicts(cpu: str, timing: dict) -> None:
+    if "qbook_int8" not in timing:
+        return
+    targets = TARGETS.get(cpu, {})  # qlib.speed's: the chapter reads the same
+    for other in (name for name in timing if name != "qbook_int8"):
+        ratio = timing[other]["median_ms"] / timing["qbook_int8"]["median_ms"]
+        want = targets.get(other)
+        verdict = f" ({'meets' if ratio >= want else 'MISSES'} the {want}x target on {cpu})" if want else ""
+        print(f"  qbook int8 vs {other}: {ratio:.2f}x{verdict}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=2)
@@ -241,54 +468,62 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--sweep-batches", type=int, nargs="*", default=[1, 8, 32],
                         help="batch sizes of the packaged model's sweep (none: no sweep)")
-    parser.add_argument("--sweep-seqs", type=int, nargs="*", default=[32, 64, 128, 256])
+    parser.add_argument("--sweep-seqs", type=int, nargs="*", default=[32, 128, 512])
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS), metavar="VARIANT",
+                        help=f"variants to run (default: all of {', '.join(VARIANTS)})")
     parser.add_argument("--pause", type=float, default=0.2, help="idle seconds after each timed call (see measure)")
     parser.add_argument("--profile-batch", type=int, default=8, help="batch of the BERT-base profile (seq: --seq)")
-    parser.add_argument("--out", type=Path, default=Path("results/benchmarks/int8_cpu.json"))
+    parser.add_argument("--out", type=Path, default=None,
+                        help="result file (default: results/benchmarks/int8_cpu-<CPU class>-<UTC time>.json)")
     args = parser.parse_args(argv)
     if args.repeats < 7:
         parser.error(f"--repeats must be at least 7 (medians of >= 7 runs), got {args.repeats}")
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    report = {"params": vars(args) | {"out": str(args.out)}, "shapes": {},
-              "cpu": {"capability": torch.backends.cpu.get_cpu_capability(), "vnni": cpu_has_vnni()}}
+    cpu = cpu_class()
+    out = args.out or default_out(cpu)
+    report = {"params": vars(args) | {"out": str(out)}, "shapes": {},
+              "cpu": {"class": cpu, "model": cpu_model(), "capability": torch.backends.cpu.get_cpu_capability(),
+                      "exact_int8_input_bits": list(exact_input_bits())},
+              "limits": gemm_peaks()}
+    print(f"CPU class {cpu or 'unknown'} ({cpu_model()}): " +
+          ", ".join(f"{k} {v:.0f}" for k, v in report["limits"].items()))
     main_grid = [(b, args.seq) for b in args.batches]
     sweep = [(b, s) for b in args.sweep_batches for s in args.sweep_seqs if (b, s) not in main_grid]
     for shape, build, grid in (("bert-base", bert_base, main_grid), ("packaged", packaged, main_grid + sweep)):
-        model = build()
         with tempfile.TemporaryDirectory() as folder:
-            runs, skipped, sizes, settings = variants(model, inputs(1, args.seq), Path(folder))
-            shape_report = {"skipped": skipped, "sizes_bytes": sizes, "engine_settings": settings, "latency": {}}
+            setup = Setup(build(), inputs(1, args.seq), Path(folder))
+            runs, skipped = variants(setup, args.variants)
+            shape_report = {"skipped": skipped, "sizes_bytes": setup.sizes, "engine_settings": setup.settings,
+                            "agreement": agreement(runs, setup, inputs(args.profile_batch, args.seq)), "latency": {}}
             for batch, seq in grid:
                 timing = measure(runs, inputs(batch, seq), args.repeats, args.warmup, args.pause)
                 shape_report["latency"][point(batch, seq)] = timing
-                line = ", ".join(f"{k} {v['median_ms']:.1f} ms" for k, v in timing.items())
-                print(f"{shape} batch {batch} seq {seq}: {line}")
-                if "qbook_int8" in timing:
-                    for other in (name for name in timing if name != "qbook_int8"):
-                        ratio = timing[other]["median_ms"] / timing["qbook_int8"]["median_ms"]
-                        want = TARGETS.get(other)
-                        verdict = f" ({'meets' if ratio >= want else 'MISSES'} the {want}x target)" if want else ""
-                        print(f"  qbook int8 vs {other}: {ratio:.2f}x{verdict}")
+                print(f"{shape} batch {batch} seq {seq}: " +
+                      ", ".join(f"{k} {v['median_ms']:.1f} ms" for k, v in timing.items()))
+                print_verdicts(cpu, timing)
             for name, reason in skipped.items():
                 print(f"  {shape}: {name} skipped: {reason}")
             if shape == "bert-base":
-                shape_report["profile_ms"] = profile(runs, inputs(args.profile_batch, args.seq))
+                profile_point = inputs(args.profile_batch, args.seq)
+                shape_report["profile_ms"] = profile(runs, profile_point)
                 if "ort_int8" in runs:
-                    ort = ort_profile(Path(folder) / "model.int8.onnx", inputs(args.profile_batch, args.seq),
-                                      Path(folder))
+                    ort = ort_profile(Path(folder) / "model.int8.onnx", profile_point, Path(folder))
                     shape_report["profile_ms"]["ort_int8"] = ort["groups"]
                     shape_report["ort_profile_by_op_ms"] = ort["by_op"]
                 for name, ms in shape_report["profile_ms"].items():
                     print(f"  profile {name}: " + ", ".join(f"{k} {v:.1f} ms" for k, v in ms.items()))
-            if "qbook_int8_safetensors" in sizes:
-                share = sizes["qbook_int8_safetensors"] / sizes["fp32_safetensors"]
+                at = shape_report["latency"].get(point(args.profile_batch, args.seq), {})
+                shape_report["achieved_gops"] = achieved(setup.model, shape_report["profile_ms"], at,
+                                                         args.profile_batch * args.seq)
+            if "qbook_int8_safetensors" in setup.sizes:
+                share = setup.sizes["qbook_int8_safetensors"] / setup.sizes["fp32_safetensors"]
                 print(f"  {shape}: int8 checkpoint {share:.1%} of FP32 ({'meets' if share <= 0.26 else 'MISSES'} "
                       "the 26 % target)")
             report["shapes"][shape] = shape_report
     report["provenance"] = provenance(time.perf_counter() - start, data=None)  # random token ids: no data file
-    write_json(args.out, report)
-    print(f"wrote {args.out}")
+    write_json(out, report)
+    print(f"wrote {out}")
     return 0
 
 

@@ -18,7 +18,8 @@ from torch import nn
 
 from qlib.checkpoint import size_mb
 from qlib.config import BertQuantConfig
-from qlib.report import baseline_over_seeds, latency_frame, mean_std, mean_std_text, relative_drop, runs_frame
+from qlib.report import baseline_over_seeds, mean_std, mean_std_text, relative_drop, runs_frame
+from qlib.speed import latency_frame
 from qlib.spec import RunSpec
 
 KERNELS = {"fp32": "fp32", "dq": "ao_dynamic", "qat": "qbook_int8"}

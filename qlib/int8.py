@@ -20,6 +20,7 @@ chain of eager float ops cost 3-7x more and was the largest share of the int8 mo
 from __future__ import annotations
 
 import copy
+import functools
 
 import torch
 import torch.nn.functional as F
@@ -41,34 +42,54 @@ from qlib.observers import DynamicObserver
 from qlib.quantizers import QuantGrid, QuantSpec
 
 UINT8_ZERO_POINT = 128  # Q8BERT's symmetric int8 input codes -127..127 shifted into oneDNN's uint8 input
+INPUT_BITS = (8, 7)
+"""Input code widths: 8 (the fake-quantized model's own grid) or 7 (``reduce_range``, for CPUs whose kernels saturate)."""
 GELU_ALGORITHMS = {"gelu": "none", "gelu_new": "tanh", "gelu_pytorch_tanh": "tanh"}
 """transformers' activation names that oneDNN's GELU post-op computes: erf (``"none"``) or tanh approximation."""
 
 
-def cpu_has_vnni() -> bool:
-    """Whether this CPU has AVX-512 VNNI or AVX-VNNI (read from /proc/cpuinfo; False where it can't be read)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
-    except OSError:
-        return False
-    return "avx512_vnni" in flags or "avx_vnni" in flags
+def input_zero_point(bits: int) -> int:
+    """The uint8 code of real zero for ``bits``-bit symmetric input codes ±(2^(bits-1) - 1): 128 for 8, 64 for 7."""
+    if bits not in INPUT_BITS:
+        raise ValueError(f"int8 input codes have 8 or 7 bits, got {bits!r}")
+    return 2 ** (bits - 1)
 
 
-def check_int8_engine() -> None:
-    """Raise ``RuntimeError`` unless oneDNN's int8 kernels can run full 8-bit weights exactly on this CPU.
+def reduced_input_scale(scale: float, bits: int) -> float:
+    """Δ of the ``bits``-bit grid over the same clip range ±127·Δ as the 8-bit grid of step ``scale``:
+    ``Δ_b = 127·Δ / (2^(b-1) - 1)`` (torch.ao's ``reduce_range``: half the levels, the same range)."""
+    return scale * 127 / (input_zero_point(bits) - 1)
 
-    Without VNNI, x86 int8 GEMMs multiply u8·s8 pairs into *saturating* int16 sums (``vpmaddubsw``): with 8-bit
-    weights the results are wrong (measured here: errors of 3·10^4 on a 64-term dot product), which is why
-    ``torch.ao`` falls back to 7-bit ranges there. qlib refuses rather than return wrong numbers.
-    """
+
+def _check_onednn() -> None:
     if not torch.backends.mkldnn.is_available() or not hasattr(torch.ops.onednn, "qlinear_pointwise"):
         raise RuntimeError("this PyTorch build has no oneDNN int8 kernels (torch.ops.onednn.qlinear_pointwise); "
                            "qlib's int8 path needs an x86-64 CPU build of PyTorch")
-    if not cpu_has_vnni():
-        raise RuntimeError("this CPU has no AVX-512 VNNI or AVX-VNNI: its int8 kernels saturate with full 8-bit "
-                           "weights, so qlib's int8 export is refused here; run it on a VNNI CPU (Intel Cascade "
-                           "Lake or newer, AMD Zen 4 or newer)")
+
+
+@functools.lru_cache(maxsize=None)
+def exact_input_bits() -> tuple[int, ...]:
+    """The input code widths whose int8 GEMMs are exact on this CPU, measured (``int8_gemm_error``), not read
+    from the CPU's flags: (8, 7) with VNNI or AMX, (7,) where u8·s8 pairs are summed into saturating int16
+    (``vpmaddubsw``: AVX2, AVX-512 without VNNI, or oneDNN capped by ``ONEDNN_MAX_CPU_ISA``), () where neither is."""
+    _check_onednn()
+    return tuple(bits for bits in INPUT_BITS if int8_gemm_error(8, input_bits=bits) == 0 and
+                 int8_gemm_error(8, input_bits=bits, k=768) == 0)
+
+
+def check_int8_engine(input_bits: int = 8) -> None:
+    """Raise ``RuntimeError`` unless oneDNN's int8 kernels compute ``input_bits``-bit inputs times 8-bit weights
+    exactly on this CPU.
+
+    Without VNNI, x86 int8 GEMMs multiply u8·s8 pairs into *saturating* int16 sums (``vpmaddubsw``): with 8-bit
+    inputs and weights the results are wrong (measured: errors of 2·10^4 on a 64-term dot product). 7-bit
+    inputs (codes 1..127) keep every pair sum below 2^15, which is why ``torch.ao`` reduces the input range there.
+    """
+    input_zero_point(input_bits)
+    if input_bits not in exact_input_bits():
+        raise RuntimeError(f"this CPU's int8 kernels saturate with {input_bits}-bit inputs and 8-bit weights (no "
+                           "AVX-512 VNNI, AVX-VNNI or AMX), so their results would be wrong; use input_bits=7 here "
+                           f"(exact on this CPU: {list(exact_input_bits()) or 'none'})")
 
 
 def check_exportable(module: QuantLinear) -> float:
@@ -89,29 +110,34 @@ def check_exportable(module: QuantLinear) -> float:
     return float(QuantGrid.from_range(lo, hi, 8, symmetric=True).scale)
 
 
-def quantize_input(x: torch.Tensor, scale: float) -> torch.Tensor:
-    """uint8 codes ``clamp(round(x/Δ), -127, 127) + 128`` of ``x`` [...] (Q8BERT's symmetric grid, shifted into
-    oneDNN's unsigned input), bit-identical to ``QuantGrid.quantize`` with the same float32 Δ = ``scale``."""
+def quantize_input(x: torch.Tensor, scale: float, bits: int = 8) -> torch.Tensor:
+    """uint8 codes ``clamp(round(x/Δ), -M, M) + 2^(bits-1)`` of ``x`` [...], M = 2^(bits-1) - 1 (Q8BERT's
+    symmetric grid, shifted into oneDNN's unsigned input); with ``bits=8`` bit-identical to ``QuantGrid.quantize``
+    with the same float32 Δ = ``scale``."""
+    zero_point = input_zero_point(bits)
     q = torch.quantize_per_tensor(x.contiguous(), scale, 0, torch.qint8)  # round(x·(1/Δ)), vectorized
     codes = torch.empty(0, dtype=torch.int8).set_(q.untyped_storage(), 0, q.shape, q.stride())
-    return codes.clamp_(min=-127).view(torch.uint8).bitwise_xor_(UINT8_ZERO_POINT)  # flips the sign bit: +128
+    # -M..M as uint8 bytes, plus the zero point modulo 256: 1..2·zero_point - 1
+    return codes.clamp_(1 - zero_point, zero_point - 1).view(torch.uint8).add_(zero_point)
 
 
 class Int8Linear(nn.Module):
     """``y = act(s_x·s_w·(q_x·q_wᵀ) + b + r)`` on oneDNN's int8 GEMM.
 
-    q_x uint8 [..., in] (zero point 128; a float input is quantized first), q_w int8 [out, in] packed once,
-    s_w [out], b float [out], r an optional float residual [..., out]. Output float [..., out], or with
-    ``out_scale`` the uint8 codes of y on that scale (the next layer's input). ``activation``: ``None`` or
-    ``"gelu"`` with ``gelu_algorithm`` ``"none"`` (erf) or ``"tanh"``.
+    q_x uint8 [..., in] (``input_bits``-bit codes around ``input_zero_point``: 128 for 8 bits, 64 for 7; a float
+    input is quantized first), q_w int8 [out, in] packed once, s_w [out], b float [out], r an optional float
+    residual [..., out]. Output float [..., out], or with ``out_scale`` the uint8 codes of y on that scale, with
+    the same code width (the next layer's input). ``activation``: ``None`` or ``"gelu"`` with ``gelu_algorithm``
+    ``"none"`` (erf) or ``"tanh"``.
     """
 
     def __init__(self, codes: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None, x_scale: float,
                  activation: str | None = None, gelu_algorithm: str = "none", out_scale: float | None = None,
-                 tokens_hint: int = 1024) -> None:
+                 tokens_hint: int = 1024, input_bits: int = 8) -> None:
         super().__init__()
         self.out_features, self.in_features = codes.shape
         self.x_scale, self.out_scale = x_scale, out_scale
+        self.input_bits, self.zero_point = input_bits, input_zero_point(input_bits)
         self.activation, self.gelu_algorithm = activation or "none", gelu_algorithm if activation else ""
         self.register_buffer("w_scale", w_scale.to(torch.float32).contiguous())
         self.register_buffer("w_zero_point", torch.zeros(self.out_features, dtype=torch.long))
@@ -120,9 +146,10 @@ class Int8Linear(nn.Module):
         self.packed_weight = torch.ops.onednn.qlinear_prepack(codes.contiguous(), [tokens_hint, self.in_features])
 
     @classmethod
-    def fused(cls, *modules: QuantLinear, **kwargs) -> "Int8Linear":
+    def fused(cls, *modules: QuantLinear, input_bits: int = 8, **kwargs) -> "Int8Linear":
         """One GEMM for Linears that read the same input with the same scale (Q, K, V): their weights stacked
-        [Σ out, in], each keeping its own weight scale."""
+        [Σ out, in], each keeping its own weight scale; inputs on the learned 8-bit grid's range with
+        ``input_bits``-bit codes (``reduced_input_scale``)."""
         scales = {check_exportable(m) for m in modules}
         if len(scales) != 1:
             raise ValueError(f"Linears fused into one GEMM must share their input scale, got {sorted(scales)}")
@@ -132,17 +159,18 @@ class Int8Linear(nn.Module):
         biases = [m.bias for m in modules]
         bias = None if all(b is None for b in biases) else torch.cat(
             [b.detach() if b is not None else torch.zeros(m.out_features) for b, m in zip(biases, modules)])
-        return cls(codes, w_scale, bias, scales.pop(), **kwargs)
+        return cls(codes, w_scale, bias, reduced_input_scale(scales.pop(), input_bits), input_bits=input_bits,
+                   **kwargs)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         if x.dtype != torch.uint8:
             with torch.profiler.record_function("qlib::quantize_input"):  # its own line in a profile
-                x = quantize_input(x, self.x_scale)
+                x = quantize_input(x, self.x_scale, self.input_bits)
         codes = x.reshape(-1, self.in_features)
         quantized_output = self.out_scale is not None
-        out_scale, out_zero_point = (self.out_scale, UINT8_ZERO_POINT) if quantized_output else (1.0, 0)
+        out_scale, out_zero_point = (self.out_scale, self.zero_point) if quantized_output else (1.0, 0)
         out_dtype = torch.uint8 if quantized_output else torch.float32
-        common = (codes, self.x_scale, UINT8_ZERO_POINT, self.packed_weight, self.w_scale, self.w_zero_point)
+        common = (codes, self.x_scale, self.zero_point, self.packed_weight, self.w_scale, self.w_zero_point)
         if residual is None:
             y = torch.ops.onednn.qlinear_pointwise(*common, self.bias, out_scale, out_zero_point, out_dtype,
                                                    self.activation, [], self.gelu_algorithm)
@@ -150,48 +178,59 @@ class Int8Linear(nn.Module):
             y = torch.ops.onednn.qlinear_pointwise.binary(
                 *common, residual.reshape(-1, self.out_features), self.bias, out_scale, out_zero_point, out_dtype,
                 1.0, 0, "add", 1.0, self.activation, [], self.gelu_algorithm)
-        if quantized_output:
-            y.clamp_(min=1)  # oneDNN saturates to 0..255; the symmetric grid stops at -127 (code 1)
+        if quantized_output:  # oneDNN saturates to 0..255; the symmetric grid stops at ±M (codes 1..2·zero point - 1)
+            y.clamp_(1, 2 * self.zero_point - 1)
         return y.reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
         fused = f", activation={self.activation}" if self.activation != "none" else ""
         out = f", out_scale={self.out_scale:.4g}" if self.out_scale is not None else ""
+        bits = f", input_bits={self.input_bits}" if self.input_bits != 8 else ""
         return f"in_features={self.in_features}, out_features={self.out_features}, x_scale={self.x_scale:.4g}" \
-               f"{fused}{out}"
+               f"{bits}{fused}{out}"
 
 
 class Int8SelfAttention(nn.Module):
     """BERT self-attention with Q, K, V as one int8 GEMM: ``[Q K V] = Int8Linear(h)`` [B, T, 3·H·d], then
-    the model's own attention function (SDPA or eager) in float; output [B, T, H·d]."""
+    the model's own attention function (SDPA or eager) on Q, K, V in ``attention_dtype`` (float32, as the
+    fake-quantized model; or bfloat16, which AMX and AVX-512 BF16 CPUs multiply natively); output float32
+    [B, T, H·d]."""
 
-    def __init__(self, attention: BertSelfAttention) -> None:
+    def __init__(self, attention: BertSelfAttention, input_bits: int = 8,
+                 attention_dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
         self.config, self.is_causal, self.layer_idx = attention.config, attention.is_causal, attention.layer_idx
         self.num_attention_heads = attention.num_attention_heads
         self.attention_head_size, self.scaling = attention.attention_head_size, attention.scaling
-        self.qkv = Int8Linear.fused(attention.query, attention.key, attention.value)
+        self.attention_dtype = attention_dtype
+        self.qkv = Int8Linear.fused(attention.query, attention.key, attention.value, input_bits=input_bits)
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 **kwargs) -> tuple[torch.Tensor, torch.Tensor | None]:
         shape = hidden_states.shape[:-1]
         qkv = self.qkv(hidden_states).view(*shape, 3 * self.num_attention_heads, self.attention_head_size)
-        query, key, value = qkv.transpose(1, 2).split(self.num_attention_heads, dim=1)
+        query, key, value = qkv.transpose(1, 2).to(self.attention_dtype).split(self.num_attention_heads, dim=1)
+        if attention_mask is not None and attention_mask.is_floating_point():
+            attention_mask = attention_mask.to(self.attention_dtype)
         kwargs.pop("past_key_values", None)  # only encoders are fused (see to_int8)
         attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
         output, weights = attention(self, query, key, value, attention_mask, dropout=0.0, scaling=self.scaling,
                                     **kwargs)
-        return output.reshape(*shape, -1).contiguous(), weights
+        return output.reshape(*shape, -1).to(torch.float32).contiguous(), weights
+
+    def extra_repr(self) -> str:
+        return f"attention_dtype={self.attention_dtype}"
 
 
 class Int8Intermediate(nn.Module):
     """BERT's FFN up-projection: ``GELU(x·Wᵀ + b)`` [..., 4h] inside the int8 GEMM, returned as uint8 codes on the
     input scale of the down-projection that reads them."""
 
-    def __init__(self, intermediate: BertIntermediate, next_input_scale: float, gelu_algorithm: str) -> None:
+    def __init__(self, intermediate: BertIntermediate, next_input_scale: float, gelu_algorithm: str,
+                 input_bits: int = 8) -> None:
         super().__init__()
         self.dense = Int8Linear.fused(intermediate.dense, activation="gelu", gelu_algorithm=gelu_algorithm,
-                                      out_scale=next_input_scale)
+                                      out_scale=next_input_scale, input_bits=input_bits)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return self.dense(hidden_states)
@@ -201,9 +240,9 @@ class Int8ResidualOutput(nn.Module):
     """``LayerNorm(x·Wᵀ + b + residual)`` with the add inside the int8 GEMM (BERT's SelfOutput and Output);
     x [..., in] float or uint8 codes, residual [..., h]."""
 
-    def __init__(self, output: BertSelfOutput | BertOutput) -> None:
+    def __init__(self, output: BertSelfOutput | BertOutput, input_bits: int = 8) -> None:
         super().__init__()
-        self.dense = Int8Linear.fused(output.dense)
+        self.dense = Int8Linear.fused(output.dense, input_bits=input_bits)
         self.LayerNorm = output.LayerNorm
 
     def forward(self, hidden_states: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
@@ -228,22 +267,36 @@ class Int8Embedding(nn.Module):
         return rows * self.scale[group].unsqueeze(-1) + self.shift[group].unsqueeze(-1)
 
 
-def _fuse_layer(layer: BertLayer, hidden_act: object) -> None:
+def _fuse_layer(layer: BertLayer, hidden_act: object, input_bits: int, attention_dtype: torch.dtype) -> None:
     """Swap an encoder ``layer``'s attention projections, FFN and residual outputs for their fused int8 modules,
     in place. Q, K, V stay three GEMMs if their input scales differ (per-layer EMA decays); an activation oneDNN
     has no post-op for stays a float op between two ``Int8Linear``s."""
     attention = layer.attention
     if len({check_exportable(p) for p in (attention.self.query, attention.self.key, attention.self.value)}) == 1:
-        attention.self = Int8SelfAttention(attention.self)
-    attention.output = Int8ResidualOutput(attention.output)
-    layer.output = Int8ResidualOutput(layer.output)
+        attention.self = Int8SelfAttention(attention.self, input_bits, attention_dtype)
+    attention.output = Int8ResidualOutput(attention.output, input_bits)
+    layer.output = Int8ResidualOutput(layer.output, input_bits)
     gelu = GELU_ALGORITHMS.get(hidden_act) if isinstance(hidden_act, str) else None
     if gelu is not None:
-        layer.intermediate = Int8Intermediate(layer.intermediate, layer.output.dense.x_scale, gelu)
+        layer.intermediate = Int8Intermediate(layer.intermediate, layer.output.dense.x_scale, gelu, input_bits)
 
 
-def to_int8(model: nn.Module) -> nn.Module:
-    """A copy of the converted, trained (or calibrated) ``model`` running on int8 kernels, in eval mode."""
+ATTENTION_DTYPES = (torch.float32, torch.bfloat16)
+
+
+def to_int8(model: nn.Module, input_bits: int | None = None,
+            attention_dtype: torch.dtype = torch.float32) -> nn.Module:
+    """A copy of the converted, trained (or calibrated) ``model`` running on int8 kernels, in eval mode.
+
+    Args:
+        model: a BERT converted by ``qlib.convert_bert`` with 8-bit symmetric static quantization, trained or
+            calibrated.
+        input_bits: width of the input codes: 8 (the fake-quantized model's arithmetic) or 7 (the same ranges
+            with half the levels, for CPUs whose int8 kernels saturate with 8-bit inputs: AVX2 without VNNI);
+            ``None`` picks 8 where this CPU computes it exactly, else 7.
+        attention_dtype: the dtype of the attention products (Q·Kᵀ, softmax, ·V): ``torch.float32`` (the
+            fake-quantized model's) or ``torch.bfloat16``.
+    """
     layers = list(quantized_modules(model))
     if not layers:
         raise ValueError(f"{type(model).__name__} has no quantized layer: convert it with qlib.convert_bert and "
@@ -254,31 +307,42 @@ def to_int8(model: nn.Module) -> nn.Module:
     if any(isinstance(m, IntegerNonlinearity) for m in model.modules()):
         raise ValueError("the int8 export runs GELU, softmax and LayerNorm in float; a model trained with integer "
                          "nonlinearities (qlib.integer_modules) has no export yet")
-    check_int8_engine()
+    if attention_dtype not in ATTENTION_DTYPES:
+        raise ValueError(f"attention_dtype must be one of {ATTENTION_DTYPES}, got {attention_dtype!r}")
+    if input_bits is None:
+        exact = exact_input_bits()
+        if not exact:
+            raise RuntimeError("this CPU's int8 kernels saturate even with 7-bit inputs: no exact int8 route here")
+        input_bits = exact[0]
+    check_int8_engine(input_bits)
     model = copy.deepcopy(model).eval()
     bert = find_bert(model)
     if not bert.config.is_decoder:
         for layer in bert.encoder.layer:
-            _fuse_layer(layer, bert.config.hidden_act)
+            _fuse_layer(layer, bert.config.hidden_act, input_bits, attention_dtype)
     for name, module in list(quantized_modules(model)):
-        new = Int8Linear.fused(module) if isinstance(module, QuantLinear) else Int8Embedding(module)
+        new = Int8Linear.fused(module, input_bits=input_bits) if isinstance(module, QuantLinear) \
+            else Int8Embedding(module)
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, child, new)
     return model
 
 
-def int8_gemm_error(weight_bits: int, k: int = 64, seed: int = 0) -> float:
-    """Max ``|error|`` of oneDNN's u8·s8 GEMM on this CPU against exact integer arithmetic, for random uint8 inputs
-    and weights spanning ±(2^(weight_bits-1) - 1) over a k-term dot product (0 where the CPU is exact)."""
-    if not hasattr(torch.ops.onednn, "qlinear_pointwise"):
-        raise RuntimeError("this PyTorch build has no oneDNN int8 kernels (torch.ops.onednn.qlinear_pointwise)")
+def int8_gemm_error(weight_bits: int, k: int = 64, seed: int = 0, input_bits: int = 8) -> float:
+    """Max ``|error|`` of oneDNN's u8·s8 GEMM on this CPU against exact integer arithmetic, for random
+    ``input_bits``-bit input codes (uint8 around their zero point) and weights spanning ±(2^(weight_bits-1) - 1)
+    over a k-term dot product (0 where the CPU is exact)."""
+    _check_onednn()
+    zero_point = input_zero_point(input_bits)
     generator = torch.Generator().manual_seed(seed)
     m = 2 ** (weight_bits - 1) - 1
     weight = torch.randint(-m, m + 1, (16, k), generator=generator).to(torch.int8)
-    x = torch.randint(0, 256, (8, k), generator=generator).to(torch.uint8)
+    weight[0] = m  # the extremes, where saturation shows first
+    x = torch.randint(1, 2 * zero_point, (8, k), generator=generator).to(torch.uint8)
+    x[0] = 2 * zero_point - 1
     packed = torch.ops.onednn.qlinear_prepack(weight, [8, k])
-    y = torch.ops.onednn.qlinear_pointwise(x, 1.0, UINT8_ZERO_POINT, packed, torch.ones(16),
+    y = torch.ops.onednn.qlinear_pointwise(x, 1.0, zero_point, packed, torch.ones(16),
                                            torch.zeros(16, dtype=torch.long), None, 1.0, 0, torch.float32,
                                            "none", [], "")
-    exact = (x.float() - UINT8_ZERO_POINT) @ weight.float().T
+    exact = (x.float() - zero_point) @ weight.float().T
     return float((y - exact).abs().max())

@@ -8,6 +8,7 @@ from typing import Any, Iterable
 
 import pandas as pd
 
+from qlib import cpu
 from qlib.data import get_task, read_official_data
 from qlib.experiment import SWEEP_TASKS, protocol_for, sweep_scores
 from qlib.results import read_json
@@ -183,20 +184,7 @@ def data_caveat(records: Iterable[dict[str, Any]]) -> str:
 def cpu_class(machine: dict[str, Any]) -> str:
     """The CPU class a result ran on, from its recorded ISA features: ``AMX``, ``AVX-512 VNNI``, ``AVX2``, or ""
     for a result that predates their recording."""
-    features = set(machine.get("cpu_features") or ())
-    return ("AMX" if "amx_int8" in features else "AVX-512 VNNI" if "avx512_vnni" in features
-            else "AVX2" if "avx2" in features else "")
-
-
-def latency_frame(benchmark: dict[str, Any]) -> pd.DataFrame:
-    """A ``benchmarks/int8_cpu.py`` result as one row per (shape, batch, seq, variant) with its median ms."""
-    rows = []
-    for shape, report in benchmark["shapes"].items():
-        for point, timings in report["latency"].items():
-            batch, seq = (int(part.lstrip("batchseq")) for part in point.split("-"))
-            rows += [{"shape": shape, "batch": batch, "seq": seq, "variant": variant, "median ms": t["median_ms"]}
-                     for variant, t in timings.items()]
-    return pd.DataFrame(rows, columns=["shape", "batch", "seq", "variant", "median ms"])
+    return cpu.cpu_class(machine.get("cpu_features") or ())
 
 
 def constant_answer_scores(path: str | Path) -> dict[str, float]:

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from qlib.atomic import atomic_write
+from qlib.cpu import cpu_features, cpu_model
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -31,32 +32,6 @@ def _git(*args: str) -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() if out.returncode == 0 else None
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
-"""The CPU features that decide which int8/bf16 kernels a run can use (the CPU class: AVX2 only, AVX-512 VNNI, AMX)."""
-
-
-def cpu_features() -> list[str]:
-    """Which of ``ISA_FLAGS`` this CPU has (from ``/proc/cpuinfo``; [] where it cannot be read)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                return [f for f in ISA_FLAGS if f in flags]
-    except OSError:
-        pass
-    return []
 
 
 def _device_name(device: torch.device | str) -> str:
@@ -96,7 +71,7 @@ def provenance(wall_time_s: float, device: torch.device | str = "cpu", *,
         **code_state(),
         "data": data,
         "versions": {"python": platform.python_version(), **versions},
-        "machine": {"cpu": _cpu_model(), "cpu_features": cpu_features(), "cores": os.cpu_count(),
+        "machine": {"cpu": cpu_model(), "cpu_features": cpu_features(), "cores": os.cpu_count(),
                     "torch_threads": torch.get_num_threads(),
                     "platform": platform.platform(), "device": _device_name(device),
                     # > cores means the run shared the CPU with other work: its timings are not clean.

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import copy
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -20,13 +24,14 @@ from qlib.int8 import (
     Int8Linear,
     Int8ResidualOutput,
     Int8SelfAttention,
-    cpu_has_vnni,
+    exact_input_bits,
+    input_zero_point,
     quantize_input,
     to_int8,
 )
 
-needs_vnni = pytest.mark.skipif(not cpu_has_vnni(), reason="this CPU has no AVX-512 VNNI/AVX-VNNI: int8 GEMMs "
-                                "saturate with 8-bit weights, so to_int8 refuses (tested below)")
+needs_vnni = pytest.mark.skipif(8 not in exact_input_bits(), reason="this CPU's int8 GEMMs saturate with 8-bit "
+                                "inputs (no VNNI or AMX): to_int8 runs 7-bit inputs here (tested below)")
 
 
 def trained(model):
@@ -118,20 +123,79 @@ def test_calibrated_minmax_model_exports(tiny_bert):
         assert torch.allclose(to_int8(model)(input_ids=ids).logits, model(input_ids=ids).logits, atol=1e-4)
 
 
-@pytest.mark.skipif(cpu_has_vnni(), reason="this CPU has VNNI; the refusal is for CPUs without it")
-def test_export_is_refused_on_cpus_without_vnni(tiny_bert):
-    with pytest.raises(RuntimeError, match="no AVX-512 VNNI or AVX-VNNI"):
-        to_int8(trained(convert_bert(tiny_bert, q8bert_config())))
-
-
-def test_the_vnni_check_matches_what_the_kernel_does():
+def test_the_engine_check_matches_what_the_kernel_does():
     from qlib.int8 import int8_gemm_error
 
     assert int8_gemm_error(7) == 0.0  # 7-bit weights never saturate
-    if cpu_has_vnni():
+    assert 7 in exact_input_bits()  # nor do 7-bit inputs, on every x86 CPU
+    if 8 in exact_input_bits():
         assert int8_gemm_error(8) == 0.0
     else:
-        assert int8_gemm_error(8) > 1.0  # the saturation that makes to_int8 refuse here
+        assert int8_gemm_error(8) > 1.0  # the saturation that makes to_int8 take 7-bit inputs here
+
+
+AVX2_SCRIPT = """
+import torch, pytest
+from conftest import tiny_config
+from transformers import BertForSequenceClassification
+from qlib import convert_bert, q8bert_config
+from qlib.int8 import Int8Linear, exact_input_bits, to_int8
+from test_int8 import trained
+assert exact_input_bits() == (7,), exact_input_bits()
+torch.manual_seed(0)
+fake = trained(convert_bert(BertForSequenceClassification(tiny_config()).eval(), q8bert_config()))
+with pytest.raises(RuntimeError, match="saturate with 8-bit inputs"):
+    to_int8(fake, input_bits=8)
+real = to_int8(fake)
+assert {m.input_bits for m in real.modules() if isinstance(m, Int8Linear)} == {7}
+ids = torch.randint(5, 64, (6, 12), generator=torch.Generator().manual_seed(9))
+with torch.no_grad():
+    print((real(input_ids=ids).logits - fake(input_ids=ids).logits).abs().max().item())
+"""
+
+
+def test_on_a_cpu_capped_at_avx2_int8_runs_7_bit_inputs_and_refuses_8(tmp_path):
+    """oneDNN capped at AVX2 (``ONEDNN_MAX_CPU_ISA``) runs the saturating kernels of a CPU without VNNI: the
+    export takes the 7-bit route there, exactly, and stays close to the fake-quantized model."""
+    tests = Path(__file__).parent
+    env = dict(os.environ, ONEDNN_MAX_CPU_ISA="AVX2", PYTHONPATH=str(tests))
+    done = subprocess.run([sys.executable, "-c", AVX2_SCRIPT], env=env, capture_output=True, text=True, cwd=tests,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert float(done.stdout.strip().splitlines()[-1]) < 0.05
+
+
+@needs_vnni
+def test_7_bit_inputs_stay_close_and_8_bit_ones_are_exact(tiny_bert):
+    fake = trained(convert_bert(tiny_bert, q8bert_config()))
+    ids = torch.randint(5, 64, (6, 12), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        expected = fake(input_ids=ids).logits
+        error = {bits: (to_int8(fake, input_bits=bits)(input_ids=ids).logits - expected).abs().max().item()
+                 for bits in (8, 7)}
+    assert error[8] < 1e-4 < error[7] < 0.05
+
+
+@needs_vnni
+def test_bfloat16_attention_stays_close(tiny_bert):
+    fake = trained(convert_bert(tiny_bert, q8bert_config()))
+    real = to_int8(fake, attention_dtype=torch.bfloat16)
+    assert {m.attention_dtype for m in real.modules() if isinstance(m, Int8SelfAttention)} == {torch.bfloat16}
+    ids = torch.randint(5, 64, (6, 12), generator=torch.Generator().manual_seed(4))
+    mask = torch.ones_like(ids)
+    mask[:2, 8:] = 0
+    with torch.no_grad():
+        got = real(input_ids=ids, attention_mask=mask).logits
+        expected = fake(input_ids=ids, attention_mask=mask).logits
+    assert got.dtype == torch.float32 and (got - expected).abs().max().item() < 0.05
+
+
+def test_bad_input_bits_or_attention_dtype_are_refused(tiny_bert):
+    fake = trained(convert_bert(tiny_bert, q8bert_config()))
+    with pytest.raises(ValueError, match="8 or 7 bits, got 6"):
+        to_int8(fake, input_bits=6)
+    with pytest.raises(ValueError, match="attention_dtype must be one of"):
+        to_int8(fake, attention_dtype=torch.float16)
 
 
 @settings(max_examples=300, deadline=None)
@@ -146,3 +210,6 @@ def test_quantize_input_is_bit_identical_to_the_grid(rows, cols, spread, narrow,
     codes = quantize_input(x, float(grid.scale))
     assert codes.dtype == torch.uint8
     assert torch.equal(codes.to(torch.int16) - UINT8_ZERO_POINT, grid.quantize(x).to(torch.int16))
+    grid7 = QuantGrid.from_range(-x.abs().max() * narrow, x.abs().max() * narrow, 7, symmetric=True)
+    codes7 = quantize_input(x, float(grid7.scale), bits=7)
+    assert torch.equal(codes7.to(torch.int16) - input_zero_point(7), grid7.quantize(x).to(torch.int16))

@@ -117,7 +117,7 @@ def test_paired_gaps_compare_the_same_seeds():
 
 
 def test_latency_frame_reads_every_point_of_a_benchmark():
-    from qlib.report import latency_frame
+    from qlib.speed import latency_frame
 
     bench = {"shapes": {"packaged": {"latency": {
         "batch8-seq128": {"fp32": {"median_ms": 40.0}, "qbook_int8": {"median_ms": 10.0}},

@@ -1,0 +1,74 @@
+"""benchmarks/int8_cpu.py's machinery on a tiny model: every variant that can run here builds and agrees with the
+models it should, one that cannot is skipped with why, and the CPU's limits are measured. Not timed: speed is
+the benchmark's to print, on a quiet CPU."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import tiny_config
+from transformers import BertForSequenceClassification
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import int8_cpu  # noqa: E402
+
+sys.path.pop(0)
+
+
+def tiny_inputs(batch: int, seq: int) -> dict[str, torch.Tensor]:
+    ids = torch.randint(5, 64, (batch, seq), generator=torch.Generator().manual_seed(batch * 100 + seq))
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+
+@pytest.fixture
+def setup(tmp_path, monkeypatch):
+    monkeypatch.setattr(int8_cpu, "inputs", tiny_inputs)  # the calibration batches use the tiny vocabulary too
+    monkeypatch.setattr(int8_cpu, "CALIBRATION", ((2, 16), (3, 8)))  # and its 64 positions
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(tiny_config()).eval()
+    return int8_cpu.Setup(model, tiny_inputs(1, 16), tmp_path)
+
+
+def test_torch_variants_build_and_agree(setup):
+    runs, skipped = int8_cpu.variants(setup, ["fp32", "ao_dynamic", "qbook_int8"])
+    assert set(runs) | set(skipped) == {"fp32", "ao_dynamic", "qbook_int8"}
+    agreement = int8_cpu.agreement(runs, setup, tiny_inputs(4, 16))
+    assert agreement["fp32"]["max_abs_diff_vs_fp32"] == 0.0
+    if "qbook_int8" in runs:
+        assert agreement["qbook_int8"]["max_abs_diff_vs_fake_quantized"] < 0.05
+        assert setup.sizes["qbook_int8_safetensors"] < setup.sizes["fp32_safetensors"]
+
+
+def test_onnx_variants_build_and_the_qdq_export_agrees_with_the_fake_quantized_model(setup):
+    pytest.importorskip("onnxruntime")
+    runs, skipped = int8_cpu.variants(setup, ["ort_int8", "ort_qdq_static", "qbook_qdq_ort"])
+    assert set(runs) == {"ort_int8", "ort_qdq_static", "qbook_qdq_ort"}, skipped
+    agreement = int8_cpu.agreement(runs, setup, tiny_inputs(4, 16))
+    assert agreement["qbook_qdq_ort"]["max_abs_diff_vs_fake_quantized"] < 1e-3
+    assert agreement["qbook_qdq_ort"]["same_class_vs_fake_quantized"] == 1.0
+
+
+def test_a_variant_that_cannot_run_is_skipped_with_why(setup, monkeypatch):
+    monkeypatch.setattr(int8_cpu, "has_bf16", lambda: False)
+
+    def broken(_):
+        raise OSError("engine exploded")
+
+    monkeypatch.setitem(int8_cpu.VARIANTS, "ao_dynamic", broken)
+    runs, skipped = int8_cpu.variants(setup, ["fp32", "torch_bf16", "ao_dynamic"])
+    assert list(runs) == ["fp32"]
+    assert skipped == {"torch_bf16": "this CPU has neither AVX-512 BF16 nor AMX",
+                       "ao_dynamic": "failed to build: OSError: engine exploded"}
+
+
+def test_the_cpu_limits_are_measured():
+    peaks = int8_cpu.gemm_peaks(m=64, k=128, n=128, repeats=3)
+    assert peaks["fp32_gemm_gops"] > 0 and peaks.get("int8_gemm_gops", 1) > 0
+
+
+def test_the_result_file_is_named_after_the_cpu_class():
+    assert int8_cpu.default_out("AMX").name.startswith("int8_cpu-amx-")
+    assert int8_cpu.default_out("").name.startswith("int8_cpu-other-")

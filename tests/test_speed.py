@@ -1,0 +1,59 @@
+"""qlib.speed: the int8 benchmark's files read into the speed chapter's tables, one row per CPU class."""
+
+from __future__ import annotations
+
+import pytest
+
+from qlib.results import write_json
+from qlib.speed import TARGETS, benchmark_runs, classes_side_by_side, latest_per_class, limits, verdicts
+
+
+def run(date: str, cls: str | None, ms: dict[str, float], features=("avx2",), peaks=None) -> dict:
+    latency = {f"batch{b}-seq128": {v: {"median_ms": m * b} for v, m in ms.items()} for b in (1, 8)}
+    record = {"shapes": {"bert-base": {"latency": latency, "achieved_gops": {
+                  "qbook_int8": {"gemm_gops": 500.0, "forward_gops": 250.0}}}},
+              "provenance": {"date": date, "machine": {"cpu_features": list(features)}}}
+    if cls is not None:
+        record["cpu"] = {"class": cls}
+    if peaks:
+        record["limits"] = peaks
+    return record
+
+
+@pytest.fixture
+def folder(tmp_path):
+    write_json(tmp_path / "int8_cpu-amx-1.json", run("2026-12-01T10:00", "AMX", {"qbook_int8": 10, "openvino_int8": 8,
+                                                                                  "ort_int8": 20}))
+    write_json(tmp_path / "int8_cpu-amx-2.json", run("2026-12-02T10:00", "AMX", {"qbook_int8": 10, "openvino_int8": 12,
+                                                                                  "ort_int8": 20},
+                                                       peaks={"int8_gemm_gops": 1000.0, "fp32_gemm_gops": 200.0}))
+    write_json(tmp_path / "int8_cpu-old.json", run("2026-11-01T10:00", None, {"qbook_int8": 30, "fp32": 100},
+                                                   features=("avx2", "avx512_vnni")))
+    return tmp_path
+
+
+def test_runs_are_read_oldest_first_with_their_class(folder):
+    runs = benchmark_runs(folder)
+    assert [r["class"] for r in runs] == ["AVX-512 VNNI", "AMX", "AMX"]  # an old run's class from its features
+    latest = latest_per_class(runs)
+    assert set(latest) == {"AMX", "AVX-512 VNNI"} and latest["AMX"]["path"].endswith("int8_cpu-amx-2.json")
+
+
+def test_classes_side_by_side_and_their_verdicts(folder):
+    latest = latest_per_class(benchmark_runs(folder))
+    table = classes_side_by_side(latest)
+    assert table.loc[("AMX", 8), "openvino_int8"] == 96 and table.loc[("AVX-512 VNNI", 1), "fp32"] == 100
+    v = verdicts(latest).set_index(["CPU class", "batch", "qbook int8 vs"])
+    assert v.loc[("AMX", 1, "openvino_int8"), "speed-up"] == pytest.approx(1.2)
+    assert v.loc[("AMX", 1, "openvino_int8"), "verdict"] == "meets"
+    assert v.loc[("AMX", 1, "ort_int8"), "verdict"] == "meets"  # 2.0x against a 1.25x target
+    assert v.loc[("AVX-512 VNNI", 8, "fp32"), "speed-up"] == pytest.approx(100 / 30)
+    assert v.loc[("AVX-512 VNNI", 8, "fp32"), "verdict"] == ("meets" if 100 / 30 >= TARGETS["AVX-512 VNNI"]["fp32"]
+                                                               else "misses")
+
+
+def test_limits_set_what_qbook_reaches_beside_the_peaks(folder):
+    table = limits(latest_per_class(benchmark_runs(folder)))
+    assert list(table.index) == ["AMX"]  # the older class recorded no peaks
+    assert table.loc["AMX", "qbook_int8 gemm (% of int8 peak)"] == pytest.approx(50.0)
+    assert table.loc["AMX", "qbook_int8 forward (% of int8 peak)"] == pytest.approx(25.0)
