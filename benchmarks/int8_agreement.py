@@ -7,7 +7,9 @@ CKPT is a Q8BERT QAT model kept by ``run_glue(..., method="qat", checkpoint_dir=
 input ranges); with ``--train-examples N`` the script first trains one itself (``run_glue``, QAT, N training
 examples, 1 epoch) and records that run in its report. It loads the model into a Q8BERT-converted model, exports it
 with ``qlib.int8.to_int8`` and runs both on the whole dev set on the CPU: the issue's target is accuracy equal
-within 0.2 points.
+within 0.2 points. It also runs the export's other routes on the same model (``ROUTES``): 7-bit inputs (the route
+CPUs without VNNI take; target 0.5 points) and attention products in bf16 (target 0.2 points); each route's scores,
+gap and logit differences are reported under ``routes``.
 """
 
 from __future__ import annotations
@@ -34,6 +36,11 @@ from qlib.models import DEFAULT_MODEL, load_classifier  # noqa: E402
 from qlib.results import provenance, write_json  # noqa: E402
 
 TARGET_POINTS = 0.2
+ROUTES = {  # name: (to_int8 keyword arguments, target in points)
+    "int8": ({}, TARGET_POINTS),
+    "int8_7bit_inputs": ({"input_bits": 7}, 0.5),
+    "int8_bf16_attention": ({"attention_dtype": torch.bfloat16}, TARGET_POINTS),
+}
 
 
 @torch.inference_mode()
@@ -68,30 +75,46 @@ def main(argv: list[str] | None = None) -> int:
         checkpoint = Path(folder.name) / info.name / f"qat-seed{args.seed}.safetensors"
     fake, tokenizer = load_classifier(args.model, info.num_labels)
     load_quantized(convert_bert(fake, q8bert_config()), checkpoint).eval()
-    real = to_int8(fake)
     batches = glue_batches(info.name, tokenizer, "dev", 64, 128)
     fake_logits, labels = logits_over(fake, batches)
-    real_logits, _ = logits_over(real, batches)
-    scores = {name: glue_metrics(info.name, logits.argmax(-1).numpy(), labels.numpy())
-              for name, logits in (("fake_quant", fake_logits), ("int8", real_logits))}
     metric = info.metrics[0]
-    gap = 100 * abs(scores["int8"][metric] - scores["fake_quant"][metric])
+    fake_score = glue_metrics(info.name, fake_logits.argmax(-1).numpy(), labels.numpy())
+    routes = {}
+    for name, (options, target) in ROUTES.items():
+        try:
+            real_logits, _ = logits_over(to_int8(fake, **options), batches)
+        except RuntimeError as err:  # a route this CPU cannot run exactly (8-bit inputs without VNNI)
+            routes[name] = {"skipped": str(err)}
+            continue
+        score = glue_metrics(info.name, real_logits.argmax(-1).numpy(), labels.numpy())
+        routes[name] = {"scores": score, "gap_points": 100 * abs(score[metric] - fake_score[metric]),
+                        "target_points": target, "options": {k: str(v) for k, v in options.items()},
+                        "max_abs_logit_diff": float((real_logits - fake_logits).abs().max()),
+                        "mean_abs_logit_diff": float((real_logits - fake_logits).abs().mean()),
+                        "same_prediction": float((real_logits.argmax(-1) == fake_logits.argmax(-1)).float().mean())}
+    main_route = routes["int8"] if "scores" in routes["int8"] else routes["int8_7bit_inputs"]
+    gap = main_route["gap_points"]
     report = {
         "task": info.name, "checkpoint": str(args.checkpoint or "trained by this run"), "examples": len(labels),
         "metric": metric, "trained": trained,
-        "scores": scores, "gap_points": gap, "target_points": TARGET_POINTS,
-        "max_abs_logit_diff": float((real_logits - fake_logits).abs().max()),
-        "mean_abs_logit_diff": float((real_logits - fake_logits).abs().mean()),
-        "same_prediction": float((real_logits.argmax(-1) == fake_logits.argmax(-1)).float().mean()),
+        "scores": {"fake_quant": fake_score, "int8": main_route["scores"]}, "gap_points": gap,
+        "target_points": main_route["target_points"],
+        **{k: main_route[k] for k in ("max_abs_logit_diff", "mean_abs_logit_diff", "same_prediction")},
+        "routes": routes,
         "params": vars(args) | {"checkpoint": str(args.checkpoint), "out": str(out)},
         "provenance": provenance(time.perf_counter() - start, data=glue_provenance(info.name, ("dev",))),
     }
     folder.cleanup()
     write_json(out, report)
-    print(f"{info.name} dev ({len(labels)} examples): fake-quant {metric} {100 * scores['fake_quant'][metric]:.2f}, "
-          f"int8 {100 * scores['int8'][metric]:.2f}: gap {gap:.2f} points "
-          f"({'meets' if gap <= TARGET_POINTS else 'MISSES'} the {TARGET_POINTS}-point target); "
-          f"max |Δlogit| {report['max_abs_logit_diff']:.4f}, same prediction {report['same_prediction']:.2%}")
+    for name, route in routes.items():
+        if "skipped" in route:
+            print(f"{name}: skipped: {route['skipped']}")
+            continue
+        print(f"{info.name} dev ({len(labels)} examples), {name}: fake-quant {metric} "
+              f"{100 * fake_score[metric]:.2f}, int8 {100 * route['scores'][metric]:.2f}: gap {route['gap_points']:.2f} "
+              f"points ({'meets' if route['gap_points'] <= route['target_points'] else 'MISSES'} the "
+              f"{route['target_points']}-point target); max |Δlogit| {route['max_abs_logit_diff']:.4f}, "
+              f"same prediction {route['same_prediction']:.2%}")
     print(f"wrote {out}")
     return 0
 

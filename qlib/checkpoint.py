@@ -29,6 +29,7 @@ from torch import nn
 from qlib.atomic import atomic_write
 from qlib.config import BertQuantConfig
 from qlib.convert import convert_bert, quantized_modules
+from qlib.pq_modules import PQEmbedding, PQLinear
 from qlib.weight_quantizer import WeightQuantizer
 
 FORMAT = "qbook-packed-v2"
@@ -103,6 +104,9 @@ def save_quantized(model: nn.Module, path: str | os.PathLike, float_dtype: torch
     layers: dict[str, dict[str, Any]] = {}
     stored: dict[int, str] = {}
     for name, module in quantized_modules(model):
+        if isinstance(module, (PQLinear, PQEmbedding)):  # codebook and codes are its state: stored as they are
+            layers[name] = module.describe() | {"shape": list(module.weight.shape)}
+            continue
         quantizer = _weight_quantizer(module)
         if quantizer is None:
             continue
@@ -130,11 +134,19 @@ def _weight_quantizer(module: nn.Module) -> WeightQuantizer | None:
     return module.spec if hasattr(module, "spec") else module.quant.weight
 
 
+def _describe(module: nn.Module) -> dict[str, Any] | None:
+    """What a checkpoint records of a quantized layer's weight (None: the weight stays float)."""
+    if isinstance(module, (PQLinear, PQEmbedding)):
+        return module.describe()
+    quantizer = _weight_quantizer(module)
+    return None if quantizer is None else quantizer.describe(module.weight)
+
+
 def _check_layers_fit(model: nn.Module, layers: dict[str, dict[str, Any]], path: Path) -> None:
     """Refuse a model whose quantized layers differ from the file's (which layers, or anything their quantizers
     ``describe``)."""
-    expected = {name: quantizer.describe(module.weight) for name, module in quantized_modules(model)
-                if (quantizer := _weight_quantizer(module)) is not None}
+    expected = {name: _describe(module) for name, module in quantized_modules(model)}
+    expected = {name: described for name, described in expected.items() if described is not None}
     for name in sorted(set(expected) | set(layers)):
         if name not in layers or name not in expected:
             where, other = ("the model", "the file") if name in expected else ("the file", "the model")
@@ -185,6 +197,8 @@ def load_quantized(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     modules = dict(quantized_modules(model))
     state: dict[str, torch.Tensor] = {}
     for name, info in layers.items():
+        if info.get("method") == "pq" and isinstance(modules[name], (PQLinear, PQEmbedding)):
+            continue  # its codebook and codes load with the rest of the state
         prefix = f"{name}.weight."
         encoded = {key.removeprefix(prefix): tensors.pop(key) for key in [k for k in tensors if k.startswith(prefix)]}
         try:

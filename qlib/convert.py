@@ -16,6 +16,7 @@ from transformers import BertModel
 from qlib.config import BertQuantConfig
 from qlib.integer_modules import use_integer_nonlinearities
 from qlib.modules import QuantEmbedding, QuantLinear
+from qlib.pq_modules import PQEmbedding, PQLinear
 
 
 def find_bert(model: nn.Module) -> BertModel:
@@ -87,10 +88,10 @@ def convert_bert(model: nn.Module, config: BertQuantConfig) -> nn.Module:
     return model
 
 
-def quantized_modules(model: nn.Module) -> Iterator[tuple[str, QuantLinear | QuantEmbedding]]:
-    """(name, module) for every fake-quantized layer of ``model``."""
+def quantized_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+    """(name, module) for every fake-quantized layer of ``model`` (product-quantized ones included)."""
     for name, module in model.named_modules():
-        if isinstance(module, (QuantLinear, QuantEmbedding)):
+        if isinstance(module, (QuantLinear, QuantEmbedding, PQLinear, PQEmbedding)):
             yield name, module
 
 

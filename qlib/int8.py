@@ -39,6 +39,7 @@ from qlib.convert import find_bert, quantized_modules
 from qlib.integer_modules import IntegerNonlinearity
 from qlib.modules import QuantEmbedding, QuantLinear
 from qlib.observers import DynamicObserver
+from qlib.pq_modules import PQEmbedding, PQLinear
 from qlib.quantizers import QuantGrid, QuantSpec
 
 UINT8_ZERO_POINT = 128  # Q8BERT's symmetric int8 input codes -127..127 shifted into oneDNN's uint8 input
@@ -197,13 +198,15 @@ class Int8SelfAttention(nn.Module):
     [B, T, H·d]."""
 
     def __init__(self, attention: BertSelfAttention, input_bits: int = 8,
-                 attention_dtype: torch.dtype = torch.float32) -> None:
+                 attention_dtype: torch.dtype = torch.float32, qkv: nn.Module | None = None) -> None:
+        """``qkv``: another fused projection of Q, K and V (the ONNX export's QDQ one); default ``Int8Linear``."""
         super().__init__()
         self.config, self.is_causal, self.layer_idx = attention.config, attention.is_causal, attention.layer_idx
         self.num_attention_heads = attention.num_attention_heads
         self.attention_head_size, self.scaling = attention.attention_head_size, attention.scaling
         self.attention_dtype = attention_dtype
-        self.qkv = Int8Linear.fused(attention.query, attention.key, attention.value, input_bits=input_bits)
+        self.qkv = qkv if qkv is not None else Int8Linear.fused(attention.query, attention.key, attention.value,
+                                                                input_bits=input_bits)
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 **kwargs) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -301,7 +304,10 @@ def to_int8(model: nn.Module, input_bits: int | None = None,
     if not layers:
         raise ValueError(f"{type(model).__name__} has no quantized layer: convert it with qlib.convert_bert and "
                          "train or calibrate it first")
-    for _, module in layers:
+    for name, module in layers:
+        if isinstance(module, (PQLinear, PQEmbedding)):
+            raise ValueError(f"layer {name} is product-quantized (iPQ): a codebook has no int8 GEMM kernel; the "
+                             "model runs decoded in float")
         if isinstance(module, QuantLinear):
             check_exportable(module)
     if any(isinstance(m, IntegerNonlinearity) for m in model.modules()):

@@ -75,8 +75,10 @@ def verdicts(runs: dict[str, dict[str, Any]], shape: str = "bert-base", seq: int
     return pd.DataFrame(rows, columns=["CPU class", "batch", "qbook int8 vs", "speed-up", "target", "verdict"])
 
 
-def limits(runs: dict[str, dict[str, Any]], variants: tuple[str, ...] = ("qbook_int8", "pt2e_inductor")
-           ) -> pd.DataFrame:
+PROFILED = ("qbook_int8", "qbook_int8_bf16_attention", "pt2e_inductor")
+
+
+def limits(runs: dict[str, dict[str, Any]], variants: tuple[str, ...] = PROFILED) -> pd.DataFrame:
     """Per CPU class, its measured peaks (GOP/s of a large int8 and a large FP32 GEMM) and how close each profiled
     variant's GEMMs and whole forward come to the int8 peak (BERT-base shape, the profile's batch)."""
     rows = []
@@ -100,3 +102,87 @@ def agreement(run: dict[str, Any], shape: str = "bert-base") -> pd.DataFrame:
     """Each variant's max |Δlogit| and class agreement against the fake-quantized model and FP32, as the run
     measured them on one batch of random tokens."""
     return pd.DataFrame(run["shapes"][shape].get("agreement", {})).T
+
+
+def runs_at_point(runs: list[dict[str, Any]], batch: int = 8, seq: int = 128, shape: str = "bert-base"
+                  ) -> pd.DataFrame:
+    """Every run's medians at one point, qbook int8's and FP32's ms with the speed-ups its class has targets for,
+    one row per run (oldest first): the run-to-run spread behind any one verdict."""
+    rows = {}
+    for run in runs:
+        ms = latency_frame(run).query("shape == @shape and batch == @batch and seq == @seq").set_index(
+            "variant")["median ms"]
+        if "qbook_int8" not in ms:
+            continue
+        ratios = {f"vs {other}": ms[other] / ms["qbook_int8"] for other in TARGETS.get(run["class"], {})
+                  if other in ms}
+        rows[f"{Path(run['path']).stem} ({run['provenance']['date'][:16]})"] = {
+            "CPU class": run["class"] or "not recorded", "FP32 ms": ms.get("fp32"), "qbook int8 ms": ms["qbook_int8"],
+            **ratios, "load avg (1 min)": run["provenance"]["machine"].get("load_avg_1_5_15_min", [None])[0]}
+    return pd.DataFrame(rows).T
+
+
+def profiles(runs: dict[str, dict[str, Any]], shape: str = "bert-base") -> pd.DataFrame:
+    """ms per forward by kind of work (GEMM, attention, LayerNorm, input quantization, rest, total) of every
+    profiled variant, one row per (CPU class, variant)."""
+    frames = {cls: pd.DataFrame(run["shapes"][shape].get("profile_ms", {})).T for cls, run in runs.items()}
+    frames = {cls: f for cls, f in frames.items() if not f.empty}
+    return pd.concat(frames, names=["CPU class", "variant"]) if frames else pd.DataFrame()
+
+
+INT8_VARIANTS = ("qbook_int8", "qbook_int8_bf16_attention", "pt2e_inductor", "openvino_int8", "ort_int8",
+                 "ort_qdq_static", "ao_dynamic")
+
+
+def sweep_speedups(run: dict[str, Any], shape: str = "packaged") -> pd.DataFrame:
+    """Each int8 variant's speed-up over FP32 eager (ratio of medians) at every (batch, seq) point of ``shape``."""
+    table = latency_frame(run).query("shape == @shape").pivot_table(index=["batch", "seq"], columns="variant",
+                                                                     values="median ms")
+    present = [v for v in INT8_VARIANTS if v in table.columns]
+    return table[present].rdiv(table["fp32"], axis=0)
+
+
+def amdahl_summary(profile: pd.DataFrame) -> str:
+    """Markdown lines on one class's profile (rows: variants; columns: ms per kind of work): FP32's GEMM share f
+    and the speed-up int8 GEMMs alone could give (``1 / ((1 - f) + f/4)``, 4× being VNNI's multiply-adds per
+    instruction over FP32's), qbook's GEMM speed-up over FP32's, and the time qbook spends outside its GEMMs."""
+    if not {"fp32", "qbook_int8"} <= set(profile.index):
+        return ""
+    fp32, q = profile.loc["fp32"], profile.loc["qbook_int8"]
+    f = fp32["GEMM"] / fp32["total"]
+    outside = q["total"] - q["GEMM"]
+    return "\n".join([
+        f"* FP32 spends a share f = {f:.2f} of its time in GEMMs: int8 GEMMs 4× faster would bound the speed-up "
+        f"over FP32 at {1 / ((1 - f) + f / 4):.2f}× (Amdahl).",
+        f"* qbook's int8 GEMMs (with their fused bias, GELU, requantization and residual adds) take "
+        f"**{fp32['GEMM'] / q['GEMM']:.2f}×** less time than FP32's.",
+        f"* Outside its GEMMs qbook spends {outside:.0f} ms per forward, {outside / q['total']:.0%} of its time; "
+        f"attention alone {q['attention']:.0f} ms (FP32: {fp32['attention']:.0f} ms)."])
+
+
+def int8_agreement_table(paths: list[str | Path]) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
+    """The ``benchmarks/int8_agreement.py`` results at ``paths`` (those that exist): one row per model and int8
+    route (8-bit inputs, 7-bit inputs, bf16 attention; older files have the first only) with both models' dev
+    accuracy, the gap against the route's target, the logits' differences and the run's CPU; and the records (with
+    their notes) for ``qlib.report.notes_markdown``."""
+    rows, records = {}, []
+    for path in (Path(p) for p in paths):
+        if not path.is_file():
+            continue
+        a = read_json(path)
+        records.append(a | {"path": str(path), "notes": notes_for(path)})
+        trained = a.get("trained")
+        model = (f"QAT on {trained['train']['train_examples']:,} {a['task']} examples, seed {trained['seed']}"
+                 if trained else f"checkpoint {Path(a['checkpoint']).name}")
+        routes = a.get("routes") or {"int8": a | {"scores": a["scores"]["int8"], "target_points": a["target_points"]}}
+        for route, r in routes.items():
+            if "skipped" in r:
+                continue
+            rows[f"{model} · {route}"] = {
+                "examples": a["examples"], "fake-quant acc %": 100 * a["scores"]["fake_quant"]["accuracy"],
+                "int8 acc %": 100 * r["scores"]["accuracy"], "gap (points)": r["gap_points"],
+                "target (points)": r["target_points"], "within target": r["gap_points"] <= r["target_points"],
+                "max |Δlogit|": r["max_abs_logit_diff"], "mean |Δlogit|": r["mean_abs_logit_diff"],
+                "same prediction %": 100 * r["same_prediction"], "CPU": a["provenance"]["machine"]["cpu"],
+                "commit": (a["provenance"]["git_commit"] or "")[:8]}
+    return pd.DataFrame(rows).T, records

@@ -12,8 +12,9 @@ QLIB = Path(__file__).parents[1] / "qlib"
 
 LAYERS: list[tuple[str, int, set[str]]] = [  # (layer, rank, modules): a module may import only lower ranks or its own
     ("shared helpers", 0, {"checks", "atomic", "cpu"}),
-    ("quantization core", 1, {"weight_quantizer", "quantizers", "observers", "quant_noise", "packing", "integer_ops"}),
-    ("BERT made quantized", 2, {"config", "modules", "integer_modules", "convert"}),
+    ("quantization core", 1, {"weight_quantizer", "quantizers", "observers", "quant_noise", "packing", "integer_ops",
+                               "product_quantization"}),
+    ("BERT made quantized", 2, {"config", "modules", "integer_modules", "pq_modules", "convert"}),
     ("second order", 3, {"hessian", "sensitivity"}),
     ("deployment", 3, {"checkpoint", "int8", "onnx_export"}),
     ("experiments", 4, {"data", "conll", "qa", "ner", "metrics", "models", "train", "probe", "results", "tasks", "distill", "spec", "experiment", "jobs",
