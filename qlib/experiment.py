@@ -1,5 +1,5 @@
 """One run: ``run(spec)`` fine-tunes a BERT on its task (GLUE, SQuAD or CoNLL-2003; ``qlib.tasks``) as its
-``RunSpec`` says (FP32, Q8BERT QAT, Q-BERT QAT or Quant-Noise), evaluates it, and writes the result files; the
+``RunSpec`` says (FP32, Q8BERT QAT, Q-BERT QAT, Quant-Noise or iPQ), evaluates it, and writes the result files; the
 protocol's per-task settings and FP32 sweep.
 
 An ``fp32`` run also evaluates its trained weights under each post-training spec it is given (``dq``: Q8BERT's DQ
@@ -12,17 +12,19 @@ from __future__ import annotations
 
 import copy
 import time
+from dataclasses import fields
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
 from qlib.checkpoint import load_float, save_float, save_quantized
-from qlib.convert import convert_bert
+from qlib.convert import convert_bert, find_bert
 from qlib.data import get_task
 from qlib.distill import distillation_loss
+from qlib.pq_modules import IPQ_STAGES, product_quantize
 from qlib.results import provenance, read_json, write_json
-from qlib.spec import RunSpec
+from qlib.spec import RunSpec, TrainingProtocol
 from qlib.tasks import RunTask, get_run_task
 from qlib.train import finetune, resolve_device, set_seed
 
@@ -86,6 +88,19 @@ def checkpoint_path(spec: RunSpec, checkpoint_dir: str | Path) -> Path:
     return Path(checkpoint_dir) / spec.task / f"{spec.label}-seed{spec.seed}.safetensors"
 
 
+def _ipq_stages(net: torch.nn.Module, spec: RunSpec, batches: Any, device: torch.device, progress: bool
+                ) -> dict[str, Any]:
+    """iPQ (Quant-Noise sec. 4.1): for each of ``IPQ_STAGES`` in turn, product-quantize its layers
+    (``product_quantize`` with the spec's centroids and centroid bits) and fine-tune for the protocol's epochs;
+    returns the last stage's throughput figures with every stage's under ``stages``."""
+    stages = {}
+    for stage in IPQ_STAGES:
+        product_quantize(find_bert(net), stage, spec.centroids, centroid_bits=spec.centroid_bits, seed=spec.seed)
+        net.to(device)
+        stages[stage] = finetune(net, batches, spec.protocol.epochs, spec.protocol.lr, progress=progress)
+    return stages[IPQ_STAGES[-1]] | {"stages": stages}
+
+
 def _params(spec: RunSpec, post_training: Sequence[RunSpec]) -> dict[str, Any]:
     """The trained run's settings as a result record's ``params`` (the flat layout every result file has)."""
     flat = spec.to_dict()
@@ -143,7 +158,10 @@ def run(spec: RunSpec, post_training: Sequence[RunSpec] = (), experiment: str = 
     if spec.distillation is not None:  # the teacher: the FP32 model the student starts from
         teacher = load_float(task.load(protocol.model, attention)[0], spec.init_from).to(target)
         loss = distillation_loss(teacher, spec.distillation)
-    training = finetune(net, train_batches, protocol.epochs, protocol.lr, progress=progress, loss_fn=loss)
+    if spec.method == "ipq":
+        training = _ipq_stages(net, spec, train_batches, target, progress)
+    else:
+        training = finetune(net, train_batches, protocol.epochs, protocol.lr, progress=progress, loss_fn=loss)
     evaluations = [_evaluate(net, task, dev)]
     for row in post_training:
         evaluations.append(_evaluate(convert_bert(copy.deepcopy(net), row.quant_config()).to(target), task, dev))
@@ -182,7 +200,9 @@ def run_glue(task: str, method: str, seed: int, model: str | None = None, *,
     if model is not None:
         knobs["model"] = model
     groups = knobs.pop("groups", None) if method == "fp32" else knobs.get("groups")
-    spec = RunSpec(task, method, seed).with_(**knobs)
+    protocol_fields = {f.name for f in fields(TrainingProtocol)}
+    protocol = TrainingProtocol(**{k: knobs.pop(k) for k in list(knobs) if k in protocol_fields})
+    spec = RunSpec(task, method, seed, **knobs, protocol=protocol)
     rows = [RunSpec.from_label(name, task, seed, protocol=spec.protocol,
                                groups=groups if name.startswith("directq") else None)
             for name in (post_training if method == "fp32" else ())]

@@ -45,6 +45,8 @@ EMA_ABLATION_DECAY = 0.99
 QUANT_NOISE_TASKS = ("cola",)
 QUANT_NOISE_SETTINGS = ("Q-BERT 2/8", "Q-BERT 3/8")  # where QAT (p = 1) loses the most
 QUANT_NOISE_RATE = 0.5
+IPQ_TASKS = ("sst2",)  # iPQ and iPQ + int8 (Quant-Noise's 5 % row), from each seed's FP32 Baseline
+IPQ_CENTROIDS = 256  # fairseq's k
 INTEGER_TASKS = ("sst2", "mrpc")  # the beyond chapter's integer-only QAT: SST-2 and one more task
 DISTILLATION_TASKS = ("sst2",)
 DISTILLED_SETTINGS = ("Q-BERT 8/8", "Q-BERT 4/8", "Q-BERT 3/8", "Q-BERT 2/8")
@@ -235,6 +237,16 @@ def quant_noise_jobs(checkpoints: str | Path, seeds=SEEDS, results: str | Path =
             for t in tasks for name in QUANT_NOISE_SETTINGS for s in seeds]
 
 
+def ipq_jobs(checkpoints: str | Path, seeds=SEEDS, results: str | Path = "results",
+             tasks: Sequence[str] = IPQ_TASKS) -> list[Job]:
+    """Quant-Noise chapter: iPQ with ``IPQ_CENTROIDS`` centroids, in float and with int8 centroids and inputs,
+    each quantizing its seed's FP32 Baseline in stages (so it needs that Baseline), on ``tasks``."""
+    return [Job(RunSpec(t, "ipq", s, centroids=IPQ_CENTROIDS, centroid_bits=bits,
+                        init_from=str(fp32_checkpoint(checkpoints, t, s)), protocol=_protocol(t, results)),
+                "quant-noise", needs=(baseline_name(t, s),), results=str(results))
+            for t in tasks for bits in (None, 8) for s in seeds]
+
+
 def beyond_jobs(checkpoints: str | Path, seeds=SEEDS, results: str | Path = "results",
                 integer_tasks: Sequence[str] = INTEGER_TASKS,
                 distillation_tasks: Sequence[str] = DISTILLATION_TASKS) -> list[Job]:
@@ -314,6 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     wanted = {"q8bert": Q8BERT_TASKS, "qbert": args.qbert_tasks.split(","), "quant-noise": QUANT_NOISE_TASKS,
               "beyond": tuple(dict.fromkeys(INTEGER_TASKS + DISTILLATION_TASKS))}
     wanted = {chapter: tasks if args.only in (None, chapter) else () for chapter, tasks in wanted.items()}
+    wanted["ipq"] = IPQ_TASKS if args.only in (None, "quant-noise") else ()  # the Quant-Noise chapter's iPQ rows
     failures: list[str] = []
     reports: list[Report] = []
 
@@ -340,6 +353,7 @@ def main(argv: list[str] | None = None) -> int:
                                            results=results)
         qbert_tasks = [t for t in wanted["qbert"] if t in protocols]
         noise = quant_noise_jobs(checkpoints, results=results, tasks=[t for t in wanted["quant-noise"] if t in protocols])
+        noise += ipq_jobs(checkpoints, results=results, tasks=[t for t in wanted["ipq"] if t in protocols])
         beyond = beyond_jobs(checkpoints, results=results,
                              integer_tasks=[t for t in INTEGER_TASKS if t in protocols and t in wanted["beyond"]],
                              distillation_tasks=[t for t in DISTILLATION_TASKS

@@ -10,11 +10,15 @@ Methods:
 * ``qat``: Q8BERT's quantization-aware training (8-bit symmetric, EMA input ranges; ``ema_decay`` ablates the EMA);
 * ``qbert``: Q-BERT's QAT (asymmetric weights at ``weight_bits``, embedding at ``embedding_bits``, ``groups``,
   per-layer ``layer_bits``, ``percentile`` clipping; ``noise_rate`` < 1 is Quant-Noise);
+* ``ipq``: Quant-Noise's iterative product quantization of a trained FP32 model (``init_from``): FFNs, then
+  embeddings, then attention are product-quantized (``centroids`` per layer, fairseq's block sizes), each stage
+  followed by ``protocol.epochs`` of fine-tuning of what is left float and of the codebooks; ``centroid_bits=8``
+  is iPQ + int8 (8-bit centroids, and every Linear's input on its 8-bit EMA grid, as in the paper);
 * ``dq`` and ``directq``: post-training rows, evaluated on an ``fp32`` run's trained weights with no further
   training (Q8BERT's DQ column; Q-BERT's DirectQ at ``weight_bits``). ``trained_spec`` is that ``fp32`` run.
 
 Labels (the names result files start with) are unchanged from the first results: ``fp32``, ``dq``,
-``directq-w4-p99.9``, ``qat``, ``qat-ema0.99``, ``qbert-w2e8-g12-p99.9-mp2-3-qn0.5-ft``; ``-int`` marks integer
+``directq-w4-p99.9``, ``qat``, ``qat-ema0.99``, ``qbert-w2e8-g12-p99.9-mp2-3-qn0.5-ft``, ``ipq-k256-int8-ft``; ``-int`` marks integer
 GELU, softmax and LayerNorm (``qat-int``), ``-kd`` / ``-kdh`` distillation from the FP32 model (``qat-kd-ft``).
 """
 
@@ -32,7 +36,7 @@ from qlib.models import DEFAULT_MODEL
 from qlib.observers import Q8BERT_EMA_DECAY
 from qlib.tasks import get_run_task
 
-TRAINED_METHODS = ("fp32", "qat", "qbert")
+TRAINED_METHODS = ("fp32", "qat", "qbert", "ipq")
 POST_TRAINING_METHODS = ("dq", "directq")
 METHODS = TRAINED_METHODS + POST_TRAINING_METHODS
 SOURCES = ("auto", "local", "hub")
@@ -99,7 +103,10 @@ class RunSpec:
         integer_nonlinearities: GELU, softmax and LayerNorm in integer arithmetic (I-BERT; ``qat``, ``qbert``).
         distillation: learn from the FP32 model ``init_from`` as teacher (``qlib.distill``): ``logits`` or
             ``hidden`` (logits, hidden states and attention maps, as TernaryBERT); ``qat``, ``qbert``.
-        init_from: an FP32 checkpoint to start from instead of the pretrained weights (trained methods).
+        init_from: an FP32 checkpoint to start from instead of the pretrained weights (trained methods; ``ipq``
+            needs one).
+        centroids: k, iPQ's centroids per layer (``ipq``; 2..256).
+        centroid_bits: 8 for iPQ + int8 (``ipq``), None for float centroids and inputs.
         protocol: the ``TrainingProtocol``.
     """
 
@@ -116,6 +123,8 @@ class RunSpec:
     integer_nonlinearities: bool = False
     distillation: str | None = None
     init_from: str | None = None
+    centroids: int = 256
+    centroid_bits: int | None = None
     protocol: TrainingProtocol = field(default_factory=TrainingProtocol)
 
     def __post_init__(self) -> None:
@@ -148,6 +157,10 @@ class RunSpec:
             raise ValueError(f"integer_nonlinearities must be True or False, got {self.integer_nonlinearities!r}")
         if self.init_from is not None:
             set_(self, "init_from", str(self.init_from))
+        if isinstance(self.centroids, bool) or not isinstance(self.centroids, int) or not 2 <= self.centroids <= 256:
+            raise ValueError(f"centroids must be an integer k in 2..256, got {self.centroids!r}")
+        if self.centroid_bits not in (None, 8):
+            raise ValueError(f"centroid_bits must be 8 (iPQ + int8) or None, got {self.centroid_bits!r}")
         if isinstance(self.protocol, Mapping):
             set_(self, "protocol", TrainingProtocol(**self.protocol))
         self._check_knobs()
@@ -157,14 +170,17 @@ class RunSpec:
         has = {"weight_bits": ("qbert", "directq"), "embedding_bits": ("qbert",), "groups": ("qbert", "directq"),
                "layer_bits": ("qbert",), "percentile": ("qbert", "directq"), "ema_decay": ("qat",),
                "noise_rate": ("qbert",), "integer_nonlinearities": ("qat", "qbert"),
-               "distillation": ("qat", "qbert"), "init_from": TRAINED_METHODS}
+               "distillation": ("qat", "qbert"), "init_from": TRAINED_METHODS, "centroids": ("ipq",),
+               "centroid_bits": ("ipq",)}
         unset = {"weight_bits": 8, "embedding_bits": 8, "groups": None, "layer_bits": {}, "percentile": None,
                  "ema_decay": None, "noise_rate": 1.0, "integer_nonlinearities": False, "distillation": None,
-                 "init_from": None}
+                 "init_from": None, "centroids": 256, "centroid_bits": None}
         for knob, methods in has.items():
             if self.method not in methods and getattr(self, knob) != unset[knob]:
                 raise ValueError(f"{knob}={getattr(self, knob)!r} is not a knob of method {self.method!r}; "
                                  f"it is for {', '.join(methods)}")
+        if self.method == "ipq" and self.init_from is None:
+            raise ValueError("ipq quantizes a trained model: give init_from, the task's FP32 checkpoint")
         if self.distillation is not None:
             if self.distillation not in DISTILLATION_MODES:
                 raise ValueError(f"unknown distillation {self.distillation!r}; allowed: {DISTILLATION_MODES}")
@@ -186,6 +202,8 @@ class RunSpec:
             return "dq"
         if self.method == "fp32":
             return f"fp32{suffix}"
+        if self.method == "ipq":
+            return f"ipq-k{self.centroids}" + ("-int8" if self.centroid_bits else "") + suffix
         if self.method == "qat":
             return ("qat" if self.ema_decay is None else f"qat-ema{self.ema_decay:g}") + suffix
         clipping = f"-p{self.percentile:g}" if self.percentile is not None else ""
@@ -218,19 +236,23 @@ class RunSpec:
         """The paper the row reproduces: one of ``PAPERS``."""
         if self.method == "qbert":
             return "Quant-Noise" if self.noise_rate < 1 else "Q-BERT_MP" if self.layer_bits else "Q-BERT"
-        return {"fp32": "FP32", "dq": "Q8BERT (DQ)", "qat": "Q8BERT (QAT)", "directq": "Q-BERT (DirectQ)"}[self.method]
+        return {"fp32": "FP32", "ipq": "Quant-Noise (iPQ)", "dq": "Q8BERT (DQ)", "qat": "Q8BERT (QAT)", "directq": "Q-BERT (DirectQ)"}[self.method]
 
     def quant_config(self) -> BertQuantConfig | None:
         """The quantization the run's model is trained and evaluated with (None: FP32).
 
         ``qat``: Q8BERT's (symmetric per-tensor 8-bit weights and inputs, EMA ranges); ``dq``: the same grids with
         input ranges per batch; ``qbert``: Q-BERT's asymmetric weights with its groups, bits, clipping and noise;
-        ``directq``: Q-BERT's weight grids with ranges per batch for the inputs, no fine-tuning."""
+        ``directq``: Q-BERT's weight grids with ranges per batch for the inputs, no fine-tuning; ``ipq``: Q8BERT's
+        8-bit grids for iPQ + int8 (the product quantization itself comes in stages, ``qlib.pq_modules``), else
+        None."""
         if self.method == "qat":
             config = q8bert_config(8, Q8BERT_EMA_DECAY if self.ema_decay is None else self.ema_decay)
             return replace(config, integer_nonlinearities=self.integer_nonlinearities)
         if self.method == "dq":
             return dynamic_config(8)
+        if self.method == "ipq":
+            return q8bert_config(8) if self.centroid_bits else None
         if self.method == "directq":
             return qbert_config(self.weight_bits, groups=self.groups, observer="dynamic", percentile=self.percentile)
         if self.method == "qbert":
@@ -272,6 +294,7 @@ class RunSpec:
         patterns = {
             "fp32": "fp32(?P<ft>-ft)?", "dq": "dq", "directq": rf"directq-w(?P<w>\d)(?:-p(?P<p>{number}))?",
             "qat": rf"qat(?:-ema(?P<ema>{number}))?(?P<kd>-kdh?)?(?P<int>-int)?(?P<ft>-ft)?",
+            "ipq": r"ipq-k(?P<k>\d+)(?P<c8>-int8)?(?P<ft>-ft)",
             "qbert": rf"qbert-w(?P<w>\d)e(?P<e>\d)(?P<g>-per-row|-g\d+)?(?:-p(?P<p>{number}))?"
                      rf"(?P<mp>-mp[\d-]+)?(?:-qn(?P<qn>{number}))?(?P<kd>-kdh?)?(?P<int>-int)?(?P<ft>-ft)?",
         }
@@ -281,7 +304,7 @@ class RunSpec:
                 break
         else:
             raise ValueError(f"unknown result label {label!r}; allowed: fp32, dq, directq-w<b>[-p<p>], "
-                             "qat[-ema<d>][-kd|-kdh][-int][-ft], "
+                             "qat[-ema<d>][-kd|-kdh][-int][-ft], ipq-k<k>[-int8]-ft, "
                              "qbert-w<b>e<b>[-g<G>|-per-row][-p<p>][-mp<bits>][-qn<p>][-kd|-kdh][-int][-ft]")
         parsed: dict[str, Any] = {}
         found = match.groupdict()
@@ -289,6 +312,8 @@ class RunSpec:
             parsed = {"weight_bits": int(found["w"]), "percentile": float(found["p"]) if found["p"] else None}
         elif method == "qat":
             parsed = {"ema_decay": float(found["ema"]) if found["ema"] else None}
+        elif method == "ipq":
+            parsed = {"centroids": int(found["k"]), "centroid_bits": 8 if found["c8"] else None}
         elif method == "qbert":
             grouping = found["g"]
             parsed = {"weight_bits": int(found["w"]), "embedding_bits": int(found["e"]),
@@ -327,11 +352,13 @@ class RunSpec:
                  "distillation": params.get("distillation"),
                  "groups": params.get("groups"), "layer_bits": params.get("layer_bits") or {},
                  "percentile": params.get("percentile"), "ema_decay": params.get("ema_decay"),
-                 "noise_rate": params.get("noise_rate", 1.0), "init_from": params.get("init_from")}
+                 "noise_rate": params.get("noise_rate", 1.0), "init_from": params.get("init_from"),
+                 "centroids": params.get("centroids", 256), "centroid_bits": params.get("centroid_bits")}
         if trained != "fp32" or record["method"] == "fp32":  # the trained run itself: the knobs its method has
             applies = {"fp32": ("init_from",),
                        "qat": ("ema_decay", "integer_nonlinearities", "distillation", "init_from"),
-                       "qbert": tuple(knobs)}[trained]
+                       "qbert": tuple(k for k in knobs if k not in ("centroids", "centroid_bits")),
+                       "ipq": ("centroids", "centroid_bits", "init_from")}[trained]
             return cls(record["task"], trained, record["seed"], **{k: knobs[k] for k in applies}, protocol=protocol)
         # a post-training row of an fp32 run: its label says which; DirectQ's groups are the run's
         groups = {"groups": params.get("groups")} if record["method"].startswith("directq") else {}
@@ -356,5 +383,6 @@ class _FrozenBits(dict):
         return (_FrozenBits, (dict(self),))
 
 
-PAPERS = ("FP32", "Q8BERT (DQ)", "Q8BERT (QAT)", "Q-BERT (DirectQ)", "Q-BERT", "Q-BERT_MP", "Quant-Noise")
+PAPERS = ("FP32", "Q8BERT (DQ)", "Q8BERT (QAT)", "Q-BERT (DirectQ)", "Q-BERT", "Q-BERT_MP", "Quant-Noise",
+          "Quant-Noise (iPQ)")
 """Every value ``RunSpec.paper`` gives, in a fixed order (for legends and colours)."""

@@ -183,3 +183,28 @@ def test_a_seeded_qat_run_is_deterministic(glue_dir, tiny_model_dir, tmp_path):
                      results_dir=tmp_path / "c", checkpoint_dir=tmp_path / "c", progress=False)[0]
     other_weights = load_file(tmp_path / "c" / "sst2" / "qat-seed4.safetensors")
     assert any(not torch.equal(first_weights[k], other_weights[k]) for k in first_weights)  # the seed matters
+
+
+def test_an_ipq_run_quantizes_in_stages_from_its_fp32_model_and_keeps_a_loadable_file(glue_dir, tiny_model_dir,
+                                                                                      tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    from qlib import convert_bert, q8bert_config
+    from qlib.checkpoint import load_quantized, save_float
+    from qlib.convert import find_bert
+    from qlib.pq_modules import IPQ_STAGES, PQEmbedding, PQLinear, product_quantize
+
+    start = save_float(AutoModelForSequenceClassification.from_pretrained(tiny_model_dir), tmp_path / "fp32.st")
+    records = run(tiny_model_dir, tmp_path, "ipq", centroids=16, centroid_bits=8, init_from=start,
+                  checkpoint_dir=tmp_path / "ckpt")
+    record = records[0]
+    assert record["method"] == "ipq-k16-int8-ft" and record["params"]["centroids"] == 16
+    assert list(record["train"]["stages"]) == list(IPQ_STAGES)
+    assert 0.0 <= record["metrics"]["accuracy"] <= 1.0
+    assert RunSpec.from_record(record) == RunSpec("sst2", "ipq", centroids=16, centroid_bits=8, init_from=str(start),
+                                                  protocol=RunSpec.from_record(record).protocol)
+    model = convert_bert(AutoModelForSequenceClassification.from_pretrained(tiny_model_dir), q8bert_config())
+    for stage in IPQ_STAGES:
+        product_quantize(find_bert(model), stage, 16, centroid_bits=8, iterations=1)
+    load_quantized(model, tmp_path / "ckpt" / "sst2" / "ipq-k16-int8-ft-seed0.safetensors")
+    assert sum(isinstance(m, (PQLinear, PQEmbedding)) for m in model.modules()) > 0

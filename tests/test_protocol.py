@@ -128,6 +128,15 @@ def test_quant_noise_jobs_start_from_the_baselines_the_protocol_keeps(swept):
     assert {j.spec.init_from for j in jobs} == kept
 
 
+def test_ipq_jobs_quantize_their_seeds_baseline_in_float_and_with_int8(swept):
+    from qlib.protocol import IPQ_TASKS, ipq_jobs
+
+    jobs = ipq_jobs("ckpt", seeds=(0, 1), results=swept)
+    assert {j.spec.label for j in jobs} == {"ipq-k256-ft", "ipq-k256-int8-ft"} and len(jobs) == 2 * 2 * len(IPQ_TASKS)
+    assert all(j.experiment == "quant-noise" and j.needs == (f"qbert/{j.spec.task}/fp32-seed{j.spec.seed}",)
+               and j.spec.init_from == str(fp32_checkpoint("ckpt", j.spec.task, j.spec.seed)) for j in jobs)
+
+
 def test_each_task_takes_its_mp_bits_from_its_own_spectrum(tmp_path, swept):
     reversed_spectrum = {"blocks": {name: {"omega": -b["omega"]} for name, b in SPECTRUM["blocks"].items()}}
     _, qb_main, _ = qbert_jobs(["sst2", "cola"], "ckpt", {"sst2": SPECTRUM, "cola": reversed_spectrum}, seeds=(0,),

@@ -35,6 +35,9 @@ specs = st.one_of(
               integer_nonlinearities=st.booleans(),
               init_from=st.sampled_from([None, FROM_CHECKPOINT]),
               protocol=st.builds(TrainingProtocol, epochs=st.integers(1, 6), lr=st.sampled_from([2e-5, 5e-5]))),
+    st.builds(RunSpec, task=st.just("sst2"), method=st.just("ipq"), seed=st.integers(0, 9),
+              centroids=st.sampled_from([16, 256]), centroid_bits=st.sampled_from([None, 8]),
+              init_from=st.just(FROM_CHECKPOINT)),
 )
 
 
@@ -50,7 +53,7 @@ def test_a_label_reads_back_as_the_run_it_names(spec):
     assert hash(pickle.loads(pickle.dumps(spec))) == hash(spec)
     assert spec.result_path("r") == Path("r") / spec.task / f"{spec.label}-seed{spec.seed}.json"
     assert spec.paper in PAPERS
-    assert (spec.quant_config() is None) == (spec.method == "fp32")
+    assert (spec.quant_config() is None) == (spec.method == "fp32" or spec.method == "ipq" and not spec.centroid_bits)
 
 
 def test_every_committed_result_reads_back_as_the_spec_its_file_is_named_by():
@@ -75,6 +78,15 @@ def test_labels_of_the_papers_rows():
     assert mixed.label == "qbert-w2e8-g12-mp2-4" and mixed.paper == "Q-BERT_MP"
     noisy = RunSpec("sst2", "qbert", weight_bits=2, groups=12, percentile=99.9, noise_rate=0.5, init_from="x")
     assert noisy.label == "qbert-w2e8-g12-p99.9-qn0.5-ft" and noisy.paper == "Quant-Noise"
+    ipq = RunSpec("sst2", "ipq", centroid_bits=8, init_from="x")
+    assert ipq.label == "ipq-k256-int8-ft" and ipq.paper == "Quant-Noise (iPQ)"
+    assert ipq.quant_config().default.activation.bits == 8
+    with pytest.raises(ValueError, match="ipq quantizes a trained model: give init_from"):
+        RunSpec("sst2", "ipq")
+    with pytest.raises(ValueError, match="centroids must be an integer k in 2..256, got 300"):
+        RunSpec("sst2", "ipq", centroids=300, init_from="x")
+    with pytest.raises(ValueError, match="centroids=16 is not a knob of method 'qat'"):
+        RunSpec("sst2", "qat", centroids=16)
     assert [RunSpec("sst2", m).paper for m in ("fp32", "dq", "qat", "qbert")] == [
         "FP32", "Q8BERT (DQ)", "Q8BERT (QAT)", "Q-BERT"]
 
