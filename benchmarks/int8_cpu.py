@@ -4,8 +4,8 @@ Variants (``VARIANTS``, each built by its own function; one that cannot run here
 FP32 eager; torch.ao dynamic int8; ONNX Runtime dynamic int8 and static QDQ int8 (calibrated); PyTorch's
 maintained int8 route (PT2E with torchao's X86 Inductor quantizer, ``torch.compile``); torch bf16 (CPUs with
 AVX-512 BF16 or AMX); OpenVINO bf16 and OpenVINO int8 (NNCF post-training quantization); qbook int8
-(``qlib.int8.to_int8``: 8-bit inputs where the CPU computes them exactly, else 7-bit), with its attention
-products in bf16 where the CPU has bf16; and qbook's QDQ export (``qlib.onnx_export``, the learned scales)
+(``qlib.int8.to_int8``: 8-bit inputs where the CPU computes them exactly, else 7-bit), eager and compiled whole by
+Inductor, the compiled one also with its attention products in bf16 where the CPU has bf16; and qbook's QDQ export (``qlib.onnx_export``, the learned scales)
 run by ONNX Runtime and by OpenVINO. Post-training peers calibrate on ``CALIBRATION``, none of which is timed.
 
     python benchmarks/int8_cpu.py [--threads 2] [--repeats 7] [--out results/benchmarks/int8_cpu-<class>-<time>.json]
@@ -46,9 +46,10 @@ from qlib.int8 import exact_input_bits, to_int8  # noqa: E402
 from qlib.onnx_export import export_onnx  # noqa: E402
 from qlib.models import DEFAULT_MODEL, load_classifier  # noqa: E402
 from qlib.results import provenance, write_json  # noqa: E402
-from qlib.speed import TARGETS  # noqa: E402
+from qlib.speed import QBOOK_ROUTES, TARGETS  # noqa: E402
 
-TORCH_VARIANTS = ("fp32", "ao_dynamic", "torch_bf16", "pt2e_inductor", "qbook_int8", "qbook_int8_bf16_attention")
+TORCH_VARIANTS = ("fp32", "ao_dynamic", "torch_bf16", "pt2e_inductor", "qbook_int8", "qbook_int8_compiled",
+                  "qbook_int8_compiled_bf16_attention")
 """The variants that run inside PyTorch, so its profiler can split their time."""
 CALIBRATION = ((2, 128), (3, 64), (4, 96), (6, 128))  # post-training peers' calibration inputs: none is timed
 
@@ -197,7 +198,6 @@ def pt2e_inductor(setup: Setup) -> Callable:
         from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as x86
     except ImportError as err:
         raise Skip(f"torchao not installed ({err}); pip install -e '.[bench]'") from None
-    import torch._dynamo.config
     import torch._inductor.config
 
     batch, seq = torch.export.Dim("batch", max=64), torch.export.Dim("seq", max=512)
@@ -209,7 +209,6 @@ def pt2e_inductor(setup: Setup) -> Callable:
     for batch in setup.calibration:
         prepared(**batch)
     torch._inductor.config.freezing = True
-    torch._dynamo.config.recompile_limit = 64  # one compiled graph per (batch, seq) point of the sweep
     compiled = torch.compile(convert_pt2e(prepared), dynamic=False)
     return lambda b: compiled(**b)
 
@@ -252,10 +251,17 @@ def qbook_int8(setup: Setup) -> Callable:
     return lambda b: real(**b)
 
 
-def qbook_int8_bf16_attention(setup: Setup) -> Callable:
+def qbook_int8_compiled(setup: Setup) -> Callable:
+    """qbook int8 compiled whole by Inductor (``to_int8(..., compile=True)``)."""
+    compiled = to_int8(setup.fake, compile=True)
+    return lambda b: compiled(**b)
+
+
+def qbook_int8_compiled_bf16_attention(setup: Setup) -> Callable:
+    """The same, with the attention products in bf16 (CPUs with native bf16 only)."""
     needs_bf16()
-    real = to_int8(setup.fake, attention_dtype=torch.bfloat16)
-    return lambda b: real(**b)
+    compiled = to_int8(setup.fake, attention_dtype=torch.bfloat16, compile=True)
+    return lambda b: compiled(**b)
 
 
 def qbook_qdq_export(setup: Setup) -> Path:
@@ -281,7 +287,8 @@ def qbook_qdq_openvino(setup: Setup) -> Callable:
 VARIANTS: dict[str, Callable[[Setup], Callable]] = {
     "fp32": fp32, "ao_dynamic": ao_dynamic, "ort_int8": ort_int8, "ort_qdq_static": ort_qdq_static,
     "pt2e_inductor": pt2e_inductor, "torch_bf16": torch_bf16, "openvino_bf16": openvino_bf16,
-    "openvino_int8": openvino_int8, "qbook_int8": qbook_int8, "qbook_int8_bf16_attention": qbook_int8_bf16_attention,
+    "openvino_int8": openvino_int8, "qbook_int8": qbook_int8, "qbook_int8_compiled": qbook_int8_compiled,
+    "qbook_int8_compiled_bf16_attention": qbook_int8_compiled_bf16_attention,
     "qbook_qdq_ort": qbook_qdq_ort, "qbook_qdq_openvino": qbook_qdq_openvino,
 }
 
@@ -449,14 +456,13 @@ def achieved(model: torch.nn.Module, profile_ms: dict, latency: dict, tokens: in
 
 
 def print_verdicts(cpu: str, timing: dict) -> None:
-    if "qbook_int8" not in timing:
-        return
     targets = TARGETS.get(cpu, {})  # qlib.speed's: the chapter reads the same
-    for other in (name for name in timing if name != "qbook_int8"):
-        ratio = timing[other]["median_ms"] / timing["qbook_int8"]["median_ms"]
-        want = targets.get(other)
-        verdict = f" ({'meets' if ratio >= want else 'MISSES'} the {want}x target on {cpu})" if want else ""
-        print(f"  qbook int8 vs {other}: {ratio:.2f}x{verdict}")
+    for route in (r for r in QBOOK_ROUTES if r in timing):
+        for other in (name for name in timing if name not in QBOOK_ROUTES):
+            ratio = timing[other]["median_ms"] / timing[route]["median_ms"]
+            want = targets.get(other)
+            verdict = f" ({'meets' if ratio >= want else 'MISSES'} the {want}x target on {cpu})" if want else ""
+            print(f"  {route} vs {other}: {ratio:.2f}x{verdict}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -478,7 +484,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.repeats < 7:
         parser.error(f"--repeats must be at least 7 (medians of >= 7 runs), got {args.repeats}")
+    import torch._dynamo.config
+
     torch.set_num_threads(args.threads)
+    torch._dynamo.config.recompile_limit = 64  # compiled variants: one graph per (batch, seq) point of the sweep
     start = time.perf_counter()
     cpu = cpu_class()
     out = args.out or default_out(cpu)

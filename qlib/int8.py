@@ -111,11 +111,22 @@ def check_exportable(module: QuantLinear) -> float:
     return float(QuantGrid.from_range(lo, hi, 8, symmetric=True).scale)
 
 
-def quantize_input(x: torch.Tensor, scale: float, bits: int = 8) -> torch.Tensor:
+def float32_reciprocal(scale: float) -> float:
+    """1/Δ rounded to float32, as ``QuantGrid.quantize`` multiplies by it (a Python float: a constant when compiled)."""
+    return float(torch.tensor(1.0) / torch.tensor(scale, dtype=torch.float32))
+
+
+def quantize_input(x: torch.Tensor, scale: float, bits: int = 8, reciprocal: float | None = None) -> torch.Tensor:
     """uint8 codes ``clamp(round(x/Δ), -M, M) + 2^(bits-1)`` of ``x`` [...], M = 2^(bits-1) - 1 (Q8BERT's
     symmetric grid, shifted into oneDNN's unsigned input); with ``bits=8`` bit-identical to ``QuantGrid.quantize``
-    with the same float32 Δ = ``scale``."""
+    with the same float32 Δ = ``scale``. Under ``torch.compile`` it is written as plain ops, which Inductor fuses
+    into the kernel that produces x; ``reciprocal`` (``float32_reciprocal(scale)``, computed once beforehand) keeps
+    the compiled graph free of tensor-to-number conversions."""
     zero_point = input_zero_point(bits)
+    if torch.compiler.is_compiling():
+        reciprocal = float32_reciprocal(scale) if reciprocal is None else reciprocal
+        codes = torch.clamp(torch.round(x * reciprocal), 1 - zero_point, zero_point - 1)
+        return (codes + zero_point).to(torch.uint8)
     q = torch.quantize_per_tensor(x.contiguous(), scale, 0, torch.qint8)  # round(x·(1/Δ)), vectorized
     codes = torch.empty(0, dtype=torch.int8).set_(q.untyped_storage(), 0, q.shape, q.stride())
     # -M..M as uint8 bytes, plus the zero point modulo 256: 1..2·zero_point - 1
@@ -139,6 +150,7 @@ class Int8Linear(nn.Module):
         self.out_features, self.in_features = codes.shape
         self.x_scale, self.out_scale = x_scale, out_scale
         self.input_bits, self.zero_point = input_bits, input_zero_point(input_bits)
+        self.x_reciprocal = float32_reciprocal(x_scale)
         self.activation, self.gelu_algorithm = activation or "none", gelu_algorithm if activation else ""
         self.register_buffer("w_scale", w_scale.to(torch.float32).contiguous())
         self.register_buffer("w_zero_point", torch.zeros(self.out_features, dtype=torch.long))
@@ -166,7 +178,7 @@ class Int8Linear(nn.Module):
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         if x.dtype != torch.uint8:
             with torch.profiler.record_function("qlib::quantize_input"):  # its own line in a profile
-                x = quantize_input(x, self.x_scale, self.input_bits)
+                x = quantize_input(x, self.x_scale, self.input_bits, self.x_reciprocal)
         codes = x.reshape(-1, self.in_features)
         quantized_output = self.out_scale is not None
         out_scale, out_zero_point = (self.out_scale, self.zero_point) if quantized_output else (1.0, 0)
@@ -288,7 +300,7 @@ ATTENTION_DTYPES = (torch.float32, torch.bfloat16)
 
 
 def to_int8(model: nn.Module, input_bits: int | None = None,
-            attention_dtype: torch.dtype = torch.float32) -> nn.Module:
+            attention_dtype: torch.dtype = torch.float32, compile: bool = False) -> nn.Module:
     """A copy of the converted, trained (or calibrated) ``model`` running on int8 kernels, in eval mode.
 
     Args:
@@ -299,6 +311,7 @@ def to_int8(model: nn.Module, input_bits: int | None = None,
             ``None`` picks 8 where this CPU computes it exactly, else 7.
         attention_dtype: the dtype of the attention products (Q·Kᵀ, softmax, ·V): ``torch.float32`` (the
             fake-quantized model's) or ``torch.bfloat16``.
+        compile: return it compiled whole by Inductor (``CompiledInt8``), for inference.
     """
     layers = list(quantized_modules(model))
     if not layers:
@@ -331,7 +344,26 @@ def to_int8(model: nn.Module, input_bits: int | None = None,
             else Int8Embedding(module)
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, child, new)
-    return model
+    return CompiledInt8(model) if compile else model
+
+
+class CompiledInt8(nn.Module):
+    """A ``to_int8`` model compiled whole by Inductor, for inference (call it under ``torch.no_grad`` or
+    ``torch.inference_mode``): freezing makes the packed weights and scales constants, so the int8 GEMMs stay
+    oneDNN's, with their fused post-ops; each input's quantization (``quantize_input``, plain ops when compiled)
+    fuses into the kernel that produces it (LayerNorm, the attention output); and the C++ wrapper calls the
+    kernels without Python in between, which is most of the time at batch 1. One graph is compiled per input
+    shape (``dynamic=False``), on its first call, with those two Inductor settings in force for that call only.
+    The arithmetic is the eager model's but for the order of float operations Inductor picks."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.compiled = torch.compile(model, dynamic=False)
+
+    def forward(self, *args, **kwargs):
+        with torch._inductor.config.patch(freezing=True, cpp_wrapper=True):
+            return self.compiled(*args, **kwargs)
 
 
 def int8_gemm_error(weight_bits: int, k: int = 64, seed: int = 0, input_bits: int = 8) -> float:

@@ -19,6 +19,10 @@ TARGETS: dict[str, dict[str, float]] = {
 """qbook int8's speed-up wanted over each variant, per CPU class (issue 21: BERT-base shape, sequence 128, batch 1
 and 8, ratios of medians from one run of the benchmark, 2 threads, quiet CPU)."""
 
+QBOOK_ROUTES = ("qbook_int8", "qbook_int8_compiled", "qbook_int8_compiled_bf16_attention")
+"""qbook's own int8 routes in the benchmark: eager, compiled whole by Inductor, and compiled with bf16 attention
+(``qlib.int8.to_int8``'s ``compile`` and ``attention_dtype``)."""
+
 
 def run_class(run: dict[str, Any]) -> str:
     """A benchmark run's CPU class: recorded by the run, else read from its provenance's ISA features."""
@@ -62,20 +66,21 @@ def classes_side_by_side(runs: dict[str, dict[str, Any]], shape: str = "bert-bas
 
 
 def verdicts(runs: dict[str, dict[str, Any]], shape: str = "bert-base", seq: int = 128) -> pd.DataFrame:
-    """Per CPU class and batch, qbook int8's speed-up over each variant its class has a target for, the target,
-    and whether the run meets it (ratios of medians measured side by side in that run)."""
+    """Per CPU class, batch and qbook route (``QBOOK_ROUTES``), its speed-up over each variant its class has a
+    target for, the target, and whether the run meets it (ratios of medians measured side by side in that run)."""
     rows = []
     table = classes_side_by_side(runs, shape, seq)
     for (cls, batch), ms in table.iterrows():
-        for other, want in TARGETS.get(cls, {}).items():
-            if "qbook_int8" in ms and other in ms and pd.notna(ms[other]) and pd.notna(ms["qbook_int8"]):
-                ratio = ms[other] / ms["qbook_int8"]
-                rows.append({"CPU class": cls, "batch": batch, "qbook int8 vs": other, "speed-up": ratio,
-                             "target": want, "verdict": "meets" if ratio >= want else "misses"})
-    return pd.DataFrame(rows, columns=["CPU class", "batch", "qbook int8 vs", "speed-up", "target", "verdict"])
+        for route in (r for r in QBOOK_ROUTES if r in ms and pd.notna(ms[r])):
+            for other, want in TARGETS.get(cls, {}).items():
+                if other in ms and pd.notna(ms[other]):
+                    ratio = ms[other] / ms[route]
+                    rows.append({"CPU class": cls, "batch": batch, "qbook route": route, "vs": other,
+                                 "speed-up": ratio, "target": want, "verdict": "meets" if ratio >= want else "misses"})
+    return pd.DataFrame(rows, columns=["CPU class", "batch", "qbook route", "vs", "speed-up", "target", "verdict"])
 
 
-PROFILED = ("qbook_int8", "qbook_int8_bf16_attention", "pt2e_inductor")
+PROFILED = QBOOK_ROUTES + ("qbook_int8_bf16_attention", "pt2e_inductor")
 
 
 def limits(runs: dict[str, dict[str, Any]], variants: tuple[str, ...] = PROFILED) -> pd.DataFrame:
@@ -130,7 +135,7 @@ def profiles(runs: dict[str, dict[str, Any]], shape: str = "bert-base") -> pd.Da
     return pd.concat(frames, names=["CPU class", "variant"]) if frames else pd.DataFrame()
 
 
-INT8_VARIANTS = ("qbook_int8", "qbook_int8_bf16_attention", "pt2e_inductor", "openvino_int8", "ort_int8",
+INT8_VARIANTS = QBOOK_ROUTES + ("qbook_int8_bf16_attention", "pt2e_inductor", "openvino_int8", "ort_int8",
                  "ort_qdq_static", "ao_dynamic")
 
 

@@ -213,3 +213,18 @@ def test_quantize_input_is_bit_identical_to_the_grid(rows, cols, spread, narrow,
     grid7 = QuantGrid.from_range(-x.abs().max() * narrow, x.abs().max() * narrow, 7, symmetric=True)
     codes7 = quantize_input(x, float(grid7.scale), bits=7)
     assert torch.equal(codes7.to(torch.int16) - input_zero_point(7), grid7.quantize(x).to(torch.int16))
+
+
+@needs_vnni
+@pytest.mark.slow
+def test_the_compiled_int8_model_is_one_graph_and_agrees(tiny_bert):
+    from qlib.int8 import CompiledInt8
+
+    fake = trained(convert_bert(tiny_bert, q8bert_config()))
+    explained = torch._dynamo.explain(to_int8(fake))(input_ids=torch.randint(5, 64, (2, 8)))
+    assert explained.graph_break_count == 0  # the input quantization is plain ops when compiled
+    compiled = to_int8(fake, compile=True)
+    assert isinstance(compiled, CompiledInt8)
+    ids = torch.randint(5, 64, (3, 10), generator=torch.Generator().manual_seed(5))
+    with torch.inference_mode():
+        torch.testing.assert_close(compiled(input_ids=ids).logits, fake(input_ids=ids).logits, atol=1e-3, rtol=0)

@@ -33,12 +33,14 @@ def setup(tmp_path, monkeypatch):
 
 
 def test_torch_variants_build_and_agree(setup):
-    runs, skipped = int8_cpu.variants(setup, ["fp32", "ao_dynamic", "qbook_int8"])
-    assert set(runs) | set(skipped) == {"fp32", "ao_dynamic", "qbook_int8"}
+    names = ["fp32", "ao_dynamic", "qbook_int8", "qbook_int8_compiled"]
+    runs, skipped = int8_cpu.variants(setup, names)
+    assert set(runs) | set(skipped) == set(names)
     agreement = int8_cpu.agreement(runs, setup, tiny_inputs(4, 16))
     assert agreement["fp32"]["max_abs_diff_vs_fp32"] == 0.0
     if "qbook_int8" in runs:
         assert agreement["qbook_int8"]["max_abs_diff_vs_fake_quantized"] < 0.05
+        assert agreement["qbook_int8_compiled"]["max_abs_diff_vs_fake_quantized"] < 0.05
         assert setup.sizes["qbook_int8_safetensors"] < setup.sizes["fp32_safetensors"]
 
 
