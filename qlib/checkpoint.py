@@ -28,8 +28,8 @@ from torch import nn
 
 from qlib.atomic import atomic_write
 from qlib.config import BertQuantConfig
-from qlib.convert import convert_bert, quantized_modules
-from qlib.pq_modules import PQEmbedding, PQLinear
+from qlib.convert import convert_bert, find_bert, quantized_modules
+from qlib.pq_modules import IPQ_STAGES, PQEmbedding, PQLinear, product_quantize
 from qlib.weight_quantizer import WeightQuantizer
 
 FORMAT = "qbook-packed-v2"
@@ -236,15 +236,27 @@ def _itemsize(dtype: str) -> int:
 
 
 def size_mb(model: nn.Module, config: BertQuantConfig | None, folder: str | os.PathLike,
-            float_dtype: torch.dtype = torch.float32) -> dict[str, float]:
-    """Measured size (MB) of ``model`` saved in FP32 (``config=None``) or bit-packed after conversion with
-    ``config`` (the model itself is not changed; ``float_dtype`` as in ``save_quantized``): the whole file, its
-    embedding tables, everything else, and the integer codes within everything else."""
+            float_dtype: torch.dtype = torch.float32, ipq_centroids: int | None = None,
+            ipq_centroid_bits: int | None = None) -> dict[str, float]:
+    """Measured size (MB) of ``model`` saved in FP32 (``config=None`` and no iPQ) or bit-packed after conversion
+    with ``config`` (the model itself is not changed; ``float_dtype`` as in ``save_quantized``): the whole file, its
+    embedding tables, everything else, and the integer codes within everything else.
+
+    With ``ipq_centroids`` k, every iPQ stage is applied after the conversion (``qlib.pq_modules.product_quantize``,
+    ``ipq_centroid_bits`` for its centroids): the file of an iPQ run, whose size depends on the shapes only (one
+    k-means iteration is enough to measure it)."""
     folder = Path(folder)
-    if config is None:
+    if config is None and ipq_centroids is None:
         path = save_float(model, folder / "fp32.safetensors")
     else:
-        path = save_quantized(convert_bert(copy.deepcopy(model), config), folder / "packed.safetensors", float_dtype)
+        converted = copy.deepcopy(model)
+        if config is not None:
+            convert_bert(converted, config)
+        if ipq_centroids is not None:
+            for stage in IPQ_STAGES:
+                product_quantize(find_bert(converted), stage, ipq_centroids, iterations=1,
+                                 centroid_bits=ipq_centroid_bits)
+        path = save_quantized(converted, folder / "packed.safetensors", float_dtype)
     sizes = checkpoint_sizes(path)
     path.unlink()
     return {"file_mb": sizes["file"] / 1e6, "embedding_mb": sizes["embeddings"] / 1e6,

@@ -67,7 +67,7 @@ def kmeans_plus_plus(blocks: torch.Tensor, k: int, generator: torch.Generator) -
 def _split_into(blocks: torch.Tensor, centroids: torch.Tensor, assignments: torch.Tensor, counts: torch.Tensor,
                 empty: int) -> torch.Tensor:
     """Give the empty cluster ``empty`` half of the most populated cluster that can be split (its centroid copied
-    ±ε, ε = 1e-8·(1 + |c|), its blocks reassigned between the two), in place on ``centroids``; the new
+    ±ε, ε = 1e-8·(1 + ``|c|``), its blocks reassigned between the two), in place on ``centroids``; the new
     assignments. Raises ``ValueError`` when no cluster holds two distinct blocks."""
     for largest in torch.argsort(counts, descending=True, stable=True).tolist():
         if counts[largest] < 2:
@@ -90,7 +90,7 @@ def kmeans(blocks: torch.Tensor, k: int, iterations: int = 20, seed: int = 0) ->
     """k-means by EM: centroids start by k-means++ seeding (fairseq starts from random blocks, which leaves more
     clusters merged in a poor local optimum); each iteration assigns every block to its nearest centroid (E) and
     moves each centroid to the mean of its blocks (M). A cluster left empty takes half of the most populated one:
-    its centroid is copied with a small perturbation (±ε, ε = 1e-8·(1 + |c|)), as fairseq does.
+    its centroid is copied with a small perturbation (±ε, ε = 1e-8·(1 + ``|c|``)), as fairseq does.
 
     Args:
         blocks: the n subvectors, [n, d].

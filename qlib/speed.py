@@ -25,8 +25,14 @@ QBOOK_ROUTES = ("qbook_int8", "qbook_int8_compiled", "qbook_int8_compiled_bf16_a
 
 
 def run_class(run: dict[str, Any]) -> str:
-    """A benchmark run's CPU class: recorded by the run, else read from its provenance's ISA features."""
-    return run.get("cpu", {}).get("class") or cpu_class(run["provenance"]["machine"].get("cpu_features") or ())
+    """A benchmark run's CPU class: recorded by the run, else read from its provenance's ISA features; the first
+    runs recorded neither, only whether the CPU had VNNI: on an AMD CPU (no AMX in any EPYC so far) that is the
+    AVX-512 VNNI class, elsewhere it stays unknown ("")."""
+    machine = run["provenance"]["machine"]
+    if run.get("cpu", {}).get("class") or machine.get("cpu_features"):
+        return run.get("cpu", {}).get("class") or cpu_class(machine["cpu_features"])
+    vnni_amd = run.get("cpu", {}).get("vnni") and "AMD" in machine.get("cpu", "")
+    return "AVX-512 VNNI" if vnni_amd else ""
 
 
 def benchmark_runs(folder: str | Path, pattern: str = "int8_cpu*.json") -> list[dict[str, Any]]:
@@ -104,7 +110,7 @@ def limits(runs: dict[str, dict[str, Any]], variants: tuple[str, ...] = PROFILED
 
 
 def agreement(run: dict[str, Any], shape: str = "bert-base") -> pd.DataFrame:
-    """Each variant's max |Δlogit| and class agreement against the fake-quantized model and FP32, as the run
+    """Each variant's max ``|Δlogit|`` and class agreement against the fake-quantized model and FP32, as the run
     measured them on one batch of random tokens."""
     return pd.DataFrame(run["shapes"][shape].get("agreement", {})).T
 
@@ -124,13 +130,15 @@ def runs_at_point(runs: list[dict[str, Any]], batch: int = 8, seq: int = 128, sh
         rows[f"{Path(run['path']).stem} ({run['provenance']['date'][:16]})"] = {
             "CPU class": run["class"] or "not recorded", "FP32 ms": ms.get("fp32"), "qbook int8 ms": ms["qbook_int8"],
             **ratios, "load avg (1 min)": run["provenance"]["machine"].get("load_avg_1_5_15_min", [None])[0]}
-    return pd.DataFrame(rows).T
+    return pd.DataFrame.from_dict(rows, orient="index")
 
 
 def profiles(runs: dict[str, dict[str, Any]], shape: str = "bert-base") -> pd.DataFrame:
     """ms per forward by kind of work (GEMM, attention, LayerNorm, input quantization, rest, total) of every
-    profiled variant, one row per (CPU class, variant)."""
+    profiled variant, one row per (CPU class, variant). Variants whose profile saw no GEMM are left out: a graph
+    compiled with Inductor's C++ wrapper runs its kernels where PyTorch's profiler does not see them one by one."""
     frames = {cls: pd.DataFrame(run["shapes"][shape].get("profile_ms", {})).T for cls, run in runs.items()}
+    frames = {cls: f[f["GEMM"] > 0] if "GEMM" in f else f for cls, f in frames.items()}
     frames = {cls: f for cls, f in frames.items() if not f.empty}
     return pd.concat(frames, names=["CPU class", "variant"]) if frames else pd.DataFrame()
 

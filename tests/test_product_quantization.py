@@ -199,3 +199,15 @@ def test_pq_layers_have_no_int8_kernel_or_onnx_form(ipq_model):
         to_int8(model)
     with pytest.raises(ValueError, match="product-quantized"):
         to_qdq(model)
+
+
+def test_an_ipq_file_is_a_small_share_of_fp32_and_measured_without_training(tmp_path):
+    from qlib.checkpoint import size_mb
+
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(tiny_config(hidden_size=64, intermediate_size=256, vocab_size=512)).eval()
+    fp32 = size_mb(model, None, tmp_path)["file_mb"]
+    ipq = size_mb(model, q8bert_config(), tmp_path, torch.float16, ipq_centroids=16, ipq_centroid_bits=8)
+    plain = size_mb(model, q8bert_config(), tmp_path)["file_mb"]
+    assert ipq["file_mb"] < plain < fp32
+    assert not list(tmp_path.iterdir())  # measured files are removed

@@ -32,6 +32,14 @@ def folder(tmp_path):
     return tmp_path
 
 
+def test_the_first_runs_class_comes_from_what_they_recorded():
+    from qlib.speed import run_class
+
+    first = {"cpu": {"vnni": True}, "provenance": {"machine": {"cpu": "AMD EPYC"}}}
+    assert run_class(first) == "AVX-512 VNNI"
+    assert run_class(first | {"provenance": {"machine": {"cpu": "Intel(R) Xeon(R)"}}}) == ""  # AMX or not: unknown
+
+
 def test_runs_are_read_oldest_first_with_their_class(folder):
     runs = benchmark_runs(folder)
     assert [r["class"] for r in runs] == ["AVX-512 VNNI", "AMX", "AMX"]  # an old run's class from its features
