@@ -228,3 +228,17 @@ def test_the_compiled_int8_model_is_one_graph_and_agrees(tiny_bert):
     ids = torch.randint(5, 64, (3, 10), generator=torch.Generator().manual_seed(5))
     with torch.inference_mode():
         torch.testing.assert_close(compiled(input_ids=ids).logits, fake(input_ids=ids).logits, atol=1e-3, rtol=0)
+
+
+@pytest.mark.slow
+def test_compiled_input_quantization_gives_the_eager_codes():
+    from qlib.int8 import float32_reciprocal
+
+    x = torch.randn(64, 48, generator=torch.Generator().manual_seed(2)) * 3
+    scale = float(QuantGrid.from_range(-x.abs().max() * 0.5, x.abs().max() * 0.5, 8, symmetric=True).scale)
+    x[0] = (torch.round(x[0] / scale) + 0.5) * scale  # exact ties, where rounding rules differ
+    reciprocal = float32_reciprocal(scale)
+    for bits in (8, 7):
+        compiled = torch.compile(lambda t, b=bits: quantize_input(t, scale, b, reciprocal), dynamic=False,
+                                 fullgraph=True)
+        assert torch.equal(compiled(x), quantize_input(x, scale, bits))
