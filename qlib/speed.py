@@ -198,4 +198,4 @@ def int8_agreement_table(paths: list[str | Path]) -> tuple[pd.DataFrame, list[di
                 "max |Δlogit|": r["max_abs_logit_diff"], "mean |Δlogit|": r["mean_abs_logit_diff"],
                 "same prediction %": 100 * r["same_prediction"], "CPU": a["provenance"]["machine"]["cpu"],
                 "commit": (a["provenance"]["git_commit"] or "")[:8]}
-    return pd.DataFrame(rows).T, records
+    return pd.DataFrame.from_dict(rows, orient="index"), records
