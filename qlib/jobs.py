@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
+import dask
 import torch
 from distributed import Client, LocalCluster, as_completed, get_worker
 
@@ -188,8 +189,12 @@ def make_client(scheduler: str | None = None, workers: int | None = None, thread
     workers, threads = local_cluster_size(workers, threads)
     gpus = torch.cuda.device_count() if gpus is None else gpus
     resources = {"GPU": max(1, gpus // workers)} if gpus else None
-    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
-                           resources=resources)
+    # No worker-ttl: a run paused with SIGSTOP (to give a benchmark a quiet CPU) stops the scheduler and its workers
+    # together, and on resume the scheduler would otherwise see no heartbeat for the whole pause, drop the worker
+    # and start its run again from the beginning.
+    with dask.config.set({"distributed.scheduler.worker-ttl": None}):
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                               resources=resources)
     return Client(cluster), threads
 
 

@@ -33,6 +33,8 @@ def test_a_local_cluster_runs_the_chain_names_the_failure_resumes_and_matches_th
     jobs = tiny_protocol_jobs(tiny_model_dir, tmp_path / "dask", tmp_path / "ckpt-dask")
     client, threads = make_client(workers=2, threads=1)
     lines: list[str] = []
+    # a worker is never dropped for missing heartbeats: a run paused with SIGSTOP resumes instead of restarting
+    assert client.cluster.scheduler.worker_ttl is None
     try:
         report = execute(jobs, client, threads, progress=lines.append)
         statuses = {o.name: o.status for o in report.outcomes}
