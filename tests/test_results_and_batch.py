@@ -9,7 +9,7 @@ import nbformat
 import pytest
 
 from qlib.batch import check_parameter_types, expand_grid, main, parameter_types, parse_value
-from qlib.results import code_state, provenance, read_json, read_results, write_json
+from qlib.results import provenance, read_json, read_results, write_json
 
 
 def test_write_is_atomic_and_leaves_nothing_behind_on_failure(tmp_path):
