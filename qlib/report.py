@@ -90,7 +90,8 @@ def protocol_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
          "train examples": r["train"]["train_examples"], "epochs": r["params"]["epochs"],
          "max tokens": r["params"]["max_length"], "batch": r["params"]["batch_size"], "lr": r["params"]["lr"],
          "G": r["params"].get("groups"), "device": r["provenance"]["machine"].get("device", "cpu"),
-         "CPU": r["provenance"]["machine"]["cpu"], "CPU class": cpu_class(r["provenance"]["machine"]),
+         "CPU": r["provenance"]["machine"]["cpu"],
+         "CPU class": cpu.cpu_class(r["provenance"]["machine"].get("cpu_features") or ()),  # "" before recorded
          "threads": r["provenance"]["machine"]["torch_threads"],
          "torch": r["provenance"]["versions"]["torch"], "commit": (r["provenance"]["git_commit"] or "")[:8],
          "examples/s": round(r["train"]["examples_per_s"], 1), "wall h": r["provenance"]["wall_time_s"] / 3600,
@@ -181,12 +182,6 @@ def data_caveat(records: Iterable[dict[str, Any]]) -> str:
             "official files land (see the notes under the protocol below, and `results/notes.toml`).")
 
 
-def cpu_class(machine: dict[str, Any]) -> str:
-    """The CPU class a result ran on, from its recorded ISA features: ``AMX``, ``AVX-512 VNNI``, ``AVX2``, or ""
-    for a result that predates their recording."""
-    return cpu.cpu_class(machine.get("cpu_features") or ())
-
-
 def constant_answer_scores(path: str | Path) -> dict[str, float]:
     """Each task's best constant answer (``qlib.metrics.constant_answer``) in percent of its main metric, read from
     the file ``benchmarks/constant_answer.py`` writes; {} when there is none, and the tables show no floor."""
@@ -214,6 +209,24 @@ def book_tables() -> None:
     shell = get_ipython()
     if shell is not None:
         shell.display_formatter.formatters["text/html"].for_type(pd.DataFrame, table_html)
+
+
+def show(*parts: Any) -> None:
+    """Display ``parts`` in order in a notebook: a string as Markdown, ``None`` not at all, a matplotlib figure as a
+    PNG (whether or not pyplot's inline backend is active), anything else (a table) as IPython displays it."""
+    import io
+
+    from IPython.display import Image, Markdown, display
+
+    for part in parts:
+        if isinstance(part, str):
+            display(Markdown(part))
+        elif hasattr(part, "savefig"):
+            png = io.BytesIO()
+            part.savefig(png, format="png", bbox_inches="tight")
+            display(Image(png.getvalue()))
+        elif part is not None:
+            display(part)
 
 
 def integer_kernel_errors(points: int = 2001, bits: int = 16) -> dict[str, pd.DataFrame]:

@@ -1,7 +1,8 @@
 """The README's main command builds the book: every chapter executes and its figures are in the HTML; and the built
 book, opened in headless Chromium at a 1280-pixel window as a reader would, has no element wider than its content
-column outside a scroll box of its own, no image that did not load, no "nan" or traceback in its text, and every
-page in its navigation. A screenshot of each page is kept under ``_build/screenshots`` for a person to look at."""
+column outside a scroll box of its own, no image that did not load, no formula left as raw TeX (MathJax ships with
+the build: the book reads offline), no "nan" or traceback in its text, and every page in its navigation. A
+screenshot of each page is kept under ``_build/screenshots`` for a person to look at."""
 
 from __future__ import annotations
 
@@ -56,6 +57,14 @@ def test_book_builds_offline_with_executed_chapters_and_figures(built_book):
     assert "Traceback" not in chapter
 
 
+# MathJax typesets after the page loads: wait for its startup promise (or go on at once where the page has none).
+MATH_TYPESET = """
+const done = arguments[arguments.length - 1];
+if (window.MathJax && MathJax.startup && MathJax.startup.promise) {
+  MathJax.startup.promise.then(() => done(true), () => done(false));
+} else { done(null); }
+"""
+
 PAGE_CHECK = """
 const column = document.querySelector('article.bd-article') || document.querySelector('main');
 const right = column.getBoundingClientRect().right + 2;
@@ -77,7 +86,11 @@ const broken = [...column.querySelectorAll('img')].filter(img => !img.complete |
   .map(img => img.getAttribute('src'));
 const nav = [...document.querySelectorAll('nav.bd-docs-nav a, .bd-sidebar-primary a')].map(a => a.href);
 const outputs = [...column.querySelectorAll('.cell_output')].map(o => o.innerText).join(' | ');
-return JSON.stringify({wide: wide.slice(0, 5), wideCount: wide.length, broken: broken, outputs: outputs, nav: nav});
+const rawMath = [...column.querySelectorAll('.math')].filter(m => !m.querySelector('mjx-container'))
+  .map(m => m.textContent.trim().slice(0, 40));
+const mathjax = [...document.scripts].map(s => s.src).filter(src => /mathjax/i.test(src));
+return JSON.stringify({wide: wide.slice(0, 5), wideCount: wide.length, broken: broken, outputs: outputs, nav: nav,
+                       rawMath: rawMath.slice(0, 3), rawMathCount: rawMath.length, mathjax: mathjax});
 """
 
 
@@ -96,6 +109,7 @@ def browser():
         options.add_argument(flag)
     driver = webdriver.Chrome(service=webdriver.ChromeService(executable_path=str(CHROMEDRIVER)), options=options)
     driver.set_page_load_timeout(60)
+    driver.set_script_timeout(30)
     yield driver
     driver.quit()
 
@@ -118,6 +132,7 @@ def test_every_page_reads_well_in_a_browser_at_1280_pixels(built_book, browser):
     pages = toc_pages()
     for page in pages:
         browser.get((built_book / page).as_uri())
+        browser.execute_async_script(MATH_TYPESET)
         found = json.loads(browser.execute_script(PAGE_CHECK))
         full_page(browser, SCREENSHOTS / (page.replace("/", "_").removesuffix(".html") + ".png"))
         if found["wideCount"]:
@@ -130,6 +145,11 @@ def test_every_page_reads_well_in_a_browser_at_1280_pixels(built_book, browser):
             if match:
                 text = found["outputs"][max(0, match.start() - 60):match.end() + 20]
                 problems.append(f"{page}: {what} in an output: …{text}…")
+        if found["rawMathCount"]:
+            problems.append(f"{page}: {found['rawMathCount']} formula(s) left as raw TeX, e.g. {found['rawMath']}")
+        remote = [src for src in found["mathjax"] if not src.startswith("file:")]
+        if remote:
+            problems.append(f"{page}: MathJax is loaded from the network, not the build: {remote}")
         listed = {Path(href.split("#")[0]).as_posix() for href in found["nav"]}
         missing = [p for p in pages if p != "intro.html" and not any(link.endswith(p) for link in listed)]
         if missing:

@@ -1,0 +1,118 @@
+"""The Q-BERT II chapter's tables from result files: each row's drop against FP32 on the same seeds, the margin kept
+over the constant answer, the verdicts (MP bound, rows below the floor, DirectQ 2/8's collapse), the measured sizes,
+and the group-wise ablation's spread; plus ``qlib.report.show``."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from qlib.qbert import main_table_rows
+from qlib.qbert_tables import group_ablation, main_table, main_tables, size_table
+from qlib.report import show
+
+TEMPLATE = Path(__file__).parents[1] / "results" / "qbert" / "sst2" / "fp32-seed0.json"
+
+
+def write_run(folder: Path, task: str, method: str, seed: int, accuracy: float) -> None:
+    """A result file as ``run`` writes it, from the committed SST-2 Baseline with its method, seed and score set."""
+    record = copy.deepcopy(json.loads(TEMPLATE.read_text()))
+    record.update(task=task, method=method, seed=seed, main_metric="accuracy", metrics={"accuracy": accuracy})
+    (folder / task).mkdir(parents=True, exist_ok=True)
+    (folder / task / f"{method}-seed{seed}.json").write_text(json.dumps(record))
+
+
+@pytest.fixture
+def results(tmp_path) -> Path:
+    if not TEMPLATE.is_file():
+        pytest.skip(f"the committed result {TEMPLATE} is the template of these files")
+    qbert = tmp_path / "results" / "qbert"
+    for seed, fp32 in ((0, 0.90), (1, 0.88)):
+        write_run(qbert, "sst2", "fp32", seed, fp32)
+        write_run(qbert, "sst2", "directq-w2-p99.9", seed, 0.52)  # 2 points above the constant answer
+        write_run(qbert, "sst2", "directq-w4-p99.9", seed, 0.45)  # below it
+    write_run(qbert, "sst2", "qbert-w3e8-g12-p99.9-ft", 0, 0.86)
+    write_run(qbert, "sst2", "qbert-w3e8-g1-p99.9-ft", 0, 0.84)
+    (tmp_path / "results" / "benchmarks").mkdir()
+    (tmp_path / "results" / "benchmarks" / "constant_answer.json").write_text(json.dumps({"tasks": {"sst2": {
+        "constant answer": {"accuracy": 0.50}, "dev examples": 872, "label counts": {"negative": 436, "positive": 436},
+        "metric": "accuracy"}}}))
+    return qbert
+
+
+@pytest.fixture
+def sizes() -> pd.DataFrame:
+    rows = main_table_rows(None, 12, "sst2")
+    return pd.DataFrame({"w-bits": [r["w_bits"] for r in rows.values()], "e-bits": [r["e_bits"] for r in rows.values()],
+                         "w/o embedding (MB)": 1.0, "embedding (MB)": 1.0}, index=list(rows))
+
+
+def test_each_row_gets_its_drop_on_the_same_seeds_its_margin_kept_and_the_verdicts(results, sizes):
+    floors = results.parent / "benchmarks" / "constant_answer.json"
+    table = main_table("sst2", main_table_rows(None, 12, "sst2"), sizes, results, floors)
+    assert table.metric == "accuracy"
+    row = table.table.loc["DirectQ 2/8"]
+    assert row["ours"].startswith("52.00") and row["drop vs FP32 (%)"] == f"{(89 - 52) / 89 * 100:+.2f}"
+    assert row["margin kept (%)"] == f"{(52 - 50) / (89 - 50) * 100:.0f}"
+    qbert3 = table.table.loc["Q-BERT 3/8"]  # seed 0 only: against seed 0's FP32 (90), not the mean over both
+    assert qbert3["drop vs FP32 (%)"] == f"{(90 - 86) / 90 * 100:+.2f}"
+    assert table.table.loc["Q-BERT 2/8", "ours"] == "not run" and table.table.loc["Q-BERT 2/8", "drop vs FP32 (%)"] == ""
+    said = "\n".join(table.verdicts)
+    assert "FP32 is 39.00 points above it" in said
+    assert "**Below the constant answer**: DirectQ 4/8" in said
+    assert "closer to the constant answer than to FP32: it collapses" in said
+    assert table.protocol is not None and list(table.protocol.index.names) == ["method", "seed"]
+    parts = table.parts()
+    assert parts[0] == "### SST2: dev accuracy (%)" and parts[1] is table.table
+
+
+def test_a_task_without_results_still_gets_its_rows_marked_not_run_but_other_tasks_need_results(results, sizes):
+    tables = main_tables(["cola", "sst2", "rte"], 12, sizes, results)
+    assert list(tables) == ["cola", "sst2"]  # rte has no results: left out; the chapter's own task never is
+    assert set(tables["cola"].table["ours"]) == {"not run"} and tables["cola"].protocol is None
+    assert "MP" not in " ".join(tables["cola"].rows)  # no spectrum: no mixed-precision rows
+
+
+def test_sizes_are_measured_from_packed_files(tiny_model_dir):
+    from qlib.models import load_classifier
+
+    model, _ = load_classifier(str(tiny_model_dir), num_labels=2)
+    rows = {name: row for name, row in main_table_rows(None, 2, "sst2").items()
+            if name in ("Baseline", "Q-BERT 8/8", "Q-BERT 2/8")}
+    sizes = size_table(model, rows)
+    assert sizes.loc["Baseline", "w/o embedding vs FP32 (%)"] == 100
+    assert sizes.loc["Q-BERT 2/8", "of which codes (MB)"] < sizes.loc["Q-BERT 8/8", "of which codes (MB)"]
+    assert 0 < sizes.loc["Q-BERT 8/8", "w/o embedding vs FP32 (%)"] < 50
+
+
+def test_the_group_ablation_reports_the_spread_against_seed_noise(results, sizes):
+    from transformers import BertForSequenceClassification
+
+    from conftest import tiny_config
+
+    model = BertForSequenceClassification(tiny_config(hidden_size=48, num_attention_heads=12, intermediate_size=96))
+    tables = main_tables(["sst2"], 12, sizes, results)
+    ablation, spreads = group_ablation(model, tables, heads=12)
+    assert list(ablation.index) == ["G = 1", "G = 12 (per head)", "G = 48 (4 per head)", "per row"]
+    assert ablation.loc["G = 1", "SST2 dev accuracy (%)"].startswith("84.00")
+    assert ablation.loc["per row", "SST2 dev accuracy (%)"] == "not run"
+    assert ablation.loc["G = 1", "file (MB)"] < ablation.loc["per row", "file (MB)"]  # a scale and offset per group
+    assert spreads == ["**SST2**: 2 groupings span 2.00 points (lowest G = 1, highest G = 12 (per head)); the "
+                       "per-head row has one seed, so the seed-to-seed noise is not measured here"]
+
+
+def test_show_displays_text_as_markdown_figures_as_png_and_skips_none(monkeypatch):
+    from IPython import display as ipython_display
+    from matplotlib.figure import Figure
+
+    shown = []
+    monkeypatch.setattr(ipython_display, "display", lambda part: shown.append(part))
+    figure = Figure()
+    figure.subplots().plot([0, 1])
+    show("**bold**", None, figure, pd.DataFrame({"a": [1]}))
+    assert [type(p).__name__ for p in shown] == ["Markdown", "Image", "DataFrame"]
+    assert shown[0].data == "**bold**" and shown[1].data[:4] == b"\x89PNG"
