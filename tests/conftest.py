@@ -84,3 +84,22 @@ def glue_dir(tmp_path, monkeypatch) -> Path:
     """A data directory (``QBOOK_DATA_DIR``) of tiny GLUE files in their official layouts."""
     monkeypatch.setenv("QBOOK_DATA_DIR", str(write_official_glue(tmp_path)))
     return tmp_path
+
+
+RESULT_TEMPLATE = Path(__file__).parents[1] / "results" / "qbert" / "sst2" / "fp32-seed0.json"
+"""A committed result file: the template of ``write_run``'s (its provenance and protocol fields are real)."""
+
+
+def write_run(folder: Path, task: str, method: str, seed: int, accuracy: float, **params) -> Path:
+    """A result file as ``run`` writes it, at ``folder/task/<method>-seed<seed>.json``: ``RESULT_TEMPLATE`` with its
+    task, method (the result's label), seed, accuracy and any ``params`` set (``trained``: the params' method)."""
+    import copy
+    import json
+
+    record = copy.deepcopy(json.loads(RESULT_TEMPLATE.read_text()))
+    record.update(task=task, method=method, seed=seed, main_metric="accuracy", metrics={"accuracy": accuracy})
+    record["params"].update({"method" if key == "trained" else key: value for key, value in params.items()})
+    path = folder / task / f"{method}-seed{seed}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record))
+    return path

@@ -4,7 +4,6 @@ and the group-wise ablation's spread; plus ``qlib.report.show``."""
 
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 
@@ -15,15 +14,8 @@ from qlib.qbert import main_table_rows
 from qlib.qbert_tables import group_ablation, main_table, main_tables, size_table
 from qlib.report import show
 
-TEMPLATE = Path(__file__).parents[1] / "results" / "qbert" / "sst2" / "fp32-seed0.json"
+from conftest import RESULT_TEMPLATE as TEMPLATE, write_run
 
-
-def write_run(folder: Path, task: str, method: str, seed: int, accuracy: float) -> None:
-    """A result file as ``run`` writes it, from the committed SST-2 Baseline with its method, seed and score set."""
-    record = copy.deepcopy(json.loads(TEMPLATE.read_text()))
-    record.update(task=task, method=method, seed=seed, main_metric="accuracy", metrics={"accuracy": accuracy})
-    (folder / task).mkdir(parents=True, exist_ok=True)
-    (folder / task / f"{method}-seed{seed}.json").write_text(json.dumps(record))
 
 
 @pytest.fixture

@@ -1,0 +1,61 @@
+"""The Quant-Noise chapter's tables from result files: Quant-Noise beside QAT, DirectQ and FP32 of the same bits,
+the per-seed gaps to QAT, the protocol's missing runs, and the iPQ files and runs."""
+
+from __future__ import annotations
+
+import pytest
+from transformers import BertForSequenceClassification
+
+from qlib.quant_noise_tables import against_qat, ipq_files, ipq_runs, missing_runs
+from qlib.spec import FROM_CHECKPOINT, RunSpec
+
+from conftest import RESULT_TEMPLATE, tiny_config, write_run
+
+
+@pytest.fixture
+def model() -> BertForSequenceClassification:
+    return BertForSequenceClassification(tiny_config(hidden_size=48, num_attention_heads=12, intermediate_size=96))
+
+
+def qbert_params(bits: int, noise_rate: float) -> dict:
+    return dict(trained="qbert", weight_bits=bits, embedding_bits=8, groups=12, percentile=99.9,
+                init_from="runs/checkpoints/qbert/sst2/fp32-seed0.safetensors", noise_rate=noise_rate)
+
+
+def test_quant_noise_is_compared_with_qat_of_its_bits_seed_by_seed(tmp_path, model):
+    if not RESULT_TEMPLATE.is_file():
+        pytest.skip(f"the committed result {RESULT_TEMPLATE} is the template of these files")
+    qbert, noise = tmp_path / "results" / "qbert", tmp_path / "results" / "quant-noise"
+    qat = RunSpec("sst2", "qbert", weight_bits=2, groups=12, percentile=99.9, init_from=FROM_CHECKPOINT)
+    noisy = qat.with_(noise_rate=0.5)
+    for seed, (fp32, qat_score, noisy_score) in enumerate(((0.90, 0.80, 0.85), (0.88, 0.80, 0.83))):
+        write_run(qbert, "sst2", "fp32", seed, fp32)
+        write_run(qbert, "sst2", qat.label, seed, qat_score, **qbert_params(2, 1.0))
+        write_run(noise, "sst2", noisy.label, seed, noisy_score, **qbert_params(2, 0.5))
+    write_run(qbert, "sst2", "qbert-w3e8-g12-p99.9-ft", 0, 0.70, **qbert_params(3, 1.0))  # other bits: left out
+    parts = against_qat("sst2", 12, noise, qbert, model)
+    table = parts[0]
+    assert set(table.index.get_level_values("method")) == {"fp32", qat.label, noisy.label}
+    assert table.xs(noisy.label, level="method")["drop vs FP32 (%)"].iloc[0] == pytest.approx(
+        ((0.90 + 0.88) / 2 - 0.84) / ((0.90 + 0.88) / 2) * 100, abs=0.01)
+    gaps = next(p for p in parts if hasattr(p, "columns") and "mean gap" in p.columns)
+    assert gaps.loc[(2, noisy.label)].tolist() == pytest.approx([2, 4.0, 1.41], abs=0.01)
+    assert "sample std of 1.41 points over 2 seed(s)" in next(p for p in parts if isinstance(p, str)
+                                                             and p.startswith("Quant-Noise minus QAT"))
+    assert against_qat("cola", 12, noise, qbert, model) == [
+        f"*No committed Quant-Noise runs for cola yet (`{noise}/cola/`).*"]
+
+
+def test_missing_runs_name_each_protocol_run_without_a_result(tmp_path):
+    results = tmp_path / "results"
+    said = missing_runs("sst2", tmp_path / "checkpoints", results / "quant-noise")
+    assert said.startswith("Runs of the protocol") and said.count("seed") == 6  # 2 settings × 3 seeds
+    said = missing_runs("cola", tmp_path / "checkpoints", results / "quant-noise")  # no sweep: no protocol yet
+    assert said.startswith("*The protocol's Quant-Noise runs of cola wait for its protocol")
+
+
+def test_ipq_files_are_measured_and_ipq_runs_listed(tmp_path, model):
+    files = ipq_files(model, centroids=4)
+    assert files.loc["FP32", "% of FP32"] == 100
+    assert files.loc["iPQ + int8 (k = 4)", "file_mb"] < files.loc["Q8BERT int8", "file_mb"] < files.loc["FP32", "file_mb"]
+    assert ipq_runs(tmp_path).endswith("*none yet: the protocol runs them after the SST2 Baselines*.")
