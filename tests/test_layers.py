@@ -18,7 +18,7 @@ LAYERS: list[tuple[str, int, set[str]]] = [  # (layer, rank, modules): a module 
     ("second order", 3, {"hessian", "sensitivity"}),
     ("deployment", 3, {"checkpoint", "int8", "onnx_export"}),
     ("experiments", 4, {"data", "conll", "qa", "ner", "metrics", "models", "train", "probe", "results", "tasks", "distill", "spec", "experiment", "jobs",
-                        "qbert", "qbert_tables", "quant_noise_tables",
+                        "qbert", "q8bert_tables", "qbert_tables", "quant_noise_tables",
                         "protocol", "batch", "report", "speed", "compare", "papers"}),
     ("public API", 5, {"__init__"}),
 ]
