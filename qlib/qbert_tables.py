@@ -1,6 +1,7 @@
-"""What the Q-BERT II chapter shows, built from the committed results: the measured size of every setting, each
-task's main table with its verdicts and protocol, the float16-floats check, the comparison of the two spectra that
-can set the MP rows' bits, the two range choices and the group-wise ablation.
+"""What the two Q-BERT chapters show, built from the committed results: the committed spectra side by side (Q-BERT
+I); the measured size of every setting, each task's main table with its verdicts and protocol, the float16-floats
+check, the comparison of the two spectra that can set the MP rows' bits, the two range choices and the group-wise
+ablation (Q-BERT II).
 
 Every function reads result files and returns tables (``pandas``) and sentences (Markdown strings); nothing here
 trains. Scores are percent; a drop is ``qlib.report.relative_drop`` against the FP32 Baseline on the same seeds.
@@ -21,10 +22,11 @@ from qlib.checkpoint import size_mb
 from qlib.config import qbert_config
 from qlib.data import get_task
 from qlib.papers import QBERT_CLAIMS
-from qlib.qbert import DIRECTQ_BITS, MIXED_SETTINGS, QBERT_PERCENTILE, main_table_rows, setting_spec
+from qlib.qbert import DIRECTQ_BITS, MIXED_SETTINGS, QBERT_PERCENTILE, main_table_rows, mixed_layer_bits, setting_spec
 from qlib.report import (baseline_over_seeds, constant_answer_scores, data_caveat, mean_std, mean_std_text,
                          notes_markdown, protocol_frame, relative_drop, runs_frame)
 from qlib.results import notes_for, read_json, read_results
+from qlib.sensitivity import negative_curvature
 from qlib.spec import RunSpec
 
 SIZE_COLUMNS = {"without_embedding_mb": "w/o embedding (MB)", "codes_without_embedding_mb": "of which codes (MB)",
@@ -34,6 +36,62 @@ SIZE_COLUMNS = {"without_embedding_mb": "w/o embedding (MB)", "codes_without_emb
 PROTOCOL_COLUMNS = ["model", "data", "train examples", "epochs", "max tokens", "lr", "G", "device", "CPU", "threads",
                     "wall h", "commit"]
 """The columns of ``qlib.report.protocol_frame`` shown under each table."""
+
+
+def committed_spectra(folder: str | Path) -> dict[str, dict[str, Any]]:
+    """Every spectrum committed under ``folder`` (``spectrum-<task>.json``, measured on the task's FP32 Baseline)
+    and under ``folder/short-finetune`` (named "<task>, short fine-tune"), each with its ``path`` and ``notes``."""
+    folder = Path(folder)
+    paths = {p.stem.removeprefix("spectrum-"): p for p in sorted(folder.glob("spectrum-*.json"))}
+    paths |= {f"{p.stem.removeprefix('spectrum-')}, short fine-tune": p
+              for p in sorted(folder.glob("short-finetune/spectrum-*.json"))}
+    return {name: read_json(p) | {"path": str(p), "notes": notes_for(p)} for name, p in paths.items()}
+
+
+def _unsound(block: Mapping[str, Any]) -> str:
+    """Why a block's Ω is carried by its spread over subsets rather than one curvature; "" if it is not."""
+    negative = negative_curvature(block["top"])["negative_top_subsets"]
+    return ", ".join([f"top λ negative on {negative} of {len(block['top'])} subsets"] * bool(negative)
+                     + ["did not converge"] * (not block["converged"]))
+
+
+def spectra_across_tasks(spectra: Mapping[str, Mapping[str, Any]], setting: str = "Q-BERT_MP 2/3") -> list[Any]:
+    """The committed ``spectra`` (``committed_spectra``) side by side: Ω per block, the layers ``setting`` raises to
+    its higher width on each, which of those rest on an unsound Ω (``_unsound``), the Spearman rank correlation of
+    the encoder layers' Ω between spectra, and each spectrum's protocol and soundness counts.
+
+    Returns:
+        What the chapter shows, in order (``qlib.report.show``); a sentence alone with fewer than two spectra.
+    """
+    if len(spectra) < 2:
+        return [f"*Only {len(spectra)} committed spectrum: the comparison needs two.*"]
+    mixed = MIXED_SETTINGS[setting]
+    high = max(mixed["choices"])
+    omegas = pd.DataFrame({t: {n: b["omega"] for n, b in s["blocks"].items()} for t, s in spectra.items()})
+    raised = {t: sorted(n.removeprefix("encoder.layer.")
+                        for n, b in mixed_layer_bits(s, mixed["choices"], mixed["target_bits"]).items() if b == high)
+              for t, s in spectra.items()}
+    shaky = {t: [f"layer {n.removeprefix('encoder.layer.')} ({why})" for n, b in s["blocks"].items()
+                 if n.removeprefix("encoder.layer.") in raised[t] and (why := _unsound(b))]
+             for t, s in spectra.items()}
+    protocol = pd.DataFrame({t: {
+        "model": s["params"]["model"],
+        "measured on": ("FP32 Baseline" if s["params"].get("init_from")
+                        else f"{s['params']['finetune_examples']}-example fine-tune"),
+        "subsets × size": f"{s['params']['subsets']} × {s['params']['subset_size']}",
+        "spectrum min": round(s["spectrum_seconds"] / 60, 1),
+        "blocks converged": f"{sum(b['converged'] for b in s['blocks'].values())} of {len(s['blocks'])}",
+        "blocks with a negative top λ": sum(negative_curvature(b["top"])["negative_curvature"]
+                                            for b in s["blocks"].values()),
+        "commit": (s["provenance"]["git_commit"] or "")[:8]} for t, s in spectra.items()}).T
+    return [omegas.round(3),
+            f"Layers at {high} bits in {setting}: " + "; ".join(f"**{t}**: {', '.join(layers)}"
+                                                                for t, layers in raised.items()),
+            "Of those, raised on an unsound Ω: " + "; ".join(f"**{t}**: {', '.join(layers) or 'none'}"
+                                                             for t, layers in shaky.items()),
+            "Spearman rank correlation of the encoder layers' Ω between tasks:",
+            omegas[omegas.index.str.startswith("encoder.")].corr(method="spearman").round(2),
+            protocol, notes_markdown(spectra.values())]
 
 
 def size_table(model: nn.Module, rows: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:

@@ -1,8 +1,8 @@
 """The README's main command builds the book: every chapter executes and its figures are in the HTML; and the built
 book, opened in headless Chromium at a 1280-pixel window as a reader would, has no element wider than its content
-column outside a scroll box of its own, no image that did not load, no formula left as raw TeX (MathJax ships with
-the build: the book reads offline), no "nan" or traceback in its text, and every page in its navigation. A
-screenshot of each page is kept under ``_build/screenshots`` for a person to look at."""
+column outside a scroll box of its own, no image that did not load or lacks a caption, no formula left as raw TeX
+(MathJax ships with the build: the book reads offline), no "nan" or traceback in its text, and every page in its
+navigation. A screenshot of each page is kept under ``_build/screenshots`` for a person to look at."""
 
 from __future__ import annotations
 
@@ -88,9 +88,12 @@ const nav = [...document.querySelectorAll('nav.bd-docs-nav a, .bd-sidebar-primar
 const outputs = [...column.querySelectorAll('.cell_output')].map(o => o.innerText).join(' | ');
 const rawMath = [...column.querySelectorAll('.math')].filter(m => !m.querySelector('mjx-container'))
   .map(m => m.textContent.trim().slice(0, 40));
+const uncaptioned = [...column.querySelectorAll('.cell_output img')]
+  .filter(img => !(img.closest('figure') && img.closest('figure').querySelector('figcaption'))).length;
 const mathjax = [...document.scripts].map(s => s.src).filter(src => /mathjax/i.test(src));
 return JSON.stringify({wide: wide.slice(0, 5), wideCount: wide.length, broken: broken, outputs: outputs, nav: nav,
-                       rawMath: rawMath.slice(0, 3), rawMathCount: rawMath.length, mathjax: mathjax});
+                       rawMath: rawMath.slice(0, 3), rawMathCount: rawMath.length, mathjax: mathjax,
+                       uncaptioned: uncaptioned});
 """
 
 
@@ -145,6 +148,9 @@ def test_every_page_reads_well_in_a_browser_at_1280_pixels(built_book, browser):
             if match:
                 text = found["outputs"][max(0, match.start() - 60):match.end() + 20]
                 problems.append(f"{page}: {what} in an output: …{text}…")
+        if found["uncaptioned"]:
+            problems.append(f"{page}: {found['uncaptioned']} figure(s) without a caption (a code cell's "
+                            "`mystnb: figure: caption` metadata)")
         if found["rawMathCount"]:
             problems.append(f"{page}: {found['rawMathCount']} formula(s) left as raw TeX, e.g. {found['rawMath']}")
         remote = [src for src in found["mathjax"] if not src.startswith("file:")]

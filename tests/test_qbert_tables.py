@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 
 from qlib.qbert import main_table_rows
-from qlib.qbert_tables import group_ablation, main_table, main_tables, size_table
+from qlib.qbert_tables import (committed_spectra, group_ablation, main_table, main_tables, size_table,
+                               spectra_across_tasks)
 from qlib.report import show
 
 from conftest import RESULT_TEMPLATE as TEMPLATE, write_run
@@ -108,3 +109,34 @@ def test_show_displays_text_as_markdown_figures_as_png_and_skips_none(monkeypatc
     show("**bold**", None, figure, pd.DataFrame({"a": [1]}))
     assert [type(p).__name__ for p in shown] == ["Markdown", "Image", "DataFrame"]
     assert shown[0].data == "**bold**" and shown[1].data[:4] == b"\x89PNG"
+
+
+def spectrum(omegas: dict[str, float], tops: dict[str, list[float]] | None = None, init_from=None) -> dict:
+    """A spectrum result as ``run_spectrum`` writes it, with the Ω and top eigenvalues given per block."""
+    tops = tops or {}
+    return {"blocks": {n: {"omega": o, "top": tops.get(n, [o, o]), "converged": True, "smallest": []}
+                       for n, o in omegas.items()},
+            "params": {"model": "tiny", "init_from": init_from, "finetune_examples": 96, "subsets": 2,
+                       "subset_size": 4},
+            "spectrum_seconds": 60.0, "provenance": {"git_commit": "0123456789"}, "notes": []}
+
+
+def test_spectra_side_by_side_name_the_raised_layers_and_those_on_an_unsound_omega():
+    layers = [f"encoder.layer.{i}" for i in range(4)]
+    first = spectrum(dict(zip(layers, (4.0, 3.0, 2.0, 1.0))), init_from="fp32.safetensors")
+    second = spectrum(dict(zip(layers, (1.0, 2.0, 3.0, 4.0))), tops={"encoder.layer.3": [5.0, -3.0]})
+    parts = spectra_across_tasks({"sst2": first, "cola, short fine-tune": second})
+    assert parts[1] == "Layers at 3 bits in Q-BERT_MP 2/3: **sst2**: 0, 1; **cola, short fine-tune**: 2, 3"
+    assert parts[2] == ("Of those, raised on an unsound Ω: **sst2**: none; **cola, short fine-tune**: layer 3 (top λ "
+                        "negative on 1 of 2 subsets)")
+    assert parts[4].loc["sst2", "cola, short fine-tune"] == -1.0  # opposite rankings
+    assert parts[5]["measured on"].tolist() == ["FP32 Baseline", "96-example fine-tune"]
+    assert parts[5].loc["cola, short fine-tune", "blocks with a negative top λ"] == 1
+    assert spectra_across_tasks({"sst2": first}) == ["*Only 1 committed spectrum: the comparison needs two.*"]
+
+
+def test_committed_spectra_are_read_with_their_names(tmp_path):
+    (tmp_path / "short-finetune").mkdir()
+    for path in (tmp_path / "spectrum-sst2.json", tmp_path / "short-finetune" / "spectrum-cola.json"):
+        path.write_text(json.dumps(spectrum({"encoder.layer.0": 1.0})))
+    assert list(committed_spectra(tmp_path)) == ["sst2", "cola, short fine-tune"]
