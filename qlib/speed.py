@@ -90,15 +90,17 @@ PROFILED = QBOOK_ROUTES + ("qbook_int8_bf16_attention", "pt2e_inductor")
 
 
 def limits(runs: dict[str, dict[str, Any]], variants: tuple[str, ...] = PROFILED) -> pd.DataFrame:
-    """Per CPU class, its measured peaks (GOP/s of a large int8 and a large FP32 GEMM) and how close each profiled
-    variant's GEMMs and whole forward come to the int8 peak (BERT-base shape, the profile's batch)."""
+    """Per CPU class, its measured peaks (GOP/s of a large int8 and a large FP32 GEMM, and their m × k × n where the
+    run recorded it) and how close each profiled variant's GEMMs and whole forward come to the int8 peak (BERT-base
+    shape, the profile's batch)."""
     rows = []
     for cls, run in runs.items():
         peaks = run.get("limits")
         if not peaks:
             continue
         row = {"CPU class": cls, "int8 GEMM peak (GOP/s)": peaks.get("int8_gemm_gops"),
-               "FP32 GEMM peak (GOP/s)": peaks.get("fp32_gemm_gops")}
+               "FP32 GEMM peak (GOP/s)": peaks.get("fp32_gemm_gops"),
+               "peak GEMM m × k × n": " × ".join(map(str, peaks["gemm_shape"])) if "gemm_shape" in peaks else None}
         for name in variants:
             got = run["shapes"]["bert-base"].get("achieved_gops", {}).get(name)
             if got and peaks.get("int8_gemm_gops"):

@@ -68,7 +68,7 @@ def test_a_variant_that_cannot_run_is_skipped_with_why(setup, monkeypatch):
 
 def test_the_cpu_limits_are_measured():
     peaks = int8_cpu.gemm_peaks(m=64, k=128, n=128, repeats=3)
-    assert peaks["fp32_gemm_gops"] > 0 and peaks.get("int8_gemm_gops", 1) > 0
+    assert peaks["fp32_gemm_gops"] > 0 and peaks.get("int8_gemm_gops", 1) > 0 and peaks["gemm_shape"] == [64, 128, 128]
 
 
 def test_the_result_file_is_named_after_the_cpu_class():
