@@ -363,7 +363,7 @@ def spectrum_comparison(tables: Mapping[str, TaskTable], groups: int | str | Non
 
 
 def outlier_weights(model: nn.Module) -> pd.DataFrame:
-    """Each layer's FFN output matrix: its std, its largest |w| and that in stds (why min/max ranges waste a grid)."""
+    """Each layer's FFN output matrix: its std, its largest ``|w|`` and that in stds (why min/max ranges waste a grid)."""
     return pd.DataFrame({name.removesuffix(".output.dense.weight").removeprefix("bert.encoder."): {
         "std": w.std().item(), "largest |w|": w.abs().max().item(), "largest |w| / std": (w.abs().max() / w.std()).item()}
         for name, w in model.named_parameters() if name.endswith("output.dense.weight") and "attention" not in name}).T
