@@ -42,7 +42,7 @@ from transformers import BertConfig, BertForSequenceClassification  # noqa: E402
 from qlib import convert_bert, q8bert_config  # noqa: E402
 from qlib.checkpoint import save_float, save_quantized  # noqa: E402
 from qlib.cpu import CPU_CLASSES, cpu_class, cpu_features, cpu_model  # noqa: E402
-from qlib.int8 import exact_input_bits, to_int8  # noqa: E402
+from qlib.int8 import exact_widths, to_int8  # noqa: E402
 from qlib.onnx_export import export_onnx  # noqa: E402
 from qlib.models import DEFAULT_MODEL, load_classifier  # noqa: E402
 from qlib.results import provenance, write_json  # noqa: E402
@@ -246,7 +246,7 @@ def qbook_int8(setup: Setup) -> Callable:
         real = to_int8(setup.fake)
     except RuntimeError as err:
         raise Skip(str(err)) from None
-    setup.settings["qbook_int8_input_bits"] = str(exact_input_bits()[0])
+    setup.settings["qbook_int8_widths"] = str(exact_widths()[0])
     setup.sizes["qbook_int8_safetensors"] = save_quantized(setup.fake, setup.folder / "int8.safetensors").stat().st_size
     return lambda b: real(**b)
 
@@ -493,7 +493,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or default_out(cpu)
     report = {"params": vars(args) | {"out": str(out)}, "shapes": {},
               "cpu": {"class": cpu, "model": cpu_model(), "capability": torch.backends.cpu.get_cpu_capability(),
-                      "exact_int8_input_bits": list(exact_input_bits())},
+                      "exact_int8_widths": [str(w) for w in exact_widths()]},
               "limits": gemm_peaks()}
     print(f"CPU class {cpu or 'unknown'} ({cpu_model()}): " +
           ", ".join(f"{k} {v:.0f}" for k, v in report["limits"].items() if k.endswith("_gops")))

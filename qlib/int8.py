@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import functools
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -43,16 +44,45 @@ from qlib.pq_modules import PQEmbedding, PQLinear
 from qlib.quantizers import QuantGrid, QuantSpec
 
 UINT8_ZERO_POINT = 128  # Q8BERT's symmetric int8 input codes -127..127 shifted into oneDNN's uint8 input
-INPUT_BITS = (8, 7)
-"""Input code widths: 8 (the fake-quantized model's own grid) or 7 (``reduce_range``, for CPUs whose kernels saturate)."""
+CODE_BITS = (8, 7)
+"""Widths of the codes an int8 GEMM multiplies: 8 (the fake-quantized model's own grids) or 7 (for CPUs whose
+kernels saturate with two 8-bit operands)."""
+
+
+@dataclass(frozen=True)
+class CodeWidths:
+    """The widths of the integer codes an int8 GEMM multiplies.
+
+    ``inputs``: uint8 codes around ``input_zero_point``; 8 is the fake-quantized model's own grid, 7 the same range
+    with half the levels (``reduced_input_scale``, torch.ao's ``reduce_range``). ``weights``: int8 codes; 8 is the
+    model's own grid, 7 re-fits each output channel's range to ±63 levels (``seven_bit_weights``), keeping the
+    learned input grid. Where x86 kernels sum u8·s8 pairs into saturating int16 (``vpmaddubsw``: AVX2 without
+    VNNI), two 8-bit operands overflow (2·255·127 > 2^15 - 1) and either 7-bit one does not (2·127·127, 2·255·63).
+    """
+
+    inputs: int = 8
+    weights: int = 8
+
+    def __post_init__(self) -> None:
+        for name, bits in (("inputs", self.inputs), ("weights", self.weights)):
+            if bits not in CODE_BITS:
+                raise ValueError(f"{name} codes of an int8 GEMM have one of {CODE_BITS} bits, got {bits!r}")
+
+    def __str__(self) -> str:
+        return f"{self.inputs}-bit inputs × {self.weights}-bit weights"
+
+
+WIDTHS = (CodeWidths(8, 8), CodeWidths(8, 7), CodeWidths(7, 8))
+"""The routes ``to_int8`` picks from, in its order of preference: the model's own arithmetic, then 7-bit weights
+(which keep the learned input grid), then 7-bit inputs."""
 GELU_ALGORITHMS = {"gelu": "none", "gelu_new": "tanh", "gelu_pytorch_tanh": "tanh"}
 """transformers' activation names that oneDNN's GELU post-op computes: erf (``"none"``) or tanh approximation."""
 
 
 def input_zero_point(bits: int) -> int:
     """The uint8 code of real zero for ``bits``-bit symmetric input codes ±(2^(bits-1) - 1): 128 for 8, 64 for 7."""
-    if bits not in INPUT_BITS:
-        raise ValueError(f"int8 input codes have 8 or 7 bits, got {bits!r}")
+    if bits not in CODE_BITS:
+        raise ValueError(f"int8 input codes have one of {CODE_BITS} bits, got {bits!r}")
     return 2 ** (bits - 1)
 
 
@@ -69,28 +99,27 @@ def _check_onednn() -> None:
 
 
 @functools.lru_cache(maxsize=None)
-def exact_input_bits() -> tuple[int, ...]:
-    """The input code widths whose int8 GEMMs are exact on this CPU, measured (``int8_gemm_error``), not read
-    from the CPU's flags: (8, 7) with VNNI or AMX, (7,) where u8·s8 pairs are summed into saturating int16
-    (``vpmaddubsw``: AVX2, AVX-512 without VNNI, or oneDNN capped by ``ONEDNN_MAX_CPU_ISA``), () where neither is."""
+def exact_widths() -> tuple[CodeWidths, ...]:
+    """The routes of ``WIDTHS`` whose int8 GEMMs are exact on this CPU, measured (``int8_gemm_error``), not read
+    from the CPU's flags: all three with VNNI or AMX; the two with a 7-bit operand where u8·s8 pairs are summed
+    into saturating int16 (``vpmaddubsw``: AVX2, AVX-512 without VNNI, or oneDNN capped by
+    ``ONEDNN_MAX_CPU_ISA``); none where neither is."""
     _check_onednn()
-    return tuple(bits for bits in INPUT_BITS if int8_gemm_error(8, input_bits=bits) == 0 and
-                 int8_gemm_error(8, input_bits=bits, k=768) == 0)
+    return tuple(w for w in WIDTHS if all(int8_gemm_error(w.weights, k=k, input_bits=w.inputs) == 0
+                                          for k in (64, 768)))
 
 
-def check_int8_engine(input_bits: int = 8) -> None:
-    """Raise ``RuntimeError`` unless oneDNN's int8 kernels compute ``input_bits``-bit inputs times 8-bit weights
-    exactly on this CPU.
+def check_int8_engine(widths: CodeWidths = CodeWidths()) -> None:
+    """Raise ``RuntimeError`` unless oneDNN's int8 kernels compute a GEMM of ``widths`` exactly on this CPU.
 
     Without VNNI, x86 int8 GEMMs multiply u8·s8 pairs into *saturating* int16 sums (``vpmaddubsw``): with 8-bit
-    inputs and weights the results are wrong (measured: errors of 2·10^4 on a 64-term dot product). 7-bit
-    inputs (codes 1..127) keep every pair sum below 2^15, which is why ``torch.ao`` reduces the input range there.
+    inputs and weights the results are wrong (measured: errors of 2·10^4 on a 64-term dot product). A 7-bit
+    operand keeps every pair sum below 2^15, which is why ``torch.ao`` reduces the input range there.
     """
-    input_zero_point(input_bits)
-    if input_bits not in exact_input_bits():
-        raise RuntimeError(f"this CPU's int8 kernels saturate with {input_bits}-bit inputs and 8-bit weights (no "
-                           "AVX-512 VNNI, AVX-VNNI or AMX), so their results would be wrong; use input_bits=7 here "
-                           f"(exact on this CPU: {list(exact_input_bits()) or 'none'})")
+    if widths not in exact_widths():
+        raise RuntimeError(f"this CPU's int8 kernels saturate with {widths} (no AVX-512 VNNI, AVX-VNNI or AMX), so "
+                           "their results would be wrong; exact here: "
+                           + (", ".join(f"CodeWidths({w.inputs}, {w.weights})" for w in exact_widths()) or "none"))
 
 
 def check_exportable(module: QuantLinear) -> float:
@@ -133,23 +162,30 @@ def quantize_input(x: torch.Tensor, scale: float, bits: int = 8, reciprocal: flo
     return codes.clamp_(1 - zero_point, zero_point - 1).view(torch.uint8).add_(zero_point)
 
 
+def seven_bit_weights(weight: torch.Tensor) -> QuantGrid:
+    """The 7-bit symmetric grid of each output channel of ``weight`` [out, in]: ``Δ_o = max_i |w_oi| / 63``.
+    Applied to the fake-quantized weight, it re-rounds the model's 8-bit codes to 7 bits per row: a row whose
+    largest weight is under half the tensor's keeps a grid as fine as (or finer than) a per-tensor 8-bit one."""
+    return QuantSpec(7, "symmetric", "channel").grid_for(weight)
+
+
 class Int8Linear(nn.Module):
     """``y = act(s_x·s_w·(q_x·q_wᵀ) + b + r)`` on oneDNN's int8 GEMM.
 
-    q_x uint8 [..., in] (``input_bits``-bit codes around ``input_zero_point``: 128 for 8 bits, 64 for 7; a float
-    input is quantized first), q_w int8 [out, in] packed once, s_w [out], b float [out], r an optional float
-    residual [..., out]. Output float [..., out], or with ``out_scale`` the uint8 codes of y on that scale, with
-    the same code width (the next layer's input). ``activation``: ``None`` or ``"gelu"`` with ``gelu_algorithm``
-    ``"none"`` (erf) or ``"tanh"``.
+    q_x uint8 [..., in] (``widths.inputs``-bit codes around ``input_zero_point``: 128 for 8 bits, 64 for 7; a float
+    input is quantized first), q_w int8 [out, in] packed once (``widths.weights``-bit codes), s_w [out], b float
+    [out], r an optional float residual [..., out]. Output float [..., out], or with ``out_scale`` the uint8 codes of
+    y on that scale, with the same input code width (the next layer's input). ``activation``: ``None`` or ``"gelu"``
+    with ``gelu_algorithm`` ``"none"`` (erf) or ``"tanh"``.
     """
 
     def __init__(self, codes: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None, x_scale: float,
                  activation: str | None = None, gelu_algorithm: str = "none", out_scale: float | None = None,
-                 tokens_hint: int = 1024, input_bits: int = 8) -> None:
+                 tokens_hint: int = 1024, widths: CodeWidths = CodeWidths()) -> None:
         super().__init__()
         self.out_features, self.in_features = codes.shape
         self.x_scale, self.out_scale = x_scale, out_scale
-        self.input_bits, self.zero_point = input_bits, input_zero_point(input_bits)
+        self.widths, self.zero_point = widths, input_zero_point(widths.inputs)
         self.x_reciprocal = float32_reciprocal(x_scale)
         self.activation, self.gelu_algorithm = activation or "none", gelu_algorithm if activation else ""
         self.register_buffer("w_scale", w_scale.to(torch.float32).contiguous())
@@ -159,26 +195,30 @@ class Int8Linear(nn.Module):
         self.packed_weight = torch.ops.onednn.qlinear_prepack(codes.contiguous(), [tokens_hint, self.in_features])
 
     @classmethod
-    def fused(cls, *modules: QuantLinear, input_bits: int = 8, **kwargs) -> "Int8Linear":
+    def fused(cls, *modules: QuantLinear, widths: CodeWidths = CodeWidths(), **kwargs) -> "Int8Linear":
         """One GEMM for Linears that read the same input with the same scale (Q, K, V): their weights stacked
         [Σ out, in], each keeping its own weight scale; inputs on the learned 8-bit grid's range with
-        ``input_bits``-bit codes (``reduced_input_scale``)."""
+        ``widths.inputs``-bit codes (``reduced_input_scale``); weights on the model's grid, or with
+        ``widths.weights`` = 7 their fake-quantized values on each channel's 7-bit grid (``seven_bit_weights``)."""
         scales = {check_exportable(m) for m in modules}
         if len(scales) != 1:
             raise ValueError(f"Linears fused into one GEMM must share their input scale, got {sorted(scales)}")
+        weights = [m.weight.detach() for m in modules]
         grids = [m.weight_grid() for m in modules]
-        codes = torch.cat([g.quantize(m.weight.detach()) for g, m in zip(grids, modules)])
-        w_scale = torch.cat([g.scale.expand(m.out_features) for g, m in zip(grids, modules)])
+        if widths.weights == 7:
+            weights = [g.fake_quantize(w) for g, w in zip(grids, weights)]
+            grids = [seven_bit_weights(w) for w in weights]
+        codes = torch.cat([g.quantize(w) for g, w in zip(grids, weights)])
+        w_scale = torch.cat([g.scale.reshape(-1).expand(m.out_features) for g, m in zip(grids, modules)])
         biases = [m.bias for m in modules]
         bias = None if all(b is None for b in biases) else torch.cat(
             [b.detach() if b is not None else torch.zeros(m.out_features) for b, m in zip(biases, modules)])
-        return cls(codes, w_scale, bias, reduced_input_scale(scales.pop(), input_bits), input_bits=input_bits,
-                   **kwargs)
+        return cls(codes, w_scale, bias, reduced_input_scale(scales.pop(), widths.inputs), widths=widths, **kwargs)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         if x.dtype != torch.uint8:
             with torch.profiler.record_function("qlib::quantize_input"):  # its own line in a profile
-                x = quantize_input(x, self.x_scale, self.input_bits, self.x_reciprocal)
+                x = quantize_input(x, self.x_scale, self.widths.inputs, self.x_reciprocal)
         codes = x.reshape(-1, self.in_features)
         quantized_output = self.out_scale is not None
         out_scale, out_zero_point = (self.out_scale, self.zero_point) if quantized_output else (1.0, 0)
@@ -198,7 +238,7 @@ class Int8Linear(nn.Module):
     def extra_repr(self) -> str:
         fused = f", activation={self.activation}" if self.activation != "none" else ""
         out = f", out_scale={self.out_scale:.4g}" if self.out_scale is not None else ""
-        bits = f", input_bits={self.input_bits}" if self.input_bits != 8 else ""
+        bits = f", widths={self.widths}" if self.widths != CodeWidths() else ""
         return f"in_features={self.in_features}, out_features={self.out_features}, x_scale={self.x_scale:.4g}" \
                f"{bits}{fused}{out}"
 
@@ -209,7 +249,7 @@ class Int8SelfAttention(nn.Module):
     fake-quantized model; or bfloat16, which AMX and AVX-512 BF16 CPUs multiply natively); output float32
     [B, T, H·d]."""
 
-    def __init__(self, attention: BertSelfAttention, input_bits: int = 8,
+    def __init__(self, attention: BertSelfAttention, widths: CodeWidths = CodeWidths(),
                  attention_dtype: torch.dtype = torch.float32, qkv: nn.Module | None = None) -> None:
         """``qkv``: another fused projection of Q, K and V (the ONNX export's QDQ one); default ``Int8Linear``."""
         super().__init__()
@@ -218,7 +258,7 @@ class Int8SelfAttention(nn.Module):
         self.attention_head_size, self.scaling = attention.attention_head_size, attention.scaling
         self.attention_dtype = attention_dtype
         self.qkv = qkv if qkv is not None else Int8Linear.fused(attention.query, attention.key, attention.value,
-                                                                input_bits=input_bits)
+                                                                widths=widths)
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 **kwargs) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -242,10 +282,10 @@ class Int8Intermediate(nn.Module):
     input scale of the down-projection that reads them."""
 
     def __init__(self, intermediate: BertIntermediate, next_input_scale: float, gelu_algorithm: str,
-                 input_bits: int = 8) -> None:
+                 widths: CodeWidths = CodeWidths()) -> None:
         super().__init__()
         self.dense = Int8Linear.fused(intermediate.dense, activation="gelu", gelu_algorithm=gelu_algorithm,
-                                      out_scale=next_input_scale, input_bits=input_bits)
+                                      out_scale=next_input_scale, widths=widths)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return self.dense(hidden_states)
@@ -255,9 +295,9 @@ class Int8ResidualOutput(nn.Module):
     """``LayerNorm(x·Wᵀ + b + residual)`` with the add inside the int8 GEMM (BERT's SelfOutput and Output);
     x [..., in] float or uint8 codes, residual [..., h]."""
 
-    def __init__(self, output: BertSelfOutput | BertOutput, input_bits: int = 8) -> None:
+    def __init__(self, output: BertSelfOutput | BertOutput, widths: CodeWidths = CodeWidths()) -> None:
         super().__init__()
-        self.dense = Int8Linear.fused(output.dense, input_bits=input_bits)
+        self.dense = Int8Linear.fused(output.dense, widths=widths)
         self.LayerNorm = output.LayerNorm
 
     def forward(self, hidden_states: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
@@ -282,33 +322,34 @@ class Int8Embedding(nn.Module):
         return rows * self.scale[group].unsqueeze(-1) + self.shift[group].unsqueeze(-1)
 
 
-def _fuse_layer(layer: BertLayer, hidden_act: object, input_bits: int, attention_dtype: torch.dtype) -> None:
+def _fuse_layer(layer: BertLayer, hidden_act: object, widths: CodeWidths, attention_dtype: torch.dtype) -> None:
     """Swap an encoder ``layer``'s attention projections, FFN and residual outputs for their fused int8 modules,
     in place. Q, K, V stay three GEMMs if their input scales differ (per-layer EMA decays); an activation oneDNN
     has no post-op for stays a float op between two ``Int8Linear``s."""
     attention = layer.attention
     if len({check_exportable(p) for p in (attention.self.query, attention.self.key, attention.self.value)}) == 1:
-        attention.self = Int8SelfAttention(attention.self, input_bits, attention_dtype)
-    attention.output = Int8ResidualOutput(attention.output, input_bits)
-    layer.output = Int8ResidualOutput(layer.output, input_bits)
+        attention.self = Int8SelfAttention(attention.self, widths, attention_dtype)
+    attention.output = Int8ResidualOutput(attention.output, widths)
+    layer.output = Int8ResidualOutput(layer.output, widths)
     gelu = GELU_ALGORITHMS.get(hidden_act) if isinstance(hidden_act, str) else None
     if gelu is not None:
-        layer.intermediate = Int8Intermediate(layer.intermediate, layer.output.dense.x_scale, gelu, input_bits)
+        layer.intermediate = Int8Intermediate(layer.intermediate, layer.output.dense.x_scale, gelu, widths)
 
 
 ATTENTION_DTYPES = (torch.float32, torch.bfloat16)
 
 
-def to_int8(model: nn.Module, input_bits: int | None = None,
+def to_int8(model: nn.Module, widths: CodeWidths | None = None,
             attention_dtype: torch.dtype = torch.float32, compile: bool = False) -> nn.Module:
     """A copy of the converted, trained (or calibrated) ``model`` running on int8 kernels, in eval mode.
 
     Args:
         model: a BERT converted by ``qlib.convert_bert`` with 8-bit symmetric static quantization, trained or
             calibrated.
-        input_bits: width of the input codes: 8 (the fake-quantized model's arithmetic) or 7 (the same ranges
-            with half the levels, for CPUs whose int8 kernels saturate with 8-bit inputs: AVX2 without VNNI);
-            ``None`` picks 8 where this CPU computes it exactly, else 7.
+        widths: the widths of the GEMMs' input and weight codes (``CodeWidths``): 8 × 8 is the fake-quantized
+            model's arithmetic; 8-bit inputs × 7-bit weights or 7-bit inputs × 8-bit weights are for CPUs whose int8
+            kernels saturate with two 8-bit operands (AVX2 without VNNI). ``None`` picks the first of ``WIDTHS``
+            this CPU computes exactly (``exact_widths``).
         attention_dtype: the dtype of the attention products (Q·Kᵀ, softmax, ·V): ``torch.float32`` (the
             fake-quantized model's) or ``torch.bfloat16``.
         compile: return it compiled whole by Inductor (``CompiledInt8``), for inference.
@@ -328,19 +369,21 @@ def to_int8(model: nn.Module, input_bits: int | None = None,
                          "nonlinearities (qlib.integer_modules) has no export yet")
     if attention_dtype not in ATTENTION_DTYPES:
         raise ValueError(f"attention_dtype must be one of {ATTENTION_DTYPES}, got {attention_dtype!r}")
-    if input_bits is None:
-        exact = exact_input_bits()
-        if not exact:
-            raise RuntimeError("this CPU's int8 kernels saturate even with 7-bit inputs: no exact int8 route here")
-        input_bits = exact[0]
-    check_int8_engine(input_bits)
+    if widths is None:
+        if not exact_widths():
+            raise RuntimeError("this CPU's int8 kernels saturate even with 7-bit codes: no exact int8 route here")
+        widths = exact_widths()[0]
+    if not isinstance(widths, CodeWidths):
+        raise TypeError(f"widths must be a qlib.int8.CodeWidths (e.g. CodeWidths(inputs=8, weights=7)), got "
+                        f"{widths!r}")
+    check_int8_engine(widths)
     model = copy.deepcopy(model).eval()
     bert = find_bert(model)
     if not bert.config.is_decoder:
         for layer in bert.encoder.layer:
-            _fuse_layer(layer, bert.config.hidden_act, input_bits, attention_dtype)
+            _fuse_layer(layer, bert.config.hidden_act, widths, attention_dtype)
     for name, module in list(quantized_modules(model)):
-        new = Int8Linear.fused(module, input_bits=input_bits) if isinstance(module, QuantLinear) \
+        new = Int8Linear.fused(module, widths=widths) if isinstance(module, QuantLinear) \
             else Int8Embedding(module)
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, child, new)
