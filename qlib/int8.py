@@ -55,8 +55,8 @@ class CodeWidths:
 
     ``inputs``: uint8 codes around ``input_zero_point``; 8 is the fake-quantized model's own grid, 7 the same range
     with half the levels (``reduced_input_scale``, torch.ao's ``reduce_range``). ``weights``: int8 codes; 8 is the
-    model's own grid, 7 re-fits each output channel's range to ±63 levels (``seven_bit_weights``), keeping the
-    learned input grid. Where x86 kernels sum u8·s8 pairs into saturating int16 (``vpmaddubsw``: AVX2 without
+    model's own grid, 7 keeps each output channel's 8-bit codes where they fit in ±63 and re-rounds the others to ±63
+    levels over the channel's own range (``seven_bit_weights``), keeping the learned input grid. Where x86 kernels sum u8·s8 pairs into saturating int16 (``vpmaddubsw``: AVX2 without
     VNNI), two 8-bit operands overflow (2·255·127 > 2^15 - 1) and either 7-bit one does not (2·127·127, 2·255·63).
     """
 
@@ -162,11 +162,18 @@ def quantize_input(x: torch.Tensor, scale: float, bits: int = 8, reciprocal: flo
     return codes.clamp_(1 - zero_point, zero_point - 1).view(torch.uint8).add_(zero_point)
 
 
-def seven_bit_weights(weight: torch.Tensor) -> QuantGrid:
-    """The 7-bit symmetric grid of each output channel of ``weight`` [out, in]: ``Δ_o = max_i |w_oi| / 63``.
-    Applied to the fake-quantized weight, it re-rounds the model's 8-bit codes to 7 bits per row: a row whose
-    largest weight is under half the tensor's keeps a grid as fine as (or finer than) a per-tensor 8-bit one."""
-    return QuantSpec(7, "symmetric", "channel").grid_for(weight)
+def seven_bit_weights(weight: torch.Tensor, grid: QuantGrid) -> QuantGrid:
+    """The 7-bit symmetric grid per output channel for ``weight``'s 8-bit codes q on ``grid`` (the model's):
+    ``Δ7_o = Δ8_o · max(1, max_i |q_oi| / 63)``. A channel whose codes fit in ±63 keeps them, exactly (Δ7 = Δ8);
+    a wider one is re-rounded to ±63 levels over its own range.
+
+    Shapes:
+        weight [out, in], ``grid`` per tensor or per channel → a grid with one scale per output channel [out].
+    """
+    rows = weight.shape[0]
+    widest = grid.quantize(weight).abs().amax(dim=1).float()
+    reach = grid.scale.repeat_interleave(rows // grid.groups) * widest.clamp_min(63)  # ±63·Δ7
+    return QuantGrid.from_range(-reach, reach, 7, symmetric=True)
 
 
 class Int8Linear(nn.Module):
@@ -205,9 +212,9 @@ class Int8Linear(nn.Module):
             raise ValueError(f"Linears fused into one GEMM must share their input scale, got {sorted(scales)}")
         weights = [m.weight.detach() for m in modules]
         grids = [m.weight_grid() for m in modules]
-        if widths.weights == 7:
-            weights = [g.fake_quantize(w) for g, w in zip(grids, weights)]
-            grids = [seven_bit_weights(w) for w in weights]
+        if widths.weights == 7:  # the model's weights (its 8-bit codes) on each channel's 7-bit grid
+            weights, grids = ([g.fake_quantize(w) for g, w in zip(grids, weights)],
+                              [seven_bit_weights(w, g) for g, w in zip(grids, weights)])
         codes = torch.cat([g.quantize(w) for g, w in zip(grids, weights)])
         w_scale = torch.cat([g.scale.reshape(-1).expand(m.out_features) for g, m in zip(grids, modules)])
         biases = [m.bias for m in modules]

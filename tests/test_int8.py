@@ -30,6 +30,7 @@ from qlib.int8 import (
     quantize_input,
     to_int8,
 )
+from qlib.quantizers import QuantSpec
 
 needs_vnni = pytest.mark.skipif(CodeWidths(8, 8) not in exact_widths(), reason="this CPU's int8 GEMMs saturate with 8-bit "
                                 "inputs (no VNNI or AMX): to_int8 runs 7-bit inputs here (tested below)")
@@ -180,29 +181,19 @@ def test_a_7_bit_operand_stays_close_and_8_bit_ones_are_exact(tiny_bert):
     assert 1e-4 < error[CodeWidths(8, 7)] < 0.05
 
 
-def test_7_bit_weights_re_round_each_channel_of_the_fake_quantized_weight():
+def test_7_bit_weights_keep_the_codes_that_fit_and_re_round_the_others_per_channel():
     from qlib.int8 import seven_bit_weights
 
-    weight = torch.tensor([[1.0, -0.5, 0.25], [0.01, 0.02, -0.03]])
-    grid = seven_bit_weights(weight)
+    weight = torch.tensor([[1.27, -0.5, 0.25], [0.01, 0.02, -0.63], [0.3, -0.2, 0.1]])
+    grid = QuantSpec(8, "symmetric").grid_for(weight)  # per tensor: Δ8 = 0.01
     codes = grid.quantize(weight)
-    assert codes.abs().amax(dim=1).tolist() == [63, 63]  # each row spans its own ±63 levels
-    assert torch.allclose(grid.scale.reshape(-1), torch.tensor([1 / 63, 0.03 / 63]))
-    assert (grid.fake_quantize(weight) - weight).abs().max() <= grid.scale.max() / 2 + 1e-7
-
-
-@needs_vnni
-def test_bfloat16_attention_stays_close(tiny_bert):
-    fake = trained(convert_bert(tiny_bert, q8bert_config()))
-    real = to_int8(fake, attention_dtype=torch.bfloat16)
-    assert {m.attention_dtype for m in real.modules() if isinstance(m, Int8SelfAttention)} == {torch.bfloat16}
-    ids = torch.randint(5, 64, (6, 12), generator=torch.Generator().manual_seed(4))
-    mask = torch.ones_like(ids)
-    mask[:2, 8:] = 0
-    with torch.no_grad():
-        got = real(input_ids=ids, attention_mask=mask).logits
-        expected = fake(input_ids=ids, attention_mask=mask).logits
-    assert got.dtype == torch.float32 and (got - expected).abs().max().item() < 0.05
+    seven = seven_bit_weights(weight, grid)
+    kept = seven.quantize(grid.fake_quantize(weight))
+    assert torch.equal(kept[1:], codes[1:])  # rows whose codes fit in ±63 keep them
+    assert torch.allclose(seven.scale[1:], grid.scale.expand(2))
+    assert kept[0].abs().max() == 63 and seven.scale[0] == pytest.approx(1.27 / 63)  # the wide row: its own range
+    per_channel = QuantSpec(8, "symmetric", "channel").grid_for(weight)
+    assert (seven_bit_weights(weight, per_channel).quantize(weight).abs().amax(dim=1) == 63).all()
 
 
 def test_bad_code_widths_or_attention_dtype_are_refused(tiny_bert):
