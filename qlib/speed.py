@@ -176,10 +176,11 @@ def amdahl_summary(profile: pd.DataFrame) -> str:
 
 
 def int8_agreement_table(paths: list[str | Path]) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
-    """The ``benchmarks/int8_agreement.py`` results at ``paths`` (those that exist): one row per model and int8
-    route (8-bit inputs, 7-bit inputs, bf16 attention; older files have the first only) with both models' dev
-    accuracy, the gap against the route's target, the logits' differences and the run's CPU; and the records (with
-    their notes) for ``qlib.report.notes_markdown``."""
+    """The ``benchmarks/int8_agreement.py`` results at ``paths`` (those that exist): one row per run (its model and
+    date: two runs on one model keep a row each) and int8 route (8-bit codes, 7-bit inputs or weights, bf16
+    attention; older files have the first only) with both models' dev accuracy, the gap against the route's target,
+    the logits' differences and the run's CPU; and the records (with their notes) for
+    ``qlib.report.notes_markdown``."""
     rows, records = {}, []
     for path in (Path(p) for p in paths):
         if not path.is_file():
@@ -193,11 +194,12 @@ def int8_agreement_table(paths: list[str | Path]) -> tuple[pd.DataFrame, list[di
         for route, r in routes.items():
             if "skipped" in r:
                 continue
-            rows[f"{model} · {route}"] = {
+            rows[(f"{model}, {a['provenance']['date'][:16]}", route)] = {
                 "examples": a["examples"], "fake-quant acc %": 100 * a["scores"]["fake_quant"]["accuracy"],
                 "int8 acc %": 100 * r["scores"]["accuracy"], "gap (points)": r["gap_points"],
                 "target (points)": r["target_points"], "within target": r["gap_points"] <= r["target_points"],
                 "max |Δlogit|": r["max_abs_logit_diff"], "mean |Δlogit|": r["mean_abs_logit_diff"],
                 "same prediction %": 100 * r["same_prediction"], "CPU": a["provenance"]["machine"]["cpu"],
                 "commit": (a["provenance"]["git_commit"] or "")[:8]}
-    return pd.DataFrame.from_dict(rows, orient="index"), records
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    return (table.rename_axis(["run", "route"]) if rows else table), records

@@ -69,3 +69,23 @@ def test_limits_set_what_qbook_reaches_beside_the_peaks(folder):
     shaped = run("2026-12-03T10:00", "AMX", {"qbook_int8": 10}, peaks={"int8_gemm_gops": 1000.0,
                                                                      "fp32_gemm_gops": 200.0, "gemm_shape": [8, 16, 32]})
     assert limits({"AMX": shaped}).loc["AMX", "peak GEMM m × k × n"] == "8 × 16 × 32"
+
+
+def test_each_agreement_run_keeps_its_rows_even_on_the_same_model(tmp_path):
+    from qlib.speed import int8_agreement_table
+
+    def agreement(date: str, gap: float) -> dict:
+        route = {"scores": {"accuracy": 0.8 + gap / 100}, "gap_points": gap, "target_points": 0.5,
+                 "max_abs_logit_diff": 0.1, "mean_abs_logit_diff": 0.01, "same_prediction": 0.99}
+        return {"task": "sst2", "examples": 872, "checkpoint": "trained by this run",
+                "trained": {"train": {"train_examples": 4000}, "seed": 0},
+                "scores": {"fake_quant": {"accuracy": 0.8}}, "routes": {"int8_7bit_weights": route},
+                "provenance": {"date": date, "git_commit": "abcdef123", "machine": {"cpu": "x"}}}
+
+    write_json(tmp_path / "a.json", agreement("2026-12-02T20:00:00", 0.57))
+    write_json(tmp_path / "b.json", agreement("2026-12-02T20:04:00", 0.46))
+    table, records = int8_agreement_table([tmp_path / "a.json", tmp_path / "b.json", tmp_path / "missing.json"])
+    assert len(records) == 2 and list(table.index.names) == ["run", "route"]
+    assert table["gap (points)"].tolist() == [0.57, 0.46]
+    assert table["within target"].tolist() == [False, True]
+    assert table.index[0] == ("QAT on 4,000 sst2 examples, seed 0, 2026-12-02T20:00", "int8_7bit_weights")
