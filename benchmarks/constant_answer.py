@@ -3,7 +3,7 @@
     python benchmarks/constant_answer.py [--tasks sst2,cola,rte] [--out FILE]
 
 For each task the script reads the dev split (``$QBOOK_DATA_DIR`` offline), counts its labels and scores the best
-constant answer with the task's metrics (``qlib.metrics.constant_answer``): the majority class's share for
+constant answer with the task's metrics (``qlib.experiments.metrics.constant_answer``): the majority class's share for
 accuracy, 0 for MCC. The chapters set each score beside it, to tell a model that learned little from one that
 learned nothing.
 """
@@ -19,9 +19,9 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-from qlib.data import data_provenance, get_task, load_glue  # noqa: E402
-from qlib.metrics import constant_answer  # noqa: E402
-from qlib.results import provenance, write_json  # noqa: E402
+from qlib.experiments.data import data_provenance, get_task, load_glue  # noqa: E402
+from qlib.experiments.metrics import constant_answer  # noqa: E402
+from qlib.experiments.results import provenance, write_json  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,14 +22,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import torch  # noqa: E402
-
 from int8_agreement import logits_over  # noqa: E402  (this folder's agreement script)
+
 from qlib import convert_bert, qbert_config  # noqa: E402
-from qlib.checkpoint import checkpoint_sizes, load_quantized, save_quantized  # noqa: E402
-from qlib.data import get_task, glue_batches, glue_provenance  # noqa: E402
-from qlib.metrics import glue_metrics  # noqa: E402
-from qlib.models import load_classifier  # noqa: E402
-from qlib.results import provenance, read_json, write_json  # noqa: E402
+from qlib.deploy.checkpoint import checkpoint_sizes, load_quantized, save_quantized  # noqa: E402
+from qlib.experiments.data import get_task, glue_batches, glue_provenance  # noqa: E402
+from qlib.experiments.metrics import glue_metrics  # noqa: E402
+from qlib.experiments.models import load_classifier  # noqa: E402
+from qlib.experiments.results import provenance, read_json, write_json  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,7 +6,7 @@
 CKPT is a Q8BERT QAT model kept by ``run_glue(..., method="qat", checkpoint_dir=...)`` (bit-packed, with its EMA
 input ranges); with ``--train-examples N`` the script first trains one itself (``run_glue``, QAT, N training
 examples, 1 epoch) and records that run in its report. It loads the model into a Q8BERT-converted model, exports it
-with ``qlib.int8.to_int8`` and runs both on the whole dev set on the CPU: the issue's target is accuracy equal
+with ``qlib.deploy.int8.to_int8`` and runs both on the whole dev set on the CPU: the issue's target is accuracy equal
 within 0.2 points. It also runs the export's other routes on the same model (``ROUTES``): 7-bit inputs and 7-bit
 weights per output channel (the routes CPUs without VNNI can take; target 0.5 points) and attention products in bf16
 (target 0.2 points); each route's scores, gap and logit differences are reported under ``routes``.
@@ -27,13 +27,13 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 import torch  # noqa: E402
 
 from qlib import convert_bert, q8bert_config  # noqa: E402
-from qlib.checkpoint import load_quantized  # noqa: E402
-from qlib.data import get_task, glue_batches, glue_provenance  # noqa: E402
-from qlib.experiment import run_glue  # noqa: E402
-from qlib.int8 import CodeWidths, to_int8  # noqa: E402
-from qlib.metrics import glue_metrics  # noqa: E402
-from qlib.models import DEFAULT_MODEL, load_classifier  # noqa: E402
-from qlib.results import provenance, write_json  # noqa: E402
+from qlib.deploy.checkpoint import load_quantized  # noqa: E402
+from qlib.deploy.int8 import CodeWidths, to_int8  # noqa: E402
+from qlib.experiments.data import get_task, glue_batches, glue_provenance  # noqa: E402
+from qlib.experiments.experiment import run_glue  # noqa: E402
+from qlib.experiments.metrics import glue_metrics  # noqa: E402
+from qlib.experiments.models import DEFAULT_MODEL, load_classifier  # noqa: E402
+from qlib.experiments.results import provenance, write_json  # noqa: E402
 
 TARGET_POINTS = 0.2
 ROUTES = {  # name: (to_int8 keyword arguments, target in points)
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
                         "max_abs_logit_diff": float((real_logits - fake_logits).abs().max()),
                         "mean_abs_logit_diff": float((real_logits - fake_logits).abs().mean()),
                         "same_prediction": float((real_logits.argmax(-1) == fake_logits.argmax(-1)).float().mean())}
-    # the route to_int8 takes by default on this CPU (qlib.int8.WIDTHS' order)
+    # the route to_int8 takes by default on this CPU (qlib.deploy.int8.WIDTHS' order)
     main_route = next(routes[n] for n in ("int8", "int8_7bit_weights", "int8_7bit_inputs") if "scores" in routes[n])
     gap = main_route["gap_points"]
     report = {

@@ -4,8 +4,8 @@ Variants (``VARIANTS``, each built by its own function; one that cannot run here
 FP32 eager; torch.ao dynamic int8; ONNX Runtime dynamic int8 and static QDQ int8 (calibrated); PyTorch's
 maintained int8 route (PT2E with torchao's X86 Inductor quantizer, ``torch.compile``); torch bf16 (CPUs with
 AVX-512 BF16 or AMX); OpenVINO bf16 and OpenVINO int8 (NNCF post-training quantization); qbook int8
-(``qlib.int8.to_int8``: 8-bit inputs where the CPU computes them exactly, else 7-bit), eager and compiled whole by
-Inductor, the compiled one also with its attention products in bf16 where the CPU has bf16; and qbook's QDQ export (``qlib.onnx_export``, the learned scales)
+(``qlib.deploy.int8.to_int8``: 8-bit inputs where the CPU computes them exactly, else 7-bit), eager and compiled whole by
+Inductor, the compiled one also with its attention products in bf16 where the CPU has bf16; and qbook's QDQ export (``qlib.deploy.onnx_export``, the learned scales)
 run by ONNX Runtime and by OpenVINO. Post-training peers calibrate on ``CALIBRATION``, none of which is timed.
 
     python benchmarks/int8_cpu.py [--threads 2] [--repeats 7] [--out results/benchmarks/int8_cpu-<class>-<time>.json]
@@ -16,7 +16,7 @@ and 8, sequence 128; then, on the packaged model, over a grid of batch sizes and
 each variant's logits are compared with the fake-quantized model's and FP32's on one batch (max |Δ|). The CPU's
 limits are measured too: a large int8 GEMM (oneDNN, u8·s8) and a large FP32 GEMM, in operations per second, beside
 what qbook's GEMMs and whole forward reach. Prints each median and the ratios against the issue's targets; writes
-the measurements with provenance to a file named after the CPU class (``qlib.cpu.cpu_class``).
+the measurements with provenance to a file named after the CPU class (``qlib.common.cpu.cpu_class``).
 """
 
 from __future__ import annotations
@@ -40,13 +40,13 @@ import torch  # noqa: E402
 from transformers import BertConfig, BertForSequenceClassification  # noqa: E402
 
 from qlib import convert_bert, q8bert_config  # noqa: E402
-from qlib.checkpoint import save_float, save_quantized  # noqa: E402
-from qlib.cpu import CPU_CLASSES, cpu_class, cpu_features, cpu_model  # noqa: E402
-from qlib.int8 import exact_widths, to_int8  # noqa: E402
-from qlib.onnx_export import export_onnx  # noqa: E402
-from qlib.models import DEFAULT_MODEL, load_classifier  # noqa: E402
-from qlib.results import provenance, write_json  # noqa: E402
-from qlib.speed import QBOOK_ROUTES, TARGETS  # noqa: E402
+from qlib.common.cpu import CPU_CLASSES, cpu_class, cpu_features, cpu_model  # noqa: E402
+from qlib.deploy.checkpoint import save_float, save_quantized  # noqa: E402
+from qlib.deploy.int8 import exact_widths, to_int8  # noqa: E402
+from qlib.deploy.onnx_export import export_onnx  # noqa: E402
+from qlib.experiments.models import DEFAULT_MODEL, load_classifier  # noqa: E402
+from qlib.experiments.results import provenance, write_json  # noqa: E402
+from qlib.experiments.speed import QBOOK_ROUTES, TARGETS  # noqa: E402
 
 TORCH_VARIANTS = ("fp32", "ao_dynamic", "torch_bf16", "pt2e_inductor", "qbook_int8", "qbook_int8_compiled",
                   "qbook_int8_compiled_bf16_attention")
@@ -456,7 +456,7 @@ def achieved(model: torch.nn.Module, profile_ms: dict, latency: dict, tokens: in
 
 
 def print_verdicts(cpu: str, timing: dict) -> None:
-    targets = TARGETS.get(cpu, {})  # qlib.speed's: the chapter reads the same
+    targets = TARGETS.get(cpu, {})  # qlib.experiments.speed's: the chapter reads the same
     for route in (r for r in QBOOK_ROUTES if r in timing):
         for other in (name for name in timing if name not in QBOOK_ROUTES):
             ratio = timing[other]["median_ms"] / timing[route]["median_ms"]

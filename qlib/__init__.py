@@ -4,13 +4,13 @@ The distribution is called ``qbook`` (``pip install -e .``); the import name is 
 ``pyqlib`` also installs a module named ``qlib``: do not install both in one environment.
 """
 
-from qlib.checks import check_bits
-from qlib.config import BertQuantConfig, LayerQuant, dynamic_config, q8bert_config, qbert_config
-from qlib.convert import calibrate, convert_bert, find_bert, layer_names, quantized_modules
-from qlib.modules import QuantEmbedding, QuantLinear
-from qlib.observers import DynamicObserver, EMAObserver, MinMaxObserver, make_observer
-from qlib.quant_noise import quant_noise
-from qlib.quantizers import QuantGrid, QuantSpec, fake_quantize, group_view, tensor_ranges
+from qlib.bert.config import BertQuantConfig, LayerQuant, dynamic_config, q8bert_config, qbert_config
+from qlib.bert.convert import calibrate, convert_bert, find_bert, layer_names, quantized_modules
+from qlib.bert.modules import QuantEmbedding, QuantLinear
+from qlib.common.checks import check_bits
+from qlib.core.observers import DynamicObserver, EMAObserver, MinMaxObserver, make_observer
+from qlib.core.quant_noise import quant_noise
+from qlib.core.quantizers import QuantGrid, QuantSpec, fake_quantize, group_view, tensor_ranges
 
 __version__ = "0.1.0"
 

@@ -4,10 +4,10 @@ Quant-Noise as a Q-BERT run option."""
 import pytest
 import torch
 
-from qlib.compare import bits_of, side_by_side
-from qlib.config import qbert_config
-from qlib.modules import QuantLinear
-from qlib.spec import RunSpec
+from qlib.bert.config import qbert_config
+from qlib.bert.modules import QuantLinear
+from qlib.experiments.compare import bits_of, side_by_side
+from qlib.experiments.spec import RunSpec
 
 
 def record(task, method, seed, score, **params):
@@ -86,7 +86,7 @@ def test_side_by_side_measures_sizes_and_pairs_each_chapter_with_its_own_fp32(ti
 def test_pareto_keeps_the_rows_no_smaller_file_beats():
     import pandas as pd
 
-    from qlib.compare import pareto
+    from qlib.experiments.compare import pareto
 
     table = pd.DataFrame({"task": ["a"] * 5 + ["b"], "method": ["fp32", "q8", "dq", "w4", "w2", "fp32"],
                           "file (MB)": [90.0, 23.0, 23.0, 17.0, 15.0, 90.0], "mean": [80, 79, 77, 70, 50, 60]})
@@ -101,7 +101,7 @@ def test_pareto_keeps_the_rows_no_smaller_file_beats():
 def test_one_relative_drop_formula_serves_table_2_and_the_drops():
     import pandas as pd
 
-    from qlib.report import relative_drop, relative_error
+    from qlib.experiments.report import relative_drop, relative_error
 
     assert relative_drop(80.0, 76.0) == 5.0 and relative_drop(50.0, 55.0) == -10.0
     index = pd.MultiIndex.from_tuples([("a", "fp32"), ("a", "qat"), ("b", "fp32"), ("b", "qat")],
@@ -113,14 +113,14 @@ def test_one_relative_drop_formula_serves_table_2_and_the_drops():
 def test_book_tables_show_a_missing_value_as_a_dash_never_nan():
     import pandas as pd
 
-    from qlib.report import MISSING, table_html
+    from qlib.experiments.report import MISSING, table_html
 
     html = table_html(pd.DataFrame({"score": [88.5, float("nan")], "std": [None, 0.4]}, index=["qat", "dq"]))
     assert MISSING in html and "NaN" not in html and "nan" not in html.lower().replace("dataframe", "")
 
 
 def test_the_integer_kernels_error_curves_are_the_kernels_bounds():
-    from qlib.report import integer_kernel_errors
+    from qlib.experiments.report import integer_kernel_errors
 
     errors = integer_kernel_errors(points=801)
     assert set(errors) == {"GELU", "exp", "softmax", "LayerNorm"} and len(errors["GELU"]) == 801

@@ -6,12 +6,24 @@ import copy
 
 import pytest
 import torch
-from torch import nn
-
 from conftest import tiny_config
-from qlib import (BertQuantConfig, LayerQuant, QuantEmbedding, QuantLinear, QuantSpec, calibrate, convert_bert,
-                  dynamic_config, layer_names, q8bert_config, qbert_config, quantized_modules)
+from torch import nn
 from transformers import BertForMaskedLM, BertForQuestionAnswering
+
+from qlib import (
+    BertQuantConfig,
+    LayerQuant,
+    QuantEmbedding,
+    QuantLinear,
+    QuantSpec,
+    calibrate,
+    convert_bert,
+    dynamic_config,
+    layer_names,
+    q8bert_config,
+    qbert_config,
+    quantized_modules,
+)
 
 
 def logits_error(model: nn.Module, config: BertQuantConfig, ids: torch.Tensor) -> float:

@@ -6,14 +6,13 @@ import gzip
 import json
 
 import pytest
+from conftest import write_tsv
 from hypothesis import given
 from hypothesis import strategies as st
 from transformers import AutoTokenizer
 
-from conftest import write_tsv
-from qlib.conll import NER_LABELS, iob1_to_iob2, load_conll2003
-from qlib.data import (TASKS, get_task, glue_provenance, file_sha256, load_glue, load_squad, loader,
-                       tokenize)
+from qlib.experiments.conll import NER_LABELS, iob1_to_iob2, load_conll2003
+from qlib.experiments.data import TASKS, file_sha256, get_task, glue_provenance, load_glue, load_squad, loader, tokenize
 
 
 def test_sst2_as_glue_ships_it(glue_dir):
@@ -256,7 +255,7 @@ def test_iob1_to_iob2_keeps_the_spans_and_opens_each_with_b(tags):
 
 
 def test_the_packaged_models_tokenizer_knows_its_words():
-    from qlib.models import DEFAULT_MODEL, model_path
+    from qlib.experiments.models import DEFAULT_MODEL, model_path
 
     tokenizer = AutoTokenizer.from_pretrained(model_path(DEFAULT_MODEL))
     ids = tokenizer("The sailors rode the breeze clear of the rocks.")["input_ids"]

@@ -7,9 +7,9 @@ import math
 
 import pytest
 import torch
-
 from conftest import tiny_config
-from qlib.distill import distillation_loss, logit_loss
+
+from qlib.experiments.distill import distillation_loss, logit_loss
 
 
 def test_the_logit_loss_is_the_tempered_kl_divergence():
@@ -40,8 +40,8 @@ def test_the_hidden_mode_adds_every_layers_states_and_attention_maps():
 
 @pytest.mark.slow
 def test_a_distilled_qat_run_learns_from_its_fp32_teacher(glue_dir, tiny_model_dir, tmp_path):
-    from qlib.experiment import checkpoint_path, run
-    from qlib.spec import RunSpec, TrainingProtocol
+    from qlib.experiments.experiment import checkpoint_path, run
+    from qlib.experiments.spec import RunSpec, TrainingProtocol
 
     tiny = TrainingProtocol(model=str(tiny_model_dir), epochs=1, batch_size=4, max_length=16)
     fp32 = RunSpec("sst2", "fp32", protocol=tiny)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from qlib.experiment import run_glue
-from qlib.spec import RunSpec
-from qlib.data import file_sha256
-from qlib.results import read_json
+from qlib.experiments.data import file_sha256
+from qlib.experiments.experiment import run_glue
+from qlib.experiments.results import read_json
+from qlib.experiments.spec import RunSpec
 
 pytestmark = pytest.mark.slow
 
@@ -35,7 +35,7 @@ def test_fp32_job_writes_fp32_and_post_training_results_with_provenance(glue_dir
             "source": "local", "folder": glue_dir.resolve().name,
             "files": {f"glue/sst2/{s}.tsv": file_sha256(glue_dir / "glue" / "sst2" / f"{s}.tsv")
                       for s in ("dev", "train")}}
-    from qlib.report import protocol_frame
+    from qlib.experiments.report import protocol_frame
 
     protocol = protocol_frame(records)  # the post-training rows trained nothing: one row, the FP32 run's
     assert protocol[["method", "seed", "train examples", "epochs", "max tokens"]].values.tolist() == [
@@ -61,8 +61,8 @@ def test_qbert_mixed_precision_job(glue_dir, tiny_model_dir, tmp_path):
 
 
 def test_run_takes_a_spec_and_refuses_rows_that_are_not_its_own(glue_dir, tiny_model_dir, tmp_path):
-    from qlib.experiment import run
-    from qlib.spec import TrainingProtocol
+    from qlib.experiments.experiment import run
+    from qlib.experiments.spec import TrainingProtocol
 
     tiny = TrainingProtocol(model=str(tiny_model_dir), epochs=1, batch_size=4, max_length=16)
     spec = RunSpec("sst2", "qbert", 1, weight_bits=3, groups=4, protocol=tiny)
@@ -90,7 +90,7 @@ def test_bad_method_and_non_bert_model(glue_dir, tmp_path, tiny_model_dir):
 
 
 def test_protocol_covers_tasks_outside_the_cpu_protocol():
-    from qlib.experiment import protocol_for
+    from qlib.experiments.experiment import protocol_for
 
     assert protocol_for("sst2") == {"epochs": 1, "lr": 5e-5}
     assert protocol_for("MNLI") == {"epochs": 3, "lr": 5e-5}
@@ -102,7 +102,7 @@ def test_checkpoint_dir_keeps_a_loadable_model_and_ema_label(glue_dir, tiny_mode
     from transformers import AutoModelForSequenceClassification
 
     from qlib import convert_bert, q8bert_config
-    from qlib.checkpoint import load_quantized
+    from qlib.deploy.checkpoint import load_quantized
 
     records = run(tiny_model_dir, tmp_path, "qat", ema_decay=0.99, checkpoint_dir=tmp_path / "ckpt")
     assert records[0]["method"] == "qat-ema0.99" and records[0]["params"]["ema_decay"] == 0.99
@@ -115,7 +115,7 @@ def test_checkpoint_dir_keeps_a_loadable_model_and_ema_label(glue_dir, tiny_mode
 
 
 def test_a_qat_row_starts_from_its_baseline_model_and_runs_it_first_when_missing(glue_dir, tiny_model_dir, tmp_path):
-    from qlib.qbert import fp32_checkpoint, run_setting
+    from qlib.experiments.qbert import fp32_checkpoint, run_setting
 
     args = dict(model=str(tiny_model_dir), epochs=1, batch_size=4, max_length=16, experiment="qbert",
                 results_dir=tmp_path / "results", progress=False)
@@ -130,7 +130,7 @@ def test_a_qat_row_starts_from_its_baseline_model_and_runs_it_first_when_missing
 
 
 def test_a_quant_noise_row_trains_its_baseline_without_noise(glue_dir, tiny_model_dir, tmp_path):
-    from qlib.qbert import run_setting
+    from qlib.experiments.qbert import run_setting
 
     args = dict(model=str(tiny_model_dir), epochs=1, batch_size=4, max_length=16, experiment="qbert",
                 results_dir=tmp_path / "results", progress=False)
@@ -148,7 +148,7 @@ def test_per_row_groups_job(glue_dir, tiny_model_dir, tmp_path):
 
 
 def test_device_resolution():
-    from qlib.train import resolve_device
+    from qlib.experiments.train import resolve_device
 
     assert resolve_device("cpu").type == "cpu"
     assert resolve_device(None).type == ("cuda" if torch.cuda.is_available() else "cpu")
@@ -190,9 +190,9 @@ def test_an_ipq_run_quantizes_in_stages_from_its_fp32_model_and_keeps_a_loadable
     from transformers import AutoModelForSequenceClassification
 
     from qlib import convert_bert, q8bert_config
-    from qlib.checkpoint import load_quantized, save_float
-    from qlib.convert import find_bert
-    from qlib.pq_modules import IPQ_STAGES, PQEmbedding, PQLinear, product_quantize
+    from qlib.bert.convert import find_bert
+    from qlib.bert.pq_modules import IPQ_STAGES, PQEmbedding, PQLinear, product_quantize
+    from qlib.deploy.checkpoint import load_quantized, save_float
 
     start = save_float(AutoModelForSequenceClassification.from_pretrained(tiny_model_dir), tmp_path / "fp32.st")
     records = run(tiny_model_dir, tmp_path, "ipq", centroids=16, centroid_bits=8, init_from=start,

@@ -6,12 +6,12 @@ import math
 
 import pytest
 import torch
+from conftest import tiny_config
 from torch.func import functional_call
 from transformers import BertForSequenceClassification
 
-from conftest import tiny_config
-from qlib.hessian import power_iteration
-from qlib.sensitivity import assign_bits, layer_blocks, layer_spectrum, negative_curvature, omega
+from qlib.second_order.hessian import power_iteration
+from qlib.second_order.sensitivity import assign_bits, layer_blocks, layer_spectrum, negative_curvature, omega
 
 
 def test_power_iteration_finds_the_top_eigenvalues_of_a_quadratic():
@@ -100,7 +100,7 @@ def test_bit_assignment_errors_name_the_value():
 
 
 def test_loss_surface_restores_the_weights():
-    from qlib.hessian import loss_surface
+    from qlib.second_order.hessian import loss_surface
 
     x = torch.tensor([1.0, 2.0], requires_grad=True)
     surface = loss_surface(lambda: (x**2).sum(), [x], ([torch.tensor([1.0, 0.0])], [torch.tensor([0.0, 1.0])]),
@@ -111,7 +111,7 @@ def test_loss_surface_restores_the_weights():
 
 @pytest.mark.slow
 def test_spectrum_run_writes_its_result(glue_dir, tiny_model_dir, tmp_path):
-    from qlib.qbert import run_spectrum
+    from qlib.experiments.qbert import run_spectrum
 
     result = run_spectrum("sst2", str(tiny_model_dir), finetune_examples=8, subsets=2, subset_size=4, max_length=16,
                           max_iter=5, landscape_blocks=["encoder.layer.1"], landscape_points=3,
@@ -133,9 +133,9 @@ def test_spectrum_run_writes_its_result(glue_dir, tiny_model_dir, tmp_path):
 
 @pytest.mark.slow
 def test_spectrum_of_a_given_fp32_model_skips_the_fine_tune(glue_dir, tiny_model_dir, tmp_path):
-    from qlib.checkpoint import save_float
-    from qlib.models import load_classifier
-    from qlib.qbert import finetuned_for_hessian, run_spectrum
+    from qlib.deploy.checkpoint import save_float
+    from qlib.experiments.models import load_classifier
+    from qlib.experiments.qbert import finetuned_for_hessian, run_spectrum
 
     torch.manual_seed(1)
     baseline, _ = load_classifier(str(tiny_model_dir), 2)
@@ -153,8 +153,8 @@ def test_spectrum_of_a_given_fp32_model_skips_the_fine_tune(glue_dir, tiny_model
 
 
 def test_block_landscape_matches_the_loss_at_its_centre_and_names_bad_blocks(tiny_model_dir):
-    from qlib.models import load_classifier
-    from qlib.sensitivity import block_landscape
+    from qlib.experiments.models import load_classifier
+    from qlib.second_order.sensitivity import block_landscape
 
     torch.manual_seed(0)
     model, _ = load_classifier(str(tiny_model_dir), 2, attn_implementation="eager")

@@ -16,24 +16,24 @@ from hypothesis import strategies as st
 from transformers import BertForSequenceClassification
 
 from qlib import QuantGrid, calibrate, convert_bert, dynamic_config, q8bert_config, qbert_config
-from qlib.checkpoint import load_quantized, save_quantized
-from qlib.int8 import (
+from qlib.core.quantizers import QuantSpec
+from qlib.deploy.checkpoint import load_quantized, save_quantized
+from qlib.deploy.int8 import (
     UINT8_ZERO_POINT,
+    CodeWidths,
     Int8Embedding,
     Int8Intermediate,
     Int8Linear,
     Int8ResidualOutput,
     Int8SelfAttention,
-    CodeWidths,
     exact_widths,
     input_zero_point,
     quantize_input,
     to_int8,
 )
-from qlib.quantizers import QuantSpec
 
 needs_vnni = pytest.mark.skipif(CodeWidths(8, 8) not in exact_widths(), reason="this CPU's int8 GEMMs saturate with 8-bit "
-                                "inputs (no VNNI or AMX): to_int8 runs 7-bit inputs here (tested below)")
+                                "inputs and weights (no VNNI or AMX): to_int8 takes a 7-bit operand here (tested below)")
 
 
 def trained(model):
@@ -126,7 +126,7 @@ def test_calibrated_minmax_model_exports(tiny_bert):
 
 
 def test_the_engine_check_matches_what_the_kernel_does():
-    from qlib.int8 import int8_gemm_error
+    from qlib.deploy.int8 import int8_gemm_error
 
     assert int8_gemm_error(7) == 0.0  # 7-bit weights never saturate
     assert {CodeWidths(8, 7), CodeWidths(7, 8)} <= set(exact_widths())  # nor do 7-bit inputs, on every x86 CPU
@@ -141,7 +141,7 @@ import torch, pytest
 from conftest import tiny_config
 from transformers import BertForSequenceClassification
 from qlib import convert_bert, q8bert_config
-from qlib.int8 import CodeWidths, Int8Linear, exact_widths, to_int8
+from qlib.deploy.int8 import CodeWidths, Int8Linear, exact_widths, to_int8
 from test_int8 import trained
 assert exact_widths() == (CodeWidths(8, 7), CodeWidths(7, 8)), exact_widths()
 torch.manual_seed(0)
@@ -182,7 +182,7 @@ def test_a_7_bit_operand_stays_close_and_8_bit_ones_are_exact(tiny_bert):
 
 
 def test_7_bit_weights_keep_the_codes_that_fit_and_re_round_the_others_per_channel():
-    from qlib.int8 import seven_bit_weights
+    from qlib.deploy.int8 import seven_bit_weights
 
     weight = torch.tensor([[1.27, -0.5, 0.25], [0.01, 0.02, -0.63], [0.3, -0.2, 0.1]])
     grid = QuantSpec(8, "symmetric").grid_for(weight)  # per tensor: Δ8 = 0.01
@@ -202,7 +202,7 @@ def test_bad_code_widths_or_attention_dtype_are_refused(tiny_bert):
         CodeWidths(inputs=6)
     with pytest.raises(ValueError, match="weights codes .* got 4"):
         CodeWidths(weights=4)
-    with pytest.raises(TypeError, match="widths must be a qlib.int8.CodeWidths"):
+    with pytest.raises(TypeError, match="widths must be a qlib.deploy.int8.CodeWidths"):
         to_int8(fake, 7)
     with pytest.raises(ValueError, match="attention_dtype must be one of"):
         to_int8(fake, attention_dtype=torch.float16)
@@ -228,7 +228,7 @@ def test_quantize_input_is_bit_identical_to_the_grid(rows, cols, spread, narrow,
 @needs_vnni
 @pytest.mark.slow
 def test_the_compiled_int8_model_is_one_graph_and_agrees(tiny_bert):
-    from qlib.int8 import CompiledInt8
+    from qlib.deploy.int8 import CompiledInt8
 
     fake = trained(convert_bert(tiny_bert, q8bert_config()))
     explained = torch._dynamo.explain(to_int8(fake))(input_ids=torch.randint(5, 64, (2, 8)))
@@ -242,7 +242,7 @@ def test_the_compiled_int8_model_is_one_graph_and_agrees(tiny_bert):
 
 @pytest.mark.slow
 def test_compiled_input_quantization_gives_the_eager_codes():
-    from qlib.int8 import float32_reciprocal
+    from qlib.deploy.int8 import float32_reciprocal
 
     x = torch.randn(64, 48, generator=torch.Generator().manual_seed(2)) * 3
     scale = float(QuantGrid.from_range(-x.abs().max() * 0.5, x.abs().max() * 0.5, 8, symmetric=True).scale)

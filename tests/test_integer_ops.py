@@ -9,13 +9,13 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import tiny_config
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import tiny_config
 from qlib import convert_bert, q8bert_config
-from qlib.integer_modules import IntegerGELU, IntegerLayerNorm, IntegerSoftmax, use_integer_nonlinearities
-from qlib.integer_ops import i_exp, i_gelu, i_layernorm, i_softmax, i_sqrt
+from qlib.bert.integer_modules import IntegerGELU, IntegerLayerNorm, IntegerSoftmax, use_integer_nonlinearities
+from qlib.core.integer_ops import i_exp, i_gelu, i_layernorm, i_softmax, i_sqrt
 
 
 def codes(x: torch.Tensor, bits: int = 16) -> tuple[torch.Tensor, float]:
@@ -119,9 +119,9 @@ def test_a_bert_runs_and_trains_with_integer_nonlinearities():
 def test_an_integer_nonlinearity_qat_run_trains_saves_and_loads(glue_dir, tiny_model_dir, tmp_path):
     from transformers import AutoModelForSequenceClassification
 
-    from qlib.checkpoint import load_quantized
-    from qlib.experiment import checkpoint_path, run
-    from qlib.spec import RunSpec, TrainingProtocol
+    from qlib.deploy.checkpoint import load_quantized
+    from qlib.experiments.experiment import checkpoint_path, run
+    from qlib.experiments.spec import RunSpec, TrainingProtocol
 
     spec = RunSpec("sst2", "qat", integer_nonlinearities=True,
                    protocol=TrainingProtocol(model=str(tiny_model_dir), epochs=1, batch_size=4, max_length=16))

@@ -1,4 +1,4 @@
-"""The Dask machinery under qlib.protocol and qlib.batch: a LocalCluster of two single-thread workers runs a tiny
+"""The Dask machinery under qlib.experiments.protocol and qlib.experiments.batch: a LocalCluster of two single-thread workers runs a tiny
 protocol with a dependency chain, a failing job and a resume, and writes the same results as the direct serial run;
 clusters are sized so the CPU is not oversubscribed; the SLURM recipe's job script is built."""
 
@@ -7,10 +7,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from qlib.jobs import close_client, execute, local_cluster_size, make_client, resources_for
-from qlib.protocol import Job
-from qlib.results import read_json
-from qlib.spec import RunSpec, TrainingProtocol
+from qlib.experiments.jobs import close_client, execute, local_cluster_size, make_client, resources_for
+from qlib.experiments.protocol import Job
+from qlib.experiments.results import read_json
+from qlib.experiments.spec import RunSpec, TrainingProtocol
 
 
 def tiny_protocol_jobs(model_dir, results, checkpoints) -> list[Job]:
@@ -86,7 +86,7 @@ def test_clusters_do_not_oversubscribe_the_cores():
 
 def test_the_slurm_recipe_builds_its_job_script():
     pytest.importorskip("dask_jobqueue", reason="the SLURM recipe's extra (pip install dask-jobqueue)")
-    from qlib.jobs import slurm_cluster
+    from qlib.experiments.jobs import slurm_cluster
 
     cluster = slurm_cluster(jobs=0, cores=4, memory="16GB", walltime="02:00:00", queue="gpu", gpus=1)
     try:

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from qlib.metrics import constant_answer, glue_metrics, squad_metrics
+from qlib.experiments.metrics import constant_answer, glue_metrics, squad_metrics
 
 
 def test_accuracy_and_f1():
@@ -40,7 +40,7 @@ def test_constant_answer_script_writes_each_tasks_floor(glue_dir, tmp_path):
     import sys
     from pathlib import Path
 
-    from qlib.results import read_json
+    from qlib.experiments.results import read_json
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
     try:
@@ -57,7 +57,7 @@ def test_constant_answer_script_writes_each_tasks_floor(glue_dir, tmp_path):
         "dev examples": 16, "metric": "mcc", "label counts": None, "constant answer": {"mcc": 0.0}}
     assert record["provenance"]["git_commit"]
 
-    from qlib.report import constant_answer_scores
+    from qlib.experiments.report import constant_answer_scores
 
     assert constant_answer_scores(out) == {"rte": pytest.approx(50.0), "cola": 0.0}  # percent of the main metric
     assert constant_answer_scores(tmp_path / "missing.json") == {}
@@ -78,7 +78,7 @@ def test_mismatched_lengths():
 
 
 def test_report_tables_from_records():
-    from qlib.report import mean_std, mean_std_text, relative_error, runs_frame
+    from qlib.experiments.report import mean_std, mean_std_text, relative_error, runs_frame
 
     def record(method, seed, mcc):
         return {"task": "cola", "method": method, "seed": seed, "main_metric": "mcc", "metrics": {"mcc": mcc},
@@ -94,7 +94,7 @@ def test_report_tables_from_records():
 
 
 def test_paired_gaps_compare_the_same_seeds():
-    from qlib.report import paired_gaps, runs_frame
+    from qlib.experiments.report import paired_gaps, runs_frame
 
     def record(task, method, seed, score):
         return {"task": task, "method": method, "seed": seed, "main_metric": "accuracy",
@@ -117,7 +117,7 @@ def test_paired_gaps_compare_the_same_seeds():
 
 
 def test_latency_frame_reads_every_point_of_a_benchmark():
-    from qlib.speed import latency_frame
+    from qlib.experiments.speed import latency_frame
 
     bench = {"shapes": {"packaged": {"latency": {
         "batch8-seq128": {"fp32": {"median_ms": 40.0}, "qbook_int8": {"median_ms": 10.0}},
@@ -129,7 +129,7 @@ def test_latency_frame_reads_every_point_of_a_benchmark():
 def test_baseline_over_seeds_compares_the_same_seeds():
     import pandas as pd
 
-    from qlib.report import baseline_over_seeds
+    from qlib.experiments.report import baseline_over_seeds
 
     runs = pd.DataFrame({"method": ["fp32", "fp32", "qbert", "mp", "mp"], "seed": [0, 1, 0, 0, 2],
                          "score": [20.0, 30.0, 19.0, 18.0, 17.0]})

@@ -9,7 +9,7 @@ from conftest import tiny_config
 from transformers import BertForSequenceClassification
 
 from qlib import convert_bert, dynamic_config, q8bert_config, qbert_config
-from qlib.onnx_export import QDQLinear, export_onnx, to_qdq
+from qlib.deploy.onnx_export import QDQLinear, export_onnx, to_qdq
 
 onnx = pytest.importorskip("onnx", reason="onnx not installed: pip install -e '.[test]'")
 onnxruntime = pytest.importorskip("onnxruntime", reason="onnxruntime not installed: pip install -e '.[test]'")

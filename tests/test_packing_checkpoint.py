@@ -6,15 +6,15 @@ import copy
 
 import pytest
 import torch
+from conftest import tiny_config
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors import safe_open
-
-from conftest import tiny_config
-from qlib import convert_bert, q8bert_config, qbert_config
-from qlib.checkpoint import checkpoint_sizes, load_quantized, save_float, save_quantized
-from qlib.packing import pack, packed_nbytes, unpack
 from transformers import BertForMaskedLM
+
+from qlib import convert_bert, q8bert_config, qbert_config
+from qlib.core.packing import pack, packed_nbytes, unpack
+from qlib.deploy.checkpoint import checkpoint_sizes, load_quantized, save_float, save_quantized
 
 
 @settings(max_examples=200, deadline=None)
@@ -94,7 +94,7 @@ def test_corrupt_truncated_or_missing_checkpoint(tiny_bert, tmp_path):
 
 
 def test_size_mb_measures_files_and_leaves_the_model_alone(tiny_bert, tmp_path):
-    from qlib.checkpoint import size_mb
+    from qlib.deploy.checkpoint import size_mb
 
     fp32, packed = size_mb(tiny_bert, None, tmp_path), size_mb(tiny_bert, qbert_config(2, 8), tmp_path)
     assert packed["without_embedding_mb"] < fp32["without_embedding_mb"] / 4
@@ -169,7 +169,7 @@ def test_a_flipped_byte_is_refused_not_loaded(tiny_bert, tmp_path):
     _flip_last_byte(path)
     with pytest.raises(ValueError, match=f"corrupt checkpoint {path}: its tensors do not match the SHA-256"):
         load_quantized(fresh, path)
-    from qlib.checkpoint import load_float
+    from qlib.deploy.checkpoint import load_float
 
     float_path = save_float(tiny_bert, tmp_path / "fp32.safetensors")
     load_float(copy.deepcopy(tiny_bert), float_path)

@@ -11,15 +11,15 @@ from hypothesis import strategies as st
 from transformers import BertForSequenceClassification
 
 from qlib import convert_bert, q8bert_config
-from qlib.checkpoint import load_quantized, save_quantized
-from qlib.config import LayerQuant
-from qlib.convert import find_bert
-from qlib.int8 import to_int8
-from qlib.modules import QuantLinear
-from qlib.onnx_export import to_qdq
-from qlib.pq_modules import PQEmbedding, PQLinear, product_quantize, stage_of
-from qlib.product_quantization import ProductQuantizer, assign, blocks_of, decode, kmeans
-from qlib.weight_quantizer import WeightQuantizer
+from qlib.bert.config import LayerQuant
+from qlib.bert.convert import find_bert
+from qlib.bert.modules import QuantLinear
+from qlib.bert.pq_modules import PQEmbedding, PQLinear, product_quantize, stage_of
+from qlib.core.product_quantization import ProductQuantizer, assign, blocks_of, decode, kmeans
+from qlib.core.weight_quantizer import WeightQuantizer
+from qlib.deploy.checkpoint import load_quantized, save_quantized
+from qlib.deploy.int8 import to_int8
+from qlib.deploy.onnx_export import to_qdq
 
 
 def test_kmeans_finds_well_separated_clusters():
@@ -202,7 +202,7 @@ def test_pq_layers_have_no_int8_kernel_or_onnx_form(ipq_model):
 
 
 def test_an_ipq_file_is_a_small_share_of_fp32_and_measured_without_training(tmp_path):
-    from qlib.checkpoint import size_mb
+    from qlib.deploy.checkpoint import size_mb
 
     torch.manual_seed(0)
     model = BertForSequenceClassification(tiny_config(hidden_size=64, intermediate_size=256, vocab_size=512)).eval()

@@ -6,15 +6,26 @@ from dataclasses import replace
 
 import pytest
 
-from qlib.config import qbert_config
-from qlib.experiment import protocol_for
-from qlib.protocol import (ABLATION_GROUPS, HEADS, QUANT_NOISE_RATE, Job, baseline_jobs, main, q8bert_jobs,
-                           qbert_jobs, quant_noise_jobs, read_spectra, spectrum_job)
-from qlib.results import read_json
-from qlib.spec import RunSpec, TrainingProtocol
-from qlib.experiment import SWEEP_GRID, SWEEP_TASKS, sweep_folder, sweep_points
-from qlib.protocol import EMA_ABLATION_TASKS, Q8BERT_TASKS, picked_protocols, sweep_jobs
-from qlib.qbert import (
+from qlib.bert.config import qbert_config
+from qlib.experiments.experiment import SWEEP_GRID, SWEEP_TASKS, protocol_for, sweep_folder, sweep_points
+from qlib.experiments.protocol import (
+    ABLATION_GROUPS,
+    EMA_ABLATION_TASKS,
+    HEADS,
+    Q8BERT_TASKS,
+    QUANT_NOISE_RATE,
+    Job,
+    baseline_jobs,
+    main,
+    picked_protocols,
+    q8bert_jobs,
+    qbert_jobs,
+    quant_noise_jobs,
+    read_spectra,
+    spectrum_job,
+    sweep_jobs,
+)
+from qlib.experiments.qbert import (
     MIXED_SETTINGS,
     QBERT_PERCENTILE,
     SETTINGS,
@@ -24,6 +35,8 @@ from qlib.qbert import (
     mixed_layer_bits,
     setting_spec,
 )
+from qlib.experiments.results import read_json
+from qlib.experiments.spec import RunSpec, TrainingProtocol
 
 SPECTRUM = {"blocks": {f"encoder.layer.{i}": {"omega": omega} for i, omega in enumerate([5.0, 1.0, 4.0, 2.0])}
             | {"embeddings": {"omega": 9.0}}}
@@ -36,8 +49,8 @@ def label(job):
 
 def write_sweep(results, task, scores):
     """Sweep results of ``task`` under ``results``, one dev score per grid point (None: that point not run)."""
-    from qlib.data import get_task
-    from qlib.results import write_json
+    from qlib.experiments.data import get_task
+    from qlib.experiments.results import write_json
 
     for point, score in zip(sweep_points(), scores):
         if score is not None:
@@ -58,7 +71,7 @@ def test_a_sweep_task_takes_the_best_point_of_its_sweep_and_waits_for_all_of_it(
                                           {"epochs": 6, "lr": 2e-5}, {"epochs": 6, "lr": 5e-5}]
     write_sweep(tmp_path, "mrpc", [0.8, 0.9, 0.85, None])
     with pytest.raises(FileNotFoundError, match=r"mrpc's FP32 protocol is picked by its sweep, and 1 of its 4 points"
-                                                r".*qlib.protocol --only sweep"):
+                                                r".*qlib.experiments.protocol --only sweep"):
         protocol_for("mrpc", tmp_path)
     write_sweep(tmp_path, "mrpc", [None, None, None, 0.9])
     assert protocol_for("mrpc", tmp_path) == {"epochs": 3, "lr": 5e-5}  # a tie goes to the cheaper point
@@ -129,7 +142,7 @@ def test_quant_noise_jobs_start_from_the_baselines_the_protocol_keeps(swept):
 
 
 def test_ipq_jobs_quantize_their_seeds_baseline_in_float_and_with_int8(swept):
-    from qlib.protocol import IPQ_TASKS, ipq_jobs
+    from qlib.experiments.protocol import IPQ_TASKS, ipq_jobs
 
     jobs = ipq_jobs("ckpt", seeds=(0, 1), results=swept)
     assert {j.spec.label for j in jobs} == {"ipq-k256-ft", "ipq-k256-int8-ft"} and len(jobs) == 2 * 2 * len(IPQ_TASKS)
@@ -178,14 +191,14 @@ def test_bad_worker_count_is_refused(capsys):
 @pytest.mark.slow
 def test_runner_runs_jobs_in_worker_processes_and_names_a_failing_one(glue_dir, tiny_model_dir, tmp_path,
                                                                       monkeypatch, capsys):
-    import qlib.protocol
+    import qlib.experiments.protocol
 
     tiny = TrainingProtocol(model=str(tiny_model_dir), epochs=1, batch_size=4, max_length=16)
     missing = str(tmp_path / "missing.safetensors")  # a job that fails: its starting checkpoint is not there
     results = str(tmp_path / "results")
     jobs = [Job(RunSpec("sst2", "fp32", protocol=tiny), "q8bert", results=results),
             Job(RunSpec("sst2", "qbert", weight_bits=3, init_from=missing, protocol=tiny), "q8bert", results=results)]
-    monkeypatch.setattr(qlib.protocol, "q8bert_jobs", lambda protocols, **_: (jobs, []))
+    monkeypatch.setattr(qlib.experiments.protocol, "q8bert_jobs", lambda protocols, **_: (jobs, []))
     status = main(["--only", "q8bert", "--results", str(tmp_path / "results"), "--workers", "2", "--threads", "1",
                    "--device", "cpu"])
     out = capsys.readouterr()
@@ -209,9 +222,9 @@ def test_spectrum_job_is_the_chapters_quick_false_run():
     import inspect
     from pathlib import Path
 
-    from qlib.qbert import run_spectrum
-
     import papermill
+
+    from qlib.experiments.qbert import run_spectrum
 
     declared = papermill.inspect_notebook(str(Path(__file__).parents[1] / "chapters" / "qbert_sensitivity.ipynb"))
     parameters = {name: ast.literal_eval(p["default"]) for name, p in declared.items()}
@@ -226,22 +239,22 @@ def test_spectrum_job_is_the_chapters_quick_false_run():
 @pytest.mark.slow
 def test_runner_measures_a_missing_spectrum_between_the_baselines_and_the_qat_rows(glue_dir, tiny_model_dir,
                                                                                    tmp_path, monkeypatch, capsys):
-    import qlib.protocol
+    import qlib.experiments.protocol
 
     model = {"path": str(tiny_model_dir)}
-    monkeypatch.setattr(qlib.protocol, "baseline_jobs", lambda tasks, checkpoints, results=None: [
+    monkeypatch.setattr(qlib.experiments.protocol, "baseline_jobs", lambda tasks, checkpoints, results=None: [
         Job(RunSpec(t, "fp32", protocol=TrainingProtocol(model=model["path"], epochs=1, batch_size=4, max_length=16)),
             "qbert", checkpoint_dir=str(checkpoints), results=str(results)) for t in tasks])
-    real_spectrum_job = qlib.protocol.spectrum_job
-    monkeypatch.setattr(qlib.protocol, "spectrum_job", lambda *args: real_spectrum_job(*args) | dict(
+    real_spectrum_job = qlib.experiments.protocol.spectrum_job
+    monkeypatch.setattr(qlib.experiments.protocol, "spectrum_job", lambda *args: real_spectrum_job(*args) | dict(
         model=str(tiny_model_dir), subsets=2, subset_size=4, max_length=16, max_iter=5, landscape_blocks=()))
     spectra_seen = {}
 
     def qat_jobs(tasks, checkpoints, spectra, results):
         spectra_seen.update(spectra)
-        return qlib.protocol.baseline_jobs(tasks, checkpoints, results), [], []
+        return qlib.experiments.protocol.baseline_jobs(tasks, checkpoints, results), [], []
 
-    monkeypatch.setattr(qlib.protocol, "qbert_jobs", qat_jobs)
+    monkeypatch.setattr(qlib.experiments.protocol, "qbert_jobs", qat_jobs)
     args = ["--only", "qbert", "--qbert-tasks", "sst2", "--threads", "1", "--device", "cpu"]
 
     assert main([*args, "--checkpoints", str(tmp_path / "ckpt"), "--results", str(tmp_path / "results")]) == 0
@@ -272,7 +285,7 @@ def test_the_fp32_sweep_covers_every_small_task_at_every_grid_point_and_writes_a
 def test_a_job_run_through_its_chapter_writes_what_the_direct_call_writes(glue_dir, tiny_model_dir, tmp_path):
     from pathlib import Path
 
-    from qlib.protocol import via_papermill
+    from qlib.experiments.protocol import via_papermill
 
     tiny = TrainingProtocol(model=str(tiny_model_dir), epochs=1, batch_size=4, max_length=16)
     job = Job(RunSpec("sst2", "fp32", protocol=tiny), "q8bert", (RunSpec("sst2", "dq", protocol=tiny),),
@@ -291,7 +304,7 @@ def test_a_job_run_through_its_chapter_writes_what_the_direct_call_writes(glue_d
 
 
 def test_the_beyond_chapters_jobs_are_integer_qat_and_distilled_rows_after_their_baselines(swept):
-    from qlib.protocol import DISTILLED_SETTINGS, INTEGER_TASKS, beyond_jobs
+    from qlib.experiments.protocol import DISTILLED_SETTINGS, INTEGER_TASKS, beyond_jobs
 
     jobs = beyond_jobs("ckpt", seeds=(0, 1), results=swept)
     integer = [j for j in jobs if j.spec.integer_nonlinearities]

@@ -4,12 +4,11 @@ paired gaps read as where 8-bit's cost comes from, and the first batch's weight 
 from __future__ import annotations
 
 import pytest
-
-from qlib.q8bert_tables import ema_ablation, first_batch_weights, table2
-from qlib.report import mean_std, runs_frame
-from qlib.results import read_results
-
 from conftest import RESULT_TEMPLATE, write_run
+
+from qlib.experiments.q8bert_tables import ema_ablation, first_batch_weights, table2
+from qlib.experiments.report import mean_std, runs_frame
+from qlib.experiments.results import read_results
 
 
 @pytest.fixture

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
-from qlib.conll import NER_LABELS
-from qlib.ner import IGNORE, align_labels, entity_scores, tokenize_ner, word_tags
-from qlib.qa import decode_answers, qa_eval_features, qa_train_features, squad_scores
+from qlib.experiments.conll import NER_LABELS
+from qlib.experiments.ner import IGNORE, align_labels, entity_scores, tokenize_ner, word_tags
+from qlib.experiments.qa import decode_answers, qa_eval_features, qa_train_features, squad_scores
 
 CONTEXT = "the movie was good and the plot was dull it was not fun"
 QUESTIONS = datasets.Dataset.from_list([

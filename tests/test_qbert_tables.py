@@ -1,6 +1,6 @@
 """The Q-BERT II chapter's tables from result files: each row's drop against FP32 on the same seeds, the margin kept
 over the constant answer, the verdicts (MP bound, rows below the floor, DirectQ 2/8's collapse), the measured sizes,
-and the group-wise ablation's spread; plus ``qlib.report.show``."""
+and the group-wise ablation's spread; plus ``qlib.experiments.report.show``."""
 
 from __future__ import annotations
 
@@ -9,14 +9,19 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import RESULT_TEMPLATE as TEMPLATE
+from conftest import write_run
 
-from qlib.qbert import main_table_rows
-from qlib.qbert_tables import (committed_spectra, group_ablation, main_table, main_tables, size_table,
-                               spectra_across_tasks)
-from qlib.report import show
-
-from conftest import RESULT_TEMPLATE as TEMPLATE, write_run
-
+from qlib.experiments.qbert import main_table_rows
+from qlib.experiments.qbert_tables import (
+    committed_spectra,
+    group_ablation,
+    main_table,
+    main_tables,
+    size_table,
+    spectra_across_tasks,
+)
+from qlib.experiments.report import show
 
 
 @pytest.fixture
@@ -71,7 +76,7 @@ def test_a_task_without_results_still_gets_its_rows_marked_not_run_but_other_tas
 
 
 def test_sizes_are_measured_from_packed_files(tiny_model_dir):
-    from qlib.models import load_classifier
+    from qlib.experiments.models import load_classifier
 
     model, _ = load_classifier(str(tiny_model_dir), num_labels=2)
     rows = {name: row for name, row in main_table_rows(None, 2, "sst2").items()
@@ -83,9 +88,8 @@ def test_sizes_are_measured_from_packed_files(tiny_model_dir):
 
 
 def test_the_group_ablation_reports_the_spread_against_seed_noise(results, sizes):
-    from transformers import BertForSequenceClassification
-
     from conftest import tiny_config
+    from transformers import BertForSequenceClassification
 
     model = BertForSequenceClassification(tiny_config(hidden_size=48, num_attention_heads=12, intermediate_size=96))
     tables = main_tables(["sst2"], 12, sizes, results)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from qlib import LayerQuant, QuantLinear, QuantSpec
-from qlib.quant_noise import quant_noise
+from qlib.core.quant_noise import quant_noise
 
 
 def test_rate_zero_keeps_float_and_rate_one_quantizes_everything():

@@ -4,12 +4,11 @@ the per-seed gaps to QAT, the protocol's missing runs, and the iPQ files and run
 from __future__ import annotations
 
 import pytest
+from conftest import RESULT_TEMPLATE, tiny_config, write_run
 from transformers import BertForSequenceClassification
 
-from qlib.quant_noise_tables import against_qat, ipq_files, ipq_runs, missing_runs
-from qlib.spec import FROM_CHECKPOINT, RunSpec
-
-from conftest import RESULT_TEMPLATE, tiny_config, write_run
+from qlib.experiments.quant_noise_tables import against_qat, ipq_files, ipq_runs, missing_runs
+from qlib.experiments.spec import FROM_CHECKPOINT, RunSpec
 
 
 @pytest.fixture

@@ -8,8 +8,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from qlib.batch import check_parameter_types, expand_grid, main, parameter_types, parse_value
-from qlib.results import provenance, read_json, read_results, write_json
+from qlib.experiments.batch import check_parameter_types, expand_grid, main, parameter_types, parse_value
+from qlib.experiments.results import provenance, read_json, read_results, write_json
 
 
 def test_write_is_atomic_and_leaves_nothing_behind_on_failure(tmp_path):
@@ -54,7 +54,7 @@ def test_a_commit_override_is_recorded_as_one(monkeypatch):
 def test_an_untracked_file_under_qlib_makes_the_tree_dirty(tmp_path, monkeypatch):
     import subprocess
 
-    import qlib.results as results
+    import qlib.experiments.results as results
 
     repo = tmp_path / "repo"
     (repo / "qlib").mkdir(parents=True)
@@ -109,7 +109,7 @@ def test_batch_refuses_unknown_parameters(job_notebook, tmp_path, capsys):
 
 
 def test_job_names_are_plain_file_names():
-    from qlib.batch import job_name
+    from qlib.experiments.batch import job_name
 
     assert job_name({"setting": "Q-BERT_MP 2/3", "seed": 0}) == "setting-Q-BERT_MP_2-3_seed-0"
     assert job_name({}) == "job"
@@ -143,7 +143,7 @@ def typed_notebook(tmp_path) -> Path:
     params = nbformat.v4.new_code_cell("from typing import Optional, Union\n\nquick = True\nlr = 5e-5\n"
                                        "epochs: Optional[int] = None\ngroups: Union[int, str] = 12\nname = 'a'")
     params.metadata["tags"] = ["parameters"]
-    check = nbformat.v4.new_code_cell("from qlib.batch import check_parameter_types\n"
+    check = nbformat.v4.new_code_cell("from qlib.experiments.batch import check_parameter_types\n"
                                       f"check_parameter_types({str(tmp_path / 'typed.ipynb')!r}, globals())")
     nb.cells = [params, check]
     nbformat.write(nb, tmp_path / "typed.ipynb")

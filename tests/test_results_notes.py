@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from qlib.data import OFFICIAL_SHA256
-from qlib.report import data_label, notes_markdown, protocol_frame
-from qlib.results import NOTES_FILE, notes_for, read_notes, read_results, write_json
+from qlib.experiments.data import OFFICIAL_SHA256
+from qlib.experiments.report import data_label, notes_markdown, protocol_frame
+from qlib.experiments.results import NOTES_FILE, notes_for, read_notes, read_results, write_json
 
 RESULTS = Path(__file__).parents[1] / "results"
 COMMITTED = sorted(p for p in RESULTS.rglob("*.json"))
@@ -30,7 +30,7 @@ def test_every_committed_result_records_the_hashes_of_its_data_or_is_noted_as_be
     if data == "absent":
         assert kinds & {"altered-data", "no-data-record"}, (
             f"{path} records no data hashes and {NOTES_FILE} does not say why: results must record "
-            "provenance['data'] (qlib.data.data_provenance)")
+            "provenance['data'] (qlib.experiments.data.data_provenance)")
     elif data is not None and data["source"] == "local":
         assert data["files"] and all(len(sha) == 64 for sha in data["files"].values())
         assert not kinds & {"altered-data", "no-data-record"}, f"{path} records its data; its note is wrong"
@@ -75,8 +75,8 @@ def test_protocol_frame_says_which_data_each_run_read():
 
 
 def test_sweep_frame_shows_each_tasks_points_and_its_pick(tmp_path):
-    from qlib.experiment import sweep_folder, sweep_points
-    from qlib.report import sweep_frame
+    from qlib.experiments.experiment import sweep_folder, sweep_points
+    from qlib.experiments.report import sweep_frame
 
     for point, score in zip(sweep_points(), [0.5, 0.7, 0.6, 0.7]):
         write_json(tmp_path / sweep_folder(point["lr"], point["epochs"]) / "rte" / "fp32-seed0.json",
@@ -89,7 +89,7 @@ def test_sweep_frame_shows_each_tasks_points_and_its_pick(tmp_path):
 
 
 def test_data_caveat_counts_the_results_on_the_altered_copy():
-    from qlib.report import data_caveat
+    from qlib.experiments.report import data_caveat
 
     old = {"provenance": {}, "notes": [{"kind": "altered-data", "text": "old"}]}
     files = {"glue/rte/dev.tsv": OFFICIAL_SHA256["glue/rte/dev.tsv"]}

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from qlib.conll import load_conll2003
-from qlib.data import OFFICIAL_SHA256, file_sha256, load_glue, load_squad
+from qlib.experiments.conll import load_conll2003
+from qlib.experiments.data import OFFICIAL_SHA256, file_sha256, load_glue, load_squad
 
 DATA = os.environ.get("QBOOK_DATA_DIR")
 pytestmark = pytest.mark.skipif(
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 # (rows, label counts or (min, max, mean) of STS-B's scores) as SOURCES.md gives them; the SHA-256 it pins are
-# qlib.data.OFFICIAL_SHA256. Label ids are the loaders': RTE/QNLI entailment = 0, not_entailment = 1.
+# qlib.experiments.data.OFFICIAL_SHA256. Label ids are the loaders': RTE/QNLI entailment = 0, not_entailment = 1.
 GLUE = {
     ("sst2", "train"): (67349, {0: 29780, 1: 37569}),
     ("sst2", "dev"): (872, {0: 428, 1: 444}),

@@ -12,9 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qlib.observers import Q8BERT_EMA_DECAY
-from qlib.results import read_results
-from qlib.spec import FROM_CHECKPOINT, PAPERS, RunSpec, TrainingProtocol
+from qlib.core.observers import Q8BERT_EMA_DECAY
+from qlib.experiments.results import read_results
+from qlib.experiments.spec import FROM_CHECKPOINT, PAPERS, RunSpec, TrainingProtocol
 
 RESULTS = Path(__file__).parents[1] / "results"
 

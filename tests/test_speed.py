@@ -1,11 +1,11 @@
-"""qlib.speed: the int8 benchmark's files read into the speed chapter's tables, one row per CPU class."""
+"""qlib.experiments.speed: the int8 benchmark's files read into the speed chapter's tables, one row per CPU class."""
 
 from __future__ import annotations
 
 import pytest
 
-from qlib.results import write_json
-from qlib.speed import TARGETS, benchmark_runs, classes_side_by_side, latest_per_class, limits, verdicts
+from qlib.experiments.results import write_json
+from qlib.experiments.speed import TARGETS, benchmark_runs, classes_side_by_side, latest_per_class, limits, verdicts
 
 
 def run(date: str, cls: str | None, ms: dict[str, float], features=("avx2",), peaks=None) -> dict:
@@ -33,7 +33,7 @@ def folder(tmp_path):
 
 
 def test_the_first_runs_class_comes_from_what_they_recorded():
-    from qlib.speed import run_class
+    from qlib.experiments.speed import run_class
 
     first = {"cpu": {"vnni": True}, "provenance": {"machine": {"cpu": "AMD EPYC"}}}
     assert run_class(first) == "AVX-512 VNNI"
@@ -72,7 +72,7 @@ def test_limits_set_what_qbook_reaches_beside_the_peaks(folder):
 
 
 def test_each_agreement_run_keeps_its_rows_even_on_the_same_model(tmp_path):
-    from qlib.speed import int8_agreement_table
+    from qlib.experiments.speed import int8_agreement_table
 
     def agreement(date: str, gap: float) -> dict:
         route = {"scores": {"accuracy": 0.8 + gap / 100}, "gap_points": gap, "target_points": 0.5,

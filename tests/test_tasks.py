@@ -12,11 +12,11 @@ import torch
 from torch import nn
 from transformers import AutoTokenizer
 
-from qlib.conll import NER_LABELS
-from qlib.data import file_sha256
-from qlib.experiment import run
-from qlib.spec import RunSpec, TrainingProtocol
-from qlib.tasks import ConllTask, GlueTask, SquadTask, get_run_task
+from qlib.experiments.conll import NER_LABELS
+from qlib.experiments.data import file_sha256
+from qlib.experiments.experiment import run
+from qlib.experiments.spec import RunSpec, TrainingProtocol
+from qlib.experiments.tasks import ConllTask, GlueTask, SquadTask, get_run_task
 
 QUESTIONS = [  # the tiny tokenizer's words only, so no answer hides behind [UNK]
     ("q1", "it was good it was the film", "what was good", [("the film", 19)]),
@@ -143,7 +143,7 @@ def test_a_tiny_conll_qat_run_trains_and_scores_through_run(task_data, tiny_mode
 @pytest.mark.slow
 @pytest.mark.parametrize("task", ["squad", "conll2003"])
 def test_q_bert_spectra_are_measured_on_the_qa_and_ner_heads(task_data, tiny_model_dir, tmp_path, task):
-    from qlib.qbert import run_spectrum
+    from qlib.experiments.qbert import run_spectrum
 
     result = run_spectrum(task, str(tiny_model_dir), finetune_examples=4, subsets=2, subset_size=2, max_length=16,
                           max_iter=3, results_path=tmp_path / f"spectrum-{task}.json", progress=False)

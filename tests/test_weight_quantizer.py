@@ -13,9 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qlib import BertQuantConfig, LayerQuant, QuantSpec, convert_bert, q8bert_config
-from qlib.checkpoint import load_quantized, save_quantized
-from qlib.convert import quantized_modules
-from qlib.weight_quantizer import WeightQuantizer
+from qlib.bert.convert import quantized_modules
+from qlib.core.weight_quantizer import WeightQuantizer
+from qlib.deploy.checkpoint import load_quantized, save_quantized
 
 
 class _SignSTE(torch.autograd.Function):
@@ -100,7 +100,7 @@ def test_a_new_quantizer_trains_saves_and_loads_through_the_unchanged_library(ti
 
 
 def test_the_int8_export_refuses_a_quantizer_without_an_int8_kernel(tiny_bert):
-    from qlib.int8 import check_exportable
+    from qlib.deploy.int8 import check_exportable
 
     model = convert_bert(tiny_bert, sign_config())
     linear = next(m for _, m in quantized_modules(model) if hasattr(m, "quant"))

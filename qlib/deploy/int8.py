@@ -1,0 +1,436 @@
+"""Real int8 inference on x86 CPUs: a fake-quantized BERT exported to oneDNN's int8 GEMM kernels.
+
+``to_int8(model)`` replaces every ``QuantLinear`` by an ``Int8Linear`` (int8 weights packed once, the input
+quantized to uint8 with the *learned* static scale, int32 accumulation, float output with the bias added) and
+every ``QuantEmbedding`` by an ``Int8Embedding`` (an int8 table, rows dequantized after the lookup). In each
+encoder layer it also fuses what the integer kernels can do at once (``Int8SelfAttention``, ``Int8Intermediate``,
+``Int8ResidualOutput``): Q, K and V as one GEMM on one quantized input (their EMA ranges saw the same tensor);
+the FFN's GELU and the quantization of its output inside the first FFN GEMM, which hands uint8 codes to the
+second; the residual add inside the GEMM before each LayerNorm. Softmax, LayerNorm and the attention products
+stay in float. Every fusion computes what the fake-quantized model computes, in another order.
+
+Why this route: ``torch.ops.onednn.qlinear_pointwise`` is the kernel PyTorch's own maintained x86 int8 path
+(PT2E quantization with the X86 Inductor quantizer) lowers to, post-ops included; it takes plain uint8/int8
+tensors, so nothing here uses the deprecated ``torch.ao`` eager modules. One deprecated piece remains:
+``torch.quantize_per_tensor`` is used as a vectorized rounding kernel in ``quantize_input`` (its result is read
+back as plain int8 bytes; a ``torch.qint8`` tensor never leaves that function), because the same rounding as a
+chain of eager float ops cost 3-7x more and was the largest share of the int8 model's time.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.models.bert.modeling_bert import (
+    ALL_ATTENTION_FUNCTIONS,
+    BertIntermediate,
+    BertLayer,
+    BertOutput,
+    BertSelfAttention,
+    BertSelfOutput,
+    eager_attention_forward,
+)
+
+from qlib.bert.convert import find_bert, quantized_modules
+from qlib.bert.integer_modules import IntegerNonlinearity
+from qlib.bert.modules import QuantEmbedding, QuantLinear
+from qlib.bert.pq_modules import PQEmbedding, PQLinear
+from qlib.core.observers import DynamicObserver
+from qlib.core.quantizers import QuantGrid, QuantSpec
+
+UINT8_ZERO_POINT = 128  # Q8BERT's symmetric int8 input codes -127..127 shifted into oneDNN's uint8 input
+CODE_BITS = (8, 7)
+"""Widths of the codes an int8 GEMM multiplies: 8 (the fake-quantized model's own grids) or 7 (for CPUs whose
+kernels saturate with two 8-bit operands)."""
+
+
+@dataclass(frozen=True)
+class CodeWidths:
+    """The widths of the integer codes an int8 GEMM multiplies.
+
+    ``inputs``: uint8 codes around ``input_zero_point``; 8 is the fake-quantized model's own grid, 7 the same range
+    with half the levels (``reduced_input_scale``, torch.ao's ``reduce_range``). ``weights``: int8 codes; 8 is the
+    model's own grid, 7 keeps each output channel's 8-bit codes where they fit in ±63 and re-rounds the others to ±63
+    levels over the channel's own range (``seven_bit_weights``), keeping the learned input grid. Where x86 kernels sum u8·s8 pairs into saturating int16 (``vpmaddubsw``: AVX2 without
+    VNNI), two 8-bit operands overflow (2·255·127 > 2^15 - 1) and either 7-bit one does not (2·127·127, 2·255·63).
+    """
+
+    inputs: int = 8
+    weights: int = 8
+
+    def __post_init__(self) -> None:
+        for name, bits in (("inputs", self.inputs), ("weights", self.weights)):
+            if bits not in CODE_BITS:
+                raise ValueError(f"{name} codes of an int8 GEMM have one of {CODE_BITS} bits, got {bits!r}")
+
+    def __str__(self) -> str:
+        return f"{self.inputs}-bit inputs × {self.weights}-bit weights"
+
+
+WIDTHS = (CodeWidths(8, 8), CodeWidths(8, 7), CodeWidths(7, 8))
+"""The routes ``to_int8`` picks from, in its order of preference: the model's own arithmetic, then 7-bit weights
+(which keep the learned input grid), then 7-bit inputs."""
+GELU_ALGORITHMS = {"gelu": "none", "gelu_new": "tanh", "gelu_pytorch_tanh": "tanh"}
+"""transformers' activation names that oneDNN's GELU post-op computes: erf (``"none"``) or tanh approximation."""
+
+
+def input_zero_point(bits: int) -> int:
+    """The uint8 code of real zero for ``bits``-bit symmetric input codes ±(2^(bits-1) - 1): 128 for 8, 64 for 7."""
+    if bits not in CODE_BITS:
+        raise ValueError(f"int8 input codes have one of {CODE_BITS} bits, got {bits!r}")
+    return 2 ** (bits - 1)
+
+
+def reduced_input_scale(scale: float, bits: int) -> float:
+    """Δ of the ``bits``-bit grid over the same clip range ±127·Δ as the 8-bit grid of step ``scale``:
+    ``Δ_b = 127·Δ / (2^(b-1) - 1)`` (torch.ao's ``reduce_range``: half the levels, the same range)."""
+    return scale * 127 / (input_zero_point(bits) - 1)
+
+
+def _check_onednn() -> None:
+    if not torch.backends.mkldnn.is_available() or not hasattr(torch.ops.onednn, "qlinear_pointwise"):
+        raise RuntimeError("this PyTorch build has no oneDNN int8 kernels (torch.ops.onednn.qlinear_pointwise); "
+                           "qlib's int8 path needs an x86-64 CPU build of PyTorch")
+
+
+@functools.lru_cache(maxsize=None)
+def exact_widths() -> tuple[CodeWidths, ...]:
+    """The routes of ``WIDTHS`` whose int8 GEMMs are exact on this CPU, measured (``int8_gemm_error``), not read
+    from the CPU's flags: all three with VNNI or AMX; the two with a 7-bit operand where u8·s8 pairs are summed
+    into saturating int16 (``vpmaddubsw``: AVX2, AVX-512 without VNNI, or oneDNN capped by
+    ``ONEDNN_MAX_CPU_ISA``); none where neither is."""
+    _check_onednn()
+    return tuple(w for w in WIDTHS if all(int8_gemm_error(w.weights, k=k, input_bits=w.inputs) == 0
+                                          for k in (64, 768)))
+
+
+def check_int8_engine(widths: CodeWidths = CodeWidths()) -> None:
+    """Raise ``RuntimeError`` unless oneDNN's int8 kernels compute a GEMM of ``widths`` exactly on this CPU.
+
+    Without VNNI, x86 int8 GEMMs multiply u8·s8 pairs into *saturating* int16 sums (``vpmaddubsw``): with 8-bit
+    inputs and weights the results are wrong (measured: errors of 2·10^4 on a 64-term dot product). A 7-bit
+    operand keeps every pair sum below 2^15, which is why ``torch.ao`` reduces the input range there.
+    """
+    if widths not in exact_widths():
+        raise RuntimeError(f"this CPU's int8 kernels saturate with {widths} (no AVX-512 VNNI, AVX-VNNI or AMX), so "
+                           "their results would be wrong; exact here: "
+                           + (", ".join(f"CodeWidths({w.inputs}, {w.weights})" for w in exact_widths()) or "none"))
+
+
+def check_exportable(module: QuantLinear) -> float:
+    """The static input scale of ``module`` (the float32 Δ its fake quantization uses), if it can run on int8
+    kernels; else a ``ValueError`` saying why (or the observer's ``RuntimeError`` when the model was never
+    trained or calibrated)."""
+    spec, act = module.quant.weight, module.quant.activation
+    if spec is not None and not isinstance(spec, QuantSpec):
+        raise ValueError(f"int8 export needs a uniform 8-bit grid (QuantSpec); this layer's weight quantizer is "
+                         f"{type(spec).__name__}, which has no int8 kernel: run it decoded in float")
+    if spec is None or act is None or spec.bits != 8 or act.bits != 8 or not spec.symmetric or not act.symmetric:
+        raise ValueError(f"int8 export needs 8-bit symmetric weights and inputs, got weight={spec}, input={act}")
+    if spec.granularity == "group":
+        raise ValueError("int8 export supports per-tensor and per-channel weights, not group-wise ones")
+    if isinstance(module.input_observer, DynamicObserver):
+        raise ValueError("int8 export uses static input scales: this layer's ranges are dynamic (per batch)")
+    lo, hi = module.input_observer.stored_range()
+    return float(QuantGrid.from_range(lo, hi, 8, symmetric=True).scale)
+
+
+def float32_reciprocal(scale: float) -> float:
+    """1/Δ rounded to float32, as ``QuantGrid.quantize`` multiplies by it (a Python float: a constant when compiled)."""
+    return float(torch.tensor(1.0) / torch.tensor(scale, dtype=torch.float32))
+
+
+def quantize_input(x: torch.Tensor, scale: float, bits: int = 8, reciprocal: float | None = None) -> torch.Tensor:
+    """uint8 codes ``clamp(round(x/Δ), -M, M) + 2^(bits-1)`` of ``x`` [...], M = 2^(bits-1) - 1 (Q8BERT's
+    symmetric grid, shifted into oneDNN's unsigned input); with ``bits=8`` bit-identical to ``QuantGrid.quantize``
+    with the same float32 Δ = ``scale``. Under ``torch.compile`` it is written as plain ops, which Inductor fuses
+    into the kernel that produces x; ``reciprocal`` (``float32_reciprocal(scale)``, computed once beforehand) keeps
+    the compiled graph free of tensor-to-number conversions."""
+    zero_point = input_zero_point(bits)
+    if torch.compiler.is_compiling():
+        reciprocal = float32_reciprocal(scale) if reciprocal is None else reciprocal
+        codes = torch.clamp(torch.round(x * reciprocal), 1 - zero_point, zero_point - 1)
+        return (codes + zero_point).to(torch.uint8)
+    q = torch.quantize_per_tensor(x.contiguous(), scale, 0, torch.qint8)  # round(x·(1/Δ)), vectorized
+    codes = torch.empty(0, dtype=torch.int8).set_(q.untyped_storage(), 0, q.shape, q.stride())
+    # -M..M as uint8 bytes, plus the zero point modulo 256: 1..2·zero_point - 1
+    return codes.clamp_(1 - zero_point, zero_point - 1).view(torch.uint8).add_(zero_point)
+
+
+def seven_bit_weights(weight: torch.Tensor, grid: QuantGrid) -> QuantGrid:
+    """The 7-bit symmetric grid per output channel for ``weight``'s 8-bit codes q on ``grid`` (the model's):
+    ``Δ7_o = Δ8_o · max(1, max_i |q_oi| / 63)``. A channel whose codes fit in ±63 keeps them, exactly (Δ7 = Δ8);
+    a wider one is re-rounded to ±63 levels over its own range.
+
+    Shapes:
+        weight [out, in], ``grid`` per tensor or per channel → a grid with one scale per output channel [out].
+    """
+    rows = weight.shape[0]
+    widest = grid.quantize(weight).abs().amax(dim=1).float()
+    reach = grid.scale.repeat_interleave(rows // grid.groups) * widest.clamp_min(63)  # ±63·Δ7
+    return QuantGrid.from_range(-reach, reach, 7, symmetric=True)
+
+
+class Int8Linear(nn.Module):
+    """``y = act(s_x·s_w·(q_x·q_wᵀ) + b + r)`` on oneDNN's int8 GEMM.
+
+    q_x uint8 [..., in] (``widths.inputs``-bit codes around ``input_zero_point``: 128 for 8 bits, 64 for 7; a float
+    input is quantized first), q_w int8 [out, in] packed once (``widths.weights``-bit codes), s_w [out], b float
+    [out], r an optional float residual [..., out]. Output float [..., out], or with ``out_scale`` the uint8 codes of
+    y on that scale, with the same input code width (the next layer's input). ``activation``: ``None`` or ``"gelu"``
+    with ``gelu_algorithm`` ``"none"`` (erf) or ``"tanh"``.
+    """
+
+    def __init__(self, codes: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None, x_scale: float,
+                 activation: str | None = None, gelu_algorithm: str = "none", out_scale: float | None = None,
+                 tokens_hint: int = 1024, widths: CodeWidths = CodeWidths()) -> None:
+        super().__init__()
+        self.out_features, self.in_features = codes.shape
+        self.x_scale, self.out_scale = x_scale, out_scale
+        self.widths, self.zero_point = widths, input_zero_point(widths.inputs)
+        self.x_reciprocal = float32_reciprocal(x_scale)
+        self.activation, self.gelu_algorithm = activation or "none", gelu_algorithm if activation else ""
+        self.register_buffer("w_scale", w_scale.to(torch.float32).contiguous())
+        self.register_buffer("w_zero_point", torch.zeros(self.out_features, dtype=torch.long))
+        self.register_buffer("bias", None if bias is None else bias.detach().float().contiguous())
+        # An opaque oneDNN tensor: kept as a plain attribute (it has no storage a state_dict could save).
+        self.packed_weight = torch.ops.onednn.qlinear_prepack(codes.contiguous(), [tokens_hint, self.in_features])
+
+    @classmethod
+    def fused(cls, *modules: QuantLinear, widths: CodeWidths = CodeWidths(), **kwargs) -> "Int8Linear":
+        """One GEMM for Linears that read the same input with the same scale (Q, K, V): their weights stacked
+        [Σ out, in], each keeping its own weight scale; inputs on the learned 8-bit grid's range with
+        ``widths.inputs``-bit codes (``reduced_input_scale``); weights on the model's grid, or with
+        ``widths.weights`` = 7 their fake-quantized values on each channel's 7-bit grid (``seven_bit_weights``)."""
+        scales = {check_exportable(m) for m in modules}
+        if len(scales) != 1:
+            raise ValueError(f"Linears fused into one GEMM must share their input scale, got {sorted(scales)}")
+        weights = [m.weight.detach() for m in modules]
+        grids = [m.weight_grid() for m in modules]
+        if widths.weights == 7:  # the model's weights (its 8-bit codes) on each channel's 7-bit grid
+            weights, grids = ([g.fake_quantize(w) for g, w in zip(grids, weights)],
+                              [seven_bit_weights(w, g) for g, w in zip(grids, weights)])
+        codes = torch.cat([g.quantize(w) for g, w in zip(grids, weights)])
+        w_scale = torch.cat([g.scale.reshape(-1).expand(m.out_features) for g, m in zip(grids, modules)])
+        biases = [m.bias for m in modules]
+        bias = None if all(b is None for b in biases) else torch.cat(
+            [b.detach() if b is not None else torch.zeros(m.out_features) for b, m in zip(biases, modules)])
+        return cls(codes, w_scale, bias, reduced_input_scale(scales.pop(), widths.inputs), widths=widths, **kwargs)
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        if x.dtype != torch.uint8:
+            with torch.profiler.record_function("qlib::quantize_input"):  # its own line in a profile
+                x = quantize_input(x, self.x_scale, self.widths.inputs, self.x_reciprocal)
+        codes = x.reshape(-1, self.in_features)
+        quantized_output = self.out_scale is not None
+        out_scale, out_zero_point = (self.out_scale, self.zero_point) if quantized_output else (1.0, 0)
+        out_dtype = torch.uint8 if quantized_output else torch.float32
+        common = (codes, self.x_scale, self.zero_point, self.packed_weight, self.w_scale, self.w_zero_point)
+        if residual is None:
+            y = torch.ops.onednn.qlinear_pointwise(*common, self.bias, out_scale, out_zero_point, out_dtype,
+                                                   self.activation, [], self.gelu_algorithm)
+        else:
+            y = torch.ops.onednn.qlinear_pointwise.binary(
+                *common, residual.reshape(-1, self.out_features), self.bias, out_scale, out_zero_point, out_dtype,
+                1.0, 0, "add", 1.0, self.activation, [], self.gelu_algorithm)
+        if quantized_output:  # oneDNN saturates to 0..255; the symmetric grid stops at ±M (codes 1..2·zero point - 1)
+            y.clamp_(1, 2 * self.zero_point - 1)
+        return y.reshape(*x.shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        fused = f", activation={self.activation}" if self.activation != "none" else ""
+        out = f", out_scale={self.out_scale:.4g}" if self.out_scale is not None else ""
+        bits = f", widths={self.widths}" if self.widths != CodeWidths() else ""
+        return f"in_features={self.in_features}, out_features={self.out_features}, x_scale={self.x_scale:.4g}" \
+               f"{bits}{fused}{out}"
+
+
+class Int8SelfAttention(nn.Module):
+    """BERT self-attention with Q, K, V as one int8 GEMM: ``[Q K V] = Int8Linear(h)`` [B, T, 3·H·d], then
+    the model's own attention function (SDPA or eager) on Q, K, V in ``attention_dtype`` (float32, as the
+    fake-quantized model; or bfloat16, which AMX and AVX-512 BF16 CPUs multiply natively); output float32
+    [B, T, H·d]."""
+
+    def __init__(self, attention: BertSelfAttention, widths: CodeWidths = CodeWidths(),
+                 attention_dtype: torch.dtype = torch.float32, qkv: nn.Module | None = None) -> None:
+        """``qkv``: another fused projection of Q, K and V (the ONNX export's QDQ one); default ``Int8Linear``."""
+        super().__init__()
+        self.config, self.is_causal, self.layer_idx = attention.config, attention.is_causal, attention.layer_idx
+        self.num_attention_heads = attention.num_attention_heads
+        self.attention_head_size, self.scaling = attention.attention_head_size, attention.scaling
+        self.attention_dtype = attention_dtype
+        self.qkv = qkv if qkv is not None else Int8Linear.fused(attention.query, attention.key, attention.value,
+                                                                widths=widths)
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                **kwargs) -> tuple[torch.Tensor, torch.Tensor | None]:
+        shape = hidden_states.shape[:-1]
+        qkv = self.qkv(hidden_states).view(*shape, 3 * self.num_attention_heads, self.attention_head_size)
+        query, key, value = qkv.transpose(1, 2).to(self.attention_dtype).split(self.num_attention_heads, dim=1)
+        if attention_mask is not None and attention_mask.is_floating_point():
+            attention_mask = attention_mask.to(self.attention_dtype)
+        kwargs.pop("past_key_values", None)  # only encoders are fused (see to_int8)
+        attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
+        output, weights = attention(self, query, key, value, attention_mask, dropout=0.0, scaling=self.scaling,
+                                    **kwargs)
+        return output.reshape(*shape, -1).to(torch.float32).contiguous(), weights
+
+    def extra_repr(self) -> str:
+        return f"attention_dtype={self.attention_dtype}"
+
+
+class Int8Intermediate(nn.Module):
+    """BERT's FFN up-projection: ``GELU(x·Wᵀ + b)`` [..., 4h] inside the int8 GEMM, returned as uint8 codes on the
+    input scale of the down-projection that reads them."""
+
+    def __init__(self, intermediate: BertIntermediate, next_input_scale: float, gelu_algorithm: str,
+                 widths: CodeWidths = CodeWidths()) -> None:
+        super().__init__()
+        self.dense = Int8Linear.fused(intermediate.dense, activation="gelu", gelu_algorithm=gelu_algorithm,
+                                      out_scale=next_input_scale, widths=widths)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.dense(hidden_states)
+
+
+class Int8ResidualOutput(nn.Module):
+    """``LayerNorm(x·Wᵀ + b + residual)`` with the add inside the int8 GEMM (BERT's SelfOutput and Output);
+    x [..., in] float or uint8 codes, residual [..., h]."""
+
+    def __init__(self, output: BertSelfOutput | BertOutput, widths: CodeWidths = CodeWidths()) -> None:
+        super().__init__()
+        self.dense = Int8Linear.fused(output.dense, widths=widths)
+        self.LayerNorm = output.LayerNorm
+
+    def forward(self, hidden_states: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(self.dense(hidden_states, residual=input_tensor))
+
+
+class Int8Embedding(nn.Module):
+    """``E[i] = s·q[i]`` (+ shift) with an int8/uint8 table q [num, dim]: a quarter of the float table's bytes."""
+
+    def __init__(self, module: QuantEmbedding) -> None:
+        super().__init__()
+        grid = module.weight_grid()
+        self.rows_per_group = module.num_embeddings // grid.groups
+        self.padding_idx = module.padding_idx
+        self.register_buffer("codes", grid.quantize(module.weight.detach()))
+        self.register_buffer("scale", grid.scale.float())
+        self.register_buffer("shift", grid.shift.float())
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        group = ids // self.rows_per_group
+        rows = F.embedding(ids, self.codes).to(torch.float32)
+        return rows * self.scale[group].unsqueeze(-1) + self.shift[group].unsqueeze(-1)
+
+
+def _fuse_layer(layer: BertLayer, hidden_act: object, widths: CodeWidths, attention_dtype: torch.dtype) -> None:
+    """Swap an encoder ``layer``'s attention projections, FFN and residual outputs for their fused int8 modules,
+    in place. Q, K, V stay three GEMMs if their input scales differ (per-layer EMA decays); an activation oneDNN
+    has no post-op for stays a float op between two ``Int8Linear``s."""
+    attention = layer.attention
+    if len({check_exportable(p) for p in (attention.self.query, attention.self.key, attention.self.value)}) == 1:
+        attention.self = Int8SelfAttention(attention.self, widths, attention_dtype)
+    attention.output = Int8ResidualOutput(attention.output, widths)
+    layer.output = Int8ResidualOutput(layer.output, widths)
+    gelu = GELU_ALGORITHMS.get(hidden_act) if isinstance(hidden_act, str) else None
+    if gelu is not None:
+        layer.intermediate = Int8Intermediate(layer.intermediate, layer.output.dense.x_scale, gelu, widths)
+
+
+ATTENTION_DTYPES = (torch.float32, torch.bfloat16)
+
+
+def to_int8(model: nn.Module, widths: CodeWidths | None = None,
+            attention_dtype: torch.dtype = torch.float32, compile: bool = False) -> nn.Module:
+    """A copy of the converted, trained (or calibrated) ``model`` running on int8 kernels, in eval mode.
+
+    Args:
+        model: a BERT converted by ``qlib.convert_bert`` with 8-bit symmetric static quantization, trained or
+            calibrated.
+        widths: the widths of the GEMMs' input and weight codes (``CodeWidths``): 8 × 8 is the fake-quantized
+            model's arithmetic; 8-bit inputs × 7-bit weights or 7-bit inputs × 8-bit weights are for CPUs whose int8
+            kernels saturate with two 8-bit operands (AVX2 without VNNI). ``None`` picks the first of ``WIDTHS``
+            this CPU computes exactly (``exact_widths``).
+        attention_dtype: the dtype of the attention products (Q·Kᵀ, softmax, ·V): ``torch.float32`` (the
+            fake-quantized model's) or ``torch.bfloat16``.
+        compile: return it compiled whole by Inductor (``CompiledInt8``), for inference.
+    """
+    layers = list(quantized_modules(model))
+    if not layers:
+        raise ValueError(f"{type(model).__name__} has no quantized layer: convert it with qlib.convert_bert and "
+                         "train or calibrate it first")
+    for name, module in layers:
+        if isinstance(module, (PQLinear, PQEmbedding)):
+            raise ValueError(f"layer {name} is product-quantized (iPQ): a codebook has no int8 GEMM kernel; the "
+                             "model runs decoded in float")
+        if isinstance(module, QuantLinear):
+            check_exportable(module)
+    if any(isinstance(m, IntegerNonlinearity) for m in model.modules()):
+        raise ValueError("the int8 export runs GELU, softmax and LayerNorm in float; a model trained with integer "
+                         "nonlinearities (qlib.bert.integer_modules) has no export yet")
+    if attention_dtype not in ATTENTION_DTYPES:
+        raise ValueError(f"attention_dtype must be one of {ATTENTION_DTYPES}, got {attention_dtype!r}")
+    if widths is None:
+        if not exact_widths():
+            raise RuntimeError("this CPU's int8 kernels saturate even with 7-bit codes: no exact int8 route here")
+        widths = exact_widths()[0]
+    if not isinstance(widths, CodeWidths):
+        raise TypeError(f"widths must be a qlib.deploy.int8.CodeWidths (e.g. CodeWidths(inputs=8, weights=7)), got "
+                        f"{widths!r}")
+    check_int8_engine(widths)
+    model = copy.deepcopy(model).eval()
+    bert = find_bert(model)
+    if not bert.config.is_decoder:
+        for layer in bert.encoder.layer:
+            _fuse_layer(layer, bert.config.hidden_act, widths, attention_dtype)
+    for name, module in list(quantized_modules(model)):
+        new = Int8Linear.fused(module, widths=widths) if isinstance(module, QuantLinear) \
+            else Int8Embedding(module)
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child, new)
+    return CompiledInt8(model) if compile else model
+
+
+class CompiledInt8(nn.Module):
+    """A ``to_int8`` model compiled whole by Inductor, for inference (call it under ``torch.no_grad`` or
+    ``torch.inference_mode``): freezing makes the packed weights and scales constants, so the int8 GEMMs stay
+    oneDNN's, with their fused post-ops; each input's quantization (``quantize_input``, plain ops when compiled)
+    fuses into the kernel that produces it (LayerNorm, the attention output); and the C++ wrapper calls the
+    kernels without Python in between, which is most of the time at batch 1. One graph is compiled per input
+    shape (``dynamic=False``), on its first call, with those two Inductor settings in force for that call only.
+    The arithmetic is the eager model's but for the order of float operations Inductor picks."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.compiled = torch.compile(model, dynamic=False)
+
+    def forward(self, *args, **kwargs):
+        with torch._inductor.config.patch(freezing=True, cpp_wrapper=True):
+            return self.compiled(*args, **kwargs)
+
+
+def int8_gemm_error(weight_bits: int, k: int = 64, seed: int = 0, input_bits: int = 8) -> float:
+    """Max ``|error|`` of oneDNN's u8·s8 GEMM on this CPU against exact integer arithmetic, for random
+    ``input_bits``-bit input codes (uint8 around their zero point) and weights spanning ±(2^(weight_bits-1) - 1)
+    over a k-term dot product (0 where the CPU is exact)."""
+    _check_onednn()
+    zero_point = input_zero_point(input_bits)
+    generator = torch.Generator().manual_seed(seed)
+    m = 2 ** (weight_bits - 1) - 1
+    weight = torch.randint(-m, m + 1, (16, k), generator=generator).to(torch.int8)
+    weight[0] = m  # the extremes, where saturation shows first
+    x = torch.randint(1, 2 * zero_point, (8, k), generator=generator).to(torch.uint8)
+    x[0] = 2 * zero_point - 1
+    packed = torch.ops.onednn.qlinear_prepack(weight, [8, k])
+    y = torch.ops.onednn.qlinear_pointwise(x, 1.0, zero_point, packed, torch.ones(16),
+                                           torch.zeros(16, dtype=torch.long), None, 1.0, 0, torch.float32,
+                                           "none", [], "")
+    exact = (x.float() - zero_point) @ weight.float().T
+    return float((y - exact).abs().max())

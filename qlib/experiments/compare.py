@@ -1,0 +1,122 @@
+"""Every method side by side: one row per (chapter, method) of a task, read from the result files.
+
+A row names its paper, its bits (weights / embedding / activations) as read from the quantization its model was
+evaluated with (its ``RunSpec``'s ``quant_config``), how it was trained, its dev score over seeds, its relative drop against the FP32
+runs of its own chapter on the same seeds, (FP32 − row) / FP32, the measured size of its bit-packed file, and,
+where a CPU kernel runs its scheme, the latency ratio against FP32 from an ``int8_cpu`` benchmark. Nothing here
+trains or evaluates: sizes are measured by converting a copy of the model the way each row was quantized and
+saving it.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from typing import Any, Mapping, Sequence
+
+import pandas as pd
+from torch import nn
+
+from qlib.bert.config import BertQuantConfig
+from qlib.deploy.checkpoint import size_mb
+from qlib.experiments.report import baseline_over_seeds, mean_std, mean_std_text, relative_drop, runs_frame
+from qlib.experiments.spec import RunSpec
+from qlib.experiments.speed import latency_frame
+
+KERNELS = {"fp32": "fp32", "dq": "ao_dynamic", "qat": "qbook_int8"}
+"""Which benchmark variant runs a method's scheme on the CPU: DQ's per-batch 8-bit inputs are torch.ao's dynamic
+int8 Linear; Q8BERT QAT's learned 8-bit ranges are ``qlib.deploy.int8``. The other methods have no low-bit kernel here."""
+
+
+def bits_of(config: BertQuantConfig | None) -> dict[str, str]:
+    """The bit widths a config gives the encoder weights (``2/3 MP`` when layers differ; with the Quant-Noise rate
+    it trains at), their ranges (scheme, per tensor / G groups / per row, clipping), the embedding tables and the
+    Linears' inputs (with how their ranges are set); ``32`` where a tensor stays in float."""
+    if config is None:
+        return {"weights": "32", "weight ranges": "", "embedding": "32", "inputs": "32"}
+    layer_quants = [config.default, *config.layers.values()]
+    widths = sorted({q.weight.bits if q.weight is not None else 32 for q in layer_quants})
+    weight, inputs, noise = config.default.weight, config.default.activation, config.default.noise_rate
+    ranges = ""
+    if weight is not None:
+        extent = {"tensor": "per tensor", "channel": "per row",
+                  "group": f"{weight.groups} group{'s' if weight.groups != 1 else ''}"}[weight.granularity]
+        clipped = f"[{100 - weight.percentile:g}, {weight.percentile:g}] pct" if weight.percentile else "min/max"
+        ranges = f"{weight.scheme}, {extent}, {clipped}"
+    observed = {"ema": "EMA", "dynamic": "per batch", "minmax": "calibrated"}[config.default.observer]
+    return {"weights": "/".join(map(str, widths)) + (" MP" if len(widths) > 1 else "")
+            + (f", Quant-Noise p={noise:g}" if noise < 1 else ""),
+            "weight ranges": ranges,
+            "embedding": str(config.embeddings.bits) if config.embeddings is not None else "32",
+            "inputs": f"{inputs.bits} ({observed})" if inputs is not None else "32"}
+
+
+def training_of(record: Mapping[str, Any]) -> str:
+    """How a record's model was made: post-training rows train nothing; others fine-tune for their epochs, from
+    the pretrained model or from an FP32 checkpoint (``init_from``)."""
+    spec = RunSpec.from_record(record)
+    if spec.is_post_training:
+        return "none: quantized after FP32 fine-tuning"
+    start = "the FP32 Baseline" if spec.init_from else "pretrained"
+    kind = "FP32" if spec.method == "fp32" else "QAT"
+    epochs = spec.protocol.epochs
+    return f"{kind}, {epochs} epoch{'s' if epochs != 1 else ''} from {start}"
+
+
+def side_by_side(sources: Mapping[str, Sequence[Mapping[str, Any]]], model: nn.Module,
+                 benchmark: Mapping[str, Any] | None = None, shape: str = "packaged", batch: int = 8,
+                 seq: int = 128) -> pd.DataFrame:
+    """Every method of every task in ``sources`` (chapter name → its result records), one row each, with the
+    measured file size of ``model`` quantized as that row and, given a ``benchmark``, the CPU latency vs FP32 at
+    (``shape``, ``batch``, ``seq``). Columns: task, chapter, method, paper, weights, weight ranges, embedding,
+    inputs, training, score, seeds, mean, drop vs FP32 (%), file (MB), file vs FP32, CPU latency vs FP32; per
+    task, each chapter's rows from the largest file to the smallest."""
+    latency = pd.Series(dtype=float)
+    if benchmark is not None:
+        frame = latency_frame(benchmark).query("shape == @shape and batch == @batch and seq == @seq")
+        if frame.empty:
+            raise ValueError(f"the benchmark has no point {shape} batch {batch} seq {seq}")
+        latency = frame.set_index("variant")["median ms"]
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        sizes = {"fp32": size_mb(model, None, folder)["file_mb"]}
+        for order, (chapter, records) in enumerate(sources.items()):
+            for task in dict.fromkeys(r["task"] for r in records):
+                task_records = [r for r in records if r["task"] == task]
+                runs = runs_frame(task_records)
+                summary = mean_std(runs).droplevel("task")
+                fp32_same_seeds = baseline_over_seeds(runs)
+                scores = mean_std_text(summary)
+                first = {r["method"]: r for r in reversed(task_records)}
+                for label, record in first.items():
+                    spec = RunSpec.from_record(record)
+                    config = spec.quant_config()
+                    if label not in sizes:
+                        sizes[label] = size_mb(model, config, folder)["file_mb"]
+                    reference, mean = fp32_same_seeds.get(label, float("nan")), summary["mean"][label]
+                    kernel = KERNELS.get(spec.method)
+                    rows.append({
+                        "task": task, "order": order, "chapter": chapter, "method": label, "paper": spec.paper,
+                        **bits_of(config), "training": training_of(record), "score": scores[label],
+                        "seeds": int(summary["seeds"][label]), "mean": mean,
+                        "drop vs FP32 (%)": relative_drop(reference, mean),
+                        "file (MB)": sizes[label],
+                        "file vs FP32": sizes[label] / sizes["fp32"],
+                        "CPU latency vs FP32": latency.get(kernel, float("nan")) / latency.get("fp32", float("nan"))})
+    if not rows:
+        return pd.DataFrame()
+    table = pd.DataFrame(rows).sort_values(["task", "order", "file (MB)", "method"],
+                                           ascending=[True, True, False, True])
+    return table.drop(columns="order").reset_index(drop=True)
+
+
+def pareto(table: pd.DataFrame) -> pd.DataFrame:
+    """Per task, the rows of a ``side_by_side`` table that no row with a file at most as large beats on mean
+    score: the measured size–accuracy front, smallest file first."""
+    keep = []
+    for _, rows in table.groupby("task", sort=False):
+        best = float("-inf")
+        for index, row in rows.sort_values(["file (MB)", "mean"], ascending=[True, False]).iterrows():
+            if row["mean"] > best:
+                keep.append(index)
+                best = row["mean"]
+    return table.loc[keep]

@@ -1,0 +1,209 @@
+"""One run: ``run(spec)`` fine-tunes a BERT on its task (GLUE, SQuAD or CoNLL-2003; ``qlib.experiments.tasks``) as its
+``RunSpec`` says (FP32, Q8BERT QAT, Q-BERT QAT, Quant-Noise or iPQ), evaluates it, and writes the result files; the
+protocol's per-task settings and FP32 sweep.
+
+An ``fp32`` run also evaluates its trained weights under each post-training spec it is given (``dq``: Q8BERT's DQ
+column; ``directq``: Q-BERT's DirectQ, no fine-tuning), so one training gives all those rows. Results land at each
+spec's ``result_path`` (``<results_dir>/<task>/<label>-seed<seed>.json``); a run whose files all exist is skipped.
+``run_glue`` is the same run with the spec's fields as keywords (the chapters' papermill parameters).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import fields
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from qlib.bert.convert import convert_bert, find_bert
+from qlib.bert.pq_modules import IPQ_STAGES, product_quantize
+from qlib.deploy.checkpoint import load_float, save_float, save_quantized
+from qlib.experiments.data import get_task
+from qlib.experiments.distill import distillation_loss
+from qlib.experiments.results import provenance, read_json, write_json
+from qlib.experiments.spec import RunSpec, TrainingProtocol
+from qlib.experiments.tasks import RunTask, get_run_task
+from qlib.experiments.train import finetune, resolve_device, set_seed
+
+PROTOCOL: dict[str, dict[str, Any]] = {"sst2": {"epochs": 1, "lr": 5e-5}}
+"""The CPU protocol's fixed per-task settings (all: whole train set, batch 32, max 128 tokens, warm-up 10 %,
+weight decay 0.01, seeds 0-2). SST-2 gets one epoch: its 67 k sentences make it the protocol's longest job. The
+small tasks of ``SWEEP_TASKS`` take theirs from their FP32 sweep; any other task, BERT's usual 3 epochs at 5e-5."""
+
+SWEEP_TASKS = ("rte", "mrpc", "stsb", "cola")
+SWEEP_GRID: dict[str, tuple] = {"lr": (2e-5, 5e-5), "epochs": (3, 6)}
+"""The FP32 protocol sweep: each small task fine-tuned at seed 0 at every learning rate and epoch count here; the
+point with the best dev score (the task's main metric) is its protocol, used unchanged by its FP32, DQ and QAT rows
+(as Q8BERT did)."""
+
+
+def sweep_folder(lr: float, epochs: int) -> str:
+    """Where one point of the FP32 sweep writes, under the results folder: ``q8bert-sweep/lr2e-05-ep3``."""
+    return f"q8bert-sweep/lr{lr:g}-ep{epochs}"
+
+
+def sweep_points() -> list[dict[str, Any]]:
+    """The sweep's grid in order: fewer epochs first, then the smaller learning rate (the order ties go by)."""
+    return [{"epochs": e, "lr": lr} for e in SWEEP_GRID["epochs"] for lr in SWEEP_GRID["lr"]]
+
+
+def sweep_scores(task: str, results: str | Path = "results") -> list[tuple[dict[str, Any], float | None]]:
+    """(grid point, dev main metric or None when not run yet) of ``task``'s FP32 sweep under ``results``."""
+    info = get_task(task)
+    scores = []
+    for point in sweep_points():
+        path = Path(results) / sweep_folder(point["lr"], point["epochs"]) / info.name / "fp32-seed0.json"
+        scores.append((point, read_json(path)["metrics"][info.metrics[0]] if path.is_file() else None))
+    return scores
+
+
+def protocol_for(task: str, results: str | Path = "results") -> dict[str, Any]:
+    """The protocol's epochs and learning rate for ``task``: ``PROTOCOL``'s for SST-2, the best point of the FP32
+    sweep under ``results`` for a task of ``SWEEP_TASKS`` (refused, saying what to run, until every point of it is
+    there), and BERT's usual 3 epochs at 5e-5 for any other task."""
+    name = get_run_task(task).name
+    if name not in SWEEP_TASKS:
+        return dict(PROTOCOL.get(name, {"epochs": 3, "lr": 5e-5}))
+    scores = sweep_scores(name, results)
+    missing = [point for point, score in scores if score is None]
+    if missing:
+        raise FileNotFoundError(
+            f"{name}'s FP32 protocol is picked by its sweep, and {len(missing)} of its {len(scores)} points are not "
+            f"under {Path(results) / 'q8bert-sweep'} yet ({missing}); run `python -m qlib.experiments.protocol --only sweep`")
+    return dict(max(scores, key=lambda item: item[1])[0])  # max keeps the first of equal scores
+
+
+def _evaluate(model: torch.nn.Module, task: RunTask, data: Any) -> dict[str, Any]:
+    start = time.perf_counter()
+    metrics, examples = task.score(model, data)
+    return {"metrics": metrics, "examples": examples, "seconds": time.perf_counter() - start}
+
+
+def checkpoint_path(spec: RunSpec, checkpoint_dir: str | Path) -> Path:
+    """Where ``run`` keeps the model of ``spec`` (``<checkpoint_dir>/<task>/<label>-seed<seed>.safetensors``): the
+    FP32 file of an ``fp32`` run (what Q-BERT's QAT rows start from), else the bit-packed file with its ranges."""
+    return Path(checkpoint_dir) / spec.task / f"{spec.label}-seed{spec.seed}.safetensors"
+
+
+def _ipq_stages(net: torch.nn.Module, spec: RunSpec, batches: Any, device: torch.device, progress: bool
+                ) -> dict[str, Any]:
+    """iPQ (Quant-Noise sec. 4.1): for each of ``IPQ_STAGES`` in turn, product-quantize its layers
+    (``product_quantize`` with the spec's centroids and centroid bits) and fine-tune for the protocol's epochs;
+    returns the last stage's throughput figures with every stage's under ``stages``."""
+    stages = {}
+    for stage in IPQ_STAGES:
+        product_quantize(find_bert(net), stage, spec.centroids, centroid_bits=spec.centroid_bits, seed=spec.seed)
+        net.to(device)
+        stages[stage] = finetune(net, batches, spec.protocol.epochs, spec.protocol.lr, progress=progress)
+    return stages[IPQ_STAGES[-1]] | {"stages": stages}
+
+
+def _params(spec: RunSpec, post_training: Sequence[RunSpec]) -> dict[str, Any]:
+    """The trained run's settings as a result record's ``params`` (the flat layout every result file has)."""
+    flat = spec.to_dict()
+    return flat | flat.pop("protocol") | {"layer_bits": flat["layer_bits"] or None,
+                                          "post_training": [row.label for row in post_training]}
+
+
+def run(spec: RunSpec, post_training: Sequence[RunSpec] = (), experiment: str = "q8bert",
+        results_dir: str | Path = "results/q8bert", resume: bool = True, progress: bool = True,
+        device: str | None = None, checkpoint_dir: str | Path | None = None) -> list[dict[str, Any]]:
+    """Train and evaluate the run ``spec`` names, and write its result file (and one per ``post_training`` row).
+
+    Args:
+        spec: a trained run (``fp32``, ``qat`` or ``qbert``); a post-training spec is refused with its
+            ``trained_spec`` named.
+        post_training: ``dq`` / ``directq`` specs of the same task, seed and protocol, evaluated on an ``fp32``
+            run's trained weights.
+        experiment: the chapter the records belong to (their ``experiment`` field).
+        results_dir: the folder the result files go under (``spec.result_path(results_dir)``).
+        resume: return the records already on disk when every file of the run exists.
+        device: where to train and evaluate (None/``"auto"``: the GPU when there is one); the provenance names it.
+        checkpoint_dir: also keep the trained model at ``checkpoint_path(spec, checkpoint_dir)``.
+
+    Returns:
+        The run's records, its own first, read back from disk when resuming.
+    """
+    if spec.is_post_training:
+        raise ValueError(f"{spec.label} trains nothing: run its trained spec ({spec.trained_spec.label}) with it "
+                         "in post_training")
+    foreign = [row.label for row in post_training
+               if not row.is_post_training or row.trained_spec != spec.with_(init_from=None)]
+    if foreign or (post_training and spec.method != "fp32"):
+        raise ValueError(f"post_training rows {foreign or [r.label for r in post_training]} do not belong to "
+                         f"{spec.label}: they must be dq/directq specs of an fp32 run of the same task, seed and "
+                         "protocol")
+    rows = (spec, *post_training)
+    paths = [row.result_path(results_dir) for row in rows]
+    if resume and all(p.is_file() for p in paths):
+        return [read_json(p) for p in paths]
+
+    task, protocol, target = get_run_task(spec.task), spec.protocol, resolve_device(device)
+    start = time.perf_counter()
+    set_seed(spec.seed)
+    attention = "eager" if spec.distillation == "hidden" else None  # eager attention returns the attention maps
+    net, tokenizer = task.load(protocol.model, attention)
+    if spec.init_from is not None:
+        load_float(net, spec.init_from)
+    config = spec.quant_config()
+    if config is not None:
+        convert_bert(net, config)
+    net.to(target)
+    train_batches = task.train_batches(tokenizer, protocol, spec.seed)
+    dev = task.eval_data(tokenizer, protocol, spec.seed)
+    loss = None
+    if spec.distillation is not None:  # the teacher: the FP32 model the student starts from
+        teacher = load_float(task.load(protocol.model, attention)[0], spec.init_from).to(target)
+        loss = distillation_loss(teacher, spec.distillation)
+    if spec.method == "ipq":
+        training = _ipq_stages(net, spec, train_batches, target, progress)
+    else:
+        training = finetune(net, train_batches, protocol.epochs, protocol.lr, progress=progress, loss_fn=loss)
+    evaluations = [_evaluate(net, task, dev)]
+    for row in post_training:
+        evaluations.append(_evaluate(convert_bert(copy.deepcopy(net), row.quant_config()).to(target), task, dev))
+    if checkpoint_dir is not None:
+        (save_float if spec.method == "fp32" else save_quantized)(net.cpu(), checkpoint_path(spec, checkpoint_dir))
+    wall = time.perf_counter() - start
+    data = task.provenance(protocol.source)
+
+    params = _params(spec, post_training)
+    records = []
+    for row, path, evaluation in zip(rows, paths, evaluations):
+        record = {
+            "experiment": experiment, "task": task.name, "method": row.label, "seed": spec.seed,
+            "spec": row.to_dict(), "metrics": evaluation["metrics"], "main_metric": task.metrics[0],
+            "params": params, "train": {**training, "train_examples": len(train_batches.dataset)},
+            "eval": {"examples": evaluation["examples"], "seconds": evaluation["seconds"]},
+            "provenance": provenance(wall, target, data=data),
+        }
+        write_json(path, record)
+        records.append(record)
+    return records
+
+
+RUN_OPTIONS = ("experiment", "results_dir", "resume", "progress", "device", "checkpoint_dir")
+"""``run``'s keywords that are not part of a run's identity."""
+
+
+def run_glue(task: str, method: str, seed: int, model: str | None = None, *,
+             post_training: Sequence[str] = ("dq",), **knobs: Any) -> list[dict[str, Any]]:
+    """``run`` with the spec as keywords, as the chapters' parameters give it: ``knobs`` are ``RunSpec`` and
+    ``TrainingProtocol`` fields (``epochs``, ``lr``, ``weight_bits``, ``groups``, ``init_from``…) and ``run``'s
+    options (``results_dir``, ``checkpoint_dir``, ``device``…). ``post_training`` names the rows an ``fp32`` run
+    also evaluates by their labels (``dq``, ``directq-w3-p99.9``); an ``fp32`` run's ``groups`` are its DirectQ
+    rows' G. A knob its method does not have is refused, naming it."""
+    options = {name: knobs.pop(name) for name in RUN_OPTIONS if name in knobs}
+    if model is not None:
+        knobs["model"] = model
+    groups = knobs.pop("groups", None) if method == "fp32" else knobs.get("groups")
+    protocol_fields = {f.name for f in fields(TrainingProtocol)}
+    protocol = TrainingProtocol(**{k: knobs.pop(k) for k in list(knobs) if k in protocol_fields})
+    spec = RunSpec(task, method, seed, **knobs, protocol=protocol)
+    rows = [RunSpec.from_label(name, task, seed, protocol=spec.protocol,
+                               groups=groups if name.startswith("directq") else None)
+            for name in (post_training if method == "fp32" else ())]
+    return run(spec, rows, **options)

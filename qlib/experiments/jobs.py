@@ -1,0 +1,228 @@
+"""Running a list of jobs on Dask: one machinery under ``python -m qlib.experiments.protocol`` and ``python -m qlib.experiments.batch``.
+
+A job is anything with a ``name``, the names of the jobs it ``needs``, the worker ``resources`` it asks for
+(``{"GPU": 1}`` for a job that trains on a GPU) and a ``__call__`` that does its work on a worker and returns a
+one-line summary: a protocol run (``qlib.experiments.protocol.Job``), a Hessian spectrum, a papermill execution of a chapter
+(``qlib.experiments.batch``). ``execute`` submits them to a ``distributed.Client``; a job waits for the futures of the jobs it
+needs, so a QAT row starts as soon as its FP32 Baseline is written, on whichever worker is free.
+
+What a batch system's users expect: a job whose result exists is skipped (``done``), so a restarted run resumes;
+results are written atomically by the worker that ran the job; a failing job is named with its error and the jobs
+that need it are reported as not started; each finished job prints a progress line (done / running / failed /
+not started); Ctrl-C cancels what has not finished (nothing is half-written) and the summary still prints, naming
+what ran on which worker and how long it took.
+
+Where the workers come from (``make_client``): a ``LocalCluster`` sized so the CPU is not oversubscribed
+(processes × torch threads ≤ cores), an existing scheduler (``--scheduler tcp://host:8786``), or a SLURM cluster
+through ``dask-jobqueue`` (``slurm_cluster``; see the README's recipe).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Protocol, Sequence
+
+import dask
+import torch
+from distributed import Client, LocalCluster, as_completed, get_worker
+
+
+class Runnable(Protocol):
+    """What ``execute`` runs (see the module docstring)."""
+
+    name: str
+    needs: tuple[str, ...]
+
+    @property
+    def resources(self) -> dict[str, float]: ...
+
+    def done(self) -> bool: ...
+
+    def __call__(self) -> str: ...
+
+
+@dataclass
+class Outcome:
+    """What became of one job: ``status`` is ``done`` (ran now), ``skipped`` (its result existed), ``failed``
+    (with ``error``) or ``not started`` (a job it needs failed, or the run was interrupted)."""
+
+    name: str
+    status: str
+    summary: str = ""
+    error: str = ""
+    worker: str = ""
+    seconds: float = 0.0
+
+
+@dataclass
+class Report:
+    """The outcomes of one ``execute``, in submission order."""
+
+    outcomes: list[Outcome] = field(default_factory=list)
+
+    def by_status(self, status: str) -> list[Outcome]:
+        return [o for o in self.outcomes if o.status == status]
+
+    @property
+    def ok(self) -> bool:
+        return not self.by_status("failed") and not self.by_status("not started")
+
+    def summary(self) -> str:
+        """What ran where and how long it took, then the counts."""
+        lines = [f"{o.name}: {o.status}" + (f" on {o.worker} in {o.seconds:.0f} s ({o.summary})" if o.status == "done"
+                                            else f": {o.error}" if o.error else "")
+                 for o in self.outcomes]
+        counts = ", ".join(f"{len(self.by_status(s))} {s}" for s in ("done", "skipped", "failed", "not started"))
+        return "\n".join([*lines, counts])
+
+
+def _run_on_worker(job: Runnable, threads: int, *needed: Any) -> tuple[str, str, float]:
+    """Run ``job`` on a Dask worker with ``threads`` torch threads; ``needed`` are the results of the jobs it needs
+    (passed so Dask runs it after them; their values are not used). Returns (summary, worker address, seconds)."""
+    torch.set_num_threads(threads)
+    start = time.perf_counter()
+    summary = job()
+    try:
+        worker = get_worker().address
+    except ValueError:  # run outside a worker (Client(processes=False) in a test): the local process
+        worker = "local"
+    return summary, worker, time.perf_counter() - start
+
+
+def execute(jobs: Sequence[Runnable], client: Client, threads: int = 1, resume: bool = True,
+            progress: Callable[[str], None] = print, fail_fast: bool = False) -> Report:
+    """Run ``jobs`` on ``client``'s workers, each after the jobs it ``needs``; returns the ``Report``.
+
+    Args:
+        jobs: each job's ``needs`` must name jobs listed before it (a job list is built in dependency order).
+        client: a ``distributed.Client`` (``make_client``).
+        threads: torch threads per job (a worker runs one job at a time).
+        resume: skip jobs whose result exists (``done()``); they count as satisfied for the jobs that need them.
+        progress: called with one line per finished job.
+        fail_fast: at the first failure, cancel every job not finished yet (reported as not started).
+    """
+    names = [job.name for job in jobs]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"job names must be unique; repeated: {duplicates}")
+    known: set[str] = set()
+    for job in jobs:
+        unknown = [n for n in job.needs if n not in known]
+        if unknown:
+            raise ValueError(f"job {job.name} needs {unknown}, which are not listed before it")
+        known.add(job.name)
+
+    outcomes = {job.name: Outcome(job.name, "not started") for job in jobs}
+    futures: dict[str, Any] = {}
+    for job in jobs:
+        if resume and job.done():
+            outcomes[job.name] = Outcome(job.name, "skipped")
+            continue
+        needed = [futures[n] for n in job.needs if n in futures]
+        futures[job.name] = client.submit(_run_on_worker, job, threads, *needed, key=f"{job.name}-{time.time_ns()}",
+                                          resources=job.resources or None, pure=False)
+    by_key = {future.key: name for name, future in futures.items()}
+    finished = 0
+    try:
+        for future in as_completed(list(futures.values())):
+            name = by_key[future.key]
+            finished += 1
+            if future.status == "error":
+                error = future.exception()
+                failed_need = next((n for n in _needs(jobs, name) if outcomes[n].status in ("failed", "not started")),
+                                   None)
+                if failed_need is not None:  # Dask hands an upstream error down: this job never ran
+                    outcomes[name] = Outcome(name, "not started", error=f"needs {failed_need}, which did not finish")
+                else:
+                    outcomes[name] = Outcome(name, "failed", error=f"{type(error).__name__}: {error}")
+            elif future.status == "cancelled":
+                outcomes[name] = Outcome(name, "not started", error="cancelled")
+            else:
+                summary, worker, seconds = future.result()
+                outcomes[name] = Outcome(name, "done", summary, worker=worker, seconds=seconds)
+            counts = {s: sum(o.status == s for o in outcomes.values()) for s in ("done", "failed", "not started")}
+            running = len(futures) - finished
+            outcome = outcomes[name]
+            detail = outcome.summary if outcome.status == "done" else outcome.error
+            progress(f"[{finished}/{len(futures)}; {counts['done']} done, {running} to go, {counts['failed']} failed, "
+                     f"{counts['not started'] - running} not started] {outcome.status.upper()} {name}: {detail}")
+            if fail_fast and outcome.status == "failed":
+                client.cancel([f for f in futures.values() if not f.done()])
+    except KeyboardInterrupt:
+        unfinished = [name for name, future in futures.items() if outcomes[name].status == "not started"]
+        client.cancel([futures[name] for name in unfinished])
+        for name in unfinished:
+            outcomes[name] = Outcome(name, "not started", error="interrupted (Ctrl-C) before it finished")
+        print(f"interrupted: {len(unfinished)} unfinished job(s) cancelled; their results were never written",
+              flush=True)
+    return Report([outcomes[job.name] for job in jobs])
+
+
+def _needs(jobs: Sequence[Runnable], name: str) -> tuple[str, ...]:
+    return next(job.needs for job in jobs if job.name == name)
+
+
+def local_cluster_size(workers: int | None = None, threads: int | None = None,
+                       cores: int | None = None) -> tuple[int, int]:
+    """(worker processes, torch threads per job) for a ``LocalCluster`` on ``cores`` cores: one worker with every
+    core by default; never more than the cores (processes × threads ≤ cores), which is refused naming the values."""
+    cores = cores or os.cpu_count() or 1
+    workers = 1 if workers is None else workers
+    threads = max(1, cores // max(workers, 1)) if threads is None else threads
+    if workers < 1 or threads < 1:
+        raise ValueError(f"workers and threads must be positive, got {workers} and {threads}")
+    if workers * threads > cores:
+        raise ValueError(f"{workers} worker(s) × {threads} thread(s) oversubscribe this machine's {cores} cores; "
+                         "two PyTorch jobs sharing cores slow each other many times over")
+    return workers, threads
+
+
+def make_client(scheduler: str | None = None, workers: int | None = None, threads: int | None = None,
+                gpus: int | None = None) -> tuple[Client, int]:
+    """A Dask client and the torch threads each job gets: on ``scheduler`` (an existing cluster's address; its
+    workers set their own resources, e.g. ``dask worker ADDRESS --resources GPU=1``), or on a new ``LocalCluster``
+    of ``local_cluster_size`` processes, one job at a time each, with ``GPU`` resources where torch sees GPUs."""
+    if scheduler:
+        return Client(scheduler), threads or 1
+    workers, threads = local_cluster_size(workers, threads)
+    gpus = torch.cuda.device_count() if gpus is None else gpus
+    resources = {"GPU": max(1, gpus // workers)} if gpus else None
+    # No worker-ttl: a run paused with SIGSTOP (to give a benchmark a quiet CPU) stops the scheduler and its workers
+    # together, and on resume the scheduler would otherwise see no heartbeat for the whole pause, drop the worker
+    # and start its run again from the beginning.
+    with dask.config.set({"distributed.scheduler.worker-ttl": None}):
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                               resources=resources)
+    return Client(cluster), threads
+
+
+def close_client(client: Client) -> None:
+    """Close ``client`` and the local cluster ``make_client`` started for it (an existing cluster is left running)."""
+    cluster = client.cluster
+    client.close()
+    if cluster is not None:
+        cluster.close()
+
+
+def slurm_cluster(jobs: int, cores: int = 2, memory: str = "24GB", walltime: str = "04:00:00",
+                  queue: str | None = None, gpus: int = 0, **options: Any):
+    """A ``dask_jobqueue.SLURMCluster`` whose SLURM jobs each start one qbook worker (one run at a time on ``cores``
+    CPUs: run it with ``--threads`` = ``cores``; ``GPU`` resources when ``gpus``), scaled to ``jobs`` SLURM jobs. ``options`` go to
+    ``SLURMCluster`` (``account``, ``job_extra_directives``…); ``cluster.job_script()`` shows what is submitted."""
+    from dask_jobqueue import SLURMCluster  # the SLURM recipe's extra: pip install dask-jobqueue
+
+    worker_extra_args = ["--resources", f"GPU={gpus}"] if gpus else []
+    directives = [f"--gres=gpu:{gpus}"] if gpus else []
+    # One Dask thread (one run at a time) in a SLURM job of ``cores`` CPUs: the run's torch threads use them.
+    cluster = SLURMCluster(cores=1, job_cpu=cores, processes=1, memory=memory, walltime=walltime, queue=queue,
+                           worker_extra_args=worker_extra_args,
+                           job_extra_directives=[*directives, *options.pop("job_extra_directives", [])], **options)
+    cluster.scale(jobs=jobs)
+    return cluster
+
+
+def resources_for(device: str | None) -> Mapping[str, float]:
+    """The worker resources a job on ``device`` asks for: a GPU for ``cuda``, none for the CPU or ``auto``."""
+    return {"GPU": 1} if device is not None and device.startswith("cuda") else {}

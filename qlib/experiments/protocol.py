@@ -1,0 +1,385 @@
+"""The book's whole training protocol as one list of jobs, run without Jupyter: ``python -m qlib.experiments.protocol``.
+
+Each job (``Job``: a ``RunSpec`` and what it serves) is the run a chapter's ``quick=False`` cell makes for one
+grid point of its papermill batch (see each chapter's *Reproducing*): the same ``run``, the same result files. Jobs
+run on Dask (``qlib.experiments.jobs``): a local cluster by default, sized to the cores, or an existing cluster:
+
+    python -m qlib.experiments.protocol [--workers 1] [--threads 2] [--only q8bert] [--device cuda]
+    python -m qlib.experiments.protocol --scheduler tcp://host:8786 --threads 8
+
+Three stages, each a graph of jobs whose edges are Dask futures: (1) the FP32 protocol sweep of the small tasks
+(``--only sweep``), which picks their epochs and learning rates (``qlib.experiments.experiment.protocol_for``); (2) the first
+chapter's main table, the FP32 Baselines (which keep their models under ``--checkpoints``), the Hessian spectrum of
+each Q-BERT task's seed-0 Baseline where its committed one is missing (Q-BERT I's job), and Q-BERT's and
+Quant-Noise's QAT rows, each started as soon as its seed's Baseline is written, seed by seed, then the ablations
+and the "Beyond the papers" rows (``beyond_jobs``);
+(3) the mixed-precision rows of the tasks whose spectrum stage 2 measured (it sets their bits). Finished runs are
+skipped, so an interrupted protocol resumes. A failing job is named and the jobs that need it are reported as not
+started; the others still run, and the exit status is non-zero at the end. A task whose sweep or spectrum is
+missing gets no rows that need it, and is named too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from qlib.experiments.batch import NotebookJob, job_name
+from qlib.experiments.experiment import SWEEP_TASKS, checkpoint_path, protocol_for, run, sweep_folder, sweep_points
+from qlib.experiments.jobs import Report, close_client, execute, make_client, resources_for
+from qlib.experiments.qbert import MIXED_SETTINGS, SETTINGS, directq_specs, fp32_checkpoint, run_spectrum, setting_spec
+from qlib.experiments.results import read_json
+from qlib.experiments.spec import RunSpec, TrainingProtocol
+
+SEEDS = (0, 1, 2)
+Q8BERT_TASKS = ("sst2", "cola", "rte", "mrpc", "stsb")
+EMA_ABLATION_TASKS = ("cola", "rte")
+HEADS = 12  # the packaged model's and BERT-base's attention heads: Q-BERT's G for the main table
+ABLATION_GROUPS: tuple[int | str, ...] = (1, 4 * HEADS, "row")  # with G = HEADS from the main table
+ABLATION_SETTING = "Q-BERT 3/8"
+EMA_ABLATION_DECAY = 0.99
+QUANT_NOISE_TASKS = ("cola",)
+QUANT_NOISE_SETTINGS = ("Q-BERT 2/8", "Q-BERT 3/8")  # where QAT (p = 1) loses the most
+QUANT_NOISE_RATE = 0.5
+IPQ_TASKS = ("sst2",)  # iPQ and iPQ + int8 (Quant-Noise's 5 % row), from each seed's FP32 Baseline
+IPQ_CENTROIDS = 256  # fairseq's k
+INTEGER_TASKS = ("sst2", "mrpc")  # the beyond chapter's integer-only QAT: SST-2 and one more task
+DISTILLATION_TASKS = ("sst2",)
+DISTILLED_SETTINGS = ("Q-BERT 8/8", "Q-BERT 4/8", "Q-BERT 3/8", "Q-BERT 2/8")
+LANDSCAPE_BLOCKS = ("encoder.layer.0", "encoder.layer.2", "encoder.layer.5")  # Q-BERT I's default, fig. 2's
+
+
+@dataclass(frozen=True)
+class Job:
+    """One training job of the protocol: the run (``spec``), the rows its FP32 weights also give
+    (``post_training``), the chapter it serves (``experiment``), the folder under ``results`` it writes to
+    (``folder``, default the chapter's), where it keeps its model (``checkpoint_dir``: Q-BERT's Baselines, whose
+    models the QAT rows start from), the jobs it ``needs`` first (by name), and the ``device`` it trains on.
+    Calling it runs it (``qlib.experiments.experiment.run``); ``qlib.experiments.jobs.execute`` calls it on a Dask worker."""
+
+    spec: RunSpec
+    experiment: str
+    post_training: tuple[RunSpec, ...] = ()
+    folder: str | None = None
+    checkpoint_dir: str | None = None
+    needs: tuple[str, ...] = ()
+    results: str = "results"
+    device: str | None = None
+
+    @property
+    def name(self) -> str:
+        """The job as the result it writes: ``qbert/cola/qbert-w2e8-g12-p99.9-ft-seed1``."""
+        return f"{self.folder or self.experiment}/{self.spec.task}/{self.spec.label}-seed{self.spec.seed}"
+
+    @property
+    def results_dir(self) -> Path:
+        return Path(self.results) / (self.folder or self.experiment)
+
+    @property
+    def resources(self) -> dict[str, float]:
+        return dict(resources_for(self.device))
+
+    def done(self) -> bool:
+        """Whether every result file of the job exists (and, for a job that keeps its model, the model)."""
+        files = [row.result_path(self.results_dir) for row in (self.spec, *self.post_training)]
+        if self.checkpoint_dir is not None:
+            files.append(checkpoint_path(self.spec, self.checkpoint_dir))
+        return all(f.is_file() for f in files)
+
+    def run(self) -> list[dict[str, Any]]:
+        """Train and evaluate the job now (``qlib.experiments.experiment.run``); its records."""
+        return run(self.spec, self.post_training, experiment=self.experiment, results_dir=self.results_dir,
+                   device=self.device, progress=False, checkpoint_dir=self.checkpoint_dir, resume=False)
+
+    def __call__(self) -> str:
+        return ", ".join(f"{r['method']} {r['main_metric']}={r['metrics'][r['main_metric']]:.4f}" for r in self.run())
+
+    def to_json(self) -> str:
+        """The job as JSON (a chapter's ``job`` parameter; ``from_json`` reads it back equal)."""
+        return json.dumps({"spec": self.spec.to_dict(), "experiment": self.experiment,
+                           "post_training": [row.to_dict() for row in self.post_training], "folder": self.folder,
+                           "checkpoint_dir": self.checkpoint_dir, "needs": list(self.needs), "results": self.results,
+                           "device": self.device})
+
+    @classmethod
+    def from_json(cls, text: str) -> Job:
+        data = json.loads(text)
+        return cls(**(data | {"spec": RunSpec.from_dict(data["spec"]), "needs": tuple(data["needs"]),
+                              "post_training": tuple(RunSpec.from_dict(row) for row in data["post_training"])}))
+
+    def absolute(self) -> Job:
+        """The same job with every path absolute (for a notebook that runs in the chapters' folder)."""
+        spec = self.spec if self.spec.init_from is None else self.spec.with_(
+            init_from=str(Path(self.spec.init_from).resolve()))
+        return replace(self, spec=spec, results=str(Path(self.results).resolve()),
+                       checkpoint_dir=None if self.checkpoint_dir is None else str(Path(self.checkpoint_dir).resolve()))
+
+
+CHAPTERS = {"q8bert": "q8bert.ipynb", "q8bert-sweep": "q8bert.ipynb", "qbert": "qbert_low_precision.ipynb",
+            "quant-noise": "quant_noise.ipynb", "beyond": "integer_and_distilled.ipynb"}
+"""The chapter whose ``job`` parameter runs a job of each experiment (``--via papermill``)."""
+
+
+def via_papermill(job: Job, chapters: Path, notebooks: Path) -> NotebookJob:
+    """``job`` as a papermill execution of its chapter (``CHAPTERS``) with ``quick=False`` and ``job`` = the job's
+    JSON: the chapter makes the same ``run`` call and writes the same result files; its executed notebook is kept
+    under ``notebooks``."""
+    output = notebooks / f"{job_name({'job': job.name})}.ipynb"
+    return NotebookJob(job.name, str(chapters / CHAPTERS[job.experiment]), str(output), str(chapters),
+                       {"quick": False, "job": job.absolute().to_json()}, needs=job.needs, job=job)
+
+
+@dataclass(frozen=True)
+class SpectrumJob:
+    """Q-BERT I's job: the Hessian spectrum of a task's seed-0 FP32 Baseline (``run_spectrum`` with ``arguments``,
+    see ``spectrum_job``), after the Baseline it ``needs``."""
+
+    arguments: Mapping[str, Any] = field(hash=False)
+    needs: tuple[str, ...] = ()
+    resources: Mapping[str, float] = field(default_factory=dict, hash=False)  # the Hessian runs on the CPU
+
+    @property
+    def name(self) -> str:
+        return f"spectrum of {self.arguments['task']}"
+
+    def done(self) -> bool:
+        return Path(self.arguments["results_path"]).is_file()
+
+    def __call__(self) -> str:
+        result = run_spectrum(**self.arguments, progress=False, resume=False)
+        ranking = sorted(result["blocks"], key=lambda block: result["blocks"][block]["omega"], reverse=True)
+        return f"Ω ranks {', '.join(ranking)}"
+
+
+def _protocol(task: str, results: str | Path) -> TrainingProtocol:
+    return TrainingProtocol(**protocol_for(task, results))
+
+
+def sweep_jobs(seed: int = 0, results: str | Path = "results") -> list[Job]:
+    """The FP32 protocol sweep of the Q8BERT chapter: each task of ``SWEEP_TASKS`` fine-tuned at seed ``seed`` at
+    every point of ``SWEEP_GRID`` (no post-training rows), task by task, so each task's choice is complete as early
+    as possible."""
+    return [Job(RunSpec(t, "fp32", seed, protocol=TrainingProtocol(**p)), "q8bert-sweep",
+                folder=sweep_folder(p["lr"], p["epochs"]), results=str(results)) for t in SWEEP_TASKS for p in sweep_points()]
+
+
+def picked_protocols(tasks: Sequence[str], results: str | Path = "results",
+                     ) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """(task -> its epochs and learning rate, the tasks whose protocol is not picked yet: a sweep task whose FP32
+    sweep under ``results`` is incomplete; see ``protocol_for``)."""
+    picked, waiting = {}, []
+    for task in dict.fromkeys(tasks):
+        try:
+            picked[task] = protocol_for(task, results)
+        except FileNotFoundError:
+            waiting.append(task)
+    return picked, waiting
+
+
+def q8bert_jobs(protocols: Mapping[str, dict[str, Any]], seeds=SEEDS,
+                results: str | Path = "results") -> tuple[list[Job], list[Job]]:
+    """Q8BERT chapter, for each task of ``protocols`` (task -> its epochs and learning rate): (FP32 (+DQ) and QAT,
+    the main table; QAT with a shorter EMA on the tasks of ``EMA_ABLATION_TASKS``, the ablation)."""
+    def job(task: str, method: str, seed: int, **knobs: Any) -> Job:
+        spec = RunSpec(task, method, seed, protocol=TrainingProtocol(**protocols[task]), **knobs)
+        return Job(spec, "q8bert", (spec.with_(method="dq"),) if method == "fp32" else (), results=str(results))
+
+    main = [job(t, m, s) for t in protocols for s in seeds for m in ("fp32", "qat")]
+    ablation = [job(t, "qat", s, ema_decay=EMA_ABLATION_DECAY) for t in EMA_ABLATION_TASKS if t in protocols
+                for s in seeds]
+    return main, ablation
+
+
+def baseline_jobs(tasks: Sequence[str], checkpoints: str | Path, seeds=SEEDS,
+                  results: str | Path = "results") -> list[Job]:
+    """The FP32 Baselines of ``tasks`` (with their DirectQ rows at G = ``HEADS``): they keep the models that
+    Q-BERT's and Quant-Noise's QAT rows start from under ``checkpoints``."""
+    specs = [setting_spec("Baseline", t, s, HEADS, checkpoints, protocol=_protocol(t, results))
+             for t in tasks for s in seeds]
+    return [Job(spec, "qbert", directq_specs(spec, HEADS), checkpoint_dir=str(checkpoints), results=str(results))
+            for spec in specs]
+
+
+def baseline_name(task: str, seed: int) -> str:
+    """The name of the Baseline job of ``task`` and ``seed``: what the QAT rows starting from its model need."""
+    return Job(RunSpec(task, "fp32", seed), "qbert").name
+
+
+def qbert_jobs(tasks: Sequence[str], checkpoints: str | Path, spectra: Mapping[str, dict[str, Any]] | None = None,
+               seeds=SEEDS, results: str | Path = "results") -> tuple[list[Job], list[Job], list[Job]]:
+    """Q-BERT II chapter, for ``tasks``: (the FP32 Baselines, which keep their models under ``checkpoints``; the QAT
+    rows of the main table at G = heads, each from its seed's Baseline model, which it needs; the group-wise
+    ablation at 3 bits). The MP rows take their bits from the task's Hessian spectrum: a task without one in
+    ``spectra`` gets none yet."""
+    spectra = spectra or {}
+
+    def job(setting: str, task: str, seed: int, groups: int | str) -> Job:
+        spec = setting_spec(setting, task, seed, groups, checkpoints, spectra.get(task), _protocol(task, results))
+        return Job(spec, "qbert", needs=(baseline_name(task, seed),), results=str(results))
+
+    baselines = baseline_jobs(tasks, checkpoints, seeds, results)
+    main = [job(name, t, s, HEADS) for t in tasks for name in [*SETTINGS, *MIXED_SETTINGS] for s in seeds
+            if name not in MIXED_SETTINGS or t in spectra]
+    ablation = [job(ABLATION_SETTING, t, s, g) for t in tasks for g in ABLATION_GROUPS for s in seeds]
+    return baselines, main, ablation
+
+
+def quant_noise_jobs(checkpoints: str | Path, seeds=SEEDS, results: str | Path = "results",
+                     tasks: Sequence[str] = QUANT_NOISE_TASKS) -> list[Job]:
+    """Quant-Noise chapter: Q-BERT's rows of ``QUANT_NOISE_SETTINGS`` trained at noise rate ``QUANT_NOISE_RATE``
+    on ``QUANT_NOISE_TASKS``, each from its seed's FP32 Baseline, which it needs."""
+    return [Job(setting_spec(name, t, s, HEADS, checkpoints, protocol=_protocol(t, results)).with_(
+                    noise_rate=QUANT_NOISE_RATE), "quant-noise", needs=(baseline_name(t, s),), results=str(results))
+            for t in tasks for name in QUANT_NOISE_SETTINGS for s in seeds]
+
+
+def ipq_jobs(checkpoints: str | Path, seeds=SEEDS, results: str | Path = "results",
+             tasks: Sequence[str] = IPQ_TASKS) -> list[Job]:
+    """Quant-Noise chapter: iPQ with ``IPQ_CENTROIDS`` centroids, in float and with int8 centroids and inputs,
+    each quantizing its seed's FP32 Baseline in stages (so it needs that Baseline), on ``tasks``."""
+    return [Job(RunSpec(t, "ipq", s, centroids=IPQ_CENTROIDS, centroid_bits=bits,
+                        init_from=str(fp32_checkpoint(checkpoints, t, s)), protocol=_protocol(t, results)),
+                "quant-noise", needs=(baseline_name(t, s),), results=str(results))
+            for t in tasks for bits in (None, 8) for s in seeds]
+
+
+def beyond_jobs(checkpoints: str | Path, seeds=SEEDS, results: str | Path = "results",
+                integer_tasks: Sequence[str] = INTEGER_TASKS,
+                distillation_tasks: Sequence[str] = DISTILLATION_TASKS) -> list[Job]:
+    """The "Beyond the papers" chapter: Q8BERT's QAT with I-BERT's integer GELU, softmax and LayerNorm on
+    ``integer_tasks`` (against the Q8BERT chapter's QAT and FP32 rows of the same seeds), and Q-BERT's QAT rows of
+    ``DISTILLED_SETTINGS`` distilled from their seed's FP32 Baseline (TernaryBERT's logits, hidden states and
+    attention maps), each after that Baseline, on ``distillation_tasks``."""
+    integer = [Job(RunSpec(t, "qat", s, integer_nonlinearities=True, protocol=_protocol(t, results)), "beyond",
+                   results=str(results)) for t in integer_tasks for s in seeds]
+    distilled = [Job(setting_spec(name, t, s, HEADS, checkpoints, protocol=_protocol(t, results)).with_(
+                         distillation="hidden"), "beyond", needs=(baseline_name(t, s),), results=str(results))
+                 for t in distillation_tasks for name in DISTILLED_SETTINGS for s in seeds]
+    return integer + distilled
+
+
+def read_spectra(folder: Path, tasks: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Each task's committed spectrum, ``<folder>/spectrum-<task>.json`` (measured on the task's seed-0 FP32
+    Baseline); a missing one is named with the run that writes it."""
+    missing = [str(folder / f"spectrum-{t}.json") for t in tasks if not (folder / f"spectrum-{t}.json").is_file()]
+    if missing:
+        raise FileNotFoundError(f"no Hessian spectrum at {', '.join(missing)}: the Q-BERT rows take their MP bits "
+                                "from it; run chapters/qbert_sensitivity.ipynb with quick=false for that task first "
+                                "(it measures the task's seed-0 FP32 Baseline, so the Baseline runs come before it)")
+    return {t: read_json(folder / f"spectrum-{t}.json") for t in tasks}
+
+
+def spectrum_job(task: str, checkpoints: str | Path, results: str | Path) -> dict[str, Any]:
+    """Q-BERT I's ``quick=False`` run for ``task`` (``run_spectrum`` arguments): the Hessian spectrum of the task's
+    seed-0 FP32 Baseline, written to ``<results>/qbert/spectrum-<task>.json``, where ``read_spectra`` finds it."""
+    return dict(task=task, init_from=str(fp32_checkpoint(checkpoints, task, 0)), landscape_blocks=LANDSCAPE_BLOCKS,
+                results_path=str(Path(results) / "qbert" / f"spectrum-{task}.json"))
+
+
+
+
+def _by_seed(jobs: list[Job]) -> list[Job]:
+    """Seed 0 of every row first, then seed 1, …: a partial run still fills every row (stable within a seed)."""
+    return sorted(jobs, key=lambda job: job.spec.seed)
+
+
+def _present_spectra(folder: Path, tasks: Sequence[str]) -> dict[str, dict[str, Any]]:
+    return read_spectra(folder, [t for t in tasks if (folder / f"spectrum-{t}.json").is_file()])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--results", default="results",
+                        help="folder holding q8bert/, qbert/ and quant-noise/ (default: results)")
+    parser.add_argument("--only", choices=("q8bert", "qbert", "quant-noise", "beyond", "sweep"),
+                        help="run one chapter's jobs (sweep: the FP32 protocol sweep of the small tasks)")
+    parser.add_argument("--qbert-tasks", default="sst2",
+                        help="comma-separated tasks of the Q-BERT table; a task's missing "
+                             "<results>/qbert/spectrum-<task>.json is measured after its seed-0 Baseline")
+    parser.add_argument("--scheduler", default=None,
+                        help="address of a running Dask scheduler (tcp://host:8786); default: a local cluster")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="local cluster: worker processes, one job each at a time (default 1)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads per job (default: the cores shared out among the local workers)")
+    parser.add_argument("--device", default=None, help="auto (default), cpu, cuda (a cuda job asks for a GPU worker)")
+    parser.add_argument("--checkpoints", default="runs/checkpoints",
+                        help="Q-BERT's FP32 Baseline models, the QAT rows' starting points (default: runs/checkpoints)")
+    parser.add_argument("--keep-models", default=None, help="also keep every other trained model under this folder")
+    parser.add_argument("--via", choices=("direct", "papermill"), default="direct",
+                        help="run each training job as a direct call (default) or as a papermill execution of its "
+                             "chapter, keeping the executed notebook under --notebooks; both write the same results")
+    parser.add_argument("--notebooks", default="runs/notebooks", help="where --via papermill keeps the notebooks")
+    args = parser.parse_args(argv)
+    try:
+        client, threads = make_client(args.scheduler, args.workers, args.threads,
+                                      gpus=0 if args.device == "cpu" else None)
+    except ValueError as err:
+        parser.error(str(err))
+
+    results, checkpoints = args.results, Path(args.checkpoints) / "qbert"
+    spectra_folder = Path(results) / "qbert"
+    wanted = {"q8bert": Q8BERT_TASKS, "qbert": args.qbert_tasks.split(","), "quant-noise": QUANT_NOISE_TASKS,
+              "beyond": tuple(dict.fromkeys(INTEGER_TASKS + DISTILLATION_TASKS))}
+    wanted = {chapter: tasks if args.only in (None, chapter) else () for chapter, tasks in wanted.items()}
+    wanted["ipq"] = IPQ_TASKS if args.only in (None, "quant-noise") else ()  # the Quant-Noise chapter's iPQ rows
+    failures: list[str] = []
+    reports: list[Report] = []
+
+    def stage(number: int, jobs: list[Any]) -> None:
+        """Run one stage's jobs on the cluster, each after the jobs it needs."""
+        jobs = [replace(j, device=args.device, checkpoint_dir=j.checkpoint_dir or args.keep_models)
+                if isinstance(j, Job) else j for j in jobs]
+        if args.via == "papermill":
+            chapters = Path(__file__).resolve().parents[2] / "chapters"
+            jobs = [via_papermill(j, chapters, Path(args.notebooks).resolve()) if isinstance(j, Job) else j
+                    for j in jobs]
+        print(f"stage {number}: {len(jobs)} job(s) on {client.scheduler.address if client.scheduler else client}",
+              flush=True)
+        report = execute(jobs, client, threads, progress=lambda line: print(f"[stage {number}] {line}", flush=True))
+        failures.extend(o.name for o in report.outcomes if o.status in ("failed", "not started"))
+        reports.append(report)
+
+    try:
+        if args.only in (None, "sweep"):  # 1: the FP32 sweep picks the small tasks' protocols
+            stage(1, sweep_jobs(results=results))
+        protocols, waiting = picked_protocols([t for tasks in wanted.values() for t in tasks], results)
+        failures.extend(f"the rows of {t} (its FP32 sweep is incomplete: no protocol picked)" for t in waiting)
+        q8_main, q8_ablation = q8bert_jobs({t: protocols[t] for t in wanted["q8bert"] if t in protocols},
+                                           results=results)
+        qbert_tasks = [t for t in wanted["qbert"] if t in protocols]
+        noise = quant_noise_jobs(checkpoints, results=results, tasks=[t for t in wanted["quant-noise"] if t in protocols])
+        noise += ipq_jobs(checkpoints, results=results, tasks=[t for t in wanted["ipq"] if t in protocols])
+        beyond = beyond_jobs(checkpoints, results=results,
+                             integer_tasks=[t for t in INTEGER_TASKS if t in protocols and t in wanted["beyond"]],
+                             distillation_tasks=[t for t in DISTILLATION_TASKS
+                                                 if t in protocols and t in wanted["beyond"]])
+        measured = _present_spectra(spectra_folder, qbert_tasks)
+        baselines, qb_main, qb_ablation = qbert_jobs(qbert_tasks, checkpoints, measured, results=results)
+        baselines += baseline_jobs(sorted({j.spec.task for j in noise + beyond if j.needs} - set(qbert_tasks)),
+                                   checkpoints, results=results)
+        spectra = [SpectrumJob(spectrum_job(t, checkpoints, results), needs=(baseline_name(t, 0),))
+                   for t in qbert_tasks if t not in measured]
+        # 2: everything that needs no new spectrum; each QAT row starts once its Baseline is written
+        stage(2, q8_main + _by_seed(baselines) + spectra + _by_seed(qb_main + noise)
+              + _by_seed(q8_ablation + qb_ablation) + _by_seed(beyond))
+        new = _present_spectra(spectra_folder, [t for t in qbert_tasks if t not in measured])
+        failures.extend(f"the Q-BERT MP rows of {t} (no spectrum)" for t in qbert_tasks
+                        if t not in measured and t not in new)
+        if new:  # 3: the MP rows of the tasks whose spectrum stage 2 measured
+            new_baselines, new_main, _ = qbert_jobs(list(new), checkpoints, new, results=results)
+            stage(3, _by_seed(new_baselines) + _by_seed([j for j in new_main if j.spec.layer_bits]))
+    finally:
+        close_client(client)
+    print("\n".join(report.summary() for report in reports), flush=True)
+    if failures:
+        print(f"{len(failures)} job(s) failed or not started: " + "; ".join(failures), file=sys.stderr)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""What the Q8BERT chapter shows beyond its Table 1, built from the committed results: Table 2 (the relative error of
+8-bit against FP32, beside the paper's) with the paired per-seed gaps and what they say, and the EMA ablation
+(Q8BERT's decay against one matched to short runs). Nothing here trains."""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import pandas as pd
+
+from qlib.core.observers import Q8BERT_EMA_DECAY
+from qlib.experiments.papers import Q8BERT_TABLE1
+from qlib.experiments.report import mean_std_text, paired_gaps, relative_drop, relative_error
+from qlib.experiments.spec import RunSpec
+
+SPREAD_WORDS = {None: "no spread to compare with yet (one seed)", True: "larger than the seed-to-seed spread",
+                False: "within the seed-to-seed spread"}
+"""How a paired gap compares with the seed-to-seed spread (``qlib.experiments.report.paired_gaps``' ``beyond spread``)."""
+
+READINGS = {(True, False): "the cost comes from training with static input ranges, not from 8-bit precision",
+            (True, True): "DQ, which trains nothing, loses too: 8-bit precision itself costs accuracy here",
+            (False, True): "QAT recovers what 8-bit precision alone (DQ) loses",
+            (False, False): "neither loss is distinguishable from seed noise"}
+"""What (QAT beyond the spread, DQ beyond the spread) says about where 8-bit's cost comes from."""
+
+
+def table2(runs: pd.DataFrame, summary: pd.DataFrame, bound: float = 1.0) -> list[Any]:
+    """Q8BERT's Table 2 for the committed runs: :math:`(\\text{FP32} - \\text{8-bit}) / \\text{FP32}` in percent for
+    QAT and DQ beside the paper's QAT, whether QAT stays within ``bound`` % per task, and QAT − FP32 and DQ − FP32
+    paired by seed, each task read through ``READINGS``.
+
+    Args:
+        runs: one row per result (``qlib.experiments.report.runs_frame``).
+        summary: mean, std and seeds per (task, method) (``qlib.experiments.report.mean_std``).
+
+    Returns:
+        What the chapter shows, in order (``qlib.experiments.report.show``); [] without both FP32 and QAT runs.
+    """
+    if runs.empty or not {"fp32", "qat"} <= set(runs["method"]):
+        return []
+    table = relative_error(summary).round(2)
+    table = table[[m for m in ("qat", "dq") if m in table.columns]]
+    table.columns = [f"ours {m.upper()}" for m in table.columns]
+    table["paper QAT"] = pd.Series({t: round(relative_drop(p["fp32"], p["qat"]), 2)
+                                    for t, p in Q8BERT_TABLE1.items()})
+    within = table["ours QAT"].abs() <= bound
+    parts: list[Any] = [table, f"QAT within {bound:g} % relative of FP32: " + ", ".join(
+        f"**{t}**: {'yes' if ok else 'no'} ({table.loc[t, 'ours QAT']:+.2f} %)" for t, ok in within.items())]
+    beyond = {}
+    for method in ("qat", "dq"):
+        gaps = paired_gaps(runs, method)
+        parts += [f"Paired {method.upper()} − FP32, same seeds (points):", gaps.round(2)]
+        beyond[method] = gaps["beyond spread"].to_dict()
+    parts.append("\n".join(
+        f"* **{t}**: QAT {SPREAD_WORDS[q]}; DQ {SPREAD_WORDS[beyond['dq'].get(t)]}"
+        + (f" — {READINGS[(q, beyond['dq'][t])]}." if (q, beyond["dq"].get(t)) in READINGS else ".")
+        for t, q in beyond["qat"].items()))
+    return parts
+
+
+def first_batch_weights(records: Iterable[dict[str, Any]], decay: float = Q8BERT_EMA_DECAY) -> pd.DataFrame:
+    """For each QAT run in ``records``, its steps ``n`` and the weight :math:`d^{\\,n-1}` the first batch still has
+    in the EMA of the activation ranges after ``n`` steps with decay ``d``."""
+    return pd.DataFrame([{"task": r["task"], "seed": r["seed"], "steps n": r["train"]["steps"],
+                          "first batch's weight d^(n-1)": round(decay ** (r["train"]["steps"] - 1), 3)}
+                         for r in records if r["method"] == "qat"]).set_index(["task", "seed"]).sort_index()
+
+
+def _ablation_lines(runs: pd.DataFrame, short: str) -> str:
+    """Per task, QAT − FP32 with Q8BERT's decay and with the ``short`` one, and the short decay against QAT."""
+    to_fp32, short_to_fp32 = paired_gaps(runs, "qat"), paired_gaps(runs, short)
+    spread = {True: "still beyond", False: "within", None: "not comparable with"}
+    lines = []
+    for task, gap in paired_gaps(runs, short, baseline="qat").iterrows():
+        change = {None: "not comparable with Q8BERT's decay (one seed)",
+                  False: "no different from Q8BERT's decay (within the seed spread)",
+                  True: "better than Q8BERT's decay" if gap["mean gap"] > 0 else "worse than Q8BERT's decay"}
+        lines.append(f"* **{task}** ({int(gap['pairs'])} paired seeds): QAT − FP32 "
+                     f"{to_fp32.loc[task, 'mean gap']:+.2f} points with Q8BERT's decay, "
+                     f"{short_to_fp32.loc[task, 'mean gap']:+.2f} with `{short}` "
+                     f"({gap['mean gap']:+.2f} ± {gap['gap std']:.2f} against QAT on the same seeds): "
+                     f"{change[gap['beyond spread']]}, and {spread[short_to_fp32.loc[task, 'beyond spread']]} "
+                     "FP32's seed-to-seed spread.")
+    return "\n".join(lines)
+
+
+def ema_ablation(records: list[dict[str, Any]], runs: pd.DataFrame, summary: pd.DataFrame) -> list[Any]:
+    """The EMA ablation: each QAT run's first-batch weight (``first_batch_weights``); then, where runs with another
+    decay are committed (``qat-ema<d>``), the scores of every QAT decay, each against FP32 of the same seed, and per
+    task and decay what the shorter decay changes.
+
+    Returns:
+        What the chapter shows, in order (``qlib.experiments.report.show``); [] without runs.
+    """
+    if runs.empty:
+        return []
+    qat_labels = {r["method"] for r in records if RunSpec.from_record(r).method == "qat"}
+    ablation = summary.loc[summary.index.get_level_values("method").isin(qat_labels)]
+    parts: list[Any] = [first_batch_weights(records)]
+    methods = sorted(set(ablation.index.get_level_values("method")))
+    if methods == ["qat"] or not methods:
+        return parts + ["*The ablation with a shorter EMA (`run_glue(..., ema_decay=0.99)`, result name "
+                        "`qat-ema0.99`; `python -m qlib.experiments.protocol --only q8bert` runs it after the main table) has no "
+                        "committed runs yet.*"]
+    return parts + [
+        "QAT with Q8BERT's decay against a decay matched to these short runs (same seeds):",
+        mean_std_text(ablation).unstack("method"),
+        "Each against FP32 of the same seed (points; negative = worse than FP32):",
+        pd.concat({m: paired_gaps(runs, m)[["pairs", "mean gap", "gap std"]] for m in methods}, axis=1).round(2),
+        *(_ablation_lines(runs, short) for short in methods if short != "qat")]

@@ -1,0 +1,448 @@
+"""What the two Q-BERT chapters show, built from the committed results: the committed spectra side by side (Q-BERT
+I); the measured size of every setting, each task's main table with its verdicts and protocol, the float16-floats
+check, the comparison of the two spectra that can set the MP rows' bits, the two range choices and the group-wise
+ablation (Q-BERT II).
+
+Every function reads result files and returns tables (``pandas``) and sentences (Markdown strings); nothing here
+trains. Scores are percent; a drop is ``qlib.experiments.report.relative_drop`` against the FP32 Baseline on the same seeds.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import pandas as pd
+import torch
+from torch import nn
+
+from qlib.bert.config import qbert_config
+from qlib.deploy.checkpoint import size_mb
+from qlib.experiments.data import get_task
+from qlib.experiments.papers import QBERT_CLAIMS
+from qlib.experiments.qbert import (
+    DIRECTQ_BITS,
+    MIXED_SETTINGS,
+    QBERT_PERCENTILE,
+    main_table_rows,
+    mixed_layer_bits,
+    setting_spec,
+)
+from qlib.experiments.report import (
+    baseline_over_seeds,
+    constant_answer_scores,
+    data_caveat,
+    mean_std,
+    mean_std_text,
+    notes_markdown,
+    protocol_frame,
+    relative_drop,
+    runs_frame,
+)
+from qlib.experiments.results import notes_for, read_json, read_results
+from qlib.experiments.spec import RunSpec
+from qlib.second_order.sensitivity import negative_curvature
+
+SIZE_COLUMNS = {"without_embedding_mb": "w/o embedding (MB)", "codes_without_embedding_mb": "of which codes (MB)",
+                "embedding_mb": "embedding (MB)", "file_mb": "file (MB)"}
+"""``qlib.deploy.checkpoint.size_mb``'s keys as the chapter's column headers."""
+
+PROTOCOL_COLUMNS = ["model", "data", "train examples", "epochs", "max tokens", "lr", "G", "device", "CPU", "threads",
+                    "wall h", "commit"]
+"""The columns of ``qlib.experiments.report.protocol_frame`` shown under each table."""
+
+
+def committed_spectra(folder: str | Path) -> dict[str, dict[str, Any]]:
+    """Every spectrum committed under ``folder`` (``spectrum-<task>.json``, measured on the task's FP32 Baseline)
+    and under ``folder/short-finetune`` (named "<task>, short fine-tune"), each with its ``path`` and ``notes``."""
+    folder = Path(folder)
+    paths = {p.stem.removeprefix("spectrum-"): p for p in sorted(folder.glob("spectrum-*.json"))}
+    paths |= {f"{p.stem.removeprefix('spectrum-')}, short fine-tune": p
+              for p in sorted(folder.glob("short-finetune/spectrum-*.json"))}
+    return {name: read_json(p) | {"path": str(p), "notes": notes_for(p)} for name, p in paths.items()}
+
+
+def _unsound(block: Mapping[str, Any]) -> str:
+    """Why a block's Ω is carried by its spread over subsets rather than one curvature; "" if it is not."""
+    negative = negative_curvature(block["top"])["negative_top_subsets"]
+    return ", ".join([f"top λ negative on {negative} of {len(block['top'])} subsets"] * bool(negative)
+                     + ["did not converge"] * (not block["converged"]))
+
+
+def spectra_across_tasks(spectra: Mapping[str, Mapping[str, Any]], setting: str = "Q-BERT_MP 2/3") -> list[Any]:
+    """The committed ``spectra`` (``committed_spectra``) side by side: Ω per block, the layers ``setting`` raises to
+    its higher width on each, which of those rest on an unsound Ω (``_unsound``), the Spearman rank correlation of
+    the encoder layers' Ω between spectra, and each spectrum's protocol and soundness counts.
+
+    Returns:
+        What the chapter shows, in order (``qlib.experiments.report.show``); a sentence alone with fewer than two spectra.
+    """
+    if len(spectra) < 2:
+        return [f"*Only {len(spectra)} committed spectrum: the comparison needs two.*"]
+    mixed = MIXED_SETTINGS[setting]
+    high = max(mixed["choices"])
+    omegas = pd.DataFrame({t: {n: b["omega"] for n, b in s["blocks"].items()} for t, s in spectra.items()})
+    raised = {t: sorted(n.removeprefix("encoder.layer.")
+                        for n, b in mixed_layer_bits(s, mixed["choices"], mixed["target_bits"]).items() if b == high)
+              for t, s in spectra.items()}
+    shaky = {t: [f"layer {n.removeprefix('encoder.layer.')} ({why})" for n, b in s["blocks"].items()
+                 if n.removeprefix("encoder.layer.") in raised[t] and (why := _unsound(b))]
+             for t, s in spectra.items()}
+    protocol = pd.DataFrame({t: {
+        "model": s["params"]["model"],
+        "measured on": ("FP32 Baseline" if s["params"].get("init_from")
+                        else f"{s['params']['finetune_examples']}-example fine-tune"),
+        "subsets × size": f"{s['params']['subsets']} × {s['params']['subset_size']}",
+        "spectrum min": round(s["spectrum_seconds"] / 60, 1),
+        "blocks converged": f"{sum(b['converged'] for b in s['blocks'].values())} of {len(s['blocks'])}",
+        "blocks with a negative top λ": sum(negative_curvature(b["top"])["negative_curvature"]
+                                            for b in s["blocks"].values()),
+        "commit": (s["provenance"]["git_commit"] or "")[:8]} for t, s in spectra.items()}).T
+    return [omegas.round(3),
+            f"Layers at {high} bits in {setting}: " + "; ".join(f"**{t}**: {', '.join(layers)}"
+                                                                for t, layers in raised.items()),
+            "Of those, raised on an unsound Ω: " + "; ".join(f"**{t}**: {', '.join(layers) or 'none'}"
+                                                             for t, layers in shaky.items()),
+            "Spearman rank correlation of the encoder layers' Ω between tasks:",
+            omegas[omegas.index.str.startswith("encoder.")].corr(method="spearman").round(2),
+            protocol, notes_markdown(spectra.values())]
+
+
+def size_table(model: nn.Module, rows: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
+    """The measured size of each row of ``rows`` (``qlib.experiments.qbert.main_table_rows``): the bytes of its real
+    bit-packed file for ``model`` (``qlib.deploy.checkpoint.size_mb``; the Baseline row is the FP32 file), embedding apart,
+    and each against the Baseline's.
+
+    Returns:
+        One row per setting: ``w-bits``, ``e-bits``, the four ``SIZE_COLUMNS``, and ``w/o embedding vs FP32 (%)``
+        and ``file vs FP32 (%)``.
+    """
+    with tempfile.TemporaryDirectory() as folder:
+        measured = pd.DataFrame({name: size_mb(model, row["config"], folder) for name, row in rows.items()}).T
+    table = pd.DataFrame({"w-bits": [r["w_bits"] for r in rows.values()],
+                          "e-bits": [r["e_bits"] for r in rows.values()]}, index=list(rows))
+    table = table.join(measured.rename(columns=SIZE_COLUMNS)[list(SIZE_COLUMNS.values())])
+    for column in ("w/o embedding", "file"):
+        table[f"{column} vs FP32 (%)"] = 100 * table[f"{column} (MB)"] / table.loc["Baseline", f"{column} (MB)"]
+    return table
+
+
+def size_findings(model: nn.Module, rows: Mapping[str, Mapping[str, Any]], sizes: pd.DataFrame,
+                  target: float = 0.08) -> list[str]:
+    """What the sizes say about the 2/3-bit MP row (none without it): its encoder file against FP32 and the 8 %
+    target, what is codes and what is float, and the same file with float16 floats (measured here, as GPTQ- and
+    AWQ-packed files store them)."""
+    if "Q-BERT_MP 2/3" not in rows:
+        return []
+    with tempfile.TemporaryDirectory() as folder:
+        half = size_mb(model, rows["Q-BERT_MP 2/3"]["config"], folder, float_dtype=torch.float16)
+    fp32 = sizes.loc["Baseline", "w/o embedding (MB)"]
+    share = sizes.loc["Q-BERT_MP 2/3", "w/o embedding (MB)"] / fp32
+    codes = sizes.loc["Q-BERT_MP 2/3", "of which codes (MB)"] / fp32
+    half_share = half["without_embedding_mb"] / fp32
+    compression = QBERT_CLAIMS["weight_compression"]
+    return [
+        f"The 2/3-bit MP encoder file (embedding apart) is **{share:.2%}** of the FP32 one "
+        f"({'within' if share <= target else 'above'} the {100 * target:g} % target; the paper reports {compression:g}×, "
+        f"{1 / compression:.1%}). The packed weight codes alone are **{codes:.2%}**; the other {share - codes:.2%} "
+        "is float: biases, LayerNorm, the classifier head, the activation ranges and one scale and offset per group, "
+        "which the paper's weight-only ratio leaves out. A DirectQ row is its Q-BERT row's file without the "
+        "activation ranges (it computes them per batch).",
+        f"Stored the way GPTQ- and AWQ-packed files store them, with the biases, LayerNorm and head in float16 "
+        f"(`save_quantized(..., float_dtype=torch.float16)`; the grids and activation ranges stay float32), the same "
+        f"2/3-bit MP file is **{half_share:.2%}** of FP32 ({'within' if half_share <= target else 'above'} the "
+        f"{100 * target:g} % target). Float16 rounds each of those values by at most 2⁻¹¹ of itself, but through the 8-bit "
+        "activation grids a change that small can move a value to the next step, so the file is not the same model. "
+        "The scores below were measured with float32 floats; `benchmarks/float16_floats.py` measures what float16 "
+        "floats change on a kept run's dev set:"]
+
+
+def float16_floats(results_dir: str | Path, sizes: pd.DataFrame) -> tuple[pd.DataFrame | None, list[str]]:
+    """The committed runs of ``benchmarks/float16_floats.py`` (``<results_dir>/../benchmarks``): one row per kept
+    run with its score with float32 and float16 floats, the drop against its FP32 Baseline and the float16 file's
+    share of FP32; and per 2/3-bit MP run, whether both of Q-BERT's targets hold at once. ``(None, [note])`` when
+    none is committed."""
+    results_dir = Path(results_dir)
+    runs = [read_json(p) | {"notes": notes_for(p)}
+            for p in sorted(results_dir.parent.glob("benchmarks/float16_floats-*.json"))]
+    if not runs:
+        return None, ["*No committed `float16_floats` run yet.*"]
+    fp32_mb = sizes.loc["Baseline", "w/o embedding (MB)"]
+    table = []
+    for r in runs:
+        fp32_path = results_dir / r["task"] / f"fp32-seed{r.get('seed')}.json"
+        fp32_score = read_json(fp32_path)["metrics"][r["metric"]] if fp32_path.is_file() else None
+        half_score = r["scores"]["float16"][r["metric"]]
+        table.append({
+            "task": r["task"], "run": Path(r["result"]).as_posix().removeprefix("results/"), "metric": r["metric"],
+            "float32 floats": 100 * r["scores"]["float32"][r["metric"]], "float16 floats": 100 * half_score,
+            "float16 drop vs FP32 (%)": relative_drop(fp32_score, half_score) if fp32_score else None,
+            "float16 file w/o embedding vs FP32 (%)": r["sizes_bytes"]["float16"]["other"] / 1e6 / fp32_mb * 100,
+            "max |Δlogit|": r["max_abs_logit_diff"], "same prediction": r["same_prediction"],
+            "dev examples": r["examples"], "commit": (r["provenance"]["git_commit"] or "")[:8],
+            "mp 2/3": sorted(set((r.get("layer_bits") or {}).values())) == [2, 3]})
+    table = pd.DataFrame(table).set_index(["task", "run"])
+    bound = QBERT_CLAIMS["max_accuracy_loss_percent"]
+    sentences = [data_caveat(runs)]
+    for (task, run), r in table[table["mp 2/3"]].iterrows():
+        if pd.isna(r["float16 drop vs FP32 (%)"]):
+            continue
+        met = r["float16 file w/o embedding vs FP32 (%)"] <= 8 and r["float16 drop vs FP32 (%)"] <= bound
+        sentences.append(
+            f"The 2/3-bit MP model of `{run}` stored with float16 floats is a file of "
+            f"**{r['float16 file w/o embedding vs FP32 (%)']:.2f} %** of FP32 (embedding apart) and scores "
+            f"**{r['float16 floats']:.2f}** on {task.upper()} dev, measured on that file: a drop of "
+            f"{r['float16 drop vs FP32 (%)']:+.2f} % against its FP32 Baseline. Both targets at once (≤ 8 % and "
+            f"≤ {bound:g} %): " + ("**met**." if met else "**not met**."))
+    return table.drop(columns="mp 2/3").round(4), sentences
+
+
+@dataclass
+class TaskTable:
+    """One task's main table and what goes with it. ``summary``: mean, std and seeds per result label;
+    ``runs``: one row per result (``qlib.experiments.report.runs_frame``); ``table``: the sizes beside each row's score, drop
+    and margin kept; ``verdicts``: Markdown bullets; ``protocol`` (None without runs) and ``notes``."""
+
+    task: str
+    metric: str
+    rows: dict[str, dict[str, Any]]
+    summary: pd.DataFrame
+    runs: pd.DataFrame
+    table: pd.DataFrame
+    caveat: str
+    verdicts: list[str] = field(default_factory=list)
+    protocol: pd.DataFrame | None = None
+    notes: str = ""
+
+    def parts(self) -> list[Any]:
+        """What the chapter shows for this task, in order (``qlib.experiments.report.show``)."""
+        return [f"### {self.task.upper()}: dev {self.metric} (%)", self.table, self.caveat,
+                "\n".join(f"* {v}" for v in self.verdicts) or None,
+                None if self.protocol is None else
+                "Protocol of each trained run (a Baseline run's wall time includes its DirectQ evaluations):",
+                self.protocol, self.notes or None]
+
+
+def main_table(task: str, rows: Mapping[str, dict[str, Any]], sizes: pd.DataFrame, results_dir: str | Path,
+               floors_path: str | Path) -> TaskTable:
+    """``task``'s main table: each row of ``rows`` with its measured sizes, its score over the committed seeds
+    (``<results_dir>/<task>/``), its relative drop against FP32 on the same seeds and the share of FP32's margin over
+    the constant answer it keeps, :math:`(\\text{row} - c) / (\\text{FP32} - c)` with ``c`` from ``floors_path``
+    (``benchmarks/constant_answer.py``); and the verdicts: each MP row against the paper's bound, the constant
+    answer, rows below it, and whether DirectQ 2/8 collapses."""
+    bound = QBERT_CLAIMS["max_accuracy_loss_percent"]
+    records = read_results(Path(results_dir) / task)
+    runs = runs_frame(records)
+    summary = mean_std(runs).droplevel("task") if records else pd.DataFrame(columns=["mean", "std", "seeds"])
+    scores = mean_std_text(summary) if records else pd.Series(dtype=object)
+    fp32_mean = summary["mean"].get("fp32")
+    fp32_same_seeds = baseline_over_seeds(runs) if records else pd.Series(dtype=float)
+    drops = pd.Series({name: relative_drop(fp32_same_seeds[row["label"]], summary["mean"][row["label"]])
+                       for name, row in rows.items() if fp32_mean and row["label"] in summary.index},
+                      dtype=float).dropna()
+    table = sizes.reindex(list(rows))[["w-bits", "e-bits", "w/o embedding (MB)", "embedding (MB)"]].round(2)
+    table["ours"] = [scores.get(row["label"], "not run") for row in rows.values()]
+    table["drop vs FP32 (%)"] = [f"{drops[name]:+.2f}" if name in drops else "" for name in rows]
+    chance = constant_answer_scores(floors_path).get(task)  # the best score of one answer given to every example
+    if chance is not None and fp32_mean is not None:
+        table["margin kept (%)"] = [
+            f"{(summary['mean'][row['label']] - chance) / (fp32_same_seeds[row['label']] - chance) * 100:.0f}"
+            if name in drops else "" for name, row in rows.items()]
+
+    verdicts = [f"**{name}**: " + (f"{drops[name]:+.2f} % against FP32, "
+                                   f"{'within' if drops[name] <= bound else 'beyond'} the paper's {bound:g} % bound"
+                                   if name in drops else "not run yet")
+                for name in rows if name.startswith("Q-BERT_MP")]
+    if chance is not None and fp32_mean is not None:
+        floor = read_json(floors_path)["tasks"][task]
+        verdicts.append(f"**Constant answer**: {chance:.2f} on these {floor['dev examples']} dev examples (labels "
+                        + ", ".join(f"{name} {n}" for name, n in floor["label counts"].items())
+                        + f"; `{Path(floors_path).name}`); FP32 is {fp32_mean - chance:.2f} points above it")
+        below = [name for name, row in rows.items()
+                 if row["label"] in summary.index and summary["mean"][row["label"]] < chance]
+        if below:
+            verdicts.append(f"**Below the constant answer**: {', '.join(below)}: these models score less than "
+                            "answering every example the same way")
+        direct2 = rows.get("DirectQ 2/8")
+        if direct2 and direct2["label"] in summary.index:
+            score = summary["mean"][direct2["label"]]
+            collapsed = abs(score - chance) < abs(fp32_mean - score)
+            verdicts.append(f"**DirectQ 2/8**: {score:.2f}, closer to "
+                            + ("the constant answer than to FP32: it collapses, as in the paper." if collapsed
+                               else "FP32 than to the constant answer: no collapse."))
+    protocol = (protocol_frame(records).set_index(["method", "seed"])[PROTOCOL_COLUMNS].sort_index()
+                .round({"wall h": 2}) if records else None)
+    metric = runs["metric"].iloc[0] if records else get_task(task).metrics[0]
+    return TaskTable(task, metric, dict(rows), summary, runs, table, data_caveat(records), verdicts, protocol,
+                     notes_markdown(records) if records else "")
+
+
+def main_tables(tasks: Sequence[str], groups: int | str | None, sizes: pd.DataFrame, results_dir: str | Path,
+                spectrum: Mapping[str, Any] | None = None) -> dict[str, TaskTable]:
+    """``main_table`` for the first of ``tasks`` (always, with ``spectrum`` setting its MP rows' bits) and for each
+    other task with committed results (its own ``<results_dir>/spectrum-<task>.json``, where committed)."""
+    results_dir = Path(results_dir)
+    floors = results_dir.parent / "benchmarks" / "constant_answer.json"
+    tables = {}
+    for i, task in enumerate(dict.fromkeys(tasks)):
+        if i and not read_results(results_dir / task):
+            continue
+        path = results_dir / f"spectrum-{task}.json"
+        task_spectrum = spectrum if i == 0 else read_json(path) if path.is_file() else None
+        tables[task] = main_table(task, main_table_rows(task_spectrum, groups, task), sizes, results_dir, floors)
+    return tables
+
+
+def score_vs_size(tables: Mapping[str, TaskTable], sizes: pd.DataFrame):
+    """Each task's rows as score against the measured encoder file (log scale), QAT as circles, DirectQ as squares,
+    with FP32 and FP32 minus the paper's bound as lines; one panel per task with at least two scored rows. None
+    when no task has two. A ``matplotlib.figure.Figure`` outside pyplot: it is shown where the caller displays it."""
+    from matplotlib.figure import Figure
+
+    bound = QBERT_CLAIMS["max_accuracy_loss_percent"]
+    plotted = {t: [(name, row) for name, row in table.rows.items() if row["label"] in table.summary.index]
+               for t, table in tables.items()}
+    plotted = {t: scored for t, scored in plotted.items() if len(scored) > 1}
+    if not plotted:
+        return None
+    fig = Figure(figsize=(7 * len(plotted), 4.5))
+    axes = fig.subplots(1, len(plotted), squeeze=False)
+    for ax, (task, scored) in zip(axes[0], plotted.items()):
+        summary = tables[task].summary
+        for name, row in scored:
+            x, y = sizes.loc[name, "w/o embedding (MB)"], summary["mean"][row["label"]]
+            direct = name.startswith("DirectQ")
+            ax.scatter(x, y, marker="s" if direct else "o", color="C1" if direct else "C0")
+            ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, 3), fontsize=8)
+        baseline = summary["mean"].get("fp32")
+        if baseline is not None:
+            ax.axhline(baseline, color="gray", lw=0.8, ls="--", label="FP32")
+            ax.axhline(baseline * (1 - bound / 100), color="C2", lw=0.8, ls=":", label=f"FP32 − {bound:g} %")
+            ax.legend(loc="lower right")
+        ax.set(xscale="log", xlabel="encoder weights file, embedding apart (MB, measured)",
+               ylabel=f"{task} dev {tables[task].metric} (%)",
+               title=f"{task.upper()}: score vs size (circles: QAT, squares: DirectQ)")
+    fig.tight_layout()
+    return fig
+
+
+def spectrum_comparison(tables: Mapping[str, TaskTable], groups: int | str | None,
+                        results_dir: str | Path) -> list[Any]:
+    """The MP rows with bits from each task's Baseline spectrum (the main table) beside those with bits from the
+    spectrum after a short fine-tune (``<results_dir>/short-finetune/``): the layers each puts at the higher
+    width, each row's score and drop against the main table's FP32 on the same seeds, the gap per pair, and the
+    short fine-tune runs' protocol and notes. What the chapter shows, in order (``qlib.experiments.report.show``)."""
+    results_dir = Path(results_dir)
+    short_dir = results_dir / "short-finetune"
+    compared, protocols, means, short_records = {}, [], {}, []
+    for task, main in tables.items():
+        short_spectrum = short_dir / f"spectrum-{task}.json"
+        records = read_results(short_dir / task)
+        if not records or not short_spectrum.is_file() or not (results_dir / f"spectrum-{task}.json").is_file():
+            continue
+        short_runs = pd.concat([main.runs[main.runs["method"] == "fp32"], runs_frame(records)])
+        sources = {"FP32 Baseline (main table)": (main.rows, main.summary, baseline_over_seeds(main.runs)),
+                   "short fine-tune": (main_table_rows(read_json(short_spectrum), groups, task),
+                                       mean_std(runs_frame(records)).droplevel("task"),
+                                       baseline_over_seeds(short_runs))}
+        protocols.append(protocol_frame(records))
+        short_records += records
+        for name in MIXED_SETTINGS:
+            for source, (rows, summary, fp32_same_seeds) in sources.items():
+                row = rows[name]
+                high = max(row["layer_bits"].values())
+                scored = row["label"] in summary.index
+                if scored:
+                    means[(task, name, source)] = summary["mean"][row["label"]]
+                reference = fp32_same_seeds.get(row["label"]) if scored else None
+                compared[(task, name, source)] = {
+                    "layers at the higher width": ", ".join(n.removeprefix("encoder.layer.")
+                                                            for n, b in row["layer_bits"].items() if b == high),
+                    "score": mean_std_text(summary).get(row["label"], "not run"),
+                    "drop vs FP32 (%)": (f"{relative_drop(reference, summary['mean'][row['label']]):+.2f}"
+                                         if reference else "")}
+    if not compared:
+        return ["*No MP rows with bits from the short fine-tune's spectrum are committed.*"]
+    gaps = {f"{t.upper()} {n}": means[(t, n, s)] - means[(t, n, "short fine-tune")]
+            for t, n, s in means if s != "short fine-tune" and (t, n, "short fine-tune") in means}
+    return [pd.DataFrame(compared).T.rename_axis(["task", "setting", "spectrum measured on"]),
+            ("Score with the Baseline spectrum's bits minus score with the short fine-tune's (points, means over the "
+             "committed seeds): " + ", ".join(f"{k} **{v:+.2f}**" for k, v in gaps.items())
+             + f". {sum(v > 0 for v in gaps.values())} of {len(gaps)} pairs favour the Baseline spectrum.")
+            if gaps else None,
+            "Protocol of the runs with bits from the short fine-tune's spectrum:",
+            pd.concat(protocols).set_index(["task", "method", "seed"])[
+                [c for c in PROTOCOL_COLUMNS if c != "device"]].round({"wall h": 2}),
+            notes_markdown(short_records)]
+
+
+def outlier_weights(model: nn.Module) -> pd.DataFrame:
+    """Each layer's FFN output matrix: its std, its largest ``|w|`` and that in stds (why min/max ranges waste a grid)."""
+    return pd.DataFrame({name.removesuffix(".output.dense.weight").removeprefix("bert.encoder."): {
+        "std": w.std().item(), "largest |w|": w.abs().max().item(), "largest |w| / std": (w.abs().max() / w.std()).item()}
+        for name, w in model.named_parameters() if name.endswith("output.dense.weight") and "attention" not in name}).T
+
+
+def range_choices(table: TaskTable, groups: int | str | None, results_dir: str | Path) -> list[pd.DataFrame]:
+    """The two choices the paper leaves open, on ``table``'s task: DirectQ with min/max against clipped ranges per
+    bit width; and the 2/3-bit MP row (bits from the short fine-tune's spectrum) trained from the pretrained model
+    with min/max ranges against the protocol's run from the FP32 Baseline with clipped ranges. [] without runs."""
+    if table.runs.empty:
+        return []
+    scores, task = mean_std_text(table.summary), table.task
+    clipped = f"[{100 - QBERT_PERCENTILE:g}, {QBERT_PERCENTILE:g}] percentiles"
+    shown = [pd.DataFrame({f"DirectQ {b}/8": {
+        "min/max": scores.get(RunSpec(task, "directq", weight_bits=b).label, "not run"),
+        clipped: scores.get(RunSpec(task, "directq", weight_bits=b, percentile=QBERT_PERCENTILE).label, "not run")}
+        for b in DIRECTQ_BITS}).T]
+    short_dir = Path(results_dir) / "short-finetune"
+    records = read_results(short_dir / task)
+    spectrum = short_dir / f"spectrum-{task}.json"
+    if records and spectrum.is_file():
+        mp = main_table_rows(read_json(spectrum), groups, task)["Q-BERT_MP 2/3"]
+        short_scores = mean_std_text(mean_std(runs_frame(records)).droplevel("task"))
+        first = RunSpec(task, "qbert", weight_bits=2, groups=groups, layer_bits=mp["layer_bits"]).label
+        shown.append(pd.DataFrame({"Q-BERT_MP 2/3, bits from the short fine-tune's spectrum": {
+            "min/max ranges, QAT from the pretrained model": short_scores.get(first, "not run"),
+            "clipped ranges, QAT from the FP32 Baseline (protocol)": short_scores.get(mp["label"], "not run"),
+            "FP32 Baseline": scores.get("fp32", "not run")}}))
+    return shown
+
+
+def group_ablation(model: nn.Module, tables: Mapping[str, TaskTable], heads: int,
+                   setting: str = "Q-BERT 3/8") -> tuple[pd.DataFrame, list[str]]:
+    """``setting`` with G = 1, one group per head, four per head and one per row: each grouping's measured file
+    sizes and, per task with committed runs, its score; and per task how far the groupings spread against the
+    per-head row's seed-to-seed std.
+
+    Returns:
+        The table (one row per grouping) and one Markdown sentence per task with two or more groupings scored.
+    """
+    counts = {"G = 1": 1, f"G = {heads} (per head)": heads, f"G = {4 * heads} (4 per head)": 4 * heads,
+              "per row": "row"}
+    bits = setting_spec(setting, "sst2", 0, heads, None)
+    with tempfile.TemporaryDirectory() as folder:
+        table = pd.DataFrame({name: size_mb(model, qbert_config(bits.weight_bits, bits.embedding_bits, groups=g,
+                                                                percentile=QBERT_PERCENTILE), folder)
+                              for name, g in counts.items()}).T
+    table = table.rename(columns=SIZE_COLUMNS).round(3)
+    spreads = []
+    for task, task_table in tables.items():
+        summary = task_table.summary
+        if summary.empty:
+            continue
+        labels = {name: setting_spec(setting, task, 0, g, None).label for name, g in counts.items()}
+        table[f"{task.upper()} dev {task_table.metric} (%)"] = [mean_std_text(summary).get(label, "not run")
+                                                               for label in labels.values()]
+        means = {name: summary["mean"][label] for name, label in labels.items() if label in summary.index}
+        if len(means) > 1:
+            low, high = min(means, key=means.get), max(means, key=means.get)
+            per_head = labels[f"G = {heads} (per head)"]
+            seeds = summary["seeds"].get(per_head, 0)
+            noise = (f"the per-head row's std over {seeds} seeds is {summary['std'][per_head]:.2f}" if seeds > 1
+                     else "the per-head row has one seed, so the seed-to-seed noise is not measured here")
+            spreads.append(f"**{task.upper()}**: {len(means)} groupings span {means[high] - means[low]:.2f} points "
+                           f"(lowest {low}, highest {high}); {noise}")
+    return table, spreads

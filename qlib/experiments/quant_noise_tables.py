@@ -1,0 +1,110 @@
+"""What the Quant-Noise chapter shows, built from the committed results: the Quant-Noise runs beside QAT, DirectQ
+and FP32 of the same bits, the per-seed gaps to QAT, the protocol runs still missing, and the iPQ files' sizes and
+runs. Every function reads result files or measures files; nothing here trains."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from torch import nn
+
+from qlib.bert.config import q8bert_config
+from qlib.deploy.checkpoint import size_mb
+from qlib.experiments.compare import side_by_side
+from qlib.experiments.protocol import IPQ_CENTROIDS, quant_noise_jobs
+from qlib.experiments.qbert import QBERT_PERCENTILE
+from qlib.experiments.report import data_caveat, mean_std, notes_markdown, paired_gaps, protocol_frame, runs_frame
+from qlib.experiments.results import read_results
+from qlib.experiments.spec import FROM_CHECKPOINT, RunSpec
+
+
+def _qat_label(task: str, bits: int, groups: int | str | None) -> str:
+    """The Q-BERT QAT row (p = 1) a Quant-Noise run of ``bits`` is compared with."""
+    return RunSpec(task, "qbert", weight_bits=bits, groups=groups, percentile=QBERT_PERCENTILE,
+                   init_from=FROM_CHECKPOINT).label
+
+
+def against_qat(task: str, groups: int | str | None, results_dir: str | Path, qbert_results_dir: str | Path,
+                model: nn.Module) -> list[Any]:
+    """For each bit width with committed Quant-Noise runs of ``task`` (``<results_dir>/<task>/``), those runs beside
+    the Q-BERT chapter's rows of the same bits and ``groups`` (DirectQ, QAT at p = 1, and their FP32 Baseline) with
+    scores, drops against FP32 on the same seeds and measured file sizes (``qlib.experiments.compare.side_by_side``); the gap
+    Quant-Noise minus QAT per shared seed, set against FP32's seed-to-seed std; the runs' protocol and notes.
+
+    Returns:
+        What the chapter shows, in order (``qlib.experiments.report.show``): a sentence alone when nothing is committed.
+    """
+    qbert_records = read_results(Path(qbert_results_dir) / task)
+    noise_records = read_results(Path(results_dir) / task)
+    if not noise_records:
+        return [f"*No committed Quant-Noise runs for {task} yet (`{results_dir}/{task}/`).*"]
+    runs = runs_frame(qbert_records + noise_records)
+    widths = sorted({r["params"]["weight_bits"] for r in noise_records if r["params"]["groups"] == groups})
+    compared = {"fp32"}
+    for bits in widths:
+        compared |= {RunSpec(task, "directq", weight_bits=bits, groups=groups, percentile=QBERT_PERCENTILE).label,
+                     _qat_label(task, bits, groups)}
+        compared |= {r["method"] for r in noise_records
+                     if r["params"]["weight_bits"] == bits and r["params"]["groups"] == groups}
+    chosen = [r for r in qbert_records + noise_records if r["method"] in compared]
+    table = side_by_side({"Q-BERT protocol": chosen}, model).set_index(["paper", "method"])[
+        ["weights", "training", "score", "drop vs FP32 (%)", "file (MB)"]].round(2)
+    gaps = {}
+    for bits in widths:
+        for label in sorted({r["method"] for r in noise_records if r["params"]["weight_bits"] == bits}):
+            gap = paired_gaps(runs, label, baseline=_qat_label(task, bits, groups))
+            if not gap.empty:
+                gaps[(bits, label)] = gap.iloc[0]
+    fp32 = mean_std(runs).loc[(task, "fp32")]
+    protocol = protocol_frame(noise_records).set_index(["method", "seed"])[
+        ["model", "data", "train examples", "epochs", "max tokens", "lr", "G", "CPU", "threads", "wall h", "commit"]]
+    return [table, data_caveat(chosen),
+            *([f"Quant-Noise minus QAT of the same bits, per seed they share (points of {runs['metric'].iloc[0]}). "
+               f"For scale, this task's FP32 Baselines span a sample std of {fp32['std']:.2f} points over "
+               f"{int(fp32['seeds'])} seed(s):",
+               pd.DataFrame(gaps).T.rename_axis(["bits", "Quant-Noise run"])[["pairs", "mean gap", "gap std"]]
+               .astype({"pairs": int, "mean gap": float, "gap std": float}).round(2)] if gaps else []),
+            "Protocol of each Quant-Noise run:", protocol.round({"wall h": 2}),
+            notes_markdown(qbert_records + noise_records)]
+
+
+def missing_runs(task: str, checkpoints: str | Path, results_dir: str | Path) -> str | None:
+    """Which of the protocol's Quant-Noise runs of ``task`` (``qlib.experiments.protocol.quant_noise_jobs``) have no committed
+    result under ``results_dir``; None when all have; a sentence saying so when the task's protocol is not picked
+    yet (a small task's FP32 sweep is incomplete)."""
+    try:
+        jobs = quant_noise_jobs(checkpoints, results=Path(results_dir).parent, tasks=[task])
+    except FileNotFoundError as err:
+        return f"*The protocol's Quant-Noise runs of {task} wait for its protocol: {err}.*"
+    missing = sorted(f"`{j.spec.label}` seed {j.spec.seed}" for j in jobs
+                     if not j.spec.result_path(results_dir).is_file())
+    return (f"Runs of the protocol (`qlib.experiments.protocol.quant_noise_jobs`) not committed yet: {', '.join(missing)}."
+            if missing else None)
+
+
+def ipq_files(model: nn.Module, centroids: int = IPQ_CENTROIDS) -> pd.DataFrame:
+    """The measured files of ``model`` in FP32, as Q8BERT's int8, after iPQ with ``centroids`` (float16 codebooks
+    and floats) and after iPQ + int8 (8-bit centroids and inputs): MB of the file, its embedding tables and the
+    rest, and the file's percent of FP32. Sizes depend on the shapes only (``qlib.deploy.checkpoint.size_mb``)."""
+    with tempfile.TemporaryDirectory() as folder:
+        files = {"FP32": size_mb(model, None, folder),
+                 "Q8BERT int8": size_mb(model, q8bert_config(), folder),
+                 f"iPQ (k = {centroids})": size_mb(model, None, folder, torch.float16, ipq_centroids=centroids),
+                 f"iPQ + int8 (k = {centroids})": size_mb(model, q8bert_config(), folder, torch.float16,
+                                                          ipq_centroids=centroids, ipq_centroid_bits=8)}
+    table = pd.DataFrame(files).T[["file_mb", "embedding_mb", "without_embedding_mb"]]
+    table["% of FP32"] = 100 * table["file_mb"] / table.loc["FP32", "file_mb"]
+    return table
+
+
+def ipq_runs(results_dir: str | Path, task: str = "sst2") -> str:
+    """A sentence listing the committed iPQ runs of ``task`` under ``results_dir`` with their scores."""
+    runs = [r for r in read_results(Path(results_dir) / task) if r.get("spec", {}).get("method") == "ipq"]
+    listed = ", ".join(f"{r['method']} seed {r['seed']}: {r['main_metric']} "
+                       f"{100 * r['metrics'][r['main_metric']]:.1f}" for r in runs)
+    return (f"iPQ runs committed under `{results_dir}/{task}`: "
+            + (listed or f"*none yet: the protocol runs them after the {task.upper()} Baselines*") + ".")

@@ -1,0 +1,205 @@
+"""What the int8 benchmark's result files say (``benchmarks/int8_cpu.py``): its targets per CPU class, and the
+tables the speed chapter shows, one row per committed run or per CPU class."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from qlib.common.cpu import cpu_class
+from qlib.experiments.results import notes_for, read_json
+
+TARGETS: dict[str, dict[str, float]] = {
+    "AMX": {"openvino_int8": 1.0, "ort_int8": 1.25, "ort_qdq_static": 1.25, "torch_bf16": 1.5},
+    "AVX-512 VNNI": {"fp32": 3.7, "ort_int8": 1.25, "ort_qdq_static": 1.25, "openvino_int8": 1.0},
+    "AVX2": {"ao_dynamic": 1.0},
+}
+"""qbook int8's speed-up wanted over each variant, per CPU class (issue 21: BERT-base shape, sequence 128, batch 1
+and 8, ratios of medians from one run of the benchmark, 2 threads, quiet CPU)."""
+
+QBOOK_ROUTES = ("qbook_int8", "qbook_int8_compiled", "qbook_int8_compiled_bf16_attention")
+"""qbook's own int8 routes in the benchmark: eager, compiled whole by Inductor, and compiled with bf16 attention
+(``qlib.deploy.int8.to_int8``'s ``compile`` and ``attention_dtype``)."""
+
+
+def run_class(run: dict[str, Any]) -> str:
+    """A benchmark run's CPU class: recorded by the run, else read from its provenance's ISA features; the first
+    runs recorded neither, only whether the CPU had VNNI: on an AMD CPU (no AMX in any EPYC so far) that is the
+    AVX-512 VNNI class, elsewhere it stays unknown ("")."""
+    machine = run["provenance"]["machine"]
+    if run.get("cpu", {}).get("class") or machine.get("cpu_features"):
+        return run.get("cpu", {}).get("class") or cpu_class(machine["cpu_features"])
+    vnni_amd = run.get("cpu", {}).get("vnni") and "AMD" in machine.get("cpu", "")
+    return "AVX-512 VNNI" if vnni_amd else ""
+
+
+def benchmark_runs(folder: str | Path, pattern: str = "int8_cpu*.json") -> list[dict[str, Any]]:
+    """Every committed run of the benchmark in ``folder``, oldest first, each with its ``path``, ``class`` and the
+    ``notes`` attached to it in ``results/notes.toml``."""
+    runs = [read_json(p) | {"path": str(p)} for p in sorted(Path(folder).glob(pattern))]
+    runs = [r | {"class": run_class(r), "notes": notes_for(r["path"])} for r in runs]
+    return sorted(runs, key=lambda r: r["provenance"]["date"])
+
+
+def latest_per_class(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The newest run of each CPU class (runs that recorded no class are left out)."""
+    return {r["class"]: r for r in runs if r["class"]}
+
+
+def latency_frame(benchmark: dict[str, Any]) -> pd.DataFrame:
+    """A ``benchmarks/int8_cpu.py`` result as one row per (shape, batch, seq, variant) with its median ms."""
+    rows = []
+    for shape, report in benchmark["shapes"].items():
+        for point, timings in report["latency"].items():
+            batch, seq = (int(part.lstrip("batchseq")) for part in point.split("-"))
+            rows += [{"shape": shape, "batch": batch, "seq": seq, "variant": variant, "median ms": t["median_ms"]}
+                     for variant, t in timings.items()]
+    return pd.DataFrame(rows, columns=["shape", "batch", "seq", "variant", "median ms"])
+
+
+def classes_side_by_side(runs: dict[str, dict[str, Any]], shape: str = "bert-base", seq: int = 128) -> pd.DataFrame:
+    """Median ms of every variant (columns) per CPU class and batch (rows) at ``shape`` and ``seq``: one run per
+    class, as ``latest_per_class`` gives them."""
+    frames = []
+    for cls, run in runs.items():
+        frame = latency_frame(run).query("shape == @shape and seq == @seq").assign(**{"CPU class": cls})
+        frames.append(frame)
+    if not frames:
+        return pd.DataFrame()
+    return pd.concat(frames).pivot_table(index=["CPU class", "batch"], columns="variant", values="median ms")
+
+
+def verdicts(runs: dict[str, dict[str, Any]], shape: str = "bert-base", seq: int = 128) -> pd.DataFrame:
+    """Per CPU class, batch and qbook route (``QBOOK_ROUTES``), its speed-up over each variant its class has a
+    target for, the target, and whether the run meets it (ratios of medians measured side by side in that run)."""
+    rows = []
+    table = classes_side_by_side(runs, shape, seq)
+    for (cls, batch), ms in table.iterrows():
+        for route in (r for r in QBOOK_ROUTES if r in ms and pd.notna(ms[r])):
+            for other, want in TARGETS.get(cls, {}).items():
+                if other in ms and pd.notna(ms[other]):
+                    ratio = ms[other] / ms[route]
+                    rows.append({"CPU class": cls, "batch": batch, "qbook route": route, "vs": other,
+                                 "speed-up": ratio, "target": want, "verdict": "meets" if ratio >= want else "misses"})
+    return pd.DataFrame(rows, columns=["CPU class", "batch", "qbook route", "vs", "speed-up", "target", "verdict"])
+
+
+PROFILED = QBOOK_ROUTES + ("qbook_int8_bf16_attention", "pt2e_inductor")
+
+
+def limits(runs: dict[str, dict[str, Any]], variants: tuple[str, ...] = PROFILED) -> pd.DataFrame:
+    """Per CPU class, its measured peaks (GOP/s of a large int8 and a large FP32 GEMM, and their m × k × n where the
+    run recorded it) and how close each profiled variant's GEMMs and whole forward come to the int8 peak (BERT-base
+    shape, the profile's batch)."""
+    rows = []
+    for cls, run in runs.items():
+        peaks = run.get("limits")
+        if not peaks:
+            continue
+        row = {"CPU class": cls, "int8 GEMM peak (GOP/s)": peaks.get("int8_gemm_gops"),
+               "FP32 GEMM peak (GOP/s)": peaks.get("fp32_gemm_gops"),
+               "peak GEMM m × k × n": " × ".join(map(str, peaks["gemm_shape"])) if "gemm_shape" in peaks else None}
+        for name in variants:
+            got = run["shapes"]["bert-base"].get("achieved_gops", {}).get(name)
+            if got and peaks.get("int8_gemm_gops"):
+                for part in ("gemm", "forward"):
+                    if got[f"{part}_gops"]:
+                        row[f"{name} {part} (% of int8 peak)"] = 100 * got[f"{part}_gops"] / peaks["int8_gemm_gops"]
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("CPU class") if rows else pd.DataFrame()
+
+
+def agreement(run: dict[str, Any], shape: str = "bert-base") -> pd.DataFrame:
+    """Each variant's max ``|Δlogit|`` and class agreement against the fake-quantized model and FP32, as the run
+    measured them on one batch of random tokens."""
+    return pd.DataFrame(run["shapes"][shape].get("agreement", {})).T
+
+
+def runs_at_point(runs: list[dict[str, Any]], batch: int = 8, seq: int = 128, shape: str = "bert-base"
+                  ) -> pd.DataFrame:
+    """Every run's medians at one point, qbook int8's and FP32's ms with the speed-ups its class has targets for,
+    one row per run (oldest first): the run-to-run spread behind any one verdict."""
+    rows = {}
+    for run in runs:
+        ms = latency_frame(run).query("shape == @shape and batch == @batch and seq == @seq").set_index(
+            "variant")["median ms"]
+        if "qbook_int8" not in ms:
+            continue
+        ratios = {f"vs {other}": ms[other] / ms["qbook_int8"] for other in TARGETS.get(run["class"], {})
+                  if other in ms}
+        rows[f"{Path(run['path']).stem} ({run['provenance']['date'][:16]})"] = {
+            "CPU class": run["class"] or "not recorded", "FP32 ms": ms.get("fp32"), "qbook int8 ms": ms["qbook_int8"],
+            **ratios, "load avg (1 min)": run["provenance"]["machine"].get("load_avg_1_5_15_min", [None])[0]}
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def profiles(runs: dict[str, dict[str, Any]], shape: str = "bert-base") -> pd.DataFrame:
+    """ms per forward by kind of work (GEMM, attention, LayerNorm, input quantization, rest, total) of every
+    profiled variant, one row per (CPU class, variant). Variants whose profile saw no GEMM are left out: a graph
+    compiled with Inductor's C++ wrapper runs its kernels where PyTorch's profiler does not see them one by one."""
+    frames = {cls: pd.DataFrame(run["shapes"][shape].get("profile_ms", {})).T for cls, run in runs.items()}
+    frames = {cls: f[f["GEMM"] > 0] if "GEMM" in f else f for cls, f in frames.items()}
+    frames = {cls: f for cls, f in frames.items() if not f.empty}
+    return pd.concat(frames, names=["CPU class", "variant"]) if frames else pd.DataFrame()
+
+
+INT8_VARIANTS = QBOOK_ROUTES + ("qbook_int8_bf16_attention", "pt2e_inductor", "openvino_int8", "ort_int8",
+                 "ort_qdq_static", "ao_dynamic")
+
+
+def sweep_speedups(run: dict[str, Any], shape: str = "packaged") -> pd.DataFrame:
+    """Each int8 variant's speed-up over FP32 eager (ratio of medians) at every (batch, seq) point of ``shape``."""
+    table = latency_frame(run).query("shape == @shape").pivot_table(index=["batch", "seq"], columns="variant",
+                                                                     values="median ms")
+    present = [v for v in INT8_VARIANTS if v in table.columns]
+    return table[present].rdiv(table["fp32"], axis=0)
+
+
+def amdahl_summary(profile: pd.DataFrame) -> str:
+    """Markdown lines on one class's profile (rows: variants; columns: ms per kind of work): FP32's GEMM share f
+    and the speed-up int8 GEMMs alone could give (``1 / ((1 - f) + f/4)``, 4× being VNNI's multiply-adds per
+    instruction over FP32's), qbook's GEMM speed-up over FP32's, and the time qbook spends outside its GEMMs."""
+    if not {"fp32", "qbook_int8"} <= set(profile.index):
+        return ""
+    fp32, q = profile.loc["fp32"], profile.loc["qbook_int8"]
+    f = fp32["GEMM"] / fp32["total"]
+    outside = q["total"] - q["GEMM"]
+    return "\n".join([
+        f"* FP32 spends a share f = {f:.2f} of its time in GEMMs: int8 GEMMs 4× faster would bound the speed-up "
+        f"over FP32 at {1 / ((1 - f) + f / 4):.2f}× (Amdahl).",
+        f"* qbook's int8 GEMMs (with their fused bias, GELU, requantization and residual adds) take "
+        f"**{fp32['GEMM'] / q['GEMM']:.2f}×** less time than FP32's.",
+        f"* Outside its GEMMs qbook spends {outside:.0f} ms per forward, {outside / q['total']:.0%} of its time; "
+        f"attention alone {q['attention']:.0f} ms (FP32: {fp32['attention']:.0f} ms)."])
+
+
+def int8_agreement_table(paths: list[str | Path]) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
+    """The ``benchmarks/int8_agreement.py`` results at ``paths`` (those that exist): one row per run (its model and
+    date: two runs on one model keep a row each) and int8 route (8-bit codes, 7-bit inputs or weights, bf16
+    attention; older files have the first only) with both models' dev accuracy, the gap against the route's target,
+    the logits' differences and the run's CPU; and the records (with their notes) for
+    ``qlib.experiments.report.notes_markdown``."""
+    rows, records = {}, []
+    for path in (Path(p) for p in paths):
+        if not path.is_file():
+            continue
+        a = read_json(path)
+        records.append(a | {"path": str(path), "notes": notes_for(path)})
+        trained = a.get("trained")
+        model = (f"QAT on {trained['train']['train_examples']:,} {a['task']} examples, seed {trained['seed']}"
+                 if trained else f"checkpoint {Path(a['checkpoint']).name}")
+        routes = a.get("routes") or {"int8": a | {"scores": a["scores"]["int8"], "target_points": a["target_points"]}}
+        for route, r in routes.items():
+            if "skipped" in r:
+                continue
+            rows[(f"{model}, {a['provenance']['date'][:16]}", route)] = {
+                "examples": a["examples"], "fake-quant acc %": 100 * a["scores"]["fake_quant"]["accuracy"],
+                "int8 acc %": 100 * r["scores"]["accuracy"], "gap (points)": r["gap_points"],
+                "target (points)": r["target_points"], "within target": r["gap_points"] <= r["target_points"],
+                "max |Δlogit|": r["max_abs_logit_diff"], "mean |Δlogit|": r["mean_abs_logit_diff"],
+                "same prediction %": 100 * r["same_prediction"], "CPU": a["provenance"]["machine"]["cpu"],
+                "commit": (a["provenance"]["git_commit"] or "")[:8]}
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    return (table.rename_axis(["run", "route"]) if rows else table), records

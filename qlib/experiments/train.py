@@ -1,0 +1,92 @@
+"""Fine-tuning and evaluation loops (AdamW, linear warm-up and decay, as in BERT's GLUE recipe).
+
+A plain loop rather than ``transformers.Trainer``: forty lines that show every step (fake quantization lives in
+the modules, so QAT and FP32 share this loop), and no accelerate/TrainingArguments machinery to pin.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import get_linear_schedule_with_warmup
+
+
+def set_seed(seed: int) -> None:
+    """Seed Python, NumPy and PyTorch (model head initialization, dropout, data order)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_device(device: str | None) -> torch.device:
+    """``None`` or ``"auto"``: the GPU when there is one, else the CPU; otherwise ``device`` as given."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"unknown device {device!r}; allowed: 'auto', 'cpu', 'cuda', 'cuda:<n>'") from error
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asked for, but torch sees no CUDA GPU here; use 'cpu' or 'auto'")
+    return resolved
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def finetune(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]], epochs: int, lr: float,
+             warmup_ratio: float = 0.1, weight_decay: float = 0.01, progress: bool = True,
+             loss_fn: Callable[[nn.Module, dict[str, torch.Tensor]], torch.Tensor] | None = None,
+             ) -> dict[str, float]:
+    """Train ``model`` on ``batches`` (a re-iterable loader) for ``epochs`` on the model's device; returns
+    throughput figures. ``loss_fn(model, batch)``: the loss to minimize (default: the head's own, from the batch's
+    labels), e.g. ``qlib.experiments.distill.distillation_loss``."""
+    if epochs < 1:
+        raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
+    no_decay = ("bias", "LayerNorm.weight")
+    groups = [
+        {"params": [p for n, p in model.named_parameters() if not n.endswith(no_decay)], "weight_decay": weight_decay},
+        {"params": [p for n, p in model.named_parameters() if n.endswith(no_decay)], "weight_decay": 0.0},
+    ]
+    optimizer = torch.optim.AdamW(groups, lr=lr)
+    total = epochs * len(batches)
+    schedule = get_linear_schedule_with_warmup(optimizer, int(warmup_ratio * total), total)
+    device = _device_of(model)
+    model.train()
+    examples, start = 0, time.perf_counter()
+    bar = tqdm(total=total, desc="train", disable=not progress, mininterval=10)
+    for _ in range(epochs):
+        for batch in batches:
+            batch = {k: v.to(device) for k, v in batch.items()}
+            loss = model(**batch).loss if loss_fn is None else loss_fn(model, batch)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad(set_to_none=True)
+            examples += len(batch["input_ids"])
+            bar.update()
+            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+    bar.close()
+    seconds = time.perf_counter() - start
+    return {"steps": total, "examples": examples, "seconds": seconds, "examples_per_s": examples / seconds}
+
+
+@torch.no_grad()
+def predict(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]]) -> tuple[np.ndarray, np.ndarray]:
+    """(predictions, labels) over ``batches``: argmax of the logits, or the score for a regression head."""
+    device = _device_of(model)
+    model.eval()
+    predictions, labels = [], []
+    for batch in batches:
+        logits = model(**{k: v.to(device) for k, v in batch.items() if k != "labels"}).logits.cpu()
+        predictions.append(logits.squeeze(-1) if logits.shape[-1] == 1 else logits.argmax(-1))
+        labels.append(batch["labels"])
+    return torch.cat(predictions).numpy(), torch.cat(labels).numpy()
