@@ -89,3 +89,17 @@ def test_each_agreement_run_keeps_its_rows_even_on_the_same_model(tmp_path):
     assert table["gap (points)"].tolist() == [0.57, 0.46]
     assert table["within target"].tolist() == [False, True]
     assert table.index[0] == ("QAT on 4,000 sst2 examples, seed 0, 2026-12-02T20:00", "int8_7bit_weights")
+
+
+def test_the_ipq_decode_table_sets_ipq_against_fp32_per_shape_and_batch():
+    from qlib.experiments.speed import ipq_decode_table
+
+    timed = {"batch1-seq128": {"fp32": {"median_ms": 10.0}, "ipq": {"median_ms": 25.0},
+                               "ipq_decoded_once": {"median_ms": 10.5}},
+             "batch8-seq128": {"fp32": {"median_ms": 40.0}, "ipq": {"median_ms": 50.0},
+                               "ipq_decoded_once": {"median_ms": 41.0}}}
+    table = ipq_decode_table({"AMX": {"shapes": {"bert-base": {"latency": timed, "decode_all_ms": 14.0}}}})
+    assert table.loc[("AMX", "bert-base", 1, 128), "iPQ / FP32"] == 2.5
+    assert table.loc[("AMX", "bert-base", 8, 128), "iPQ / FP32"] == 1.25
+    assert (table["decode all weights once ms"] == 14.0).all()
+    assert ipq_decode_table({}).empty

@@ -203,3 +203,19 @@ def int8_agreement_table(paths: list[str | Path]) -> tuple[pd.DataFrame, list[di
                 "commit": (a["provenance"]["git_commit"] or "")[:8]}
     table = pd.DataFrame.from_dict(rows, orient="index")
     return (table.rename_axis(["run", "route"]) if rows else table), records
+
+
+def ipq_decode_table(runs: dict[str, dict[str, Any]]) -> pd.DataFrame:
+    """The newest ``benchmarks/ipq_decode.py`` run of each CPU class: per shape and batch, the median ms per forward
+    of FP32, of iPQ decoding every weight per forward and of iPQ decoded once at load; iPQ's time over FP32's; and
+    the ms to decode every weight once (what loading pays to run at FP32's speed, with FP32's memory)."""
+    rows = []
+    for cls, run in runs.items():
+        for shape, report in run["shapes"].items():
+            frame = latency_frame({"shapes": {shape: report}}).pivot_table(
+                index=["shape", "batch", "seq"], columns="variant", values="median ms")
+            for (shape_, batch, seq), ms in frame.iterrows():
+                rows.append({"CPU class": cls, "shape": shape_, "batch": batch, "seq": seq, "FP32 ms": ms["fp32"],
+                             "iPQ ms (decode per forward)": ms["ipq"], "iPQ decoded once ms": ms["ipq_decoded_once"],
+                             "iPQ / FP32": ms["ipq"] / ms["fp32"], "decode all weights once ms": report["decode_all_ms"]})
+    return pd.DataFrame(rows).set_index(["CPU class", "shape", "batch", "seq"]) if rows else pd.DataFrame()
