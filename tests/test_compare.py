@@ -1,6 +1,7 @@
 """The side-by-side table: configs read back from result records, sizes measured, drops on the same seeds; and
 Quant-Noise as a Q-BERT run option."""
 
+import pandas as pd
 import pytest
 import torch
 
@@ -127,3 +128,17 @@ def test_the_integer_kernels_error_curves_are_the_kernels_bounds():
     bounds = {"GELU": 0.0185, "exp": 2.5e-3, "softmax": 6e-3, "LayerNorm": 2e-3}
     assert all(errors[name]["|error|"].max() < bound for name, bound in bounds.items())
     assert errors["GELU"]["|error|"].max() > 0.01  # the polynomial's own error, not a float copy
+
+
+def test_an_ipq_row_is_measured_as_codes_and_codebooks_and_has_no_kernel(tiny_bert):
+    rows = [record("sst2", "fp32", 0, 0.80),
+            record("sst2", "ipq-k16-int8-ft", 0, 0.78, trained="ipq", centroids=16, centroid_bits=8,
+                   init_from="runs/checkpoints/qbert/sst2/fp32-seed0.safetensors"),
+            record("sst2", "qat", 0, 0.79, trained="qat")]
+    bench = {"shapes": {"packaged": {"latency": {"batch8-seq128": {
+        "fp32": {"median_ms": 40.0}, "qbook_int8": {"median_ms": 10.0}}}}}}
+    table = side_by_side({"Q-BERT": rows}, tiny_bert, bench).set_index("method")
+    ipq = table.loc["ipq-k16-int8-ft"]
+    assert ipq["paper"] == "Quant-Noise (iPQ)" and ipq["weights"] == "iPQ, k = 16, 8-bit centroids"
+    assert ipq["file (MB)"] < table.loc["qat", "file (MB)"]  # one byte per block of 4-8 weights, and codebooks
+    assert pd.isna(ipq["CPU latency vs FP32"]) and ipq["training"].startswith("iPQ stages")

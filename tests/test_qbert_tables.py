@@ -144,3 +144,15 @@ def test_committed_spectra_are_read_with_their_names(tmp_path):
     for path in (tmp_path / "spectrum-sst2.json", tmp_path / "short-finetune" / "spectrum-cola.json"):
         path.write_text(json.dumps(spectrum({"encoder.layer.0": 1.0})))
     assert list(committed_spectra(tmp_path)) == ["sst2", "cola, short fine-tune"]
+
+
+def test_the_score_vs_size_figure_has_a_panel_per_task_two_a_row(results, sizes):
+    from qlib.experiments.qbert_tables import score_vs_size
+
+    tables = main_tables(["sst2"], 12, sizes, results)
+    figure = score_vs_size({**tables, "copy": tables["sst2"], "third": tables["sst2"]}, sizes)
+    visible = [ax for ax in figure.axes if ax.get_visible()]
+    assert len(visible) == 3 and len(figure.axes) == 4  # 2 × 2, the fourth hidden
+    assert visible[0].get_title().startswith("SST2")
+    empty = main_tables(["cola"], 12, sizes, results)
+    assert score_vs_size(empty, sizes) is None

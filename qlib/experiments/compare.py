@@ -14,6 +14,7 @@ import tempfile
 from typing import Any, Mapping, Sequence
 
 import pandas as pd
+import torch
 from torch import nn
 
 from qlib.bert.config import BertQuantConfig
@@ -50,6 +51,26 @@ def bits_of(config: BertQuantConfig | None) -> dict[str, str]:
             "inputs": f"{inputs.bits} ({observed})" if inputs is not None else "32"}
 
 
+def row_of(spec: RunSpec) -> dict[str, str]:
+    """A row's bits (``bits_of`` its quantization), with iPQ's weights named as what they are: k centroids per
+    layer (8-bit centroids and inputs for iPQ + int8)."""
+    bits = bits_of(spec.quant_config())
+    if spec.method == "ipq":
+        bits["weights"] = f"iPQ, k = {spec.centroids}" + (f", {spec.centroid_bits}-bit centroids"
+                                                          if spec.centroid_bits else "")
+        bits["weight ranges"] = "codebook per layer"
+    return bits
+
+
+def file_mb(spec: RunSpec, model: nn.Module, folder: str) -> float:
+    """The measured file of ``model`` quantized as ``spec``'s row: bit-packed (``qlib.deploy.checkpoint.size_mb``);
+    an iPQ row's with its codes and float16 codebooks (and 8-bit centroids for iPQ + int8)."""
+    if spec.method == "ipq":
+        return size_mb(model, spec.quant_config(), folder, torch.float16, ipq_centroids=spec.centroids,
+                       ipq_centroid_bits=spec.centroid_bits)["file_mb"]
+    return size_mb(model, spec.quant_config(), folder)["file_mb"]
+
+
 def training_of(record: Mapping[str, Any]) -> str:
     """How a record's model was made: post-training rows train nothing; others fine-tune for their epochs, from
     the pretrained model or from an FP32 checkpoint (``init_from``)."""
@@ -57,7 +78,7 @@ def training_of(record: Mapping[str, Any]) -> str:
     if spec.is_post_training:
         return "none: quantized after FP32 fine-tuning"
     start = "the FP32 Baseline" if spec.init_from else "pretrained"
-    kind = "FP32" if spec.method == "fp32" else "QAT"
+    kind = {"fp32": "FP32", "ipq": "iPQ stages, each fine-tuned"}.get(spec.method, "QAT")
     epochs = spec.protocol.epochs
     return f"{kind}, {epochs} epoch{'s' if epochs != 1 else ''} from {start}"
 
@@ -89,14 +110,13 @@ def side_by_side(sources: Mapping[str, Sequence[Mapping[str, Any]]], model: nn.M
                 first = {r["method"]: r for r in reversed(task_records)}
                 for label, record in first.items():
                     spec = RunSpec.from_record(record)
-                    config = spec.quant_config()
                     if label not in sizes:
-                        sizes[label] = size_mb(model, config, folder)["file_mb"]
+                        sizes[label] = file_mb(spec, model, folder)
                     reference, mean = fp32_same_seeds.get(label, float("nan")), summary["mean"][label]
                     kernel = KERNELS.get(spec.method)
                     rows.append({
                         "task": task, "order": order, "chapter": chapter, "method": label, "paper": spec.paper,
-                        **bits_of(config), "training": training_of(record), "score": scores[label],
+                        **row_of(spec), "training": training_of(record), "score": scores[label],
                         "seeds": int(summary["seeds"][label]), "mean": mean,
                         "drop vs FP32 (%)": relative_drop(reference, mean),
                         "file (MB)": sizes[label],

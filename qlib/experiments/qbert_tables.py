@@ -297,8 +297,9 @@ def main_tables(tasks: Sequence[str], groups: int | str | None, sizes: pd.DataFr
 
 def score_vs_size(tables: Mapping[str, TaskTable], sizes: pd.DataFrame):
     """Each task's rows as score against the measured encoder file (log scale), QAT as circles, DirectQ as squares,
-    with FP32 and FP32 minus the paper's bound as lines; one panel per task with at least two scored rows. None
-    when no task has two. A ``matplotlib.figure.Figure`` outside pyplot: it is shown where the caller displays it."""
+    with FP32 and FP32 minus the paper's bound as lines; one panel per task with at least two scored rows, two a
+    row. None when no task has two. A ``matplotlib.figure.Figure`` outside pyplot: it is shown where the caller
+    displays it."""
     from matplotlib.figure import Figure
 
     bound = QBERT_CLAIMS["max_accuracy_loss_percent"]
@@ -307,9 +308,13 @@ def score_vs_size(tables: Mapping[str, TaskTable], sizes: pd.DataFrame):
     plotted = {t: scored for t, scored in plotted.items() if len(scored) > 1}
     if not plotted:
         return None
-    fig = Figure(figsize=(7 * len(plotted), 4.5))
-    axes = fig.subplots(1, len(plotted), squeeze=False)
-    for ax, (task, scored) in zip(axes[0], plotted.items()):
+    columns = min(2, len(plotted))  # two panels a row: each stays readable in the book's column
+    rows = -(-len(plotted) // columns)
+    fig = Figure(figsize=(7 * columns, 4.5 * rows))
+    axes = fig.subplots(rows, columns, squeeze=False).ravel()
+    for ax in axes[len(plotted):]:
+        ax.set_visible(False)
+    for ax, (task, scored) in zip(axes, plotted.items()):
         summary = tables[task].summary
         for name, row in scored:
             x, y = sizes.loc[name, "w/o embedding (MB)"], summary["mean"][row["label"]]
