@@ -4,9 +4,10 @@ Variants (``VARIANTS``, each built by its own function; one that cannot run here
 FP32 eager; torch.ao dynamic int8; ONNX Runtime dynamic int8 and static QDQ int8 (calibrated); PyTorch's
 maintained int8 route (PT2E with torchao's X86 Inductor quantizer, ``torch.compile``); torch bf16 (CPUs with
 AVX-512 BF16 or AMX); OpenVINO bf16 and OpenVINO int8 (NNCF post-training quantization); qbook int8
-(``qlib.deploy.int8.to_int8``: 8-bit inputs where the CPU computes them exactly, else 7-bit), eager and compiled whole by
-Inductor, the compiled one also with its attention products in bf16 where the CPU has bf16; and qbook's QDQ export (``qlib.deploy.onnx_export``, the learned scales)
-run by ONNX Runtime and by OpenVINO. Post-training peers calibrate on ``CALIBRATION``, none of which is timed.
+(``qlib.deploy.int8.to_int8``: 8-bit codes where the CPU computes them exactly, else a 7-bit operand), eager and
+compiled whole by Inductor, the compiled one also with its attention products in bf16 where the CPU has bf16, and
+eager with I-BERT's integer GELU, softmax and LayerNorm; and qbook's QDQ export (``qlib.deploy.onnx_export``, the
+learned scales) run by ONNX Runtime and by OpenVINO. Post-training peers calibrate on ``CALIBRATION``, none of which is timed.
 
     python benchmarks/int8_cpu.py [--threads 2] [--repeats 7] [--out results/benchmarks/int8_cpu-<class>-<time>.json]
 
@@ -40,6 +41,7 @@ import torch  # noqa: E402
 from transformers import BertConfig, BertForSequenceClassification  # noqa: E402
 
 from qlib import convert_bert, q8bert_config  # noqa: E402
+from qlib.bert.integer_modules import use_integer_nonlinearities  # noqa: E402
 from qlib.common.cpu import CPU_CLASSES, cpu_class, cpu_features, cpu_model  # noqa: E402
 from qlib.deploy.checkpoint import save_float, save_quantized  # noqa: E402
 from qlib.deploy.int8 import exact_widths, to_int8  # noqa: E402
@@ -264,6 +266,21 @@ def qbook_int8_compiled_bf16_attention(setup: Setup) -> Callable:
     return lambda b: compiled(**b)
 
 
+def qbook_int8_integer(setup: Setup) -> Callable:
+    """qbook int8 of the Q8BERT model with I-BERT's integer GELU, softmax and LayerNorm (``RunSpec(...,
+    integer_nonlinearities=True)``): the same int8 GEMMs, the nonlinearities on int64 codes in torch integer ops, as
+    that model trains; its input ranges set like ``Setup.fake``'s."""
+    fake = use_integer_nonlinearities(convert_bert(copy.deepcopy(setup.model), q8bert_config())).train()
+    with torch.no_grad():
+        for _ in range(3):
+            fake(**setup.example)
+    try:
+        real = to_int8(fake.eval())
+    except RuntimeError as err:
+        raise Skip(str(err)) from None
+    return lambda b: real(**b)
+
+
 def qbook_qdq_export(setup: Setup) -> Path:
     path = setup.folder / "qbook.qdq.onnx"
     if not path.exists():
@@ -288,7 +305,7 @@ VARIANTS: dict[str, Callable[[Setup], Callable]] = {
     "fp32": fp32, "ao_dynamic": ao_dynamic, "ort_int8": ort_int8, "ort_qdq_static": ort_qdq_static,
     "pt2e_inductor": pt2e_inductor, "torch_bf16": torch_bf16, "openvino_bf16": openvino_bf16,
     "openvino_int8": openvino_int8, "qbook_int8": qbook_int8, "qbook_int8_compiled": qbook_int8_compiled,
-    "qbook_int8_compiled_bf16_attention": qbook_int8_compiled_bf16_attention,
+    "qbook_int8_compiled_bf16_attention": qbook_int8_compiled_bf16_attention, "qbook_int8_integer": qbook_int8_integer,
     "qbook_qdq_ort": qbook_qdq_ort, "qbook_qdq_openvino": qbook_qdq_openvino,
 }
 

@@ -32,8 +32,9 @@ from qlib.deploy.int8 import (
     to_int8,
 )
 
-needs_vnni = pytest.mark.skipif(CodeWidths(8, 8) not in exact_widths(), reason="this CPU's int8 GEMMs saturate with 8-bit "
-                                "inputs and weights (no VNNI or AMX): to_int8 takes a 7-bit operand here (tested below)")
+needs_vnni = pytest.mark.skipif(
+    CodeWidths(8, 8) not in exact_widths(), reason="this CPU's int8 GEMMs saturate with 8-bit inputs and weights (no "
+    "VNNI or AMX): to_int8 takes a 7-bit operand here (tested below)")
 
 
 def trained(model):
@@ -252,3 +253,41 @@ def test_compiled_input_quantization_gives_the_eager_codes():
         compiled = torch.compile(lambda t, b=bits: quantize_input(t, scale, b, reciprocal), dynamic=False,
                                  fullgraph=True)
         assert torch.equal(compiled(x), quantize_input(x, scale, bits))
+
+
+@needs_vnni
+def test_a_model_with_integer_nonlinearities_keeps_them_on_the_int8_kernels():
+    from qlib.bert.integer_modules import IntegerGELU, IntegerLayerNorm, IntegerSoftmax, use_integer_nonlinearities
+
+    torch.manual_seed(0)
+    fake = trained(use_integer_nonlinearities(convert_bert(BertForSequenceClassification(tiny_config()),
+                                                           q8bert_config())))
+    real = to_int8(fake)
+    kinds = {type(m) for m in real.modules()}
+    assert {IntegerGELU, IntegerLayerNorm, IntegerSoftmax} <= kinds and Int8Intermediate not in kinds  # GELU unfused
+    assert all(hasattr(m, "integer_softmax") for m in real.modules() if isinstance(m, Int8SelfAttention))
+    ids = torch.randint(5, 64, (4, 12), generator=torch.Generator().manual_seed(5))
+    mask = torch.ones_like(ids)
+    mask[:2, 9:] = 0
+    with torch.no_grad():
+        got = real(input_ids=ids, attention_mask=mask).logits
+        expected = fake(input_ids=ids, attention_mask=mask).logits
+    assert (got - expected).abs().max().item() < 0.05
+    with pytest.raises(ValueError, match="integer softmax takes float32 scores"):
+        to_int8(fake, attention_dtype=torch.bfloat16)
+
+
+def test_integer_nonlinearities_skip_the_float_function_where_no_gradient_is_recorded():
+    from qlib.bert.integer_modules import IntegerGELU
+
+    gelu = IntegerGELU()
+    x = torch.linspace(-4, 4, 101, requires_grad=True)
+    gelu(x)  # training mode: the observer sees the range once
+    gelu.eval()
+    with torch.no_grad():
+        inferred = gelu(x)
+    trained_value = gelu(x)
+    trained_value.sum().backward()
+    assert torch.allclose(inferred, trained_value.detach(), atol=1e-6)  # the integer kernel's value either way
+    assert torch.allclose(x.grad, torch.autograd.functional.jacobian(
+        lambda t: torch.nn.functional.gelu(t).sum(), x.detach()), atol=1e-5)  # the float function's gradient

@@ -4,7 +4,8 @@ Each module quantizes its input on a symmetric per-tensor grid of ``bits`` (16 b
 accumulators that feed these operations in I-BERT), with the range an EMA observer keeps (I-BERT's momentum 0.95;
 frozen at inference), runs the integer kernel of ``qlib.core.integer_ops``, and returns the dequantized result. Training
 goes through the straight-through estimator: the forward value is the integer kernel's, the gradient is the float
-function's, ``y = f(x) + (f_int(x) - f(x)).detach()``.
+function's, ``y = f(x) + (f_int(x) - f(x)).detach()``; where no gradient is recorded (inference, evaluation) the
+float function is not computed at all and ``y = f_int(x)``.
 
 ``use_integer_nonlinearities(model)`` puts them into a BERT in place: every ``BertIntermediate``'s GELU, every
 LayerNorm of the embeddings and encoder, and the attention softmax (an attention function registered with
@@ -12,6 +13,8 @@ transformers' ``AttentionInterface``, reading each layer's ``IntegerSoftmax``).
 """
 
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -46,9 +49,14 @@ class IntegerNonlinearity(nn.Module):
         return torch.clamp(torch.round(x.detach().double() / scale), -qmax, qmax).to(torch.int64), scale
 
     @staticmethod
-    def straight_through(reference: torch.Tensor, integer: torch.Tensor) -> torch.Tensor:
-        """``integer``'s value with ``reference``'s gradient."""
-        return reference + (integer.to(reference.dtype) - reference).detach()
+    def straight_through(reference: Callable[[], torch.Tensor], integer: torch.Tensor,
+                         dtype: torch.dtype) -> torch.Tensor:
+        """``integer``'s value (in ``dtype``) with the gradient of the float function ``reference()``, which is
+        computed only where a gradient is recorded."""
+        if not torch.is_grad_enabled():
+            return integer.to(dtype)
+        exact = reference()
+        return exact + (integer.to(exact.dtype) - exact).detach()
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}, decay={self.observer.decay}"
@@ -60,7 +68,7 @@ class IntegerGELU(IntegerNonlinearity):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q, scale = self.codes(x)
         codes, out_scale = i_gelu(q, scale)
-        return self.straight_through(F.gelu(x), codes.double() * out_scale)
+        return self.straight_through(lambda: F.gelu(x), codes.double() * out_scale, x.dtype)
 
 
 class IntegerSoftmax(IntegerNonlinearity):
@@ -74,8 +82,9 @@ class IntegerSoftmax(IntegerNonlinearity):
         kept = scores if masked is None else scores.masked_select(~masked.expand_as(scores))
         q, scale = self.codes(scores.masked_fill(masked, 0.0) if masked is not None else scores, kept)
         codes, out_scale = i_softmax(q, scale, dim=-1, out_bits=self.out_bits, mask=masked)
-        reference = F.softmax(scores if masked is None else scores.masked_fill(masked, float("-inf")), dim=-1)
-        return self.straight_through(reference, codes.double() * out_scale)
+        return self.straight_through(
+            lambda: F.softmax(scores if masked is None else scores.masked_fill(masked, float("-inf")), dim=-1),
+            codes.double() * out_scale, scores.dtype)
 
 
 class IntegerLayerNorm(IntegerNonlinearity):
@@ -101,8 +110,8 @@ class IntegerLayerNorm(IntegerNonlinearity):
         safe = torch.where(weight.abs() > 1e-12, weight, torch.full_like(weight, 1e-12))
         bias_codes = torch.floor(self.bias.detach().double() / (safe * out_scale)).to(torch.int64)
         integer = (codes + bias_codes).double() * out_scale * weight
-        reference = F.layer_norm(x, (x.shape[-1],), self.weight, self.bias, self.eps)
-        return self.straight_through(reference, integer)
+        return self.straight_through(lambda: F.layer_norm(x, (x.shape[-1],), self.weight, self.bias, self.eps),
+                                     integer, x.dtype)
 
 
 def integer_softmax_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,

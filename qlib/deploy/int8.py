@@ -7,7 +7,10 @@ encoder layer it also fuses what the integer kernels can do at once (``Int8SelfA
 ``Int8ResidualOutput``): Q, K and V as one GEMM on one quantized input (their EMA ranges saw the same tensor);
 the FFN's GELU and the quantization of its output inside the first FFN GEMM, which hands uint8 codes to the
 second; the residual add inside the GEMM before each LayerNorm. Softmax, LayerNorm and the attention products
-stay in float. Every fusion computes what the fake-quantized model computes, in another order.
+stay in float, unless the model was trained with I-BERT's integer nonlinearities (``qlib.bert.integer_modules``):
+then its integer GELU, softmax and LayerNorm run as they trained, on int64 codes in vectorized torch integer ops,
+between the int8 GEMMs (the GELU is then not fused). Every fusion computes what the fake-quantized model computes,
+in another order.
 
 Why this route: ``torch.ops.onednn.qlinear_pointwise`` is the kernel PyTorch's own maintained x86 int8 path
 (PT2E quantization with the X86 Inductor quantizer) lowers to, post-ops included; it takes plain uint8/int8
@@ -56,8 +59,9 @@ class CodeWidths:
     ``inputs``: uint8 codes around ``input_zero_point``; 8 is the fake-quantized model's own grid, 7 the same range
     with half the levels (``reduced_input_scale``, torch.ao's ``reduce_range``). ``weights``: int8 codes; 8 is the
     model's own grid, 7 keeps each output channel's 8-bit codes where they fit in ±63 and re-rounds the others to ±63
-    levels over the channel's own range (``seven_bit_weights``), keeping the learned input grid. Where x86 kernels sum u8·s8 pairs into saturating int16 (``vpmaddubsw``: AVX2 without
-    VNNI), two 8-bit operands overflow (2·255·127 > 2^15 - 1) and either 7-bit one does not (2·127·127, 2·255·63).
+    levels over the channel's own range (``seven_bit_weights``), keeping the learned input grid. Where x86 kernels
+    sum u8·s8 pairs into saturating int16 (``vpmaddubsw``: AVX2 without VNNI), two 8-bit operands overflow
+    (2·255·127 > 2^15 - 1) and either 7-bit one does not (2·127·127, 2·255·63).
     """
 
     inputs: int = 8
@@ -264,6 +268,10 @@ class Int8SelfAttention(nn.Module):
         self.num_attention_heads = attention.num_attention_heads
         self.attention_head_size, self.scaling = attention.attention_head_size, attention.scaling
         self.attention_dtype = attention_dtype
+        if hasattr(attention, "integer_softmax"):  # I-BERT's softmax, read by the model's attention function
+            if attention_dtype != torch.float32:
+                raise ValueError("the integer softmax takes float32 scores; attention_dtype must be torch.float32")
+            self.integer_softmax = attention.integer_softmax
         self.qkv = qkv if qkv is not None else Int8Linear.fused(attention.query, attention.key, attention.value,
                                                                 widths=widths)
 
@@ -332,14 +340,14 @@ class Int8Embedding(nn.Module):
 def _fuse_layer(layer: BertLayer, hidden_act: object, widths: CodeWidths, attention_dtype: torch.dtype) -> None:
     """Swap an encoder ``layer``'s attention projections, FFN and residual outputs for their fused int8 modules,
     in place. Q, K, V stay three GEMMs if their input scales differ (per-layer EMA decays); an activation oneDNN
-    has no post-op for stays a float op between two ``Int8Linear``s."""
+    has no post-op for (or an integer GELU) stays a separate op between two ``Int8Linear``s."""
     attention = layer.attention
     if len({check_exportable(p) for p in (attention.self.query, attention.self.key, attention.self.value)}) == 1:
         attention.self = Int8SelfAttention(attention.self, widths, attention_dtype)
     attention.output = Int8ResidualOutput(attention.output, widths)
     layer.output = Int8ResidualOutput(layer.output, widths)
     gelu = GELU_ALGORITHMS.get(hidden_act) if isinstance(hidden_act, str) else None
-    if gelu is not None:
+    if gelu is not None and not isinstance(layer.intermediate.intermediate_act_fn, IntegerNonlinearity):
         layer.intermediate = Int8Intermediate(layer.intermediate, layer.output.dense.x_scale, gelu, widths)
 
 
@@ -352,7 +360,7 @@ def to_int8(model: nn.Module, widths: CodeWidths | None = None,
 
     Args:
         model: a BERT converted by ``qlib.convert_bert`` with 8-bit symmetric static quantization, trained or
-            calibrated.
+            calibrated; with integer nonlinearities (``RunSpec(..., integer_nonlinearities=True)``) they are kept.
         widths: the widths of the GEMMs' input and weight codes (``CodeWidths``): 8 × 8 is the fake-quantized
             model's arithmetic; 8-bit inputs × 7-bit weights or 7-bit inputs × 8-bit weights are for CPUs whose int8
             kernels saturate with two 8-bit operands (AVX2 without VNNI). ``None`` picks the first of ``WIDTHS``
@@ -371,9 +379,6 @@ def to_int8(model: nn.Module, widths: CodeWidths | None = None,
                              "model runs decoded in float")
         if isinstance(module, QuantLinear):
             check_exportable(module)
-    if any(isinstance(m, IntegerNonlinearity) for m in model.modules()):
-        raise ValueError("the int8 export runs GELU, softmax and LayerNorm in float; a model trained with integer "
-                         "nonlinearities (qlib.bert.integer_modules) has no export yet")
     if attention_dtype not in ATTENTION_DTYPES:
         raise ValueError(f"attention_dtype must be one of {ATTENTION_DTYPES}, got {attention_dtype!r}")
     if widths is None:
