@@ -103,3 +103,15 @@ def test_the_ipq_decode_table_sets_ipq_against_fp32_per_shape_and_batch():
     assert table.loc[("AMX", "bert-base", 8, 128), "iPQ / FP32"] == 1.25
     assert (table["decode all weights once ms"] == 14.0).all()
     assert ipq_decode_table({}).empty
+
+
+def test_the_integer_nonlinearity_speed_sets_the_integer_route_against_the_float_one():
+    from qlib.experiments.speed import integer_nonlinearity_speed
+
+    timed = {f"batch{b}-seq128": {"fp32": {"median_ms": 100.0 * b}, "qbook_int8": {"median_ms": 30.0 * b},
+                                  "qbook_int8_integer": {"median_ms": 120.0 * b}} for b in (1, 8)}
+    run_ = {"shapes": {"bert-base": {"latency": timed}, "packaged": {"latency": timed}}}
+    table = integer_nonlinearity_speed({"AMX": run_})
+    assert list(table.index.names) == ["CPU class", "shape", "batch"] and len(table) == 4
+    assert (table["integer / float nonlinearities"] == 4.0).all()
+    assert integer_nonlinearity_speed({}).empty

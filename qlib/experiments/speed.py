@@ -219,3 +219,20 @@ def ipq_decode_table(runs: dict[str, dict[str, Any]]) -> pd.DataFrame:
                              "iPQ ms (decode per forward)": ms["ipq"], "iPQ decoded once ms": ms["ipq_decoded_once"],
                              "iPQ / FP32": ms["ipq"] / ms["fp32"], "decode all weights once ms": report["decode_all_ms"]})
     return pd.DataFrame(rows).set_index(["CPU class", "shape", "batch", "seq"]) if rows else pd.DataFrame()
+
+
+def integer_nonlinearity_speed(runs: dict[str, dict[str, Any]], seq: int = 128) -> pd.DataFrame:
+    """The newest ``benchmarks/int8_cpu.py --variants fp32 qbook_int8 qbook_int8_integer`` run of each CPU class
+    (``integer_int8-<class>-<time>.json``): per class, shape and batch, the median ms of FP32, of qbook int8 with
+    float GELU, softmax and LayerNorm, and with I-BERT's integer ones, and the integer route's time over the float
+    one's (above 1: slower)."""
+    frames = []
+    for shape in ("bert-base", "packaged"):
+        table = classes_side_by_side(runs, shape=shape, seq=seq)
+        if not table.empty and {"qbook_int8", "qbook_int8_integer"} <= set(table.columns):
+            table = table.assign(shape=shape).set_index("shape", append=True)
+            table["integer / float nonlinearities"] = table["qbook_int8_integer"] / table["qbook_int8"]
+            frames.append(table)
+    if not frames:
+        return pd.DataFrame()
+    return pd.concat(frames).reorder_levels(["CPU class", "shape", "batch"]).sort_index()
