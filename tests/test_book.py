@@ -1,8 +1,9 @@
 """The README's main command builds the book: every chapter executes and its figures are in the HTML; and the built
 book, opened in headless Chromium at a 1280-pixel window as a reader would, has no element wider than its content
 column outside a scroll box of its own, no image that did not load or lacks a caption, no formula left as raw TeX
-(MathJax ships with the build: the book reads offline), no "nan" or traceback in its text, and every page in its
-navigation. A screenshot of each page is kept under ``_build/screenshots`` for a person to look at."""
+(MathJax ships with the build: the book reads offline), no "nan", traceback or display object's repr in its text,
+and every page in its navigation. A screenshot of each page is kept under ``_build/screenshots`` for a person to
+look at."""
 
 from __future__ import annotations
 
@@ -143,7 +144,8 @@ def test_every_page_reads_well_in_a_browser_at_1280_pixels(built_book, browser):
                             f"scroll box, e.g. {found['wide']}")
         if found["broken"]:
             problems.append(f"{page}: images that did not load: {found['broken']}")
-        for pattern, what in ((r"\bnan\b", "'nan'"), (r"Traceback \(most recent call last\)", "a traceback")):
+        for pattern, what in ((r"\bnan\b", "'nan'"), (r"Traceback \(most recent call last\)", "a traceback"),
+                              (r"<IPython\.core\.display\.\w+ object>", "a display object's repr (an empty Markdown)")):
             match = re.search(pattern, found["outputs"], flags=re.IGNORECASE)
             if match:
                 text = found["outputs"][max(0, match.start() - 60):match.end() + 20]

@@ -156,3 +156,12 @@ def test_the_score_vs_size_figure_has_a_panel_per_task_two_a_row(results, sizes)
     assert visible[0].get_title().startswith("SST2")
     empty = main_tables(["cola"], 12, sizes, results)
     assert score_vs_size(empty, sizes) is None
+
+
+def test_show_skips_empty_text(monkeypatch):
+    from IPython import display as ipython_display
+
+    shown = []
+    monkeypatch.setattr(ipython_display, "display", lambda part: shown.append(part))
+    show("", "  \n", None, "kept")
+    assert [p.data for p in shown] == ["kept"]

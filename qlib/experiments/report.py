@@ -212,15 +212,17 @@ def book_tables() -> None:
 
 
 def show(*parts: Any) -> None:
-    """Display ``parts`` in order in a notebook: a string as Markdown, ``None`` not at all, a matplotlib figure as a
-    PNG (whether or not pyplot's inline backend is active), anything else (a table) as IPython displays it."""
+    """Display ``parts`` in order in a notebook: a string as Markdown, ``None`` or an empty string not at all (an empty
+    Markdown output would show as its Python repr in the book), a matplotlib figure as a PNG (whether or not
+    pyplot's inline backend is active), anything else (a table) as IPython displays it."""
     import io
 
     from IPython.display import Image, Markdown, display
 
     for part in parts:
         if isinstance(part, str):
-            display(Markdown(part))
+            if part.strip():
+                display(Markdown(part))
         elif hasattr(part, "savefig"):
             png = io.BytesIO()
             part.savefig(png, format="png", bbox_inches="tight")
