@@ -15,6 +15,7 @@ from qlib.experiments.protocol import (
     Q8BERT_TASKS,
     QUANT_NOISE_RATE,
     Job,
+    SpectrumJob,
     baseline_jobs,
     main,
     picked_protocols,
@@ -35,7 +36,7 @@ from qlib.experiments.qbert import (
     mixed_layer_bits,
     setting_spec,
 )
-from qlib.experiments.results import read_json
+from qlib.experiments.results import read_json, write_json
 from qlib.experiments.spec import RunSpec, TrainingProtocol
 
 SPECTRUM = {"blocks": {f"encoder.layer.{i}": {"omega": omega} for i, omega in enumerate([5.0, 1.0, 4.0, 2.0])}
@@ -315,3 +316,20 @@ def test_the_beyond_chapters_jobs_are_integer_qat_and_distilled_rows_after_their
     assert all(j.needs == (f"qbert/sst2/fp32-seed{j.spec.seed}",) and j.spec.init_from
                == str(fp32_checkpoint("ckpt", "sst2", j.spec.seed)) for j in distilled)
     assert {j.spec.protocol.epochs for j in integer if j.spec.task == "mrpc"} == {6}  # the sweep's pick
+
+
+def test_a_result_on_the_altered_copy_is_not_done_and_is_re_run(tmp_path):
+    """A result from before results recorded their data (the earlier, altered GLUE copy) does not count as done:
+    the protocol re-runs it on the official files; one that records its data does."""
+    job = Job(RunSpec("sst2", "fp32", 0), "q8bert", post_training=(RunSpec("sst2", "dq", 0),), results=str(tmp_path))
+    paths = [row.result_path(job.results_dir) for row in (job.spec, *job.post_training)]
+    assert not job.done()
+    for path in paths:
+        write_json(path, {"provenance": {"machine": {}}})  # the old files: no provenance['data']
+    assert not job.done()
+    for path in paths:
+        write_json(path, {"provenance": {"data": {"source": "local", "files": {"sst2/dev.tsv": "0" * 64}}}})
+    assert job.done()
+    spectrum = SpectrumJob({"task": "sst2", "results_path": str(tmp_path / "spectrum-sst2.json")})
+    write_json(tmp_path / "spectrum-sst2.json", {"provenance": {}})
+    assert not spectrum.done()

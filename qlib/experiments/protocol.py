@@ -14,7 +14,8 @@ each Q-BERT task's seed-0 Baseline where its committed one is missing (Q-BERT I'
 Quant-Noise's QAT rows, each started as soon as its seed's Baseline is written, seed by seed, then the ablations
 and the "Beyond the papers" rows (``beyond_jobs``);
 (3) the mixed-precision rows of the tasks whose spectrum stage 2 measured (it sets their bits). Finished runs are
-skipped, so an interrupted protocol resumes. A failing job is named and the jobs that need it are reported as not
+skipped, so an interrupted protocol resumes; a result that does not record its data (one computed on the earlier,
+altered GLUE copy) is not finished: it is re-run, and its file replaced. A failing job is named and the jobs that need it are reported as not
 started; the others still run, and the exit status is non-zero at the end. A task whose sweep or spectrum is
 missing gets no rows that need it, and is named too.
 """
@@ -32,7 +33,7 @@ from qlib.experiments.batch import NotebookJob, job_name
 from qlib.experiments.experiment import SWEEP_TASKS, checkpoint_path, protocol_for, run, sweep_folder, sweep_points
 from qlib.experiments.jobs import Report, close_client, execute, make_client, resources_for
 from qlib.experiments.qbert import MIXED_SETTINGS, SETTINGS, directq_specs, fp32_checkpoint, run_spectrum, setting_spec
-from qlib.experiments.results import read_json
+from qlib.experiments.results import read_json, records_its_data
 from qlib.experiments.spec import RunSpec, TrainingProtocol
 
 SEEDS = (0, 1, 2)
@@ -84,11 +85,11 @@ class Job:
         return dict(resources_for(self.device))
 
     def done(self) -> bool:
-        """Whether every result file of the job exists (and, for a job that keeps its model, the model)."""
-        files = [row.result_path(self.results_dir) for row in (self.spec, *self.post_training)]
-        if self.checkpoint_dir is not None:
-            files.append(checkpoint_path(self.spec, self.checkpoint_dir))
-        return all(f.is_file() for f in files)
+        """Whether every result file of the job exists and records the data it read (a result on the earlier,
+        altered copy is re-run: ``records_its_data``), and, for a job that keeps its model, the model."""
+        results = [row.result_path(self.results_dir) for row in (self.spec, *self.post_training)]
+        kept = [] if self.checkpoint_dir is None else [checkpoint_path(self.spec, self.checkpoint_dir)]
+        return all(records_its_data(f) for f in results) and all(f.is_file() for f in kept)
 
     def run(self) -> list[dict[str, Any]]:
         """Train and evaluate the job now (``qlib.experiments.experiment.run``); its records."""
@@ -147,7 +148,7 @@ class SpectrumJob:
         return f"spectrum of {self.arguments['task']}"
 
     def done(self) -> bool:
-        return Path(self.arguments["results_path"]).is_file()
+        return records_its_data(self.arguments["results_path"])
 
     def __call__(self) -> str:
         result = run_spectrum(**self.arguments, progress=False, resume=False)

@@ -142,6 +142,14 @@ def notes_for(path: str | os.PathLike) -> list[dict[str, str]]:
     return []
 
 
+def records_its_data(path: str | os.PathLike) -> bool:
+    """Whether the result file at ``path`` exists and records the data it read (``provenance['data']``: the files'
+    SHA-256, or the hub). A result from before results recorded their data (the earlier, altered copy of GLUE) does
+    not: the protocol re-runs it on the official files."""
+    path = Path(path)
+    return path.is_file() and read_json(path).get("provenance", {}).get("data") is not None
+
+
 def read_results(folder: str | os.PathLike) -> list[dict[str, Any]]:
     """Every ``*.json`` result under ``folder`` (recursively), each with its ``path`` and the ``notes`` that
     ``notes.toml`` keeps on it (``notes_for``); [] if there is none."""
