@@ -333,3 +333,12 @@ def test_a_result_on_the_altered_copy_is_not_done_and_is_re_run(tmp_path):
     spectrum = SpectrumJob({"task": "sst2", "results_path": str(tmp_path / "spectrum-sst2.json")})
     write_json(tmp_path / "spectrum-sst2.json", {"provenance": {}})
     assert not spectrum.done()
+
+
+def test_a_spectrum_on_the_altered_copy_is_measured_again_before_the_mp_rows(tmp_path):
+    from qlib.experiments.protocol import _present_spectra
+
+    blocks = {"blocks": {"encoder.layer.0": {"omega": 1.0}}}
+    write_json(tmp_path / "spectrum-sst2.json", blocks | {"provenance": {}})
+    write_json(tmp_path / "spectrum-cola.json", blocks | {"provenance": {"data": {"source": "hub"}}})
+    assert list(_present_spectra(tmp_path, ["sst2", "cola", "rte"])) == ["cola"]

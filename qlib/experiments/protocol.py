@@ -289,7 +289,8 @@ def _by_seed(jobs: list[Job]) -> list[Job]:
 
 
 def _present_spectra(folder: Path, tasks: Sequence[str]) -> dict[str, dict[str, Any]]:
-    return read_spectra(folder, [t for t in tasks if (folder / f"spectrum-{t}.json").is_file()])
+    """The spectra of ``tasks`` that are measured and record their data (one on the altered copy is re-measured)."""
+    return read_spectra(folder, [t for t in tasks if records_its_data(folder / f"spectrum-{t}.json")])
 
 
 def main(argv: list[str] | None = None) -> int:
