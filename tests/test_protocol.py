@@ -132,9 +132,13 @@ def test_job_lists_cover_both_tables_and_their_ablations(swept):
 
 def test_quant_noise_jobs_start_from_the_baselines_the_protocol_keeps(swept):
     jobs = quant_noise_jobs("ckpt", seeds=(0, 1), results=swept)
-    assert {label(j) for j in jobs} == {f"qbert-w{b}e8-g12-p99.9-qn{QUANT_NOISE_RATE:g}-ft" for b in (2, 3)}
-    assert all(j.experiment == "quant-noise" and j.spec.protocol.epochs == protocol_for(j.spec.task, swept)["epochs"]
-               for j in jobs)
+    noisy = [j for j in jobs if j.experiment == "quant-noise"]
+    assert {label(j) for j in noisy} == {f"qbert-w{b}e8-g12-p99.9-qn{QUANT_NOISE_RATE:g}-ft" for b in (2, 3)}
+    compared = [j for j in jobs if j.experiment == "qbert"]  # the same rows at p = 1, the chapter's comparison
+    assert {label(j) for j in compared} == {f"qbert-w{b}e8-g12-p99.9-ft" for b in (2, 3)} and len(compared) == 4
+    assert all(j.spec.protocol.epochs == protocol_for(j.spec.task, swept)["epochs"] for j in jobs)
+    qbert_main = qbert_jobs(["cola"], "ckpt", seeds=(0, 1), results=swept)[1]
+    assert {j.name for j in compared} <= {j.name for j in qbert_main}  # the same job: the runner keeps one
     baselines = baseline_jobs(sorted({j.spec.task for j in jobs}), "ckpt", seeds=(0, 1), results=swept)
     assert all(j.checkpoint_dir == "ckpt" and j.spec.method == "fp32" for j in baselines)
     assert {j.needs for j in jobs} == {(j.name,) for j in baselines}

@@ -48,7 +48,7 @@ def test_quant_noise_is_compared_with_qat_of_its_bits_seed_by_seed(tmp_path, mod
 def test_missing_runs_name_each_protocol_run_without_a_result(tmp_path):
     results = tmp_path / "results"
     said = missing_runs("sst2", tmp_path / "checkpoints", results / "quant-noise")
-    assert said.startswith("Runs of the protocol") and said.count("seed") == 6  # 2 settings × 3 seeds
+    assert said.startswith("Runs of the protocol") and said.count("seed") == 12  # 2 settings × 3 seeds × p = 0.5, 1
     said = missing_runs("cola", tmp_path / "checkpoints", results / "quant-noise")  # no sweep: no protocol yet
     assert said.startswith("*The protocol's Quant-Noise runs of cola wait for its protocol")
 

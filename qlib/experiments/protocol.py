@@ -232,10 +232,18 @@ def qbert_jobs(tasks: Sequence[str], checkpoints: str | Path, spectra: Mapping[s
 def quant_noise_jobs(checkpoints: str | Path, seeds=SEEDS, results: str | Path = "results",
                      tasks: Sequence[str] = QUANT_NOISE_TASKS) -> list[Job]:
     """Quant-Noise chapter: Q-BERT's rows of ``QUANT_NOISE_SETTINGS`` trained at noise rate ``QUANT_NOISE_RATE``
-    on ``QUANT_NOISE_TASKS``, each from its seed's FP32 Baseline, which it needs."""
-    return [Job(setting_spec(name, t, s, HEADS, checkpoints, protocol=_protocol(t, results)).with_(
-                    noise_rate=QUANT_NOISE_RATE), "quant-noise", needs=(baseline_name(t, s),), results=str(results))
-            for t in tasks for name in QUANT_NOISE_SETTINGS for s in seeds]
+    on ``QUANT_NOISE_TASKS``, and the same rows at p = 1 (Q-BERT's QAT, written with the Q-BERT chapter's results)
+    that the chapter compares them with; each from its seed's FP32 Baseline, which it needs. A p = 1 row the Q-BERT
+    jobs also make is the same job (same name): the runner keeps one."""
+    jobs = []
+    for t in tasks:
+        for name in QUANT_NOISE_SETTINGS:
+            for s in seeds:
+                spec = setting_spec(name, t, s, HEADS, checkpoints, protocol=_protocol(t, results))
+                needs = (baseline_name(t, s),)
+                jobs += [Job(spec.with_(noise_rate=QUANT_NOISE_RATE), "quant-noise", needs=needs, results=str(results)),
+                         Job(spec, "qbert", needs=needs, results=str(results))]
+    return jobs
 
 
 def ipq_jobs(checkpoints: str | Path, seeds=SEEDS, results: str | Path = "results",
@@ -367,6 +375,7 @@ def main(argv: list[str] | None = None) -> int:
         spectra = [SpectrumJob(spectrum_job(t, checkpoints, results), needs=(baseline_name(t, 0),))
                    for t in qbert_tasks if t not in measured]
         # 2: everything that needs no new spectrum; each QAT row starts once its Baseline is written
+        noise = [j for j in noise if j.name not in {q.name for q in qb_main}]  # a p = 1 row both chapters need
         stage(2, q8_main + _by_seed(baselines) + spectra + _by_seed(qb_main + noise)
               + _by_seed(q8_ablation + qb_ablation) + _by_seed(beyond))
         new = _present_spectra(spectra_folder, [t for t in qbert_tasks if t not in measured])

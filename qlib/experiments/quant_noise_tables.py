@@ -73,17 +73,17 @@ def against_qat(task: str, groups: int | str | None, results_dir: str | Path, qb
 
 
 def missing_runs(task: str, checkpoints: str | Path, results_dir: str | Path) -> str | None:
-    """Which of the protocol's Quant-Noise runs of ``task`` (``qlib.experiments.protocol.quant_noise_jobs``) have no committed
-    result under ``results_dir``; None when all have; a sentence saying so when the task's protocol is not picked
-    yet (a small task's FP32 sweep is incomplete)."""
+    """Which of the protocol's Quant-Noise runs of ``task`` and their p = 1 QAT rows
+    (``qlib.experiments.protocol.quant_noise_jobs``) have no committed result that records its data (one on the
+    earlier, altered copy is re-run); None when all have; a sentence saying so when the task's protocol is not
+    picked yet (a small task's FP32 sweep is incomplete)."""
     try:
         jobs = quant_noise_jobs(checkpoints, results=Path(results_dir).parent, tasks=[task])
     except FileNotFoundError as err:
         return f"*The protocol's Quant-Noise runs of {task} wait for its protocol: {err}.*"
-    missing = sorted(f"`{j.spec.label}` seed {j.spec.seed}" for j in jobs
-                     if not j.spec.result_path(results_dir).is_file())
-    return (f"Runs of the protocol (`qlib.experiments.protocol.quant_noise_jobs`) not committed yet: {', '.join(missing)}."
-            if missing else None)
+    missing = sorted(f"`{j.spec.label}` seed {j.spec.seed}" for j in jobs if not j.done())
+    return (f"Runs of the protocol (`qlib.experiments.protocol.quant_noise_jobs`) not committed on the official files "
+            f"yet: {', '.join(missing)}." if missing else None)
 
 
 def ipq_files(model: nn.Module, centroids: int = IPQ_CENTROIDS) -> pd.DataFrame:
