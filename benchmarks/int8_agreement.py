@@ -113,8 +113,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}: skipped: {route['skipped']}")
             continue
         print(f"{info.name} dev ({len(labels)} examples), {name}: fake-quant {metric} "
-              f"{100 * fake_score[metric]:.2f}, int8 {100 * route['scores'][metric]:.2f}: gap {route['gap_points']:.2f} "
-              f"points ({'meets' if route['gap_points'] <= route['target_points'] else 'MISSES'} the "
+              f"{100 * fake_score[metric]:.2f}, int8 {100 * route['scores'][metric]:.2f}: "
+              f"gap {route['gap_points']:.2f} points "
+              f"({'meets' if route['gap_points'] <= route['target_points'] else 'MISSES'} the "
               f"{route['target_points']}-point target); max |Δlogit| {route['max_abs_logit_diff']:.4f}, "
               f"same prediction {route['same_prediction']:.2%}")
     print(f"wrote {out}")

@@ -1,6 +1,6 @@
-"""The Dask machinery under qlib.experiments.protocol and qlib.experiments.batch: a LocalCluster of two single-thread workers runs a tiny
-protocol with a dependency chain, a failing job and a resume, and writes the same results as the direct serial run;
-clusters are sized so the CPU is not oversubscribed; the SLURM recipe's job script is built."""
+"""The Dask machinery under qlib.experiments.protocol and qlib.experiments.batch: a LocalCluster of two single-thread
+workers runs a tiny protocol with a dependency chain, a failing job and a resume, and writes the same results as the
+direct serial run; clusters are sized so the CPU is not oversubscribed; the SLURM recipe's job script is built."""
 
 from __future__ import annotations
 

@@ -117,8 +117,10 @@ def test_job_lists_cover_both_tables_and_their_ablations(swept):
     q8_main, q8_ablation = q8bert_jobs(picked_protocols(Q8BERT_TASKS, swept)[0])
     assert len(Q8BERT_TASKS) == 5 and len(q8_main) == 5 * 3 * 2 and len(q8_ablation) == 2 * 3
     assert {j.spec.task for j in q8_ablation} == set(EMA_ABLATION_TASKS) == {"cola", "rte"}
-    assert all((j.spec.protocol.epochs, j.spec.protocol.lr) == tuple(protocol_for(j.spec.task, swept).values()) for j in q8_main)
-    assert {(j.spec.task, j.spec.protocol.epochs, j.spec.protocol.lr) for j in q8_main if j.spec.task == "rte"} == {("rte", 6, 2e-5)}
+    assert all((j.spec.protocol.epochs, j.spec.protocol.lr) == tuple(protocol_for(j.spec.task, swept).values())
+               for j in q8_main)
+    assert {(j.spec.task, j.spec.protocol.epochs, j.spec.protocol.lr) for j in q8_main
+            if j.spec.task == "rte"} == {("rte", 6, 2e-5)}
     qb_baselines, qb_main, qb_ablation = qbert_jobs(["sst2"], "ckpt", {"sst2": SPECTRUM})
     assert all(j.needs == (f"qbert/sst2/fp32-seed{j.spec.seed}",) for j in qb_main + qb_ablation)
     assert {j.name for j in qb_baselines} == {f"qbert/sst2/fp32-seed{s}" for s in (0, 1, 2)}
@@ -161,7 +163,8 @@ def test_each_task_takes_its_mp_bits_from_its_own_spectrum(tmp_path, swept):
                                results=swept)
     _, without, _ = qbert_jobs(["sst2", "cola"], "ckpt", {"sst2": SPECTRUM}, seeds=(0,), results=swept)
     assert {j.spec.task for j in without if j.spec.layer_bits} == {"sst2"}  # cola's MP rows wait for its spectrum
-    mixed = {j.spec.task: j.spec.layer_bits for j in qb_main if j.spec.layer_bits and max(j.spec.layer_bits.values()) == 3}
+    mixed = {j.spec.task: j.spec.layer_bits for j in qb_main
+             if j.spec.layer_bits and max(j.spec.layer_bits.values()) == 3}
     assert mixed["sst2"] == mixed_layer_bits(SPECTRUM, (2, 3), 2.5)
     assert mixed["cola"] == mixed_layer_bits(reversed_spectrum, (2, 3), 2.5) != mixed["sst2"]
     with pytest.raises(FileNotFoundError, match=r"spectrum-cola.json.*quick=false"):

@@ -56,5 +56,6 @@ def test_missing_runs_name_each_protocol_run_without_a_result(tmp_path):
 def test_ipq_files_are_measured_and_ipq_runs_listed(tmp_path, model):
     files = ipq_files(model, centroids=4)
     assert files.loc["FP32", "% of FP32"] == 100
-    assert files.loc["iPQ + int8 (k = 4)", "file_mb"] < files.loc["Q8BERT int8", "file_mb"] < files.loc["FP32", "file_mb"]
+    sizes = files["file_mb"]
+    assert sizes["iPQ + int8 (k = 4)"] < sizes["Q8BERT int8"] < sizes["FP32"]
     assert ipq_runs(tmp_path).endswith("*none yet: the protocol runs them after the SST2 Baselines*.")

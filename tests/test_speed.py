@@ -66,8 +66,8 @@ def test_limits_set_what_qbook_reaches_beside_the_peaks(folder):
     assert table.loc["AMX", "qbook_int8 gemm (% of int8 peak)"] == pytest.approx(50.0)
     assert table.loc["AMX", "qbook_int8 forward (% of int8 peak)"] == pytest.approx(25.0)
     assert table.loc["AMX", "peak GEMM m × k × n"] is None  # not recorded by this run
-    shaped = run("2026-12-03T10:00", "AMX", {"qbook_int8": 10}, peaks={"int8_gemm_gops": 1000.0,
-                                                                     "fp32_gemm_gops": 200.0, "gemm_shape": [8, 16, 32]})
+    peaks = {"int8_gemm_gops": 1000.0, "fp32_gemm_gops": 200.0, "gemm_shape": [8, 16, 32]}
+    shaped = run("2026-12-03T10:00", "AMX", {"qbook_int8": 10}, peaks=peaks)
     assert limits({"AMX": shaped}).loc["AMX", "peak GEMM m × k × n"] == "8 × 16 × 32"
 
 

@@ -39,7 +39,8 @@ class SignQuantizer:
         return weight.abs().mean().detach() * torch.where(rows >= 0, 1.0, -1.0) + (rows - rows.detach())
 
     def encode(self, weight: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"signs": (weight.detach() >= 0).to(torch.uint8).reshape(-1), "alpha": weight.detach().abs().mean()[None]}
+        return {"signs": (weight.detach() >= 0).to(torch.uint8).reshape(-1),
+                "alpha": weight.detach().abs().mean()[None]}
 
     def decode(self, encoded: Mapping[str, torch.Tensor], shape: Sequence[int]) -> torch.Tensor:
         if encoded["signs"].numel() != torch.Size(shape).numel():

@@ -1,9 +1,9 @@
 """Turn a Hugging Face BERT (``BertModel`` or any ``BertFor...`` head) into its fake-quantized twin, in place.
 
 Every Linear inside the ``BertModel`` (attention Q/K/V/output, FFN, pooler) becomes a ``QuantLinear`` and the
-word/position/token-type tables become ``QuantEmbedding``s; Softmax, LayerNorm and GELU stay in float, as in
-Q8BERT, unless the config asks for I-BERT's integer kernels. Linears of the task head (outside the ``BertModel``) are quantized only when ``config.head`` is set.
-"""
+word/position/token-type tables become ``QuantEmbedding``s; Softmax, LayerNorm and GELU stay in float, as in Q8BERT,
+unless the config asks for I-BERT's integer kernels. Linears of the task head (outside the ``BertModel``) are quantized
+only when ``config.head`` is set."""
 
 from __future__ import annotations
 

@@ -242,9 +242,9 @@ def size_mb(model: nn.Module, config: BertQuantConfig | None, folder: str | os.P
     with ``config`` (the model itself is not changed; ``float_dtype`` as in ``save_quantized``): the whole file, its
     embedding tables, everything else, and the integer codes within everything else.
 
-    With ``ipq_centroids`` k, every iPQ stage is applied after the conversion (``qlib.bert.pq_modules.product_quantize``,
-    ``ipq_centroid_bits`` for its centroids): the file of an iPQ run, whose size depends on the shapes only (one
-    k-means iteration is enough to measure it)."""
+    With ``ipq_centroids`` k, every iPQ stage is applied after the conversion
+    (``qlib.bert.pq_modules.product_quantize``, ``ipq_centroid_bits`` for its centroids): the file of an iPQ run, whose
+    size depends on the shapes only (one k-means iteration is enough to measure it)."""
     folder = Path(folder)
     if config is None and ipq_centroids is None:
         path = save_float(model, folder / "fp32.safetensors")

@@ -115,8 +115,8 @@ def to_qdq(model: nn.Module) -> nn.Module:
         raise ValueError(f"{type(model).__name__} has no quantized layer: convert it with qlib.convert_bert and "
                          "train or calibrate it first")
     if any(isinstance(m, IntegerNonlinearity) for m in model.modules()):
-        raise ValueError("a model trained with integer nonlinearities (qlib.bert.integer_modules) has no ONNX export yet: "
-                         "ONNX has no integer GELU, softmax or LayerNorm to map them onto")
+        raise ValueError("a model trained with integer nonlinearities (qlib.bert.integer_modules) has no ONNX export "
+                         "yet: ONNX has no integer GELU, softmax or LayerNorm to map them onto")
     for name, module in layers:
         if isinstance(module, (PQLinear, PQEmbedding)):
             raise ValueError(f"layer {name} is product-quantized (iPQ): ONNX has no codebook lookup to run it as int8")

@@ -4,12 +4,11 @@
         --grid seed=0,1,2 -p quick=false --out runs/q8bert
 
 Each grid point is a ``NotebookJob``, run by the same Dask machinery as ``python -m qlib.experiments.protocol``
-(``qlib.experiments.jobs``): on a local cluster (``--workers``, default one at a time) or an existing one (``--scheduler``).
-Each job is a fresh kernel in the chapter's folder; the chapter is snapshotted first so that editing it during a
-long batch changes nothing. A failing job is named with its error and its executed notebook; the others still run,
-and the batch exits non-zero at the end. (A batch re-runs every grid point; the chapters themselves skip runs whose
-result files exist.)
-"""
+(``qlib.experiments.jobs``): on a local cluster (``--workers``, default one at a time) or an existing one
+(``--scheduler``). Each job is a fresh kernel in the chapter's folder; the chapter is snapshotted first so that editing
+it during a long batch changes nothing. A failing job is named with its error and its executed notebook; the others
+still run, and the batch exits non-zero at the end. (A batch re-runs every grid point; the chapters themselves skip runs
+whose result files exist.)"""
 
 from __future__ import annotations
 
@@ -123,8 +122,8 @@ def job_name(params: dict[str, Any]) -> str:
 @dataclass(frozen=True)
 class NotebookJob:
     """One papermill execution of ``source`` (a chapter's snapshot) with ``parameters``, kept at ``output``, run in
-    the chapter's folder ``cwd``; a job of ``qlib.experiments.jobs.execute``. ``job``: the protocol job the execution runs (its
-    result files tell whether it is done), if any."""
+    the chapter's folder ``cwd``; a job of ``qlib.experiments.jobs.execute``. ``job``: the protocol job the execution
+    runs (its result files tell whether it is done), if any."""
 
     name: str
     source: str

@@ -1,12 +1,11 @@
 """Every method side by side: one row per (chapter, method) of a task, read from the result files.
 
 A row names its paper, its bits (weights / embedding / activations) as read from the quantization its model was
-evaluated with (its ``RunSpec``'s ``quant_config``), how it was trained, its dev score over seeds, its relative drop against the FP32
-runs of its own chapter on the same seeds, (FP32 − row) / FP32, the measured size of its bit-packed file, and,
-where a CPU kernel runs its scheme, the latency ratio against FP32 from an ``int8_cpu`` benchmark. Nothing here
-trains or evaluates: sizes are measured by converting a copy of the model the way each row was quantized and
-saving it.
-"""
+evaluated with (its ``RunSpec``'s ``quant_config``), how it was trained, its dev score over seeds, its relative drop
+against the FP32 runs of its own chapter on the same seeds, (FP32 − row) / FP32, the measured size of its bit-packed
+file, and, where a CPU kernel runs its scheme, the latency ratio against FP32 from an ``int8_cpu`` benchmark. Nothing
+here trains or evaluates: sizes are measured by converting a copy of the model the way each row was quantized and saving
+it."""
 
 from __future__ import annotations
 
@@ -25,7 +24,8 @@ from qlib.experiments.speed import latency_frame
 
 KERNELS = {"fp32": "fp32", "dq": "ao_dynamic", "qat": "qbook_int8"}
 """Which benchmark variant runs a method's scheme on the CPU: DQ's per-batch 8-bit inputs are torch.ao's dynamic
-int8 Linear; Q8BERT QAT's learned 8-bit ranges are ``qlib.deploy.int8``. The other methods have no low-bit kernel here."""
+int8 Linear; Q8BERT QAT's learned 8-bit ranges are ``qlib.deploy.int8``. The other methods have no low-bit kernel here.
+"""
 
 
 def bits_of(config: BertQuantConfig | None) -> dict[str, str]:

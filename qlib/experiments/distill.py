@@ -5,9 +5,8 @@
 * ``hidden``: ``L_pred`` plus TernaryBERT's ``L_trm = Σ_l MSE(H_s^l, H_t^l) + Σ_l MSE(A_s^l, A_t^l)`` over every
   layer's hidden states (embedding output included) and attention maps.
 
-The teacher is frozen (eval mode, no gradient) and the task's labels are not used: TernaryBERT trains on the
-teacher's outputs alone. ``distillation_loss`` gives the loss function ``qlib.experiments.train.finetune`` calls per batch.
-"""
+The teacher is frozen (eval mode, no gradient) and the task's labels are not used: TernaryBERT trains on the teacher's
+outputs alone. ``distillation_loss`` gives the loss function ``qlib.experiments.train.finetune`` calls per batch."""
 
 from __future__ import annotations
 

@@ -72,7 +72,8 @@ def protocol_for(task: str, results: str | Path = "results") -> dict[str, Any]:
     if missing:
         raise FileNotFoundError(
             f"{name}'s FP32 protocol is picked by its sweep, and {len(missing)} of its {len(scores)} points are not "
-            f"under {Path(results) / 'q8bert-sweep'} yet ({missing}); run `python -m qlib.experiments.protocol --only sweep`")
+            f"under {Path(results) / 'q8bert-sweep'} yet ({missing}); run "
+            "`python -m qlib.experiments.protocol --only sweep`")
     return dict(max(scores, key=lambda item: item[1])[0])  # max keeps the first of equal scores
 
 

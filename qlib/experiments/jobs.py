@@ -1,10 +1,11 @@
-"""Running a list of jobs on Dask: one machinery under ``python -m qlib.experiments.protocol`` and ``python -m qlib.experiments.batch``.
+"""Running a list of jobs on Dask: one machinery under ``python -m qlib.experiments.protocol`` and
+``python -m qlib.experiments.batch``.
 
 A job is anything with a ``name``, the names of the jobs it ``needs``, the worker ``resources`` it asks for
-(``{"GPU": 1}`` for a job that trains on a GPU) and a ``__call__`` that does its work on a worker and returns a
-one-line summary: a protocol run (``qlib.experiments.protocol.Job``), a Hessian spectrum, a papermill execution of a chapter
-(``qlib.experiments.batch``). ``execute`` submits them to a ``distributed.Client``; a job waits for the futures of the jobs it
-needs, so a QAT row starts as soon as its FP32 Baseline is written, on whichever worker is free.
+(``{"GPU": 1}`` for a job that trains on a GPU) and a ``__call__`` that does its work on a worker and returns a one-line
+summary: a protocol run (``qlib.experiments.protocol.Job``), a Hessian spectrum, a papermill execution of a chapter
+(``qlib.experiments.batch``). ``execute`` submits them to a ``distributed.Client``; a job waits for the futures of the
+jobs it needs, so a QAT row starts as soon as its FP32 Baseline is written, on whichever worker is free.
 
 What a batch system's users expect: a job whose result exists is skipped (``done``), so a restarted run resumes;
 results are written atomically by the worker that ran the job; a failing job is named with its error and the jobs
@@ -209,8 +210,9 @@ def close_client(client: Client) -> None:
 def slurm_cluster(jobs: int, cores: int = 2, memory: str = "24GB", walltime: str = "04:00:00",
                   queue: str | None = None, gpus: int = 0, **options: Any):
     """A ``dask_jobqueue.SLURMCluster`` whose SLURM jobs each start one qbook worker (one run at a time on ``cores``
-    CPUs: run it with ``--threads`` = ``cores``; ``GPU`` resources when ``gpus``), scaled to ``jobs`` SLURM jobs. ``options`` go to
-    ``SLURMCluster`` (``account``, ``job_extra_directives``…); ``cluster.job_script()`` shows what is submitted."""
+    CPUs: run it with ``--threads`` = ``cores``; ``GPU`` resources when ``gpus``), scaled to ``jobs`` SLURM jobs.
+    ``options`` go to ``SLURMCluster`` (``account``, ``job_extra_directives``…); ``cluster.job_script()`` shows what
+    is submitted."""
     from dask_jobqueue import SLURMCluster  # the SLURM recipe's extra: pip install dask-jobqueue
 
     worker_extra_args = ["--resources", f"GPU={gpus}"] if gpus else []

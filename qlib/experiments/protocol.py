@@ -8,17 +8,15 @@ run on Dask (``qlib.experiments.jobs``): a local cluster by default, sized to th
     python -m qlib.experiments.protocol --scheduler tcp://host:8786 --threads 8
 
 Three stages, each a graph of jobs whose edges are Dask futures: (1) the FP32 protocol sweep of the small tasks
-(``--only sweep``), which picks their epochs and learning rates (``qlib.experiments.experiment.protocol_for``); (2) the first
-chapter's main table, the FP32 Baselines (which keep their models under ``--checkpoints``), the Hessian spectrum of
-each Q-BERT task's seed-0 Baseline where its committed one is missing (Q-BERT I's job), and Q-BERT's and
-Quant-Noise's QAT rows, each started as soon as its seed's Baseline is written, seed by seed, then the ablations
-and the "Beyond the papers" rows (``beyond_jobs``);
-(3) the mixed-precision rows of the tasks whose spectrum stage 2 measured (it sets their bits). Finished runs are
-skipped, so an interrupted protocol resumes; a result that does not record its data (one computed on the earlier,
-altered GLUE copy) is not finished: it is re-run, and its file replaced. A failing job is named and the jobs that need it are reported as not
-started; the others still run, and the exit status is non-zero at the end. A task whose sweep or spectrum is
-missing gets no rows that need it, and is named too.
-"""
+(``--only sweep``), which picks their epochs and learning rates (``qlib.experiments.experiment.protocol_for``); (2) the
+first chapter's main table, the FP32 Baselines (which keep their models under ``--checkpoints``), the Hessian spectrum
+of each Q-BERT task's seed-0 Baseline where its committed one is missing (Q-BERT I's job), and Q-BERT's and
+Quant-Noise's QAT rows, each started as soon as its seed's Baseline is written, seed by seed, then the ablations and the
+"Beyond the papers" rows (``beyond_jobs``); (3) the mixed-precision rows of the tasks whose spectrum stage 2 measured
+(it sets their bits). Finished runs are skipped, so an interrupted protocol resumes; a result that does not record its
+data (one computed on the earlier, altered GLUE copy) is not finished: it is re-run, and its file replaced. A failing
+job is named and the jobs that need it are reported as not started; the others still run, and the exit status is
+non-zero at the end. A task whose sweep or spectrum is missing gets no rows that need it, and is named too."""
 
 from __future__ import annotations
 
@@ -58,9 +56,9 @@ LANDSCAPE_BLOCKS = ("encoder.layer.0", "encoder.layer.2", "encoder.layer.5")  # 
 class Job:
     """One training job of the protocol: the run (``spec``), the rows its FP32 weights also give
     (``post_training``), the chapter it serves (``experiment``), the folder under ``results`` it writes to
-    (``folder``, default the chapter's), where it keeps its model (``checkpoint_dir``: Q-BERT's Baselines, whose
-    models the QAT rows start from), the jobs it ``needs`` first (by name), and the ``device`` it trains on.
-    Calling it runs it (``qlib.experiments.experiment.run``); ``qlib.experiments.jobs.execute`` calls it on a Dask worker."""
+    (``folder``, default the chapter's), where it keeps its model (``checkpoint_dir``: Q-BERT's Baselines, whose models
+    the QAT rows start from), the jobs it ``needs`` first (by name), and the ``device`` it trains on. Calling it runs it
+    (``qlib.experiments.experiment.run``); ``qlib.experiments.jobs.execute`` calls it on a Dask worker."""
 
     spec: RunSpec
     experiment: str
@@ -165,7 +163,8 @@ def sweep_jobs(seed: int = 0, results: str | Path = "results") -> list[Job]:
     every point of ``SWEEP_GRID`` (no post-training rows), task by task, so each task's choice is complete as early
     as possible."""
     return [Job(RunSpec(t, "fp32", seed, protocol=TrainingProtocol(**p)), "q8bert-sweep",
-                folder=sweep_folder(p["lr"], p["epochs"]), results=str(results)) for t in SWEEP_TASKS for p in sweep_points()]
+                folder=sweep_folder(p["lr"], p["epochs"]), results=str(results)) for t in SWEEP_TASKS for p in
+                sweep_points()]
 
 
 def picked_protocols(tasks: Sequence[str], results: str | Path = "results",
@@ -362,7 +361,8 @@ def main(argv: list[str] | None = None) -> int:
         q8_main, q8_ablation = q8bert_jobs({t: protocols[t] for t in wanted["q8bert"] if t in protocols},
                                            results=results)
         qbert_tasks = [t for t in wanted["qbert"] if t in protocols]
-        noise = quant_noise_jobs(checkpoints, results=results, tasks=[t for t in wanted["quant-noise"] if t in protocols])
+        noise = quant_noise_jobs(checkpoints, results=results,
+                                 tasks=[t for t in wanted["quant-noise"] if t in protocols])
         noise += ipq_jobs(checkpoints, results=results, tasks=[t for t in wanted["ipq"] if t in protocols])
         beyond = beyond_jobs(checkpoints, results=results,
                              integer_tasks=[t for t in INTEGER_TASKS if t in protocols and t in wanted["beyond"]],

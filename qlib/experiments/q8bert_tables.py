@@ -15,7 +15,8 @@ from qlib.experiments.spec import RunSpec
 
 SPREAD_WORDS = {None: "no spread to compare with yet (one seed)", True: "larger than the seed-to-seed spread",
                 False: "within the seed-to-seed spread"}
-"""How a paired gap compares with the seed-to-seed spread (``qlib.experiments.report.paired_gaps``' ``beyond spread``)."""
+"""How a paired gap compares with the seed-to-seed spread (``qlib.experiments.report.paired_gaps``' ``beyond spread``).
+"""
 
 READINGS = {(True, False): "the cost comes from training with static input ranges, not from 8-bit precision",
             (True, True): "DQ, which trains nothing, loses too: 8-bit precision itself costs accuracy here",
@@ -100,8 +101,8 @@ def ema_ablation(records: list[dict[str, Any]], runs: pd.DataFrame, summary: pd.
     methods = sorted(set(ablation.index.get_level_values("method")))
     if methods == ["qat"] or not methods:
         return parts + ["*The ablation with a shorter EMA (`run_glue(..., ema_decay=0.99)`, result name "
-                        "`qat-ema0.99`; `python -m qlib.experiments.protocol --only q8bert` runs it after the main table) has no "
-                        "committed runs yet.*"]
+                        "`qat-ema0.99`; `python -m qlib.experiments.protocol --only q8bert` runs it after the main "
+                        "table) has no committed runs yet.*"]
     return parts + [
         "QAT with Q8BERT's decay against a decay matched to these short runs (same seeds):",
         mean_std_text(ablation).unstack("method"),

@@ -25,8 +25,8 @@ def _windows(ds: datasets.Dataset, tokenizer: PreTrainedTokenizerBase, max_lengt
         raise ValueError(f"{type(tokenizer).__name__} is not a fast tokenizer: SQuAD windows need offset mappings")
     if not 0 <= stride < max_length:
         raise ValueError(f"stride must be in [0, max_length={max_length}), got {stride}")
-    return tokenizer(list(ds["question"]), list(ds["context"]), truncation="only_second", max_length=max_length, stride=stride,
-                     return_overflowing_tokens=True, return_offsets_mapping=True)
+    return tokenizer(list(ds["question"]), list(ds["context"]), truncation="only_second", max_length=max_length,
+                     stride=stride, return_overflowing_tokens=True, return_offsets_mapping=True)
 
 
 def qa_train_features(ds: datasets.Dataset, tokenizer: PreTrainedTokenizerBase, max_length: int = 256,

@@ -40,9 +40,9 @@ def finetuned_for_hessian(task: str, model: str = DEFAULT_MODEL, examples: int |
                           lr: float = 5e-5, seed: int = 0, max_length: int = 64, source: str = "auto",
                           progress: bool = True, init_from: str | Path | None = None,
                           ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, dict[str, float]]:
-    """A BERT with ``task``'s head fine-tuned in FP32 on ``examples`` of it, or loaded from the FP32 checkpoint ``init_from``
-    (e.g. the task's Baseline, the model Q-BERT's QAT rows start from) with no further training; loaded with eager
-    attention (double backward through SDPA is not implemented on CPU), in eval mode; with its tokenizer and
+    """A BERT with ``task``'s head fine-tuned in FP32 on ``examples`` of it, or loaded from the FP32 checkpoint
+    ``init_from`` (e.g. the task's Baseline, the model Q-BERT's QAT rows start from) with no further training; loaded
+    with eager attention (double backward through SDPA is not implemented on CPU), in eval mode; with its tokenizer and
     training figures (none for ``init_from``)."""
     info = get_run_task(task)
     if init_from is not None and not Path(init_from).is_file():

@@ -3,9 +3,8 @@ I); the measured size of every setting, each task's main table with its verdicts
 check, the comparison of the two spectra that can set the MP rows' bits, the two range choices and the group-wise
 ablation (Q-BERT II).
 
-Every function reads result files and returns tables (``pandas``) and sentences (Markdown strings); nothing here
-trains. Scores are percent; a drop is ``qlib.experiments.report.relative_drop`` against the FP32 Baseline on the same seeds.
-"""
+Every function reads result files and returns tables (``pandas``) and sentences (Markdown strings); nothing here trains.
+Scores are percent; a drop is ``qlib.experiments.report.relative_drop`` against the FP32 Baseline on the same seeds."""
 
 from __future__ import annotations
 
@@ -77,7 +76,8 @@ def spectra_across_tasks(spectra: Mapping[str, Mapping[str, Any]], setting: str 
     the encoder layers' Ω between spectra, and each spectrum's protocol and soundness counts.
 
     Returns:
-        What the chapter shows, in order (``qlib.experiments.report.show``); a sentence alone with fewer than two spectra.
+        What the chapter shows, in order (``qlib.experiments.report.show``); a sentence alone with fewer than two
+        spectra.
     """
     if len(spectra) < 2:
         return [f"*Only {len(spectra)} committed spectrum: the comparison needs two.*"]
@@ -112,8 +112,8 @@ def spectra_across_tasks(spectra: Mapping[str, Mapping[str, Any]], setting: str 
 
 def size_table(model: nn.Module, rows: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
     """The measured size of each row of ``rows`` (``qlib.experiments.qbert.main_table_rows``): the bytes of its real
-    bit-packed file for ``model`` (``qlib.deploy.checkpoint.size_mb``; the Baseline row is the FP32 file), embedding apart,
-    and each against the Baseline's.
+    bit-packed file for ``model`` (``qlib.deploy.checkpoint.size_mb``; the Baseline row is the FP32 file), embedding
+    apart, and each against the Baseline's.
 
     Returns:
         One row per setting: ``w-bits``, ``e-bits``, the four ``SIZE_COLUMNS``, and ``w/o embedding vs FP32 (%)``
@@ -145,18 +145,18 @@ def size_findings(model: nn.Module, rows: Mapping[str, Mapping[str, Any]], sizes
     compression = QBERT_CLAIMS["weight_compression"]
     return [
         f"The 2/3-bit MP encoder file (embedding apart) is **{share:.2%}** of the FP32 one "
-        f"({'within' if share <= target else 'above'} the {100 * target:g} % target; the paper reports {compression:g}×, "
-        f"{1 / compression:.1%}). The packed weight codes alone are **{codes:.2%}**; the other {share - codes:.2%} "
-        "is float: biases, LayerNorm, the classifier head, the activation ranges and one scale and offset per group, "
-        "which the paper's weight-only ratio leaves out. A DirectQ row is its Q-BERT row's file without the "
-        "activation ranges (it computes them per batch).",
+        f"({'within' if share <= target else 'above'} the {100 * target:g} % target; the paper reports "
+        f"{compression:g}×, {1 / compression:.1%}). The packed weight codes alone are **{codes:.2%}**; the other "
+        f"{share - codes:.2%} is float: biases, LayerNorm, the classifier head, the activation ranges and one scale "
+        "and offset per group, which the paper's weight-only ratio leaves out. A DirectQ row is its Q-BERT row's file "
+        "without the activation ranges (it computes them per batch).",
         f"Stored the way GPTQ- and AWQ-packed files store them, with the biases, LayerNorm and head in float16 "
         f"(`save_quantized(..., float_dtype=torch.float16)`; the grids and activation ranges stay float32), the same "
         f"2/3-bit MP file is **{half_share:.2%}** of FP32 ({'within' if half_share <= target else 'above'} the "
-        f"{100 * target:g} % target). Float16 rounds each of those values by at most 2⁻¹¹ of itself, but through the 8-bit "
-        "activation grids a change that small can move a value to the next step, so the file is not the same model. "
-        "The scores below were measured with float32 floats; `benchmarks/float16_floats.py` measures what float16 "
-        "floats change on a kept run's dev set:"]
+        f"{100 * target:g} % target). Float16 rounds each of those values by at most 2⁻¹¹ of itself, but through the "
+        "8-bit activation grids a change that small can move a value to the next step, so the file is not the same "
+        "model. The scores below were measured with float32 floats; `benchmarks/float16_floats.py` measures what "
+        "float16 floats change on a kept run's dev set:"]
 
 
 def float16_floats(results_dir: str | Path, sizes: pd.DataFrame) -> tuple[pd.DataFrame | None, list[str]]:
@@ -201,9 +201,9 @@ def float16_floats(results_dir: str | Path, sizes: pd.DataFrame) -> tuple[pd.Dat
 
 @dataclass
 class TaskTable:
-    """One task's main table and what goes with it. ``summary``: mean, std and seeds per result label;
-    ``runs``: one row per result (``qlib.experiments.report.runs_frame``); ``table``: the sizes beside each row's score, drop
-    and margin kept; ``verdicts``: Markdown bullets; ``protocol`` (None without runs) and ``notes``."""
+    """One task's main table and what goes with it. ``summary``: mean, std and seeds per result label; ``runs``: one row
+    per result (``qlib.experiments.report.runs_frame``); ``table``: the sizes beside each row's score, drop and margin
+    kept; ``verdicts``: Markdown bullets; ``protocol`` (None without runs) and ``notes``."""
 
     task: str
     metric: str
@@ -384,9 +384,11 @@ def spectrum_comparison(tables: Mapping[str, TaskTable], groups: int | str | Non
 
 
 def outlier_weights(model: nn.Module) -> pd.DataFrame:
-    """Each layer's FFN output matrix: its std, its largest ``|w|`` and that in stds (why min/max ranges waste a grid)."""
+    """Each layer's FFN output matrix: its std, its largest ``|w|`` and that in stds (why min/max ranges waste a grid).
+    """
     return pd.DataFrame({name.removesuffix(".output.dense.weight").removeprefix("bert.encoder."): {
-        "std": w.std().item(), "largest |w|": w.abs().max().item(), "largest |w| / std": (w.abs().max() / w.std()).item()}
+        "std": w.std().item(), "largest |w|": w.abs().max().item(),
+        "largest |w| / std": (w.abs().max() / w.std()).item()}
         for name, w in model.named_parameters() if name.endswith("output.dense.weight") and "attention" not in name}).T
 
 

@@ -30,9 +30,9 @@ def _qat_label(task: str, bits: int, groups: int | str | None) -> str:
 
 def against_qat(task: str, groups: int | str | None, results_dir: str | Path, qbert_results_dir: str | Path,
                 model: nn.Module) -> list[Any]:
-    """For each bit width with committed Quant-Noise runs of ``task`` (``<results_dir>/<task>/``), those runs beside
-    the Q-BERT chapter's rows of the same bits and ``groups`` (DirectQ, QAT at p = 1, and their FP32 Baseline) with
-    scores, drops against FP32 on the same seeds and measured file sizes (``qlib.experiments.compare.side_by_side``); the gap
+    """For each bit width with committed Quant-Noise runs of ``task`` (``<results_dir>/<task>/``), those runs beside the
+    Q-BERT chapter's rows of the same bits and ``groups`` (DirectQ, QAT at p = 1, and their FP32 Baseline) with scores,
+    drops against FP32 on the same seeds and measured file sizes (``qlib.experiments.compare.side_by_side``); the gap
     Quant-Noise minus QAT per shared seed, set against FP32's seed-to-seed std; the runs' protocol and notes.
 
     Returns:

@@ -126,10 +126,10 @@ def _run_name(record: dict[str, Any]) -> str:
 
 def notes_markdown(records: Iterable[dict[str, Any]], heading: str = "Notes on these results",
                    max_names: int = 12) -> str:
-    """The remarks on ``records`` as a markdown list, each said once with the runs it concerns: the notes
-    ``notes.toml`` keeps on their files (``qlib.experiments.results.read_results`` attaches them), the results computed on the
-    earlier altered data first, then the notes written into older files' provenance; each names at most
-    ``max_names`` of its runs. "" when there is none."""
+    """The remarks on ``records`` as a markdown list, each said once with the runs it concerns: the notes ``notes.toml``
+    keeps on their files (``qlib.experiments.results.read_results`` attaches them), the results computed on the earlier
+    altered data first, then the notes written into older files' provenance; each names at most ``max_names`` of its
+    runs. "" when there is none."""
     grouped: dict[tuple[int, str], list[str]] = {}
     for record in records:
         name = _run_name(record)
@@ -183,8 +183,8 @@ def data_caveat(records: Iterable[dict[str, Any]]) -> str:
 
 
 def constant_answer_scores(path: str | Path) -> dict[str, float]:
-    """Each task's best constant answer (``qlib.experiments.metrics.constant_answer``) in percent of its main metric, read from
-    the file ``benchmarks/constant_answer.py`` writes; {} when there is none, and the tables show no floor."""
+    """Each task's best constant answer (``qlib.experiments.metrics.constant_answer``) in percent of its main metric,
+    read from the file ``benchmarks/constant_answer.py`` writes; {} when there is none, and the tables show no floor."""
     path = Path(path)
     if not path.is_file():
         return {}

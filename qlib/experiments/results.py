@@ -58,8 +58,8 @@ def code_state() -> dict[str, Any]:
 
 def provenance(wall_time_s: float, device: torch.device | str = "cpu", *,
                data: dict[str, Any] | None) -> dict[str, Any]:
-    """Where a result came from: the code (``code_state``), the data files it read with their SHA-256 (``data``,
-    from ``qlib.experiments.data.data_provenance``; ``None`` only for a result that read no data file), versions, machine and
+    """Where a result came from: the code (``code_state``), the data files it read with their SHA-256 (``data``, from
+    ``qlib.experiments.data.data_provenance``; ``None`` only for a result that read no data file), versions, machine and
     the device the work ran on, wall time, date. Written once, by the run; nothing edits it afterwards."""
     versions = {}
     for package in PACKAGES:

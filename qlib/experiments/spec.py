@@ -17,10 +17,9 @@ Methods:
 * ``dq`` and ``directq``: post-training rows, evaluated on an ``fp32`` run's trained weights with no further
   training (Q8BERT's DQ column; Q-BERT's DirectQ at ``weight_bits``). ``trained_spec`` is that ``fp32`` run.
 
-Labels (the names result files start with) are unchanged from the first results: ``fp32``, ``dq``,
-``directq-w4-p99.9``, ``qat``, ``qat-ema0.99``, ``qbert-w2e8-g12-p99.9-mp2-3-qn0.5-ft``, ``ipq-k256-int8-ft``; ``-int`` marks integer
-GELU, softmax and LayerNorm (``qat-int``), ``-kd`` / ``-kdh`` distillation from the FP32 model (``qat-kd-ft``).
-"""
+Labels (the names result files start with) are unchanged from the first results: ``fp32``, ``dq``, ``directq-w4-p99.9``,
+``qat``, ``qat-ema0.99``, ``qbert-w2e8-g12-p99.9-mp2-3-qn0.5-ft``, ``ipq-k256-int8-ft``; ``-int`` marks integer GELU,
+softmax and LayerNorm (``qat-int``), ``-kd`` / ``-kdh`` distillation from the FP32 model (``qat-kd-ft``)."""
 
 from __future__ import annotations
 
@@ -236,7 +235,8 @@ class RunSpec:
         """The paper the row reproduces: one of ``PAPERS``."""
         if self.method == "qbert":
             return "Quant-Noise" if self.noise_rate < 1 else "Q-BERT_MP" if self.layer_bits else "Q-BERT"
-        return {"fp32": "FP32", "ipq": "Quant-Noise (iPQ)", "dq": "Q8BERT (DQ)", "qat": "Q8BERT (QAT)", "directq": "Q-BERT (DirectQ)"}[self.method]
+        return {"fp32": "FP32", "ipq": "Quant-Noise (iPQ)", "dq": "Q8BERT (DQ)", "qat": "Q8BERT (QAT)",
+                "directq": "Q-BERT (DirectQ)"}[self.method]
 
     def quant_config(self) -> BertQuantConfig | None:
         """The quantization the run's model is trained and evaluated with (None: FP32).

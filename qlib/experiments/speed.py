@@ -217,7 +217,8 @@ def ipq_decode_table(runs: dict[str, dict[str, Any]]) -> pd.DataFrame:
             for (shape_, batch, seq), ms in frame.iterrows():
                 rows.append({"CPU class": cls, "shape": shape_, "batch": batch, "seq": seq, "FP32 ms": ms["fp32"],
                              "iPQ ms (decode per forward)": ms["ipq"], "iPQ decoded once ms": ms["ipq_decoded_once"],
-                             "iPQ / FP32": ms["ipq"] / ms["fp32"], "decode all weights once ms": report["decode_all_ms"]})
+                             "iPQ / FP32": ms["ipq"] / ms["fp32"],
+                             "decode all weights once ms": report["decode_all_ms"]})
     return pd.DataFrame(rows).set_index(["CPU class", "shape", "batch", "seq"]) if rows else pd.DataFrame()
 
 

@@ -4,8 +4,8 @@
   ``qlib.experiments.metrics.glue_metrics``;
 * ``SquadTask``: extractive QA on SQuAD v1.1 (``qlib.experiments.qa``): windows of ``max_length`` tokens overlapping by
   ``doc_stride``, the best start-end span over a question's windows, EM/F1 by the official v1.1 normalisation;
-* ``ConllTask``: token classification on CoNLL-2003 NER (``qlib.experiments.ner``): each word's label on its first word piece,
-  entity-level F1 by seqeval.
+* ``ConllTask``: token classification on CoNLL-2003 NER (``qlib.experiments.ner``): each word's label on its first
+  word piece, entity-level F1 by seqeval.
 
 Each task gives its head (``load``), its training batches (the collator and the loss's inputs: ``labels``, or
 ``start_positions``/``end_positions``), its dev data, its scores (``score``, main metric first) and the data files

@@ -76,8 +76,8 @@ def layer_spectrum(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]],
 
 def block_landscape(model: nn.Module, batch: dict[str, torch.Tensor], block: str, alphas: Sequence[float],
                     max_iter: int = 50, tol: float = 1e-4, seed: int = 0) -> dict[str, object]:
-    """Q-BERT fig. 2 for one block: loss(W + a·v1 + b·v2) on ``batch`` for (a, b) in ``alphas`` × ``alphas``, v1 and v2 the
-    block's top two Hessian eigenvectors (unit norm over the block). Returns alphas, the two eigenvalues, their
+    """Q-BERT fig. 2 for one block: loss(W + a·v1 + b·v2) on ``batch`` for (a, b) in ``alphas`` × ``alphas``, v1 and v2
+    the block's top two Hessian eigenvectors (unit norm over the block). Returns alphas, the two eigenvalues, their
     convergence, and the losses as a [len(alphas)][len(alphas)] list (row a, column b)."""
     all_blocks = layer_blocks(model)
     if block not in all_blocks:
