@@ -98,7 +98,15 @@ def test_data_caveat_counts_the_results_on_the_altered_copy():
     assert data_caveat([new]) == "" and data_caveat([]) == ""
 
 
-def test_sweep_runs_are_named_by_their_grid_point_in_the_notes():
-    records = read_results(RESULTS / "q8bert-sweep")
+def test_sweep_runs_are_named_by_their_grid_point_in_the_notes(tmp_path):
+    sweep = tmp_path / "results" / "q8bert-sweep"
+    for lr in (2e-05, 5e-05):
+        write_json(sweep / f"lr{lr:.0e}-ep3" / "rte" / "fp32-seed0.json",
+                   {"experiment": "q8bert-sweep", "task": "rte", "method": "fp32", "seed": 0,
+                    "params": {"epochs": 3, "lr": lr}, "provenance": {}})
+    (tmp_path / "results" / NOTES_FILE).write_text(
+        '[[note]]\nkind = "remark"\ntext = "shared the CPU"\n'
+        'files = ["q8bert-sweep/lr2e-05-ep3/rte/fp32-seed0.json", "q8bert-sweep/lr5e-05-ep3/rte/fp32-seed0.json"]\n')
+    records = read_results(sweep)
     text = notes_markdown(records)
     assert all(f"rte sweep 3 ep, lr {lr}" in text for lr in ("2e-05", "5e-05"))

@@ -62,13 +62,14 @@ def row_of(spec: RunSpec) -> dict[str, str]:
     return bits
 
 
-def file_mb(spec: RunSpec, model: nn.Module, folder: str) -> float:
-    """The measured file of ``model`` quantized as ``spec``'s row: bit-packed (``qlib.deploy.checkpoint.size_mb``);
-    an iPQ row's with its codes and float16 codebooks (and 8-bit centroids for iPQ + int8)."""
+def sizes_of(spec: RunSpec, model: nn.Module, folder: str) -> dict[str, float]:
+    """The measured file of ``model`` quantized as ``spec``'s row (``qlib.deploy.checkpoint.size_mb``'s MB: file,
+    embedding, the rest, codes): bit-packed; an iPQ row's with its codes and float16 codebooks (and 8-bit centroids
+    for iPQ + int8)."""
     if spec.method == "ipq":
         return size_mb(model, spec.quant_config(), folder, torch.float16, ipq_centroids=spec.centroids,
-                       ipq_centroid_bits=spec.centroid_bits)["file_mb"]
-    return size_mb(model, spec.quant_config(), folder)["file_mb"]
+                       ipq_centroid_bits=spec.centroid_bits)
+    return size_mb(model, spec.quant_config(), folder)
 
 
 def training_of(record: Mapping[str, Any]) -> str:
@@ -111,7 +112,7 @@ def side_by_side(sources: Mapping[str, Sequence[Mapping[str, Any]]], model: nn.M
                 for label, record in first.items():
                     spec = RunSpec.from_record(record)
                     if label not in sizes:
-                        sizes[label] = file_mb(spec, model, folder)
+                        sizes[label] = sizes_of(spec, model, folder)["file_mb"]
                     reference, mean = fp32_same_seeds.get(label, float("nan")), summary["mean"][label]
                     kernel = KERNELS.get(spec.method)
                     rows.append({

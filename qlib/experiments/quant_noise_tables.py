@@ -9,12 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import torch
 from torch import nn
 
-from qlib.bert.config import q8bert_config
-from qlib.deploy.checkpoint import size_mb
-from qlib.experiments.compare import side_by_side
+from qlib.experiments.compare import side_by_side, sizes_of
 from qlib.experiments.protocol import IPQ_CENTROIDS, quant_noise_jobs
 from qlib.experiments.qbert import QBERT_PERCENTILE
 from qlib.experiments.report import data_caveat, mean_std, notes_markdown, paired_gaps, protocol_frame, runs_frame
@@ -86,16 +83,16 @@ def missing_runs(task: str, checkpoints: str | Path, results_dir: str | Path) ->
             f"yet: {', '.join(missing)}." if missing else None)
 
 
-def ipq_files(model: nn.Module, centroids: int = IPQ_CENTROIDS) -> pd.DataFrame:
+def ipq_files(model: nn.Module, centroids: int = IPQ_CENTROIDS, task: str = "sst2") -> pd.DataFrame:
     """The measured files of ``model`` in FP32, as Q8BERT's int8, after iPQ with ``centroids`` (float16 codebooks
-    and floats) and after iPQ + int8 (8-bit centroids and inputs): MB of the file, its embedding tables and the
-    rest, and the file's percent of FP32. Sizes depend on the shapes only (``qlib.deploy.checkpoint.size_mb``)."""
+    and floats) and after iPQ + int8 (8-bit centroids and inputs), each as the side-by-side table measures that row
+    (``qlib.experiments.compare.sizes_of``): MB of the file, its embedding tables and the rest, and the file's
+    percent of FP32. Sizes depend on the shapes only."""
+    ipq = RunSpec(task, "ipq", centroids=centroids, init_from=FROM_CHECKPOINT)
+    rows = {"FP32": RunSpec(task, "fp32"), "Q8BERT int8": RunSpec(task, "qat"), f"iPQ (k = {centroids})": ipq,
+            f"iPQ + int8 (k = {centroids})": ipq.with_(centroid_bits=8)}
     with tempfile.TemporaryDirectory() as folder:
-        files = {"FP32": size_mb(model, None, folder),
-                 "Q8BERT int8": size_mb(model, q8bert_config(), folder),
-                 f"iPQ (k = {centroids})": size_mb(model, None, folder, torch.float16, ipq_centroids=centroids),
-                 f"iPQ + int8 (k = {centroids})": size_mb(model, q8bert_config(), folder, torch.float16,
-                                                          ipq_centroids=centroids, ipq_centroid_bits=8)}
+        files = {name: sizes_of(spec, model, folder) for name, spec in rows.items()}
     table = pd.DataFrame(files).T[["file_mb", "embedding_mb", "without_embedding_mb"]]
     table["% of FP32"] = 100 * table["file_mb"] / table.loc["FP32", "file_mb"]
     return table
