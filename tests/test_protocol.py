@@ -7,7 +7,13 @@ from dataclasses import replace
 import pytest
 
 from qlib.bert.config import qbert_config
-from qlib.experiments.experiment import SWEEP_GRID, SWEEP_TASKS, protocol_for, sweep_folder, sweep_points
+from qlib.experiments.experiment import (
+    SWEEP_GRID,
+    SWEEP_TASKS,
+    protocol_for,
+    sweep_folder,
+    sweep_points,
+)
 from qlib.experiments.protocol import (
     ABLATION_GROUPS,
     EMA_ABLATION_TASKS,
@@ -23,6 +29,7 @@ from qlib.experiments.protocol import (
     qbert_jobs,
     quant_noise_jobs,
     read_spectra,
+    smallest_first,
     spectrum_job,
     sweep_jobs,
 )
@@ -130,6 +137,14 @@ def test_job_lists_cover_both_tables_and_their_ablations(swept):
     assert {j.spec.groups for j in qb_ablation} == set(ABLATION_GROUPS)
     starts = {str(fp32_checkpoint("ckpt", "sst2", s)) for s in (0, 1, 2)}
     assert {j.spec.init_from for j in qb_main + qb_ablation} == starts
+
+
+def test_q8bert_rows_run_seed_by_seed_smallest_task_first(swept):
+    q8_main, _ = q8bert_jobs(picked_protocols(Q8BERT_TASKS, swept)[0])
+    order = [(j.spec.seed, j.spec.task, j.spec.method) for j in smallest_first(q8_main)]
+    assert order[:4] == [(0, "rte", "fp32"), (0, "rte", "qat"), (0, "mrpc", "fp32"), (0, "mrpc", "qat")]
+    assert order[8:10] == [(0, "sst2", "fp32"), (0, "sst2", "qat")] and order[10][:2] == (1, "rte")
+    assert sorted(order) == sorted((j.spec.seed, j.spec.task, j.spec.method) for j in q8_main)  # nothing lost
 
 
 def test_quant_noise_jobs_start_from_the_baselines_the_protocol_keeps(swept):

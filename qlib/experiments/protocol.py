@@ -8,15 +8,16 @@ run on Dask (``qlib.experiments.jobs``): a local cluster by default, sized to th
     python -m qlib.experiments.protocol --scheduler tcp://host:8786 --threads 8
 
 Three stages, each a graph of jobs whose edges are Dask futures: (1) the FP32 protocol sweep of the small tasks
-(``--only sweep``), which picks their epochs and learning rates (``qlib.experiments.experiment.protocol_for``); (2) the
-first chapter's main table, the FP32 Baselines (which keep their models under ``--checkpoints``), the Hessian spectrum
-of each Q-BERT task's seed-0 Baseline where its committed one is missing (Q-BERT I's job), and Q-BERT's and
-Quant-Noise's QAT rows, each started as soon as its seed's Baseline is written, seed by seed, then the ablations and the
-"Beyond the papers" rows (``beyond_jobs``); (3) the mixed-precision rows of the tasks whose spectrum stage 2 measured
-(it sets their bits). Finished runs are skipped, so an interrupted protocol resumes; a result that does not record its
-data (one computed on the earlier, altered GLUE copy) is not finished: it is re-run, and its file replaced. A failing
-job is named and the jobs that need it are reported as not started; the others still run, and the exit status is
-non-zero at the end. A task whose sweep or spectrum is missing gets no rows that need it, and is named too."""
+(``--only sweep``), which picks their epochs and learning rates (``qlib.experiments.experiment.protocol_for``); (2)
+the first chapter's main table (seed by seed, smallest task first: ``smallest_first``), the FP32 Baselines (which keep
+their models under ``--checkpoints``), the Hessian spectrum of each Q-BERT task's seed-0 Baseline where its committed
+one is missing (Q-BERT I's job), and Q-BERT's and Quant-Noise's QAT rows, each started as soon as its seed's Baseline
+is written, seed by seed, then the ablations and the "Beyond the papers" rows (``beyond_jobs``); (3) the mixed-
+precision rows of the tasks whose spectrum stage 2 measured (it sets their bits). Finished runs are skipped, so an
+interrupted protocol resumes; a result that does not record its data (one computed on the earlier, altered GLUE copy)
+is not finished: it is re-run, and its file replaced. A failing job is named and the jobs that need it are reported as
+not started; the others still run, and the exit status is non-zero at the end. A task whose sweep or spectrum is
+missing gets no rows that need it, and is named too."""
 
 from __future__ import annotations
 
@@ -36,6 +37,9 @@ from qlib.experiments.spec import RunSpec, TrainingProtocol
 
 SEEDS = (0, 1, 2)
 Q8BERT_TASKS = ("sst2", "cola", "rte", "mrpc", "stsb")
+SMALLEST_FIRST = ("rte", "mrpc", "stsb", "cola", "sst2")
+"""Q8BERT's tasks by the size of GLUE's train file, smallest first: stage 2 runs each seed's Q8BERT rows in this order
+(``smallest_first``), so a protocol stopped part-way has finished the most paired FP32/QAT rows."""
 EMA_ABLATION_TASKS = ("cola", "rte")
 HEADS = 12  # the packaged model's and BERT-base's attention heads: Q-BERT's G for the main table
 ABLATION_GROUPS: tuple[int | str, ...] = (1, 4 * HEADS, "row")  # with G = HEADS from the main table
@@ -295,6 +299,13 @@ def _by_seed(jobs: list[Job]) -> list[Job]:
     return sorted(jobs, key=lambda job: job.spec.seed)
 
 
+def smallest_first(jobs: list[Job]) -> list[Job]:
+    """Seed 0 of every task first, then seed 1, …; within a seed, the tasks of ``SMALLEST_FIRST`` in its order (any
+    other task after them), FP32 before QAT: the order stage 2 runs Q8BERT's main table in."""
+    rank = {task: i for i, task in enumerate(SMALLEST_FIRST)}
+    return _by_seed(sorted(jobs, key=lambda job: rank.get(job.spec.task, len(rank))))
+
+
 def _present_spectra(folder: Path, tasks: Sequence[str]) -> dict[str, dict[str, Any]]:
     """The spectra of ``tasks`` that are measured and record their data (one on the altered copy is re-measured)."""
     return read_spectra(folder, [t for t in tasks if records_its_data(folder / f"spectrum-{t}.json")])
@@ -376,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
                    for t in qbert_tasks if t not in measured]
         # 2: everything that needs no new spectrum; each QAT row starts once its Baseline is written
         noise = [j for j in noise if j.name not in {q.name for q in qb_main}]  # a p = 1 row both chapters need
-        stage(2, q8_main + _by_seed(baselines) + spectra + _by_seed(qb_main + noise)
+        stage(2, smallest_first(q8_main) + _by_seed(baselines) + spectra + _by_seed(qb_main + noise)
               + _by_seed(q8_ablation + qb_ablation) + _by_seed(beyond))
         new = _present_spectra(spectra_folder, [t for t in qbert_tasks if t not in measured])
         failures.extend(f"the Q-BERT MP rows of {t} (no spectrum)" for t in qbert_tasks
