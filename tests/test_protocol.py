@@ -16,9 +16,12 @@ from qlib.experiments.experiment import (
 )
 from qlib.experiments.protocol import (
     ABLATION_GROUPS,
+    ABLATION_TASKS,
     EMA_ABLATION_TASKS,
     HEADS,
+    HESSIAN_BATCH_SIZES,
     Q8BERT_TASKS,
+    QBERT_TASKS,
     QUANT_NOISE_RATE,
     Job,
     SpectrumJob,
@@ -43,6 +46,7 @@ from qlib.experiments.qbert import (
     mixed_layer_bits,
     setting_spec,
 )
+from qlib.experiments.qbert_tables import batch_size_effect, saddle_points
 from qlib.experiments.results import read_json, write_json
 from qlib.experiments.spec import RunSpec, TrainingProtocol
 
@@ -122,10 +126,10 @@ def test_per_row_groups_and_bad_groups():
 
 def test_job_lists_cover_both_tables_and_their_ablations(swept):
     q8_main, q8_ablation = q8bert_jobs(picked_protocols(Q8BERT_TASKS, swept)[0])
-    assert len(Q8BERT_TASKS) == 5 and len(q8_main) == 5 * 3 * 2 and len(q8_ablation) == 2 * 3
+    assert len(Q8BERT_TASKS) == 6 and len(q8_main) == 6 * 3 * 2 and len(q8_ablation) == 2 * 3
     assert {j.spec.task for j in q8_ablation} == set(EMA_ABLATION_TASKS) == {"cola", "rte"}
-    assert all((j.spec.protocol.epochs, j.spec.protocol.lr) == tuple(protocol_for(j.spec.task, swept).values())
-               for j in q8_main)
+    assert all(getattr(j.spec.protocol, name) == value for j in q8_main
+               for name, value in protocol_for(j.spec.task, swept).items())
     assert {(j.spec.task, j.spec.protocol.epochs, j.spec.protocol.lr) for j in q8_main
             if j.spec.task == "rte"} == {("rte", 6, 2e-5)}
     qb_baselines, qb_main, qb_ablation = qbert_jobs(["sst2"], "ckpt", {"sst2": SPECTRUM})
@@ -143,8 +147,25 @@ def test_q8bert_rows_run_seed_by_seed_smallest_task_first(swept):
     q8_main, _ = q8bert_jobs(picked_protocols(Q8BERT_TASKS, swept)[0])
     order = [(j.spec.seed, j.spec.task, j.spec.method) for j in smallest_first(q8_main)]
     assert order[:4] == [(0, "rte", "fp32"), (0, "rte", "qat"), (0, "mrpc", "fp32"), (0, "mrpc", "qat")]
-    assert order[8:10] == [(0, "sst2", "fp32"), (0, "sst2", "qat")] and order[10][:2] == (1, "rte")
+    assert order[8:12] == [(0, "sst2", "fp32"), (0, "sst2", "qat"), (0, "squad", "fp32"), (0, "squad", "qat")]
+    assert order[12][:2] == (1, "rte")
     assert sorted(order) == sorted((j.spec.seed, j.spec.task, j.spec.method) for j in q8_main)  # nothing lost
+
+
+def test_the_papers_own_tasks_have_their_jobs_and_protocols(swept):
+    q8_main, _ = q8bert_jobs(picked_protocols(Q8BERT_TASKS, swept)[0])
+    squad = [j for j in q8_main if j.spec.task == "squad"]
+    assert len(squad) == 6 and {(j.spec.protocol.epochs, j.spec.protocol.max_train_examples, j.spec.protocol.max_length,
+                                 j.spec.protocol.doc_stride) for j in squad} == {(1, 20_000, 256, 128)}
+    assert all(j.post_training[0].method == "dq" for j in squad if j.spec.method == "fp32")
+    baselines, rows, ablation = qbert_jobs(list(QBERT_TASKS), "ckpt", {t: SPECTRUM for t in QBERT_TASKS}, results=swept)
+    assert {j.spec.task for j in baselines} == set(QBERT_TASKS) == {"sst2", "conll2003", "squad"}
+    assert {j.spec.task for j in rows if j.spec.layer_bits} == set(QBERT_TASKS)
+    assert {j.spec.task for j in ablation} == set(ABLATION_TASKS) == {"sst2", "conll2003"}  # not SQuAD's
+    assert {j.spec.protocol.epochs for j in baselines if j.spec.task == "conll2003"} == {3}
+    squad_spectrum = spectrum_job("squad", "ckpt", "res")
+    assert squad_spectrum["max_length"] == 256 and list(squad_spectrum["batch_sizes"]) == list(HESSIAN_BATCH_SIZES)
+    assert "max_length" not in spectrum_job("conll2003", "ckpt", "res")  # run_spectrum's default fits a sentence
 
 
 def test_quant_noise_jobs_start_from_the_baselines_the_protocol_keeps(swept):
@@ -255,6 +276,7 @@ def test_spectrum_job_is_the_chapters_quick_false_run():
     job = defaults | spectrum_job("sst2", "ckpt", "res")
     for name in ("model", "subsets", "subset_size", "max_iter", "tol", "landscape_points"):
         assert job[name] == parameters[name], name
+    assert list(job["batch_sizes"]) == parameters["batch_sizes"]
     assert list(job["landscape_blocks"]) == parameters["landscape_blocks"]
     assert parameters["init_from"] == "baseline"  # the chapter's "baseline" is the seed-0 model the job names
 
@@ -364,3 +386,34 @@ def test_a_spectrum_on_the_altered_copy_is_measured_again_before_the_mp_rows(tmp
     write_json(tmp_path / "spectrum-sst2.json", blocks | {"provenance": {}})
     write_json(tmp_path / "spectrum-cola.json", blocks | {"provenance": {"data": {"source": "hub"}}})
     assert list(_present_spectra(tmp_path, ["sst2", "cola", "rte"])) == ["cola"]
+
+
+@pytest.mark.slow
+def test_the_new_tasks_jobs_run_on_a_tiny_model(task_data, tiny_model_dir, tmp_path):
+    """The protocol's own CoNLL-03 and SQuAD jobs, shrunk to a tiny model and protocol: each task's Baseline (with its
+    DirectQ rows, keeping its model), the Q-BERT 2/8 row from that model, and the spectrum with its batch-size
+    study, whose saddle verdict and batch-size table the chapter shows."""
+    tiny = dict(model=str(tiny_model_dir), epochs=1, batch_size=4, max_length=16, doc_stride=4)
+
+    def shrink(spec: RunSpec) -> RunSpec:  # the tiny model's 4 heads: one group per head, as G = HEADS is for 12
+        return spec.with_(**tiny, **({"groups": 4} if spec.groups == HEADS else {}))
+
+    checkpoints, results = tmp_path / "ckpt", tmp_path / "results"
+    baselines, rows, _ = qbert_jobs(["conll2003", "squad"], checkpoints, seeds=(0,), results=results)
+    two_bit = [j for j in rows if j.spec.weight_bits == 2 and not j.spec.layer_bits]
+    for job in [*baselines, *two_bit]:
+        records = replace(job, spec=shrink(job.spec), post_training=tuple(map(shrink, job.post_training))).run()
+        assert all(0 <= r["metrics"][r["main_metric"]] <= 1 and r["main_metric"] == "f1" for r in records)
+        assert all(r["provenance"]["data"]["files"] for r in records)
+    assert {(r.parent.name, r.name) for r in (results / "qbert").rglob("*.json")} >= {
+        (t, f) for t in ("conll2003", "squad") for f in ("fp32-seed0.json", "directq-w2-p99.9-seed0.json",
+                                                         "qbert-w2e8-g4-p99.9-ft-seed0.json")}
+    arguments = spectrum_job("conll2003", checkpoints, results) | dict(
+        model=str(tiny_model_dir), subsets=2, subset_size=2, max_length=16, max_iter=5, landscape_blocks=(),
+        batch_sizes=(2, 4), batch_size_subsets=2)
+    SpectrumJob(arguments)()
+    spectrum = read_json(results / "qbert" / "spectrum-conll2003.json")
+    assert spectrum["params"]["init_from"] == str(fp32_checkpoint(checkpoints, "conll2003", 0))
+    study = batch_size_effect({"conll2003": spectrum})
+    assert list(study.index) == [("conll2003", 2), ("conll2003", 4)] and (study["batches"] == 2).all()
+    assert saddle_points({"conll2003": spectrum})[0].startswith("**conll2003**: ")

@@ -14,10 +14,12 @@ from conftest import write_run
 
 from qlib.experiments.qbert import main_table_rows
 from qlib.experiments.qbert_tables import (
+    batch_size_effect,
     committed_spectra,
     group_ablation,
     main_table,
     main_tables,
+    saddle_points,
     size_table,
     spectra_across_tasks,
 )
@@ -166,3 +168,22 @@ def test_show_skips_empty_text(monkeypatch):
     monkeypatch.setattr(ipython_display, "display", lambda part: shown.append(part))
     show("", "  \n", None, "kept")
     assert [p.data for p in shown] == ["kept"]
+
+
+def test_saddle_points_and_the_batch_size_study_read_each_spectrum():
+    def spectrum(top, smallest, study=None):
+        return {"blocks": {"encoder.layer.0": {"top": top, "smallest": smallest},
+                           "embeddings": {"top": [2.0, 2.0], "smallest": [0.5]}},
+                "batch_size_effect": study or {"block": "encoder.layer.0", "sizes": {}}}
+
+    spectra = {"squad": spectrum([3.0, 2.0], [-0.4]),  # clearly below -1e-3·mean: a saddle point
+               "sst2": spectrum([3.0, 2.0], [-1e-4], {"block": "encoder.layer.0",  # within the noise: not negative
+                                                      "sizes": {"8": {"top": [4.0, 2.0], "converged": True},
+                                                                "64": {"top": [1.0, 1.5, 2.0], "converged": False}}})}
+    squad, sst2 = saddle_points(spectra)
+    assert squad.startswith("**squad**: negative curvature in 1 of 2 blocks (layer.0)") and "saddle point" in squad
+    assert sst2.startswith("**sst2**: no block shows negative curvature (2 smallest eigenvalues measured)")
+    study = batch_size_effect(spectra)
+    assert list(study.index) == [("sst2", 8), ("sst2", 64)]  # the spectrum without a study has no rows
+    assert study.loc[("sst2", 8), "mean λ"] == 3.0 and study.loc[("sst2", 64), "batches"] == 3
+    assert not study.loc[("sst2", 64), "converged"] and batch_size_effect({"squad": spectra["squad"]}) is None

@@ -3,8 +3,6 @@ classification (CoNLL-2003) beside GLUE's; each task's score checked against han
 
 from __future__ import annotations
 
-import gzip
-import json
 from types import SimpleNamespace
 
 import pytest
@@ -17,45 +15,6 @@ from qlib.experiments.data import file_sha256
 from qlib.experiments.experiment import run
 from qlib.experiments.spec import RunSpec, TrainingProtocol
 from qlib.experiments.tasks import ConllTask, GlueTask, SquadTask, get_run_task
-
-QUESTIONS = [  # the tiny tokenizer's words only, so no answer hides behind [UNK]
-    ("q1", "it was good it was the film", "what was good", [("the film", 19)]),
-    ("q2", "it was not good it was a dull plot", "what was dull", [("a dull plot", 23), ("dull plot", 25)]),
-    ("q3", "it was not good it was a fun movie", "what was fun", [("movie", 29)]),
-]
-CONLL = """-DOCSTART- -X- -X- O
-
-it PRP B-NP O
-was VBD B-VP O
-the DT B-NP I-MISC
-movie NN I-NP I-MISC
-
-good JJ B-NP I-ORG
-plot NN I-NP O
-"""
-
-
-def squad_document(questions) -> dict:
-    """SQuAD v1.1 JSON, one paragraph per question, as the official files lay it out."""
-    return {"version": "1.1", "data": [{"title": "Films", "paragraphs": [
-        {"context": context, "qas": [{"id": qid, "question": question,
-                                      "answers": [{"text": t, "answer_start": s} for t, s in answers]}]}
-        for qid, context, question, answers in questions]}]}
-
-
-@pytest.fixture
-def task_data(glue_dir):
-    """SQuAD (gzip, official layout) and CoNLL-2003 (IOB1, with -DOCSTART-) files beside the tiny GLUE ones."""
-    for name in ("dev.json.gz", "train.reconstructed.json.gz"):
-        path = glue_dir / "squad" / "v1.1" / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(gzip.compress(json.dumps(squad_document(QUESTIONS * (1 if "dev" in name else 4))).encode(),
-                                       mtime=0))
-    for split in ("train", "dev", "test"):
-        path = glue_dir / "conll2003" / f"{split}.txt"
-        path.parent.mkdir(exist_ok=True)
-        path.write_text(CONLL if split != "train" else "\n".join([CONLL] + [CONLL.split("\n", 2)[2]] * 3))
-    return glue_dir
 
 
 def tiny(model_dir, **overrides) -> TrainingProtocol:

@@ -36,14 +36,16 @@ from qlib.experiments.results import read_json, records_its_data
 from qlib.experiments.spec import RunSpec, TrainingProtocol
 
 SEEDS = (0, 1, 2)
-Q8BERT_TASKS = ("sst2", "cola", "rte", "mrpc", "stsb")
-SMALLEST_FIRST = ("rte", "mrpc", "stsb", "cola", "sst2")
-"""Q8BERT's tasks by the size of GLUE's train file, smallest first: stage 2 runs each seed's Q8BERT rows in this order
+Q8BERT_TASKS = ("sst2", "cola", "rte", "mrpc", "stsb", "squad")  # Q8BERT's Table 1 without MNLI, QNLI, QQP (offline)
+SMALLEST_FIRST = ("rte", "mrpc", "stsb", "cola", "sst2", "squad")
+"""Q8BERT's tasks by the cost of one training run, cheapest first: stage 2 runs each seed's Q8BERT rows in this order
 (``smallest_first``), so a protocol stopped part-way has finished the most paired FP32/QAT rows."""
+QBERT_TASKS = ("sst2", "conll2003", "squad")  # Q-BERT's own tasks but MNLI (not available offline)
 EMA_ABLATION_TASKS = ("cola", "rte")
 HEADS = 12  # the packaged model's and BERT-base's attention heads: Q-BERT's G for the main table
 ABLATION_GROUPS: tuple[int | str, ...] = (1, 4 * HEADS, "row")  # with G = HEADS from the main table
 ABLATION_SETTING = "Q-BERT 3/8"
+ABLATION_TASKS = ("sst2", "conll2003")  # Q-BERT's group-wise ablation: SST-2 and CoNLL-03 (not SQuAD)
 EMA_ABLATION_DECAY = 0.99
 QUANT_NOISE_TASKS = ("cola",)
 QUANT_NOISE_SETTINGS = ("Q-BERT 2/8", "Q-BERT 3/8")  # where QAT (p = 1) loses the most
@@ -54,6 +56,10 @@ INTEGER_TASKS = ("sst2", "mrpc")  # the beyond chapter's integer-only QAT: SST-2
 DISTILLATION_TASKS = ("sst2",)
 DISTILLED_SETTINGS = ("Q-BERT 8/8", "Q-BERT 4/8", "Q-BERT 3/8", "Q-BERT 2/8")
 LANDSCAPE_BLOCKS = ("encoder.layer.0", "encoder.layer.2", "encoder.layer.5")  # Q-BERT I's default, fig. 2's
+HESSIAN_BATCH_SIZES = (8, 16, 32, 64)  # the batch-size study: the top λ of one block at each Hessian batch size
+HESSIAN_MAX_LENGTH = {"squad": 256}
+"""The Hessian's token length where ``run_spectrum``'s default does not fit the task: a SQuAD window must hold a
+question and its passage, so its Hessian batches are the training windows (``PROTOCOL``'s length)."""
 
 
 @dataclass(frozen=True)
@@ -216,9 +222,9 @@ def baseline_name(task: str, seed: int) -> str:
 def qbert_jobs(tasks: Sequence[str], checkpoints: str | Path, spectra: Mapping[str, dict[str, Any]] | None = None,
                seeds=SEEDS, results: str | Path = "results") -> tuple[list[Job], list[Job], list[Job]]:
     """Q-BERT II chapter, for ``tasks``: (the FP32 Baselines, which keep their models under ``checkpoints``; the QAT
-    rows of the main table at G = heads, each from its seed's Baseline model, which it needs; the group-wise
-    ablation at 3 bits). The MP rows take their bits from the task's Hessian spectrum: a task without one in
-    ``spectra`` gets none yet."""
+    rows of the main table at G = heads, each from its seed's Baseline model, which it needs; the group-wise ablation
+    at 3 bits on the tasks of ``ABLATION_TASKS``). The MP rows take their bits from the task's Hessian spectrum: a task
+    without one in ``spectra`` gets none yet."""
     spectra = spectra or {}
 
     def job(setting: str, task: str, seed: int, groups: int | str) -> Job:
@@ -228,7 +234,8 @@ def qbert_jobs(tasks: Sequence[str], checkpoints: str | Path, spectra: Mapping[s
     baselines = baseline_jobs(tasks, checkpoints, seeds, results)
     main = [job(name, t, s, HEADS) for t in tasks for name in [*SETTINGS, *MIXED_SETTINGS] for s in seeds
             if name not in MIXED_SETTINGS or t in spectra]
-    ablation = [job(ABLATION_SETTING, t, s, g) for t in tasks for g in ABLATION_GROUPS for s in seeds]
+    ablation = [job(ABLATION_SETTING, t, s, g) for t in tasks if t in ABLATION_TASKS for g in ABLATION_GROUPS
+                for s in seeds]
     return baselines, main, ablation
 
 
@@ -287,9 +294,13 @@ def read_spectra(folder: Path, tasks: Sequence[str]) -> dict[str, dict[str, Any]
 
 def spectrum_job(task: str, checkpoints: str | Path, results: str | Path) -> dict[str, Any]:
     """Q-BERT I's ``quick=False`` run for ``task`` (``run_spectrum`` arguments): the Hessian spectrum of the task's
-    seed-0 FP32 Baseline, written to ``<results>/qbert/spectrum-<task>.json``, where ``read_spectra`` finds it."""
+    seed-0 FP32 Baseline, written to ``<results>/qbert/spectrum-<task>.json``, where ``read_spectra`` finds it, with
+    the landscapes of ``LANDSCAPE_BLOCKS``, one block's top λ at each of ``HESSIAN_BATCH_SIZES``, and SQuAD's batches
+    at its windows' length (``HESSIAN_MAX_LENGTH``)."""
+    length = {"max_length": HESSIAN_MAX_LENGTH[task]} if task in HESSIAN_MAX_LENGTH else {}
     return dict(task=task, init_from=str(fp32_checkpoint(checkpoints, task, 0)), landscape_blocks=LANDSCAPE_BLOCKS,
-                results_path=str(Path(results) / "qbert" / f"spectrum-{task}.json"))
+                batch_sizes=HESSIAN_BATCH_SIZES, results_path=str(Path(results) / "qbert" / f"spectrum-{task}.json"),
+                **length)
 
 
 
@@ -317,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="folder holding q8bert/, qbert/ and quant-noise/ (default: results)")
     parser.add_argument("--only", choices=("q8bert", "qbert", "quant-noise", "beyond", "sweep"),
                         help="run one chapter's jobs (sweep: the FP32 protocol sweep of the small tasks)")
-    parser.add_argument("--qbert-tasks", default="sst2",
+    parser.add_argument("--qbert-tasks", default=",".join(QBERT_TASKS),
                         help="comma-separated tasks of the Q-BERT table; a task's missing "
                              "<results>/qbert/spectrum-<task>.json is measured after its seed-0 Baseline")
     parser.add_argument("--scheduler", default=None,

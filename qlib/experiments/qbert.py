@@ -61,30 +61,40 @@ def run_spectrum(task: str = "sst2", model: str = DEFAULT_MODEL, seed: int = 0, 
                  finetune_epochs: int = 1, lr: float = 5e-5, subsets: int = 10, subset_size: int = 32,
                  max_length: int = 64, max_iter: int = 50, tol: float = 1e-4, blocks: list[str] | None = None,
                  saddle_subsets: int = 1, landscape_blocks: Sequence[str] = (), landscape_points: int = 11,
-                 source: str = "auto", results_path: str | Path = "results/qbert/spectrum-sst2.json",
+                 batch_sizes: Sequence[int] = (), batch_size_block: str = "encoder.layer.0",
+                 batch_size_subsets: int = 3, source: str = "auto",
+                 results_path: str | Path = "results/qbert/spectrum-sst2.json",
                  resume: bool = True, progress: bool = True, init_from: str | Path | None = None) -> dict[str, Any]:
     """Fine-tune ``model`` on ``finetune_examples`` of ``task`` (FP32, eager attention), or load the FP32 model
     ``init_from`` instead (``finetuned_for_hessian``), then measure each block's top Hessian eigenvalue on
     ``subsets`` disjoint training subsets of ``subset_size`` examples each, and its smallest eigenvalue on the first
     ``saddle_subsets`` of them; for each of ``landscape_blocks``, the loss on the first subset along its top two
-    eigenvectors, ``landscape_points`` steps from -1 to 1 each way."""
+    eigenvectors, ``landscape_points`` steps from -1 to 1 each way; and the batch-size study: the top eigenvalue of
+    ``batch_size_block`` on the first ``batch_size_subsets`` disjoint batches of each size in ``batch_sizes`` (how
+    far λ, and so Ω, depends on the Hessian's batch size: PyHessian's users ask), under ``batch_size_effect``."""
     info = get_run_task(task)
     if landscape_points < 2:
         raise ValueError(f"landscape_points must be at least 2, got {landscape_points}")
+    bad = [b for b in batch_sizes if isinstance(b, bool) or not isinstance(b, int) or b < 1]
+    if bad or batch_size_subsets < 1:
+        raise ValueError(f"batch_sizes must be positive integers and batch_size_subsets at least 1, got "
+                         f"{list(batch_sizes)} and {batch_size_subsets}")
     path = Path(results_path)
     if resume and path.is_file():
         return read_json(path)
     params = dict(task=info.name, model=model, seed=seed, finetune_examples=finetune_examples,
                   finetune_epochs=finetune_epochs, lr=lr, subsets=subsets, subset_size=subset_size,
                   max_length=max_length, max_iter=max_iter, tol=tol, blocks=blocks, saddle_subsets=saddle_subsets,
-                  landscape_blocks=list(landscape_blocks), landscape_points=landscape_points, source=source,
+                  landscape_blocks=list(landscape_blocks), landscape_points=landscape_points,
+                  batch_sizes=list(batch_sizes), batch_size_block=batch_size_block,
+                  batch_size_subsets=batch_size_subsets, source=source,
                   init_from=None if init_from is None else str(init_from))
     start = time.perf_counter()
     net, tokenizer, training = finetuned_for_hessian(info.name, model, finetune_examples, finetune_epochs, lr, seed,
                                                      max_length, source, progress, init_from)
-    unknown = [b for b in landscape_blocks if b not in layer_blocks(net)]
+    unknown = [b for b in [*landscape_blocks, *[batch_size_block] * bool(batch_sizes)] if b not in layer_blocks(net)]
     if unknown:  # before the spectrum's minutes, not after
-        raise ValueError(f"unknown landscape block(s) {unknown}; allowed: {list(layer_blocks(net))}")
+        raise ValueError(f"unknown landscape or batch-size block(s) {unknown}; allowed: {list(layer_blocks(net))}")
     probe = info.train_batches(tokenizer, _hessian_data(subset_size, max_length, subsets * subset_size, source),
                                seed + 1, shuffle=False)
     batches = list(probe)[:subsets]
@@ -95,6 +105,13 @@ def run_spectrum(task: str = "sst2", model: str = DEFAULT_MODEL, seed: int = 0, 
     alphas = np.linspace(-1.0, 1.0, landscape_points)
     landscape = {block: block_landscape(net, batches[0], block, alphas, max_iter, tol, seed)
                  for block in landscape_blocks}
+    by_size = {}
+    for size in batch_sizes:
+        sized = info.train_batches(tokenizer, _hessian_data(size, max_length, batch_size_subsets * size, source),
+                                   seed + 1, shuffle=False)
+        rows = layer_spectrum(net, list(sized)[:batch_size_subsets], [batch_size_block], max_iter=max_iter, tol=tol,
+                              seed=seed)
+        by_size[str(size)] = {"top": [r["top"] for r in rows], "converged": all(r["converged"] for r in rows)}
     summary = {}
     for name in dict.fromkeys(r["block"] for r in records):
         rows = [r for r in records if r["block"] == name]
@@ -102,7 +119,9 @@ def run_spectrum(task: str = "sst2", model: str = DEFAULT_MODEL, seed: int = 0, 
                          "smallest": [r["smallest"] for r in rows if "smallest" in r],
                          "converged": all(r["converged"] and r.get("smallest_converged", True) for r in rows)}
     result = {"experiment": "qbert-spectrum", "task": info.name, "params": params, "blocks": summary,
-              "records": records, "landscape": landscape, "finetune": training, "spectrum_seconds": spectrum_seconds,
+              "records": records, "landscape": landscape,
+              "batch_size_effect": {"block": batch_size_block, "sizes": by_size}, "finetune": training,
+              "spectrum_seconds": spectrum_seconds,
               "provenance": provenance(time.perf_counter() - start, data=info.provenance(source))}
     write_json(path, result)
     return result

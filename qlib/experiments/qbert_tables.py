@@ -19,7 +19,6 @@ from torch import nn
 
 from qlib.bert.config import qbert_config
 from qlib.deploy.checkpoint import size_mb
-from qlib.experiments.data import get_task
 from qlib.experiments.papers import QBERT_CLAIMS
 from qlib.experiments.qbert import (
     DIRECTQ_BITS,
@@ -42,6 +41,7 @@ from qlib.experiments.report import (
 )
 from qlib.experiments.results import notes_for, read_json, read_results
 from qlib.experiments.spec import RunSpec
+from qlib.experiments.tasks import get_run_task
 from qlib.second_order.sensitivity import negative_curvature
 
 SIZE_COLUMNS = {"without_embedding_mb": "w/o embedding (MB)", "codes_without_embedding_mb": "of which codes (MB)",
@@ -108,6 +108,34 @@ def spectra_across_tasks(spectra: Mapping[str, Mapping[str, Any]], setting: str 
             "Spearman rank correlation of the encoder layers' Ω between tasks:",
             omegas[omegas.index.str.startswith("encoder.")].corr(method="spearman").round(2),
             protocol, notes_markdown(spectra.values())]
+
+
+def saddle_points(spectra: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Per committed spectrum, whether its model sits at a saddle point (Q-BERT found SQuAD's does): the blocks whose
+    smallest eigenvalue, or the top one on some subset, is clearly negative (``negative_curvature``), or that none
+    is."""
+    said = []
+    for name, spectrum in spectra.items():
+        negative = [block.removeprefix("encoder.") for block, b in spectrum["blocks"].items()
+                    if negative_curvature(b["top"], b["smallest"][0] if b.get("smallest") else None)[
+                        "negative_curvature"]]
+        measured = sum(bool(b.get("smallest")) for b in spectrum["blocks"].values())
+        said.append(f"**{name}**: " + (f"negative curvature in {len(negative)} of {len(spectrum['blocks'])} blocks "
+                                       f"({', '.join(negative)}): not a local minimum, a saddle point" if negative else
+                                       f"no block shows negative curvature ({measured} smallest eigenvalues measured): "
+                                       "consistent with a local minimum"))
+    return said
+
+
+def batch_size_effect(spectra: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame | None:
+    """The batch-size study of each spectrum that has one (``run_spectrum``'s ``batch_sizes``): one row per (task,
+    Hessian batch size), the block measured, its top eigenvalue's mean and std over the batches, their count, and
+    whether every power iteration converged; None when no spectrum has it."""
+    rows = [{"task": name, "block": study["block"], "batch size": int(size), "mean λ": pd.Series(m["top"]).mean(),
+             "std λ": pd.Series(m["top"]).std(), "batches": len(m["top"]), "converged": m["converged"]}
+            for name, s in spectra.items() if (study := s.get("batch_size_effect")) and study["sizes"]
+            for size, m in study["sizes"].items()]
+    return pd.DataFrame(rows).set_index(["task", "batch size"]).round(4) if rows else None
 
 
 def size_table(model: nn.Module, rows: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
@@ -257,9 +285,10 @@ def main_table(task: str, rows: Mapping[str, dict[str, Any]], sizes: pd.DataFram
                 for name in rows if name.startswith("Q-BERT_MP")]
     if chance is not None and fp32_mean is not None:
         floor = read_json(floors_path)["tasks"][task]
-        verdicts.append(f"**Constant answer**: {chance:.2f} on these {floor['dev examples']} dev examples (labels "
-                        + ", ".join(f"{name} {n}" for name, n in floor["label counts"].items())
-                        + f"; `{Path(floors_path).name}`); FP32 is {fp32_mean - chance:.2f} points above it")
+        counts = ", ".join(f"{name} {n}" for name, n in floor["label counts"].items())
+        verdicts.append((f"**Trivial predictor** ({floor['answer']}): " if "answer" in floor else
+                         "**Constant answer**: ") + f"{chance:.2f} on these {floor['dev examples']} dev examples "
+                        f"({counts}; `{Path(floors_path).name}`); FP32 is {fp32_mean - chance:.2f} points above it")
         below = [name for name, row in rows.items()
                  if row["label"] in summary.index and summary["mean"][row["label"]] < chance]
         if below:
@@ -274,7 +303,7 @@ def main_table(task: str, rows: Mapping[str, dict[str, Any]], sizes: pd.DataFram
                                else "FP32 than to the constant answer: no collapse."))
     protocol = (protocol_frame(records).set_index(["method", "seed"])[PROTOCOL_COLUMNS].sort_index()
                 .round({"wall h": 2}) if records else None)
-    metric = runs["metric"].iloc[0] if records else get_task(task).metrics[0]
+    metric = runs["metric"].iloc[0] if records else get_run_task(task).metrics[0]
     return TaskTable(task, metric, dict(rows), summary, runs, table, data_caveat(records), verdicts, protocol,
                      notes_markdown(records) if records else "")
 
