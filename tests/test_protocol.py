@@ -32,6 +32,7 @@ from qlib.experiments.protocol import (
     qbert_jobs,
     quant_noise_jobs,
     read_spectra,
+    share_fp32_runs,
     smallest_first,
     spectrum_job,
     sweep_jobs,
@@ -166,6 +167,20 @@ def test_the_papers_own_tasks_have_their_jobs_and_protocols(swept):
     squad_spectrum = spectrum_job("squad", "ckpt", "res")
     assert squad_spectrum["max_length"] == 256 and list(squad_spectrum["batch_sizes"]) == list(HESSIAN_BATCH_SIZES)
     assert "max_length" not in spectrum_job("conll2003", "ckpt", "res")  # run_spectrum's default fits a sentence
+
+
+def test_a_baseline_that_is_a_q8bert_fp32_run_trains_once_for_both_chapters(swept):
+    q8_main, _ = q8bert_jobs(picked_protocols(Q8BERT_TASKS, swept)[0])
+    baselines = baseline_jobs(["sst2", "conll2003"], "ckpt", results=swept)
+    rows, left = share_fp32_runs(smallest_first(q8_main), baselines)
+    shared = [j for j in rows if j.experiment == "qbert"]
+    assert [(j.name, j.spec.seed) for j in shared] == [(f"qbert/sst2/fp32-seed{s}", s) for s in (0, 1, 2)]
+    assert [j.name for j in rows].index("qbert/sst2/fp32-seed0") == [j.name for j in smallest_first(q8_main)].index(
+        "q8bert/sst2/fp32-seed0")  # it runs where Q8BERT's FP32 run would have
+    assert all(j.also == (("q8bert", (j.spec, j.spec.with_(method="dq"))),) for j in shared)
+    assert all(len(j.post_training) == len(directq_specs(j.spec, HEADS)) for j in shared)  # its DirectQ rows too
+    assert {j.spec.task for j in left} == {"conll2003"} and len(rows) == len(q8_main)
+    assert Job.from_json(shared[0].to_json()) == shared[0]
 
 
 def test_quant_noise_jobs_start_from_the_baselines_the_protocol_keeps(swept):
@@ -417,3 +432,22 @@ def test_the_new_tasks_jobs_run_on_a_tiny_model(task_data, tiny_model_dir, tmp_p
     study = batch_size_effect({"conll2003": spectrum})
     assert list(study.index) == [("conll2003", 2), ("conll2003", 4)] and (study["batches"] == 2).all()
     assert saddle_points({"conll2003": spectrum})[0].startswith("**conll2003**: ")
+
+
+@pytest.mark.slow
+def test_a_shared_fp32_run_writes_each_chapters_rows_in_its_folder(glue_dir, tiny_model_dir, tmp_path):
+    tiny = TrainingProtocol(model=str(tiny_model_dir), epochs=1, batch_size=4, max_length=16)
+    results = tmp_path / "results"
+    q8 = [Job(RunSpec("sst2", "fp32", protocol=tiny), "q8bert", (RunSpec("sst2", "dq", protocol=tiny),),
+              results=str(results))]
+    fp32 = RunSpec("sst2", "fp32", protocol=tiny)
+    baseline = Job(fp32, "qbert", directq_specs(fp32, 4), checkpoint_dir=str(tmp_path / "ckpt"), results=str(results))
+    (shared,), left = share_fp32_runs(q8, [baseline])
+    assert not left and not shared.done()
+    records = shared.run()
+    assert shared.done() and len(records) == 1 + 6 + 2
+    q8bert = sorted(p.name for p in (results / "q8bert" / "sst2").iterdir())
+    qbert = sorted(p.name for p in (results / "qbert" / "sst2").iterdir())
+    assert q8bert == ["dq-seed0.json", "fp32-seed0.json"] and "dq-seed0.json" not in qbert and len(qbert) == 7
+    one, other = (read_json(results / folder / "sst2" / "fp32-seed0.json") for folder in ("q8bert", "qbert"))
+    assert one == other  # the same run's record, written twice by that run

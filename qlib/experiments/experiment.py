@@ -14,7 +14,7 @@ import copy
 import time
 from dataclasses import fields
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 
@@ -118,7 +118,8 @@ def _params(spec: RunSpec, post_training: Sequence[RunSpec]) -> dict[str, Any]:
 
 def run(spec: RunSpec, post_training: Sequence[RunSpec] = (), experiment: str = "q8bert",
         results_dir: str | Path = "results/q8bert", resume: bool = True, progress: bool = True,
-        device: str | None = None, checkpoint_dir: str | Path | None = None) -> list[dict[str, Any]]:
+        device: str | None = None, checkpoint_dir: str | Path | None = None,
+        also: Mapping[str | Path, Sequence[RunSpec]] | None = None) -> list[dict[str, Any]]:
     """Train and evaluate the run ``spec`` names, and write its result file (and one per ``post_training`` row).
 
     Args:
@@ -131,6 +132,9 @@ def run(spec: RunSpec, post_training: Sequence[RunSpec] = (), experiment: str = 
         resume: return the records already on disk when every file of the run exists.
         device: where to train and evaluate (None/``"auto"``: the GPU when there is one); the provenance names it.
         checkpoint_dir: also keep the trained model at ``checkpoint_path(spec, checkpoint_dir)``.
+        also: rows also written under another results folder (folder -> rows): ``spec`` itself, or post-training
+            rows of it evaluated for that folder only. One training then serves two chapters (Q-BERT's FP32
+            Baseline is Q8BERT's FP32 run, and gives its DQ row).
 
     Returns:
         The run's records, its own first, read back from disk when resuming.
@@ -138,16 +142,17 @@ def run(spec: RunSpec, post_training: Sequence[RunSpec] = (), experiment: str = 
     if spec.is_post_training:
         raise ValueError(f"{spec.label} trains nothing: run its trained spec ({spec.trained_spec.label}) with it "
                          "in post_training")
-    foreign = [row.label for row in post_training
+    elsewhere = [(row, row.result_path(folder)) for folder, rows in (also or {}).items() for row in rows]
+    evaluated = list({row.label: row for row in [*post_training, *(r for r, _ in elsewhere if r != spec)]}.values())
+    foreign = [row.label for row in evaluated
                if not row.is_post_training or row.trained_spec != spec.with_(init_from=None)]
-    if foreign or (post_training and spec.method != "fp32"):
-        raise ValueError(f"post_training rows {foreign or [r.label for r in post_training]} do not belong to "
+    if foreign or (evaluated and spec.method != "fp32"):
+        raise ValueError(f"post_training rows {foreign or [r.label for r in evaluated]} do not belong to "
                          f"{spec.label}: they must be dq/directq specs of an fp32 run of the same task, seed and "
                          "protocol")
-    rows = (spec, *post_training)
-    paths = [row.result_path(results_dir) for row in rows]
-    if resume and all(p.is_file() for p in paths):
-        return [read_json(p) for p in paths]
+    written = [(row, row.result_path(results_dir)) for row in (spec, *post_training)] + elsewhere
+    if resume and all(path.is_file() for _, path in written):
+        return [read_json(path) for _, path in written]
 
     task, protocol, target = get_run_task(spec.task), spec.protocol, resolve_device(device)
     start = time.perf_counter()
@@ -170,23 +175,24 @@ def run(spec: RunSpec, post_training: Sequence[RunSpec] = (), experiment: str = 
         training = _ipq_stages(net, spec, train_batches, target, progress)
     else:
         training = finetune(net, train_batches, protocol.epochs, protocol.lr, progress=progress, loss_fn=loss)
-    evaluations = [_evaluate(net, task, dev)]
-    for row in post_training:
-        evaluations.append(_evaluate(convert_bert(copy.deepcopy(net), row.quant_config()).to(target), task, dev))
+    evaluations = {spec.label: _evaluate(net, task, dev)}
+    for row in evaluated:
+        evaluations[row.label] = _evaluate(convert_bert(copy.deepcopy(net), row.quant_config()).to(target), task, dev)
     if checkpoint_dir is not None:
         (save_float if spec.method == "fp32" else save_quantized)(net.cpu(), checkpoint_path(spec, checkpoint_dir))
     wall = time.perf_counter() - start
     data = task.provenance(protocol.source)
 
-    params = _params(spec, post_training)
+    params, origin = _params(spec, evaluated), provenance(wall, target, data=data)  # one run: one provenance
     records = []
-    for row, path, evaluation in zip(rows, paths, evaluations):
+    for row, path in written:
+        evaluation = evaluations[row.label]
         record = {
             "experiment": experiment, "task": task.name, "method": row.label, "seed": spec.seed,
             "spec": row.to_dict(), "metrics": evaluation["metrics"], "main_metric": task.metrics[0],
             "params": params, "train": {**training, "train_examples": len(train_batches.dataset)},
             "eval": {"examples": evaluation["examples"], "seconds": evaluation["seconds"]},
-            "provenance": provenance(wall, target, data=data),
+            "provenance": origin,
         }
         write_json(path, record)
         records.append(record)

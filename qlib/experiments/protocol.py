@@ -8,16 +8,17 @@ run on Dask (``qlib.experiments.jobs``): a local cluster by default, sized to th
     python -m qlib.experiments.protocol --scheduler tcp://host:8786 --threads 8
 
 Three stages, each a graph of jobs whose edges are Dask futures: (1) the FP32 protocol sweep of the small tasks
-(``--only sweep``), which picks their epochs and learning rates (``qlib.experiments.experiment.protocol_for``); (2)
-the first chapter's main table (seed by seed, smallest task first: ``smallest_first``), the FP32 Baselines (which keep
-their models under ``--checkpoints``), the Hessian spectrum of each Q-BERT task's seed-0 Baseline where its committed
-one is missing (Q-BERT I's job), and Q-BERT's and Quant-Noise's QAT rows, each started as soon as its seed's Baseline
-is written, seed by seed, then the ablations and the "Beyond the papers" rows (``beyond_jobs``); (3) the mixed-
-precision rows of the tasks whose spectrum stage 2 measured (it sets their bits). Finished runs are skipped, so an
-interrupted protocol resumes; a result that does not record its data (one computed on the earlier, altered GLUE copy)
-is not finished: it is re-run, and its file replaced. A failing job is named and the jobs that need it are reported as
-not started; the others still run, and the exit status is non-zero at the end. A task whose sweep or spectrum is
-missing gets no rows that need it, and is named too."""
+(``--only sweep``), which picks their epochs and learning rates (``qlib.experiments.experiment.protocol_for``); (2) the
+first chapter's main table (seed by seed, smallest task first: ``smallest_first``), the FP32 Baselines (which keep
+their models under ``--checkpoints``; one that is also a Q8BERT FP32 run trains once for both: ``share_fp32_runs``),
+the Hessian spectrum of each Q-BERT task's seed-0 Baseline where its committed one is missing (Q-BERT I's job), and
+Q-BERT's and Quant-Noise's QAT rows, each started as soon as its seed's Baseline is written, seed by seed, then the
+ablations and the "Beyond the papers" rows (``beyond_jobs``); (3) the mixed- precision rows of the tasks whose spectrum
+stage 2 measured (it sets their bits). Finished runs are skipped, so an interrupted protocol resumes; a result that
+does not record its data (one computed on the earlier, altered GLUE copy) is not finished: it is re-run, and its file
+replaced. A failing job is named and the jobs that need it are reported as not started; the others still run, and the
+exit status is non-zero at the end. A task whose sweep or spectrum is missing gets no rows that need it, and is named
+too."""
 
 from __future__ import annotations
 
@@ -67,7 +68,9 @@ class Job:
     """One training job of the protocol: the run (``spec``), the rows its FP32 weights also give
     (``post_training``), the chapter it serves (``experiment``), the folder under ``results`` it writes to
     (``folder``, default the chapter's), where it keeps its model (``checkpoint_dir``: Q-BERT's Baselines, whose models
-    the QAT rows start from), the jobs it ``needs`` first (by name), and the ``device`` it trains on. Calling it runs it
+    the QAT rows start from), the jobs it ``needs`` first (by name), the ``device`` it trains on, and the rows it
+    ``also`` writes for another chapter (``(folder under results, rows)``: Q8BERT's FP32 and DQ rows of a task whose
+    Q-BERT Baseline is the same training, see ``share_fp32_runs``). Calling it runs it
     (``qlib.experiments.experiment.run``); ``qlib.experiments.jobs.execute`` calls it on a Dask worker."""
 
     spec: RunSpec
@@ -78,6 +81,7 @@ class Job:
     needs: tuple[str, ...] = ()
     results: str = "results"
     device: str | None = None
+    also: tuple[tuple[str, tuple[RunSpec, ...]], ...] = ()
 
     @property
     def name(self) -> str:
@@ -96,13 +100,18 @@ class Job:
         """Whether every result file of the job exists and records the data it read (a result on the earlier,
         altered copy is re-run: ``records_its_data``), and, for a job that keeps its model, the model."""
         results = [row.result_path(self.results_dir) for row in (self.spec, *self.post_training)]
+        results += [row.result_path(folder) for folder, rows in self._also().items() for row in rows]
         kept = [] if self.checkpoint_dir is None else [checkpoint_path(self.spec, self.checkpoint_dir)]
         return all(records_its_data(f) for f in results) and all(f.is_file() for f in kept)
 
     def run(self) -> list[dict[str, Any]]:
         """Train and evaluate the job now (``qlib.experiments.experiment.run``); its records."""
         return run(self.spec, self.post_training, experiment=self.experiment, results_dir=self.results_dir,
-                   device=self.device, progress=False, checkpoint_dir=self.checkpoint_dir, resume=False)
+                   device=self.device, progress=False, checkpoint_dir=self.checkpoint_dir, resume=False,
+                   also=self._also())
+
+    def _also(self) -> dict[Path, tuple[RunSpec, ...]]:
+        return {Path(self.results) / folder: rows for folder, rows in self.also}
 
     def __call__(self) -> str:
         return ", ".join(f"{r['method']} {r['main_metric']}={r['metrics'][r['main_metric']]:.4f}" for r in self.run())
@@ -112,13 +121,16 @@ class Job:
         return json.dumps({"spec": self.spec.to_dict(), "experiment": self.experiment,
                            "post_training": [row.to_dict() for row in self.post_training], "folder": self.folder,
                            "checkpoint_dir": self.checkpoint_dir, "needs": list(self.needs), "results": self.results,
-                           "device": self.device})
+                           "device": self.device,
+                           "also": [[folder, [row.to_dict() for row in rows]] for folder, rows in self.also]})
 
     @classmethod
     def from_json(cls, text: str) -> Job:
         data = json.loads(text)
         return cls(**(data | {"spec": RunSpec.from_dict(data["spec"]), "needs": tuple(data["needs"]),
-                              "post_training": tuple(RunSpec.from_dict(row) for row in data["post_training"])}))
+                              "post_training": tuple(RunSpec.from_dict(row) for row in data["post_training"]),
+                              "also": tuple((folder, tuple(RunSpec.from_dict(row) for row in rows))
+                                            for folder, rows in data.get("also", []))}))
 
     def absolute(self) -> Job:
         """The same job with every path absolute (for a notebook that runs in the chapters' folder)."""
@@ -317,6 +329,21 @@ def smallest_first(jobs: list[Job]) -> list[Job]:
     return _by_seed(sorted(jobs, key=lambda job: rank.get(job.spec.task, len(rank))))
 
 
+def share_fp32_runs(q8bert_rows: list[Job], baselines: list[Job]) -> tuple[list[Job], list[Job]]:
+    """One training for each FP32 run two chapters need: a Q-BERT Baseline whose spec is a Q8BERT FP32 job's (same
+    task, seed and protocol) takes that job's place in ``q8bert_rows`` and also writes its FP32 and DQ rows under
+    the Q8BERT chapter's folder; it keeps its name, so the QAT rows that need it still find it. Returns (the Q8BERT
+    rows, the Baselines left)."""
+    shared = {}
+    for baseline in baselines:
+        twin = next((j for j in q8bert_rows if j.spec == baseline.spec and j.experiment == "q8bert"), None)
+        if twin is not None:
+            rows = (twin.spec, *twin.post_training)
+            shared[twin.name] = replace(baseline, also=((twin.folder or twin.experiment, rows),))
+    merged = {job.name for job in shared.values()}
+    return [shared.get(j.name, j) for j in q8bert_rows], [b for b in baselines if b.name not in merged]
+
+
 def _present_spectra(folder: Path, tasks: Sequence[str]) -> dict[str, dict[str, Any]]:
     """The spectra of ``tasks`` that are measured and record their data (one on the altered copy is re-measured)."""
     return read_spectra(folder, [t for t in tasks if records_its_data(folder / f"spectrum-{t}.json")])
@@ -398,7 +425,8 @@ def main(argv: list[str] | None = None) -> int:
                    for t in qbert_tasks if t not in measured]
         # 2: everything that needs no new spectrum; each QAT row starts once its Baseline is written
         noise = [j for j in noise if j.name not in {q.name for q in qb_main}]  # a p = 1 row both chapters need
-        stage(2, smallest_first(q8_main) + _by_seed(baselines) + spectra + _by_seed(qb_main + noise)
+        q8_main, baselines = share_fp32_runs(smallest_first(q8_main), _by_seed(baselines))
+        stage(2, q8_main + baselines + spectra + _by_seed(qb_main + noise)
               + _by_seed(q8_ablation + qb_ablation) + _by_seed(beyond))
         new = _present_spectra(spectra_folder, [t for t in qbert_tasks if t not in measured])
         failures.extend(f"the Q-BERT MP rows of {t} (no spectrum)" for t in qbert_tasks
