@@ -31,7 +31,7 @@ from torch import nn  # noqa: E402
 from transformers import BertConfig, BertForSequenceClassification  # noqa: E402
 
 from qlib.bert.convert import find_bert  # noqa: E402
-from qlib.bert.pq_modules import IPQ_STAGES, PQEmbedding, PQLinear, product_quantize  # noqa: E402
+from qlib.bert.pq_modules import PQEmbedding, PQLinear, product_quantize_all  # noqa: E402
 from qlib.common.cpu import CPU_CLASSES, cpu_class, cpu_model  # noqa: E402
 from qlib.experiments.models import DEFAULT_MODEL, load_classifier  # noqa: E402
 from qlib.experiments.results import provenance, write_json  # noqa: E402
@@ -45,8 +45,7 @@ CENTROIDS = 256
 def product_quantized(model: nn.Module) -> nn.Module:
     """A copy of ``model`` with every iPQ stage applied (k = ``CENTROIDS``, one k-means iteration)."""
     quantized = copy.deepcopy(model)
-    for stage in IPQ_STAGES:
-        product_quantize(find_bert(quantized), stage, CENTROIDS, iterations=1)
+    product_quantize_all(find_bert(quantized), CENTROIDS, iterations=1)
     return quantized.eval()
 
 

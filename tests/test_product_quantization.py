@@ -14,7 +14,7 @@ from qlib import convert_bert, q8bert_config
 from qlib.bert.config import LayerQuant
 from qlib.bert.convert import find_bert
 from qlib.bert.modules import QuantLinear
-from qlib.bert.pq_modules import PQEmbedding, PQLinear, product_quantize, stage_of
+from qlib.bert.pq_modules import PQEmbedding, PQLinear, product_quantize, product_quantize_all, stage_of
 from qlib.core.product_quantization import ProductQuantizer, assign, blocks_of, decode, kmeans
 from qlib.core.weight_quantizer import WeightQuantizer
 from qlib.deploy.checkpoint import load_quantized, save_quantized
@@ -177,8 +177,8 @@ def test_a_pq_checkpoint_round_trips_and_refuses_another_configuration(ipq_model
     path = save_quantized(model, tmp_path / "ipq.safetensors", float_dtype=torch.float16)
     torch.manual_seed(1)
     other = BertForSequenceClassification(tiny_config()).eval()
-    for stage in ("ffn", "embeddings", "attention"):
-        product_quantize(find_bert(other), stage, centroids=16, iterations=1)
+    replaced = product_quantize_all(find_bert(other), centroids=16, iterations=1)  # the layout, fitted once
+    assert [stage_of(name) for name in replaced] == ["ffn"] * 4 + ["embeddings"] * 3 + ["attention"] * 8
     load_quantized(other, path)
     ids = torch.randint(5, 64, (2, 9))
     with torch.no_grad():

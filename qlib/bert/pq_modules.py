@@ -143,3 +143,13 @@ def product_quantize(bert: nn.Module, stage: str, centroids: int = 256, block_si
         setattr(bert.get_submodule(parent) if parent else bert, child, kind(module, quantizer, centroid_spec))
         done.append(name)
     return done
+
+
+def product_quantize_all(bert: nn.Module, centroids: int = 256, iterations: int = 20,
+                         centroid_bits: int | None = None, seed: int = 0) -> list[str]:
+    """Every iPQ stage in ``IPQ_STAGES``' order, in place and with no fine-tuning between them (``product_quantize``
+    with the same arguments): the layout of an iPQ model, e.g. to measure its file or its decoding cost; an iPQ
+    *run* fine-tunes after each stage instead (``qlib.experiments.experiment.run``). Returns the paths replaced."""
+    return [name for stage in IPQ_STAGES
+            for name in product_quantize(bert, stage, centroids, iterations=iterations, centroid_bits=centroid_bits,
+                                         seed=seed)]

@@ -28,7 +28,7 @@ from torch import nn
 
 from qlib.bert.config import BertQuantConfig
 from qlib.bert.convert import convert_bert, find_bert, quantized_modules
-from qlib.bert.pq_modules import IPQ_STAGES, PQEmbedding, PQLinear, product_quantize
+from qlib.bert.pq_modules import PQEmbedding, PQLinear, product_quantize_all
 from qlib.common.atomic import atomic_write
 from qlib.core.weight_quantizer import WeightQuantizer
 
@@ -243,8 +243,8 @@ def size_mb(model: nn.Module, config: BertQuantConfig | None, folder: str | os.P
     embedding tables, everything else, and the integer codes within everything else.
 
     With ``ipq_centroids`` k, every iPQ stage is applied after the conversion
-    (``qlib.bert.pq_modules.product_quantize``, ``ipq_centroid_bits`` for its centroids): the file of an iPQ run, whose
-    size depends on the shapes only (one k-means iteration is enough to measure it)."""
+    (``qlib.bert.pq_modules.product_quantize_all``, ``ipq_centroid_bits`` for its centroids): the file of an iPQ run,
+    whose size depends on the shapes only (one k-means iteration is enough to measure it)."""
     folder = Path(folder)
     if config is None and ipq_centroids is None:
         path = save_float(model, folder / "fp32.safetensors")
@@ -253,9 +253,7 @@ def size_mb(model: nn.Module, config: BertQuantConfig | None, folder: str | os.P
         if config is not None:
             convert_bert(converted, config)
         if ipq_centroids is not None:
-            for stage in IPQ_STAGES:
-                product_quantize(find_bert(converted), stage, ipq_centroids, iterations=1,
-                                 centroid_bits=ipq_centroid_bits)
+            product_quantize_all(find_bert(converted), ipq_centroids, iterations=1, centroid_bits=ipq_centroid_bits)
         path = save_quantized(converted, folder / "packed.safetensors", float_dtype)
     sizes = checkpoint_sizes(path)
     path.unlink()
