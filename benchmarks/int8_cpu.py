@@ -87,6 +87,7 @@ class Setup:
     fake: torch.nn.Module | None = None
     settings: dict[str, str] = field(default_factory=dict)
     sizes: dict[str, int] = field(default_factory=dict)
+    openvino_models: dict[str, Any] = field(default_factory=dict)  # each OpenVINO variant's model, to profile it
 
     def __post_init__(self) -> None:
         self.fake = convert_bert(copy.deepcopy(self.model), q8bert_config()).train()
@@ -144,6 +145,7 @@ def openvino_run(model, setup: Setup, precision: str, name: str) -> Callable:
     config = {"INFERENCE_NUM_THREADS": torch.get_num_threads()} | (
         {"INFERENCE_PRECISION_HINT": precision} if precision else {})
     compiled = core.compile_model(model, "CPU", config)
+    setup.openvino_models[name] = (model, config)
     setup.settings[f"{name}_precision"] = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
     request = compiled.create_infer_request()
     return lambda batch: request.infer({k: v.numpy() for k, v in batch.items()})
@@ -457,6 +459,40 @@ def ort_profile(path: Path, batch: dict[str, torch.Tensor], folder: Path, rounds
             "by_op": dict(sorted(by_op.items(), key=lambda kv: -kv[1]))}
 
 
+OPENVINO_GROUPS = {"GEMM": ("FullyConnected", "FullyConnectedQuantizedLegacy"),
+                   "attention": ("ScaledDotProductAttention", "MatMul", "Softmax"),
+                   "LayerNorm": ("MVN",), "input quantization": ("FakeQuantize",)}
+"""OpenVINO's CPU node types by group, as ``PROFILE_GROUPS``: a MatMul with constant weights becomes a
+FullyConnected, so a MatMul left is an attention product; a ``Subgraph`` (a fused kernel) counts as attention when it
+comes from the model's attention (its node name), else as the rest."""
+
+
+def openvino_profile(name: str, setup: Setup, batch: dict[str, torch.Tensor], rounds: int = 3) -> dict:
+    """The OpenVINO variant ``name`` under OpenVINO's own per-node counters (``PERF_COUNT``, the same model and
+    settings compiled again): ms per forward by group (as ``profile``) and by node type with the kernel it ran
+    (``exec_type``: e.g. ``brgemm_avx512_amx_I8``), the mean of ``rounds`` runs after one untimed run."""
+    import openvino as ov
+
+    model, config = setup.openvino_models[name]
+    request = ov.Core().compile_model(model, "CPU", config | {"PERF_COUNT": True}).create_infer_request()
+    feed = {k: v.numpy() for k, v in batch.items()}
+    request.infer(feed)
+    by_node: dict[str, float] = {}
+    group_ms = dict.fromkeys([*OPENVINO_GROUPS, "rest"], 0.0)
+    for _ in range(rounds):
+        request.infer(feed)
+        for node in request.get_profiling_info():  # the last inference's counters
+            ms = node.real_time.total_seconds() * 1000 / rounds
+            kind = node.node_type
+            by_node[f"{kind} ({node.exec_type})"] = by_node.get(f"{kind} ({node.exec_type})", 0.0) + ms
+            if kind == "Subgraph" and "attention" in node.node_name:
+                kind = "ScaledDotProductAttention"
+            group = next((g for g, kinds in OPENVINO_GROUPS.items() if kind in kinds), "rest")
+            group_ms[group] += ms
+    return {"groups": group_ms | {"total": sum(group_ms.values())},
+            "by_node": dict(sorted(by_node.items(), key=lambda kv: -kv[1]))}
+
+
 def default_out(cpu: str) -> Path:
     """``results/benchmarks/int8_cpu-<class>-<UTC time>.json``: one file per run, named after its CPU class."""
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H%M")
@@ -537,6 +573,10 @@ def main(argv: list[str] | None = None) -> int:
                     ort = ort_profile(Path(folder) / "model.int8.onnx", profile_point, Path(folder))
                     shape_report["profile_ms"]["ort_int8"] = ort["groups"]
                     shape_report["ort_profile_by_op_ms"] = ort["by_op"]
+                if "openvino_int8" in runs:
+                    peer = openvino_profile("openvino_int8", setup, profile_point)
+                    shape_report["profile_ms"]["openvino_int8"] = peer["groups"]
+                    shape_report["openvino_profile_by_node_ms"] = peer["by_node"]
                 for name, ms in shape_report["profile_ms"].items():
                     print(f"  profile {name}: " + ", ".join(f"{k} {v:.1f} ms" for k, v in ms.items()))
                 at = shape_report["latency"].get(point(args.profile_batch, args.seq), {})

@@ -74,3 +74,16 @@ def test_the_cpu_limits_are_measured():
 def test_the_result_file_is_named_after_the_cpu_class():
     assert int8_cpu.default_out("AMX").name.startswith("int8_cpu-amx-")
     assert int8_cpu.default_out("").name.startswith("int8_cpu-other-")
+
+
+def test_openvino_int8_is_profiled_by_its_own_counters(setup):
+    pytest.importorskip("openvino")
+    pytest.importorskip("nncf")
+    runs, skipped = int8_cpu.variants(setup, ["openvino_int8"])
+    assert set(runs) == {"openvino_int8"}, skipped
+    profiled = int8_cpu.openvino_profile("openvino_int8", setup, tiny_inputs(2, 16), rounds=2)
+    groups = profiled["groups"]
+    assert set(groups) == {*int8_cpu.OPENVINO_GROUPS, "rest", "total"} and groups["GEMM"] > 0
+    assert groups["total"] == pytest.approx(sum(v for k, v in groups.items() if k != "total"))
+    assert groups["total"] == pytest.approx(sum(profiled["by_node"].values()))
+    assert any(node.startswith("FullyConnected") for node in profiled["by_node"])  # e.g. "FullyConnected (brgemm…)"

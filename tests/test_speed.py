@@ -115,3 +115,14 @@ def test_the_integer_nonlinearity_speed_sets_the_integer_route_against_the_float
     assert list(table.index.names) == ["CPU class", "shape", "batch"] and len(table) == 4
     assert (table["integer / float nonlinearities"] == 4.0).all()
     assert integer_nonlinearity_speed({}).empty
+
+
+def test_the_peers_kernels_are_listed_per_class_largest_first():
+    from qlib.experiments.speed import peer_kernels
+
+    nodes = {"FullyConnected (brgemm_avx512_amx_I8)": 11.0, "Subgraph (jit_avx512_i8)": 6.1, "MVN (jit_bf16)": 0.9}
+    runs = {"AMX": {"shapes": {"bert-base": {"openvino_profile_by_node_ms": nodes}}},
+            "AVX2": {"shapes": {"bert-base": {}}}}  # a run from before the peer was profiled
+    table = peer_kernels(runs, top=2)
+    assert list(table.index) == [("AMX", "FullyConnected (brgemm_avx512_amx_I8)"), ("AMX", "Subgraph (jit_avx512_i8)")]
+    assert table["ms"].tolist() == [11.0, 6.1] and peer_kernels({"AVX2": runs["AVX2"]}).empty

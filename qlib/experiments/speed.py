@@ -145,6 +145,15 @@ def profiles(runs: dict[str, dict[str, Any]], shape: str = "bert-base") -> pd.Da
     return pd.concat(frames, names=["CPU class", "variant"]) if frames else pd.DataFrame()
 
 
+def peer_kernels(runs: dict[str, dict[str, Any]], shape: str = "bert-base", top: int = 8) -> pd.DataFrame:
+    """The ``top`` OpenVINO int8 node kinds by ms per forward, each with the kernel it ran (``exec_type``, e.g.
+    ``brgemm_avx512_amx_I8``: which work the fastest peer does in int8, bf16 or f32), one block per CPU class whose
+    run profiled it (``benchmarks/int8_cpu.py``'s ``openvino_profile``)."""
+    rows = [{"CPU class": cls, "node (kernel)": node, "ms": ms} for cls, run in runs.items()
+            for node, ms in list(run["shapes"][shape].get("openvino_profile_by_node_ms", {}).items())[:top]]
+    return pd.DataFrame(rows).set_index(["CPU class", "node (kernel)"]) if rows else pd.DataFrame()
+
+
 INT8_VARIANTS = QBOOK_ROUTES + ("qbook_int8_bf16_attention", "pt2e_inductor", "openvino_int8", "ort_int8",
                  "ort_qdq_static", "ao_dynamic")
 
