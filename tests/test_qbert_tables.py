@@ -19,6 +19,7 @@ from qlib.experiments.qbert_tables import (
     group_ablation,
     main_table,
     main_tables,
+    missing_runs,
     saddle_points,
     size_table,
     spectra_across_tasks,
@@ -187,3 +188,31 @@ def test_saddle_points_and_the_batch_size_study_read_each_spectrum():
     assert list(study.index) == [("sst2", 8), ("sst2", 64)]  # the spectrum without a study has no rows
     assert study.loc[("sst2", 8), "mean λ"] == 3.0 and study.loc[("sst2", 64), "batches"] == 3
     assert not study.loc[("sst2", 64), "converged"] and batch_size_effect({"squad": spectra["squad"]}) is None
+
+
+def test_missing_runs_are_named_with_their_cost_estimated_from_measured_runs(tmp_path):
+    if not TEMPLATE.is_file():
+        pytest.skip(f"the committed result {TEMPLATE} is the template of the sizing run")
+    from qlib.experiments.spec import RunSpec, TrainingProtocol
+
+    sizing = json.loads(TEMPLATE.read_text())  # a 320-question FP32 run: 120 s of training, 20 s of evaluation
+    spec = RunSpec("squad", "fp32", protocol=TrainingProtocol(max_train_examples=320, max_length=256, epochs=1))
+    sizing |= {"task": "squad", "method": "fp32", "spec": spec.to_dict(), "eval": {"examples": 320, "seconds": 20.0},
+               "params": sizing["params"] | {"max_train_examples": 320, "epochs": 1},
+               "train": sizing["train"] | {"seconds": 120.0, "train_examples": 356},
+               "provenance": sizing["provenance"] | {"data": {"source": "local", "folder": "data", "files": {}}}}
+    (tmp_path / "squad-sizing" / "squad").mkdir(parents=True)
+    (tmp_path / "squad-sizing" / "squad" / "fp32-seed0.json").write_text(json.dumps(sizing))
+    (tmp_path / "benchmarks").mkdir()
+    (tmp_path / "benchmarks" / "constant_answer.json").write_text(json.dumps({"tasks": {"squad": {
+        "dev examples": 10570}}}))
+    table = missing_runs("squad", main_table_rows(None, 12, "squad"), tmp_path / "qbert")
+    assert list(table.index) == ["Baseline", "Q-BERT 8/8", "Q-BERT 4/8", "Q-BERT 3/8", "Q-BERT 2/8"]  # no DirectQ
+    per_run = (120 / 320 * 20_000 + 20 * 10570 / 320) / 3600  # the protocol's 20 k questions, the whole dev set
+    assert table.loc["Baseline", "est. h per run"] == pytest.approx(per_run, abs=0.01)
+    assert table.loc["Q-BERT 2/8", "est. h in all"] == pytest.approx(3 * per_run, abs=0.01)
+    assert table.loc["Baseline", "seeds missing"] == "0, 1, 2" and table.loc["Baseline", "estimated from"] == (
+        "1 measured FP32 run(s)")
+    assert table.loc["Q-BERT 3/8", "estimated from"] == "FP32's speed (1 run(s)), a lower bound"
+    assert missing_runs("conll2003", main_table_rows(None, 12, "conll2003"), tmp_path / "qbert").loc[
+        "Baseline", "estimated from"] == "no run measured"

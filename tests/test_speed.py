@@ -120,7 +120,7 @@ def test_the_integer_nonlinearity_speed_sets_the_integer_route_against_the_float
 def test_the_peers_kernels_are_listed_per_class_largest_first():
     from qlib.experiments.speed import peer_kernels
 
-    nodes = {"FullyConnected (brgemm_avx512_amx_I8)": 11.0, "Subgraph (jit_avx512_i8)": 6.1, "MVN (jit_bf16)": 0.9}
+    nodes = {"MVN (jit_bf16)": 0.9, "FullyConnected (brgemm_avx512_amx_I8)": 11.0, "Subgraph (jit_avx512_i8)": 6.1}
     runs = {"AMX": {"shapes": {"bert-base": {"openvino_profile_by_node_ms": nodes}}},
             "AVX2": {"shapes": {"bert-base": {}}}}  # a run from before the peer was profiled
     table = peer_kernels(runs, top=2)

@@ -150,7 +150,8 @@ def peer_kernels(runs: dict[str, dict[str, Any]], shape: str = "bert-base", top:
     ``brgemm_avx512_amx_I8``: which work the fastest peer does in int8, bf16 or f32), one block per CPU class whose
     run profiled it (``benchmarks/int8_cpu.py``'s ``openvino_profile``)."""
     rows = [{"CPU class": cls, "node (kernel)": node, "ms": ms} for cls, run in runs.items()
-            for node, ms in list(run["shapes"][shape].get("openvino_profile_by_node_ms", {}).items())[:top]]
+            for node, ms in sorted(run["shapes"][shape].get("openvino_profile_by_node_ms", {}).items(),
+                                   key=lambda item: -item[1])[:top]]  # result files store keys sorted by name
     return pd.DataFrame(rows).set_index(["CPU class", "node (kernel)"]) if rows else pd.DataFrame()
 
 
