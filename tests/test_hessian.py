@@ -125,10 +125,17 @@ def test_spectrum_run_writes_its_result(glue_dir, tiny_model_dir, tmp_path):
     assert all(math.isfinite(loss) for row in landscape["loss"] for loss in row)
     with pytest.raises(ValueError, match="landscape_points must be at least 2, got 1"):
         run_spectrum("sst2", str(tiny_model_dir), landscape_points=1, results_path=tmp_path / "x.json")
-    with pytest.raises(ValueError, match=r"unknown landscape block\(s\) \['encoder.layer.9'\]"):
+    with pytest.raises(ValueError, match=r"unknown landscape or batch-size block\(s\) \['encoder.layer.9'\]"):
         run_spectrum("sst2", str(tiny_model_dir), finetune_examples=8, subsets=1, subset_size=4, max_length=16,
                      landscape_blocks=["encoder.layer.9"], results_path=tmp_path / "y.json", progress=False)
+    with pytest.raises(ValueError, match=r"unknown landscape or batch-size block\(s\) \['encoder.layer.7'\]"):
+        run_spectrum("sst2", str(tiny_model_dir), finetune_examples=8, subsets=1, subset_size=4, max_length=16,
+                     batch_sizes=[2], batch_size_block="encoder.layer.7", results_path=tmp_path / "y.json",
+                     progress=False)
+    with pytest.raises(ValueError, match=r"batch_sizes must be positive integers .* got \[4, 0\] and 3"):
+        run_spectrum("sst2", str(tiny_model_dir), batch_sizes=[4, 0], results_path=tmp_path / "y.json")
     assert not (tmp_path / "y.json").exists()
+    assert result["batch_size_effect"] == {"block": "encoder.layer.0", "sizes": {}}  # no study asked for
 
 
 @pytest.mark.slow

@@ -181,9 +181,11 @@ def test_saddle_points_and_the_batch_size_study_read_each_spectrum():
                "sst2": spectrum([3.0, 2.0], [-1e-4], {"block": "encoder.layer.0",  # within the noise: not negative
                                                       "sizes": {"8": {"top": [4.0, 2.0], "converged": True},
                                                                 "64": {"top": [1.0, 1.5, 2.0], "converged": False}}})}
+    spectra["squad"]["provenance"] = {"data": {"source": "local", "folder": "data", "files": {}}}
     squad, sst2 = saddle_points(spectra)
     assert squad.startswith("**squad**: negative curvature in 1 of 2 blocks (layer.0)") and "saddle point" in squad
-    assert sst2.startswith("**sst2**: no block shows negative curvature (2 smallest eigenvalues measured)")
+    assert sst2.startswith("**sst2** (on the earlier, altered copy of the data): no block shows negative curvature (2 "
+                           "smallest eigenvalues measured)")
     study = batch_size_effect(spectra)
     assert list(study.index) == [("sst2", 8), ("sst2", 64)]  # the spectrum without a study has no rows
     assert study.loc[("sst2", 8), "mean λ"] == 3.0 and study.loc[("sst2", 64), "batches"] == 3

@@ -121,10 +121,12 @@ def saddle_points(spectra: Mapping[str, Mapping[str, Any]]) -> list[str]:
                     if negative_curvature(b["top"], b["smallest"][0] if b.get("smallest") else None)[
                         "negative_curvature"]]
         measured = sum(bool(b.get("smallest")) for b in spectrum["blocks"].values())
-        said.append(f"**{name}**: " + (f"negative curvature in {len(negative)} of {len(spectrum['blocks'])} blocks "
-                                       f"({', '.join(negative)}): not a local minimum, a saddle point" if negative else
-                                       f"no block shows negative curvature ({measured} smallest eigenvalues measured): "
-                                       "consistent with a local minimum"))
+        altered = spectrum.get("provenance", {}).get("data") is None  # before results recorded their data
+        title = f"**{name}**" + " (on the earlier, altered copy of the data)" * altered
+        said.append(f"{title}: negative curvature in {len(negative)} of {len(spectrum['blocks'])} blocks "
+                    f"({', '.join(negative)}): not a local minimum, a saddle point" if negative else
+                    f"{title}: no block shows negative curvature ({measured} smallest eigenvalues measured): "
+                    "consistent with a local minimum")
     return said
 
 
