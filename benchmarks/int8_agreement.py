@@ -9,7 +9,10 @@ examples, 1 epoch) and records that run in its report. It loads the model into a
 with ``qlib.deploy.int8.to_int8`` and runs both on the whole dev set on the CPU: the issue's target is accuracy equal
 within 0.2 points. It also runs the export's other routes on the same model (``ROUTES``): 7-bit inputs and 7-bit
 weights per output channel (the routes CPUs without VNNI can take; target 0.5 points) and attention products in bf16
-(target 0.2 points); each route's scores, gap and logit differences are reported under ``routes``.
+(target 0.2 points); each route's scores, gap and logit differences are reported under ``routes``. With
+``--integer-nonlinearities`` the model is trained (or loaded) with I-BERT's integer GELU, softmax and LayerNorm,
+which the export runs between its int8 GEMMs; a route the export refuses for such a model (bf16 attention: the
+integer softmax takes float32 scores) is reported as skipped with why.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from qlib import convert_bert, q8bert_config  # noqa: E402
+from qlib import convert_bert  # noqa: E402
 from qlib.deploy.checkpoint import load_quantized  # noqa: E402
 from qlib.deploy.int8 import CodeWidths, to_int8  # noqa: E402
 from qlib.experiments.data import get_task, glue_batches, glue_provenance  # noqa: E402
@@ -34,6 +37,7 @@ from qlib.experiments.experiment import run_glue  # noqa: E402
 from qlib.experiments.metrics import glue_metrics  # noqa: E402
 from qlib.experiments.models import DEFAULT_MODEL, load_classifier  # noqa: E402
 from qlib.experiments.results import provenance, write_json  # noqa: E402
+from qlib.experiments.spec import RunSpec  # noqa: E402
 
 TARGET_POINTS = 0.2
 ROUTES = {  # name: (to_int8 keyword arguments, target in points)
@@ -61,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the --train-examples run")
     parser.add_argument("--task", default="sst2")
     parser.add_argument("--model", default=DEFAULT_MODEL)
+    parser.add_argument("--integer-nonlinearities", action="store_true",
+                        help="the QAT model computes GELU, softmax and LayerNorm with I-BERT's integer kernels")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -70,12 +76,14 @@ def main(argv: list[str] | None = None) -> int:
     info = get_task(args.task)
     folder = tempfile.TemporaryDirectory()
     checkpoint, trained = args.checkpoint, None
+    spec = RunSpec(info.name, "qat", args.seed, integer_nonlinearities=args.integer_nonlinearities)
     if args.train_examples is not None:
         trained = run_glue(info.name, "qat", args.seed, args.model, epochs=1, max_train_examples=args.train_examples,
-                           results_dir=folder.name, checkpoint_dir=folder.name, device="cpu", progress=False)[0]
-        checkpoint = Path(folder.name) / info.name / f"qat-seed{args.seed}.safetensors"
+                           integer_nonlinearities=args.integer_nonlinearities, results_dir=folder.name,
+                           checkpoint_dir=folder.name, device="cpu", progress=False)[0]
+        checkpoint = Path(folder.name) / info.name / f"{spec.label}-seed{args.seed}.safetensors"
     fake, tokenizer = load_classifier(args.model, info.num_labels)
-    load_quantized(convert_bert(fake, q8bert_config()), checkpoint).eval()
+    load_quantized(convert_bert(fake, spec.quant_config()), checkpoint).eval()
     batches = glue_batches(info.name, tokenizer, "dev", 64, 128)
     fake_logits, labels = logits_over(fake, batches)
     metric = info.metrics[0]
@@ -84,8 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, (options, target) in ROUTES.items():
         try:
             real_logits, _ = logits_over(to_int8(fake, **options), batches)
-        except RuntimeError as err:  # a route this CPU cannot run exactly (8-bit inputs without VNNI)
-            routes[name] = {"skipped": str(err)}
+        except (RuntimeError, ValueError) as err:  # a route this CPU cannot run exactly (8-bit inputs without
+            routes[name] = {"skipped": str(err)}  # VNNI), or one the model refuses (bf16 scores, integer softmax)
             continue
         score = glue_metrics(info.name, real_logits.argmax(-1).numpy(), labels.numpy())
         routes[name] = {"scores": score, "gap_points": 100 * abs(score[metric] - fake_score[metric]),
@@ -98,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     gap = main_route["gap_points"]
     report = {
         "task": info.name, "checkpoint": str(args.checkpoint or "trained by this run"), "examples": len(labels),
+        "nonlinearities": "integer (I-BERT)" if args.integer_nonlinearities else "float",
         "metric": metric, "trained": trained,
         "scores": {"fake_quant": fake_score, "int8": main_route["scores"]}, "gap_points": gap,
         "target_points": main_route["target_points"],

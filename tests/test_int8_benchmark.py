@@ -4,6 +4,7 @@ the benchmark's to print, on a quiet CPU."""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -87,3 +88,23 @@ def test_openvino_int8_is_profiled_by_its_own_counters(setup):
     assert groups["total"] == pytest.approx(sum(v for k, v in groups.items() if k != "total"))
     assert groups["total"] == pytest.approx(sum(profiled["by_node"].values()))
     assert any(node.startswith("FullyConnected") for node in profiled["by_node"])  # e.g. "FullyConnected (brgemm…)"
+
+
+@pytest.mark.slow
+def test_the_agreement_benchmark_runs_the_integer_route_and_skips_what_it_refuses(glue_dir, tiny_model_dir, tmp_path):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import int8_agreement
+
+    sys.path.pop(0)
+    out = tmp_path / "agreement.json"
+    assert int8_agreement.main(["--train-examples", "8", "--integer-nonlinearities", "--model", str(tiny_model_dir),
+                                "--threads", "1", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["nonlinearities"] == "integer (I-BERT)" and report["trained"]["method"] == "qat-int"
+    assert "must be torch.float32" in report["routes"]["int8_bf16_attention"]["skipped"]  # refused, saying why
+    ran = [r for r in report["routes"].values() if "scores" in r]
+    assert ran and all(0 <= r["same_prediction"] <= 1 and r["max_abs_logit_diff"] >= 0 for r in ran)
+    from qlib.experiments.speed import int8_agreement_table
+
+    table, _ = int8_agreement_table([out])
+    assert all("integer GELU/softmax/LayerNorm" in run for run, _ in table.index)

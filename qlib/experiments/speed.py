@@ -200,6 +200,7 @@ def int8_agreement_table(paths: list[str | Path]) -> tuple[pd.DataFrame, list[di
         trained = a.get("trained")
         model = (f"QAT on {trained['train']['train_examples']:,} {a['task']} examples, seed {trained['seed']}"
                  if trained else f"checkpoint {Path(a['checkpoint']).name}")
+        model += ", integer GELU/softmax/LayerNorm" * (a.get("nonlinearities", "float") != "float")
         routes = a.get("routes") or {"int8": a | {"scores": a["scores"]["int8"], "target_points": a["target_points"]}}
         for route, r in routes.items():
             if "skipped" in r:
