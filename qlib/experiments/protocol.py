@@ -96,13 +96,17 @@ class Job:
     def resources(self) -> dict[str, float]:
         return dict(resources_for(self.device))
 
-    def done(self) -> bool:
+    def recorded(self) -> bool:
         """Whether every result file of the job exists and records the data it read (a result on the earlier,
-        altered copy is re-run: ``records_its_data``), and, for a job that keeps its model, the model."""
+        altered copy is re-run: ``records_its_data``)."""
         results = [row.result_path(self.results_dir) for row in (self.spec, *self.post_training)]
         results += [row.result_path(folder) for folder, rows in self._also().items() for row in rows]
+        return all(records_its_data(f) for f in results)
+
+    def done(self) -> bool:
+        """Whether the job's results are ``recorded`` and, for a job that keeps its model, the model is there."""
         kept = [] if self.checkpoint_dir is None else [checkpoint_path(self.spec, self.checkpoint_dir)]
-        return all(records_its_data(f) for f in results) and all(f.is_file() for f in kept)
+        return self.recorded() and all(f.is_file() for f in kept)
 
     def run(self) -> list[dict[str, Any]]:
         """Train and evaluate the job now (``qlib.experiments.experiment.run``); its records."""
@@ -167,8 +171,10 @@ class SpectrumJob:
     def name(self) -> str:
         return f"spectrum of {self.arguments['task']}"
 
-    def done(self) -> bool:
+    def recorded(self) -> bool:
         return records_its_data(self.arguments["results_path"])
+
+    done = recorded
 
     def __call__(self) -> str:
         result = run_spectrum(**self.arguments, progress=False, resume=False)
@@ -349,6 +355,46 @@ def _present_spectra(folder: Path, tasks: Sequence[str]) -> dict[str, dict[str, 
     return read_spectra(folder, [t for t in tasks if records_its_data(folder / f"spectrum-{t}.json")])
 
 
+def wanted_tasks(only: str | None = None, qbert_tasks: Sequence[str] = QBERT_TASKS) -> dict[str, Sequence[str]]:
+    """Each chapter's tasks in the protocol (``only``: one chapter's, the others none; ``ipq``: the Quant-Noise
+    chapter's iPQ rows)."""
+    wanted: dict[str, Sequence[str]] = {
+        "q8bert": Q8BERT_TASKS, "qbert": tuple(qbert_tasks), "quant-noise": QUANT_NOISE_TASKS,
+        "beyond": tuple(dict.fromkeys(INTEGER_TASKS + DISTILLATION_TASKS))}
+    wanted = {chapter: tasks if only in (None, chapter) else () for chapter, tasks in wanted.items()}
+    return wanted | {"ipq": IPQ_TASKS if only in (None, "quant-noise") else ()}
+
+
+def second_stage(wanted: Mapping[str, Sequence[str]], results: str | Path, checkpoints: str | Path,
+                 ) -> tuple[list[Any], list[str], list[str]]:
+    """Stage 2 as it stands under ``results`` (see the module docstring): its jobs in the order they run, the tasks
+    left out because their FP32 sweep is incomplete, and the Q-BERT tasks whose spectrum it measures (stage 3 then
+    runs their MP rows)."""
+    spectra_folder = Path(results) / "qbert"
+    protocols, waiting = picked_protocols([t for tasks in wanted.values() for t in tasks], results)
+    q8_main, q8_ablation = q8bert_jobs({t: protocols[t] for t in wanted["q8bert"] if t in protocols},
+                                       results=results)
+    qbert_tasks = [t for t in wanted["qbert"] if t in protocols]
+    noise = quant_noise_jobs(checkpoints, results=results,
+                             tasks=[t for t in wanted["quant-noise"] if t in protocols])
+    noise += ipq_jobs(checkpoints, results=results, tasks=[t for t in wanted["ipq"] if t in protocols])
+    beyond = beyond_jobs(checkpoints, results=results,
+                         integer_tasks=[t for t in INTEGER_TASKS if t in protocols and t in wanted["beyond"]],
+                         distillation_tasks=[t for t in DISTILLATION_TASKS
+                                             if t in protocols and t in wanted["beyond"]])
+    measured = _present_spectra(spectra_folder, qbert_tasks)
+    baselines, qb_main, qb_ablation = qbert_jobs(qbert_tasks, checkpoints, measured, results=results)
+    baselines += baseline_jobs(sorted({j.spec.task for j in noise + beyond if j.needs} - set(qbert_tasks)),
+                               checkpoints, results=results)
+    spectra = [SpectrumJob(spectrum_job(t, checkpoints, results), needs=(baseline_name(t, 0),))
+               for t in qbert_tasks if t not in measured]
+    noise = [j for j in noise if j.name not in {q.name for q in qb_main}]  # a p = 1 row both chapters need
+    q8_main, baselines = share_fp32_runs(smallest_first(q8_main), _by_seed(baselines))
+    jobs = (q8_main + baselines + spectra + _by_seed(qb_main + noise) + _by_seed(q8_ablation + qb_ablation)
+            + _by_seed(beyond))
+    return jobs, waiting, [t for t in qbert_tasks if t not in measured]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--results", default="results",
@@ -381,10 +427,7 @@ def main(argv: list[str] | None = None) -> int:
 
     results, checkpoints = args.results, Path(args.checkpoints) / "qbert"
     spectra_folder = Path(results) / "qbert"
-    wanted = {"q8bert": Q8BERT_TASKS, "qbert": args.qbert_tasks.split(","), "quant-noise": QUANT_NOISE_TASKS,
-              "beyond": tuple(dict.fromkeys(INTEGER_TASKS + DISTILLATION_TASKS))}
-    wanted = {chapter: tasks if args.only in (None, chapter) else () for chapter, tasks in wanted.items()}
-    wanted["ipq"] = IPQ_TASKS if args.only in (None, "quant-noise") else ()  # the Quant-Noise chapter's iPQ rows
+    wanted = wanted_tasks(args.only, args.qbert_tasks.split(","))
     failures: list[str] = []
     reports: list[Report] = []
 
@@ -405,32 +448,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.only in (None, "sweep"):  # 1: the FP32 sweep picks the small tasks' protocols
             stage(1, sweep_jobs(results=results))
-        protocols, waiting = picked_protocols([t for tasks in wanted.values() for t in tasks], results)
+        jobs, waiting, unmeasured = second_stage(wanted, results, checkpoints)
         failures.extend(f"the rows of {t} (its FP32 sweep is incomplete: no protocol picked)" for t in waiting)
-        q8_main, q8_ablation = q8bert_jobs({t: protocols[t] for t in wanted["q8bert"] if t in protocols},
-                                           results=results)
-        qbert_tasks = [t for t in wanted["qbert"] if t in protocols]
-        noise = quant_noise_jobs(checkpoints, results=results,
-                                 tasks=[t for t in wanted["quant-noise"] if t in protocols])
-        noise += ipq_jobs(checkpoints, results=results, tasks=[t for t in wanted["ipq"] if t in protocols])
-        beyond = beyond_jobs(checkpoints, results=results,
-                             integer_tasks=[t for t in INTEGER_TASKS if t in protocols and t in wanted["beyond"]],
-                             distillation_tasks=[t for t in DISTILLATION_TASKS
-                                                 if t in protocols and t in wanted["beyond"]])
-        measured = _present_spectra(spectra_folder, qbert_tasks)
-        baselines, qb_main, qb_ablation = qbert_jobs(qbert_tasks, checkpoints, measured, results=results)
-        baselines += baseline_jobs(sorted({j.spec.task for j in noise + beyond if j.needs} - set(qbert_tasks)),
-                                   checkpoints, results=results)
-        spectra = [SpectrumJob(spectrum_job(t, checkpoints, results), needs=(baseline_name(t, 0),))
-                   for t in qbert_tasks if t not in measured]
-        # 2: everything that needs no new spectrum; each QAT row starts once its Baseline is written
-        noise = [j for j in noise if j.name not in {q.name for q in qb_main}]  # a p = 1 row both chapters need
-        q8_main, baselines = share_fp32_runs(smallest_first(q8_main), _by_seed(baselines))
-        stage(2, q8_main + baselines + spectra + _by_seed(qb_main + noise)
-              + _by_seed(q8_ablation + qb_ablation) + _by_seed(beyond))
-        new = _present_spectra(spectra_folder, [t for t in qbert_tasks if t not in measured])
-        failures.extend(f"the Q-BERT MP rows of {t} (no spectrum)" for t in qbert_tasks
-                        if t not in measured and t not in new)
+        stage(2, jobs)  # everything that needs no new spectrum; each QAT row starts once its Baseline is written
+        new = _present_spectra(spectra_folder, unmeasured)
+        failures.extend(f"the Q-BERT MP rows of {t} (no spectrum)" for t in unmeasured if t not in new)
         if new:  # 3: the MP rows of the tasks whose spectrum stage 2 measured
             new_baselines, new_main, _ = qbert_jobs(list(new), checkpoints, new, results=results)
             stage(3, _by_seed(new_baselines) + _by_seed([j for j in new_main if j.spec.layer_bits]))

@@ -1,0 +1,34 @@
+"""The protocol's progress as the status page shows it: every planned job, finished or not, and the CPU hours of
+the rest estimated from the finished ones."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from qlib.experiments.progress import protocol_progress
+from qlib.experiments.results import read_json
+
+SWEEP_POINT = Path(__file__).parents[1] / "results" / "q8bert-sweep" / "lr2e-05-ep3" / "rte" / "fp32-seed0.json"
+
+
+def test_progress_counts_finished_jobs_and_estimates_the_rest_per_epoch(tmp_path):
+    table, left_out = protocol_progress(tmp_path / "results", tmp_path / "ckpt")
+    assert table.loc[("q8bert-sweep", "rte"), ["jobs", "finished", "to run"]].tolist() == [4, 0, 4]
+    assert table["finished"].sum() == 0 and ("qbert", "squad") in table.index and ("qbert", "cola") not in table.index
+    assert any(line.startswith("cola: its FP32 sweep is incomplete") for line in left_out)  # CoLA's rows wait
+    assert "squad: the Q-BERT MP rows wait for its Hessian spectrum (stage 3)" in left_out
+    if not SWEEP_POINT.is_file():
+        pytest.skip(f"the committed sweep result {SWEEP_POINT} is the finished job of this test")
+    target = tmp_path / "results" / "q8bert-sweep" / "lr2e-05-ep3" / "rte" / "fp32-seed0.json"
+    target.parent.mkdir(parents=True)
+    shutil.copy(SWEEP_POINT, target)
+    table, _ = protocol_progress(tmp_path / "results", tmp_path / "ckpt")
+    row = table.loc[("q8bert-sweep", "rte")]
+    assert row[["finished", "to run"]].tolist() == [1, 3] and row["estimate"] == "measured"
+    per_epoch = read_json(target)["provenance"]["wall_time_s"] / 3600 / 3
+    assert row["est. CPU h to run"] == pytest.approx(per_epoch * (3 + 6 + 6), abs=0.05)  # the other three points
+    assert table.loc[("q8bert-sweep", "mrpc"), "est. CPU h to run"] != table.loc[("q8bert-sweep", "mrpc"),
+                                                                                "est. CPU h to run"]  # NaN: unknown
