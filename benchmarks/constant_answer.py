@@ -22,7 +22,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 from qlib.experiments.conll import NER_LABELS, load_conll2003  # noqa: E402
-from qlib.experiments.data import SQUAD_FILES, data_dir, data_provenance, get_task, load_glue, load_squad  # noqa: E402
+from qlib.experiments.data import data_provenance, get_task, load_glue, load_squad, squad_file  # noqa: E402
 from qlib.experiments.metrics import constant_answer  # noqa: E402
 from qlib.experiments.ner import entity_scores  # noqa: E402
 from qlib.experiments.qa import squad_scores  # noqa: E402
@@ -54,10 +54,9 @@ def conll_floor() -> tuple[str, dict]:
 
 def squad_floor() -> tuple[str, dict]:
     """(the dev file read, SQuAD's floor: the empty answer to every dev question)."""
-    relative = next(r for r in SQUAD_FILES["dev"] if (data_dir(r) / r).is_file())
     questions = load_squad("dev", source="local")
     scores = squad_scores(dict.fromkeys(questions["id"], ""), questions)
-    return relative, {"dev examples": len(questions), "metric": "f1", "answer": TRIVIAL["squad"],
+    return squad_file("dev"), {"dev examples": len(questions), "metric": "f1", "answer": TRIVIAL["squad"],
                       "label counts": {"questions": len(questions)}, "constant answer": scores}
 
 

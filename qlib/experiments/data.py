@@ -345,10 +345,16 @@ def glue_provenance(task: str, splits: tuple[str, ...] = SPLITS, source: str = "
     return data_provenance([info.file(s) for s in splits], source)
 
 
+def squad_file(split: str) -> str:
+    """The SQuAD file of ``split`` that ``load_squad`` reads offline, relative to the data folder: the first of
+    ``SQUAD_FILES[split]`` present, else the first of them (which a read then names as missing)."""
+    _check_split(split)
+    return next((c for c in SQUAD_FILES[split] if _local_file(c)), SQUAD_FILES[split][0])
+
+
 def squad_provenance(source: str = "auto") -> dict[str, Any]:
-    """``data_provenance`` of the SQuAD files ``load_squad`` reads (the first of ``SQUAD_FILES`` present)."""
-    found = [next((c for c in SQUAD_FILES[split] if _local_file(c)), SQUAD_FILES[split][0]) for split in SPLITS]
-    return data_provenance(found, source)
+    """``data_provenance`` of the SQuAD files ``load_squad`` reads (``squad_file`` of each split)."""
+    return data_provenance([squad_file(split) for split in SPLITS], source)
 
 
 def tokenize(ds: datasets.Dataset, tokenizer: PreTrainedTokenizerBase, task: str,

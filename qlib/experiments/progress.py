@@ -12,20 +12,15 @@ from typing import Any
 import pandas as pd
 
 from qlib.experiments.protocol import Job, second_stage, sweep_jobs, wanted_tasks
-from qlib.experiments.results import read_json
-
-
-def _hours_per_epoch(job: Job) -> float:
-    wall = read_json(job.spec.result_path(job.results_dir))["provenance"]["wall_time_s"]
-    return wall / 3600 / job.spec.protocol.epochs
+from qlib.experiments.results import estimated_hours, read_json
 
 
 def protocol_progress(results: str | Path = "results", checkpoints: str | Path = "runs/checkpoints/qbert",
                       ) -> tuple[pd.DataFrame, list[str]]:
     """One row per (results folder, task) of the protocol's stages 1 and 2 (stage 3's MP rows wait for their
     spectrum; the FP32 sweep's points are one folder): its jobs, how many are finished, how many are still to run,
-    and the estimated CPU hours of those: each one at the mean wall time per epoch of the finished jobs of the same
-    task and method, times its epochs, else of the task's finished FP32 jobs (a lower bound: QAT trains slower),
+    and the estimated CPU hours of those (``qlib.experiments.results.estimated_hours``): each one from the finished
+    jobs of the same task and method, else from the task's finished FP32 jobs (a lower bound: QAT trains slower),
     else unknown (a Hessian spectrum has no such estimate); the hours are None where none of a row's jobs has one.
 
     Returns:
@@ -33,12 +28,13 @@ def protocol_progress(results: str | Path = "results", checkpoints: str | Path =
     """
     jobs, waiting, unmeasured = second_stage(wanted_tasks(), results, checkpoints)
     jobs = [*sweep_jobs(results=results), *jobs]
-    finished = [j for j in jobs if isinstance(j, Job) and j.recorded()]
+    finished = [(j.spec, read_json(j.spec.result_path(j.results_dir))) for j in jobs
+                if isinstance(j, Job) and j.recorded()]
     rows: dict[tuple[str, str], dict[str, Any]] = {}
     for job in jobs:
-        kind = isinstance(job, Job)
-        folder = (job.folder or job.experiment).split("/")[0] if kind else "qbert (spectrum)"
-        key = (folder, job.spec.task if kind else job.arguments["task"])
+        is_run = isinstance(job, Job)
+        folder = (job.folder or job.experiment).split("/")[0] if is_run else "qbert (spectrum)"
+        key = (folder, job.spec.task if is_run else job.arguments["task"])
         row = rows.setdefault(key, {"jobs": 0, "finished": 0, "to run": 0, "est. CPU h to run": None,
                                     "estimate": set()})
         row["jobs"] += 1
@@ -46,13 +42,16 @@ def protocol_progress(results: str | Path = "results", checkpoints: str | Path =
             row["finished"] += 1
             continue
         row["to run"] += 1
-        task, method = (job.spec.task, job.spec.method) if kind else (None, None)
-        same = [_hours_per_epoch(j) for j in finished if (j.spec.task, j.spec.method) == (task, method)]
-        fp32 = [_hours_per_epoch(j) for j in finished if (j.spec.task, j.spec.method) == (task, "fp32")]
-        per_epoch, how = ((sum(same) / len(same), "measured") if same else
-                          (sum(fp32) / len(fp32), "at least (FP32's time)") if fp32 else (None, "partly unknown"))
-        if per_epoch is not None:
-            row["est. CPU h to run"] = (row["est. CPU h to run"] or 0.0) + per_epoch * job.spec.protocol.epochs
+        hours, how = None, "partly unknown"
+        if is_run:
+            for method, basis in ((job.spec.method, "measured"), ("fp32", "at least (FP32's time)")):
+                alike = [r for spec, r in finished if (spec.task, spec.method) == (job.spec.task, method)]
+                hours = estimated_hours(alike, job.spec.protocol.max_train_examples, job.spec.protocol.epochs)
+                if hours is not None:
+                    how = basis
+                    break
+        if hours is not None:
+            row["est. CPU h to run"] = (row["est. CPU h to run"] or 0.0) + hours
         row["estimate"].add(how)
     for row in rows.values():
         row["estimate"] = ", ".join(sorted(row["estimate"])) or "—"

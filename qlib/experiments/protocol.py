@@ -63,6 +63,12 @@ HESSIAN_MAX_LENGTH = {"squad": 256}
 question and its passage, so its Hessian batches are the training windows (``PROTOCOL``'s length)."""
 
 
+def hessian_length(task: str) -> dict[str, int]:
+    """``run_spectrum``'s ``max_length`` for ``task`` as a keyword where ``HESSIAN_MAX_LENGTH`` sets one; {} where
+    its default fits (a GLUE or CoNLL-03 sentence)."""
+    return {"max_length": HESSIAN_MAX_LENGTH[task]} if task in HESSIAN_MAX_LENGTH else {}
+
+
 @dataclass(frozen=True)
 class Job:
     """One training job of the protocol: the run (``spec``), the rows its FP32 weights also give
@@ -315,10 +321,9 @@ def spectrum_job(task: str, checkpoints: str | Path, results: str | Path) -> dic
     seed-0 FP32 Baseline, written to ``<results>/qbert/spectrum-<task>.json``, where ``read_spectra`` finds it, with
     the landscapes of ``LANDSCAPE_BLOCKS``, one block's top λ at each of ``HESSIAN_BATCH_SIZES``, and SQuAD's batches
     at its windows' length (``HESSIAN_MAX_LENGTH``)."""
-    length = {"max_length": HESSIAN_MAX_LENGTH[task]} if task in HESSIAN_MAX_LENGTH else {}
     return dict(task=task, init_from=str(fp32_checkpoint(checkpoints, task, 0)), landscape_blocks=LANDSCAPE_BLOCKS,
                 batch_sizes=HESSIAN_BATCH_SIZES, results_path=str(Path(results) / "qbert" / f"spectrum-{task}.json"),
-                **length)
+                **hessian_length(task))
 
 
 

@@ -40,7 +40,7 @@ from qlib.experiments.report import (
     relative_drop,
     runs_frame,
 )
-from qlib.experiments.results import notes_for, read_json, read_results, records_its_data
+from qlib.experiments.results import estimated_hours, notes_for, read_json, read_results, records_its_data
 from qlib.experiments.spec import RunSpec
 from qlib.experiments.tasks import get_run_task
 from qlib.second_order.sensitivity import negative_curvature
@@ -311,28 +311,12 @@ def main_table(task: str, rows: Mapping[str, dict[str, Any]], sizes: pd.DataFram
                      notes_markdown(records) if records else "")
 
 
-def _hours_per_run(records: Sequence[dict[str, Any]], examples: int | None, epochs: int,
-                   dev_examples: int | None) -> float | None:
-    """The mean estimated wall hours of one protocol run from measured ``records``: each one's training seconds per
-    example and epoch times the protocol's ``examples`` and ``epochs``, plus its dev evaluation scaled to
-    ``dev_examples`` (None: as measured). None without records or without a known number of examples."""
-    estimates = []
-    for r in records:
-        measured = r["params"].get("max_train_examples") or r["train"]["train_examples"]
-        n = examples or (r["train"]["train_examples"] if r["params"].get("max_train_examples") is None else None)
-        if n is None:
-            continue
-        evaluation = r["eval"]["seconds"] * (dev_examples / r["eval"]["examples"] if dev_examples else 1)
-        estimates.append((r["train"]["seconds"] / (measured * r["params"]["epochs"]) * n * epochs + evaluation))
-    return sum(estimates) / len(estimates) / 3600 if estimates else None
-
-
 def missing_runs(task: str, rows: Mapping[str, dict[str, Any]], results_dir: str | Path,
                  seeds: Sequence[int] = (0, 1, 2)) -> pd.DataFrame | None:
     """The trained rows of ``task``'s main table (``rows``) without a result on the official files for every seed
     of ``seeds`` (a DirectQ row comes with its Baseline), each with what one run would cost on the task's protocol:
     estimated from the committed runs of the task that record their data (any folder of ``results_dir``'s parent,
-    e.g. a sizing run) by their training seconds per example and epoch (``_hours_per_run``): FP32 runs for the
+    e.g. a sizing run) by their training seconds per example and epoch (``estimated_hours``): FP32 runs for the
     Baseline, QAT runs for the others, or FP32's speed where no QAT run is measured yet (QAT trains slower, so
     that is a lower bound). None when nothing is missing."""
     results_dir = Path(results_dir)
@@ -348,7 +332,7 @@ def missing_runs(task: str, rows: Mapping[str, dict[str, Any]], results_dir: str
     dev = read_json(floors)["tasks"].get(task, {}).get("dev examples") if floors.is_file() else None
     fp32 = [r for r in measured if r["spec"]["method"] == "fp32"]
     qat = [r for r in measured if r["spec"]["method"] == "qbert"]
-    per_kind = {kind: _hours_per_run(runs, protocol.get("max_train_examples"), protocol["epochs"], dev)
+    per_kind = {kind: estimated_hours(runs, protocol.get("max_train_examples"), protocol["epochs"], dev)
                 for kind, runs in (("fp32", fp32), ("qat", qat))}
     table = {}
     for name, left in missing.items():

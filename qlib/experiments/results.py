@@ -10,7 +10,7 @@ import sys
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -156,3 +156,20 @@ def read_results(folder: str | os.PathLike) -> list[dict[str, Any]]:
     folder = Path(folder)
     return [read_json(p) | {"path": str(p), "notes": notes_for(p)} for p in sorted(folder.rglob("*.json"))
             ] if folder.is_dir() else []
+
+
+def estimated_hours(records: Sequence[dict[str, Any]], examples: int | None, epochs: int,
+                    dev_examples: int | None = None) -> float | None:
+    """What one run of a protocol would take, in wall hours, estimated from measured runs (``records``) of the same
+    task: the mean over them of their training seconds per training example and epoch times ``examples`` (None: the
+    whole training set, known only from a record trained on all of it) and ``epochs``, plus their dev evaluation,
+    scaled to ``dev_examples`` (None: as measured). None when no record gives an estimate."""
+    estimates = []
+    for r in records:
+        trained_on = r["params"].get("max_train_examples") or r["train"]["train_examples"]
+        n = examples or (r["train"]["train_examples"] if r["params"].get("max_train_examples") is None else None)
+        if n is None:
+            continue
+        evaluation = r["eval"]["seconds"] * (dev_examples / r["eval"]["examples"] if dev_examples else 1)
+        estimates.append(r["train"]["seconds"] / (trained_on * r["params"]["epochs"]) * n * epochs + evaluation)
+    return sum(estimates) / len(estimates) / 3600 if estimates else None
