@@ -185,8 +185,9 @@ def test_a_seeded_qat_run_is_deterministic(glue_dir, tiny_model_dir, tmp_path):
     assert any(not torch.equal(first_weights[k], other_weights[k]) for k in first_weights)  # the seed matters
 
 
+@pytest.mark.parametrize("noise_rate,label", [(1.0, "ipq-k16-int8-ft"), (0.2, "ipq-k16-int8-qn0.2-ft")])
 def test_an_ipq_run_quantizes_in_stages_from_its_fp32_model_and_keeps_a_loadable_file(glue_dir, tiny_model_dir,
-                                                                                      tmp_path):
+                                                                                      tmp_path, noise_rate, label):
     from transformers import AutoModelForSequenceClassification
 
     from qlib import convert_bert, q8bert_config
@@ -196,15 +197,15 @@ def test_an_ipq_run_quantizes_in_stages_from_its_fp32_model_and_keeps_a_loadable
 
     start = save_float(AutoModelForSequenceClassification.from_pretrained(tiny_model_dir), tmp_path / "fp32.st")
     records = run(tiny_model_dir, tmp_path, "ipq", centroids=16, centroid_bits=8, init_from=start,
-                  checkpoint_dir=tmp_path / "ckpt")
+                  checkpoint_dir=tmp_path / "ckpt", noise_rate=noise_rate)
     record = records[0]
-    assert record["method"] == "ipq-k16-int8-ft" and record["params"]["centroids"] == 16
-    assert list(record["train"]["stages"]) == list(IPQ_STAGES)
+    assert record["method"] == label and record["params"]["centroids"] == 16
+    assert list(record["train"]["stages"]) == ["noise"] * (noise_rate < 1) + list(IPQ_STAGES)
     assert 0.0 <= record["metrics"]["accuracy"] <= 1.0
     assert RunSpec.from_record(record) == RunSpec("sst2", "ipq", centroids=16, centroid_bits=8, init_from=str(start),
-                                                  protocol=RunSpec.from_record(record).protocol)
+                                                  noise_rate=noise_rate, protocol=RunSpec.from_record(record).protocol)
     model = convert_bert(AutoModelForSequenceClassification.from_pretrained(tiny_model_dir), q8bert_config())
     for stage in IPQ_STAGES:
         product_quantize(find_bert(model), stage, 16, centroid_bits=8, iterations=1)
-    load_quantized(model, tmp_path / "ckpt" / "sst2" / "ipq-k16-int8-ft-seed0.safetensors")
+    load_quantized(model, tmp_path / "ckpt" / "sst2" / f"{label}-seed0.safetensors")
     assert sum(isinstance(m, (PQLinear, PQEmbedding)) for m in model.modules()) > 0

@@ -200,12 +200,29 @@ def test_quant_noise_jobs_start_from_the_baselines_the_protocol_keeps(swept):
 
 
 def test_ipq_jobs_quantize_their_seeds_baseline_in_float_and_with_int8(swept):
-    from qlib.experiments.protocol import IPQ_TASKS, ipq_jobs
+    from qlib.experiments.protocol import IPQ_NOISE_RATE, IPQ_TASKS, ipq_jobs
 
     jobs = ipq_jobs("ckpt", seeds=(0, 1), results=swept)
-    assert {j.spec.label for j in jobs} == {"ipq-k256-ft", "ipq-k256-int8-ft"} and len(jobs) == 2 * 2 * len(IPQ_TASKS)
+    assert {j.spec.label for j in jobs} == {"ipq-k256-ft", "ipq-k256-int8-ft", f"ipq-k256-int8-qn{IPQ_NOISE_RATE:g}-ft"}
+    assert len(jobs) == 3 * 2 * len(IPQ_TASKS)
     assert all(j.experiment == "quant-noise" and j.needs == (f"qbert/{j.spec.task}/fp32-seed{j.spec.seed}",)
                and j.spec.init_from == str(fp32_checkpoint("ckpt", j.spec.task, j.spec.seed)) for j in jobs)
+
+
+def test_the_noise_study_varies_p_and_the_block_size_of_one_setting_apart_from_the_main_rows(swept):
+    from qlib.experiments.protocol import NOISE_STUDY_BLOCKS, NOISE_STUDY_RATES, noise_study_jobs, second_stage
+
+    jobs = noise_study_jobs("ckpt", results=swept, tasks=["cola"])
+    assert [(j.spec.noise_rate, j.spec.noise_block) for j in jobs] == (
+        [(p, 8) for p in NOISE_STUDY_RATES] + [(QUANT_NOISE_RATE, b) for b in NOISE_STUDY_BLOCKS])
+    assert {j.spec.seed for j in jobs} == {0} and {j.spec.weight_bits for j in jobs} == {2}
+    assert all(j.results_dir == swept / "quant-noise-study" and j.needs == ("qbert/cola/fp32-seed0",) for j in jobs)
+    main_rows = {j.name for j in quant_noise_jobs("ckpt", results=swept, tasks=["cola"])}
+    assert not main_rows & {j.name for j in jobs}
+    assert jobs[3].spec.label == f"qbert-w2e8-g12-p99.9-qn{QUANT_NOISE_RATE:g}-b4-ft"
+    planned = [j.name for j in second_stage({"q8bert": (), "qbert": (), "quant-noise": ("cola",), "beyond": (),
+                                             "ipq": ()}, swept, "ckpt")[0]]
+    assert planned[-len(jobs):] == [j.name for j in jobs]  # after everything else
 
 
 def test_each_task_takes_its_mp_bits_from_its_own_spectrum(tmp_path, swept):

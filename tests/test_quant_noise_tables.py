@@ -3,11 +3,14 @@ the per-seed gaps to QAT, the protocol's missing runs, and the iPQ files and run
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from conftest import RESULT_TEMPLATE, tiny_config, write_run
 from transformers import BertForSequenceClassification
 
-from qlib.experiments.quant_noise_tables import against_qat, ipq_files, ipq_runs, missing_runs
+from qlib.experiments.protocol import NOISE_STUDY_BLOCKS, NOISE_STUDY_RATES, noise_study_jobs
+from qlib.experiments.quant_noise_tables import against_qat, ipq_files, ipq_runs, missing_runs, noise_study
 from qlib.experiments.spec import FROM_CHECKPOINT, RunSpec
 
 
@@ -59,3 +62,25 @@ def test_ipq_files_are_measured_and_ipq_runs_listed(tmp_path, model):
     sizes = files["file_mb"]
     assert sizes["iPQ + int8 (k = 4)"] < sizes["Q8BERT int8"] < sizes["FP32"]
     assert ipq_runs(tmp_path).endswith("*none yet: the protocol runs them after the SST2 Baselines*.")
+
+
+def test_the_noise_study_puts_each_p_and_block_size_beside_qat(tmp_path):
+    if not RESULT_TEMPLATE.is_file():
+        pytest.skip(f"the committed result {RESULT_TEMPLATE} is the template of these files")
+    results = tmp_path / "results"
+    study = noise_study_jobs("ckpt", results=results, tasks=["sst2"])
+    qat = RunSpec("sst2", "qbert", weight_bits=2, groups=12, percentile=99.9, init_from=FROM_CHECKPOINT)
+    for path in (write_run(results / "qbert", "sst2", qat.label, 0, 0.80, **qbert_params(2, 1.0)),
+                 write_run(results / "quant-noise-study", "sst2", study[0].spec.label, 0, 0.83, **qbert_params(2, 0.1)),
+                 write_run(results / "quant-noise", "sst2", qat.with_(noise_rate=0.5).label, 0, 0.9)):
+        record = json.loads(path.read_text())  # as on the official files: the run records its data
+        if "quant-noise/" not in str(path):  # the main p = 0.5 row stays on the altered copy: not run yet
+            record["provenance"]["data"] = {"source": "local", "folder": "data", "files": {}}
+        path.write_text(json.dumps(record))
+    sentence, table = noise_study("sst2", "ckpt", results)
+    assert len(table) == 2 + len(NOISE_STUDY_RATES) + len(NOISE_STUDY_BLOCKS)
+    assert table.loc[(1.0, 8), "score"] == 80 and table.loc[(0.1, 8), "vs p = 1 (points)"] == pytest.approx(3)
+    assert table.loc[(0.5, NOISE_STUDY_BLOCKS[0]), "result"] == table.loc[(0.5, 8), "result"] == "not run yet"
+    assert table.loc[(0.1, 8), "result"] == f"quant-noise-study/sst2/{study[0].spec.label}-seed0.json"
+    assert sentence.startswith(f"Q-BERT 2/8 (`{qat.label}` at p = 1) on sst2, seed 0")
+    assert noise_study("cola", "ckpt", results)[0].startswith("*The study of p and block size waits for cola's")

@@ -37,6 +37,9 @@ specs = st.one_of(
               protocol=st.builds(TrainingProtocol, epochs=st.integers(1, 6), lr=st.sampled_from([2e-5, 5e-5]))),
     st.builds(RunSpec, task=st.just("sst2"), method=st.just("ipq"), seed=st.integers(0, 9),
               centroids=st.sampled_from([16, 256]), centroid_bits=st.sampled_from([None, 8]),
+              noise_rate=st.sampled_from([1.0, 0.2, 0.05]), init_from=st.just(FROM_CHECKPOINT)),
+    st.builds(RunSpec, task=st.just("cola"), method=st.just("qbert"), weight_bits=bits, groups=st.just(12),
+              noise_rate=st.sampled_from([0.1, 0.5]), noise_block=st.sampled_from([4, 8, 32]),
               init_from=st.just(FROM_CHECKPOINT)),
 )
 
@@ -78,8 +81,11 @@ def test_labels_of_the_papers_rows():
     assert mixed.label == "qbert-w2e8-g12-mp2-4" and mixed.paper == "Q-BERT_MP"
     noisy = RunSpec("sst2", "qbert", weight_bits=2, groups=12, percentile=99.9, noise_rate=0.5, init_from="x")
     assert noisy.label == "qbert-w2e8-g12-p99.9-qn0.5-ft" and noisy.paper == "Quant-Noise"
+    assert noisy.with_(noise_block=4).label == "qbert-w2e8-g12-p99.9-qn0.5-b4-ft"
+    assert noisy.with_(noise_block=4).quant_config().default.noise_block == 4
     ipq = RunSpec("sst2", "ipq", centroid_bits=8, init_from="x")
     assert ipq.label == "ipq-k256-int8-ft" and ipq.paper == "Quant-Noise (iPQ)"
+    assert ipq.with_(noise_rate=0.2).label == "ipq-k256-int8-qn0.2-ft"
     assert ipq.quant_config().default.activation.bits == 8
     with pytest.raises(ValueError, match="ipq quantizes a trained model: give init_from"):
         RunSpec("sst2", "ipq")
@@ -139,6 +145,9 @@ def test_an_old_record_without_a_spec_is_read_from_its_params():
     (dict(method="fp32", weight_bits=4), "weight_bits=4 is not a knob of method 'fp32'"),
     (dict(method="dq", init_from="x"), "init_from='x' is not a knob of method 'dq'"),
     (dict(method="qbert", noise_rate=1.5), r"noise_rate must be in \(0, 1\], got 1.5"),
+    (dict(method="qbert", noise_block=4), "noise_block=4 needs Quant-Noise"),
+    (dict(method="qbert", noise_rate=0.5, noise_block=0), "noise_block must be a positive integer, got 0"),
+    (dict(method="qat", noise_rate=0.5), "noise_rate=0.5 is not a knob of method 'qat'"),
     (dict(method="qbert", weight_bits=9), "bits must be an integer in 2..8, got 9"),
     (dict(method="qbert", groups="rows"), "groups must be a positive integer G, 'row' or None; got 'rows'"),
     (dict(method="qbert", groups=0), "groups must be a positive integer G, 'row' or None; got 0"),

@@ -59,9 +59,11 @@ class QuantLinear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x_grid, quantizer = self.input_grid(x), self.quant.weight
         x = x if x_grid is None else x_grid.fake_quantize(x)
-        weight = self.weight if quantizer is None else quantizer.fake_quantize(self.weight)
-        if quantizer is not None and self.training and self.quant.noise_rate < 1.0:
-            weight = quant_noise(self.weight, weight, self.quant.noise_rate, self.quant.noise_block)
+        weight = float_weight = self.weight  # read once: a parametrized weight (``qlib.bert.pq_noise``) draws anew
+        if quantizer is not None:
+            weight = quantizer.fake_quantize(float_weight)
+            if self.training and self.quant.noise_rate < 1.0:
+                weight = quant_noise(float_weight, weight, self.quant.noise_rate, self.quant.noise_block)
         return F.linear(x, weight, self.bias)
 
     def extra_repr(self) -> str:
@@ -90,8 +92,9 @@ class QuantEmbedding(nn.Embedding):
         return self.spec.grid_for(self.weight)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        rows = F.embedding(ids, self.weight, self.padding_idx)
-        return self.spec.fake_quantize_rows(self.weight, rows, ids)
+        weight = self.weight  # read once, as in QuantLinear
+        rows = F.embedding(ids, weight, self.padding_idx)
+        return self.spec.fake_quantize_rows(weight, rows, ids)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, spec={self.spec}"

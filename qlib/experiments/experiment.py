@@ -20,6 +20,7 @@ import torch
 
 from qlib.bert.convert import convert_bert, find_bert
 from qlib.bert.pq_modules import IPQ_STAGES, product_quantize
+from qlib.bert.pq_noise import add_pq_noise, remove_pq_noise
 from qlib.deploy.checkpoint import load_float, save_float, save_quantized
 from qlib.experiments.data import get_task
 from qlib.experiments.distill import distillation_loss
@@ -100,8 +101,15 @@ def _ipq_stages(net: torch.nn.Module, spec: RunSpec, batches: Any, device: torch
                 ) -> dict[str, Any]:
     """iPQ (Quant-Noise sec. 4.1): for each of ``IPQ_STAGES`` in turn, product-quantize its layers
     (``product_quantize`` with the spec's centroids and centroid bits) and fine-tune for the protocol's epochs;
-    returns the last stage's throughput figures with every stage's under ``stages``."""
+    with a ``noise_rate`` < 1, first a stage ``"noise"`` that fine-tunes the float model as long with PQ noise at
+    that rate (``qlib.bert.pq_noise``). Returns the last stage's throughput figures with every stage's under
+    ``stages``."""
     stages = {}
+    if spec.noise_rate < 1.0:
+        add_pq_noise(find_bert(net), spec.noise_rate, spec.centroids, spec.centroid_bits, seed=spec.seed)
+        net.to(device)
+        stages["noise"] = finetune(net, batches, spec.protocol.epochs, spec.protocol.lr, progress=progress)
+        remove_pq_noise(find_bert(net))
     for stage in IPQ_STAGES:
         product_quantize(find_bert(net), stage, spec.centroids, centroid_bits=spec.centroid_bits, seed=spec.seed)
         net.to(device)

@@ -13,7 +13,8 @@ first chapter's main table (seed by seed, smallest task first: ``smallest_first`
 their models under ``--checkpoints``; one that is also a Q8BERT FP32 run trains once for both: ``share_fp32_runs``),
 the Hessian spectrum of each Q-BERT task's seed-0 Baseline where its committed one is missing (Q-BERT I's job), and
 Q-BERT's and Quant-Noise's QAT rows, each started as soon as its seed's Baseline is written, seed by seed, then the
-ablations and the "Beyond the papers" rows (``beyond_jobs``); (3) the mixed- precision rows of the tasks whose spectrum
+ablations, the "Beyond the papers" rows (``beyond_jobs``) and the Quant-Noise study of p and block size
+(``noise_study_jobs``); (3) the mixed- precision rows of the tasks whose spectrum
 stage 2 measured (it sets their bits). Finished runs are skipped, so an interrupted protocol resumes; a result that
 does not record its data (one computed on the earlier, altered GLUE copy) is not finished: it is re-run, and its file
 replaced. A failing job is named and the jobs that need it are reported as not started; the others still run, and the
@@ -51,8 +52,13 @@ EMA_ABLATION_DECAY = 0.99
 QUANT_NOISE_TASKS = ("cola",)
 QUANT_NOISE_SETTINGS = ("Q-BERT 2/8", "Q-BERT 3/8")  # where QAT (p = 1) loses the most
 QUANT_NOISE_RATE = 0.5
+NOISE_STUDY_RATES = (0.1, 0.25, 0.75)  # with QUANT_NOISE_RATE and p = 1 from the main rows: the effect of p
+NOISE_STUDY_BLOCKS = (4, 32)  # with the main rows' 8 inputs: the effect of the block size, at QUANT_NOISE_RATE
 IPQ_TASKS = ("sst2",)  # iPQ and iPQ + int8 (Quant-Noise's 5 % row), from each seed's FP32 Baseline
 IPQ_CENTROIDS = 256  # fairseq's k
+IPQ_NOISE_RATE = 0.2
+"""PQ noise before iPQ + int8: fairseq's README fine-tunes RoBERTa with ``--quant-noise-pq 0.2`` on blocks of 8 and
+recommends 0.05 to 0.2."""
 INTEGER_TASKS = ("sst2", "mrpc")  # the beyond chapter's integer-only QAT: SST-2 and one more task
 DISTILLATION_TASKS = ("sst2",)
 DISTILLED_SETTINGS = ("Q-BERT 8/8", "Q-BERT 4/8", "Q-BERT 3/8", "Q-BERT 2/8")
@@ -282,12 +288,29 @@ def quant_noise_jobs(checkpoints: str | Path, seeds=SEEDS, results: str | Path =
 
 def ipq_jobs(checkpoints: str | Path, seeds=SEEDS, results: str | Path = "results",
              tasks: Sequence[str] = IPQ_TASKS) -> list[Job]:
-    """Quant-Noise chapter: iPQ with ``IPQ_CENTROIDS`` centroids, in float and with int8 centroids and inputs,
-    each quantizing its seed's FP32 Baseline in stages (so it needs that Baseline), on ``tasks``."""
-    return [Job(RunSpec(t, "ipq", s, centroids=IPQ_CENTROIDS, centroid_bits=bits,
+    """Quant-Noise chapter: iPQ with ``IPQ_CENTROIDS`` centroids, in float and with int8 centroids and inputs, and
+    iPQ + int8 after training with PQ noise at ``IPQ_NOISE_RATE`` (the paper's combination), each quantizing its
+    seed's FP32 Baseline in stages (so it needs that Baseline), on ``tasks``."""
+    return [Job(RunSpec(t, "ipq", s, centroids=IPQ_CENTROIDS, centroid_bits=bits, noise_rate=rate,
                         init_from=str(fp32_checkpoint(checkpoints, t, s)), protocol=_protocol(t, results)),
                 "quant-noise", needs=(baseline_name(t, s),), results=str(results))
-            for t in tasks for bits in (None, 8) for s in seeds]
+            for t in tasks for bits, rate in ((None, 1.0), (8, 1.0), (8, IPQ_NOISE_RATE)) for s in seeds]
+
+
+def noise_study_jobs(checkpoints: str | Path, results: str | Path = "results",
+                     tasks: Sequence[str] = QUANT_NOISE_TASKS) -> list[Job]:
+    """The Quant-Noise chapter's study of p and of the block size, on one setting (``QUANT_NOISE_SETTINGS[0]``, seed 0,
+    each task's protocol): p at each of ``NOISE_STUDY_RATES`` on blocks of 8 inputs, and blocks of each of
+    ``NOISE_STUDY_BLOCKS`` at ``QUANT_NOISE_RATE``, written under ``<results>/quant-noise-study``; the chapter's main
+    rows give p = ``QUANT_NOISE_RATE`` on blocks of 8 and p = 1."""
+    jobs = []
+    for t in tasks:
+        spec = setting_spec(QUANT_NOISE_SETTINGS[0], t, 0, HEADS, checkpoints, protocol=_protocol(t, results))
+        variants = [{"noise_rate": p} for p in NOISE_STUDY_RATES]
+        variants += [{"noise_rate": QUANT_NOISE_RATE, "noise_block": b} for b in NOISE_STUDY_BLOCKS]
+        jobs += [Job(spec.with_(**v), "quant-noise", folder="quant-noise-study", needs=(baseline_name(t, 0),),
+                     results=str(results)) for v in variants]
+    return jobs
 
 
 def beyond_jobs(checkpoints: str | Path, seeds=SEEDS, results: str | Path = "results",
@@ -383,20 +406,21 @@ def second_stage(wanted: Mapping[str, Sequence[str]], results: str | Path, check
     noise = quant_noise_jobs(checkpoints, results=results,
                              tasks=[t for t in wanted["quant-noise"] if t in protocols])
     noise += ipq_jobs(checkpoints, results=results, tasks=[t for t in wanted["ipq"] if t in protocols])
+    study = noise_study_jobs(checkpoints, results=results, tasks=[t for t in wanted["quant-noise"] if t in protocols])
     beyond = beyond_jobs(checkpoints, results=results,
                          integer_tasks=[t for t in INTEGER_TASKS if t in protocols and t in wanted["beyond"]],
                          distillation_tasks=[t for t in DISTILLATION_TASKS
                                              if t in protocols and t in wanted["beyond"]])
     measured = _present_spectra(spectra_folder, qbert_tasks)
     baselines, qb_main, qb_ablation = qbert_jobs(qbert_tasks, checkpoints, measured, results=results)
-    baselines += baseline_jobs(sorted({j.spec.task for j in noise + beyond if j.needs} - set(qbert_tasks)),
+    baselines += baseline_jobs(sorted({j.spec.task for j in noise + study + beyond if j.needs} - set(qbert_tasks)),
                                checkpoints, results=results)
     spectra = [SpectrumJob(spectrum_job(t, checkpoints, results), needs=(baseline_name(t, 0),))
                for t in qbert_tasks if t not in measured]
     noise = [j for j in noise if j.name not in {q.name for q in qb_main}]  # a p = 1 row both chapters need
     q8_main, baselines = share_fp32_runs(smallest_first(q8_main), _by_seed(baselines))
     jobs = (q8_main + baselines + spectra + _by_seed(qb_main + noise) + _by_seed(q8_ablation + qb_ablation)
-            + _by_seed(beyond))
+            + _by_seed(beyond) + study)
     return jobs, waiting, [t for t in qbert_tasks if t not in measured]
 
 

@@ -1,6 +1,7 @@
 """What the Quant-Noise chapter shows, built from the committed results: the Quant-Noise runs beside QAT, DirectQ
-and FP32 of the same bits, the per-seed gaps to QAT, the protocol runs still missing, and the iPQ files' sizes and
-runs. Every function reads result files or measures files; nothing here trains."""
+and FP32 of the same bits, the per-seed gaps to QAT, the protocol runs still missing, the study of p and of the
+block size, and the iPQ files' sizes and runs. Every function reads result files or measures files; nothing here
+trains."""
 
 from __future__ import annotations
 
@@ -12,11 +13,12 @@ import pandas as pd
 from torch import nn
 
 from qlib.experiments.compare import side_by_side, sizes_of
-from qlib.experiments.protocol import IPQ_CENTROIDS, quant_noise_jobs
+from qlib.experiments.protocol import IPQ_CENTROIDS, QUANT_NOISE_SETTINGS, noise_study_jobs, quant_noise_jobs
 from qlib.experiments.qbert import QBERT_PERCENTILE
 from qlib.experiments.report import data_caveat, mean_std, notes_markdown, paired_gaps, protocol_frame, runs_frame
-from qlib.experiments.results import read_results
+from qlib.experiments.results import read_json, read_results, records_its_data
 from qlib.experiments.spec import FROM_CHECKPOINT, RunSpec
+from qlib.experiments.tasks import get_run_task
 
 
 def _qat_label(task: str, bits: int, groups: int | str | None) -> str:
@@ -81,6 +83,39 @@ def missing_runs(task: str, checkpoints: str | Path, results_dir: str | Path) ->
     missing = sorted(f"`{j.spec.label}` seed {j.spec.seed}" for j in jobs if not j.done())
     return (f"Runs of the protocol (`qlib.experiments.protocol.quant_noise_jobs`) not committed on the official files "
             f"yet: {', '.join(missing)}." if missing else None)
+
+
+def noise_study(task: str, checkpoints: str | Path, results: str | Path) -> list[Any]:
+    """The effect of the noise rate p and of the block size on one setting (``noise_study_jobs``: seed 0 of
+    ``QUANT_NOISE_SETTINGS[0]``), with the main rows of that setting and seed beside (p = ``QUANT_NOISE_RATE`` on
+    blocks of 8, and QAT at p = 1): one row per (p, block size), its dev score, its gap to p = 1, and the result file
+    it comes from, or "not run yet" (a result on the altered copy counts as not run).
+
+    Returns:
+        What the chapter shows (``qlib.experiments.report.show``): the setting in a sentence and the table, or a
+        sentence alone while the task's protocol is not picked.
+    """
+    try:
+        study = noise_study_jobs(checkpoints, results=results, tasks=[task])
+        main = [j for j in quant_noise_jobs(checkpoints, seeds=(0,), results=results, tasks=[task])
+                if j.spec.weight_bits == study[0].spec.weight_bits]
+    except FileNotFoundError as err:
+        return [f"*The study of p and block size waits for {task}'s protocol: {err}.*"]
+    rows, metric = {}, None
+    for job in main + study:
+        path = job.spec.result_path(job.results_dir)
+        record = read_json(path) if records_its_data(path) else None
+        metric = record["main_metric"] if record else metric
+        rows[(job.spec.noise_rate, job.spec.noise_block)] = {
+            "score": 100 * record["metrics"][record["main_metric"]] if record else None,
+            "result": str(Path(path).relative_to(results)) if record else "not run yet"}
+    table = pd.DataFrame.from_dict(rows, orient="index").rename_axis(["p", "block (inputs)"]).sort_index()
+    table.insert(1, "vs p = 1 (points)", table["score"] - table.loc[(1.0, 8), "score"])
+    qat = next(j.spec for j in main if j.spec.noise_rate == 1.0)
+    return [f"{QUANT_NOISE_SETTINGS[0]} (`{qat.label}` at p = 1) on {task}, seed 0, the task's protocol "
+            f"({qat.protocol.epochs} epoch(s) at lr {qat.protocol.lr:g}); score: "
+            f"{metric or get_run_task(task).metrics[0]} × 100. One seed: a difference smaller than the seed-to-seed "
+            "spread of the main rows above is not a finding.", table.round(2)]
 
 
 def ipq_files(model: nn.Module, centroids: int = IPQ_CENTROIDS, task: str = "sst2") -> pd.DataFrame:

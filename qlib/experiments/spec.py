@@ -9,17 +9,22 @@ Methods:
 * ``fp32``: fine-tune in float;
 * ``qat``: Q8BERT's quantization-aware training (8-bit symmetric, EMA input ranges; ``ema_decay`` ablates the EMA);
 * ``qbert``: Q-BERT's QAT (asymmetric weights at ``weight_bits``, embedding at ``embedding_bits``, ``groups``,
-  per-layer ``layer_bits``, ``percentile`` clipping; ``noise_rate`` < 1 is Quant-Noise);
+  per-layer ``layer_bits``, ``percentile`` clipping; ``noise_rate`` < 1 is Quant-Noise, on blocks of ``noise_block``
+  inputs);
 * ``ipq``: Quant-Noise's iterative product quantization of a trained FP32 model (``init_from``): FFNs, then
   embeddings, then attention are product-quantized (``centroids`` per layer, fairseq's block sizes), each stage
   followed by ``protocol.epochs`` of fine-tuning of what is left float and of the codebooks; ``centroid_bits=8``
-  is iPQ + int8 (8-bit centroids, and every Linear's input on its 8-bit EMA grid, as in the paper);
+  is iPQ + int8 (8-bit centroids, and every Linear's input on its 8-bit EMA grid, as in the paper); ``noise_rate``
+  < 1 first fine-tunes the float model for ``protocol.epochs`` with PQ noise at that rate (``qlib.bert.pq_noise``),
+  as the paper trains with Quant-Noise before iPQ;
 * ``dq`` and ``directq``: post-training rows, evaluated on an ``fp32`` run's trained weights with no further
   training (Q8BERT's DQ column; Q-BERT's DirectQ at ``weight_bits``). ``trained_spec`` is that ``fp32`` run.
 
-Labels (the names result files start with) are unchanged from the first results: ``fp32``, ``dq``, ``directq-w4-p99.9``,
-``qat``, ``qat-ema0.99``, ``qbert-w2e8-g12-p99.9-mp2-3-qn0.5-ft``, ``ipq-k256-int8-ft``; ``-int`` marks integer GELU,
-softmax and LayerNorm (``qat-int``), ``-kd`` / ``-kdh`` distillation from the FP32 model (``qat-kd-ft``)."""
+Labels (the names result files start with) are unchanged from the first results: ``fp32``, ``dq``,
+``directq-w4-p99.9``, ``qat``, ``qat-ema0.99``, ``qbert-w2e8-g12-p99.9-mp2-3-qn0.5-ft``, ``ipq-k256-int8-ft``;
+``-qn0.5-b4`` is noise on blocks of 4 inputs (8 unless it says), ``ipq-k256-int8-qn0.2-ft`` iPQ after PQ noise at 0.2;
+``-int`` marks integer GELU, softmax and LayerNorm (``qat-int``), ``-kd`` / ``-kdh`` distillation from the FP32 model
+(``qat-kd-ft``)."""
 
 from __future__ import annotations
 
@@ -98,7 +103,9 @@ class RunSpec:
         layer_bits: per-layer weight bits for mixed precision (``{"encoder.layer.0": 3, ...}``; ``qbert`` only).
         percentile: clip each weight group's range to its [100 - p, p] percentiles (``qbert``, ``directq``).
         ema_decay: the input ranges' EMA decay (``qat`` only; None, or Q8BERT's 0.9999, which is stored as None).
-        noise_rate: Quant-Noise's p, the fraction of weight blocks quantized per step (``qbert`` only; 1: plain QAT).
+        noise_rate: Quant-Noise's p, the fraction of weight blocks quantized per step (``qbert``: 1 is plain QAT;
+            ``ipq``: < 1 trains with PQ noise before the iPQ stages).
+        noise_block: inputs per noise block (``qbert`` with ``noise_rate`` < 1; ``ipq``'s blocks are its PQ blocks).
         integer_nonlinearities: GELU, softmax and LayerNorm in integer arithmetic (I-BERT; ``qat``, ``qbert``).
         distillation: learn from the FP32 model ``init_from`` as teacher (``qlib.experiments.distill``): ``logits`` or
             ``hidden`` (logits, hidden states and attention maps, as TernaryBERT); ``qat``, ``qbert``.
@@ -119,6 +126,7 @@ class RunSpec:
     percentile: float | None = None
     ema_decay: float | None = None
     noise_rate: float = 1.0
+    noise_block: int = 8
     integer_nonlinearities: bool = False
     distillation: str | None = None
     init_from: str | None = None
@@ -148,6 +156,11 @@ class RunSpec:
         if not 0.0 < float(self.noise_rate) <= 1.0:
             raise ValueError(f"noise_rate must be in (0, 1], got {self.noise_rate!r}")
         set_(self, "noise_rate", float(self.noise_rate))
+        if isinstance(self.noise_block, bool) or not isinstance(self.noise_block, int) or self.noise_block < 1:
+            raise ValueError(f"noise_block must be a positive integer, got {self.noise_block!r}")
+        if self.noise_block != 8 and self.noise_rate == 1.0:
+            raise ValueError(f"noise_block={self.noise_block} needs Quant-Noise (noise_rate < 1): at p = 1 every "
+                             "block is quantized")
         if self.ema_decay is not None and not 0.0 < float(self.ema_decay) < 1.0:
             raise ValueError(f"ema_decay must be in (0, 1), got {self.ema_decay!r}")
         if self.ema_decay == Q8BERT_EMA_DECAY:  # Q8BERT's own decay is the default: the same run
@@ -168,12 +181,12 @@ class RunSpec:
         """Refuse a knob its method does not have, naming both (a run is never labelled as something it is not)."""
         has = {"weight_bits": ("qbert", "directq"), "embedding_bits": ("qbert",), "groups": ("qbert", "directq"),
                "layer_bits": ("qbert",), "percentile": ("qbert", "directq"), "ema_decay": ("qat",),
-               "noise_rate": ("qbert",), "integer_nonlinearities": ("qat", "qbert"),
+               "noise_rate": ("qbert", "ipq"), "noise_block": ("qbert",), "integer_nonlinearities": ("qat", "qbert"),
                "distillation": ("qat", "qbert"), "init_from": TRAINED_METHODS, "centroids": ("ipq",),
                "centroid_bits": ("ipq",)}
         unset = {"weight_bits": 8, "embedding_bits": 8, "groups": None, "layer_bits": {}, "percentile": None,
-                 "ema_decay": None, "noise_rate": 1.0, "integer_nonlinearities": False, "distillation": None,
-                 "init_from": None, "centroids": 256, "centroid_bits": None}
+                 "ema_decay": None, "noise_rate": 1.0, "noise_block": 8, "integer_nonlinearities": False,
+                 "distillation": None, "init_from": None, "centroids": 256, "centroid_bits": None}
         for knob, methods in has.items():
             if self.method not in methods and getattr(self, knob) != unset[knob]:
                 raise ValueError(f"{knob}={getattr(self, knob)!r} is not a knob of method {self.method!r}; "
@@ -193,7 +206,8 @@ class RunSpec:
     def label(self) -> str:
         """The name the run's result file starts with: ``fp32``, ``dq``, ``directq-w3-p99.9``, ``qat``,
         ``qat-ema0.99``, ``qbert-w3e8``, ``qbert-w3e8-per-row``, ``qbert-w2e8-g12-mp2-3`` (mixed precision, its bit
-        widths), ``qbert-w2e8-g12-p99.9-qn0.5-ft`` (clipped, Quant-Noise at 0.5, from an FP32 checkpoint); ``-ft``
+        widths), ``qbert-w2e8-g12-p99.9-qn0.5-ft`` (clipped, Quant-Noise at 0.5, from an FP32 checkpoint;
+        ``-qn0.5-b4`` on blocks of 4 inputs), ``ipq-k256-int8-qn0.2-ft`` (iPQ after PQ noise at 0.2); ``-ft``
         marks any trained run that starts from an FP32 checkpoint (``init_from``)."""
         suffix = ({None: "", "logits": "-kd", "hidden": "-kdh"}[self.distillation]
                   + ("-int" if self.integer_nonlinearities else "") + ("-ft" if self.init_from is not None else ""))
@@ -202,7 +216,7 @@ class RunSpec:
         if self.method == "fp32":
             return f"fp32{suffix}"
         if self.method == "ipq":
-            return f"ipq-k{self.centroids}" + ("-int8" if self.centroid_bits else "") + suffix
+            return f"ipq-k{self.centroids}" + ("-int8" if self.centroid_bits else "") + self._noise + suffix
         if self.method == "qat":
             return ("qat" if self.ema_decay is None else f"qat-ema{self.ema_decay:g}") + suffix
         clipping = f"-p{self.percentile:g}" if self.percentile is not None else ""
@@ -211,8 +225,14 @@ class RunSpec:
         grouping = "-per-row" if self.groups == "row" else f"-g{self.groups}" if self.groups else ""
         mixed = ("-mp" + "-".join(map(str, sorted({self.weight_bits, *self.layer_bits.values()})))
                  if self.layer_bits else "")
-        noise = f"-qn{self.noise_rate:g}" if self.noise_rate != 1.0 else ""
-        return f"qbert-w{self.weight_bits}e{self.embedding_bits}{grouping}{clipping}{mixed}{noise}{suffix}"
+        return f"qbert-w{self.weight_bits}e{self.embedding_bits}{grouping}{clipping}{mixed}{self._noise}{suffix}"
+
+    @property
+    def _noise(self) -> str:
+        """The label's Quant-Noise part: ``-qn<p>`` and, for blocks other than 8 inputs, ``-b<block>``."""
+        if self.noise_rate == 1.0:
+            return ""
+        return f"-qn{self.noise_rate:g}" + (f"-b{self.noise_block}" if self.noise_block != 8 else "")
 
     def result_path(self, results_dir: str | Path) -> Path:
         """``<results_dir>/<task>/<label>-seed<seed>.json``: where the run's result file is written."""
@@ -258,7 +278,7 @@ class RunSpec:
         if self.method == "qbert":
             config = qbert_config(self.weight_bits, self.embedding_bits, groups=self.groups,
                                   layer_bits=dict(self.layer_bits) or None, percentile=self.percentile,
-                                  noise_rate=self.noise_rate)
+                                  noise_rate=self.noise_rate, noise_block=self.noise_block)
             return replace(config, integer_nonlinearities=self.integer_nonlinearities)
         return None
 
@@ -294,9 +314,9 @@ class RunSpec:
         patterns = {
             "fp32": "fp32(?P<ft>-ft)?", "dq": "dq", "directq": rf"directq-w(?P<w>\d)(?:-p(?P<p>{number}))?",
             "qat": rf"qat(?:-ema(?P<ema>{number}))?(?P<kd>-kdh?)?(?P<int>-int)?(?P<ft>-ft)?",
-            "ipq": r"ipq-k(?P<k>\d+)(?P<c8>-int8)?(?P<ft>-ft)",
+            "ipq": rf"ipq-k(?P<k>\d+)(?P<c8>-int8)?(?:-qn(?P<qn>{number}))?(?P<ft>-ft)",
             "qbert": rf"qbert-w(?P<w>\d)e(?P<e>\d)(?P<g>-per-row|-g\d+)?(?:-p(?P<p>{number}))?"
-                     rf"(?P<mp>-mp[\d-]+)?(?:-qn(?P<qn>{number}))?(?P<kd>-kdh?)?(?P<int>-int)?(?P<ft>-ft)?",
+                     rf"(?P<mp>-mp[\d-]+)?(?:-qn(?P<qn>{number})(?:-b(?P<nb>\d+))?)?(?P<kd>-kdh?)?(?P<int>-int)?(?P<ft>-ft)?",
         }
         for method, pattern in patterns.items():
             match = re.fullmatch(pattern, label)
@@ -304,8 +324,8 @@ class RunSpec:
                 break
         else:
             raise ValueError(f"unknown result label {label!r}; allowed: fp32, dq, directq-w<b>[-p<p>], "
-                             "qat[-ema<d>][-kd|-kdh][-int][-ft], ipq-k<k>[-int8]-ft, "
-                             "qbert-w<b>e<b>[-g<G>|-per-row][-p<p>][-mp<bits>][-qn<p>][-kd|-kdh][-int][-ft]")
+                             "qat[-ema<d>][-kd|-kdh][-int][-ft], ipq-k<k>[-int8][-qn<p>]-ft, "
+                             "qbert-w<b>e<b>[-g<G>|-per-row][-p<p>][-mp<bits>][-qn<p>[-b<d>]][-kd|-kdh][-int][-ft]")
         parsed: dict[str, Any] = {}
         found = match.groupdict()
         if method == "directq":
@@ -313,13 +333,15 @@ class RunSpec:
         elif method == "qat":
             parsed = {"ema_decay": float(found["ema"]) if found["ema"] else None}
         elif method == "ipq":
-            parsed = {"centroids": int(found["k"]), "centroid_bits": 8 if found["c8"] else None}
+            parsed = {"centroids": int(found["k"]), "centroid_bits": 8 if found["c8"] else None,
+                      "noise_rate": float(found["qn"]) if found["qn"] else 1.0}
         elif method == "qbert":
             grouping = found["g"]
             parsed = {"weight_bits": int(found["w"]), "embedding_bits": int(found["e"]),
                       "groups": None if grouping is None else "row" if grouping == "-per-row" else int(grouping[2:]),
                       "percentile": float(found["p"]) if found["p"] else None,
-                      "noise_rate": float(found["qn"]) if found["qn"] else 1.0}
+                      "noise_rate": float(found["qn"]) if found["qn"] else 1.0,
+                      "noise_block": int(found["nb"]) if found["nb"] else 8}
             if found["mp"] and not known.get("layer_bits"):
                 raise ValueError(f"label {label!r} names a mixed-precision run: pass its layer_bits (the label "
                                  "holds only their widths)")
