@@ -142,3 +142,28 @@ def test_an_ipq_row_is_measured_as_codes_and_codebooks_and_has_no_kernel(tiny_be
     assert ipq["paper"] == "Quant-Noise (iPQ)" and ipq["weights"] == "iPQ, k = 16, 8-bit centroids"
     assert ipq["file (MB)"] < table.loc["qat", "file (MB)"]  # one byte per block of 4-8 weights, and codebooks
     assert pd.isna(ipq["CPU latency vs FP32"]) and ipq["training"].startswith("iPQ stages")
+
+
+def test_the_survey_table_puts_each_papers_headline_row_beside_the_surveys_entries(tiny_bert):
+    from qlib.experiments.compare import SURVEY_COLUMNS, survey_table
+    from qlib.experiments.papers import SURVEY_TABLE
+
+    noisy = "ipq-k16-int8-qn0.2-ft"
+    rows = [record("sst2", "fp32", 0, 0.80), record("sst2", "fp32", 1, 0.82),
+            record("sst2", noisy, 0, 0.76, trained="ipq", centroids=16, centroid_bits=8, noise_rate=0.2,
+                   init_from="runs/checkpoints/qbert/sst2/fp32-seed0.safetensors"),
+            record("sst2", "qat", 0, 0.79, trained="qat"), record("sst2", "qat", 1, 0.81, trained="qat")]
+    bench = {"shapes": {"packaged": {"latency": {"batch8-seq128": {
+        "fp32": {"median_ms": 40.0}, "qbook_int8": {"median_ms": 10.0}}}}}}
+    table = side_by_side({"all": rows}, tiny_bert, bench)
+    assert table.set_index("method").loc[noisy, "weights"] == "iPQ, k = 16, 8-bit centroids, PQ noise p=0.2 first"
+    assert table.set_index("method").loc[noisy, "training"].startswith("PQ noise, then iPQ stages")
+    survey = survey_table(table, "sst2", {"Q8BERT": "qat", "Q-BERT": "qbert-w2e8-g12-p99.9-mp2-3-ft",
+                                          "Quant-Noise": noisy}, SURVEY_TABLE)
+    assert survey.loc["Q8BERT", "CPU latency vs FP32"] == "0.25×" and survey.loc["Q8BERT", "seeds"] == 2
+    assert survey.loc["Q8BERT", "accuracy drop vs FP32 (%)"] == "+1.23"  # (81 - 80) / 81
+    assert survey.loc["Quant-Noise", "CPU latency vs FP32"] == "no kernel: decoded to float"
+    assert float(survey.loc["Quant-Noise", "file vs FP32"].rstrip("%")) < float(
+        survey.loc["Q8BERT", "file vs FP32"].rstrip("%"))
+    assert survey.loc["Q-BERT", "our row"].endswith("(not run yet)") and survey.loc["Q-BERT", "seeds"] == 0
+    assert [survey.loc[p, f"survey: {c}"] for p in ("Quant-Noise",) for c in SURVEY_COLUMNS] == ["5 %", "N/A", "worse"]

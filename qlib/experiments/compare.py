@@ -53,11 +53,12 @@ def bits_of(config: BertQuantConfig | None) -> dict[str, str]:
 
 def row_of(spec: RunSpec) -> dict[str, str]:
     """A row's bits (``bits_of`` its quantization), with iPQ's weights named as what they are: k centroids per
-    layer (8-bit centroids and inputs for iPQ + int8)."""
+    layer (8-bit centroids and inputs for iPQ + int8), after training with PQ noise at p where it did."""
     bits = bits_of(spec.quant_config())
     if spec.method == "ipq":
-        bits["weights"] = f"iPQ, k = {spec.centroids}" + (f", {spec.centroid_bits}-bit centroids"
-                                                          if spec.centroid_bits else "")
+        bits["weights"] = (f"iPQ, k = {spec.centroids}" + (f", {spec.centroid_bits}-bit centroids"
+                                                           if spec.centroid_bits else "")
+                           + (f", PQ noise p={spec.noise_rate:g} first" if spec.noise_rate < 1 else ""))
         bits["weight ranges"] = "codebook per layer"
     return bits
 
@@ -80,6 +81,8 @@ def training_of(record: Mapping[str, Any]) -> str:
         return "none: quantized after FP32 fine-tuning"
     start = "the FP32 Baseline" if spec.init_from else "pretrained"
     kind = {"fp32": "FP32", "ipq": "iPQ stages, each fine-tuned"}.get(spec.method, "QAT")
+    if spec.method == "ipq" and spec.noise_rate < 1:
+        kind = "PQ noise, then iPQ stages, each fine-tuned"
     epochs = spec.protocol.epochs
     return f"{kind}, {epochs} epoch{'s' if epochs != 1 else ''} from {start}"
 
@@ -141,3 +144,35 @@ def pareto(table: pd.DataFrame) -> pd.DataFrame:
                 keep.append(index)
                 best = row["mean"]
     return table.loc[keep]
+
+
+SURVEY_COLUMNS = ("memory vs BERT", "inference speed", "accuracy")
+
+
+def survey_table(table: pd.DataFrame, task: str, rows: Mapping[str, str],
+                 survey: Mapping[str, Mapping[str, str]]) -> pd.DataFrame:
+    """The survey's comparison of the three papers, re-measured: for each paper, the ``side_by_side`` row of
+    ``task`` whose label ``rows`` names (its headline setting), with its measured file against FP32, its CPU latency
+    against FP32 ("no kernel: decoded to float" where no integer kernel runs its scheme), its accuracy drop against
+    its FP32 runs and its seeds, beside the ``survey``'s own entries (``SURVEY_COLUMNS``); a paper whose row is not
+    committed yet says so.
+
+    Returns:
+        One row per paper of ``rows``: our row's label, file vs FP32, CPU latency vs FP32, drop vs FP32 (%), seeds,
+        and the survey's memory, speed and accuracy.
+    """
+    ours = table[table["task"] == task].set_index("method") if not table.empty else pd.DataFrame()
+    out = {}
+    for paper, label in rows.items():
+        found = label in ours.index
+        row = ours.loc[label] if found else None
+        latency = row["CPU latency vs FP32"] if found else float("nan")
+        out[paper] = {
+            "our row": label if found else f"{label} (not run yet)",
+            "file vs FP32": f"{row['file vs FP32']:.1%}" if found else "—",
+            "CPU latency vs FP32": ("—" if not found else f"{latency:.2f}×" if not pd.isna(latency)
+                                    else "no kernel: decoded to float"),
+            "accuracy drop vs FP32 (%)": f"{row['drop vs FP32 (%)']:+.2f}" if found else "—",
+            "seeds": int(row["seeds"]) if found else 0,
+            **{f"survey: {column}": survey.get(paper, {}).get(column, "—") for column in SURVEY_COLUMNS}}
+    return pd.DataFrame(out).T.rename_axis("paper")

@@ -374,13 +374,14 @@ class RunSpec:
                  "distillation": params.get("distillation"),
                  "groups": params.get("groups"), "layer_bits": params.get("layer_bits") or {},
                  "percentile": params.get("percentile"), "ema_decay": params.get("ema_decay"),
-                 "noise_rate": params.get("noise_rate", 1.0), "init_from": params.get("init_from"),
+                 "noise_rate": params.get("noise_rate", 1.0), "noise_block": params.get("noise_block", 8),
+                 "init_from": params.get("init_from"),
                  "centroids": params.get("centroids", 256), "centroid_bits": params.get("centroid_bits")}
         if trained != "fp32" or record["method"] == "fp32":  # the trained run itself: the knobs its method has
             applies = {"fp32": ("init_from",),
                        "qat": ("ema_decay", "integer_nonlinearities", "distillation", "init_from"),
                        "qbert": tuple(k for k in knobs if k not in ("centroids", "centroid_bits")),
-                       "ipq": ("centroids", "centroid_bits", "init_from")}[trained]
+                       "ipq": ("centroids", "centroid_bits", "noise_rate", "init_from")}[trained]
             return cls(record["task"], trained, record["seed"], **{k: knobs[k] for k in applies}, protocol=protocol)
         # a post-training row of an fp32 run: its label says which; DirectQ's groups are the run's
         groups = {"groups": params.get("groups")} if record["method"].startswith("directq") else {}
