@@ -72,3 +72,10 @@ def test_the_checker_sees_lazy_and_package_imports(tmp_path):
     path.write_text("import os\nfrom qlib import convert_bert\nimport qlib.deploy.int8\n\ndef f():\n"
                     "    from qlib.experiments.report import notes_markdown\n")
     assert qlib_imports(path) == {"qlib", "deploy", "experiments"}
+
+
+def test_every_module_has_its_page_in_the_api_reference():
+    pages = "".join(p.read_text(encoding="utf-8") for p in (QLIB.parent / "api").glob("*.md"))
+    missing = sorted(f"qlib.{m}" for m, package in modules().items()
+                     if package and not m.endswith(".__init__") and f".. automodule:: qlib.{m}\n" not in pages)
+    assert not missing, f"add these modules to a page under api/: {missing}"
