@@ -186,11 +186,14 @@ def test_a_baseline_that_is_a_q8bert_fp32_run_trains_once_for_both_chapters(swep
 def test_quant_noise_jobs_start_from_the_baselines_the_protocol_keeps(swept):
     jobs = quant_noise_jobs("ckpt", seeds=(0, 1), results=swept)
     noisy = [j for j in jobs if j.experiment == "quant-noise"]
-    assert {label(j) for j in noisy} == {f"qbert-w{b}e8-g12-p99.9-qn{QUANT_NOISE_RATE:g}-ft" for b in (2, 3)}
+    widths = {"sst2": (8, 4), "cola": (2, 3)}  # the paper's int8 and int4 on SST-2; CoLA's lowest bits
+    assert {(j.spec.task, label(j)) for j in noisy} == {
+        (t, f"qbert-w{b}e8-g12-p99.9-qn{QUANT_NOISE_RATE:g}-ft") for t, bits in widths.items() for b in bits}
     compared = [j for j in jobs if j.experiment == "qbert"]  # the same rows at p = 1, the chapter's comparison
-    assert {label(j) for j in compared} == {f"qbert-w{b}e8-g12-p99.9-ft" for b in (2, 3)} and len(compared) == 4
+    assert {(j.spec.task, label(j)) for j in compared} == {
+        (t, f"qbert-w{b}e8-g12-p99.9-ft") for t, bits in widths.items() for b in bits} and len(compared) == 8
     assert all(j.spec.protocol.epochs == protocol_for(j.spec.task, swept)["epochs"] for j in jobs)
-    qbert_main = qbert_jobs(["cola"], "ckpt", seeds=(0, 1), results=swept)[1]
+    qbert_main = qbert_jobs(["cola", "sst2"], "ckpt", seeds=(0, 1), results=swept)[1]
     assert {j.name for j in compared} <= {j.name for j in qbert_main}  # the same job: the runner keeps one
     baselines = baseline_jobs(sorted({j.spec.task for j in jobs}), "ckpt", seeds=(0, 1), results=swept)
     assert all(j.checkpoint_dir == "ckpt" and j.spec.method == "fp32" for j in baselines)
@@ -215,7 +218,7 @@ def test_the_noise_study_varies_p_and_the_block_size_of_one_setting_apart_from_t
     jobs = noise_study_jobs("ckpt", results=swept, tasks=["cola"])
     assert [(j.spec.noise_rate, j.spec.noise_block) for j in jobs] == (
         [(p, 8) for p in NOISE_STUDY_RATES] + [(QUANT_NOISE_RATE, b) for b in NOISE_STUDY_BLOCKS])
-    assert {j.spec.seed for j in jobs} == {0} and {j.spec.weight_bits for j in jobs} == {2}
+    assert {j.spec.seed for j in jobs} == {0} and {j.spec.weight_bits for j in jobs} == {2}  # CoLA's Q-BERT 2/8
     assert all(j.results_dir == swept / "quant-noise-study" and j.needs == ("qbert/cola/fp32-seed0",) for j in jobs)
     main_rows = {j.name for j in quant_noise_jobs("ckpt", results=swept, tasks=["cola"])}
     assert not main_rows & {j.name for j in jobs}

@@ -9,7 +9,8 @@ import pytest
 from conftest import RESULT_TEMPLATE, tiny_config, write_run
 from transformers import BertForSequenceClassification
 
-from qlib.experiments.protocol import NOISE_STUDY_BLOCKS, NOISE_STUDY_RATES, noise_study_jobs
+from qlib.experiments.protocol import NOISE_STUDY_BLOCKS, NOISE_STUDY_RATES, QUANT_NOISE_SETTINGS, noise_study_jobs
+from qlib.experiments.qbert import setting_spec
 from qlib.experiments.quant_noise_tables import against_qat, ipq_files, ipq_runs, missing_runs, noise_study
 from qlib.experiments.spec import FROM_CHECKPOINT, RunSpec
 
@@ -69,9 +70,12 @@ def test_the_noise_study_puts_each_p_and_block_size_beside_qat(tmp_path):
         pytest.skip(f"the committed result {RESULT_TEMPLATE} is the template of these files")
     results = tmp_path / "results"
     study = noise_study_jobs("ckpt", results=results, tasks=["sst2"])
-    qat = RunSpec("sst2", "qbert", weight_bits=2, groups=12, percentile=99.9, init_from=FROM_CHECKPOINT)
-    for path in (write_run(results / "qbert", "sst2", qat.label, 0, 0.80, **qbert_params(2, 1.0)),
-                 write_run(results / "quant-noise-study", "sst2", study[0].spec.label, 0, 0.83, **qbert_params(2, 0.1)),
+    setting = QUANT_NOISE_SETTINGS["sst2"][0]
+    qat = setting_spec(setting, "sst2", 0, 12, None)
+    bits = qat.weight_bits
+    for path in (write_run(results / "qbert", "sst2", qat.label, 0, 0.80, **qbert_params(bits, 1.0)),
+                 write_run(results / "quant-noise-study", "sst2", study[0].spec.label, 0, 0.83,
+                           **qbert_params(bits, 0.1)),
                  write_run(results / "quant-noise", "sst2", qat.with_(noise_rate=0.5).label, 0, 0.9)):
         record = json.loads(path.read_text())  # as on the official files: the run records its data
         if "quant-noise/" not in str(path):  # the main p = 0.5 row stays on the altered copy: not run yet
@@ -82,5 +86,5 @@ def test_the_noise_study_puts_each_p_and_block_size_beside_qat(tmp_path):
     assert table.loc[(1.0, 8), "score"] == 80 and table.loc[(0.1, 8), "vs p = 1 (points)"] == pytest.approx(3)
     assert table.loc[(0.5, NOISE_STUDY_BLOCKS[0]), "result"] == table.loc[(0.5, 8), "result"] == "not run yet"
     assert table.loc[(0.1, 8), "result"] == f"quant-noise-study/sst2/{study[0].spec.label}-seed0.json"
-    assert sentence.startswith(f"Q-BERT 2/8 (`{qat.label}` at p = 1) on sst2, seed 0")
+    assert sentence.startswith(f"{setting} (`{qat.label}` at p = 1) on sst2, seed 0")
     assert noise_study("cola", "ckpt", results)[0].startswith("*The study of p and block size waits for cola's")

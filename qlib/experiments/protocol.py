@@ -49,8 +49,11 @@ ABLATION_GROUPS: tuple[int | str, ...] = (1, 4 * HEADS, "row")  # with G = HEADS
 ABLATION_SETTING = "Q-BERT 3/8"
 ABLATION_TASKS = ("sst2", "conll2003")  # Q-BERT's group-wise ablation: SST-2 and CoNLL-03 (not SQuAD)
 EMA_ABLATION_DECAY = 0.99
-QUANT_NOISE_TASKS = ("cola",)
-QUANT_NOISE_SETTINGS = ("Q-BERT 2/8", "Q-BERT 3/8")  # where QAT (p = 1) loses the most
+QUANT_NOISE_SETTINGS = {"sst2": ("Q-BERT 8/8", "Q-BERT 4/8"), "cola": ("Q-BERT 2/8", "Q-BERT 3/8")}
+"""The Q-BERT rows each task trains with Quant-Noise: int8 and int4 on SST-2 (the paper compares training with and
+without the noise at int8, int4 and iPQ), and on CoLA the 2 and 3 bits, where QAT (p = 1) loses the most."""
+QUANT_NOISE_TASKS = tuple(QUANT_NOISE_SETTINGS)
+NOISE_STUDY_TASKS = ("cola",)  # the study of p and block size: on the first setting of QUANT_NOISE_SETTINGS[task]
 QUANT_NOISE_RATE = 0.5
 NOISE_STUDY_RATES = (0.1, 0.25, 0.75)  # with QUANT_NOISE_RATE and p = 1 from the main rows: the effect of p
 NOISE_STUDY_BLOCKS = (4, 32)  # with the main rows' 8 inputs: the effect of the block size, at QUANT_NOISE_RATE
@@ -271,13 +274,13 @@ def qbert_jobs(tasks: Sequence[str], checkpoints: str | Path, spectra: Mapping[s
 
 def quant_noise_jobs(checkpoints: str | Path, seeds=SEEDS, results: str | Path = "results",
                      tasks: Sequence[str] = QUANT_NOISE_TASKS) -> list[Job]:
-    """Quant-Noise chapter: Q-BERT's rows of ``QUANT_NOISE_SETTINGS`` trained at noise rate ``QUANT_NOISE_RATE``
-    on ``QUANT_NOISE_TASKS``, and the same rows at p = 1 (Q-BERT's QAT, written with the Q-BERT chapter's results)
+    """Quant-Noise chapter: each task's Q-BERT rows of ``QUANT_NOISE_SETTINGS`` trained at noise rate
+    ``QUANT_NOISE_RATE``, and the same rows at p = 1 (Q-BERT's QAT, written with the Q-BERT chapter's results)
     that the chapter compares them with; each from its seed's FP32 Baseline, which it needs. A p = 1 row the Q-BERT
     jobs also make is the same job (same name): the runner keeps one."""
     jobs = []
     for t in tasks:
-        for name in QUANT_NOISE_SETTINGS:
+        for name in QUANT_NOISE_SETTINGS[t]:
             for s in seeds:
                 spec = setting_spec(name, t, s, HEADS, checkpoints, protocol=_protocol(t, results))
                 needs = (baseline_name(t, s),)
@@ -298,14 +301,14 @@ def ipq_jobs(checkpoints: str | Path, seeds=SEEDS, results: str | Path = "result
 
 
 def noise_study_jobs(checkpoints: str | Path, results: str | Path = "results",
-                     tasks: Sequence[str] = QUANT_NOISE_TASKS) -> list[Job]:
-    """The Quant-Noise chapter's study of p and of the block size, on one setting (``QUANT_NOISE_SETTINGS[0]``, seed 0,
-    each task's protocol): p at each of ``NOISE_STUDY_RATES`` on blocks of 8 inputs, and blocks of each of
-    ``NOISE_STUDY_BLOCKS`` at ``QUANT_NOISE_RATE``, written under ``<results>/quant-noise-study``; the chapter's main
-    rows give p = ``QUANT_NOISE_RATE`` on blocks of 8 and p = 1."""
+                     tasks: Sequence[str] = NOISE_STUDY_TASKS) -> list[Job]:
+    """The Quant-Noise chapter's study of p and of the block size, on one setting of each task (the first of
+    ``QUANT_NOISE_SETTINGS[task]``, seed 0, the task's protocol): p at each of ``NOISE_STUDY_RATES`` on blocks of 8
+    inputs, and blocks of each of ``NOISE_STUDY_BLOCKS`` at ``QUANT_NOISE_RATE``, written under ``<results>/quant-
+    noise-study``; the chapter's main rows give p = ``QUANT_NOISE_RATE`` on blocks of 8 and p = 1."""
     jobs = []
     for t in tasks:
-        spec = setting_spec(QUANT_NOISE_SETTINGS[0], t, 0, HEADS, checkpoints, protocol=_protocol(t, results))
+        spec = setting_spec(QUANT_NOISE_SETTINGS[t][0], t, 0, HEADS, checkpoints, protocol=_protocol(t, results))
         variants = [{"noise_rate": p} for p in NOISE_STUDY_RATES]
         variants += [{"noise_rate": QUANT_NOISE_RATE, "noise_block": b} for b in NOISE_STUDY_BLOCKS]
         jobs += [Job(spec.with_(**v), "quant-noise", folder="quant-noise-study", needs=(baseline_name(t, 0),),
@@ -406,7 +409,8 @@ def second_stage(wanted: Mapping[str, Sequence[str]], results: str | Path, check
     noise = quant_noise_jobs(checkpoints, results=results,
                              tasks=[t for t in wanted["quant-noise"] if t in protocols])
     noise += ipq_jobs(checkpoints, results=results, tasks=[t for t in wanted["ipq"] if t in protocols])
-    study = noise_study_jobs(checkpoints, results=results, tasks=[t for t in wanted["quant-noise"] if t in protocols])
+    study = noise_study_jobs(checkpoints, results=results,
+                             tasks=[t for t in NOISE_STUDY_TASKS if t in wanted["quant-noise"] and t in protocols])
     beyond = beyond_jobs(checkpoints, results=results,
                          integer_tasks=[t for t in INTEGER_TASKS if t in protocols and t in wanted["beyond"]],
                          distillation_tasks=[t for t in DISTILLATION_TASKS

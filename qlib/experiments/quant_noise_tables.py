@@ -87,9 +87,9 @@ def missing_runs(task: str, checkpoints: str | Path, results_dir: str | Path) ->
 
 def noise_study(task: str, checkpoints: str | Path, results: str | Path) -> list[Any]:
     """The effect of the noise rate p and of the block size on one setting (``noise_study_jobs``: seed 0 of
-    ``QUANT_NOISE_SETTINGS[0]``), with the main rows of that setting and seed beside (p = ``QUANT_NOISE_RATE`` on
-    blocks of 8, and QAT at p = 1): one row per (p, block size), its dev score, its gap to p = 1, and the result file
-    it comes from, or "not run yet" (a result on the altered copy counts as not run).
+    ``QUANT_NOISE_SETTINGS[task]``'s first), with the main rows of that setting and seed beside (p =
+    ``QUANT_NOISE_RATE`` on blocks of 8, and QAT at p = 1): one row per (p, block size), its dev score, its gap to p =
+    1, and the result file it comes from, or "not run yet" (a result on the altered copy counts as not run).
 
     Returns:
         What the chapter shows (``qlib.experiments.report.show``): the setting in a sentence and the table, or a
@@ -112,7 +112,7 @@ def noise_study(task: str, checkpoints: str | Path, results: str | Path) -> list
     table = pd.DataFrame.from_dict(rows, orient="index").rename_axis(["p", "block (inputs)"]).sort_index()
     table.insert(1, "vs p = 1 (points)", table["score"] - table.loc[(1.0, 8), "score"])
     qat = next(j.spec for j in main if j.spec.noise_rate == 1.0)
-    return [f"{QUANT_NOISE_SETTINGS[0]} (`{qat.label}` at p = 1) on {task}, seed 0, the task's protocol "
+    return [f"{QUANT_NOISE_SETTINGS[task][0]} (`{qat.label}` at p = 1) on {task}, seed 0, the task's protocol "
             f"({qat.protocol.epochs} epoch(s) at lr {qat.protocol.lr:g}); score: "
             f"{metric or get_run_task(task).metrics[0]} × 100. One seed: a difference smaller than the seed-to-seed "
             "spread of the main rows above is not a finding.", table.round(2)]
