@@ -304,8 +304,8 @@ def noise_study_jobs(checkpoints: str | Path, results: str | Path = "results",
                      tasks: Sequence[str] = NOISE_STUDY_TASKS) -> list[Job]:
     """The Quant-Noise chapter's study of p and of the block size, on one setting of each task (the first of
     ``QUANT_NOISE_SETTINGS[task]``, seed 0, the task's protocol): p at each of ``NOISE_STUDY_RATES`` on blocks of 8
-    inputs, and blocks of each of ``NOISE_STUDY_BLOCKS`` at ``QUANT_NOISE_RATE``, written under ``<results>/quant-
-    noise-study``; the chapter's main rows give p = ``QUANT_NOISE_RATE`` on blocks of 8 and p = 1."""
+    inputs, and blocks of each of ``NOISE_STUDY_BLOCKS`` at ``QUANT_NOISE_RATE``, written under
+    ``<results>/quant-noise-study``; the chapter's main rows give p = ``QUANT_NOISE_RATE`` on blocks of 8 and p = 1."""
     jobs = []
     for t in tasks:
         spec = setting_spec(QUANT_NOISE_SETTINGS[t][0], t, 0, HEADS, checkpoints, protocol=_protocol(t, results))
