@@ -390,11 +390,16 @@ def test_the_beyond_chapters_jobs_are_integer_qat_and_distilled_rows_after_their
     integer = [j for j in jobs if j.spec.integer_nonlinearities]
     distilled = [j for j in jobs if j.spec.distillation]
     assert {j.spec.label for j in integer} == {"qat-int"} and {j.spec.task for j in integer} == set(INTEGER_TASKS)
-    assert len(distilled) == len(DISTILLED_SETTINGS) * 2 and all(j.experiment == "beyond" for j in jobs)
+    assert len(distilled) == (len(DISTILLED_SETTINGS) - 1) * 2 and all(j.experiment == "beyond" for j in jobs)
     assert {j.spec.label for j in distilled} == {f"qbert-w{b}e8-g12-p99.9-kdh-ft" for b in (8, 4, 3, 2)}
     assert all(j.needs == (f"qbert/sst2/fp32-seed{j.spec.seed}",) and j.spec.init_from
                == str(fp32_checkpoint("ckpt", "sst2", j.spec.seed)) for j in distilled)
     assert {j.spec.protocol.epochs for j in integer if j.spec.task == "mrpc"} == {6}  # the sweep's pick
+    with_spectrum = beyond_jobs("ckpt", seeds=(0,), results=swept, integer_tasks=(), spectra={"sst2": SPECTRUM})
+    mixed = [j for j in with_spectrum if j.spec.layer_bits]  # Q-BERT's MP 2/3, distilled, once the spectrum is in
+    assert [j.spec.label for j in mixed] == ["qbert-w2e8-g12-p99.9-mp2-3-kdh-ft"]
+    assert dict(mixed[0].spec.layer_bits) == dict(setting_spec("Q-BERT_MP 2/3", "sst2", 0, HEADS, "ckpt",
+                                                               SPECTRUM).layer_bits)
 
 
 def test_a_result_on_the_altered_copy_is_not_done_and_is_re_run(tmp_path):

@@ -28,7 +28,11 @@ def model_path(model: str) -> str:
 
 HEADS = {"sequence": AutoModelForSequenceClassification, "qa": AutoModelForQuestionAnswering,
          "token": AutoModelForTokenClassification}
-"""The task heads the papers use: one label (or score) per sentence (pair), a start/end span, one label per token."""
+"""The task heads the papers use: one label (or score) per sentence (pair), a start/end span, one label per token
+(``transformers``' Auto classes for each).
+
+:meta hide-value:
+"""
 
 
 def load_bert(model: str, head: str = "sequence", num_labels: int = 2, attn_implementation: str | None = None,

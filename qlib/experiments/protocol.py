@@ -14,8 +14,8 @@ their models under ``--checkpoints``; one that is also a Q8BERT FP32 run trains 
 the Hessian spectrum of each Q-BERT task's seed-0 Baseline where its committed one is missing (Q-BERT I's job), and
 Q-BERT's and Quant-Noise's QAT rows, each started as soon as its seed's Baseline is written, seed by seed, then the
 ablations, the "Beyond the papers" rows (``beyond_jobs``) and the Quant-Noise study of p and block size
-(``noise_study_jobs``); (3) the mixed- precision rows of the tasks whose spectrum
-stage 2 measured (it sets their bits). Finished runs are skipped, so an interrupted protocol resumes; a result that
+(``noise_study_jobs``); (3) the mixed-precision rows (plain and distilled) of the tasks whose spectrum stage 2
+measured (it sets their bits). Finished runs are skipped, so an interrupted protocol resumes; a result that
 does not record its data (one computed on the earlier, altered GLUE copy) is not finished: it is re-run, and its file
 replaced. A failing job is named and the jobs that need it are reported as not started; the others still run, and the
 exit status is non-zero at the end. A task whose sweep or spectrum is missing gets no rows that need it, and is named
@@ -64,7 +64,7 @@ IPQ_NOISE_RATE = 0.2
 recommends 0.05 to 0.2."""
 INTEGER_TASKS = ("sst2", "mrpc")  # the beyond chapter's integer-only QAT: SST-2 and one more task
 DISTILLATION_TASKS = ("sst2",)
-DISTILLED_SETTINGS = ("Q-BERT 8/8", "Q-BERT 4/8", "Q-BERT 3/8", "Q-BERT 2/8")
+DISTILLED_SETTINGS = ("Q-BERT 8/8", "Q-BERT 4/8", "Q-BERT 3/8", "Q-BERT 2/8", "Q-BERT_MP 2/3")  # MP: once spectrum
 LANDSCAPE_BLOCKS = ("encoder.layer.0", "encoder.layer.2", "encoder.layer.5")  # Q-BERT I's default, fig. 2's
 HESSIAN_BATCH_SIZES = (8, 16, 32, 64)  # the batch-size study: the top λ of one block at each Hessian batch size
 HESSIAN_MAX_LENGTH = {"squad": 256}
@@ -318,16 +318,20 @@ def noise_study_jobs(checkpoints: str | Path, results: str | Path = "results",
 
 def beyond_jobs(checkpoints: str | Path, seeds=SEEDS, results: str | Path = "results",
                 integer_tasks: Sequence[str] = INTEGER_TASKS,
-                distillation_tasks: Sequence[str] = DISTILLATION_TASKS) -> list[Job]:
+                distillation_tasks: Sequence[str] = DISTILLATION_TASKS,
+                spectra: Mapping[str, Mapping[str, Any]] | None = None) -> list[Job]:
     """The "Beyond the papers" chapter: Q8BERT's QAT with I-BERT's integer GELU, softmax and LayerNorm on
     ``integer_tasks`` (against the Q8BERT chapter's QAT and FP32 rows of the same seeds), and Q-BERT's QAT rows of
     ``DISTILLED_SETTINGS`` distilled from their seed's FP32 Baseline (TernaryBERT's logits, hidden states and
-    attention maps), each after that Baseline, on ``distillation_tasks``."""
+    attention maps), each after that Baseline, on ``distillation_tasks``; a mixed-precision setting only on a task
+    of ``spectra`` (its bits come from the task's spectrum, as in the Q-BERT table)."""
+    spectra = spectra or {}
     integer = [Job(RunSpec(t, "qat", s, integer_nonlinearities=True, protocol=_protocol(t, results)), "beyond",
                    results=str(results)) for t in integer_tasks for s in seeds]
-    distilled = [Job(setting_spec(name, t, s, HEADS, checkpoints, protocol=_protocol(t, results)).with_(
+    distilled = [Job(setting_spec(name, t, s, HEADS, checkpoints, spectra.get(t), _protocol(t, results)).with_(
                          distillation="hidden"), "beyond", needs=(baseline_name(t, s),), results=str(results))
-                 for t in distillation_tasks for name in DISTILLED_SETTINGS for s in seeds]
+                 for t in distillation_tasks for name in DISTILLED_SETTINGS for s in seeds
+                 if name not in MIXED_SETTINGS or t in spectra]
     return integer + distilled
 
 
@@ -411,11 +415,11 @@ def second_stage(wanted: Mapping[str, Sequence[str]], results: str | Path, check
     noise += ipq_jobs(checkpoints, results=results, tasks=[t for t in wanted["ipq"] if t in protocols])
     study = noise_study_jobs(checkpoints, results=results,
                              tasks=[t for t in NOISE_STUDY_TASKS if t in wanted["quant-noise"] and t in protocols])
+    measured = _present_spectra(spectra_folder, qbert_tasks)
     beyond = beyond_jobs(checkpoints, results=results,
                          integer_tasks=[t for t in INTEGER_TASKS if t in protocols and t in wanted["beyond"]],
                          distillation_tasks=[t for t in DISTILLATION_TASKS
-                                             if t in protocols and t in wanted["beyond"]])
-    measured = _present_spectra(spectra_folder, qbert_tasks)
+                                             if t in protocols and t in wanted["beyond"]], spectra=measured)
     baselines, qb_main, qb_ablation = qbert_jobs(qbert_tasks, checkpoints, measured, results=results)
     baselines += baseline_jobs(sorted({j.spec.task for j in noise + study + beyond if j.needs} - set(qbert_tasks)),
                                checkpoints, results=results)
@@ -488,7 +492,10 @@ def main(argv: list[str] | None = None) -> int:
         failures.extend(f"the Q-BERT MP rows of {t} (no spectrum)" for t in unmeasured if t not in new)
         if new:  # 3: the MP rows of the tasks whose spectrum stage 2 measured
             new_baselines, new_main, _ = qbert_jobs(list(new), checkpoints, new, results=results)
-            stage(3, _by_seed(new_baselines) + _by_seed([j for j in new_main if j.spec.layer_bits]))
+            distilled = beyond_jobs(checkpoints, results=results, integer_tasks=(), spectra=new,
+                                    distillation_tasks=[t for t in DISTILLATION_TASKS if t in new
+                                                        and t in wanted["beyond"]])
+            stage(3, _by_seed(new_baselines) + _by_seed([j for j in new_main + distilled if j.spec.layer_bits]))
     finally:
         close_client(client)
     print("\n".join(report.summary() for report in reports), flush=True)

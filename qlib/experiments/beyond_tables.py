@@ -1,0 +1,98 @@
+"""What the "Beyond the papers" chapter shows, from committed results: integer-only QAT beside Q8BERT's
+float-nonlinearity QAT and FP32 of the same seeds, and distilled Q-BERT QAT beside the Q-BERT chapter's plain QAT and
+FP32 Baseline of the same setting and seeds, each with the verdict the chapter is asked for. Only results on the
+official data files are compared (one on the earlier, altered copy is another dataset). Nothing here trains."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from qlib.experiments.report import mean_std, mean_std_text, paired_gaps, relative_drop, runs_frame
+from qlib.experiments.results import read_results
+from qlib.experiments.spec import RunSpec
+
+INTEGER_TARGET = 1.0
+"""Integer-only QAT within this relative drop (percent) of float-nonlinearity QAT."""
+RECOVERY_TARGET = 0.5
+"""Distilled 2-bit QAT recovers at least this share of plain 2-bit QAT's drop against FP32."""
+
+
+def _official(folder: Path) -> list[dict[str, Any]]:
+    return [r for r in read_results(folder) if r.get("provenance", {}).get("data") is not None]
+
+
+def _same_seeds(runs: pd.DataFrame, method: str, other: str) -> pd.Series:
+    """Per seed that both ``method`` and ``other`` have: their scores side by side ([seed] × 2)."""
+    scores = runs[runs["method"].isin([method, other])].pivot_table(index="seed", columns="method", values="score")
+    return scores.dropna() if {method, other} <= set(scores.columns) else pd.DataFrame(columns=[method, other])
+
+
+def integer_against_float(task: str, results: str | Path) -> list[Any]:
+    """Integer-only QAT (``qat-int``, under ``<results>/beyond``) beside Q8BERT's QAT and FP32 of ``task`` (under
+    ``<results>/q8bert``): each row's score over seeds, and the integer row's relative drop against float QAT on the
+    seeds both have, (QAT − int) / QAT, with the verdict against ``INTEGER_TARGET``.
+
+    Returns:
+        What the chapter shows (``qlib.experiments.report.show``): the table and the verdict, or a sentence saying
+        which runs are missing.
+    """
+    results = Path(results)
+    integer = [r for r in _official(results / "beyond" / task) if RunSpec.from_record(r).integer_nonlinearities
+               and RunSpec.from_record(r).method == "qat"]
+    float_rows = [r for r in _official(results / "q8bert" / task) if r["method"] in ("fp32", "qat")]
+    if not integer:
+        return [f"*No integer-only QAT run of {task} on the official files yet (`{results / 'beyond' / task}`).*"]
+    runs = runs_frame(float_rows + integer)
+    table = mean_std_text(mean_std(runs)).droplevel("task").rename("score").to_frame()
+    label = integer[0]["method"]
+    pairs = _same_seeds(runs, label, "qat")
+    if pairs.empty:
+        return [table, f"*No seed of {task} has both `{label}` and Q8BERT's `qat` yet: no verdict.*"]
+    drop = relative_drop(pairs["qat"].mean(), pairs[label].mean())
+    within = drop <= INTEGER_TARGET
+    gaps = paired_gaps(runs, label, baseline="qat")
+    return [table, f"On the {len(pairs)} seed(s) both have, integer-only QAT is {drop:+.2f} % relative below float "
+                   f"QAT (paired gap {gaps['mean gap'].iloc[0]:+.2f} points): "
+                   f"**{'within' if within else 'not within'} {INTEGER_TARGET:g} %**."]
+
+
+def distilled_against_plain(task: str, results: str | Path) -> list[Any]:
+    """Each distilled Q-BERT QAT row of ``task`` (under ``<results>/beyond``) beside the same setting without
+    distillation and the FP32 Baseline of the same seeds (under ``<results>/qbert``): mean scores on the seeds all
+    three have, the drops of plain and distilled QAT against FP32, and the share of plain QAT's drop that
+    distillation recovers, (distilled − plain) / (FP32 − plain), with the verdict against ``RECOVERY_TARGET`` for
+    2-bit weights.
+
+    Returns:
+        What the chapter shows: the table and the 2-bit verdict, or a sentence saying which runs are missing.
+    """
+    results = Path(results)
+    distilled = [r for r in _official(results / "beyond" / task) if RunSpec.from_record(r).distillation]
+    if not distilled:
+        return [f"*No distilled QAT run of {task} on the official files yet (`{results / 'beyond' / task}`).*"]
+    runs = runs_frame(_official(results / "qbert" / task) + distilled)
+    rows = {}
+    for label in sorted({r["method"] for r in distilled}):
+        spec = RunSpec.from_record(next(r for r in distilled if r["method"] == label))
+        plain = spec.with_(distillation=None).label
+        both = _same_seeds(runs, label, plain).join(_same_seeds(runs, "fp32", plain)["fp32"], how="inner")
+        fp32, before, after = (both[c].mean() if not both.empty else float("nan") for c in ("fp32", plain, label))
+        bits = sorted({spec.weight_bits, *spec.layer_bits.values()})
+        rows[label] = {
+            "weights": "/".join(map(str, bits)) + (" MP" if len(bits) > 1 else ""), "plain QAT": plain,
+            "seeds": len(both), "FP32": fp32, "plain": before, "distilled": after,
+            "plain drop (%)": relative_drop(fp32, before), "distilled drop (%)": relative_drop(fp32, after),
+            "share of the drop recovered": (after - before) / (fp32 - before) if fp32 != before else float("nan")}
+    table = pd.DataFrame(rows).T.rename_axis("distilled row")
+    two_bit = table[(table["weights"] == "2") & (table["seeds"] > 0)]
+    if two_bit.empty:
+        verdict = "*No 2-bit distilled row with its plain QAT and FP32 on a shared seed yet: no verdict.*"
+    else:
+        share = float(two_bit["share of the drop recovered"].iloc[0])
+        reached = "at least" if share >= RECOVERY_TARGET else "less than"
+        verdict = (f"2-bit weights: distillation recovers {share:.0%} of plain QAT's drop over "
+                   f"{int(two_bit['seeds'].iloc[0])} seed(s): **{reached} {RECOVERY_TARGET:.0%}**.")
+    return [table, verdict]

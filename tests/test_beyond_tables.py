@@ -1,0 +1,55 @@
+"""The "Beyond the papers" chapter's tables: integer-only QAT against float QAT, distilled against plain QAT, each
+on the seeds both have, with the issue's verdicts; runs on the altered copy are left out."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import RESULT_TEMPLATE, write_run
+
+from qlib.experiments.beyond_tables import distilled_against_plain, integer_against_float
+from qlib.experiments.spec import FROM_CHECKPOINT, RunSpec
+
+pytestmark = pytest.mark.skipif(not RESULT_TEMPLATE.is_file(), reason=f"{RESULT_TEMPLATE} is the template")
+
+
+def official(path, spec: RunSpec | None = None):
+    """Mark a written result as read from the official files (and give it its spec)."""
+    record = json.loads(path.read_text())
+    record["provenance"]["data"] = {"source": "local", "folder": "data", "files": {}}
+    if spec is not None:
+        record["spec"] = spec.to_dict()
+    path.write_text(json.dumps(record))
+
+
+def test_integer_only_qat_is_judged_against_float_qat_on_shared_seeds(tmp_path):
+    q8, beyond = tmp_path / "q8bert", tmp_path / "beyond"
+    integer = RunSpec("sst2", "qat", integer_nonlinearities=True)
+    assert integer_against_float("sst2", tmp_path)[0].startswith("*No integer-only QAT run of sst2")
+    for seed, (fp32, qat, qat_int) in enumerate([(0.90, 0.88, 0.875), (0.92, 0.90, 0.89)]):
+        official(write_run(q8, "sst2", "fp32", seed, fp32))
+        official(write_run(q8, "sst2", "qat", seed, qat, trained="qat"))
+        official(write_run(beyond, "sst2", integer.label, seed, qat_int), integer.with_(seed=seed))
+    write_run(beyond, "sst2", integer.label, 2, 0.10)  # on the altered copy: not compared
+    table, verdict = integer_against_float("sst2", tmp_path)
+    assert table.loc["qat-int", "score"] == "88.25 ± 1.06 (n=2)"
+    drop = (89.0 - 88.25) / 89.0 * 100
+    assert verdict.startswith(f"On the 2 seed(s) both have, integer-only QAT is {drop:+.2f} % relative below")
+    assert verdict.endswith("**within 1 %**.")
+
+
+def test_distillation_is_judged_by_the_share_of_plain_qats_drop_it_recovers(tmp_path):
+    qbert, beyond = tmp_path / "qbert", tmp_path / "beyond"
+    plain = RunSpec("sst2", "qbert", weight_bits=2, groups=12, percentile=99.9, init_from=FROM_CHECKPOINT)
+    distilled = plain.with_(distillation="hidden")
+    assert distilled_against_plain("sst2", tmp_path)[0].startswith("*No distilled QAT run of sst2")
+    official(write_run(qbert, "sst2", "fp32", 0, 0.90))
+    official(write_run(qbert, "sst2", plain.label, 0, 0.70), plain)
+    official(write_run(beyond, "sst2", distilled.label, 0, 0.84), distilled)
+    official(write_run(beyond, "sst2", distilled.label, 1, 0.88), distilled.with_(seed=1))  # no plain seed 1
+    table, verdict = distilled_against_plain("sst2", tmp_path)
+    row = table.loc[distilled.label]
+    assert row["plain QAT"] == plain.label and row["seeds"] == 1 and row["weights"] == "2"
+    assert row["share of the drop recovered"] == pytest.approx(0.7)  # (84 - 70) / (90 - 70)
+    assert verdict == "2-bit weights: distillation recovers 70% of plain QAT's drop over 1 seed(s): **at least 50%**."
