@@ -152,27 +152,28 @@ SURVEY_COLUMNS = ("memory vs BERT", "inference speed", "accuracy")
 def survey_table(table: pd.DataFrame, task: str, rows: Mapping[str, str],
                  survey: Mapping[str, Mapping[str, str]]) -> pd.DataFrame:
     """The survey's comparison of the three papers, re-measured: for each paper, the ``side_by_side`` row of
-    ``task`` whose label ``rows`` names (its headline setting), with its measured file against FP32, its CPU latency
-    against FP32 ("no kernel: decoded to float" where no integer kernel runs its scheme), its accuracy drop against
-    its FP32 runs and its seeds, beside the ``survey``'s own entries (``SURVEY_COLUMNS``); a paper whose row is not
-    committed yet says so.
+    ``task`` whose label ``rows`` names (its headline setting): its measured file against FP32, its CPU time against
+    FP32 ("decoded" where no integer kernel runs its scheme: the weights are decoded to float), its accuracy drop
+    against its FP32 runs and its seeds, each beside the ``survey``'s own entry (``SURVEY_COLUMNS``); "not run yet"
+    where the row is not committed.
 
     Returns:
-        One row per paper of ``rows``: our row's label, file vs FP32, CPU latency vs FP32, drop vs FP32 (%), seeds,
-        and the survey's memory, speed and accuracy.
+        One column per paper of ``rows``; one row per quantity, ours above the survey's (short cells, so the table
+        fits a page column).
     """
     ours = table[table["task"] == task].set_index("method") if not table.empty else pd.DataFrame()
     out = {}
     for paper, label in rows.items():
-        found = label in ours.index
-        row = ours.loc[label] if found else None
-        latency = row["CPU latency vs FP32"] if found else float("nan")
+        row = ours.loc[label] if label in ours.index else None
+        entry = survey.get(paper, {})
+        latency = float("nan") if row is None else row["CPU latency vs FP32"]
         out[paper] = {
-            "our row": label if found else f"{label} (not run yet)",
-            "file vs FP32": f"{row['file vs FP32']:.1%}" if found else "—",
-            "CPU latency vs FP32": ("—" if not found else f"{latency:.2f}×" if not pd.isna(latency)
-                                    else "no kernel: decoded to float"),
-            "accuracy drop vs FP32 (%)": f"{row['drop vs FP32 (%)']:+.2f}" if found else "—",
-            "seeds": int(row["seeds"]) if found else 0,
-            **{f"survey: {column}": survey.get(paper, {}).get(column, "—") for column in SURVEY_COLUMNS}}
-    return pd.DataFrame(out).T.rename_axis("paper")
+            "memory vs FP32 (ours)": "not run yet" if row is None else f"{100 * row['file vs FP32']:.1f} %",
+            "memory vs BERT (survey)": entry.get("memory vs BERT", "—"),
+            "CPU time vs FP32 (ours)": ("not run yet" if row is None else "decoded" if pd.isna(latency)
+                                        else f"{latency:.2f}×"),
+            "inference speed (survey)": entry.get("inference speed", "—"),
+            "accuracy drop vs FP32 (ours)": "not run yet" if row is None else f"{row['drop vs FP32 (%)']:+.2f} %",
+            "accuracy (survey)": entry.get("accuracy", "—"),
+            "seeds (ours)": 0 if row is None else int(row["seeds"])}
+    return pd.DataFrame(out)
