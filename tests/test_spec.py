@@ -86,6 +86,8 @@ def test_labels_of_the_papers_rows():
     ipq = RunSpec("sst2", "ipq", centroid_bits=8, init_from="x")
     assert ipq.label == "ipq-k256-int8-ft" and ipq.paper == "Quant-Noise (iPQ)"
     assert ipq.with_(noise_rate=0.2).label == "ipq-k256-int8-qn0.2-ft"
+    assert (ipq.with_(epochs=2).passes, ipq.with_(epochs=1, noise_rate=0.2).passes) == (6, 4)  # per stage, noise first
+    assert (noisy.with_(epochs=2).passes, RunSpec("sst2", "dq").passes) == (2, 0)
     assert ipq.quant_config().default.activation.bits == 8
     with pytest.raises(ValueError, match="ipq quantizes a trained model: give init_from"):
         RunSpec("sst2", "ipq")

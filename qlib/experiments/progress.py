@@ -46,7 +46,7 @@ def protocol_progress(results: str | Path = "results", checkpoints: str | Path =
         if is_run:
             for method, basis in ((job.spec.method, "measured"), ("fp32", "at least (FP32's time)")):
                 alike = [r for spec, r in finished if (spec.task, spec.method) == (job.spec.task, method)]
-                hours = estimated_hours(alike, job.spec.protocol.max_train_examples, job.spec.protocol.epochs)
+                hours = estimated_hours(alike, job.spec.protocol.max_train_examples, job.spec.passes)
                 if hours is not None:
                     how = basis
                     break

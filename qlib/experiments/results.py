@@ -158,12 +158,14 @@ def read_results(folder: str | os.PathLike) -> list[dict[str, Any]]:
             ] if folder.is_dir() else []
 
 
-def estimated_hours(records: Sequence[dict[str, Any]], examples: int | None, epochs: int,
+def estimated_hours(records: Sequence[dict[str, Any]], examples: int | None, passes: int,
                     dev_examples: int | None = None) -> float | None:
     """What one run of a protocol would take, in wall hours, estimated from measured runs (``records``) of the same
-    task: the mean over them of their training seconds per training example and epoch times ``examples`` (None: the
-    whole training set, known only from a record trained on all of it) and ``epochs``, plus their dev evaluation,
-    scaled to ``dev_examples`` (None: as measured). None when no record gives an estimate."""
+    task: the mean over them of their training seconds per training example and pass over the data (a record's
+    ``train.seconds`` over its epochs; an iPQ record's are its last stage's) times ``examples`` (None: the whole
+    training set, known only from a record trained on all of it) and ``passes`` (a spec's ``passes``: iPQ makes one
+    per stage), plus their dev evaluation, scaled to ``dev_examples`` (None: as measured). None when no record gives
+    an estimate."""
     estimates = []
     for r in records:
         trained_on = r["params"].get("max_train_examples") or r["train"]["train_examples"]
@@ -171,5 +173,5 @@ def estimated_hours(records: Sequence[dict[str, Any]], examples: int | None, epo
         if n is None:
             continue
         evaluation = r["eval"]["seconds"] * (dev_examples / r["eval"]["examples"] if dev_examples else 1)
-        estimates.append(r["train"]["seconds"] / (trained_on * r["params"]["epochs"]) * n * epochs + evaluation)
+        estimates.append(r["train"]["seconds"] / (trained_on * r["params"]["epochs"]) * n * passes + evaluation)
     return sum(estimates) / len(estimates) / 3600 if estimates else None

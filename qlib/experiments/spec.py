@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from qlib.bert.config import BertQuantConfig, dynamic_config, q8bert_config, qbert_config
+from qlib.bert.pq_modules import IPQ_STAGES
 from qlib.common.checks import check_bits
 from qlib.core.observers import Q8BERT_EMA_DECAY
 from qlib.experiments.distill import MODES as DISTILLATION_MODES
@@ -242,6 +243,16 @@ class RunSpec:
     def is_post_training(self) -> bool:
         """Whether the row is evaluated on an ``fp32`` run's weights with no training of its own."""
         return self.method in POST_TRAINING_METHODS
+
+    @property
+    def passes(self) -> int:
+        """Passes over the training data the run makes: the protocol's epochs; for ``ipq``, that many per stage of
+        ``IPQ_STAGES`` (and once more first with PQ noise); 0 for a post-training row."""
+        if self.is_post_training:
+            return 0
+        if self.method == "ipq":
+            return self.protocol.epochs * (len(IPQ_STAGES) + (self.noise_rate < 1.0))
+        return self.protocol.epochs
 
     @property
     def trained_spec(self) -> RunSpec:
