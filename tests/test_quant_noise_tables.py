@@ -11,7 +11,14 @@ from transformers import BertForSequenceClassification
 
 from qlib.experiments.protocol import NOISE_STUDY_BLOCKS, NOISE_STUDY_RATES, QUANT_NOISE_SETTINGS, noise_study_jobs
 from qlib.experiments.qbert import setting_spec
-from qlib.experiments.quant_noise_tables import against_qat, ipq_files, ipq_runs, missing_runs, noise_study
+from qlib.experiments.quant_noise_tables import (
+    against_qat,
+    ipq_files,
+    ipq_runs,
+    missing_runs,
+    noise_study,
+    with_and_without_noise,
+)
 from qlib.experiments.spec import FROM_CHECKPOINT, RunSpec
 
 
@@ -88,3 +95,26 @@ def test_the_noise_study_puts_each_p_and_block_size_beside_qat(tmp_path):
     assert table.loc[(0.1, 8), "result"] == f"quant-noise-study/sst2/{study[0].spec.label}-seed0.json"
     assert sentence.startswith(f"{setting} (`{qat.label}` at p = 1) on sst2, seed 0")
     assert noise_study("cola", "ckpt", results)[0].startswith("*The study of p and block size waits for cola's")
+
+
+def test_each_quantizer_is_shown_trained_with_and_without_the_noise(tmp_path, model):
+    if not RESULT_TEMPLATE.is_file():
+        pytest.skip(f"the committed result {RESULT_TEMPLATE} is the template of these files")
+    results = tmp_path / "results"
+    assert with_and_without_noise("sst2", results, model) == ["*No committed runs of sst2 for this comparison yet.*"]
+    int8 = RunSpec("sst2", "qbert", weight_bits=8, groups=12, percentile=99.9, init_from=FROM_CHECKPOINT)
+    for seed, (fp32, plain, noisy) in enumerate(((0.90, 0.88, 0.89), (0.92, 0.90, 0.93))):
+        write_run(results / "qbert", "sst2", "fp32", seed, fp32)
+        write_run(results / "qbert", "sst2", int8.label, seed, plain, **qbert_params(8, 1.0))
+        write_run(results / "quant-noise", "sst2", int8.with_(noise_rate=0.5).label, seed, noisy,
+                  **qbert_params(8, 0.5))
+    write_run(results / "quant-noise", "sst2", "ipq-k256-int8-ft", 0, 0.85, trained="ipq", centroids=256,
+              centroid_bits=8, init_from="runs/checkpoints/qbert/sst2/fp32-seed0.safetensors")
+    table = with_and_without_noise("sst2", results, model)[0]
+    assert list(table.index) == ["Q-BERT 8/8", "Q-BERT 4/8", "iPQ + int8 (k = 256)"]
+    assert table.loc["Q-BERT 8/8", "with − without (points)"] == pytest.approx(2.0)  # (+1, +3) / 2
+    assert table.loc["Q-BERT 8/8", "pairs"] == 2 and table.loc["Q-BERT 4/8", "without noise"] == "not run yet"
+    assert table.loc["iPQ + int8 (k = 256)", "without noise"] == "85.00 (n=1)"
+    assert table.loc["iPQ + int8 (k = 256)", "with noise"] == "not run yet"
+    assert 0 < table.loc["Q-BERT 4/8", "file (MB)"] < table.loc["Q-BERT 8/8", "file (MB)"]  # measured files
+    assert table.loc["iPQ + int8 (k = 256)", "file (MB)"] > 0  # a tiny model: its 256 centroids outweigh the codes

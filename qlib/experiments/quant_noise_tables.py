@@ -1,6 +1,7 @@
-"""What the Quant-Noise chapter shows, built from the committed results: the Quant-Noise runs beside QAT, DirectQ
-and FP32 of the same bits, the per-seed gaps to QAT, the protocol runs still missing, the study of p and of the
-block size, and the iPQ files' sizes and runs. Every function reads result files or measures files; nothing here
+"""What the Quant-Noise chapter shows, built from the committed results: the paper's comparison (each quantizer
+trained with and without the noise), the Quant-Noise runs beside QAT, DirectQ and FP32 of the same bits, the
+per-seed gaps to QAT, the protocol runs still missing, the study of p and of the block size, and the iPQ files'
+sizes and runs. Every function reads result files or measures files; nothing here
 trains."""
 
 from __future__ import annotations
@@ -13,9 +14,26 @@ import pandas as pd
 from torch import nn
 
 from qlib.experiments.compare import side_by_side, sizes_of
-from qlib.experiments.protocol import IPQ_CENTROIDS, QUANT_NOISE_SETTINGS, noise_study_jobs, quant_noise_jobs
-from qlib.experiments.qbert import QBERT_PERCENTILE
-from qlib.experiments.report import data_caveat, mean_std, notes_markdown, paired_gaps, protocol_frame, runs_frame
+from qlib.experiments.protocol import (
+    HEADS,
+    IPQ_CENTROIDS,
+    IPQ_NOISE_RATE,
+    IPQ_TASKS,
+    QUANT_NOISE_RATE,
+    QUANT_NOISE_SETTINGS,
+    noise_study_jobs,
+    quant_noise_jobs,
+)
+from qlib.experiments.qbert import QBERT_PERCENTILE, setting_spec
+from qlib.experiments.report import (
+    data_caveat,
+    mean_std,
+    mean_std_text,
+    notes_markdown,
+    paired_gaps,
+    protocol_frame,
+    runs_frame,
+)
 from qlib.experiments.results import read_json, read_results, records_its_data
 from qlib.experiments.spec import FROM_CHECKPOINT, RunSpec
 from qlib.experiments.tasks import get_run_task
@@ -25,6 +43,45 @@ def _qat_label(task: str, bits: int, groups: int | str | None) -> str:
     """The Q-BERT QAT row (p = 1) a Quant-Noise run of ``bits`` is compared with."""
     return RunSpec(task, "qbert", weight_bits=bits, groups=groups, percentile=QBERT_PERCENTILE,
                    init_from=FROM_CHECKPOINT).label
+
+
+def with_and_without_noise(task: str, results: str | Path, model: nn.Module) -> list[Any]:
+    """The paper's comparison on ``task``: each quantizer the protocol trains with Quant-Noise
+    (``QUANT_NOISE_SETTINGS[task]``, and iPQ + int8 on ``IPQ_TASKS``) trained without the noise (p = 1: plain QAT;
+    plain iPQ + int8) and with it (p = ``QUANT_NOISE_RATE``; PQ noise at ``IPQ_NOISE_RATE`` before iPQ), from the
+    FP32 Baselines under ``<results>/qbert`` (scalar rows there and under ``quant-noise``): each row's measured
+    file, the FP32 score, both scores over seeds, and the paired gap with minus without (points, over the seeds
+    both have).
+
+    Returns:
+        What the chapter shows: the table, its data caveat; a sentence alone when nothing of ``task`` is committed.
+    """
+    results = Path(results)
+    records = read_results(results / "qbert" / task) + read_results(results / "quant-noise" / task)
+    pairs = {}
+    for name in QUANT_NOISE_SETTINGS.get(task, ()):
+        plain = setting_spec(name, task, 0, HEADS, None)
+        pairs[name] = (plain, plain.with_(noise_rate=QUANT_NOISE_RATE))
+    if task in IPQ_TASKS:
+        plain = RunSpec(task, "ipq", centroids=IPQ_CENTROIDS, centroid_bits=8, init_from=FROM_CHECKPOINT)
+        pairs[f"iPQ + int8 (k = {IPQ_CENTROIDS})"] = (plain, plain.with_(noise_rate=IPQ_NOISE_RATE))
+    wanted = {"fp32"} | {spec.label for pair in pairs.values() for spec in pair}
+    chosen = [r for r in records if r["method"] in wanted]
+    if not chosen:
+        return [f"*No committed runs of {task} for this comparison yet.*"]
+    runs = runs_frame(chosen)
+    scores = mean_std_text(mean_std(runs)).droplevel("task")
+    rows = {}
+    with tempfile.TemporaryDirectory() as folder:
+        for name, (plain, noisy) in pairs.items():
+            gap = paired_gaps(runs, noisy.label, baseline=plain.label)
+            mean_gap = round(gap["mean gap"].iloc[0], 2) if not gap.empty else float("nan")
+            rows[name] = {"file (MB)": round(sizes_of(noisy, model, folder)["file_mb"], 2), "FP32": scores.get("fp32"),
+                          "without noise": scores.get(plain.label, "not run yet"),
+                          "with noise": scores.get(noisy.label, "not run yet"),
+                          "with − without (points)": mean_gap,
+                          "pairs": int(gap["pairs"].iloc[0]) if not gap.empty else 0}
+    return [pd.DataFrame(rows).T.rename_axis("quantizer"), data_caveat(chosen)]
 
 
 def against_qat(task: str, groups: int | str | None, results_dir: str | Path, qbert_results_dir: str | Path,
