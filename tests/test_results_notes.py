@@ -23,7 +23,7 @@ def test_every_note_names_committed_result_files():
 
 @pytest.mark.parametrize("path", COMMITTED, ids=lambda p: p.relative_to(RESULTS).as_posix())
 def test_every_committed_result_records_the_hashes_of_its_data_or_is_noted_as_before_them(path):
-    record = read_results(path.parent)
+    record = read_results(path.parent, superseded=True)
     record = next(r for r in record if Path(r["path"]) == path)
     data = record["provenance"].get("data", "absent")
     kinds = {note["kind"] for note in record["notes"]}
@@ -52,7 +52,7 @@ def test_notes_reach_the_records_and_are_said_once(tmp_path):
     _record(tmp_path, "rte/fp32-seed3.json", data=official | {"files": {"glue/rte/dev.tsv": "0" * 64}})
     (tmp_path / "results" / NOTES_FILE).write_text(
         '[[note]]\nkind = "altered-data"\ntext = "old data"\nfiles = ["rte/fp32-seed0.json", "rte/fp32-seed1.json"]\n')
-    records = read_results(tmp_path / "results" / "rte")
+    records = read_results(tmp_path / "results" / "rte", superseded=True)
     assert [r["notes"] for r in records[:3]] == [[{"kind": "altered-data", "text": "old data"}]] * 2 + [[]]
     assert notes_for(tmp_path / "results" / "rte" / "fp32-seed1.json") == records[1]["notes"]
     assert [data_label(r) for r in records] == ["altered copy", "altered copy", "official", "local copy"]
@@ -60,6 +60,17 @@ def test_notes_reach_the_records_and_are_said_once(tmp_path):
     assert text.count("old data") == 1 and "rte fp32 seed 0, rte fp32 seed 1" in text
     assert text.index("old data") < text.index("shared the CPU")  # the data caveat comes first
     assert notes_markdown(records[2:]) == ""
+
+
+def test_a_task_being_re_run_on_the_official_files_shows_only_those_results(tmp_path):
+    official = {"source": "local", "folder": "/d", "files": {"glue/rte/dev.tsv": OFFICIAL_SHA256["glue/rte/dev.tsv"]}}
+    _record(tmp_path, "rte/fp32-seed0.json", data=official)
+    _record(tmp_path, "rte/fp32-seed1.json")  # altered copy: superseded once the task's re-run has begun
+    write_json(tmp_path / "results" / "cola" / "fp32-seed0.json",  # altered copy, no re-run yet: still shown
+               {"task": "cola", "method": "fp32", "seed": 0, "provenance": {}})
+    shown = [Path(r["path"]).relative_to(tmp_path / "results").as_posix() for r in read_results(tmp_path / "results")]
+    assert shown == ["cola/fp32-seed0.json", "rte/fp32-seed0.json"]
+    assert len(read_results(tmp_path / "results", superseded=True)) == 3
 
 
 def test_a_bad_note_is_refused_naming_it(tmp_path):

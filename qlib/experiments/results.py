@@ -142,20 +142,31 @@ def notes_for(path: str | os.PathLike) -> list[dict[str, str]]:
     return []
 
 
+def _records_data(record: dict[str, Any]) -> bool:
+    return record.get("provenance", {}).get("data") is not None
+
+
 def records_its_data(path: str | os.PathLike) -> bool:
     """Whether the result file at ``path`` exists and records the data it read (``provenance['data']``: the files'
     SHA-256, or the hub). A result from before results recorded their data (the earlier, altered copy of GLUE) does
     not: the protocol re-runs it on the official files."""
     path = Path(path)
-    return path.is_file() and read_json(path).get("provenance", {}).get("data") is not None
+    return path.is_file() and _records_data(read_json(path))
 
 
-def read_results(folder: str | os.PathLike) -> list[dict[str, Any]]:
+def read_results(folder: str | os.PathLike, superseded: bool = False) -> list[dict[str, Any]]:
     """Every ``*.json`` result under ``folder`` (recursively), each with its ``path`` and the ``notes`` that
-    ``notes.toml`` keeps on it (``notes_for``); [] if there is none."""
+    ``notes.toml`` keeps on it (``notes_for``); [] if there is none.
+
+    A task whose re-run on the official files has begun (some result of it under ``folder`` records its data) keeps
+    only those results: its older ones, on the earlier, altered copy, are left out (``superseded=True`` keeps them),
+    so that no table averages runs on two different datasets while the protocol replaces them."""
     folder = Path(folder)
-    return [read_json(p) | {"path": str(p), "notes": notes_for(p)} for p in sorted(folder.rglob("*.json"))
-            ] if folder.is_dir() else []
+    if not folder.is_dir():
+        return []
+    records = [read_json(p) | {"path": str(p), "notes": notes_for(p)} for p in sorted(folder.rglob("*.json"))]
+    rerun = {r.get("task") for r in records if _records_data(r)}
+    return [r for r in records if superseded or _records_data(r) or r.get("task") not in rerun]
 
 
 def estimated_hours(records: Sequence[dict[str, Any]], examples: int | None, passes: int,
