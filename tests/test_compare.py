@@ -118,6 +118,8 @@ def test_book_tables_show_a_missing_value_as_a_dash_never_nan():
 
     html = table_html(pd.DataFrame({"score": [88.5, float("nan")], "std": [None, 0.4]}, index=["qat", "dq"]))
     assert MISSING in html and "NaN" not in html and "nan" not in html.lower().replace("dataframe", "")
+    verdicts = table_html(pd.DataFrame({"beyond spread": pd.Series([True, None], dtype=object), "pairs": [3, 1]}))
+    assert "None" not in verdicts and verdicts.count(MISSING) == 1 and "True" in verdicts
 
 
 def test_the_integer_kernels_error_curves_are_the_kernels_bounds():

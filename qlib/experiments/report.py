@@ -196,7 +196,12 @@ MISSING = "—"
 
 
 def table_html(frame: pd.DataFrame) -> str:
-    """``frame`` as the book's HTML table: pandas' notebook rendering, missing values shown as ``MISSING``."""
+    """``frame`` as the book's HTML table: pandas' notebook rendering, missing values (NaN, and None in a column of
+    objects, which pandas would print as "None") shown as ``MISSING``."""
+    objects = frame.select_dtypes("object").columns
+    if len(objects):
+        frame = frame.copy()
+        frame[objects] = frame[objects].where(frame[objects].notna(), float("nan"))
     return frame.to_html(na_rep=MISSING, notebook=True, max_rows=pd.get_option("display.max_rows"),
                          max_cols=pd.get_option("display.max_columns"))
 
