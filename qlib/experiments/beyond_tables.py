@@ -11,7 +11,7 @@ from typing import Any
 import pandas as pd
 
 from qlib.experiments.report import mean_std, mean_std_text, paired_gaps, relative_drop, runs_frame
-from qlib.experiments.results import read_results
+from qlib.experiments.results import read_results, records_data
 from qlib.experiments.spec import RunSpec
 
 INTEGER_TARGET = 1.0
@@ -21,7 +21,7 @@ RECOVERY_TARGET = 0.5
 
 
 def _official(folder: Path) -> list[dict[str, Any]]:
-    return [r for r in read_results(folder) if r.get("provenance", {}).get("data") is not None]
+    return [r for r in read_results(folder) if records_data(r)]
 
 
 def _same_seeds(runs: pd.DataFrame, method: str, other: str) -> pd.Series:
@@ -40,8 +40,8 @@ def integer_against_float(task: str, results: str | Path) -> list[Any]:
         which runs are missing.
     """
     results = Path(results)
-    integer = [r for r in _official(results / "beyond" / task) if RunSpec.from_record(r).integer_nonlinearities
-               and RunSpec.from_record(r).method == "qat"]
+    integer = [r for r in _official(results / "beyond" / task)
+               if (spec := RunSpec.from_record(r)).method == "qat" and spec.integer_nonlinearities]
     float_rows = [r for r in _official(results / "q8bert" / task) if r["method"] in ("fp32", "qat")]
     if not integer:
         return [f"*No integer-only QAT run of {task} on the official files yet (`{results / 'beyond' / task}`).*"]

@@ -40,7 +40,14 @@ from qlib.experiments.report import (
     relative_drop,
     runs_frame,
 )
-from qlib.experiments.results import estimated_hours, notes_for, read_json, read_results, records_its_data
+from qlib.experiments.results import (
+    estimated_hours,
+    notes_for,
+    read_json,
+    read_results,
+    records_data,
+    records_its_data,
+)
 from qlib.experiments.spec import RunSpec
 from qlib.experiments.tasks import get_run_task
 from qlib.second_order.sensitivity import negative_curvature
@@ -121,7 +128,7 @@ def saddle_points(spectra: Mapping[str, Mapping[str, Any]]) -> list[str]:
                     if negative_curvature(b["top"], b["smallest"][0] if b.get("smallest") else None)[
                         "negative_curvature"]]
         measured = sum(bool(b.get("smallest")) for b in spectrum["blocks"].values())
-        altered = spectrum.get("provenance", {}).get("data") is None  # before results recorded their data
+        altered = not records_data(spectrum)
         title = f"**{name}**" + " (on the earlier, altered copy of the data)" * altered
         said.append(f"{title}: negative curvature in {len(negative)} of {len(spectrum['blocks'])} blocks "
                     f"({', '.join(negative)}): not a local minimum, a saddle point" if negative else

@@ -1,8 +1,7 @@
 """What the Quant-Noise chapter shows, built from the committed results: the paper's comparison (each quantizer
 trained with and without the noise), the Quant-Noise runs beside QAT, DirectQ and FP32 of the same bits, the
 per-seed gaps to QAT, the protocol runs still missing, the study of p and of the block size, and the iPQ files'
-sizes and runs. Every function reads result files or measures files; nothing here
-trains."""
+sizes and runs. Every function reads result files or measures files; nothing here trains."""
 
 from __future__ import annotations
 
@@ -164,7 +163,7 @@ def noise_study(task: str, checkpoints: str | Path, results: str | Path) -> list
         record = read_json(path) if records_its_data(path) else None
         metric = record["main_metric"] if record else metric
         rows[(job.spec.noise_rate, job.spec.noise_block)] = {
-            "score": 100 * record["metrics"][record["main_metric"]] if record else None,
+            "score": 100 * record["metrics"][record["main_metric"]] if record else float("nan"),
             "result": str(Path(path).relative_to(results)) if record else "not run yet"}
     table = pd.DataFrame.from_dict(rows, orient="index").rename_axis(["p", "block (inputs)"]).sort_index()
     table.insert(1, "vs p = 1 (points)", table["score"] - table.loc[(1.0, 8), "score"])

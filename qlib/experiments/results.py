@@ -142,7 +142,9 @@ def notes_for(path: str | os.PathLike) -> list[dict[str, str]]:
     return []
 
 
-def _records_data(record: dict[str, Any]) -> bool:
+def records_data(record: dict[str, Any]) -> bool:
+    """Whether a result record (or a spectrum's) records the data it read (``provenance['data']``); one from before
+    results recorded their data was computed on the earlier, altered copy of GLUE."""
     return record.get("provenance", {}).get("data") is not None
 
 
@@ -151,7 +153,7 @@ def records_its_data(path: str | os.PathLike) -> bool:
     SHA-256, or the hub). A result from before results recorded their data (the earlier, altered copy of GLUE) does
     not: the protocol re-runs it on the official files."""
     path = Path(path)
-    return path.is_file() and _records_data(read_json(path))
+    return path.is_file() and records_data(read_json(path))
 
 
 def read_results(folder: str | os.PathLike, superseded: bool = False) -> list[dict[str, Any]]:
@@ -165,8 +167,8 @@ def read_results(folder: str | os.PathLike, superseded: bool = False) -> list[di
     if not folder.is_dir():
         return []
     records = [read_json(p) | {"path": str(p), "notes": notes_for(p)} for p in sorted(folder.rglob("*.json"))]
-    rerun = {r.get("task") for r in records if _records_data(r)}
-    return [r for r in records if superseded or _records_data(r) or r.get("task") not in rerun]
+    rerun = {r.get("task") for r in records if records_data(r)}
+    return [r for r in records if superseded or records_data(r) or r.get("task") not in rerun]
 
 
 def estimated_hours(records: Sequence[dict[str, Any]], examples: int | None, passes: int,
