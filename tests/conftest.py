@@ -47,6 +47,22 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return path
 
 
+class Killed(Exception):
+    """Stands for the process being killed."""
+
+
+def killed_after(steps: int):
+    """A loss that raises once ``steps`` steps have been taken."""
+    calls = {"n": 0}
+
+    def loss(net, batch):
+        if calls["n"] == steps:
+            raise Killed
+        calls["n"] += 1
+        return net(**batch).loss
+    return loss
+
+
 def write_tsv(path: Path, header: list[str] | None, rows: list[list[object]], bom: bool = False) -> Path:
     """A tab-separated file as GLUE writes them: no quoting, ``\\n`` line ends, optional header and UTF-8 BOM."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -209,3 +209,45 @@ def test_an_ipq_run_quantizes_in_stages_from_its_fp32_model_and_keeps_a_loadable
         product_quantize(find_bert(model), stage, 16, centroid_bits=8, iterations=1)
     load_quantized(model, tmp_path / "ckpt" / "sst2" / f"{label}-seed0.safetensors")
     assert sum(isinstance(m, (PQLinear, PQEmbedding)) for m in model.modules()) > 0
+
+
+def test_a_run_killed_mid_stage_resumes_from_its_snapshots_to_the_same_result(glue_dir, tiny_model_dir, tmp_path,
+                                                                              monkeypatch):
+    import functools
+
+    from conftest import Killed, killed_after
+    from safetensors.torch import load_file
+    from transformers import AutoModelForSequenceClassification
+
+    from qlib.deploy.checkpoint import save_float
+    from qlib.experiments import experiment
+    from qlib.experiments.snapshots import Snapshots
+    from qlib.experiments.train import finetune
+
+    start = save_float(AutoModelForSequenceClassification.from_pretrained(tiny_model_dir), tmp_path / "fp32.st")
+    ipq = dict(centroids=16, centroid_bits=8, init_from=start, noise_rate=0.2)  # 4 finetune calls: noise, 3 stages
+    straight = run(tiny_model_dir, tmp_path / "straight", "ipq", checkpoint_dir=tmp_path / "straight", **ipq)[0]
+
+    calls = []
+
+    def killed_in_the_third_call(*args, **kwargs):
+        calls.append(len(calls))
+        return finetune(*args, **kwargs | ({"loss_fn": killed_after(1)} if len(calls) == 3 else {}))
+
+    monkeypatch.setattr(experiment, "Snapshots", functools.partial(Snapshots, every_s=0))
+    monkeypatch.setattr(experiment, "finetune", killed_in_the_third_call)
+    snapshots = tmp_path / "snapshots"
+    with pytest.raises(Killed):
+        run(tiny_model_dir, tmp_path / "resumed", "ipq", checkpoint_dir=tmp_path / "resumed", snapshot_dir=snapshots,
+            **ipq)
+    assert len(list(snapshots.rglob("finetune-*.safetensors"))) == 3
+    monkeypatch.setattr(experiment, "finetune", finetune)
+    resumed = run(tiny_model_dir, tmp_path / "resumed", "ipq", checkpoint_dir=tmp_path / "resumed",
+                  snapshot_dir=snapshots, **ipq)[0]
+    assert resumed["metrics"] == straight["metrics"]
+    stages = resumed["train"]["stages"]
+    assert [s.get("resumed_at_steps") for s in stages.values()] == [None, None, [1], None]
+    assert not list(snapshots.rglob("*.safetensors"))  # cleared once the results are written
+    name = f"sst2/{straight['method']}-seed0.safetensors"
+    first, second = load_file(tmp_path / "straight" / name), load_file(tmp_path / "resumed" / name)
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)

@@ -369,7 +369,7 @@ def test_a_job_run_through_its_chapter_writes_what_the_direct_call_writes(glue_d
 
     tiny = TrainingProtocol(model=str(tiny_model_dir), epochs=1, batch_size=4, max_length=16)
     job = Job(RunSpec("sst2", "fp32", protocol=tiny), "q8bert", (RunSpec("sst2", "dq", protocol=tiny),),
-              results=str(tmp_path / "papermill"))
+              results=str(tmp_path / "papermill"), snapshot_dir=str(tmp_path / "snapshots"))
     assert Job.from_json(job.to_json()) == job
     direct = replace(job, results=str(tmp_path / "direct"))
     direct()

@@ -31,7 +31,9 @@ FIT_SAMPLE = 16384
 
 class PQNoise(nn.Module):
     """A weight's parametrization W ↦ W̃ = pq_noise(W, C, p) in training, W in evaluation; C [k, d] is refitted
-    every ``refit_every`` training calls (a buffer, so it follows the model's device).
+    every ``refit_every`` training calls. C and the count of training calls are buffers (they follow the model's
+    device and are in its state dict), and so is the mask generator's state, as the module's extra state: a training
+    snapshot (``qlib.experiments.snapshots``) resumes with the same masks.
 
     Args:
         p: the noise rate in [0, 1].
@@ -50,9 +52,10 @@ class PQNoise(nn.Module):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         self.p, self.quantizer, self.centroid_spec = p, quantizer, centroid_spec
-        self.refit_every, self.fit_sample, self.steps = refit_every, fit_sample, 0
+        self.refit_every, self.fit_sample = refit_every, fit_sample
         self.generator = torch.Generator().manual_seed(quantizer.seed)
-        self.register_buffer("codebook", torch.empty(0, quantizer.block_size))
+        self.register_buffer("codebook", torch.zeros(quantizer.centroids, quantizer.block_size))  # fitted at step 0
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
 
     def refit(self, weight: torch.Tensor) -> None:
         """Fit the codebook by k-means on ``fit_sample`` random blocks of ``weight`` [out, in]."""
@@ -64,10 +67,17 @@ class PQNoise(nn.Module):
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         if not self.training:
             return weight
-        if self.steps % self.refit_every == 0:
+        if int(self.steps) % self.refit_every == 0:
             self.refit(weight)
         self.steps += 1
         return pq_noise(weight, self.codebook, self.p, self.generator)
+
+    def get_extra_state(self) -> torch.Tensor:
+        """The mask generator's state."""
+        return self.generator.get_state()
+
+    def set_extra_state(self, state: torch.Tensor) -> None:
+        self.generator.set_state(state)
 
     def extra_repr(self) -> str:
         return f"p={self.p}, quantizer={self.quantizer}, centroid_spec={self.centroid_spec}, " \

@@ -11,6 +11,8 @@ spec's ``result_path`` (``<results_dir>/<task>/<label>-seed<seed>.json``); a run
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import time
 from dataclasses import fields
 from pathlib import Path
@@ -25,6 +27,7 @@ from qlib.deploy.checkpoint import load_float, save_float, save_quantized
 from qlib.experiments.data import get_task
 from qlib.experiments.distill import distillation_loss
 from qlib.experiments.results import provenance, read_json, write_json
+from qlib.experiments.snapshots import Snapshots
 from qlib.experiments.spec import RunSpec, TrainingProtocol
 from qlib.experiments.tasks import RunTask, get_run_task
 from qlib.experiments.train import finetune, resolve_device, set_seed
@@ -97,8 +100,16 @@ def checkpoint_path(spec: RunSpec, checkpoint_dir: str | Path) -> Path:
     return Path(checkpoint_dir) / spec.task / f"{spec.label}-seed{spec.seed}.safetensors"
 
 
-def _ipq_stages(net: torch.nn.Module, spec: RunSpec, batches: Any, device: torch.device, progress: bool
-                ) -> dict[str, Any]:
+def snapshot_folder(spec: RunSpec, snapshot_dir: str | Path) -> Path:
+    """Where ``run`` keeps the training snapshots of ``spec`` while it trains
+    (``<snapshot_dir>/<task>/<label>-seed<seed>-<digest>``, the digest of the whole spec, protocol included, so
+    that no other training ever resumes from them)."""
+    digest = hashlib.sha256(json.dumps(spec.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+    return Path(snapshot_dir) / spec.task / f"{spec.label}-seed{spec.seed}-{digest}"
+
+
+def _ipq_stages(net: torch.nn.Module, spec: RunSpec, batches: Any, device: torch.device, progress: bool,
+                snapshots: Snapshots | None) -> dict[str, Any]:
     """iPQ (Quant-Noise sec. 4.1): for each of ``IPQ_STAGES`` in turn, product-quantize its layers
     (``product_quantize`` with the spec's centroids and centroid bits) and fine-tune for the protocol's epochs;
     with a ``noise_rate`` < 1, first a stage ``"noise"`` that fine-tunes the float model as long with PQ noise at
@@ -108,12 +119,14 @@ def _ipq_stages(net: torch.nn.Module, spec: RunSpec, batches: Any, device: torch
     if spec.noise_rate < 1.0:
         add_pq_noise(find_bert(net), spec.noise_rate, spec.centroids, spec.centroid_bits, seed=spec.seed)
         net.to(device)
-        stages["noise"] = finetune(net, batches, spec.protocol.epochs, spec.protocol.lr, progress=progress)
+        stages["noise"] = finetune(net, batches, spec.protocol.epochs, spec.protocol.lr, progress=progress,
+                                   snapshots=snapshots)
         remove_pq_noise(find_bert(net))
     for stage in IPQ_STAGES:
         product_quantize(find_bert(net), stage, spec.centroids, centroid_bits=spec.centroid_bits, seed=spec.seed)
         net.to(device)
-        stages[stage] = finetune(net, batches, spec.protocol.epochs, spec.protocol.lr, progress=progress)
+        stages[stage] = finetune(net, batches, spec.protocol.epochs, spec.protocol.lr, progress=progress,
+                                 snapshots=snapshots)
     return stages[IPQ_STAGES[-1]] | {"stages": stages}
 
 
@@ -127,7 +140,8 @@ def _params(spec: RunSpec, post_training: Sequence[RunSpec]) -> dict[str, Any]:
 def run(spec: RunSpec, post_training: Sequence[RunSpec] = (), experiment: str = "q8bert",
         results_dir: str | Path = "results/q8bert", resume: bool = True, progress: bool = True,
         device: str | None = None, checkpoint_dir: str | Path | None = None,
-        also: Mapping[str | Path, Sequence[RunSpec]] | None = None) -> list[dict[str, Any]]:
+        also: Mapping[str | Path, Sequence[RunSpec]] | None = None,
+        snapshot_dir: str | Path | None = None) -> list[dict[str, Any]]:
     """Train and evaluate the run ``spec`` names, and write its result file (and one per ``post_training`` row).
 
     Args:
@@ -143,6 +157,9 @@ def run(spec: RunSpec, post_training: Sequence[RunSpec] = (), experiment: str = 
         also: rows also written under another results folder (folder -> rows): ``spec`` itself, or post-training
             rows of it evaluated for that folder only. One training then serves two chapters (Q-BERT's FP32
             Baseline is Q8BERT's FP32 run, and gives its DQ row).
+        snapshot_dir: save the training state every few minutes under ``snapshot_folder(spec, snapshot_dir)``, and
+            go on from it if a snapshot is there (a killed run resumes: ``qlib.experiments.snapshots``); removed once
+            the results are written.
 
     Returns:
         The run's records, its own first, read back from disk when resuming.
@@ -179,10 +196,12 @@ def run(spec: RunSpec, post_training: Sequence[RunSpec] = (), experiment: str = 
     if spec.distillation is not None:  # the teacher: the FP32 model the student starts from
         teacher = load_float(task.load(protocol.model, attention)[0], spec.init_from).to(target)
         loss = distillation_loss(teacher, spec.distillation)
+    snapshots = None if snapshot_dir is None else Snapshots(snapshot_folder(spec, snapshot_dir))
     if spec.method == "ipq":
-        training = _ipq_stages(net, spec, train_batches, target, progress)
+        training = _ipq_stages(net, spec, train_batches, target, progress, snapshots)
     else:
-        training = finetune(net, train_batches, protocol.epochs, protocol.lr, progress=progress, loss_fn=loss)
+        training = finetune(net, train_batches, protocol.epochs, protocol.lr, progress=progress, loss_fn=loss,
+                            snapshots=snapshots)
     evaluations = {spec.label: _evaluate(net, task, dev)}
     for row in evaluated:
         evaluations[row.label] = _evaluate(convert_bert(copy.deepcopy(net), row.quant_config()).to(target), task, dev)
@@ -204,10 +223,12 @@ def run(spec: RunSpec, post_training: Sequence[RunSpec] = (), experiment: str = 
         }
         write_json(path, record)
         records.append(record)
+    if snapshots is not None:
+        snapshots.clear()
     return records
 
 
-RUN_OPTIONS = ("experiment", "results_dir", "resume", "progress", "device", "checkpoint_dir")
+RUN_OPTIONS = ("experiment", "results_dir", "resume", "progress", "device", "checkpoint_dir", "snapshot_dir")
 """``run``'s keywords that are not part of a run's identity."""
 
 

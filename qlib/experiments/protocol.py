@@ -14,12 +14,12 @@ their models under ``--checkpoints``; one that is also a Q8BERT FP32 run trains 
 the Hessian spectrum of each Q-BERT task's seed-0 Baseline where its committed one is missing (Q-BERT I's job), and
 Q-BERT's and Quant-Noise's QAT rows, each started as soon as its seed's Baseline is written, seed by seed, then the
 ablations, the "Beyond the papers" rows (``beyond_jobs``) and the Quant-Noise study of p and block size
-(``noise_study_jobs``); (3) the mixed-precision rows (plain and distilled) of the tasks whose spectrum stage 2
-measured (it sets their bits). Finished runs are skipped, so an interrupted protocol resumes; a result that
-does not record its data (one computed on the earlier, altered GLUE copy) is not finished: it is re-run, and its file
-replaced. A failing job is named and the jobs that need it are reported as not started; the others still run, and the
-exit status is non-zero at the end. A task whose sweep or spectrum is missing gets no rows that need it, and is named
-too."""
+(``noise_study_jobs``); (3) the mixed-precision rows (plain and distilled) of the tasks whose spectrum stage 2 measured
+(it sets their bits). Finished runs are skipped, so an interrupted protocol resumes, and a job cut short goes on from
+its last training snapshot (``--snapshots``, every few minutes: ``qlib.experiments.snapshots``); a result that does not
+record its data (one computed on the earlier, altered GLUE copy) is not finished: it is re-run, and its file replaced.
+A failing job is named and the jobs that need it are reported as not started; the others still run, and the exit status
+is non-zero at the end. A task whose sweep or spectrum is missing gets no rows that need it, and is named too."""
 
 from __future__ import annotations
 
@@ -85,7 +85,8 @@ class Job:
     (``folder``, default the chapter's), where it keeps its model (``checkpoint_dir``: Q-BERT's Baselines, whose models
     the QAT rows start from), the jobs it ``needs`` first (by name), the ``device`` it trains on, and the rows it
     ``also`` writes for another chapter (``(folder under results, rows)``: Q8BERT's FP32 and DQ rows of a task whose
-    Q-BERT Baseline is the same training, see ``share_fp32_runs``). Calling it runs it
+    Q-BERT Baseline is the same training, see ``share_fp32_runs``), and where it keeps its training snapshots
+    (``snapshot_dir``: a killed job resumes from them, ``qlib.experiments.snapshots``). Calling it runs it
     (``qlib.experiments.experiment.run``); ``qlib.experiments.jobs.execute`` calls it on a Dask worker."""
 
     spec: RunSpec
@@ -97,6 +98,7 @@ class Job:
     results: str = "results"
     device: str | None = None
     also: tuple[tuple[str, tuple[RunSpec, ...]], ...] = ()
+    snapshot_dir: str | None = None
 
     @property
     def name(self) -> str:
@@ -127,7 +129,7 @@ class Job:
         """Train and evaluate the job now (``qlib.experiments.experiment.run``); its records."""
         return run(self.spec, self.post_training, experiment=self.experiment, results_dir=self.results_dir,
                    device=self.device, progress=False, checkpoint_dir=self.checkpoint_dir, resume=False,
-                   also=self._also())
+                   also=self._also(), snapshot_dir=self.snapshot_dir)
 
     def _also(self) -> dict[Path, tuple[RunSpec, ...]]:
         return {Path(self.results) / folder: rows for folder, rows in self.also}
@@ -140,7 +142,7 @@ class Job:
         return json.dumps({"spec": self.spec.to_dict(), "experiment": self.experiment,
                            "post_training": [row.to_dict() for row in self.post_training], "folder": self.folder,
                            "checkpoint_dir": self.checkpoint_dir, "needs": list(self.needs), "results": self.results,
-                           "device": self.device,
+                           "device": self.device, "snapshot_dir": self.snapshot_dir,
                            "also": [[folder, [row.to_dict() for row in rows]] for folder, rows in self.also]})
 
     @classmethod
@@ -156,7 +158,8 @@ class Job:
         spec = self.spec if self.spec.init_from is None else self.spec.with_(
             init_from=str(Path(self.spec.init_from).resolve()))
         return replace(self, spec=spec, results=str(Path(self.results).resolve()),
-                       checkpoint_dir=None if self.checkpoint_dir is None else str(Path(self.checkpoint_dir).resolve()))
+                       checkpoint_dir=None if self.checkpoint_dir is None else str(Path(self.checkpoint_dir).resolve()),
+                       snapshot_dir=None if self.snapshot_dir is None else str(Path(self.snapshot_dir).resolve()))
 
 
 CHAPTERS = {"q8bert": "q8bert.ipynb", "q8bert-sweep": "q8bert.ipynb", "qbert": "qbert_low_precision.ipynb",
@@ -451,6 +454,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoints", default="runs/checkpoints",
                         help="Q-BERT's FP32 Baseline models, the QAT rows' starting points (default: runs/checkpoints)")
     parser.add_argument("--keep-models", default=None, help="also keep every other trained model under this folder")
+    parser.add_argument("--snapshots", default="runs/snapshots",
+                        help="where each job saves its training state every few minutes; a killed job resumes from "
+                             "it (default: runs/snapshots; 'none': no snapshots)")
     parser.add_argument("--via", choices=("direct", "papermill"), default="direct",
                         help="run each training job as a direct call (default) or as a papermill execution of its "
                              "chapter, keeping the executed notebook under --notebooks; both write the same results")
@@ -470,8 +476,9 @@ def main(argv: list[str] | None = None) -> int:
 
     def stage(number: int, jobs: list[Any]) -> None:
         """Run one stage's jobs on the cluster, each after the jobs it needs."""
-        jobs = [replace(j, device=args.device, checkpoint_dir=j.checkpoint_dir or args.keep_models)
-                if isinstance(j, Job) else j for j in jobs]
+        snapshots = None if args.snapshots == "none" else args.snapshots
+        jobs = [replace(j, device=args.device, checkpoint_dir=j.checkpoint_dir or args.keep_models,
+                        snapshot_dir=snapshots) if isinstance(j, Job) else j for j in jobs]
         if args.via == "papermill":
             chapters = Path(__file__).resolve().parents[2] / "chapters"
             jobs = [via_papermill(j, chapters, Path(args.notebooks).resolve()) if isinstance(j, Job) else j

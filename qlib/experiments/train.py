@@ -6,15 +6,20 @@ the modules, so QAT and FP32 share this loop), and no accelerate/TrainingArgumen
 
 from __future__ import annotations
 
+import itertools
 import random
 import time
-from typing import Callable, Iterable
+from dataclasses import replace
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
+
+from qlib.experiments.results import code_state
+from qlib.experiments.snapshots import Progress, Snapshots, load_snapshot, save_snapshot
 
 
 def set_seed(seed: int) -> None:
@@ -44,10 +49,13 @@ def _device_of(model: nn.Module) -> torch.device:
 def finetune(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]], epochs: int, lr: float,
              warmup_ratio: float = 0.1, weight_decay: float = 0.01, progress: bool = True,
              loss_fn: Callable[[nn.Module, dict[str, torch.Tensor]], torch.Tensor] | None = None,
-             ) -> dict[str, float]:
+             snapshots: Snapshots | None = None) -> dict[str, Any]:
     """Train ``model`` on ``batches`` (a re-iterable loader) for ``epochs`` on the model's device; returns
     throughput figures. ``loss_fn(model, batch)``: the loss to minimize (default: the head's own, from the batch's
-    labels), e.g. ``qlib.experiments.distill.distillation_loss``."""
+    labels), e.g. ``qlib.experiments.distill.distillation_loss``. With ``snapshots``, the training state is saved
+    every ``snapshots.every_s`` seconds and at the end, and a call whose snapshot exists goes on from it
+    (``qlib.experiments.snapshots``): the figures then also give the steps it ``resumed_at_steps`` and the
+    ``commits`` of the processes that trained it."""
     if epochs < 1:
         raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
     no_decay = ("bias", "LayerNorm.weight")
@@ -59,11 +67,24 @@ def finetune(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]], epoch
     total = epochs * len(batches)
     schedule = get_linear_schedule_with_warmup(optimizer, int(warmup_ratio * total), total)
     device = _device_of(model)
+    identity = {"epochs": epochs, "steps_per_epoch": len(batches), "lr": lr}
+    path = None if snapshots is None else snapshots.claim()
+    done, data_state = Progress(), None
+    if path is not None and path.is_file():
+        done, data_state = load_snapshot(path, model, optimizer, schedule, identity)
+        if not done.finished:
+            done.resumed_at.append(done.epoch * len(batches) + done.step)
+            done.commits.append(code_state()["git_commit"])
+    generator = getattr(batches, "generator", None)  # a DataLoader's: it draws each epoch's order
     model.train()
-    examples, start = 0, time.perf_counter()
-    bar = tqdm(total=total, desc="train", disable=not progress, mininterval=10)
-    for _ in range(epochs):
-        for batch in batches:
+    start = saved = time.perf_counter()
+    bar = tqdm(total=total, initial=done.epoch * len(batches) + done.step, desc="train", disable=not progress,
+               mininterval=10)
+    for epoch in range(done.epoch, epochs):
+        if data_state is not None and generator is not None:  # resuming this epoch: its order again
+            generator.set_state(data_state)
+        data_state = None if generator is None else generator.get_state()
+        for batch in itertools.islice(batches, done.step, None):
             batch = {k: v.to(device) for k, v in batch.items()}
             loss = model(**batch).loss if loss_fn is None else loss_fn(model, batch)
             loss.backward()
@@ -71,12 +92,22 @@ def finetune(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]], epoch
             optimizer.step()
             schedule.step()
             optimizer.zero_grad(set_to_none=True)
-            examples += len(batch["input_ids"])
+            done.step, done.examples = done.step + 1, done.examples + len(batch["input_ids"])
             bar.update()
             bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+            if snapshots is not None and time.perf_counter() - saved >= snapshots.every_s:
+                seconds = done.seconds + time.perf_counter() - start
+                save_snapshot(path, model, optimizer, schedule, replace(done, seconds=seconds), data_state, identity)
+                saved = time.perf_counter()
+        done.epoch, done.step = epoch + 1, 0
     bar.close()
-    seconds = time.perf_counter() - start
-    return {"steps": total, "examples": examples, "seconds": seconds, "examples_per_s": examples / seconds}
+    if not done.finished:
+        done.seconds, done.finished = done.seconds + time.perf_counter() - start, True
+        if snapshots is not None:
+            save_snapshot(path, model, optimizer, schedule, done, data_state, identity)
+    figures = {"steps": total, "examples": done.examples, "seconds": done.seconds,
+               "examples_per_s": done.examples / done.seconds}
+    return figures | ({"resumed_at_steps": done.resumed_at, "commits": done.commits} if done.resumed_at else {})
 
 
 @torch.no_grad()
