@@ -8,15 +8,21 @@ from pathlib import Path
 
 import pytest
 
+from qlib.experiments.experiment import snapshot_folder
 from qlib.experiments.progress import protocol_progress
+from qlib.experiments.protocol import sweep_jobs
 from qlib.experiments.results import read_json
 
 SWEEP_POINT = Path(__file__).parents[1] / "results" / "q8bert-sweep" / "lr2e-05-ep3" / "rte" / "fp32-seed0.json"
 
 
 def test_progress_counts_finished_jobs_and_estimates_the_rest_per_epoch(tmp_path):
-    table, left_out = protocol_progress(tmp_path / "results", tmp_path / "ckpt")
-    assert table.loc[("q8bert-sweep", "rte"), ["jobs", "finished", "to run"]].tolist() == [4, 0, 4]
+    snapshot = snapshot_folder(sweep_jobs(results=tmp_path / "results")[0].spec, tmp_path / "snapshots")
+    snapshot.mkdir(parents=True)
+    (snapshot / "finetune-0.safetensors").touch()  # the first sweep job is partly trained
+    table, left_out = protocol_progress(tmp_path / "results", tmp_path / "ckpt", tmp_path / "snapshots")
+    assert table.loc[("q8bert-sweep", "rte"), ["jobs", "finished", "to run", "partly trained"]].tolist() == [4, 0, 4, 1]
+    assert table.loc[("q8bert-sweep", "mrpc"), "partly trained"] == 0
     assert table["finished"].sum() == 0 and ("qbert", "squad") in table.index and ("qbert", "cola") not in table.index
     assert any(line.startswith("cola: its FP32 sweep is incomplete") for line in left_out)  # CoLA's rows wait
     assert "squad: the Q-BERT MP rows wait for its Hessian spectrum (stage 3)" in left_out

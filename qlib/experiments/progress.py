@@ -11,17 +11,20 @@ from typing import Any
 
 import pandas as pd
 
+from qlib.experiments.experiment import snapshot_folder
 from qlib.experiments.protocol import Job, second_stage, sweep_jobs, wanted_tasks
 from qlib.experiments.results import estimated_hours, read_json
 
 
 def protocol_progress(results: str | Path = "results", checkpoints: str | Path = "runs/checkpoints/qbert",
-                      ) -> tuple[pd.DataFrame, list[str]]:
+                      snapshots: str | Path = "runs/snapshots") -> tuple[pd.DataFrame, list[str]]:
     """One row per (results folder, task) of the protocol's stages 1 and 2 (stage 3's MP rows wait for their
     spectrum; the FP32 sweep's points are one folder): its jobs, how many are finished, how many are still to run,
-    and the estimated CPU hours of those (``qlib.experiments.results.estimated_hours``): each one from the finished
-    jobs of the same task and method, else from the task's finished FP32 jobs (a lower bound: QAT trains slower),
-    else unknown (a Hessian spectrum has no such estimate); the hours are None where none of a row's jobs has one.
+    how many of those are partly trained (a training snapshot under ``snapshots``, which the protocol's runner goes on
+    from: ``qlib.experiments.snapshots``), and the estimated CPU hours of those still to run, as if from the start
+    (``qlib.experiments.results.estimated_hours``): each one from the finished jobs of the same task and method, else
+    from the task's finished FP32 jobs (a lower bound: QAT trains slower), else unknown (a Hessian spectrum has no
+    such estimate); the hours are None where none of a row's jobs has one.
 
     Returns:
         The table, and what it leaves out (tasks whose FP32 sweep is incomplete, spectra that stage 3 waits for).
@@ -35,13 +38,14 @@ def protocol_progress(results: str | Path = "results", checkpoints: str | Path =
         is_run = isinstance(job, Job)
         folder = (job.folder or job.experiment).split("/")[0] if is_run else "qbert (spectrum)"
         key = (folder, job.spec.task if is_run else job.arguments["task"])
-        row = rows.setdefault(key, {"jobs": 0, "finished": 0, "to run": 0, "est. CPU h to run": None,
-                                    "estimate": set()})
+        row = rows.setdefault(key, {"jobs": 0, "finished": 0, "to run": 0, "partly trained": 0,
+                                    "est. CPU h to run": None, "estimate": set()})
         row["jobs"] += 1
         if job.recorded():
             row["finished"] += 1
             continue
         row["to run"] += 1
+        row["partly trained"] += is_run and any(snapshot_folder(job.spec, snapshots).glob("finetune-*.safetensors"))
         hours, how = None, "partly unknown"
         if is_run:
             for method, basis in ((job.spec.method, "measured"), ("fp32", "at least (FP32's time)")):
