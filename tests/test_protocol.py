@@ -223,9 +223,13 @@ def test_the_noise_study_varies_p_and_the_block_size_of_one_setting_apart_from_t
     main_rows = {j.name for j in quant_noise_jobs("ckpt", results=swept, tasks=["cola"])}
     assert not main_rows & {j.name for j in jobs}
     assert jobs[3].spec.label == f"qbert-w2e8-g12-p99.9-qn{QUANT_NOISE_RATE:g}-b4-ft"
-    planned = [j.name for j in second_stage({"q8bert": (), "qbert": (), "quant-noise": ("cola",), "beyond": (),
-                                             "ipq": ()}, swept, "ckpt")[0]]
-    assert planned[-len(jobs):] == [j.name for j in jobs]  # after everything else
+    planned = second_stage({"q8bert": (), "qbert": (), "quant-noise": ("cola",), "beyond": (), "ipq": ()}, swept,
+                           "ckpt")[0]
+    seeds = [j.spec.seed for j in planned]
+    assert seeds == sorted(seeds) and seeds[0] == 0 and seeds[-1] == 2  # seed 0 of every row first
+    names = [j.name for j in planned]
+    first_seed_1 = seeds.index(1)
+    assert names[first_seed_1 - len(jobs):first_seed_1] == [j.name for j in jobs]  # last of seed 0's jobs
 
 
 def test_each_task_takes_its_mp_bits_from_its_own_spectrum(tmp_path, swept):

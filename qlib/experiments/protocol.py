@@ -9,17 +9,19 @@ run on Dask (``qlib.experiments.jobs``): a local cluster by default, sized to th
 
 Three stages, each a graph of jobs whose edges are Dask futures: (1) the FP32 protocol sweep of the small tasks
 (``--only sweep``), which picks their epochs and learning rates (``qlib.experiments.experiment.protocol_for``); (2) the
-first chapter's main table (seed by seed, smallest task first: ``smallest_first``), the FP32 Baselines (which keep
-their models under ``--checkpoints``; one that is also a Q8BERT FP32 run trains once for both: ``share_fp32_runs``),
-the Hessian spectrum of each Q-BERT task's seed-0 Baseline where its committed one is missing (Q-BERT I's job), and
-Q-BERT's and Quant-Noise's QAT rows, each started as soon as its seed's Baseline is written, seed by seed, then the
-ablations, the "Beyond the papers" rows (``beyond_jobs``) and the Quant-Noise study of p and block size
-(``noise_study_jobs``); (3) the mixed-precision rows (plain and distilled) of the tasks whose spectrum stage 2 measured
-(it sets their bits). Finished runs are skipped, so an interrupted protocol resumes, and a job cut short goes on from
-its last training snapshot (``--snapshots``, every few minutes: ``qlib.experiments.snapshots``); a result that does not
-record its data (one computed on the earlier, altered GLUE copy) is not finished: it is re-run, and its file replaced.
-A failing job is named and the jobs that need it are reported as not started; the others still run, and the exit status
-is non-zero at the end. A task whose sweep or spectrum is missing gets no rows that need it, and is named too."""
+first chapter's main table (seed by seed, smallest task first: ``smallest_first``), then the other chapters' jobs seed
+by seed (all of seed 0's first, so that every table gets a first row before any gets its third seed): the FP32 Baselines
+(which keep their models under ``--checkpoints``; one that is also a Q8BERT FP32 run trains once for both:
+``share_fp32_runs``), the Hessian spectrum of each Q-BERT task's seed-0 Baseline where its committed one is missing
+(Q-BERT I's job; a runner started after it lands plans that task's mixed-precision rows in stage 2), Q-BERT's and
+Quant-Noise's QAT rows, each started as soon as its seed's Baseline is written, the ablations, the "Beyond the papers"
+rows (``beyond_jobs``) and the Quant-Noise study of p and block size (``noise_study_jobs``, seed 0); (3) the
+mixed-precision rows (plain and distilled) of the tasks whose spectrum stage 2 measured (it sets their bits). Finished
+runs are skipped, so an interrupted protocol resumes, and a job cut short goes on from its last training snapshot
+(``--snapshots``, every few minutes: ``qlib.experiments.snapshots``); a result that does not record its data (one
+computed on the earlier, altered GLUE copy) is not finished: it is re-run, and its file replaced. A failing job is named
+and the jobs that need it are reported as not started; the others still run, and the exit status is non-zero at the end.
+A task whose sweep or spectrum is missing gets no rows that need it, and is named too."""
 
 from __future__ import annotations
 
@@ -361,9 +363,10 @@ def spectrum_job(task: str, checkpoints: str | Path, results: str | Path) -> dic
 
 
 
-def _by_seed(jobs: list[Job]) -> list[Job]:
-    """Seed 0 of every row first, then seed 1, …: a partial run still fills every row (stable within a seed)."""
-    return sorted(jobs, key=lambda job: job.spec.seed)
+def _by_seed(jobs: list[Any]) -> list[Any]:
+    """Seed 0 of every row first, then seed 1, …: a partial run still fills every row (stable within a seed; a
+    spectrum job counts as seed 0, whose Baseline it measures)."""
+    return sorted(jobs, key=lambda job: job.spec.seed if isinstance(job, Job) else 0)
 
 
 def smallest_first(jobs: list[Job]) -> list[Job]:
@@ -430,8 +433,7 @@ def second_stage(wanted: Mapping[str, Sequence[str]], results: str | Path, check
                for t in qbert_tasks if t not in measured]
     noise = [j for j in noise if j.name not in {q.name for q in qb_main}]  # a p = 1 row both chapters need
     q8_main, baselines = share_fp32_runs(smallest_first(q8_main), _by_seed(baselines))
-    jobs = (q8_main + baselines + spectra + _by_seed(qb_main + noise) + _by_seed(q8_ablation + qb_ablation)
-            + _by_seed(beyond) + study)
+    jobs = q8_main + _by_seed(baselines + spectra + qb_main + noise + q8_ablation + qb_ablation + beyond + study)
     return jobs, waiting, [t for t in qbert_tasks if t not in measured]
 
 
