@@ -11,7 +11,7 @@ import pytest
 from qlib.experiments.experiment import snapshot_folder
 from qlib.experiments.progress import protocol_progress
 from qlib.experiments.protocol import sweep_jobs
-from qlib.experiments.results import read_json
+from qlib.experiments.results import read_json, write_json
 
 SWEEP_POINT = Path(__file__).parents[1] / "results" / "q8bert-sweep" / "lr2e-05-ep3" / "rte" / "fp32-seed0.json"
 
@@ -38,3 +38,13 @@ def test_progress_counts_finished_jobs_and_estimates_the_rest_per_epoch(tmp_path
     assert row["est. CPU h to run"] == pytest.approx(per_epoch * (3 + 6 + 6), abs=0.05)  # the other three points
     assert table.loc[("q8bert-sweep", "mrpc"), "est. CPU h to run"] != table.loc[("q8bert-sweep", "mrpc"),
                                                                                 "est. CPU h to run"]  # NaN: unknown
+    earlier = read_json(SWEEP_POINT) | {"task": "mrpc", "metrics": {"f1": 0.8, "accuracy": 0.7}}  # altered copy, CPU
+    earlier["provenance"] = earlier["provenance"] | {"data": None}
+    write_json(tmp_path / "results" / "q8bert-sweep" / "lr5e-05-ep6" / "mrpc" / "fp32-seed0.json", earlier)
+    row = protocol_progress(tmp_path / "results", tmp_path / "ckpt")[0].loc[("q8bert-sweep", "mrpc")]
+    assert row[["finished", "to run"]].tolist() == [0, 4] and row["estimate"] == "measured on the earlier copy"
+    assert row["est. CPU h to run"] == pytest.approx(per_epoch * (3 + 3 + 6 + 6), abs=0.05)  # all four, it included
+    earlier["provenance"]["machine"] = earlier["provenance"]["machine"] | {"device": "cuda"}  # a GPU's time is no guide
+    write_json(tmp_path / "results" / "q8bert-sweep" / "lr5e-05-ep6" / "mrpc" / "fp32-seed0.json", earlier)
+    row = protocol_progress(tmp_path / "results", tmp_path / "ckpt")[0].loc[("q8bert-sweep", "mrpc")]
+    assert row["estimate"] == "partly unknown"

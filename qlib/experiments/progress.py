@@ -23,8 +23,9 @@ def protocol_progress(results: str | Path = "results", checkpoints: str | Path =
     how many of those are partly trained (a training snapshot under ``snapshots``, which the protocol's runner goes on
     from: ``qlib.experiments.snapshots``), and the estimated CPU hours of those still to run, as if from the start
     (``qlib.experiments.results.estimated_hours``): each one from the finished jobs of the same task and method, else
-    from the task's finished FP32 jobs (a lower bound: QAT trains slower), else unknown (a Hessian spectrum has no
-    such estimate); the hours are None where none of a row's jobs has one.
+    from their CPU runs on the earlier, altered copy (the same sizes, so about the same cost), else from the task's
+    finished FP32 jobs (a lower bound: QAT trains slower), else unknown (a Hessian spectrum has no such estimate); the
+    hours are None where none of a row's jobs has one.
 
     Returns:
         The table, and what it leaves out (tasks whose FP32 sweep is incomplete, spectra that stage 3 waits for).
@@ -33,6 +34,10 @@ def protocol_progress(results: str | Path = "results", checkpoints: str | Path =
     jobs = [*sweep_jobs(results=results), *jobs]
     finished = [(j.spec, read_json(j.spec.result_path(j.results_dir))) for j in jobs
                 if isinstance(j, Job) and j.recorded()]
+    earlier = [(j.spec, r) for j in jobs if isinstance(j, Job) and not j.recorded()  # a CPU run on the altered copy
+               and j.spec.result_path(j.results_dir).is_file()
+               and (r := read_json(j.spec.result_path(j.results_dir)))["provenance"].get("machine", {}).get("device")
+               == "cpu"]
     rows: dict[tuple[str, str], dict[str, Any]] = {}
     for job in jobs:
         is_run = isinstance(job, Job)
@@ -48,8 +53,10 @@ def protocol_progress(results: str | Path = "results", checkpoints: str | Path =
         row["partly trained"] += is_run and any(snapshot_folder(job.spec, snapshots).glob("finetune-*.safetensors"))
         hours, how = None, "partly unknown"
         if is_run:
-            for method, basis in ((job.spec.method, "measured"), ("fp32", "at least (FP32's time)")):
-                alike = [r for spec, r in finished if (spec.task, spec.method) == (job.spec.task, method)]
+            for method, basis, pool in ((job.spec.method, "measured", finished),
+                                        (job.spec.method, "measured on the earlier copy", earlier),
+                                        ("fp32", "at least (FP32's time)", finished)):
+                alike = [r for spec, r in pool if (spec.task, spec.method) == (job.spec.task, method)]
                 hours = estimated_hours(alike, job.spec.protocol.max_train_examples, job.spec.passes)
                 if hours is not None:
                     how = basis
