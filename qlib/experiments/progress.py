@@ -44,7 +44,7 @@ def protocol_progress(results: str | Path = "results", checkpoints: str | Path =
         folder = (job.folder or job.experiment).split("/")[0] if is_run else "qbert (spectrum)"
         key = (folder, job.spec.task if is_run else job.arguments["task"])
         row = rows.setdefault(key, {"jobs": 0, "finished": 0, "to run": 0, "partly trained": 0,
-                                    "est. CPU h to run": None, "estimate": set()})
+                                    "est. CPU h": None, "estimate": set()})
         row["jobs"] += 1
         if job.recorded():
             row["finished"] += 1
@@ -54,15 +54,15 @@ def protocol_progress(results: str | Path = "results", checkpoints: str | Path =
         hours, how = None, "partly unknown"
         if is_run:
             for method, basis, pool in ((job.spec.method, "measured", finished),
-                                        (job.spec.method, "measured on the earlier copy", earlier),
-                                        ("fp32", "at least (FP32's time)", finished)):
+                                        (job.spec.method, "earlier copy", earlier),
+                                        ("fp32", "FP32 (lower bound)", finished)):
                 alike = [r for spec, r in pool if (spec.task, spec.method) == (job.spec.task, method)]
                 hours = estimated_hours(alike, job.spec.protocol.max_train_examples, job.spec.passes)
                 if hours is not None:
                     how = basis
                     break
         if hours is not None:
-            row["est. CPU h to run"] = (row["est. CPU h to run"] or 0.0) + hours
+            row["est. CPU h"] = (row["est. CPU h"] or 0.0) + hours
         row["estimate"].add(how)
     for row in rows.values():
         row["estimate"] = ", ".join(sorted(row["estimate"])) or "—"
@@ -76,5 +76,5 @@ if __name__ == "__main__":
     progress, notes = protocol_progress(*sys.argv[1:2])
     print(progress.to_string())
     print("\n".join(notes))
-    print(f"to run: {int(progress['to run'].sum())} job(s), est. {progress['est. CPU h to run'].sum():.1f} CPU h "
+    print(f"to run: {int(progress['to run'].sum())} job(s), est. {progress['est. CPU h'].sum():.1f} CPU h "
           "where estimated")
