@@ -32,12 +32,11 @@ def protocol_progress(results: str | Path = "results", checkpoints: str | Path =
     """
     jobs, waiting, unmeasured = second_stage(wanted_tasks(), results, checkpoints)
     jobs = [*sweep_jobs(results=results), *jobs]
-    finished = [(j.spec, read_json(j.spec.result_path(j.results_dir))) for j in jobs
-                if isinstance(j, Job) and j.recorded()]
-    earlier = [(j.spec, r) for j in jobs if isinstance(j, Job) and not j.recorded()  # a CPU run on the altered copy
-               and j.spec.result_path(j.results_dir).is_file()
-               and (r := read_json(j.spec.result_path(j.results_dir)))["provenance"].get("machine", {}).get("device")
-               == "cpu"]
+    on_disk = [(j, read_json(j.spec.result_path(j.results_dir))) for j in jobs
+               if isinstance(j, Job) and j.spec.result_path(j.results_dir).is_file()]
+    finished = [(j.spec, r) for j, r in on_disk if j.recorded()]
+    earlier = [(j.spec, r) for j, r in on_disk if not j.recorded()  # a CPU run on the earlier, altered copy
+               and r["provenance"].get("machine", {}).get("device") == "cpu"]
     rows: dict[tuple[str, str], dict[str, Any]] = {}
     for job in jobs:
         is_run = isinstance(job, Job)

@@ -35,7 +35,6 @@ from safetensors.torch import save_file
 from torch import nn
 
 from qlib.common.atomic import atomic_write
-from qlib.experiments.results import code_state
 
 SNAPSHOT_EVERY_S = 600.0
 """Seconds of training between two snapshots: at most that much is lost to a kill, for a few seconds of writing."""
@@ -52,7 +51,7 @@ class Progress:
     examples: int = 0
     seconds: float = 0.0
     resumed_at: list[int] = field(default_factory=list)
-    commits: list[str | None] = field(default_factory=lambda: [code_state()["git_commit"]])
+    commits: list[str | None] = field(default_factory=list)
     finished: bool = False
 
 

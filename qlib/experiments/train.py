@@ -74,7 +74,8 @@ def finetune(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]], epoch
         done, data_state = load_snapshot(path, model, optimizer, schedule, identity)
         if not done.finished:
             done.resumed_at.append(done.epoch * len(batches) + done.step)
-            done.commits.append(code_state()["git_commit"])
+    if path is not None and not done.finished:
+        done.commits.append(code_state()["git_commit"])  # each process that trains this call
     generator = getattr(batches, "generator", None)  # a DataLoader's: it draws each epoch's order
     model.train()
     start = saved = time.perf_counter()
