@@ -4,8 +4,11 @@ direct serial run; clusters are sized so the CPU is not oversubscribed; the SLUR
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pytest
 import torch
+from distributed import Client
 
 from qlib.experiments.jobs import close_client, execute, local_cluster_size, make_client, resources_for
 from qlib.experiments.protocol import Job
@@ -99,10 +102,6 @@ def test_the_slurm_recipe_builds_its_job_script():
 
 
 def test_ctrl_c_cancels_what_has_not_finished_and_still_reports(tmp_path):
-    from dataclasses import dataclass
-
-    from distributed import Client
-
     @dataclass(frozen=True)
     class Sleep:
         name: str
@@ -133,37 +132,58 @@ def test_ctrl_c_cancels_what_has_not_finished_and_still_reports(tmp_path):
     assert "1 done, 0 skipped, 0 failed, 2 not started" in report.summary()
 
 
-def test_one_worker_starts_the_jobs_that_need_none_in_the_order_they_are_listed(tmp_path):
-    from dataclasses import dataclass
+@dataclass(frozen=True)
+class Record:
+    """A job that appends its name to ``log`` when it starts and fails where ``fails``."""
 
-    log = tmp_path / "started.txt"
+    name: str
+    log: str
+    needs: tuple[str, ...] = ()
+    fails: bool = False
+    resources: tuple = ()
 
-    @dataclass(frozen=True)
-    class Record:
-        name: str
-        needs: tuple[str, ...] = ()
-        resources: tuple = ()
+    def done(self) -> bool:
+        return False
 
-        def done(self) -> bool:
-            return False
+    def __call__(self) -> str:
+        with open(self.log, "a") as f:
+            f.write(self.name + "\n")
+        if self.fails:
+            raise RuntimeError(f"{self.name} failed on purpose")
+        return self.name
 
-        def __call__(self) -> str:
-            with log.open("a") as f:
-                f.write(self.name + "\n")
-            return self.name
 
+def test_one_worker_starts_the_jobs_in_the_order_they_are_listed(tmp_path):
+    log = str(tmp_path / "started.txt")
     # names whose sorted order is not the list's; each QAT job needs the FP32 job before it
     jobs = []
     for i, task in enumerate(["rte", "mrpc", "stsb", "cola", "sst2", "squad"] * 3):
-        fp32 = Record(f"{task}/fp32-seed{i // 6}")
-        jobs += [fp32, Record(f"{task}/qat-seed{i // 6}", needs=(fp32.name,))]
+        fp32 = Record(f"{task}/fp32-seed{i // 6}", log)
+        jobs += [fp32, Record(f"{task}/qat-seed{i // 6}", log, needs=(fp32.name,))]
     client, _ = make_client(workers=1, threads=1)
     try:
-        report = execute(jobs, client, progress=lambda line: None)
+        report = execute(jobs, client, progress=lambda line: None, poll_s=0.05)
     finally:
         close_client(client)
     assert {o.status for o in report.outcomes} == {"done"}
-    started, listed = log.read_text().split(), [job.name for job in jobs]
-    # the jobs that need none start in the list's order (without Dask priorities, a worker took seed 1 of SQuAD
-    # second); a job that needs another can start later than listed (see execute's comment)
-    assert [n for n in started if "fp32" in n] == [n for n in listed if "fp32" in n]
+    # each QAT row right after its Baseline (with Dask's priorities alone, a worker took later FP32 jobs first)
+    assert open(log).read().split() == [job.name for job in jobs]
+
+
+def test_fail_fast_stops_at_the_first_failure_and_a_failure_reaches_the_jobs_after_its_dependents(tmp_path):
+    log = str(tmp_path / "started.txt")
+    jobs = [Record("a", log, fails=True), Record("b", log, needs=("a",)), Record("c", log, needs=("b",)),
+            Record("d", log)]
+    client = Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None)
+    try:
+        lines: list[str] = []
+        report = execute(jobs, client, progress=lines.append, poll_s=0.05)
+        assert [o.status for o in report.outcomes] == ["failed", "not started", "not started", "done"]
+        assert report.outcomes[2].error == "needs b, which did not finish"
+        assert lines[-1].startswith("[4/4; 1 done, 0 to go, 1 failed, 2 not started] DONE d")
+        open(log, "w").close()
+        stopped = execute(jobs, client, progress=lambda line: None, fail_fast=True, poll_s=0.05)
+        assert [o.status for o in stopped.outcomes] == ["failed", "not started", "not started", "not started"]
+        assert stopped.outcomes[3].error == "cancelled" and open(log).read().split() == ["a"]
+    finally:
+        close_client(client)

@@ -4,8 +4,8 @@
 A job is anything with a ``name``, the names of the jobs it ``needs``, the worker ``resources`` it asks for
 (``{"GPU": 1}`` for a job that trains on a GPU) and a ``__call__`` that does its work on a worker and returns a one-line
 summary: a protocol run (``qlib.experiments.protocol.Job``), a Hessian spectrum, a papermill execution of a chapter
-(``qlib.experiments.batch``). ``execute`` submits them to a ``distributed.Client``; a job waits for the futures of the
-jobs it needs, so a QAT row starts as soon as its FP32 Baseline is written, on whichever worker is free.
+(``qlib.experiments.batch``). ``execute`` hands them to a ``distributed.Client`` in the order they are listed, each once
+the jobs it needs have finished and a worker is free, so a QAT row starts as soon as its FP32 Baseline is written.
 
 What a batch system's users expect: a job whose result exists is skipped (``done``), so a restarted run resumes;
 results are written atomically by the worker that ran the job; a failing job is named with its error and the jobs
@@ -27,7 +27,7 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import dask
 import torch
-from distributed import Client, LocalCluster, as_completed, get_worker
+from distributed import Client, LocalCluster, get_worker
 
 
 class Runnable(Protocol):
@@ -79,9 +79,8 @@ class Report:
         return "\n".join([*lines, counts])
 
 
-def _run_on_worker(job: Runnable, threads: int, *needed: Any) -> tuple[str, str, float]:
-    """Run ``job`` on a Dask worker with ``threads`` torch threads; ``needed`` are the results of the jobs it needs
-    (passed so Dask runs it after them; their values are not used). Returns (summary, worker address, seconds)."""
+def _run_on_worker(job: Runnable, threads: int) -> tuple[str, str, float]:
+    """Run ``job`` on a Dask worker with ``threads`` torch threads; returns (summary, worker address, seconds)."""
     torch.set_num_threads(threads)
     start = time.perf_counter()
     summary = job()
@@ -92,17 +91,29 @@ def _run_on_worker(job: Runnable, threads: int, *needed: Any) -> tuple[str, str,
     return summary, worker, time.perf_counter() - start
 
 
+def _slots(client: Client) -> int:
+    """How many jobs the cluster runs at once now: its workers' threads (each runs one job at a time)."""
+    return sum(client.nthreads().values())
+
+
 def execute(jobs: Sequence[Runnable], client: Client, threads: int = 1, resume: bool = True,
-            progress: Callable[[str], None] = print, fail_fast: bool = False) -> Report:
+            progress: Callable[[str], None] = print, fail_fast: bool = False, poll_s: float = 0.5) -> Report:
     """Run ``jobs`` on ``client``'s workers, each after the jobs it ``needs``; returns the ``Report``.
+
+    Jobs start in the order they are listed: whenever a worker is free, the first listed job whose needs have all
+    finished is submitted (so a QAT row starts right after its FP32 Baseline, not behind later jobs that need
+    nothing). ``execute`` keeps the queue itself and hands Dask only as many jobs as the workers have threads:
+    Dask's own priorities cannot do this, since a worker starts its next queued job before the scheduler has
+    sent it the job that has just become ready.
 
     Args:
         jobs: each job's ``needs`` must name jobs listed before it (a job list is built in dependency order).
-        client: a ``distributed.Client`` (``make_client``).
+        client: a ``distributed.Client`` (``make_client``); workers may join while it runs (a SLURM cluster).
         threads: torch threads per job (a worker runs one job at a time).
         resume: skip jobs whose result exists (``done()``); they count as satisfied for the jobs that need them.
         progress: called with one line per finished job.
         fail_fast: at the first failure, cancel every job not finished yet (reported as not started).
+        poll_s: how often to look for finished jobs and free workers, in seconds.
     """
     names = [job.name for job in jobs]
     duplicates = sorted({n for n in names if names.count(n) > 1})
@@ -116,56 +127,65 @@ def execute(jobs: Sequence[Runnable], client: Client, threads: int = 1, resume: 
         known.add(job.name)
 
     outcomes = {job.name: Outcome(job.name, "not started") for job in jobs}
-    futures: dict[str, Any] = {}
-    for index, job in enumerate(jobs):
+    settled: set[str] = set()  # names whose outcome is final
+    waiting: list[Runnable] = []
+    for job in jobs:
         if resume and job.done():
             outcomes[job.name] = Outcome(job.name, "skipped")
-            continue
-        needed = [futures[n] for n in job.needs if n in futures]
-        # the list's order as Dask's priority (higher runs sooner): without it, Dask orders the submitted jobs its own
-        # way (a free worker took STS-B's seed 1 before MRPC's seed 0). A job that needs another can still start
-        # later than listed: measured with one worker, it waited behind jobs listed after it that needed nothing.
-        futures[job.name] = client.submit(_run_on_worker, job, threads, *needed, key=f"{job.name}-{time.time_ns()}",
-                                          resources=job.resources or None, pure=False, priority=len(jobs) - index)
-    by_key = {future.key: name for name, future in futures.items()}
-    finished = 0
+            settled.add(job.name)
+        else:
+            waiting.append(job)
+    total, running = len(waiting), {}
+
+    def settle(outcome: Outcome) -> None:  # called once the job has left ``waiting`` or ``running``
+        outcomes[outcome.name] = outcome
+        settled.add(outcome.name)
+        counts = {s: sum(o.status == s for o in outcomes.values()) for s in ("done", "failed", "not started")}
+        left = len(waiting) + len(running)
+        detail = outcome.summary if outcome.status == "done" else outcome.error
+        progress(f"[{total - left}/{total}; {counts['done']} done, {left} to go, {counts['failed']} failed, "
+                 f"{counts['not started'] - left} not started] {outcome.status.upper()} {outcome.name}: {detail}")
+
     try:
-        for future in as_completed(list(futures.values())):
-            name = by_key[future.key]
-            finished += 1
-            if future.status == "error":
-                error = future.exception()
-                failed_need = next((n for n in _needs(jobs, name) if outcomes[n].status in ("failed", "not started")),
-                                   None)
-                if failed_need is not None:  # Dask hands an upstream error down: this job never ran
-                    outcomes[name] = Outcome(name, "not started", error=f"needs {failed_need}, which did not finish")
+        while waiting or running:
+            for job in list(waiting):  # in list order, so a failure reaches the jobs that need its dependents too
+                failed_need = next((n for n in job.needs
+                                    if n in settled and outcomes[n].status in ("failed", "not started")), None)
+                if failed_need is not None:
+                    waiting.remove(job)
+                    settle(Outcome(job.name, "not started", error=f"needs {failed_need}, which did not finish"))
+            ready = [job for job in waiting if all(n in settled for n in job.needs)]
+            for job in ready[:max(0, _slots(client) - len(running))]:
+                waiting.remove(job)
+                running[job.name] = client.submit(_run_on_worker, job, threads, key=f"{job.name}-{time.time_ns()}",
+                                                  resources=job.resources or None, pure=False)
+            finished = [name for name, future in running.items() if future.done()]
+            if not finished:
+                time.sleep(poll_s)
+                continue
+            for name in finished:
+                future = running.pop(name)
+                if future.status == "error":
+                    error = future.exception()
+                    settle(Outcome(name, "failed", error=f"{type(error).__name__}: {error}"))
+                elif future.status == "cancelled":
+                    settle(Outcome(name, "not started", error="cancelled"))
                 else:
-                    outcomes[name] = Outcome(name, "failed", error=f"{type(error).__name__}: {error}")
-            elif future.status == "cancelled":
-                outcomes[name] = Outcome(name, "not started", error="cancelled")
-            else:
-                summary, worker, seconds = future.result()
-                outcomes[name] = Outcome(name, "done", summary, worker=worker, seconds=seconds)
-            counts = {s: sum(o.status == s for o in outcomes.values()) for s in ("done", "failed", "not started")}
-            running = len(futures) - finished
-            outcome = outcomes[name]
-            detail = outcome.summary if outcome.status == "done" else outcome.error
-            progress(f"[{finished}/{len(futures)}; {counts['done']} done, {running} to go, {counts['failed']} failed, "
-                     f"{counts['not started'] - running} not started] {outcome.status.upper()} {name}: {detail}")
-            if fail_fast and outcome.status == "failed":
-                client.cancel([f for f in futures.values() if not f.done()])
+                    summary, worker, seconds = future.result()
+                    settle(Outcome(name, "done", summary, worker=worker, seconds=seconds))
+                if fail_fast and outcomes[name].status == "failed":
+                    client.cancel(list(running.values()))
+                    for job in waiting:
+                        outcomes[job.name] = Outcome(job.name, "not started", error="cancelled")
+                    waiting.clear()
     except KeyboardInterrupt:
-        unfinished = [name for name, future in futures.items() if outcomes[name].status == "not started"]
-        client.cancel([futures[name] for name in unfinished])
+        client.cancel(list(running.values()))
+        unfinished = [*running, *(job.name for job in waiting)]
         for name in unfinished:
             outcomes[name] = Outcome(name, "not started", error="interrupted (Ctrl-C) before it finished")
         print(f"interrupted: {len(unfinished)} unfinished job(s) cancelled; their results were never written",
               flush=True)
     return Report([outcomes[job.name] for job in jobs])
-
-
-def _needs(jobs: Sequence[Runnable], name: str) -> tuple[str, ...]:
-    return next(job.needs for job in jobs if job.name == name)
 
 
 def local_cluster_size(workers: int | None = None, threads: int | None = None,
