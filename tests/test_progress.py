@@ -48,3 +48,23 @@ def test_progress_counts_finished_jobs_and_estimates_the_rest_per_epoch(tmp_path
     write_json(tmp_path / "results" / "q8bert-sweep" / "lr5e-05-ep6" / "mrpc" / "fp32-seed0.json", earlier)
     row = protocol_progress(tmp_path / "results", tmp_path / "ckpt")[0].loc[("q8bert-sweep", "mrpc")]
     assert row["estimate"] == "partly unknown"
+
+
+SIZING = Path(__file__).parents[1] / "results" / "squad-sizing" / "squad" / "fp32-seed0.json"
+FLOORS = Path(__file__).parents[1] / "results" / "benchmarks" / "constant_answer.json"
+
+
+def test_a_task_with_no_protocol_run_is_estimated_from_its_sizing_run_with_the_whole_dev_set(tmp_path):
+    if not SIZING.is_file() or not FLOORS.is_file():
+        pytest.skip(f"the committed SQuAD sizing run ({SIZING}) and dev counts ({FLOORS}) are this test's input")
+    table, _ = protocol_progress(tmp_path / "results", tmp_path / "ckpt")
+    assert table.loc[("q8bert", "squad"), "estimate"] == "partly unknown"
+    for source, target in ((SIZING, "squad-sizing/squad/fp32-seed0.json"), (FLOORS, "benchmarks/constant_answer.json")):
+        (tmp_path / "results" / target).parent.mkdir(parents=True)
+        shutil.copy(source, tmp_path / "results" / target)
+    row = protocol_progress(tmp_path / "results", tmp_path / "ckpt")[0].loc[("q8bert", "squad")]
+    assert row["estimate"] == "sizing run (lower bound)"
+    sizing = read_json(SIZING)  # 320 questions for 1 epoch and 320 dev questions; the protocol: 20 k, the whole dev
+    per_job = (sizing["train"]["seconds"] / 320 * 20_000
+               + sizing["eval"]["seconds"] * read_json(FLOORS)["tasks"]["squad"]["dev examples"] / 320) / 3600
+    assert row["est. CPU h"] == pytest.approx(per_job * row["to run"], abs=0.05)

@@ -13,7 +13,8 @@ import pandas as pd
 
 from qlib.experiments.experiment import snapshot_folder
 from qlib.experiments.protocol import Job, second_stage, sweep_jobs, wanted_tasks
-from qlib.experiments.results import estimated_hours, read_json
+from qlib.experiments.results import estimated_hours, read_json, records_its_data
+from qlib.experiments.spec import RunSpec
 
 
 def protocol_progress(results: str | Path = "results", checkpoints: str | Path = "runs/checkpoints/qbert",
@@ -24,8 +25,10 @@ def protocol_progress(results: str | Path = "results", checkpoints: str | Path =
     from: ``qlib.experiments.snapshots``), and the estimated CPU hours of those still to run, as if from the start
     (``qlib.experiments.results.estimated_hours``): each one from the finished jobs of the same task and method, else
     from their CPU runs on the earlier, altered copy (the same sizes, so about the same cost), else from the task's
-    finished FP32 jobs (a lower bound: QAT trains slower), else unknown (a Hessian spectrum has no such estimate); the
-    hours are None where none of a row's jobs has one.
+    finished FP32 jobs (a lower bound: QAT trains slower), else from a CPU run of the task's FP32 outside the protocol
+    that records its data (a sizing run such as ``results/squad-sizing``: a lower bound), else unknown (a Hessian
+    spectrum has no such estimate); each one's dev evaluation is scaled to the whole dev set
+    (``results/benchmarks/constant_answer.json``'s count). The hours are None where none of a row's jobs has one.
 
     Returns:
         The table, and what it leaves out (tasks whose FP32 sweep is incomplete, spectra that stage 3 waits for).
@@ -37,6 +40,12 @@ def protocol_progress(results: str | Path = "results", checkpoints: str | Path =
     finished = [(j.spec, r) for j, r in on_disk if j.recorded()]
     earlier = [(j.spec, r) for j, r in on_disk if not j.recorded()  # a CPU run on the earlier, altered copy
                and r["provenance"].get("machine", {}).get("device") == "cpu"]
+    planned = {j.spec.result_path(j.results_dir).resolve() for j in jobs if isinstance(j, Job)}
+    sizing = [(RunSpec.from_record(r), r) for path in sorted(Path(results).glob("*/*/*.json"))  # e.g. squad-sizing
+              if path.resolve() not in planned and records_its_data(path) and "spec" in (r := read_json(path))
+              and r["provenance"].get("machine", {}).get("device") == "cpu"]
+    floors = Path(results) / "benchmarks" / "constant_answer.json"
+    dev_examples = read_json(floors)["tasks"] if floors.is_file() else {}
     rows: dict[tuple[str, str], dict[str, Any]] = {}
     for job in jobs:
         is_run = isinstance(job, Job)
@@ -52,11 +61,14 @@ def protocol_progress(results: str | Path = "results", checkpoints: str | Path =
         row["partly trained"] += is_run and any(snapshot_folder(job.spec, snapshots).glob("finetune-*.safetensors"))
         hours, how = None, "partly unknown"
         if is_run:
+            dev = None if job.spec.protocol.max_eval_examples else dev_examples.get(job.spec.task, {}).get(
+                "dev examples")
             for method, basis, pool in ((job.spec.method, "measured", finished),
                                         (job.spec.method, "earlier copy", earlier),
-                                        ("fp32", "FP32 (lower bound)", finished)):
+                                        ("fp32", "FP32 (lower bound)", finished),
+                                        ("fp32", "sizing run (lower bound)", sizing)):
                 alike = [r for spec, r in pool if (spec.task, spec.method) == (job.spec.task, method)]
-                hours = estimated_hours(alike, job.spec.protocol.max_train_examples, job.spec.passes)
+                hours = estimated_hours(alike, job.spec.protocol.max_train_examples, job.spec.passes, dev)
                 if hours is not None:
                     how = basis
                     break
