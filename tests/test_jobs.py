@@ -187,3 +187,22 @@ def test_fail_fast_stops_at_the_first_failure_and_a_failure_reaches_the_jobs_aft
         assert stopped.outcomes[3].error == "cancelled" and open(log).read().split() == ["a"]
     finally:
         close_client(client)
+
+
+def test_jobs_wait_for_a_worker_to_join(tmp_path):
+    import threading
+
+    from distributed import LocalCluster
+
+    log = str(tmp_path / "started.txt")
+    cluster = LocalCluster(n_workers=0, threads_per_worker=1, processes=False, dashboard_address=None)
+    client = Client(cluster)
+    try:
+        timer = threading.Timer(1.0, cluster.scale, args=(1,))  # a SLURM worker that starts after the run began
+        timer.start()
+        report = execute([Record("a", log), Record("b", log, needs=("a",))], client, progress=lambda line: None,
+                         poll_s=0.05)
+        timer.join()
+    finally:
+        close_client(client)
+    assert [o.status for o in report.outcomes] == ["done", "done"] and open(log).read().split() == ["a", "b"]
