@@ -38,8 +38,24 @@ def test_provenance_has_commit_versions_machine_data_and_date():
     assert record["machine"]["torch_threads"] >= 1 and record["data"]["files"] == {"glue/x.tsv": "ab"}
     assert set(record["machine"]["cpu_features"]) <= {"avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16",
                                                       "amx_bf16", "amx_int8"}
+    assert set(record["machine"]["cpu_identity"]) == {"family", "model", "stepping", "microcode", "caches"}
     with pytest.raises(TypeError, match="data"):
         provenance(1.0)  # every writer says what data it read (None: none)
+
+
+def test_the_cpu_identity_names_each_cache_level_and_skips_what_it_cannot_read(tmp_path):
+    from qlib.common.cpu import cpu_identity
+
+    for index, (level, kind, size) in enumerate([("1", "Data", "48K"), ("1", "Instruction", "64K"),
+                                                 ("2", "Unified", "2048K"), ("3", "Unified", "491520K")]):
+        folder = tmp_path / f"index{index}"
+        folder.mkdir()
+        for name, value in (("level", level), ("type", kind), ("size", size)):
+            (folder / name).write_text(value + "\n")
+    (tmp_path / "index4").mkdir()  # unreadable: no files
+    identity = cpu_identity(tmp_path)
+    assert identity["caches"] == {"L1d": "48K", "L1i": "64K", "L2": "2048K", "L3": "491520K"}
+    assert cpu_identity(tmp_path / "missing")["caches"] == {}
 
 
 def test_a_commit_override_is_recorded_as_one(monkeypatch):

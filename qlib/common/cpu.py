@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import platform
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
 ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
 """The CPU features that decide which int8/bf16 kernels a run can use (the CPU class: AVX2 only, AVX-512 VNNI, AMX)."""
@@ -27,6 +27,22 @@ def _cpuinfo_line(key: str) -> str | None:
 def cpu_model() -> str:
     """The CPU's model name (``/proc/cpuinfo``; else what ``platform`` says)."""
     return _cpuinfo_line("model name") or platform.processor() or platform.machine()
+
+
+def cpu_identity(sysfs: str | Path = "/sys/devices/system/cpu/cpu0/cache") -> dict[str, Any]:
+    """What tells two machines of one CPU class and model name apart: family, model, stepping and microcode
+    (``/proc/cpuinfo``) and the size of each cache level (``sysfs``), which GEMM libraries may tune their loop
+    blocking to, so float results can differ in their last bits between two such machines. Values that cannot be
+    read are None; ``caches`` maps ``L1d``, ``L1i``, ``L2``, ``L3`` to sizes as the kernel writes them (``48K``)."""
+    caches = {}
+    for index in sorted(Path(sysfs).glob("index*")):
+        try:
+            level, kind, size = ((index / name).read_text().strip() for name in ("level", "type", "size"))
+        except OSError:
+            continue
+        caches[f"L{level}" + {"Data": "d", "Instruction": "i"}.get(kind, "")] = size
+    return {"family": _cpuinfo_line("cpu family"), "model": _cpuinfo_line("model\t"), "stepping": _cpuinfo_line(
+        "stepping"), "microcode": _cpuinfo_line("microcode"), "caches": caches}
 
 
 def cpu_features() -> list[str]:

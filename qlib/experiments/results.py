@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import torch
 
 from qlib.common.atomic import atomic_write
-from qlib.common.cpu import cpu_features, cpu_model
+from qlib.common.cpu import cpu_features, cpu_identity, cpu_model
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -71,7 +71,8 @@ def provenance(wall_time_s: float, device: torch.device | str = "cpu", *,
         **code_state(),
         "data": data,
         "versions": {"python": platform.python_version(), **versions},
-        "machine": {"cpu": cpu_model(), "cpu_features": cpu_features(), "cores": os.cpu_count(),
+        "machine": {"cpu": cpu_model(), "cpu_features": cpu_features(), "cpu_identity": cpu_identity(),
+                    "cores": os.cpu_count(),
                     "torch_threads": torch.get_num_threads(),
                     "platform": platform.platform(), "device": _device_name(device),
                     # > cores means the run shared the CPU with other work: its timings are not clean.
