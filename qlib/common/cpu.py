@@ -29,13 +29,18 @@ def cpu_model() -> str:
     return _cpuinfo_line("model name") or platform.processor() or platform.machine()
 
 
-def cpu_identity(sysfs: str | Path = "/sys/devices/system/cpu/cpu0/cache") -> dict[str, Any]:
+CACHES = Path("/sys/devices/system/cpu/cpu0/cache")
+"""Where Linux describes the first core's caches (one ``index<n>`` folder per cache)."""
+
+
+def cpu_identity(caches_folder: Path | None = None) -> dict[str, Any]:
     """What tells two machines of one CPU class and model name apart: family, model, stepping and microcode
-    (``/proc/cpuinfo``) and the size of each cache level (``sysfs``), which GEMM libraries may tune their loop
-    blocking to, so float results can differ in their last bits between two such machines. Values that cannot be
-    read are None; ``caches`` maps ``L1d``, ``L1i``, ``L2``, ``L3`` to sizes as the kernel writes them (``48K``)."""
+    (``/proc/cpuinfo``) and the size of each cache level (``caches_folder``), which GEMM libraries may tune their loop
+    blocking to, so float results can differ in their last bits between two such machines (default folder:
+    ``CACHES``). Values that cannot be read are None; ``caches`` maps ``L1d``, ``L1i``, ``L2``, ``L3`` to sizes as
+    the kernel writes them (``48K``)."""
     caches = {}
-    for index in sorted(Path(sysfs).glob("index*")):
+    for index in sorted(Path(caches_folder or CACHES).glob("index*")):
         try:
             level, kind, size = ((index / name).read_text().strip() for name in ("level", "type", "size"))
         except OSError:
