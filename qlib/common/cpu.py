@@ -46,8 +46,9 @@ def cpu_identity(caches_folder: Path | None = None) -> dict[str, Any]:
         except OSError:
             continue
         caches[f"L{level}" + {"Data": "d", "Instruction": "i"}.get(kind, "")] = size
-    return {"family": _cpuinfo_line("cpu family"), "model": _cpuinfo_line("model\t"), "stepping": _cpuinfo_line(
-        "stepping"), "microcode": _cpuinfo_line("microcode"), "caches": caches}
+    model = _cpuinfo_line("model\t")  # the tab tells "model : 167" from "model name : ..."
+    return {"family": _cpuinfo_line("cpu family"), "model": model, "stepping": _cpuinfo_line("stepping"),
+            "microcode": _cpuinfo_line("microcode"), "caches": caches}
 
 
 def cpu_features() -> list[str]:

@@ -13,7 +13,7 @@ import pandas as pd
 
 from qlib.experiments.experiment import snapshot_folder
 from qlib.experiments.protocol import Job, second_stage, sweep_jobs, wanted_tasks
-from qlib.experiments.results import estimated_hours, read_json, records_its_data
+from qlib.experiments.results import dev_set_size, estimated_hours, read_json, records_its_data
 from qlib.experiments.spec import RunSpec
 
 
@@ -28,7 +28,7 @@ def protocol_progress(results: str | Path = "results", checkpoints: str | Path =
     finished FP32 jobs (a lower bound: QAT trains slower), else from a CPU run of the task's FP32 outside the protocol
     that records its data (a sizing run such as ``results/squad-sizing``: a lower bound), else unknown (a Hessian
     spectrum has no such estimate); each one's dev evaluation is scaled to the whole dev set
-    (``results/benchmarks/constant_answer.json``'s count). The hours are None where none of a row's jobs has one.
+    (``qlib.experiments.results.dev_set_size``). The hours are None where none of a row's jobs has one.
 
     Returns:
         The table, and what it leaves out (tasks whose FP32 sweep is incomplete, spectra that stage 3 waits for).
@@ -44,8 +44,6 @@ def protocol_progress(results: str | Path = "results", checkpoints: str | Path =
     sizing = [(RunSpec.from_record(r), r) for path in sorted(Path(results).glob("*/*/*.json"))  # e.g. squad-sizing
               if path.resolve() not in planned and records_its_data(path) and "spec" in (r := read_json(path))
               and r["provenance"].get("machine", {}).get("device") == "cpu"]
-    floors = Path(results) / "benchmarks" / "constant_answer.json"
-    dev_examples = read_json(floors)["tasks"] if floors.is_file() else {}
     rows: dict[tuple[str, str], dict[str, Any]] = {}
     for job in jobs:
         is_run = isinstance(job, Job)
@@ -61,8 +59,7 @@ def protocol_progress(results: str | Path = "results", checkpoints: str | Path =
         row["partly trained"] += is_run and any(snapshot_folder(job.spec, snapshots).glob("finetune-*.safetensors"))
         hours, how = None, "partly unknown"
         if is_run:
-            dev = None if job.spec.protocol.max_eval_examples else dev_examples.get(job.spec.task, {}).get(
-                "dev examples")
+            dev = None if job.spec.protocol.max_eval_examples else dev_set_size(results, job.spec.task)
             for method, basis, pool in ((job.spec.method, "measured", finished),
                                         (job.spec.method, "earlier copy", earlier),
                                         ("fp32", "FP32 (lower bound)", finished),

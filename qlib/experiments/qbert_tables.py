@@ -41,6 +41,7 @@ from qlib.experiments.report import (
     runs_frame,
 )
 from qlib.experiments.results import (
+    dev_set_size,
     estimated_hours,
     notes_for,
     read_json,
@@ -335,8 +336,7 @@ def missing_runs(task: str, rows: Mapping[str, dict[str, Any]], results_dir: str
     protocol = protocol_for(task, results_dir.parent)
     measured = [r for path in sorted(results_dir.parent.glob(f"*/{task}/*.json")) if records_its_data(path)
                 and not RunSpec.from_record(r := read_json(path)).is_post_training]
-    floors = results_dir.parent / "benchmarks" / "constant_answer.json"
-    dev = read_json(floors)["tasks"].get(task, {}).get("dev examples") if floors.is_file() else None
+    dev = dev_set_size(results_dir.parent, task)
     fp32 = [r for r in measured if r["spec"]["method"] == "fp32"]
     qat = [r for r in measured if r["spec"]["method"] == "qbert"]
     per_kind = {kind: estimated_hours(runs, protocol.get("max_train_examples"), protocol["epochs"], dev)

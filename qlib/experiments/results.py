@@ -189,3 +189,10 @@ def estimated_hours(records: Sequence[dict[str, Any]], examples: int | None, pas
         evaluation = r["eval"]["seconds"] * (dev_examples / r["eval"]["examples"] if dev_examples else 1)
         estimates.append(r["train"]["seconds"] / (trained_on * r["params"]["epochs"]) * n * passes + evaluation)
     return sum(estimates) / len(estimates) / 3600 if estimates else None
+
+
+def dev_set_size(results: str | os.PathLike, task: str) -> int | None:
+    """How many examples ``task``'s whole dev set has, as ``<results>/benchmarks/constant_answer.json`` counted them
+    (None where that file or the task is missing): what ``estimated_hours`` scales a run's evaluation to."""
+    floors = Path(results) / "benchmarks" / "constant_answer.json"
+    return read_json(floors)["tasks"].get(task, {}).get("dev examples") if floors.is_file() else None
