@@ -197,6 +197,35 @@ def test_7_bit_weights_keep_the_codes_that_fit_and_re_round_the_others_per_chann
     assert (seven_bit_weights(weight, per_channel).quantize(weight).abs().amax(dim=1) == 63).all()
 
 
+@needs_vnni
+def test_bf16_attention_reads_q_k_v_in_bf16_straight_from_their_gemm(tiny_bert):
+    fake = trained(convert_bert(tiny_bert, q8bert_config()))
+    real = to_int8(fake, attention_dtype=torch.bfloat16)
+    attention = next(m for m in real.modules() if isinstance(m, Int8SelfAttention))
+    assert attention.qkv.out_dtype == torch.bfloat16
+    hidden = torch.randn(3, 7, tiny_bert.config.hidden_size, generator=torch.Generator().manual_seed(1))
+    written = attention.qkv(hidden)
+    attention.qkv.out_dtype = torch.float32  # the GEMM's float32 output, rounded to bf16 afterwards
+    assert written.dtype == torch.bfloat16 and torch.equal(written, attention.qkv(hidden).to(torch.bfloat16))
+    ids = torch.randint(5, 64, (4, 10), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        from_float32 = real(input_ids=ids).logits
+        attention.qkv.out_dtype = torch.bfloat16
+        assert torch.equal(real(input_ids=ids).logits, from_float32)
+        assert (from_float32 - fake(input_ids=ids).logits).abs().max() < 0.05
+
+
+def test_an_int8_gemm_refuses_a_float_output_it_cannot_write(tiny_bert):
+    codes, scale = torch.ones(4, 8, dtype=torch.int8), torch.ones(4)
+    with pytest.raises(ValueError, match=r"float output is one of .* got out_dtype=torch.float16"):
+        Int8Linear(codes, scale, None, 0.1, out_dtype=torch.float16)
+    with pytest.raises(ValueError, match="out_dtype applies to a float output only"):
+        Int8Linear(codes, scale, None, 0.1, out_scale=0.2, out_dtype=torch.bfloat16)
+    if CodeWidths(8, 8) in exact_widths():
+        with pytest.raises(ValueError, match="the residual add runs in float32; this GEMM's output is torch.bfloat16"):
+            Int8Linear(codes, scale, None, 0.1, out_dtype=torch.bfloat16)(torch.ones(2, 8), residual=torch.ones(2, 4))
+
+
 def test_bad_code_widths_or_attention_dtype_are_refused(tiny_bert):
     fake = trained(convert_bert(tiny_bert, q8bert_config()))
     with pytest.raises(ValueError, match=r"inputs codes of an int8 GEMM have one of \(8, 7\) bits, got 6"):
@@ -228,17 +257,22 @@ def test_quantize_input_is_bit_identical_to_the_grid(rows, cols, spread, narrow,
 
 @needs_vnni
 @pytest.mark.slow
-def test_the_compiled_int8_model_is_one_graph_and_agrees(tiny_bert):
+@pytest.mark.parametrize("attention_dtype", [torch.float32, torch.bfloat16])
+def test_the_compiled_int8_model_is_one_graph_and_agrees(tiny_bert, attention_dtype):
     from qlib.deploy.int8 import CompiledInt8
 
     fake = trained(convert_bert(tiny_bert, q8bert_config()))
-    explained = torch._dynamo.explain(to_int8(fake))(input_ids=torch.randint(5, 64, (2, 8)))
+    eager = to_int8(fake, attention_dtype=attention_dtype)
+    explained = torch._dynamo.explain(eager)(input_ids=torch.randint(5, 64, (2, 8)))
     assert explained.graph_break_count == 0  # the input quantization is plain ops when compiled
-    compiled = to_int8(fake, compile=True)
+    compiled = to_int8(fake, attention_dtype=attention_dtype, compile=True)
     assert isinstance(compiled, CompiledInt8)
     ids = torch.randint(5, 64, (3, 10), generator=torch.Generator().manual_seed(5))
     with torch.inference_mode():
-        torch.testing.assert_close(compiled(input_ids=ids).logits, fake(input_ids=ids).logits, atol=1e-3, rtol=0)
+        got = compiled(input_ids=ids).logits
+        torch.testing.assert_close(got, eager(input_ids=ids).logits, atol=1e-3, rtol=0)
+        if attention_dtype == torch.float32:
+            torch.testing.assert_close(got, fake(input_ids=ids).logits, atol=1e-3, rtol=0)
 
 
 @pytest.mark.slow

@@ -79,6 +79,8 @@ class CodeWidths:
 WIDTHS = (CodeWidths(8, 8), CodeWidths(8, 7), CodeWidths(7, 8))
 """The routes ``to_int8`` picks from, in its order of preference: the model's own arithmetic, then 7-bit weights
 (which keep the learned input grid), then 7-bit inputs."""
+FLOAT_OUTPUTS = (torch.float32, torch.bfloat16)
+"""The float dtypes an ``Int8Linear`` can write: float32, or bfloat16 for the bf16 attention products it feeds."""
 GELU_ALGORITHMS = {"gelu": "none", "gelu_new": "tanh", "gelu_pytorch_tanh": "tanh"}
 """transformers' activation names that oneDNN's GELU post-op computes: erf (``"none"``) or tanh approximation."""
 
@@ -185,15 +187,22 @@ class Int8Linear(nn.Module):
 
     q_x uint8 [..., in] (``widths.inputs``-bit codes around ``input_zero_point``: 128 for 8 bits, 64 for 7; a float
     input is quantized first), q_w int8 [out, in] packed once (``widths.weights``-bit codes), s_w [out], b float
-    [out], r an optional float residual [..., out]. Output float [..., out], or with ``out_scale`` the uint8 codes of
-    y on that scale, with the same input code width (the next layer's input). ``activation``: ``None`` or ``"gelu"``
-    with ``gelu_algorithm`` ``"none"`` (erf) or ``"tanh"``.
+    [out], r an optional float residual [..., out]. Output [..., out] in ``out_dtype`` (float32, or bfloat16: y
+    rounded to bf16 as the GEMM stores it, which is ``y.to(torch.bfloat16)`` without a float32 copy in between), or
+    with ``out_scale`` the uint8 codes of y on that scale, with the same input code width (the next layer's input).
+    ``activation``: ``None`` or ``"gelu"`` with ``gelu_algorithm`` ``"none"`` (erf) or ``"tanh"``.
     """
 
     def __init__(self, codes: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None, x_scale: float,
                  activation: str | None = None, gelu_algorithm: str = "none", out_scale: float | None = None,
-                 tokens_hint: int = 1024, widths: CodeWidths = CodeWidths()) -> None:
+                 tokens_hint: int = 1024, widths: CodeWidths = CodeWidths(),
+                 out_dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
+        if out_dtype not in FLOAT_OUTPUTS:
+            raise ValueError(f"an int8 GEMM's float output is one of {FLOAT_OUTPUTS}, got out_dtype={out_dtype!r}")
+        if out_dtype != torch.float32 and out_scale is not None:
+            raise ValueError("out_scale makes the output uint8 codes; out_dtype applies to a float output only")
+        self.out_dtype = out_dtype
         self.out_features, self.in_features = codes.shape
         self.x_scale, self.out_scale = x_scale, out_scale
         self.widths, self.zero_point = widths, input_zero_point(widths.inputs)
@@ -233,11 +242,13 @@ class Int8Linear(nn.Module):
         codes = x.reshape(-1, self.in_features)
         quantized_output = self.out_scale is not None
         out_scale, out_zero_point = (self.out_scale, self.zero_point) if quantized_output else (1.0, 0)
-        out_dtype = torch.uint8 if quantized_output else torch.float32
+        out_dtype = torch.uint8 if quantized_output else self.out_dtype
         common = (codes, self.x_scale, self.zero_point, self.packed_weight, self.w_scale, self.w_zero_point)
         if residual is None:
             y = torch.ops.onednn.qlinear_pointwise(*common, self.bias, out_scale, out_zero_point, out_dtype,
                                                    self.activation, [], self.gelu_algorithm)
+        elif self.out_dtype != torch.float32:
+            raise ValueError(f"the residual add runs in float32; this GEMM's output is {self.out_dtype}")
         else:
             y = torch.ops.onednn.qlinear_pointwise.binary(
                 *common, residual.reshape(-1, self.out_features), self.bias, out_scale, out_zero_point, out_dtype,
@@ -250,15 +261,16 @@ class Int8Linear(nn.Module):
         fused = f", activation={self.activation}" if self.activation != "none" else ""
         out = f", out_scale={self.out_scale:.4g}" if self.out_scale is not None else ""
         bits = f", widths={self.widths}" if self.widths != CodeWidths() else ""
+        dtype = f", out_dtype={self.out_dtype}" if self.out_dtype != torch.float32 else ""
         return f"in_features={self.in_features}, out_features={self.out_features}, x_scale={self.x_scale:.4g}" \
-               f"{bits}{fused}{out}"
+               f"{bits}{fused}{out}{dtype}"
 
 
 class Int8SelfAttention(nn.Module):
     """BERT self-attention with Q, K, V as one int8 GEMM: ``[Q K V] = Int8Linear(h)`` [B, T, 3·H·d], then
     the model's own attention function (SDPA or eager) on Q, K, V in ``attention_dtype`` (float32, as the
-    fake-quantized model; or bfloat16, which AMX and AVX-512 BF16 CPUs multiply natively); output float32
-    [B, T, H·d]."""
+    fake-quantized model; or bfloat16, which AMX and AVX-512 BF16 CPUs multiply natively, and which the GEMM then
+    writes directly: no float32 Q, K, V and no conversion pass); output float32 [B, T, H·d]."""
 
     def __init__(self, attention: BertSelfAttention, widths: CodeWidths = CodeWidths(),
                  attention_dtype: torch.dtype = torch.float32, qkv: nn.Module | None = None) -> None:
@@ -273,7 +285,7 @@ class Int8SelfAttention(nn.Module):
                 raise ValueError("the integer softmax takes float32 scores; attention_dtype must be torch.float32")
             self.integer_softmax = attention.integer_softmax
         self.qkv = qkv if qkv is not None else Int8Linear.fused(attention.query, attention.key, attention.value,
-                                                                widths=widths)
+                                                                widths=widths, out_dtype=attention_dtype)
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 **kwargs) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -351,7 +363,7 @@ def _fuse_layer(layer: BertLayer, hidden_act: object, widths: CodeWidths, attent
         layer.intermediate = Int8Intermediate(layer.intermediate, layer.output.dense.x_scale, gelu, widths)
 
 
-ATTENTION_DTYPES = (torch.float32, torch.bfloat16)
+ATTENTION_DTYPES = FLOAT_OUTPUTS  # the attention products run in the dtype the Q, K, V GEMM writes
 
 
 def to_int8(model: nn.Module, widths: CodeWidths | None = None,
