@@ -215,6 +215,23 @@ def test_bf16_attention_reads_q_k_v_in_bf16_straight_from_their_gemm(tiny_bert):
         assert (from_float32 - fake(input_ids=ids).logits).abs().max() < 0.05
 
 
+@needs_vnni
+@settings(max_examples=40, deadline=None)
+@given(out_scale=st.floats(1e-4, 0.5), seed=st.integers(0, 2**16))
+def test_the_ffn_codes_stay_on_the_symmetric_grid_when_their_clamp_is_skipped(out_scale, seed):
+    generator = torch.Generator().manual_seed(seed)
+    codes = torch.randint(-127, 128, (16, 32), generator=generator, dtype=torch.int8)
+    w_scale = torch.full((16,), 1e-3)
+    bias = torch.linspace(-2.0, 1.0, 16)  # pre-activations around GELU's minimum (at -0.75) and past it
+    gemm = Int8Linear(codes, w_scale, bias, 0.01, activation="gelu", out_scale=out_scale)
+    assert gemm.clamps_codes == (127 * out_scale <= 0.1701)
+    x = torch.randn(8, 32, generator=generator)
+    y = gemm(x)
+    assert y.dtype == torch.uint8 and int(y.min()) >= 1
+    gemm.clamps_codes = True
+    assert torch.equal(gemm(x), y)
+
+
 def test_an_int8_gemm_refuses_a_float_output_it_cannot_write(tiny_bert):
     codes, scale = torch.ones(4, 8, dtype=torch.int8), torch.ones(4)
     with pytest.raises(ValueError, match=r"float output is one of .* got out_dtype=torch.float16"):

@@ -81,6 +81,8 @@ WIDTHS = (CodeWidths(8, 8), CodeWidths(8, 7), CodeWidths(7, 8))
 (which keep the learned input grid), then 7-bit inputs."""
 FLOAT_OUTPUTS = (torch.float32, torch.bfloat16)
 """The float dtypes an ``Int8Linear`` can write: float32, or bfloat16 for the bf16 attention products it feeds."""
+GELU_FLOOR = -0.1701
+"""Below the minimum of GELU, erf (-0.16997) or tanh approximation (-0.17004): no GELU output is smaller."""
 GELU_ALGORITHMS = {"gelu": "none", "gelu_new": "tanh", "gelu_pytorch_tanh": "tanh"}
 """transformers' activation names that oneDNN's GELU post-op computes: erf (``"none"``) or tanh approximation."""
 
@@ -208,6 +210,11 @@ class Int8Linear(nn.Module):
         self.widths, self.zero_point = widths, input_zero_point(widths.inputs)
         self.x_reciprocal = float32_reciprocal(x_scale)
         self.activation, self.gelu_algorithm = activation or "none", gelu_algorithm if activation else ""
+        # oneDNN saturates uint8 codes to 0..255; the symmetric grid's are 1..2·zero point - 1. With 8-bit codes
+        # the clamp only lifts code 0 (real values below -127.5·Δ), which GELU's outputs cannot reach when
+        # 127·Δ > |GELU_FLOOR|: then it is skipped (a whole pass over the FFN's widest output, for nothing).
+        self.clamps_codes = out_scale is not None and not (
+            widths.inputs == 8 and activation == "gelu" and 127 * out_scale > -GELU_FLOOR)
         self.register_buffer("w_scale", w_scale.to(torch.float32).contiguous())
         self.register_buffer("w_zero_point", torch.zeros(self.out_features, dtype=torch.long))
         self.register_buffer("bias", None if bias is None else bias.detach().float().contiguous())
@@ -253,7 +260,7 @@ class Int8Linear(nn.Module):
             y = torch.ops.onednn.qlinear_pointwise.binary(
                 *common, residual.reshape(-1, self.out_features), self.bias, out_scale, out_zero_point, out_dtype,
                 1.0, 0, "add", 1.0, self.activation, [], self.gelu_algorithm)
-        if quantized_output:  # oneDNN saturates to 0..255; the symmetric grid stops at ±M (codes 1..2·zero point - 1)
+        if self.clamps_codes:  # the symmetric grid stops at ±M: codes 1..2·zero point - 1
             y.clamp_(1, 2 * self.zero_point - 1)
         return y.reshape(*x.shape[:-1], self.out_features)
 
