@@ -404,28 +404,44 @@ def measure(runs: dict[str, Callable], batch: dict[str, torch.Tensor], repeats: 
 
 
 PROFILE_GROUPS = {"GEMM": ("addmm", "linear", "aten::mm"), "attention": ("scaled_dot_product", "bmm", "softmax"),
-                  "LayerNorm": ("layer_norm",)}
+                  "LayerNorm": ("layer_norm",), "input quantization": ("round",)}
+"""Profiler ranges by kind of work, each counted in the first group a key names: the eager ops, and the kernels of
+an Inductor graph (``cpp_fused_…``, named after the ops fused in them: a LayerNorm that also rounds its output to
+the next GEMM's codes counts as LayerNorm; the rounding fused elsewhere, as input quantization)."""
+COMPILED_QBOOK = ("qbook_int8_compiled", "qbook_int8_compiled_bf16_attention")
+"""qbook's compiled routes: Inductor's C++ wrapper hides their kernels from PyTorch's profiler, so ``profile`` times
+a second copy compiled with ``cpp.enable_kernel_profile``, which makes each kernel a profiler range."""
 
 
-def profile(runs: dict[str, Callable], batch: dict[str, torch.Tensor], rounds: int = 3) -> dict:
-    """Per PyTorch variant, ms per forward by kind of op (PyTorch profiler, self CPU time): GEMM (Linear layers,
-    with whatever their kernels fuse), attention products, LayerNorm, qbook's input quantization (the
-    ``qlib::quantize_input`` ranges), and the rest. ONNX Runtime runs outside PyTorch's profiler: its own
-    profiler measures it (``ort_profile``)."""
+def profile_group(key: str) -> str | None:
+    return next((group for group, names in PROFILE_GROUPS.items() if any(n in key for n in names)), None)
+
+
+def profile(runs: dict[str, Callable], batch: dict[str, torch.Tensor], setup: Setup, rounds: int = 3) -> dict:
+    """Per PyTorch variant, ms per forward by kind of work (PyTorch profiler, self CPU time; ``PROFILE_GROUPS``):
+    GEMM (Linear layers, with whatever their kernels fuse), attention products, LayerNorm, qbook's input
+    quantization (the ``qlib::quantize_input`` ranges; compiled, the kernels that round), and the rest. The
+    compiled qbook routes are profiled on a copy compiled with kernel ranges (``COMPILED_QBOOK``). ONNX Runtime
+    runs outside PyTorch's profiler: its own profiler measures it (``ort_profile``)."""
     shares = {}
     for name, run in runs.items():
         if name not in TORCH_VARIANTS:  # outside PyTorch's profiler
             continue
-        with torch.inference_mode():
-            run(batch)
+        with torch.inference_mode(), torch._inductor.config.patch({"cpp.enable_kernel_profile": True}):
+            if name in COMPILED_QBOOK:
+                run = VARIANTS[name](setup)
+            run(batch)  # a compiled copy compiles here, with its kernels as profiler ranges
             with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
                 for _ in range(rounds):
                     run(batch)
         events = prof.key_averages()
         total = sum(e.self_cpu_time_total for e in events)
-        ms = {group: sum(e.self_cpu_time_total for e in events if any(k in e.key for k in keys))
-              for group, keys in PROFILE_GROUPS.items()}
-        ms["input quantization"] = sum(e.cpu_time_total for e in events if e.key == "qlib::quantize_input")
+        ms = dict.fromkeys(PROFILE_GROUPS, 0.0)
+        for event in events:
+            if event.key == "qlib::quantize_input":  # eager: its range holds the ops that quantize
+                ms["input quantization"] += event.cpu_time_total
+            elif (group := profile_group(event.key)) is not None:
+                ms[group] += event.self_cpu_time_total
         ms["rest"] = total - sum(ms.values())
         shares[name] = {group: t / 1000 / rounds for group, t in ms.items()} | {"total": total / 1000 / rounds}
     return shares
@@ -568,7 +584,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {shape}: {name} skipped: {reason}")
             if shape == "bert-base":
                 profile_point = inputs(args.profile_batch, args.seq)
-                shape_report["profile_ms"] = profile(runs, profile_point)
+                shape_report["profile_ms"] = profile(runs, profile_point, setup)
                 if "ort_int8" in runs:
                     ort = ort_profile(Path(folder) / "model.int8.onnx", profile_point, Path(folder))
                     shape_report["profile_ms"]["ort_int8"] = ort["groups"]

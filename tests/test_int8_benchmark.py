@@ -45,6 +45,23 @@ def test_torch_variants_build_and_agree(setup):
         assert setup.sizes["qbook_int8_safetensors"] < setup.sizes["fp32_safetensors"]
 
 
+@pytest.mark.slow
+def test_the_profile_sees_the_kernels_of_eager_and_compiled_qbook_int8(setup):
+    runs, skipped = int8_cpu.variants(setup, ["fp32", "qbook_int8", "qbook_int8_compiled"])
+    if "qbook_int8" not in runs:
+        pytest.skip(f"no exact int8 route on this CPU: {skipped}")
+    profiled = int8_cpu.profile(runs, tiny_inputs(2, 16), setup, rounds=2)
+    for name in runs:  # Inductor's compiled kernels too, each in its group (not all left in "rest")
+        groups = profiled[name]
+        assert groups["GEMM"] > 0 and groups["LayerNorm"] > 0, (name, groups)
+        assert groups["total"] == pytest.approx(sum(v for k, v in groups.items() if k != "total"))
+    assert profiled["fp32"]["input quantization"] == 0
+    assert profiled["qbook_int8"]["input quantization"] > 0 and profiled["qbook_int8_compiled"]["attention"] > 0
+    assert int8_cpu.profile_group("cpp_fused__to_copy_add_clamp_mul_native_layer_norm_round_view_8") == "LayerNorm"
+    assert int8_cpu.profile_group("cpp_fused__to_copy_add_clamp_mul_round_transpose_view_9") == "input quantization"
+    assert int8_cpu.profile_group("aoti_torch_cpu__qlinear_pointwise_tensor") == "GEMM"
+
+
 def test_onnx_variants_build_and_the_qdq_export_agrees_with_the_fake_quantized_model(setup):
     pytest.importorskip("onnxruntime")
     runs, skipped = int8_cpu.variants(setup, ["ort_int8", "ort_qdq_static", "qbook_qdq_ort"])

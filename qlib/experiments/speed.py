@@ -137,8 +137,9 @@ def runs_at_point(runs: list[dict[str, Any]], batch: int = 8, seq: int = 128, sh
 
 def profiles(runs: dict[str, dict[str, Any]], shape: str = "bert-base") -> pd.DataFrame:
     """ms per forward by kind of work (GEMM, attention, LayerNorm, input quantization, rest, total) of every
-    profiled variant, one row per (CPU class, variant). Variants whose profile saw no GEMM are left out: a graph
-    compiled with Inductor's C++ wrapper runs its kernels where PyTorch's profiler does not see them one by one."""
+    profiled variant, one row per (CPU class, variant). Variants whose profile saw no GEMM are left out: the runs
+    from before the benchmark profiled qbook's compiled routes on a copy with kernel ranges saw only Inductor's C++
+    wrapper, whose kernels PyTorch's profiler does not see one by one."""
     frames = {cls: pd.DataFrame(run["shapes"][shape].get("profile_ms", {})).T for cls, run in runs.items()}
     frames = {cls: f[f["GEMM"] > 0] if "GEMM" in f else f for cls, f in frames.items()}
     frames = {cls: f for cls, f in frames.items() if not f.empty}
