@@ -3,17 +3,16 @@
     python benchmarks/int8_agreement.py --checkpoint CKPT [--task sst2] [--out FILE]
     python benchmarks/int8_agreement.py --train-examples 8000 [--seed 0] [--task sst2] [--out ...]
 
-CKPT is a Q8BERT QAT model kept by ``run_glue(..., method="qat", checkpoint_dir=...)`` (bit-packed, with its EMA
-input ranges); with ``--train-examples N`` the script first trains one itself (``run_glue``, QAT, N training
-examples, 1 epoch) and records that run in its report. It loads the model into a Q8BERT-converted model, exports it
-with ``qlib.deploy.int8.to_int8`` and runs both on the whole dev set on the CPU: the issue's target is accuracy equal
-within 0.2 points. It also runs the export's other routes on the same model (``ROUTES``): 7-bit inputs and 7-bit
-weights per output channel (the routes CPUs without VNNI can take; target 0.5 points) and attention products in bf16
-(target 0.2 points); each route's scores, gap and logit differences are reported under ``routes``. With
-``--integer-nonlinearities`` the model is trained (or loaded) with I-BERT's integer GELU, softmax and LayerNorm,
-which the export runs between its int8 GEMMs; a route the export refuses for such a model (bf16 attention: the
-integer softmax takes float32 scores) is reported as skipped with why.
-"""
+CKPT is a Q8BERT QAT model kept by ``run_glue(..., method="qat", checkpoint_dir=...)`` (bit-packed, with its EMA input
+ranges; the protocol keeps SST-2's: ``runs/checkpoints/qbert/sst2/qat-seed<N>.safetensors``); with ``--train-examples
+N`` the script first trains one itself (``run_glue``, QAT, N training examples, 1 epoch) and records that run in its
+report. It loads the model into a Q8BERT-converted model, exports it with ``qlib.deploy.int8.to_int8`` and runs both on
+the whole dev set on the CPU: the issue's target is accuracy equal within 0.2 points. It also runs the export's other
+routes on the same model (``ROUTES``): 7-bit inputs and 7-bit weights per output channel (the routes CPUs without VNNI
+can take; target 0.5 points) and attention products in bf16 (target 0.2 points); each route's scores, gap and logit
+differences are reported under ``routes``. With ``--integer-nonlinearities`` the model is trained (or loaded) with
+I-BERT's integer GELU, softmax and LayerNorm, which the export runs between its int8 GEMMs; a route the export refuses
+for such a model (bf16 attention: the integer softmax takes float32 scores) is reported as skipped with why."""
 
 from __future__ import annotations
 

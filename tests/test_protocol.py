@@ -17,6 +17,7 @@ from qlib.experiments.experiment import (
 from qlib.experiments.protocol import (
     ABLATION_GROUPS,
     ABLATION_TASKS,
+    DEPLOY_TASKS,
     EMA_ABLATION_TASKS,
     HEADS,
     HESSIAN_BATCH_SIZES,
@@ -32,6 +33,7 @@ from qlib.experiments.protocol import (
     qbert_jobs,
     quant_noise_jobs,
     read_spectra,
+    second_stage,
     share_fp32_runs,
     smallest_first,
     spectrum_job,
@@ -144,6 +146,20 @@ def test_job_lists_cover_both_tables_and_their_ablations(swept):
     assert {j.spec.init_from for j in qb_main + qb_ablation} == starts
 
 
+def test_the_deployed_tasks_qat_models_are_kept_and_a_missing_one_is_not_done(swept, tmp_path):
+    protocols = picked_protocols(Q8BERT_TASKS, swept)[0]
+    main, ablation = q8bert_jobs(protocols, checkpoints=tmp_path)
+    kept = [j for j in main + ablation if j.checkpoint_dir is not None]
+    assert {(j.spec.task, j.spec.method) for j in kept} == {(t, "qat") for t in DEPLOY_TASKS} == {("sst2", "qat")}
+    assert [j.spec.seed for j in kept] == [0, 1, 2] and all(j.checkpoint_dir == str(tmp_path) for j in kept)
+    assert all(j.checkpoint_dir is None for j in q8bert_jobs(protocols)[0])  # no folder: nothing kept
+    assert not kept[0].done()  # neither its result nor its model is there
+    planned, _, _ = second_stage({"q8bert": ("sst2",), "qbert": (), "quant-noise": (), "beyond": (), "ipq": ()},
+                                 swept, tmp_path)
+    assert [j.name for j in planned if getattr(j, "checkpoint_dir", None) == str(tmp_path)
+            and j.experiment == "q8bert"] == [f"q8bert/sst2/qat-seed{s}" for s in (0, 1, 2)]
+
+
 def test_q8bert_rows_run_seed_by_seed_smallest_task_first(swept):
     q8_main, _ = q8bert_jobs(picked_protocols(Q8BERT_TASKS, swept)[0])
     order = [(j.spec.seed, j.spec.task, j.spec.method) for j in smallest_first(q8_main)]
@@ -213,7 +229,7 @@ def test_ipq_jobs_quantize_their_seeds_baseline_in_float_and_with_int8(swept):
 
 
 def test_the_noise_study_varies_p_and_the_block_size_of_one_setting_apart_from_the_main_rows(swept):
-    from qlib.experiments.protocol import NOISE_STUDY_BLOCKS, NOISE_STUDY_RATES, noise_study_jobs, second_stage
+    from qlib.experiments.protocol import NOISE_STUDY_BLOCKS, NOISE_STUDY_RATES, noise_study_jobs
 
     jobs = noise_study_jobs("ckpt", results=swept, tasks=["cola"])
     assert [(j.spec.noise_rate, j.spec.noise_block) for j in jobs] == (

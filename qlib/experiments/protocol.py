@@ -10,18 +10,19 @@ run on Dask (``qlib.experiments.jobs``): a local cluster by default, sized to th
 Three stages, each a graph of jobs whose edges are Dask futures: (1) the FP32 protocol sweep of the small tasks
 (``--only sweep``), which picks their epochs and learning rates (``qlib.experiments.experiment.protocol_for``); (2) the
 first chapter's main table (seed by seed, smallest task first: ``smallest_first``), then the other chapters' jobs seed
-by seed (all of seed 0's first, so that every table gets a first row before any gets its third seed): the FP32 Baselines
-(which keep their models under ``--checkpoints``; one that is also a Q8BERT FP32 run trains once for both:
-``share_fp32_runs``), the Hessian spectrum of each Q-BERT task's seed-0 Baseline where its committed one is missing
-(Q-BERT I's job; a runner started after it lands plans that task's mixed-precision rows in stage 2), Q-BERT's and
-Quant-Noise's QAT rows, each started as soon as its seed's Baseline is written, the ablations, the "Beyond the papers"
-rows (``beyond_jobs``) and the Quant-Noise study of p and block size (``noise_study_jobs``, seed 0); (3) the
-mixed-precision rows (plain and distilled) of the tasks whose spectrum stage 2 measured (it sets their bits). Finished
-runs are skipped, so an interrupted protocol resumes, and a job cut short goes on from its last training snapshot
-(``--snapshots``, every few minutes: ``qlib.experiments.snapshots``); a result that does not record its data (one
-computed on the earlier, altered GLUE copy) is not finished: it is re-run, and its file replaced. A failing job is named
-and the jobs that need it are reported as not started; the others still run, and the exit status is non-zero at the end.
-A task whose sweep or spectrum is missing gets no rows that need it, and is named too."""
+by seed (all of seed 0's first, so that every table gets a first row before any gets its third seed): the FP32
+Baselines (which keep their models under ``--checkpoints``, as do the Q8BERT QAT runs of ``DEPLOY_TASKS``; one that is
+also a Q8BERT FP32 run trains once for both: ``share_fp32_runs``), the Hessian spectrum of each Q-BERT task's seed-0
+Baseline where its committed one is missing (Q-BERT I's job; a runner started after it lands plans that task's
+mixed-precision rows in stage 2), Q-BERT's and Quant-Noise's QAT rows, each started as soon as its seed's Baseline is
+written, the ablations, the "Beyond the papers" rows (``beyond_jobs``) and the Quant-Noise study of p and block size
+(``noise_study_jobs``, seed 0); (3) the mixed-precision rows (plain and distilled) of the tasks whose spectrum stage 2
+measured (it sets their bits). Finished runs are skipped, so an interrupted protocol resumes, and a job cut short goes
+on from its last training snapshot (``--snapshots``, every few minutes: ``qlib.experiments.snapshots``); a result that
+does not record its data (one computed on the earlier, altered GLUE copy) is not finished: it is re-run, and its file
+replaced. A failing job is named and the jobs that need it are reported as not started; the others still run, and the
+exit status is non-zero at the end. A task whose sweep or spectrum is missing gets no rows that need it, and is named
+too."""
 
 from __future__ import annotations
 
@@ -46,6 +47,7 @@ SMALLEST_FIRST = ("rte", "mrpc", "stsb", "cola", "sst2", "squad")
 (``smallest_first``), so a protocol stopped part-way has finished the most paired FP32/QAT rows."""
 QBERT_TASKS = ("sst2", "conll2003", "squad")  # Q-BERT's own tasks but MNLI (not available offline)
 EMA_ABLATION_TASKS = ("cola", "rte")
+DEPLOY_TASKS = ("sst2",)  # their Q8BERT QAT models are kept: the int8 export's agreement (benchmarks/int8_agreement.py)
 HEADS = 12  # the packaged model's and BERT-base's attention heads: Q-BERT's G for the main table
 ABLATION_GROUPS: tuple[int | str, ...] = (1, 4 * HEADS, "row")  # with G = HEADS from the main table
 ABLATION_SETTING = "Q-BERT 3/8"
@@ -228,15 +230,21 @@ def picked_protocols(tasks: Sequence[str], results: str | Path = "results",
     return picked, waiting
 
 
-def q8bert_jobs(protocols: Mapping[str, dict[str, Any]], seeds=SEEDS,
-                results: str | Path = "results") -> tuple[list[Job], list[Job]]:
+def q8bert_jobs(protocols: Mapping[str, dict[str, Any]], seeds=SEEDS, results: str | Path = "results",
+                checkpoints: str | Path | None = None) -> tuple[list[Job], list[Job]]:
     """Q8BERT chapter, for each task of ``protocols`` (task -> its epochs and learning rate): (FP32 (+DQ) and QAT,
-    the main table; QAT with a shorter EMA on the tasks of ``EMA_ABLATION_TASKS``, the ablation)."""
+    the main table; QAT with a shorter EMA on the tasks of ``EMA_ABLATION_TASKS``, the ablation). With
+    ``checkpoints``, the main table's QAT jobs of ``DEPLOY_TASKS`` keep their models there (bit-packed, with their
+    ranges: what ``benchmarks/int8_agreement.py --checkpoint`` exports to int8)."""
     def job(task: str, method: str, seed: int, **knobs: Any) -> Job:
         spec = RunSpec(task, method, seed, protocol=TrainingProtocol(**protocols[task]), **knobs)
         return Job(spec, "q8bert", (spec.with_(method="dq"),) if method == "fp32" else (), results=str(results))
 
-    main = [job(t, m, s) for t in protocols for s in seeds for m in ("fp32", "qat")]
+    def kept(job: Job) -> Job:
+        deployed = checkpoints is not None and job.spec.task in DEPLOY_TASKS and job.spec.method == "qat"
+        return replace(job, checkpoint_dir=str(checkpoints)) if deployed else job
+
+    main = [kept(job(t, m, s)) for t in protocols for s in seeds for m in ("fp32", "qat")]
     ablation = [job(t, "qat", s, ema_decay=EMA_ABLATION_DECAY) for t in EMA_ABLATION_TASKS if t in protocols
                 for s in seeds]
     return main, ablation
@@ -414,7 +422,7 @@ def second_stage(wanted: Mapping[str, Sequence[str]], results: str | Path, check
     spectra_folder = Path(results) / "qbert"
     protocols, waiting = picked_protocols([t for tasks in wanted.values() for t in tasks], results)
     q8_main, q8_ablation = q8bert_jobs({t: protocols[t] for t in wanted["q8bert"] if t in protocols},
-                                       results=results)
+                                       results=results, checkpoints=checkpoints)
     qbert_tasks = [t for t in wanted["qbert"] if t in protocols]
     noise = quant_noise_jobs(checkpoints, results=results,
                              tasks=[t for t in wanted["quant-noise"] if t in protocols])
@@ -454,7 +462,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="torch threads per job (default: the cores shared out among the local workers)")
     parser.add_argument("--device", default=None, help="auto (default), cpu, cuda (a cuda job asks for a GPU worker)")
     parser.add_argument("--checkpoints", default="runs/checkpoints",
-                        help="Q-BERT's FP32 Baseline models, the QAT rows' starting points (default: runs/checkpoints)")
+                        help="the models the protocol keeps: Q-BERT's FP32 Baselines (the QAT rows' starting "
+                             "points) and the Q8BERT QAT models of the int8 export's agreement benchmark "
+                             "(default: runs/checkpoints)")
     parser.add_argument("--keep-models", default=None, help="also keep every other trained model under this folder")
     parser.add_argument("--snapshots", default="runs/snapshots",
                         help="where each job saves its training state every few minutes; a killed job resumes from "
