@@ -94,6 +94,17 @@ def test_the_result_file_is_named_after_the_cpu_class():
     assert int8_cpu.default_out("").name.startswith("int8_cpu-other-")
 
 
+def test_the_verdicts_printed_give_the_rounds_spread_and_say_when_it_straddles_the_target(capsys):
+    timing = {"qbook_int8": {"median_ms": 10.0, "runs_ms": [10.0, 10.0, 10.0]},
+              "openvino_int8": {"median_ms": 9.5, "runs_ms": [9.0, 9.5, 10.5]},
+              "torch_bf16": {"median_ms": 20.0, "runs_ms": [20.0, 20.0, 20.0]}}
+    int8_cpu.print_verdicts("AMX", timing)
+    lines = [line.strip() for line in capsys.readouterr().out.splitlines()]
+    assert "qbook_int8 vs openvino_int8: 0.95x (rounds 0.90-1.05x) (MISSES the 1.0x target on AMX; not settled: " \
+           "rounds on both sides)" in lines
+    assert "qbook_int8 vs torch_bf16: 2.00x (rounds 2.00-2.00x) (meets the 1.5x target on AMX)" in lines
+
+
 def test_openvino_int8_is_profiled_by_its_own_counters(setup):
     pytest.importorskip("openvino")
     pytest.importorskip("nncf")

@@ -5,11 +5,20 @@ from __future__ import annotations
 import pytest
 
 from qlib.experiments.results import write_json
-from qlib.experiments.speed import TARGETS, benchmark_runs, classes_side_by_side, latest_per_class, limits, verdicts
+from qlib.experiments.speed import (
+    TARGETS,
+    benchmark_runs,
+    classes_side_by_side,
+    latest_per_class,
+    limits,
+    round_speedups,
+    verdicts,
+)
 
 
 def run(date: str, cls: str | None, ms: dict[str, float], features=("avx2",), peaks=None) -> dict:
-    latency = {f"batch{b}-seq128": {v: {"median_ms": m * b} for v, m in ms.items()} for b in (1, 8)}
+    latency = {f"batch{b}-seq128": {v: {"median_ms": m * b, "runs_ms": [m * b * f for f in (1.1, 1.0, 0.9)]}
+                                     for v, m in ms.items()} for b in (1, 8)}
     record = {"shapes": {"bert-base": {"latency": latency, "achieved_gops": {
                   "qbook_int8": {"gemm_gops": 500.0, "forward_gops": 250.0}}}},
               "provenance": {"date": date, "machine": {"cpu_features": list(features)}}}
@@ -58,6 +67,30 @@ def test_classes_side_by_side_and_their_verdicts(folder):
     assert v.loc[("AVX-512 VNNI", 8, "qbook_int8", "fp32"), "speed-up"] == pytest.approx(100 / 30)
     assert v.loc[("AVX-512 VNNI", 8, "qbook_int8", "fp32"), "verdict"] == (
         "meets" if 100 / 30 >= TARGETS["AVX-512 VNNI"]["fp32"] else "misses")
+
+
+def test_a_verdict_shows_its_spread_over_the_rounds_and_whether_the_run_settles_it(folder):
+    latest = latest_per_class(benchmark_runs(folder))
+    v = verdicts(latest).set_index(["CPU class", "batch", "qbook route", "vs"])
+    row = v.loc[("AMX", 8, "qbook_int8", "openvino_int8")]  # each round 1.2x: the shared slowdown drops out
+    assert row["lowest round"] == pytest.approx(1.2) and row["highest round"] == pytest.approx(1.2)
+    assert bool(row["every round agrees"])
+    noisy = run("2026-12-03T10:00", "AMX", {})
+    noisy["shapes"]["bert-base"]["latency"] = {"batch1-seq128": {
+        "qbook_int8": {"median_ms": 10.0, "runs_ms": [10.0, 10.0, 10.0]},
+        "openvino_int8": {"median_ms": 9.5, "runs_ms": [9.0, 9.5, 10.5]}}}
+    row = verdicts({"AMX": noisy}).iloc[0]
+    assert row["verdict"] == "misses" and row["speed-up"] == pytest.approx(0.95)
+    assert (row["lowest round"], row["highest round"]) == pytest.approx((0.9, 1.05))
+    assert not row["every round agrees"]  # one round meets the 1.0x target: this run does not settle it
+
+
+def test_round_speedups_pair_rounds_one_to_one():
+    assert round_speedups([2.0, 3.0], [1.0, 2.0]) == (1.5, 2.0)
+    with pytest.raises(ValueError, match="must pair up one to one, got 2 and 3 rounds"):
+        round_speedups([2.0, 3.0], [1.0, 2.0, 3.0])
+    with pytest.raises(ValueError, match="got 0 and 0 rounds"):
+        round_speedups([], [])
 
 
 def test_limits_set_what_qbook_reaches_beside_the_peaks(folder):
