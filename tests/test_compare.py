@@ -122,6 +122,19 @@ def test_book_tables_show_a_missing_value_as_a_dash_never_nan():
     assert "None" not in verdicts and verdicts.count(MISSING) == 1 and "True" in verdicts
 
 
+def test_a_drop_without_fp32_on_the_rows_seeds_says_so_never_nan(tiny_bert):
+    from qlib.experiments.compare import survey_table
+    from qlib.experiments.papers import SURVEY_TABLE
+    from qlib.experiments.report import UNPAIRED, drop_text
+
+    assert drop_text(1.234) == "+1.23" and drop_text(-0.5, " %") == "-0.50 %" and drop_text(float("nan")) == UNPAIRED
+    rows = [record("sst2", "fp32", 0, 0.80), record("sst2", "qat", 1, 0.81, trained="qat")]  # no FP32 at seed 1
+    table = side_by_side({"all": rows}, tiny_bert)
+    assert pd.isna(table.set_index("method").loc["qat", "drop vs FP32 (%)"])
+    survey = survey_table(table, "sst2", {"Q8BERT": "qat"}, SURVEY_TABLE)
+    assert survey.loc["accuracy drop vs FP32 (ours)", "Q8BERT"] == UNPAIRED
+
+
 def test_the_integer_kernels_error_curves_are_the_kernels_bounds():
     from qlib.experiments.report import integer_kernel_errors
 

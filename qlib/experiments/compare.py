@@ -18,7 +18,14 @@ from torch import nn
 
 from qlib.bert.config import BertQuantConfig
 from qlib.deploy.checkpoint import size_mb
-from qlib.experiments.report import baseline_over_seeds, mean_std, mean_std_text, relative_drop, runs_frame
+from qlib.experiments.report import (
+    baseline_over_seeds,
+    drop_text,
+    mean_std,
+    mean_std_text,
+    relative_drop,
+    runs_frame,
+)
 from qlib.experiments.spec import RunSpec
 from qlib.experiments.speed import latency_frame
 
@@ -173,7 +180,7 @@ def survey_table(table: pd.DataFrame, task: str, rows: Mapping[str, str],
             "CPU time vs FP32 (ours)": ("not run yet" if row is None else "decoded" if pd.isna(latency)
                                         else f"{latency:.2f}×"),
             "inference speed (survey)": entry.get("inference speed", "—"),
-            "accuracy drop vs FP32 (ours)": "not run yet" if row is None else f"{row['drop vs FP32 (%)']:+.2f} %",
+            "accuracy drop vs FP32 (ours)": "not run yet" if row is None else drop_text(row["drop vs FP32 (%)"], " %"),
             "accuracy (survey)": entry.get("accuracy", "—"),
             "seeds (ours)": 0 if row is None else int(row["seeds"])}
     return pd.DataFrame(out)

@@ -40,6 +40,16 @@ def relative_drop(reference, score):
     return (reference - score) / reference * 100
 
 
+UNPAIRED = "no FP32 on its seeds"
+"""How a table shows a drop that cannot be taken: the FP32 runs lack one of the row's seeds."""
+
+
+def drop_text(drop: float, unit: str = "") -> str:
+    """A ``relative_drop`` as a table cell: "+1.23" (then ``unit``), or ``UNPAIRED`` where it is NaN because the
+    FP32 runs lack one of the row's seeds (``baseline_over_seeds``)."""
+    return UNPAIRED if pd.isna(drop) else f"{drop:+.2f}{unit}"
+
+
 def relative_error(summary: pd.DataFrame, baseline: str = "fp32") -> pd.DataFrame:
     """``relative_drop`` of each method against ``baseline``, per task, from ``mean_std``'s means (Q8BERT
     Table 2)."""

@@ -93,7 +93,7 @@ def round_speedups(other_ms: Sequence[float], route_ms: Sequence[float]) -> tupl
     return min(ratios), max(ratios)
 
 
-VERDICT_COLUMNS = ["CPU class", "batch", "qbook route", "vs", "speed-up", "target", "verdict", "lowest round",
+VERDICT_COLUMNS = ["CPU class", "batch", "qbook route", "vs", "verdict", "speed-up", "target", "lowest round",
                    "highest round", "every round agrees"]
 
 
