@@ -48,12 +48,18 @@ def latest_per_class(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return {r["class"]: r for r in runs if r["class"]}
 
 
+def batch_and_seq(point: str) -> tuple[int, int]:
+    """A benchmark point's batch and sequence length from its name: ``"batch8-seq128"`` -> (8, 128)."""
+    batch, seq = (int(part.lstrip("batchseq")) for part in point.split("-"))
+    return batch, seq
+
+
 def latency_frame(benchmark: dict[str, Any]) -> pd.DataFrame:
     """A ``benchmarks/int8_cpu.py`` result as one row per (shape, batch, seq, variant) with its median ms."""
     rows = []
     for shape, report in benchmark["shapes"].items():
         for point, timings in report["latency"].items():
-            batch, seq = (int(part.lstrip("batchseq")) for part in point.split("-"))
+            batch, seq = batch_and_seq(point)
             rows += [{"shape": shape, "batch": batch, "seq": seq, "variant": variant, "median ms": t["median_ms"]}
                      for variant, t in timings.items()]
     return pd.DataFrame(rows, columns=["shape", "batch", "seq", "variant", "median ms"])
@@ -74,8 +80,8 @@ def classes_side_by_side(runs: dict[str, dict[str, Any]], shape: str = "bert-bas
 def round_speedups(other_ms: Sequence[float], route_ms: Sequence[float]) -> tuple[float, float]:
     """The spread of a speed-up over one run's rounds: the lowest and highest ``other_ms[i] / route_ms[i]``.
 
-    The benchmark times every variant once per round, in turn (``measure``), so a slow moment of the machine slows
-    the variants of one round alike and drops out of their ratio; what is left is how far the speed-up itself moves.
+    The benchmark times every variant once per round, in turn (``measure``), so a slow stretch of the machine that
+    spans a round slows its variants alike and drops out of their ratio; what is left is each call's own noise.
     A target inside this range is not settled by the run: a second run can put the ratio of medians on its other side.
 
     Args:
@@ -105,7 +111,7 @@ def verdicts(runs: dict[str, dict[str, Any]], shape: str = "bert-base", seq: int
     rows = []
     for cls, run in runs.items():
         for point, ms in run["shapes"].get(shape, {}).get("latency", {}).items():
-            batch, point_seq = (int(part.lstrip("batchseq")) for part in point.split("-"))
+            batch, point_seq = batch_and_seq(point)
             if point_seq != seq:
                 continue
             for route in (r for r in QBOOK_ROUTES if r in ms):
