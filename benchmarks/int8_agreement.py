@@ -4,7 +4,7 @@
     python benchmarks/int8_agreement.py --train-examples 8000 [--seed 0] [--task sst2] [--out ...]
 
 CKPT is a Q8BERT QAT model kept by ``run_glue(..., method="qat", checkpoint_dir=...)`` (bit-packed, with its EMA input
-ranges; the protocol keeps SST-2's: ``runs/checkpoints/qbert/sst2/qat-seed<N>.safetensors``); with ``--train-examples
+ranges; the protocol keeps SST-2's: ``runs/checkpoints/q8bert/sst2/qat-seed<N>.safetensors``); with ``--train-examples
 N`` the script first trains one itself (``run_glue``, QAT, N training examples, 1 epoch) and records that run in its
 report. It loads the model into a Q8BERT-converted model, exports it with ``qlib.deploy.int8.to_int8`` and runs both on
 the whole dev set on the CPU: the issue's target is accuracy equal within 0.2 points. It also runs the export's other

@@ -48,7 +48,7 @@ from qlib.deploy.int8 import exact_widths, to_int8  # noqa: E402
 from qlib.deploy.onnx_export import export_onnx  # noqa: E402
 from qlib.experiments.models import DEFAULT_MODEL, load_classifier  # noqa: E402
 from qlib.experiments.results import provenance, write_json  # noqa: E402
-from qlib.experiments.speed import QBOOK_ROUTES, TARGETS, round_speedups  # noqa: E402
+from qlib.experiments.speed import QBOOK_ROUTES, TARGETS, judge  # noqa: E402
 
 TORCH_VARIANTS = ("fp32", "ao_dynamic", "torch_bf16", "pt2e_inductor", "qbook_int8", "qbook_int8_compiled",
                   "qbook_int8_compiled_bf16_attention")
@@ -530,12 +530,14 @@ def print_verdicts(cpu: str, timing: dict) -> None:
     targets = TARGETS.get(cpu, {})  # qlib.experiments.speed's: the chapter reads the same
     for route in (r for r in QBOOK_ROUTES if r in timing):
         for other in (name for name in timing if name not in QBOOK_ROUTES):
-            ratio = timing[other]["median_ms"] / timing[route]["median_ms"]
-            low, high = round_speedups(timing[other]["runs_ms"], timing[route]["runs_ms"])
-            want = targets.get(other)
-            verdict = f" ({'meets' if ratio >= want else 'MISSES'} the {want}x target on {cpu}" + (
-                "" if (low >= want) == (high >= want) else "; not settled: rounds on both sides") + ")" if want else ""
-            print(f"  {route} vs {other}: {ratio:.2f}x (rounds {low:.2f}-{high:.2f}x){verdict}")
+            judged = judge(timing[other], timing[route], targets.get(other))
+            verdict = ""
+            if "verdict" in judged:
+                settled = "" if judged["every round agrees"] else "; not settled: rounds on both sides"
+                verdict = f" ({judged['verdict'].replace('misses', 'MISSES')} the {judged['target']}x target on {cpu}" \
+                    f"{settled})"
+            print(f"  {route} vs {other}: {judged['speed-up']:.2f}x "
+                  f"(rounds {judged['lowest round']:.2f}-{judged['highest round']:.2f}x){verdict}")
 
 
 def main(argv: list[str] | None = None) -> int:

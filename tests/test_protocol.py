@@ -10,6 +10,7 @@ from qlib.bert.config import qbert_config
 from qlib.experiments.experiment import (
     SWEEP_GRID,
     SWEEP_TASKS,
+    checkpoint_path,
     protocol_for,
     sweep_folder,
     sweep_points,
@@ -27,6 +28,7 @@ from qlib.experiments.protocol import (
     Job,
     SpectrumJob,
     baseline_jobs,
+    chapter_checkpoints,
     main,
     picked_protocols,
     q8bert_jobs,
@@ -148,16 +150,24 @@ def test_job_lists_cover_both_tables_and_their_ablations(swept):
 
 def test_the_deployed_tasks_qat_models_are_kept_and_a_missing_one_is_not_done(swept, tmp_path):
     protocols = picked_protocols(Q8BERT_TASKS, swept)[0]
-    main, ablation = q8bert_jobs(protocols, checkpoints=tmp_path)
+    models = tmp_path / "ckpt"
+    main, ablation = q8bert_jobs(protocols, results=swept, checkpoints=models)
     kept = [j for j in main + ablation if j.checkpoint_dir is not None]
     assert {(j.spec.task, j.spec.method) for j in kept} == {(t, "qat") for t in DEPLOY_TASKS} == {("sst2", "qat")}
-    assert [j.spec.seed for j in kept] == [0, 1, 2] and all(j.checkpoint_dir == str(tmp_path) for j in kept)
+    assert [j.spec.seed for j in kept] == [0, 1, 2] and all(j.checkpoint_dir == str(models) for j in kept)
     assert all(j.checkpoint_dir is None for j in q8bert_jobs(protocols)[0])  # no folder: nothing kept
     assert not kept[0].done()  # neither its result nor its model is there
+    write_json(kept[0].spec.result_path(kept[0].results_dir), {"provenance": {"data": {"folder": "glue"}}})
+    assert kept[0].recorded() and not kept[0].done()  # its result is recorded, its model is not kept: run it again
+    model = checkpoint_path(kept[0].spec, models)
+    model.parent.mkdir(parents=True)
+    model.write_bytes(b"")
+    assert kept[0].done()
     planned, _, _ = second_stage({"q8bert": ("sst2",), "qbert": (), "quant-noise": (), "beyond": (), "ipq": ()},
-                                 swept, tmp_path)
-    assert [j.name for j in planned if getattr(j, "checkpoint_dir", None) == str(tmp_path)
+                                 swept, models)  # each chapter keeps its models in its own folder
+    assert [j.name for j in planned if getattr(j, "checkpoint_dir", None) == str(models / "q8bert")
             and j.experiment == "q8bert"] == [f"q8bert/sst2/qat-seed{s}" for s in (0, 1, 2)]
+    assert chapter_checkpoints(models, "qbert") == models / "qbert"
 
 
 def test_q8bert_rows_run_seed_by_seed_smallest_task_first(swept):

@@ -9,6 +9,7 @@ from qlib.experiments.speed import (
     TARGETS,
     benchmark_runs,
     classes_side_by_side,
+    judge,
     latest_per_class,
     limits,
     round_speedups,
@@ -159,3 +160,13 @@ def test_the_peers_kernels_are_listed_per_class_largest_first():
     table = peer_kernels(runs, top=2)
     assert list(table.index) == [("AMX", "FullyConnected (brgemm_avx512_amx_I8)"), ("AMX", "Subgraph (jit_avx512_i8)")]
     assert table["ms"].tolist() == [11.0, 6.1] and peer_kernels({"AVX2": runs["AVX2"]}).empty
+
+
+def test_judge_gives_the_speed_up_and_its_spread_and_a_verdict_only_where_a_target_is_set():
+    other = {"median_ms": 12.0, "runs_ms": [11.0, 12.0, 13.0]}
+    route = {"median_ms": 10.0, "runs_ms": [10.0, 10.0, 10.0]}
+    assert judge(other, route, None) == pytest.approx({"speed-up": 1.2, "lowest round": 1.1, "highest round": 1.3})
+    met = judge(other, route, 1.15)
+    assert met["verdict"] == "meets" and met["target"] == 1.15 and met["every round agrees"] is False
+    missed = judge(other, route, 1.5)
+    assert missed["verdict"] == "misses" and missed["every round agrees"] is True

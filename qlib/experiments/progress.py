@@ -17,7 +17,7 @@ from qlib.experiments.results import dev_set_size, estimated_hours, read_json, r
 from qlib.experiments.spec import RunSpec
 
 
-def protocol_progress(results: str | Path = "results", checkpoints: str | Path = "runs/checkpoints/qbert",
+def protocol_progress(results: str | Path = "results", checkpoints: str | Path = "runs/checkpoints",
                       snapshots: str | Path = "runs/snapshots") -> tuple[pd.DataFrame, list[str]]:
     """One row per (results folder, task) of the protocol's stages 1 and 2 (stage 3's MP rows wait for their
     spectrum; the FP32 sweep's points are one folder): its jobs, how many are finished, how many are still to run,

@@ -10,19 +10,19 @@ run on Dask (``qlib.experiments.jobs``): a local cluster by default, sized to th
 Three stages, each a graph of jobs whose edges are Dask futures: (1) the FP32 protocol sweep of the small tasks
 (``--only sweep``), which picks their epochs and learning rates (``qlib.experiments.experiment.protocol_for``); (2) the
 first chapter's main table (seed by seed, smallest task first: ``smallest_first``), then the other chapters' jobs seed
-by seed (all of seed 0's first, so that every table gets a first row before any gets its third seed): the FP32
-Baselines (which keep their models under ``--checkpoints``, as do the Q8BERT QAT runs of ``DEPLOY_TASKS``; one that is
-also a Q8BERT FP32 run trains once for both: ``share_fp32_runs``), the Hessian spectrum of each Q-BERT task's seed-0
-Baseline where its committed one is missing (Q-BERT I's job; a runner started after it lands plans that task's
-mixed-precision rows in stage 2), Q-BERT's and Quant-Noise's QAT rows, each started as soon as its seed's Baseline is
-written, the ablations, the "Beyond the papers" rows (``beyond_jobs``) and the Quant-Noise study of p and block size
-(``noise_study_jobs``, seed 0); (3) the mixed-precision rows (plain and distilled) of the tasks whose spectrum stage 2
-measured (it sets their bits). Finished runs are skipped, so an interrupted protocol resumes, and a job cut short goes
-on from its last training snapshot (``--snapshots``, every few minutes: ``qlib.experiments.snapshots``); a result that
-does not record its data (one computed on the earlier, altered GLUE copy) is not finished: it is re-run, and its file
-replaced. A failing job is named and the jobs that need it are reported as not started; the others still run, and the
-exit status is non-zero at the end. A task whose sweep or spectrum is missing gets no rows that need it, and is named
-too."""
+by seed (all of seed 0's first, so that every table gets a first row before any gets its third seed): the FP32 Baselines
+(which keep their models under ``--checkpoints``, as do the Q8BERT QAT runs of ``DEPLOY_TASKS``, each chapter in its
+folder: ``chapter_checkpoints``; one that is also a Q8BERT FP32 run trains once for both: ``share_fp32_runs``), the
+Hessian spectrum of each Q-BERT task's seed-0 Baseline where its committed one is missing (Q-BERT I's job; a runner
+started after it lands plans that task's mixed-precision rows in stage 2), Q-BERT's and Quant-Noise's QAT rows, each
+started as soon as its seed's Baseline is written, the ablations, the "Beyond the papers" rows (``beyond_jobs``) and the
+Quant-Noise study of p and block size (``noise_study_jobs``, seed 0); (3) the mixed-precision rows (plain and distilled)
+of the tasks whose spectrum stage 2 measured (it sets their bits). Finished runs are skipped, so an interrupted protocol
+resumes, and a job cut short goes on from its last training snapshot (``--snapshots``, every few minutes:
+``qlib.experiments.snapshots``); a result that does not record its data (one computed on the earlier, altered GLUE copy)
+is not finished: it is re-run, and its file replaced. A failing job is named and the jobs that need it are reported as
+not started; the others still run, and the exit status is non-zero at the end. A task whose sweep or spectrum is missing
+gets no rows that need it, and is named too."""
 
 from __future__ import annotations
 
@@ -414,15 +414,24 @@ def wanted_tasks(only: str | None = None, qbert_tasks: Sequence[str] = QBERT_TAS
     return wanted | {"ipq": IPQ_TASKS if only in (None, "quant-noise") else ()}
 
 
-def second_stage(wanted: Mapping[str, Sequence[str]], results: str | Path, checkpoints: str | Path,
+def chapter_checkpoints(checkpoint_root: str | Path, chapter: str) -> Path:
+    """The folder under ``--checkpoints`` where a chapter's jobs keep their models: ``q8bert/`` (the QAT models of
+    ``DEPLOY_TASKS``) and ``qbert/`` (the FP32 Baselines, which Q-BERT's, Quant-Noise's and the beyond chapter's QAT
+    rows start from), each laid out as ``checkpoint_path`` says."""
+    return Path(checkpoint_root) / chapter
+
+
+def second_stage(wanted: Mapping[str, Sequence[str]], results: str | Path, checkpoint_root: str | Path,
                  ) -> tuple[list[Any], list[str], list[str]]:
     """Stage 2 as it stands under ``results`` (see the module docstring): its jobs in the order they run, the tasks
     left out because their FP32 sweep is incomplete, and the Q-BERT tasks whose spectrum it measures (stage 3 then
-    runs their MP rows)."""
+    runs their MP rows). Each chapter keeps its models in its own folder under ``checkpoint_root``
+    (``chapter_checkpoints``)."""
+    checkpoints = chapter_checkpoints(checkpoint_root, "qbert")
     spectra_folder = Path(results) / "qbert"
     protocols, waiting = picked_protocols([t for tasks in wanted.values() for t in tasks], results)
     q8_main, q8_ablation = q8bert_jobs({t: protocols[t] for t in wanted["q8bert"] if t in protocols},
-                                       results=results, checkpoints=checkpoints)
+                                       results=results, checkpoints=chapter_checkpoints(checkpoint_root, "q8bert"))
     qbert_tasks = [t for t in wanted["qbert"] if t in protocols]
     noise = quant_noise_jobs(checkpoints, results=results,
                              tasks=[t for t in wanted["quant-noise"] if t in protocols])
@@ -463,8 +472,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default=None, help="auto (default), cpu, cuda (a cuda job asks for a GPU worker)")
     parser.add_argument("--checkpoints", default="runs/checkpoints",
                         help="the models the protocol keeps: Q-BERT's FP32 Baselines (the QAT rows' starting "
-                             "points) and the Q8BERT QAT models of the int8 export's agreement benchmark "
-                             "(default: runs/checkpoints)")
+                             "points) under its qbert/, and the Q8BERT QAT models of the int8 export's agreement "
+                             "benchmark under its q8bert/ (default: runs/checkpoints)")
     parser.add_argument("--keep-models", default=None, help="also keep every other trained model under this folder")
     parser.add_argument("--snapshots", default="runs/snapshots",
                         help="where each job saves its training state every few minutes; a killed job resumes from "
@@ -480,7 +489,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         parser.error(str(err))
 
-    results, checkpoints = args.results, Path(args.checkpoints) / "qbert"
+    results, checkpoints = args.results, chapter_checkpoints(args.checkpoints, "qbert")
     spectra_folder = Path(results) / "qbert"
     wanted = wanted_tasks(args.only, args.qbert_tasks.split(","))
     failures: list[str] = []
@@ -504,7 +513,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.only in (None, "sweep"):  # 1: the FP32 sweep picks the small tasks' protocols
             stage(1, sweep_jobs(results=results))
-        jobs, waiting, unmeasured = second_stage(wanted, results, checkpoints)
+        jobs, waiting, unmeasured = second_stage(wanted, results, args.checkpoints)
         failures.extend(f"the rows of {t} (its FP32 sweep is incomplete: no protocol picked)" for t in waiting)
         stage(2, jobs)  # everything that needs no new spectrum; each QAT row starts once its Baseline is written
         new = _present_spectra(spectra_folder, unmeasured)

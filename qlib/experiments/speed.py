@@ -4,7 +4,7 @@ tables the speed chapter shows, one row per committed run or per CPU class."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
@@ -99,6 +99,30 @@ def round_speedups(other_ms: Sequence[float], route_ms: Sequence[float]) -> tupl
     return min(ratios), max(ratios)
 
 
+def judge(other: Mapping[str, Any], route: Mapping[str, Any], target: float | None) -> dict[str, Any]:
+    """One qbook route's speed-up over another variant, timed side by side in one run, judged against a target.
+
+    speed-up = median(other) / median(route); the verdict is "meets" when speed-up >= target. The run settles the
+    verdict only when every round's own speed-up (``round_speedups``) falls on the same side of the target.
+
+    Args:
+        other: the other variant's timing (``median_ms`` and per-round ``runs_ms``).
+        route: qbook's route's timing in the same run (same keys, same rounds).
+        target: the speed-up wanted (``TARGETS``), or ``None`` where its CPU class sets none.
+
+    Returns:
+        ``speed-up``, ``lowest round`` and ``highest round``; with a target also ``target``, ``verdict`` ("meets" or
+        "misses") and ``every round agrees``.
+    """
+    ratio = other["median_ms"] / route["median_ms"]
+    low, high = round_speedups(other["runs_ms"], route["runs_ms"])
+    judged: dict[str, Any] = {"speed-up": ratio, "lowest round": low, "highest round": high}
+    if target is not None:
+        judged |= {"target": target, "verdict": "meets" if ratio >= target else "misses",
+                   "every round agrees": (low >= target) == (high >= target)}
+    return judged
+
+
 VERDICT_COLUMNS = ["CPU class", "batch", "qbook route", "vs", "verdict", "speed-up", "target", "lowest round",
                    "highest round", "every round agrees"]
 
@@ -116,12 +140,8 @@ def verdicts(runs: dict[str, dict[str, Any]], shape: str = "bert-base", seq: int
                 continue
             for route in (r for r in QBOOK_ROUTES if r in ms):
                 for other, want in ((o, w) for o, w in TARGETS.get(cls, {}).items() if o in ms):
-                    ratio = ms[other]["median_ms"] / ms[route]["median_ms"]
-                    low, high = round_speedups(ms[other]["runs_ms"], ms[route]["runs_ms"])
-                    rows.append({"CPU class": cls, "batch": batch, "qbook route": route, "vs": other,
-                                 "speed-up": ratio, "target": want, "verdict": "meets" if ratio >= want else "misses",
-                                 "lowest round": low, "highest round": high,
-                                 "every round agrees": (low >= want) == (high >= want)})
+                    rows.append({"CPU class": cls, "batch": batch, "qbook route": route, "vs": other}
+                                | judge(ms[other], ms[route], want))
     return pd.DataFrame(rows, columns=VERDICT_COLUMNS).sort_values(["CPU class", "batch"], kind="stable",
                                                                    ignore_index=True)
 
