@@ -10,7 +10,14 @@ import pytest
 import torch
 from distributed import Client
 
-from qlib.experiments.jobs import close_client, execute, local_cluster_size, make_client, resources_for
+from qlib.experiments.jobs import (
+    close_client,
+    defer_model_reruns,
+    execute,
+    local_cluster_size,
+    make_client,
+    resources_for,
+)
 from qlib.experiments.protocol import Job
 from qlib.experiments.results import read_json
 from qlib.experiments.spec import RunSpec, TrainingProtocol
@@ -112,6 +119,8 @@ def test_ctrl_c_cancels_what_has_not_finished_and_still_reports(tmp_path):
         def done(self) -> bool:
             return False
 
+        recorded = done
+
         def __call__(self) -> str:
             import time
 
@@ -141,9 +150,13 @@ class Record:
     needs: tuple[str, ...] = ()
     fails: bool = False
     resources: tuple = ()
+    only_its_model_is_missing: bool = False
 
     def done(self) -> bool:
         return False
+
+    def recorded(self) -> bool:
+        return self.only_its_model_is_missing
 
     def __call__(self) -> str:
         with open(self.log, "a") as f:
@@ -168,6 +181,22 @@ def test_one_worker_starts_the_jobs_in_the_order_they_are_listed(tmp_path):
     assert {o.status for o in report.outcomes} == {"done"}
     # each QAT row right after its Baseline (with Dask's priorities alone, a worker took later FP32 jobs first)
     assert open(log).read().split() == [job.name for job in jobs]
+
+
+def test_a_job_rerun_only_for_its_lost_model_waits_until_a_job_starts_from_it(tmp_path):
+    log = str(tmp_path / "started.txt")
+    jobs = [Record("cola/fp32", log, only_its_model_is_missing=True), Record("sst2/fp32", log),
+            Record("sst2/qat", log, needs=("sst2/fp32",)), Record("cola/qbert", log, needs=("cola/fp32",)),
+            Record("sst2/deploy", log, only_its_model_is_missing=True), Record("rte/fp32", log)]
+    assert [j.name for j in defer_model_reruns(jobs)] == ["sst2/fp32", "sst2/qat", "cola/fp32", "cola/qbert",
+                                                        "sst2/deploy", "rte/fp32"]  # nothing needs the deployed one
+    client = Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None)
+    try:
+        report = execute(jobs, client, progress=lambda line: None, poll_s=0.05)
+    finally:
+        close_client(client)
+    assert {o.status for o in report.outcomes} == {"done"}
+    assert open(log).read().split() == ["sst2/fp32", "sst2/qat", "cola/fp32", "cola/qbert", "sst2/deploy", "rte/fp32"]
 
 
 def test_fail_fast_stops_at_the_first_failure_and_a_failure_reaches_the_jobs_after_its_dependents(tmp_path):

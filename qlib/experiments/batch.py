@@ -137,6 +137,9 @@ class NotebookJob:
     def done(self) -> bool:  # a batch executes every grid point; the chapter skips the runs whose results exist
         return self.job is not None and self.job.done()
 
+    def recorded(self) -> bool:
+        return self.job is not None and self.job.recorded()
+
     def __call__(self) -> str:
         Path(self.output).parent.mkdir(parents=True, exist_ok=True)
         try:

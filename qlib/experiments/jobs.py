@@ -7,11 +7,12 @@ summary: a protocol run (``qlib.experiments.protocol.Job``), a Hessian spectrum,
 (``qlib.experiments.batch``). ``execute`` hands them to a ``distributed.Client`` in the order they are listed, each once
 the jobs it needs have finished and a worker is free, so a QAT row starts as soon as its FP32 Baseline is written.
 
-What a batch system's users expect: a job whose result exists is skipped (``done``), so a restarted run resumes;
-results are written atomically by the worker that ran the job; a failing job is named with its error and the jobs
-that need it are reported as not started; each finished job prints a progress line (done / running / failed /
-not started); Ctrl-C cancels what has not finished (nothing is half-written) and the summary still prints, naming
-what ran on which worker and how long it took.
+What a batch system's users expect: a job whose result exists is skipped (``done``), so a restarted run resumes (a job
+whose results exist but whose kept model is gone, as on a new machine, runs again just before the first job that starts
+from that model: ``defer_model_reruns``); results are written atomically by the worker that ran the job; a failing job
+is named with its error and the jobs that need it are reported as not started; each finished job prints a progress line
+(done / running / failed / not started); Ctrl-C cancels what has not finished (nothing is half-written) and the summary
+still prints, naming what ran on which worker and how long it took.
 
 Where the workers come from (``make_client``): a ``LocalCluster`` sized so the CPU is not oversubscribed
 (processes × torch threads ≤ cores), an existing scheduler (``--scheduler tcp://host:8786``), or a SLURM cluster
@@ -40,6 +41,10 @@ class Runnable(Protocol):
     def resources(self) -> dict[str, float]: ...
 
     def done(self) -> bool: ...
+
+    def recorded(self) -> bool:
+        """Whether its results exist even where it is not ``done`` (a model it keeps is missing)."""
+        ...
 
     def __call__(self) -> str: ...
 
@@ -135,6 +140,7 @@ def execute(jobs: Sequence[Runnable], client: Client, threads: int = 1, resume: 
             settled.add(job.name)
         else:
             waiting.append(job)
+    waiting = defer_model_reruns(waiting)
     total, running = len(waiting), {}
 
     def settle(outcome: Outcome) -> None:  # called once the job has left ``waiting`` or ``running``
@@ -186,6 +192,27 @@ def execute(jobs: Sequence[Runnable], client: Client, threads: int = 1, resume: 
         print(f"interrupted: {len(unfinished)} unfinished job(s) cancelled; their results were never written",
               flush=True)
     return Report([outcomes[job.name] for job in jobs])
+
+
+def defer_model_reruns(waiting: Sequence[Runnable]) -> list[Runnable]:
+    """``waiting`` with each job that runs again only for the model it keeps (its results are ``recorded``, its model
+    is missing) moved to just before the first waiting job that ``needs`` it: it does not hold up the jobs listed
+    between, and is trained again only once something is about to start from it. One that no waiting job needs
+    keeps its place (its model is kept for use outside the job list, such as a benchmark).
+
+    Args:
+        waiting: the jobs still to run, in list order (a job's needs listed before it).
+
+    Returns:
+        The same jobs, in the order ``execute`` offers them to the workers.
+    """
+    order = list(waiting)
+    for job in [j for j in waiting if j.recorded()]:
+        first_dependent = next((i for i, j in enumerate(order) if job.name in j.needs), None)
+        if first_dependent is not None:
+            order.remove(job)  # listed before its dependents: they move up by one
+            order.insert(first_dependent - 1, job)
+    return order
 
 
 def local_cluster_size(workers: int | None = None, threads: int | None = None,
