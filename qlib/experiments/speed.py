@@ -19,9 +19,11 @@ TARGETS: dict[str, dict[str, float]] = {
 """qbook int8's speed-up wanted over each variant, per CPU class (issue 21: BERT-base shape, sequence 128, batch 1
 and 8, ratios of medians from one run of the benchmark, 2 threads, quiet CPU)."""
 
-QBOOK_ROUTES = ("qbook_int8", "qbook_int8_compiled", "qbook_int8_compiled_bf16_attention")
-"""qbook's own int8 routes in the benchmark: eager, compiled whole by Inductor, and compiled with bf16 attention
-(``qlib.deploy.int8.to_int8``'s ``compile`` and ``attention_dtype``)."""
+QBOOK_ROUTES = ("qbook_int8", "qbook_int8_compiled", "qbook_int8_compiled_bf16_attention",
+                "qbook_int8_compiled_bf16_gemm_attention")
+"""qbook's own int8 routes in the benchmark: eager, compiled whole by Inductor, and compiled with bf16 attention by
+SDPA or by two batched GEMMs (``qlib.deploy.int8.to_int8``'s ``compile``, ``attention_dtype`` and
+``attention_products``)."""
 
 
 def run_class(run: dict[str, Any]) -> str:
