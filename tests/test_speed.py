@@ -55,6 +55,11 @@ def test_runs_are_read_oldest_first_with_their_class(folder):
     assert [r["class"] for r in runs] == ["AVX-512 VNNI", "AMX", "AMX"]  # an old run's class from its features
     latest = latest_per_class(runs)
     assert set(latest) == {"AMX", "AVX-512 VNNI"} and latest["AMX"]["path"].endswith("int8_cpu-amx-2.json")
+    full, short = (run("2026-12-03T10:00", "AMX", {"qbook_int8": 9}) | {"params": {"sweep_batches": batches}}
+                   for batches in ([1], []))
+    write_json(folder / "int8_cpu-amx-3.json", full)
+    write_json(folder / "int8_cpu-amx-4.json", short | {"provenance": short["provenance"] | {"date": "2026-12-04"}})
+    assert latest_per_class(benchmark_runs(folder))["AMX"]["path"].endswith("int8_cpu-amx-3.json")  # not the short one
 
 
 def test_classes_side_by_side_and_their_verdicts(folder):

@@ -46,8 +46,18 @@ def benchmark_runs(folder: str | Path, pattern: str = "int8_cpu*.json") -> list[
 
 
 def latest_per_class(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """The newest run of each CPU class (runs that recorded no class are left out)."""
-    return {r["class"]: r for r in runs if r["class"]}
+    """The newest full run of each CPU class (one with the sweep: a short run that tries a few variants is left to
+    the table of every run), else its newest run; runs that recorded no class are left out.
+
+    Args:
+        runs: benchmark runs oldest first (``benchmark_runs``).
+
+    Returns:
+        CPU class -> its run.
+    """
+    newest = {r["class"]: r for r in runs if r["class"]}
+    full = {r["class"]: r for r in runs if r["class"] and r.get("params", {}).get("sweep_batches")}
+    return newest | full
 
 
 def batch_and_seq(point: str) -> tuple[int, int]:
