@@ -278,9 +278,10 @@ def gemm_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, 
     """softmax(Q·Kᵀ·scaling + mask)·V as two batched GEMMs in the dtype of Q, K and V, the softmax in float32
     between them (the scores are read in float32, the probabilities written back in the products' dtype).
 
-    Why not SDPA: on CPUs with AVX-512 BF16 but no AMX, PyTorch's fused bf16 attention kernel is hardly faster than
-    float32, while oneDNN's bf16 batched GEMMs are about 3x faster; compiled, Inductor fuses the softmax and both
-    conversions into one pass between the two GEMMs.
+    Why beside SDPA: on CPUs with AVX-512 BF16 but no AMX, PyTorch's fused bf16 attention kernel gains little over
+    its float32 one, while oneDNN's bf16 batched GEMMs run well ahead of float32 ones; compiled, Inductor fuses the
+    softmax and both conversions into one pass between the two GEMMs. Whether that makes the whole model faster on
+    a CPU class is what ``benchmarks/int8_cpu.py`` measures (the speed chapter shows it).
 
     Args:
         query, key, value: [B, H, T, d].
@@ -428,8 +429,8 @@ def to_int8(model: nn.Module, widths: CodeWidths | None = None,
             fake-quantized model's) or ``torch.bfloat16``.
         compile: return it compiled whole by Inductor (``CompiledInt8``), for inference.
         attention_products: ``"model"`` (the model's own attention function, SDPA by default) or ``"gemm"``
-            (``gemm_attention``: two batched GEMMs with a float32 softmax between them; faster in bf16 on CPUs
-            with AVX-512 BF16 but no AMX).
+            (``gemm_attention``: two batched GEMMs with a float32 softmax between them; meant for bf16 on CPUs
+            with AVX-512 BF16 but no AMX, where PyTorch's bf16 SDPA kernel gains little).
     """
     layers = list(quantized_modules(model))
     if not layers:
