@@ -278,10 +278,10 @@ def gemm_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, 
     """softmax(Q·Kᵀ·scaling + mask)·V as two batched GEMMs in the dtype of Q, K and V, the softmax in float32
     between them (the scores are read in float32, the probabilities written back in the products' dtype).
 
-    Why beside SDPA: on CPUs with AVX-512 BF16 but no AMX, PyTorch's fused bf16 attention kernel gains little over
-    its float32 one, while oneDNN's bf16 batched GEMMs run well ahead of float32 ones; compiled, Inductor fuses the
-    softmax and both conversions into one pass between the two GEMMs. Whether that makes the whole model faster on
-    a CPU class is what ``benchmarks/int8_cpu.py`` measures (the speed chapter shows it).
+    Why beside SDPA: on CPUs with AVX-512 BF16 but no AMX, the benchmark's profile shows PyTorch's fused bf16
+    attention kernel taking about as long as its float32 one; this route tries oneDNN's bf16 batched GEMMs instead,
+    and compiled, Inductor fuses the softmax and both conversions into one pass between them. Whether that makes
+    the whole model faster on a CPU class is what ``benchmarks/int8_cpu.py`` measures (the speed chapter shows it).
 
     Args:
         query, key, value: [B, H, T, d].
