@@ -21,11 +21,15 @@ def test_bits_not_an_integer(bits):
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
-def test_nan_or_inf_in_tensor(value):
+@pytest.mark.parametrize("grid", [{}, {"granularity": "channel"}, {"granularity": "group", "groups": 3},
+                                  {"percentile": 99.0}, {"scheme": "asymmetric"}])
+@pytest.mark.parametrize("row, col", [(0, 0), (1, 2), (2, 3)])
+def test_nan_or_inf_in_tensor(value, grid, row, col):
+    """Found wherever it sits, on every range path (the min/max paths find it in the range they compute)."""
     x = torch.randn(3, 4)
-    x[1, 2] = value
+    x[row, col] = value
     with pytest.raises(ValueError, match=r"1 NaN/Inf value\(s\) of 12"):
-        fake_quantize(x, 8)
+        fake_quantize(x, 8, **grid)
 
 
 def test_empty_tensor():

@@ -21,7 +21,7 @@ from typing import Any, Literal, Mapping, Sequence
 
 import torch
 
-from qlib.common.checks import check_bits, check_groups, check_tensor
+from qlib.common.checks import check_bits, check_finite, check_groups, check_tensor
 from qlib.core.packing import pack, unpack
 
 Scheme = Literal["symmetric", "asymmetric"]
@@ -57,10 +57,16 @@ def tensor_ranges(
     Shapes:
         x [rows, ...] → lo [G], hi [G].
     """
-    check_tensor(x)
+    check_tensor(x, finite=False)
     view = group_view(x.detach(), groups)
     if percentile is None:
-        return view.amin(dim=1), view.amax(dim=1)
+        lo, hi = view.amin(dim=1), view.amax(dim=1)
+        # NaN and ±Inf reach the min or max, so a finite range proves a finite tensor without a pass of its own over
+        # x (torch.isfinite(x).all() took 10x the time of the min and max), only counted for the error.
+        if not (torch.isfinite(lo).all() and torch.isfinite(hi).all()):
+            check_finite(x)
+        return lo, hi
+    check_finite(x)
     n = view.shape[1]
     k_hi = min(n, max(1, round(percentile / 100.0 * n)))
     k_lo = n - k_hi + 1
