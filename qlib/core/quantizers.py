@@ -75,8 +75,11 @@ def tensor_ranges(
 
 
 def _codes(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
-    """``clamp(round((x - b)/Δ), qmin, qmax)`` as floats (the one rounding rule of every grid)."""
-    return torch.clamp(torch.round((x - shift) * (1.0 / scale)), qmin, qmax)
+    """``clamp(round((x - b)/Δ), qmin, qmax)`` as floats (the one rounding rule of every grid), in a new tensor.
+
+    In place after the first op: the same values, with one fresh buffer instead of four (on a CPU, writing to fresh
+    memory was most of the cost: measured about 2x faster with ``_RoundWithSTE``'s in-place tail)."""
+    return (x - shift).mul_(1.0 / scale).round_().clamp_(qmin, qmax)
 
 
 class _RoundWithSTE(torch.autograd.Function):
@@ -89,9 +92,8 @@ class _RoundWithSTE(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, scale, shift, lo, hi, qmin: int, qmax: int):  # type: ignore[override]
-        q = _codes(x, scale, shift, qmin, qmax)
-        ctx.save_for_backward((x >= lo) & (x <= hi))
-        return q * scale + shift
+        ctx.save_for_backward((x >= lo).logical_and_(x <= hi))
+        return _codes(x, scale, shift, qmin, qmax).mul_(scale).add_(shift)
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
