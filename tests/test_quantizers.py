@@ -156,6 +156,21 @@ def test_percentile_clips_outliers_only():
     assert lo.item() == pytest.approx(-1.0, abs=0.01)  # the [0.1, 99.9] percentiles drop one value at each end
 
 
+@settings(max_examples=200, deadline=None)
+@given(x=matrices(max_rows=8, max_cols=64), data=st.data())
+def test_percentile_range_is_each_groups_order_statistics(x, data):
+    """lo and hi are the k-th smallest and k-th largest value of each group, k = n - round(p/100·n) + 1 (ties
+    included), whatever the percentile p in (50, 100] and the groups."""
+    groups = data.draw(st.sampled_from([d for d in range(1, x.shape[0] + 1) if x.shape[0] % d == 0]))
+    percentile = data.draw(st.floats(50.0, 100.0, exclude_min=True))
+    lo, hi = tensor_ranges(x, groups, percentile)
+    view = x.reshape(groups, -1)
+    n = view.shape[1]
+    k_hi = min(n, max(1, round(percentile / 100.0 * n)))
+    ordered = view.sort(dim=1).values
+    assert torch.equal(lo, ordered[:, n - k_hi]) and torch.equal(hi, ordered[:, k_hi - 1])
+
+
 def test_quantize_codes_have_integer_dtypes_and_round_trip():
     x = torch.randn(8, 8)
     sym, asym = QuantSpec(8).grid_for(x), QuantSpec(4, "asymmetric", "channel").grid_for(x)

@@ -59,19 +59,23 @@ def tensor_ranges(
     """
     check_tensor(x, finite=False)
     view = group_view(x.detach(), groups)
+    lo, hi = view.amin(dim=1), view.amax(dim=1)
+    # NaN and ±Inf reach the min or max, so a finite min and max prove a finite tensor without a pass of its own over
+    # x (torch.isfinite(x).all() took 10x the time of the min and max); it runs only to count them for the error.
+    if not (torch.isfinite(lo).all() and torch.isfinite(hi).all()):
+        check_finite(x)
     if percentile is None:
-        lo, hi = view.amin(dim=1), view.amax(dim=1)
-        # NaN and ±Inf reach the min or max, so a finite range proves a finite tensor without a pass of its own over
-        # x (torch.isfinite(x).all() took 10x the time of the min and max), only counted for the error.
-        if not (torch.isfinite(lo).all() and torch.isfinite(hi).all()):
-            check_finite(x)
         return lo, hi
-    check_finite(x)
     n = view.shape[1]
     k_hi = min(n, max(1, round(percentile / 100.0 * n)))
     k_lo = n - k_hi + 1
-    # kthvalue, not torch.quantile: quantile refuses inputs over 16M elements (a BERT-base embedding table).
-    return view.kthvalue(k_lo, dim=1).values, view.kthvalue(k_hi, dim=1).values
+    # The k_lo-th smallest and the k_lo-th largest (= the k_hi-th smallest) value of each group: the largest of the
+    # k_lo smallest and the smallest of the k_lo largest, which topk selects at each end (the order statistics
+    # kthvalue gives, about 5x faster on a weight matrix, which QAT ranges at every step); not torch.quantile,
+    # which refuses inputs over 16M elements.
+    lo = torch.topk(view, k_lo, dim=1, largest=False, sorted=False).values.amax(dim=1)
+    hi = torch.topk(view, k_lo, dim=1, largest=True, sorted=False).values.amin(dim=1)
+    return lo, hi
 
 
 def _codes(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
