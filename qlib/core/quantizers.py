@@ -102,7 +102,7 @@ class _RoundWithSTE(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
         (inside,) = ctx.saved_tensors
-        return grad * inside, None, None, None, None, None, None
+        return torch.where(inside, grad, 0.0), None, None, None, None, None, None
 
 
 @dataclass(frozen=True)
