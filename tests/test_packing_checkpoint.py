@@ -14,7 +14,7 @@ from transformers import BertForMaskedLM
 
 from qlib import convert_bert, q8bert_config, qbert_config
 from qlib.core.packing import pack, packed_nbytes, unpack
-from qlib.deploy.checkpoint import checkpoint_sizes, load_quantized, save_float, save_quantized
+from qlib.deploy.checkpoint import checkpoint_sizes, load_quantized, payload_sha256, save_float, save_quantized
 
 
 @settings(max_examples=200, deadline=None)
@@ -176,3 +176,12 @@ def test_a_flipped_byte_is_refused_not_loaded(tiny_bert, tmp_path):
     _flip_last_byte(float_path)
     with pytest.raises(ValueError, match=f"corrupt checkpoint {float_path}: its tensors do not match"):
         load_float(copy.deepcopy(tiny_bert), float_path)
+
+
+def test_the_payload_hash_reads_a_tensor_by_its_values_whatever_its_strides():
+    """A one-element view keeps its parent's stride and still counts as contiguous (a per-tensor range picked from a
+    [G, k] selection): hashed like the same value in a fresh tensor, as a transposed matrix like its copy."""
+    column = torch.randn(1, 3)[:, -1]
+    matrix = torch.randn(3, 4)
+    assert payload_sha256({"a": column, "b": matrix.T}) == payload_sha256({"a": column.clone(), "b": matrix.T.clone()})
+    assert payload_sha256({"a": column}) != payload_sha256({"a": column + 1})

@@ -40,9 +40,12 @@ def payload_sha256(tensors: dict[str, torch.Tensor]) -> str:
     """SHA-256 over every tensor's name, dtype, shape and bytes, in name order: what a checkpoint's payload is."""
     digest = hashlib.sha256()
     for key in sorted(tensors):
-        tensor = tensors[key].detach().cpu().contiguous()
+        tensor = tensors[key].detach().cpu()
+        flat = tensor.reshape(-1)
+        if flat.stride() != (1,):  # one element counts as contiguous whatever its stride, which view(uint8) refuses
+            flat = flat.clone(memory_format=torch.contiguous_format)
         digest.update(f"{key}|{tensor.dtype}|{list(tensor.shape)}|".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+        digest.update(flat.view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 
