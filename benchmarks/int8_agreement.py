@@ -35,7 +35,7 @@ from qlib.experiments.data import get_task, glue_batches, glue_provenance  # noq
 from qlib.experiments.experiment import run_glue  # noqa: E402
 from qlib.experiments.metrics import glue_metrics  # noqa: E402
 from qlib.experiments.models import DEFAULT_MODEL, load_classifier  # noqa: E402
-from qlib.experiments.results import provenance, write_json  # noqa: E402
+from qlib.experiments.results import benchmark_path, provenance, write_json  # noqa: E402
 from qlib.experiments.spec import RunSpec  # noqa: E402
 
 TARGET_POINTS = 0.2
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
-    out = args.out or Path(f"results/benchmarks/int8_agreement-{args.task}.json")
+    out = args.out or benchmark_path(f"int8_agreement-{args.task}")
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     info = get_task(args.task)

@@ -31,7 +31,6 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
@@ -42,12 +41,12 @@ from transformers import BertConfig, BertForSequenceClassification  # noqa: E402
 
 from qlib import convert_bert, q8bert_config  # noqa: E402
 from qlib.bert.integer_modules import use_integer_nonlinearities  # noqa: E402
-from qlib.common.cpu import CPU_CLASSES, cpu_class, cpu_features, cpu_model  # noqa: E402
+from qlib.common.cpu import cpu_class, cpu_features, cpu_model  # noqa: E402
 from qlib.deploy.checkpoint import save_float, save_quantized  # noqa: E402
 from qlib.deploy.int8 import exact_widths, to_int8  # noqa: E402
 from qlib.deploy.onnx_export import export_onnx  # noqa: E402
 from qlib.experiments.models import DEFAULT_MODEL, load_classifier  # noqa: E402
-from qlib.experiments.results import provenance, write_json  # noqa: E402
+from qlib.experiments.results import benchmark_path, provenance, write_json  # noqa: E402
 from qlib.experiments.speed import QBOOK_ROUTES, TARGETS, judge  # noqa: E402
 
 TORCH_VARIANTS = ("fp32", "ao_dynamic", "torch_bf16", "pt2e_inductor", "qbook_int8", "qbook_int8_compiled",
@@ -522,12 +521,6 @@ def openvino_profile(name: str, setup: Setup, batch: dict[str, torch.Tensor], ro
             "by_node": dict(sorted(by_node.items(), key=lambda kv: -kv[1]))}
 
 
-def default_out(cpu: str) -> Path:
-    """``results/benchmarks/int8_cpu-<class>-<UTC time>.json``: one file per run, named after its CPU class."""
-    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H%M")
-    return Path("results/benchmarks") / f"int8_cpu-{CPU_CLASSES.get(cpu, 'other')}-{stamp}.json"
-
-
 def achieved(model: torch.nn.Module, profile_ms: dict, latency: dict, tokens: int) -> dict:
     """GOP/s of each profiled variant's GEMMs (Linear operations over their GEMM time) and of its whole forward
     (the same operations over the forward's median time): what the chapter sets beside the CPU's peaks."""
@@ -576,7 +569,7 @@ def main(argv: list[str] | None = None) -> int:
     torch._dynamo.config.recompile_limit = 64  # compiled variants: one graph per (batch, seq) point of the sweep
     start = time.perf_counter()
     cpu = cpu_class()
-    out = args.out or default_out(cpu)
+    out = args.out or benchmark_path("int8_cpu")
     report = {"params": vars(args) | {"out": str(out)}, "shapes": {},
               "cpu": {"class": cpu, "model": cpu_model(), "capability": torch.backends.cpu.get_cpu_capability(),
                       "exact_int8_widths": [str(w) for w in exact_widths()]},

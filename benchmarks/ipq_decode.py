@@ -20,7 +20,6 @@ import os
 import statistics
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -32,9 +31,9 @@ from transformers import BertConfig, BertForSequenceClassification  # noqa: E402
 
 from qlib.bert.convert import find_bert  # noqa: E402
 from qlib.bert.pq_modules import PQEmbedding, PQLinear, product_quantize_all  # noqa: E402
-from qlib.common.cpu import CPU_CLASSES, cpu_class, cpu_model  # noqa: E402
+from qlib.common.cpu import cpu_class, cpu_model  # noqa: E402
 from qlib.experiments.models import DEFAULT_MODEL, load_classifier  # noqa: E402
-from qlib.experiments.results import provenance, write_json  # noqa: E402
+from qlib.experiments.results import benchmark_path, provenance, write_json  # noqa: E402
 
 SHAPES = {"bert-base": lambda: BertForSequenceClassification(BertConfig(num_labels=2)),
           "packaged": lambda: load_classifier(DEFAULT_MODEL, num_labels=2)[0]}
@@ -111,8 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     cpu = cpu_class()
-    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H%M")
-    out = args.out or Path("results/benchmarks") / f"ipq_decode-{CPU_CLASSES.get(cpu, 'other')}-{stamp}.json"
+    out = args.out or benchmark_path("ipq_decode")
     report = {"params": vars(args) | {"out": str(out), "centroids": CENTROIDS, "points": POINTS},
               "cpu": {"class": cpu, "model": cpu_model()}, "shapes": {}}
     for shape, build in SHAPES.items():

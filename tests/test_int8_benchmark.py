@@ -89,9 +89,26 @@ def test_the_cpu_limits_are_measured():
     assert peaks["fp32_gemm_gops"] > 0 and peaks.get("int8_gemm_gops", 1) > 0 and peaks["gemm_shape"] == [64, 128, 128]
 
 
-def test_the_result_file_is_named_after_the_cpu_class():
-    assert int8_cpu.default_out("AMX").name.startswith("int8_cpu-amx-")
-    assert int8_cpu.default_out("").name.startswith("int8_cpu-other-")
+def test_a_benchmark_writes_a_new_file_named_after_the_cpu_class_never_over_one(tmp_path, monkeypatch):
+    from datetime import datetime
+
+    from qlib.experiments import results
+
+    class Fixed(datetime):  # one UTC minute for the whole test
+        @classmethod
+        def now(cls, tz=None):
+            return datetime(2026, 12, 3, 23, 30, tzinfo=tz)
+
+    monkeypatch.setattr(results, "datetime", Fixed)
+    monkeypatch.setattr(results, "cpu_class", lambda: "AMX")
+    path = results.benchmark_path("int8_agreement-sst2", tmp_path)
+    assert path == tmp_path / "int8_agreement-sst2-amx-2026-12-03T2330.json"
+    monkeypatch.setattr(results, "cpu_class", lambda: "")
+    assert results.benchmark_path("int8_cpu", tmp_path).name.startswith("int8_cpu-other-")
+    taken = results.benchmark_path("ipq_decode", tmp_path)
+    taken.write_text("{}")
+    with pytest.raises(FileExistsError, match="written once"):
+        results.benchmark_path("ipq_decode", tmp_path)
 
 
 def test_the_verdicts_printed_give_the_rounds_spread_and_say_when_it_straddles_the_target(capsys):

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import torch
 
 from qlib.common.atomic import atomic_write
-from qlib.common.cpu import cpu_features, cpu_identity, cpu_model
+from qlib.common.cpu import CPU_CLASSES, cpu_class, cpu_features, cpu_identity, cpu_model
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -94,6 +94,17 @@ def write_json(path: str | os.PathLike, record: dict[str, Any]) -> Path:
             os.fsync(f.fileno())
 
     return atomic_write(path, write)
+
+
+def benchmark_path(name: str, folder: str | os.PathLike = "results/benchmarks") -> Path:
+    """A new result file for one run of benchmark ``name``: ``<folder>/<name>-<CPU class>-<UTC minute>.json``
+    (class ``amx``, ``avx512-vnni``, ``avx2`` or ``other``), so that no run writes over a committed one; a
+    ``FileExistsError`` if a run in the same minute already wrote it."""
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H%M")
+    path = Path(folder) / f"{name}-{CPU_CLASSES.get(cpu_class(), 'other')}-{stamp}.json"
+    if path.exists():
+        raise FileExistsError(f"{path} exists: a result is written once; wait a minute or pass another --out")
+    return path
 
 
 def read_json(path: str | os.PathLike) -> dict[str, Any]:
