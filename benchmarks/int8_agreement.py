@@ -31,7 +31,7 @@ import torch  # noqa: E402
 from qlib import convert_bert  # noqa: E402
 from qlib.deploy.checkpoint import load_quantized  # noqa: E402
 from qlib.deploy.int8 import CodeWidths, to_int8  # noqa: E402
-from qlib.experiments.data import get_task, glue_batches, glue_provenance  # noqa: E402
+from qlib.experiments.data import file_sha256, get_task, glue_batches, glue_provenance  # noqa: E402
 from qlib.experiments.experiment import run_glue  # noqa: E402
 from qlib.experiments.metrics import glue_metrics  # noqa: E402
 from qlib.experiments.models import DEFAULT_MODEL, load_classifier  # noqa: E402
@@ -104,15 +104,19 @@ def main(argv: list[str] | None = None) -> int:
     # the route to_int8 takes by default on this CPU (qlib.deploy.int8.WIDTHS' order)
     main_route = next(routes[n] for n in ("int8", "int8_7bit_weights", "int8_7bit_inputs") if "scores" in routes[n])
     gap = main_route["gap_points"]
+    # The checkpoint by its file name and its bytes' SHA-256, which identify the model on any machine (its path names
+    # this machine's folders only).
+    kept = {"checkpoint": args.checkpoint.name, "checkpoint_sha256": file_sha256(args.checkpoint)} \
+        if args.checkpoint else {"checkpoint": "trained by this run"}
     report = {
-        "task": info.name, "checkpoint": str(args.checkpoint or "trained by this run"), "examples": len(labels),
+        "task": info.name, **kept, "examples": len(labels),
         "nonlinearities": "integer (I-BERT)" if args.integer_nonlinearities else "float",
         "metric": metric, "trained": trained,
         "scores": {"fake_quant": fake_score, "int8": main_route["scores"]}, "gap_points": gap,
         "target_points": main_route["target_points"],
         **{k: main_route[k] for k in ("max_abs_logit_diff", "mean_abs_logit_diff", "same_prediction")},
         "routes": routes,
-        "params": vars(args) | {"checkpoint": str(args.checkpoint), "out": str(out)},
+        "params": vars(args) | {"checkpoint": kept["checkpoint"], "out": str(out)},
         "provenance": provenance(time.perf_counter() - start, data=glue_provenance(info.name, ("dev",))),
     }
     folder.cleanup()

@@ -153,3 +153,25 @@ def test_the_agreement_benchmark_runs_the_integer_route_and_skips_what_it_refuse
 
     table, _ = int8_agreement_table([out])
     assert all("integer GELU/softmax/LayerNorm" in run for run, _ in table.index)
+
+
+@pytest.mark.slow
+def test_the_agreement_benchmark_names_a_kept_checkpoint_by_file_and_hash_not_by_this_machines_path(
+        glue_dir, tiny_model_dir, tmp_path):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import int8_agreement
+
+    sys.path.pop(0)
+    from qlib.experiments.data import file_sha256
+    from qlib.experiments.experiment import run_glue
+
+    run_glue("sst2", "qat", 0, str(tiny_model_dir), epochs=1, max_train_examples=8, results_dir=tmp_path / "results",
+             checkpoint_dir=tmp_path / "kept", device="cpu", progress=False)
+    checkpoint = tmp_path / "kept" / "sst2" / "qat-seed0.safetensors"
+    out = tmp_path / "agreement.json"
+    assert int8_agreement.main(["--checkpoint", str(checkpoint), "--model", str(tiny_model_dir), "--threads", "1",
+                                "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["checkpoint"] == report["params"]["checkpoint"] == "qat-seed0.safetensors"
+    assert report["checkpoint_sha256"] == file_sha256(checkpoint)
+    assert str(tmp_path / "kept") not in out.read_text()
