@@ -16,16 +16,16 @@ def check_bits(bits: object, what: str = "bits") -> int:
     return bits
 
 
-def check_tensor(x: torch.Tensor, what: str = "tensor", finite: bool = True) -> torch.Tensor:
-    """Reject non-tensors, empty tensors, integer tensors and (``finite=True``) tensors holding NaN or Inf, which have
-    no quantization range. ``finite=False`` leaves the pass over the values to the caller (``check_finite``)."""
+def check_tensor(x: torch.Tensor, what: str = "tensor") -> torch.Tensor:
+    """Reject non-tensors, empty tensors and integer tensors, which have no quantization range (NaN and Inf:
+    ``check_finite``, which needs a pass over the values)."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{what} must be a torch.Tensor, got {type(x).__name__}")
     if x.numel() == 0:
         raise ValueError(f"cannot quantize an empty {what} (shape {tuple(x.shape)}); it has no range")
     if not x.is_floating_point():
         raise TypeError(f"{what} must be a floating-point tensor, got dtype {x.dtype}")
-    return check_finite(x, what) if finite else x
+    return x
 
 
 def check_finite(x: torch.Tensor, what: str = "tensor") -> torch.Tensor:

@@ -57,7 +57,7 @@ def tensor_ranges(
     Shapes:
         x [rows, ...] → lo [G], hi [G].
     """
-    check_tensor(x, finite=False)
+    check_tensor(x)
     view = group_view(x.detach(), groups)
     lo, hi = view.amin(dim=1), view.amax(dim=1)
     # NaN and ±Inf reach the min or max, so a finite min and max prove a finite tensor without a pass of its own over
