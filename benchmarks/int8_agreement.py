@@ -44,7 +44,6 @@ ROUTES = {  # name: (to_int8 keyword arguments, target in points)
     "int8_7bit_inputs": ({"widths": CodeWidths(inputs=7)}, 0.5),
     "int8_7bit_weights": ({"widths": CodeWidths(weights=7)}, 0.5),
     "int8_bf16_attention": ({"attention_dtype": torch.bfloat16}, TARGET_POINTS),
-    "int8_bf16_gemm_attention": ({"attention_dtype": torch.bfloat16, "attention_products": "gemm"}, TARGET_POINTS),
 }
 
 

@@ -50,7 +50,7 @@ from qlib.experiments.results import benchmark_path, provenance, write_json  # n
 from qlib.experiments.speed import QBOOK_ROUTES, TARGETS, judge  # noqa: E402
 
 TORCH_VARIANTS = ("fp32", "ao_dynamic", "torch_bf16", "pt2e_inductor", "qbook_int8", "qbook_int8_compiled",
-                  "qbook_int8_compiled_bf16_attention", "qbook_int8_compiled_bf16_gemm_attention")
+                  "qbook_int8_compiled_bf16_attention")
 """The variants that run inside PyTorch, so its profiler can split their time."""
 CALIBRATION = ((2, 128), (3, 64), (4, 96), (6, 128))  # post-training peers' calibration inputs: none is timed
 
@@ -267,14 +267,6 @@ def qbook_int8_compiled_bf16_attention(setup: Setup) -> Callable:
     return lambda b: compiled(**b)
 
 
-def qbook_int8_compiled_bf16_gemm_attention(setup: Setup) -> Callable:
-    """The same, the bf16 attention products as two batched GEMMs with a float32 softmax between them
-    (``to_int8(..., attention_products="gemm")``) instead of the model's SDPA."""
-    needs_bf16()
-    compiled = to_int8(setup.fake, attention_dtype=torch.bfloat16, attention_products="gemm", compile=True)
-    return lambda b: compiled(**b)
-
-
 def qbook_int8_integer(setup: Setup) -> Callable:
     """qbook int8 of the Q8BERT model with I-BERT's integer GELU, softmax and LayerNorm (``RunSpec(...,
     integer_nonlinearities=True)``): the same int8 GEMMs, the nonlinearities on int64 codes in torch integer ops, as
@@ -315,7 +307,6 @@ VARIANTS: dict[str, Callable[[Setup], Callable]] = {
     "pt2e_inductor": pt2e_inductor, "torch_bf16": torch_bf16, "openvino_bf16": openvino_bf16,
     "openvino_int8": openvino_int8, "qbook_int8": qbook_int8, "qbook_int8_compiled": qbook_int8_compiled,
     "qbook_int8_compiled_bf16_attention": qbook_int8_compiled_bf16_attention,
-    "qbook_int8_compiled_bf16_gemm_attention": qbook_int8_compiled_bf16_gemm_attention,
     "qbook_int8_integer": qbook_int8_integer,
     "qbook_qdq_ort": qbook_qdq_ort, "qbook_qdq_openvino": qbook_qdq_openvino,
 }
@@ -417,8 +408,7 @@ PROFILE_GROUPS = {"GEMM": ("addmm", "linear", "aten::mm"), "attention": ("scaled
 """Profiler ranges by kind of work, each counted in the first group a key names: the eager ops, and the kernels of
 an Inductor graph (``cpp_fused_…``, named after the ops fused in them: a LayerNorm that also rounds its output to
 the next GEMM's codes counts as LayerNorm; the rounding fused elsewhere, as input quantization)."""
-COMPILED_QBOOK = ("qbook_int8_compiled", "qbook_int8_compiled_bf16_attention",
-                  "qbook_int8_compiled_bf16_gemm_attention")
+COMPILED_QBOOK = ("qbook_int8_compiled", "qbook_int8_compiled_bf16_attention")
 """qbook's compiled routes: Inductor's C++ wrapper hides their kernels from PyTorch's profiler, so ``profile`` times
 a second copy compiled with ``cpp.enable_kernel_profile``, which makes each kernel a profiler range."""
 

@@ -28,7 +28,6 @@ from qlib.deploy.int8 import (
     Int8ResidualOutput,
     Int8SelfAttention,
     exact_widths,
-    gemm_attention,
     input_zero_point,
     quantize_input,
     to_int8,
@@ -215,35 +214,6 @@ def test_bf16_attention_reads_q_k_v_in_bf16_straight_from_their_gemm(tiny_bert):
         attention.qkv.out_dtype = torch.bfloat16
         assert torch.equal(real(input_ids=ids).logits, from_float32)
         assert (from_float32 - fake(input_ids=ids).logits).abs().max() < 0.05
-
-
-@settings(max_examples=30, deadline=None)
-@given(batch=st.integers(1, 3), heads=st.integers(1, 4), length=st.integers(1, 9), seed=st.integers(0, 2**16))
-def test_gemm_attention_is_sdpa_with_a_float_or_a_boolean_mask(batch, heads, length, seed):
-    generator = torch.Generator().manual_seed(seed)
-    query, key, value = (torch.randn(batch, heads, length, 8, generator=generator) for _ in range(3))
-    keep = torch.rand(batch, 1, 1, length, generator=generator) > 0.3
-    keep[..., 0] = True  # every row attends somewhere, as BERT's [CLS] does
-    additive = torch.zeros(keep.shape).masked_fill(~keep, torch.finfo(torch.float32).min)
-    want = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=keep, scale=0.3)
-    for mask in (keep, additive):
-        got = gemm_attention(query, key, value, mask, 0.3)
-        assert got.shape == (batch, length, heads, 8)
-        assert torch.allclose(got.transpose(1, 2), want, atol=1e-5)
-
-
-@needs_vnni
-def test_gemm_attention_products_agree_with_the_models_own_and_a_bad_choice_is_refused(tiny_bert):
-    fake = trained(convert_bert(tiny_bert, q8bert_config()))
-    ids = torch.randint(5, 64, (4, 10), generator=torch.Generator().manual_seed(2))
-    mask = torch.ones_like(ids).index_fill_(1, torch.tensor([8, 9]), 0)  # padding: the mask reaches the products
-    with torch.no_grad():
-        model = to_int8(fake)(input_ids=ids, attention_mask=mask).logits
-        gemm = to_int8(fake, attention_products="gemm")
-        assert "attention_products='gemm'" in repr(gemm)
-        assert torch.allclose(gemm(input_ids=ids, attention_mask=mask).logits, model, atol=1e-5)
-    with pytest.raises(ValueError, match=r"attention_products must be one of \('model', 'gemm'\), got 'flash'"):
-        to_int8(fake, attention_products="flash")
 
 
 @needs_vnni

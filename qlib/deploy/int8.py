@@ -273,57 +273,24 @@ class Int8Linear(nn.Module):
                f"{bits}{fused}{out}{dtype}"
 
 
-def gemm_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None,
-                   scaling: float) -> torch.Tensor:
-    """softmax(Q·Kᵀ·scaling + mask)·V as two batched GEMMs in the dtype of Q, K and V, the softmax in float32
-    between them (the scores are read in float32, the probabilities written back in the products' dtype).
-
-    Why beside SDPA: on CPUs with AVX-512 BF16 but no AMX, the benchmark's profile shows PyTorch's fused bf16
-    attention kernel taking about as long as its float32 one; this route tries oneDNN's bf16 batched GEMMs instead,
-    and compiled, Inductor fuses the softmax and both conversions into one pass between them. Whether that makes
-    the whole model faster on a CPU class is what ``benchmarks/int8_cpu.py`` measures (the speed chapter shows it).
-
-    Args:
-        query, key, value: [B, H, T, d].
-        mask: additive float mask or boolean keep-mask, broadcastable to [B, H, T, T]; or None.
-        scaling: the factor on the scores (1/sqrt(d)).
-
-    Returns:
-        [B, T, H, d] in the dtype of ``value`` (the layout transformers' attention functions return).
-    """
-    scores = torch.matmul(query, key.transpose(-1, -2)).to(torch.float32) * scaling
-    if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
-    probabilities = torch.softmax(scores, dim=-1).to(value.dtype)
-    return torch.matmul(probabilities, value).transpose(1, 2)
-
-
-ATTENTION_PRODUCTS = ("model", "gemm")
-"""How ``Int8SelfAttention`` runs the attention products: the model's own attention function (SDPA or eager, as
-its config says) or ``gemm_attention``."""
-
-
 class Int8SelfAttention(nn.Module):
     """BERT self-attention with Q, K, V as one int8 GEMM: ``[Q K V] = Int8Linear(h)`` [B, T, 3·H·d], then
     the attention products on Q, K, V in ``attention_dtype`` (float32, as the fake-quantized model; or bfloat16,
     which AMX and AVX-512 BF16 CPUs multiply natively, and which the GEMM then writes directly: no float32 Q, K, V
-    and no conversion pass), by the model's own attention function (SDPA or eager) or by ``gemm_attention``
-    (``attention_products``); output float32 [B, T, H·d]."""
+    and no conversion pass), by the model's own attention function (SDPA or eager); output float32 [B, T, H·d]."""
 
     def __init__(self, attention: BertSelfAttention, widths: CodeWidths = CodeWidths(),
-                 attention_dtype: torch.dtype = torch.float32, qkv: nn.Module | None = None,
-                 attention_products: str = "model") -> None:
+                 attention_dtype: torch.dtype = torch.float32, qkv: nn.Module | None = None) -> None:
         """``qkv``: another fused projection of Q, K and V (the ONNX export's QDQ one); default ``Int8Linear``."""
         super().__init__()
         self.config, self.is_causal, self.layer_idx = attention.config, attention.is_causal, attention.layer_idx
         self.num_attention_heads = attention.num_attention_heads
         self.attention_head_size, self.scaling = attention.attention_head_size, attention.scaling
-        self.attention_dtype, self.attention_products = attention_dtype, attention_products
+        self.attention_dtype = attention_dtype
         if hasattr(attention, "integer_softmax"):  # I-BERT's softmax, read by the model's attention function
-            if attention_dtype != torch.float32 or attention_products != "model":
+            if attention_dtype != torch.float32:
                 raise ValueError("the integer softmax takes float32 scores from the model's own attention function: "
-                                 "attention_dtype must be torch.float32 and attention_products 'model', got "
-                                 f"{attention_dtype} and {attention_products!r}")
+                                 f"attention_dtype must be torch.float32, got {attention_dtype}")
             self.integer_softmax = attention.integer_softmax
         self.qkv = qkv if qkv is not None else Int8Linear.fused(attention.query, attention.key, attention.value,
                                                                 widths=widths, out_dtype=attention_dtype)
@@ -336,17 +303,13 @@ class Int8SelfAttention(nn.Module):
         if attention_mask is not None and attention_mask.is_floating_point():
             attention_mask = attention_mask.to(self.attention_dtype)
         kwargs.pop("past_key_values", None)  # only encoders are fused (see to_int8)
-        if self.attention_products == "gemm":
-            output, weights = gemm_attention(query, key, value, attention_mask, self.scaling), None
-        else:
-            attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation,
-                                                              eager_attention_forward)
-            output, weights = attention(self, query, key, value, attention_mask, dropout=0.0, scaling=self.scaling,
-                                        **kwargs)
+        attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
+        output, weights = attention(self, query, key, value, attention_mask, dropout=0.0, scaling=self.scaling,
+                                    **kwargs)
         return output.reshape(*shape, -1).to(torch.float32).contiguous(), weights
 
     def extra_repr(self) -> str:
-        return f"attention_dtype={self.attention_dtype}, attention_products={self.attention_products!r}"
+        return f"attention_dtype={self.attention_dtype}"
 
 
 class Int8Intermediate(nn.Module):
@@ -394,15 +357,13 @@ class Int8Embedding(nn.Module):
         return rows * self.scale[group].unsqueeze(-1) + self.shift[group].unsqueeze(-1)
 
 
-def _fuse_layer(layer: BertLayer, hidden_act: object, widths: CodeWidths, attention_dtype: torch.dtype,
-                attention_products: str) -> None:
+def _fuse_layer(layer: BertLayer, hidden_act: object, widths: CodeWidths, attention_dtype: torch.dtype) -> None:
     """Swap an encoder ``layer``'s attention projections, FFN and residual outputs for their fused int8 modules,
     in place. Q, K, V stay three GEMMs if their input scales differ (per-layer EMA decays); an activation oneDNN
     has no post-op for (or an integer GELU) stays a separate op between two ``Int8Linear``s."""
     attention = layer.attention
     if len({check_exportable(p) for p in (attention.self.query, attention.self.key, attention.self.value)}) == 1:
-        attention.self = Int8SelfAttention(attention.self, widths, attention_dtype,
-                                           attention_products=attention_products)
+        attention.self = Int8SelfAttention(attention.self, widths, attention_dtype)
     attention.output = Int8ResidualOutput(attention.output, widths)
     layer.output = Int8ResidualOutput(layer.output, widths)
     gelu = GELU_ALGORITHMS.get(hidden_act) if isinstance(hidden_act, str) else None
@@ -414,8 +375,7 @@ ATTENTION_DTYPES = FLOAT_OUTPUTS  # the attention products run in the dtype the 
 
 
 def to_int8(model: nn.Module, widths: CodeWidths | None = None,
-            attention_dtype: torch.dtype = torch.float32, compile: bool = False,
-            attention_products: str = "model") -> nn.Module:
+            attention_dtype: torch.dtype = torch.float32, compile: bool = False) -> nn.Module:
     """A copy of the converted, trained (or calibrated) ``model`` running on int8 kernels, in eval mode.
 
     Args:
@@ -428,9 +388,6 @@ def to_int8(model: nn.Module, widths: CodeWidths | None = None,
         attention_dtype: the dtype of the attention products (Q·Kᵀ, softmax, ·V): ``torch.float32`` (the
             fake-quantized model's) or ``torch.bfloat16``.
         compile: return it compiled whole by Inductor (``CompiledInt8``), for inference.
-        attention_products: ``"model"`` (the model's own attention function, SDPA by default) or ``"gemm"``
-            (``gemm_attention``: two batched GEMMs with a float32 softmax between them; meant for bf16 on CPUs
-            with AVX-512 BF16 but no AMX, where PyTorch's bf16 SDPA kernel gains little).
     """
     layers = list(quantized_modules(model))
     if not layers:
@@ -444,8 +401,6 @@ def to_int8(model: nn.Module, widths: CodeWidths | None = None,
             check_exportable(module)
     if attention_dtype not in ATTENTION_DTYPES:
         raise ValueError(f"attention_dtype must be one of {ATTENTION_DTYPES}, got {attention_dtype!r}")
-    if attention_products not in ATTENTION_PRODUCTS:
-        raise ValueError(f"attention_products must be one of {ATTENTION_PRODUCTS}, got {attention_products!r}")
     if widths is None:
         if not exact_widths():
             raise RuntimeError("this CPU's int8 kernels saturate even with 7-bit codes: no exact int8 route here")
@@ -458,7 +413,7 @@ def to_int8(model: nn.Module, widths: CodeWidths | None = None,
     bert = find_bert(model)
     if not bert.config.is_decoder:
         for layer in bert.encoder.layer:
-            _fuse_layer(layer, bert.config.hidden_act, widths, attention_dtype, attention_products)
+            _fuse_layer(layer, bert.config.hidden_act, widths, attention_dtype)
     for name, module in list(quantized_modules(model)):
         new = Int8Linear.fused(module, widths=widths) if isinstance(module, QuantLinear) \
             else Int8Embedding(module)
