@@ -179,6 +179,22 @@ def test_q8bert_rows_run_seed_by_seed_smallest_task_first(swept):
     assert sorted(order) == sorted((j.spec.seed, j.spec.task, j.spec.method) for j in q8_main)  # nothing lost
 
 
+def test_squads_later_seeds_wait_for_the_glue_seeds_and_every_tables_first_row(swept):
+    planned = second_stage({"q8bert": ("rte", "squad"), "qbert": ("sst2",), "quant-noise": (), "beyond": (),
+                            "ipq": ()}, swept, "ckpt")[0]
+    names = [j.name for j in planned]
+    assert names[:4] == ["q8bert/rte/fp32-seed0", "q8bert/rte/qat-seed0", "q8bert/squad/fp32-seed0",
+                         "q8bert/squad/qat-seed0"]
+    assert names[4:8] == [f"q8bert/rte/{m}-seed{s}" for s in (1, 2) for m in ("fp32", "qat")]  # GLUE's 3 seeds
+    squad_seed_1 = names.index("q8bert/squad/fp32-seed1")
+    seeds = [j.spec.seed if isinstance(j, Job) else 0 for j in planned]  # a spectrum: its seed-0 Baseline's
+    assert set(seeds[8:squad_seed_1]) == {0}  # then every other table's seed 0
+    assert "qbert/sst2/qbert-w2e8-g12-p99.9-ft-seed0" in names[:squad_seed_1]
+    assert names[squad_seed_1 + 1] == "q8bert/squad/qat-seed1" and seeds[squad_seed_1 - 1] == 0
+    assert names.index("q8bert/squad/fp32-seed2") > names.index("qbert/sst2/fp32-seed1")
+    assert sorted(names) == sorted(set(names)) and len([n for n in names if n.startswith("q8bert/squad")]) == 6
+
+
 def test_the_papers_own_tasks_have_their_jobs_and_protocols(swept):
     q8_main, _ = q8bert_jobs(picked_protocols(Q8BERT_TASKS, swept)[0])
     squad = [j for j in q8_main if j.spec.task == "squad"]

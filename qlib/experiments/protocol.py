@@ -9,13 +9,14 @@ run on Dask (``qlib.experiments.jobs``): a local cluster by default, sized to th
 
 Three stages, each a graph of jobs whose edges are Dask futures: (1) the FP32 protocol sweep of the small tasks
 (``--only sweep``), which picks their epochs and learning rates (``qlib.experiments.experiment.protocol_for``); (2) the
-first chapter's main table (seed by seed, smallest task first: ``smallest_first``), then the other chapters' jobs seed
-by seed (all of seed 0's first, so that every table gets a first row before any gets its third seed): the FP32 Baselines
-(which keep their models under ``--checkpoints``, as do the Q8BERT QAT runs of ``DEPLOY_TASKS``, each chapter in its
-folder: ``chapter_checkpoints``; one that is also a Q8BERT FP32 run trains once for both: ``share_fp32_runs``), the
-Hessian spectrum of each Q-BERT task's seed-0 Baseline where its committed one is missing (Q-BERT I's job; a runner
-started after it lands plans that task's mixed-precision rows in stage 2), Q-BERT's and Quant-Noise's QAT rows, each
-started as soon as its seed's Baseline is written, the ablations, the "Beyond the papers" rows (``beyond_jobs``) and the
+first chapter's main table (seed by seed, smallest task first: ``smallest_first``; the later seeds of
+``ONE_SEED_FIRST``'s tasks join the next part instead), then the other chapters' jobs seed by seed (all of seed 0's
+first, so that every table gets a first row before any gets its third seed): the FP32 Baselines (which keep their models
+under ``--checkpoints``, as do the Q8BERT QAT runs of ``DEPLOY_TASKS``, each chapter in its folder:
+``chapter_checkpoints``; one that is also a Q8BERT FP32 run trains once for both: ``share_fp32_runs``), the Hessian
+spectrum of each Q-BERT task's seed-0 Baseline where its committed one is missing (Q-BERT I's job; a runner started
+after it lands plans that task's mixed-precision rows in stage 2), Q-BERT's and Quant-Noise's QAT rows, each started as
+soon as its seed's Baseline is written, the ablations, the "Beyond the papers" rows (``beyond_jobs``) and the
 Quant-Noise study of p and block size (``noise_study_jobs``, seed 0); (3) the mixed-precision rows (plain and distilled)
 of the tasks whose spectrum stage 2 measured (it sets their bits). Finished runs are skipped, so an interrupted protocol
 resumes, and a job cut short goes on from its last training snapshot (``--snapshots``, every few minutes:
@@ -45,6 +46,10 @@ Q8BERT_TASKS = ("sst2", "cola", "rte", "mrpc", "stsb", "squad")  # Q8BERT's Tabl
 SMALLEST_FIRST = ("rte", "mrpc", "stsb", "cola", "sst2", "squad")
 """Q8BERT's tasks by the cost of one training run, cheapest first: stage 2 runs each seed's Q8BERT rows in this order
 (``smallest_first``), so a protocol stopped part-way has finished the most paired FP32/QAT rows."""
+ONE_SEED_FIRST = ("squad",)
+"""Q8BERT tasks whose row needs one seed and gets three where the budget allows (a SQuAD run costs as much as several
+GLUE runs on a CPU): their seeds after 0 run with the other chapters' jobs of the same seed, so that the GLUE rows get
+their three seeds, and every other table its first row, before SQuAD gets its second."""
 QBERT_TASKS = ("sst2", "conll2003", "squad")  # Q-BERT's own tasks but MNLI (not available offline)
 EMA_ABLATION_TASKS = ("cola", "rte")
 DEPLOY_TASKS = ("sst2",)  # their Q8BERT QAT models are kept: the int8 export's agreement (benchmarks/int8_agreement.py)
@@ -450,7 +455,10 @@ def second_stage(wanted: Mapping[str, Sequence[str]], results: str | Path, check
                for t in qbert_tasks if t not in measured]
     noise = [j for j in noise if j.name not in {q.name for q in qb_main}]  # a p = 1 row both chapters need
     q8_main, baselines = share_fp32_runs(smallest_first(q8_main), _by_seed(baselines))
-    jobs = q8_main + _by_seed(baselines + spectra + qb_main + noise + q8_ablation + qb_ablation + beyond + study)
+    later = [j for j in q8_main if j.spec.task in ONE_SEED_FIRST and j.spec.seed > 0]
+    q8_main = [j for j in q8_main if j not in later]
+    rest = later + baselines + spectra + qb_main + noise + q8_ablation + qb_ablation + beyond + study
+    jobs = q8_main + _by_seed(rest)
     return jobs, waiting, [t for t in qbert_tasks if t not in measured]
 
 
