@@ -48,6 +48,17 @@ def test_each_kernel_stays_within_its_error_bound_over_the_input_range():
     assert (normalized * norm_scale - F.layer_norm(hidden, (384,))).abs().max() < 2e-3
 
 
+def test_the_kernels_leave_their_input_codes_unchanged():
+    q = torch.randint(-2**15, 2**15, (4, 64), generator=torch.Generator().manual_seed(2))
+    mask = q % 5 == 0
+    cases = [(i_gelu, q), (i_layernorm, q), (i_softmax, q), (lambda q, s: i_softmax(q, s, mask=mask), q),
+             (i_exp, -q.abs()), (lambda q, s: i_sqrt(q), q.abs())]
+    for kernel, codes_in in cases:
+        before = codes_in.clone()
+        kernel(codes_in, 1e-3)
+        assert torch.equal(codes_in, before)
+
+
 def test_masked_scores_get_probability_zero_and_bad_inputs_are_refused():
     scores = torch.tensor([[1.0, 2.0, 3.0, -5.0]], dtype=torch.float64)
     q, scale = codes(scores)

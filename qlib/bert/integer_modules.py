@@ -46,7 +46,8 @@ class IntegerNonlinearity(nn.Module):
         _, hi = self.observer((x if observed is None else observed).detach())
         qmax = 2 ** (self.bits - 1) - 1
         scale = max(float(hi), torch.finfo(torch.float32).tiny) / qmax
-        return torch.clamp(torch.round(x.detach().double() / scale), -qmax, qmax).to(torch.int64), scale
+        codes = x.detach().to(torch.float64, copy=True).div_(scale).round_().clamp_(-qmax, qmax)
+        return codes.to(torch.int64), scale
 
     @staticmethod
     def straight_through(reference: Callable[[], torch.Tensor], integer: torch.Tensor,
@@ -68,7 +69,7 @@ class IntegerGELU(IntegerNonlinearity):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q, scale = self.codes(x)
         codes, out_scale = i_gelu(q, scale)
-        return self.straight_through(lambda: F.gelu(x), codes.double() * out_scale, x.dtype)
+        return self.straight_through(lambda: F.gelu(x), codes.double().mul_(out_scale), x.dtype)
 
 
 class IntegerSoftmax(IntegerNonlinearity):
@@ -84,7 +85,7 @@ class IntegerSoftmax(IntegerNonlinearity):
         codes, out_scale = i_softmax(q, scale, dim=-1, out_bits=self.out_bits, mask=masked)
         return self.straight_through(
             lambda: F.softmax(scores if masked is None else scores.masked_fill(masked, float("-inf")), dim=-1),
-            codes.double() * out_scale, scores.dtype)
+            codes.double().mul_(out_scale), scores.dtype)
 
 
 class IntegerLayerNorm(IntegerNonlinearity):
@@ -109,7 +110,7 @@ class IntegerLayerNorm(IntegerNonlinearity):
         weight = self.weight.detach().double()
         safe = torch.where(weight.abs() > 1e-12, weight, torch.full_like(weight, 1e-12))
         bias_codes = torch.floor(self.bias.detach().double() / (safe * out_scale)).to(torch.int64)
-        integer = (codes + bias_codes).double() * out_scale * weight
+        integer = codes.add_(bias_codes).double().mul_(out_scale).mul_(weight)
         return self.straight_through(lambda: F.layer_norm(x, (x.shape[-1],), self.weight, self.bias, self.eps),
                                      integer, x.dtype)
 

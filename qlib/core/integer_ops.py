@@ -51,15 +51,16 @@ def i_poly(q: torch.Tensor, scale: float, a: float, b: float, c: float) -> tuple
     _check_codes(q, scale)
     q_b = math.floor(b / scale)
     q_c = math.floor(c / (a * scale**2))
-    return (q + q_b) ** 2 + q_c, a * scale**2
+    shifted = q + q_b
+    return shifted.mul_(shifted).add_(q_c), a * scale**2
 
 
 def i_erf(q: torch.Tensor, scale: float) -> tuple[torch.Tensor, float]:
     """I-BERT's ``L(x) = sgn(x)·[a(min(|x|, -b) + b)² + 1]`` ≈ erf(x) in integers (codes, scale)."""
     _check_codes(q, scale)
-    clipped = torch.clamp(q.abs(), max=math.floor(-ERF_B / scale))
+    clipped = q.abs().clamp_(max=math.floor(-ERF_B / scale))
     q_l, s_l = i_poly(clipped, scale, ERF_A, ERF_B, 1.0)
-    return torch.sign(q) * q_l, s_l
+    return q_l.mul_(torch.sign(q)), s_l
 
 
 def i_gelu(q: torch.Tensor, scale: float) -> tuple[torch.Tensor, float]:
@@ -77,7 +78,7 @@ def i_gelu(q: torch.Tensor, scale: float) -> tuple[torch.Tensor, float]:
     """
     q_erf, s_erf = i_erf(q, scale / math.sqrt(2.0))
     q_one = math.floor(1.0 / s_erf)
-    return q * (q_erf + q_one), scale * s_erf / 2.0
+    return q_erf.add_(q_one).mul_(q), scale * s_erf / 2.0
 
 
 def i_exp(q: torch.Tensor, scale: float) -> tuple[torch.Tensor, float]:
@@ -99,10 +100,10 @@ def i_exp(q: torch.Tensor, scale: float) -> tuple[torch.Tensor, float]:
     q_ln2 = math.floor(-math.log(2.0) / scale)  # negative
     q = torch.clamp(q, min=EXP_SHIFT_LIMIT * q_ln2)
     z = torch.div(q, q_ln2, rounding_mode="floor")
-    p = q - z * q_ln2
+    p = torch.sub(q, z, alpha=q_ln2)  # q - z·⌊-ln2/S⌋
     c0, c1, c2 = EXP_COEFFICIENTS
     q_l, s_l = i_poly(p, scale, c0, c1 / (2 * c0), c2 - c1**2 / (4 * c0))
-    return torch.bitwise_right_shift(q_l, z), s_l
+    return q_l.bitwise_right_shift_(z), s_l
 
 
 def i_softmax(q: torch.Tensor, scale: float, dim: int = -1, out_bits: int = 8,
@@ -126,17 +127,18 @@ def i_softmax(q: torch.Tensor, scale: float, dim: int = -1, out_bits: int = 8,
     if mask is not None:
         q = q.masked_fill(mask, torch.iinfo(torch.int64).min // 4)
     shifted = q - q.amax(dim=dim, keepdim=True)
-    q_exp, _ = i_exp(torch.clamp(shifted, min=EXP_SHIFT_LIMIT * math.floor(-math.log(2.0) / scale)), scale)
+    q_exp, _ = i_exp(shifted.clamp_(min=EXP_SHIFT_LIMIT * math.floor(-math.log(2.0) / scale)), scale)
     if mask is not None:
-        q_exp = q_exp.masked_fill(mask, 0)
-    total = q_exp.sum(dim=dim, keepdim=True).clamp(min=1)
-    return torch.div(torch.bitwise_left_shift(q_exp, out_bits), total, rounding_mode="floor"), 2.0**-out_bits
+        q_exp.masked_fill_(mask, 0)
+    total = q_exp.sum(dim=dim, keepdim=True).clamp_(min=1)
+    return q_exp.bitwise_left_shift_(out_bits).div_(total, rounding_mode="floor"), 2.0**-out_bits
 
 
 def i_sqrt(n: torch.Tensor) -> torch.Tensor:
     """``⌊√n⌋`` for non-negative int64 ``n`` by Newton's iteration on integers (I-BERT Alg. 4), element-wise.
 
-    Starts above the root at ``2^⌈bits(n)/2⌉`` and iterates ``x ← ⌊(x + ⌊n/x⌋)/2⌋`` while it decreases.
+    Starts above the root at ``2^⌈bits(n)/2⌉`` (the bit length by a binary search over shifts) and iterates
+    ``x ← ⌊(x + ⌊n/x⌋)/2⌋`` while it decreases.
 
     Shapes:
         n [...] → [...].
@@ -147,11 +149,11 @@ def i_sqrt(n: torch.Tensor) -> torch.Tensor:
         raise ValueError("i_sqrt takes non-negative integers")
     zero = n == 0
     n = torch.where(zero, torch.ones_like(n), n)  # ⌊√0⌋ = 0 is set at the end; Newton needs n ≥ 1
-    bits = torch.zeros_like(n)
-    rest = n.clone()
-    for _ in range(63):  # the bit length of each element, by shifts
-        bits += (rest > 0).to(torch.int64)
-        rest = torch.bitwise_right_shift(rest, 1)
+    bits, rest = torch.ones_like(n), n
+    for shift in (32, 16, 8, 4, 2, 1):  # the bit length of each element (n < 2^63): 1 + ⌊log2 n⌋
+        above = rest >= (1 << shift)
+        rest = torch.where(above, torch.bitwise_right_shift(rest, shift), rest)
+        bits += above * shift
     x = torch.bitwise_left_shift(torch.ones_like(n), torch.div(bits + 1, 2, rounding_mode="floor"))
     for _ in range(64):
         y = torch.div(x + torch.div(n, x, rounding_mode="floor"), 2, rounding_mode="floor")
@@ -188,4 +190,4 @@ def i_layernorm(q: torch.Tensor, scale: float, dim: int = -1) -> tuple[torch.Ten
     variance = torch.div((centered * centered).sum(dim=dim, keepdim=True), n, rounding_mode="floor")
     std = i_sqrt(variance).clamp(min=1)
     factor = torch.div(torch.full_like(std, 1 << (LAYERNORM_SHIFT + 1)), std, rounding_mode="floor")
-    return torch.bitwise_right_shift(centered * factor, 1), 2.0**-LAYERNORM_SHIFT
+    return centered.mul_(factor).bitwise_right_shift_(1), 2.0**-LAYERNORM_SHIFT
