@@ -511,6 +511,21 @@ def openvino_profile(name: str, setup: Setup, batch: dict[str, torch.Tensor], ro
             "by_node": dict(sorted(by_node.items(), key=lambda kv: -kv[1]))}
 
 
+def profile_all(runs: dict[str, Callable], setup: Setup, batch: dict[str, torch.Tensor],
+                folder: Path) -> tuple[dict, dict]:
+    """Every variant's ms per forward by kind of work at one input (``profile``; ONNX Runtime's and OpenVINO's int8
+    by their own profilers), and those two peers' tables by op and by node (``ort_profile_by_op_ms``,
+    ``openvino_profile_by_node_ms``)."""
+    groups, tables = profile(runs, batch, setup), {}
+    if "ort_int8" in runs:
+        ort = ort_profile(folder / "model.int8.onnx", batch, folder)
+        groups["ort_int8"], tables["ort_profile_by_op_ms"] = ort["groups"], ort["by_op"]
+    if "openvino_int8" in runs:
+        peer = openvino_profile("openvino_int8", setup, batch)
+        groups["openvino_int8"], tables["openvino_profile_by_node_ms"] = peer["groups"], peer["by_node"]
+    return groups, tables
+
+
 def achieved(model: torch.nn.Module, profile_ms: dict, latency: dict, tokens: int) -> dict:
     """GOP/s of each profiled variant's GEMMs (Linear operations over their GEMM time) and of its whole forward
     (the same operations over the forward's median time): what the chapter sets beside the CPU's peaks."""
@@ -547,7 +562,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS), metavar="VARIANT",
                         help=f"variants to run (default: all of {', '.join(VARIANTS)})")
     parser.add_argument("--pause", type=float, default=0.2, help="idle seconds after each timed call (see measure)")
-    parser.add_argument("--profile-batch", type=int, default=8, help="batch of the BERT-base profile (seq: --seq)")
+    parser.add_argument("--profile-batches", type=int, nargs="+", default=[8, 1],
+                        help="batches of the BERT-base profiles (seq: --seq); the first is also the agreement's and "
+                             "the achieved GOP/s' batch, and the only one whose peers' kernel tables are kept")
     parser.add_argument("--out", type=Path, default=None,
                         help="result file (default: results/benchmarks/int8_cpu-<CPU class>-<UTC time>.json)")
     args = parser.parse_args(argv)
@@ -573,7 +590,8 @@ def main(argv: list[str] | None = None) -> int:
             setup = Setup(build(), inputs(1, args.seq), Path(folder))
             runs, skipped = variants(setup, args.variants)
             shape_report = {"skipped": skipped, "sizes_bytes": setup.sizes, "engine_settings": setup.settings,
-                            "agreement": agreement(runs, setup, inputs(args.profile_batch, args.seq)), "latency": {}}
+                            "agreement": agreement(runs, setup, inputs(args.profile_batches[0], args.seq)),
+                            "latency": {}}
             for batch, seq in grid:
                 timing = measure(runs, inputs(batch, seq), args.repeats, args.warmup, args.pause)
                 shape_report["latency"][point(batch, seq)] = timing
@@ -583,21 +601,16 @@ def main(argv: list[str] | None = None) -> int:
             for name, reason in skipped.items():
                 print(f"  {shape}: {name} skipped: {reason}")
             if shape == "bert-base":
-                profile_point = inputs(args.profile_batch, args.seq)
-                shape_report["profile_ms"] = profile(runs, profile_point, setup)
-                if "ort_int8" in runs:
-                    ort = ort_profile(Path(folder) / "model.int8.onnx", profile_point, Path(folder))
-                    shape_report["profile_ms"]["ort_int8"] = ort["groups"]
-                    shape_report["ort_profile_by_op_ms"] = ort["by_op"]
-                if "openvino_int8" in runs:
-                    peer = openvino_profile("openvino_int8", setup, profile_point)
-                    shape_report["profile_ms"]["openvino_int8"] = peer["groups"]
-                    shape_report["openvino_profile_by_node_ms"] = peer["by_node"]
-                for name, ms in shape_report["profile_ms"].items():
-                    print(f"  profile {name}: " + ", ".join(f"{k} {v:.1f} ms" for k, v in ms.items()))
-                at = shape_report["latency"].get(point(args.profile_batch, args.seq), {})
-                shape_report["achieved_gops"] = achieved(setup.model, shape_report["profile_ms"], at,
-                                                         args.profile_batch * args.seq)
+                first, *others = args.profile_batches
+                groups, tables = profile_all(runs, setup, inputs(first, args.seq), Path(folder))
+                shape_report |= {"profile_ms": groups, **tables}
+                shape_report["profile_ms_at"] = {
+                    point(b, args.seq): profile_all(runs, setup, inputs(b, args.seq), Path(folder))[0] for b in others}
+                for at, profiled in {point(first, args.seq): groups, **shape_report["profile_ms_at"]}.items():
+                    for name, ms in profiled.items():
+                        print(f"  profile {at} {name}: " + ", ".join(f"{k} {v:.1f} ms" for k, v in ms.items()))
+                at = shape_report["latency"].get(point(first, args.seq), {})
+                shape_report["achieved_gops"] = achieved(setup.model, groups, at, first * args.seq)
             if "qbook_int8_safetensors" in setup.sizes:
                 share = setup.sizes["qbook_int8_safetensors"] / setup.sizes["fp32_safetensors"]
                 print(f"  {shape}: int8 checkpoint {share:.1%} of FP32 ({'meets' if share <= 0.26 else 'MISSES'} "

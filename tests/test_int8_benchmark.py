@@ -133,6 +133,9 @@ def test_openvino_int8_is_profiled_by_its_own_counters(setup):
     assert groups["total"] == pytest.approx(sum(v for k, v in groups.items() if k != "total"))
     assert groups["total"] == pytest.approx(sum(profiled["by_node"].values()))
     assert any(node.startswith("FullyConnected") for node in profiled["by_node"])  # e.g. "FullyConnected (brgemm…)"
+    groups, tables = int8_cpu.profile_all(runs, setup, tiny_inputs(1, 16), setup.folder)  # what a profiled batch keeps
+    assert set(groups) == {"openvino_int8"} and set(tables) == {"openvino_profile_by_node_ms"}
+    assert groups["openvino_int8"]["GEMM"] > 0
 
 
 @pytest.mark.slow

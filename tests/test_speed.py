@@ -167,6 +167,23 @@ def test_the_peers_kernels_are_listed_per_class_largest_first():
     assert table["ms"].tolist() == [11.0, 6.1] and peer_kernels({"AVX2": runs["AVX2"]}).empty
 
 
+def test_profiles_are_read_at_each_profiled_batch_old_runs_at_their_one_batch():
+    from qlib.experiments.speed import newest_profiled, profile_at, profiles
+
+    groups = {"GEMM": 30.0, "attention": 8.0, "total": 40.0}
+    old = {"class": "AMX", "params": {"profile_batch": 8, "seq": 128},
+           "shapes": {"bert-base": {"profile_ms": {"qbook_int8": groups}}}}
+    new = {"class": "AMX", "params": {"profile_batches": [8, 1], "seq": 128},
+           "shapes": {"bert-base": {"profile_ms": {"qbook_int8": groups},
+                                    "profile_ms_at": {"batch1-seq128": {"qbook_int8": {**groups, "GEMM": 5.0}}}}}}
+    assert profile_at(old, 8, 128) == profile_at(new, 8, 128) == {"qbook_int8": groups}
+    assert profile_at(old, 1, 128) == {} and profile_at(new, 1, 128)["qbook_int8"]["GEMM"] == 5.0
+    assert profile_at(new, 8, 64) == {}  # another sequence length was never profiled
+    assert newest_profiled([old], 1, 128) == {} and newest_profiled([new, old], 8, 128) == {"AMX": old}
+    table = profiles(newest_profiled([old, new], 1, 128), batch=1)
+    assert table.loc[("AMX", "qbook_int8"), "GEMM"] == 5.0
+
+
 def test_judge_gives_the_speed_up_and_its_spread_and_a_verdict_only_where_a_target_is_set():
     other = {"median_ms": 12.0, "runs_ms": [11.0, 12.0, 13.0]}
     route = {"median_ms": 10.0, "runs_ms": [10.0, 10.0, 10.0]}

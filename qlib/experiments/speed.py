@@ -208,12 +208,30 @@ def runs_at_point(runs: list[dict[str, Any]], batch: int = 8, seq: int = 128, sh
     return pd.DataFrame.from_dict(rows, orient="index")
 
 
-def profiles(runs: dict[str, dict[str, Any]], shape: str = "bert-base") -> pd.DataFrame:
+def profile_at(run: dict[str, Any], batch: int, seq: int, shape: str = "bert-base") -> dict[str, dict[str, float]]:
+    """A run's profile at (``batch``, ``seq``): variant -> ms per kind of work; {} where it profiled no such point.
+    The first of its ``profile_batches`` (before them, its one ``profile_batch``) is ``profile_ms``, the others
+    ``profile_ms_at``."""
+    params, report = run.get("params", {}), run["shapes"][shape]
+    first = params.get("profile_batches", [params.get("profile_batch")])[0]
+    if batch == first and seq == params.get("seq"):
+        return report.get("profile_ms", {})
+    return report.get("profile_ms_at", {}).get(f"batch{batch}-seq{seq}", {})
+
+
+def newest_profiled(runs: list[dict[str, Any]], batch: int, seq: int) -> dict[str, dict[str, Any]]:
+    """The newest run of each CPU class that profiled the BERT-base shape at (``batch``, ``seq``), short runs
+    included (``runs``: oldest first, as ``benchmark_runs`` gives them)."""
+    return {r["class"]: r for r in runs if r["class"] and profile_at(r, batch, seq)}
+
+
+def profiles(runs: dict[str, dict[str, Any]], batch: int = 8, seq: int = 128, shape: str = "bert-base"
+             ) -> pd.DataFrame:
     """ms per forward by kind of work (GEMM, attention, LayerNorm, input quantization, rest, total) of every
-    profiled variant, one row per (CPU class, variant). Variants whose profile saw no GEMM are left out: the runs
-    from before the benchmark profiled qbook's compiled routes on a copy with kernel ranges saw only Inductor's C++
-    wrapper, whose kernels PyTorch's profiler does not see one by one."""
-    frames = {cls: pd.DataFrame(run["shapes"][shape].get("profile_ms", {})).T for cls, run in runs.items()}
+    variant each run profiled at (``batch``, ``seq``), one row per (CPU class, variant). Variants whose profile saw
+    no GEMM are left out: the runs from before the benchmark profiled qbook's compiled routes on a copy with kernel
+    ranges saw only Inductor's C++ wrapper, whose kernels PyTorch's profiler does not see one by one."""
+    frames = {cls: pd.DataFrame(profile_at(run, batch, seq, shape)).T for cls, run in runs.items()}
     frames = {cls: f[f["GEMM"] > 0] if "GEMM" in f else f for cls, f in frames.items()}
     frames = {cls: f for cls, f in frames.items() if not f.empty}
     return pd.concat(frames, names=["CPU class", "variant"]) if frames else pd.DataFrame()
