@@ -91,10 +91,12 @@ const rawMath = [...column.querySelectorAll('.math')].filter(m => !m.querySelect
   .map(m => m.textContent.trim().slice(0, 40));
 const uncaptioned = [...column.querySelectorAll('.cell_output img')]
   .filter(img => !(img.closest('figure') && img.closest('figure').querySelector('figcaption'))).length;
+const captionedText = [...column.querySelectorAll('.cell_output figure')]
+  .filter(f => f.querySelector('figcaption') && !f.querySelector('img')).length;
 const mathjax = [...document.scripts].map(s => s.src).filter(src => /mathjax/i.test(src));
 return JSON.stringify({wide: wide.slice(0, 5), wideCount: wide.length, broken: broken, outputs: outputs, nav: nav,
                        rawMath: rawMath.slice(0, 3), rawMathCount: rawMath.length, mathjax: mathjax,
-                       uncaptioned: uncaptioned});
+                       uncaptioned: uncaptioned, captionedText: captionedText});
 """
 
 
@@ -153,6 +155,9 @@ def test_every_page_reads_well_in_a_browser_at_1280_pixels(built_book, browser):
         if found["uncaptioned"]:
             problems.append(f"{page}: {found['uncaptioned']} figure(s) without a caption (a code cell's "
                             "`mystnb: figure: caption` metadata)")
+        if found["captionedText"]:
+            problems.append(f"{page}: a figure caption under {found['captionedText']} output(s) that are not images "
+                            "(a captioned cell shows tables or text: move them to a cell of their own)")
         if found["rawMathCount"]:
             problems.append(f"{page}: {found['rawMathCount']} formula(s) left as raw TeX, e.g. {found['rawMath']}")
         remote = [src for src in found["mathjax"] if not src.startswith("file:")]
