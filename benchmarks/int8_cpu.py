@@ -47,7 +47,7 @@ from qlib.deploy.int8 import exact_widths, to_int8  # noqa: E402
 from qlib.deploy.onnx_export import export_onnx  # noqa: E402
 from qlib.experiments.models import DEFAULT_MODEL, load_classifier  # noqa: E402
 from qlib.experiments.results import benchmark_path, provenance, write_json  # noqa: E402
-from qlib.experiments.speed import QBOOK_ROUTES, TARGETS, judge  # noqa: E402
+from qlib.experiments.speed import QBOOK_ROUTES, TARGETS, judge, point_name  # noqa: E402
 
 TORCH_VARIANTS = ("fp32", "ao_dynamic", "torch_bf16", "pt2e_inductor", "qbook_int8", "qbook_int8_compiled",
                   "qbook_int8_compiled_bf16_attention")
@@ -381,10 +381,6 @@ def linear_ops(model: torch.nn.Module, tokens: int) -> int:
     return 2 * tokens * sum(m.in_features * m.out_features for m in model.modules() if isinstance(m, torch.nn.Linear))
 
 
-def point(batch: int, seq: int) -> str:
-    return f"batch{batch}-seq{seq}"
-
-
 def measure(runs: dict[str, Callable], batch: dict[str, torch.Tensor], repeats: int, warmup: int,
             pause: float) -> dict:
     """Each variant's forward in turn, ``warmup + repeats`` rounds. After each call the CPU is left idle for
@@ -594,7 +590,7 @@ def main(argv: list[str] | None = None) -> int:
                             "latency": {}}
             for batch, seq in grid:
                 timing = measure(runs, inputs(batch, seq), args.repeats, args.warmup, args.pause)
-                shape_report["latency"][point(batch, seq)] = timing
+                shape_report["latency"][point_name(batch, seq)] = timing
                 print(f"{shape} batch {batch} seq {seq}: " +
                       ", ".join(f"{k} {v['median_ms']:.1f} ms" for k, v in timing.items()))
                 print_verdicts(cpu, timing)
@@ -602,14 +598,14 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {shape}: {name} skipped: {reason}")
             if shape == "bert-base":
                 first, *others = args.profile_batches
-                groups, tables = profile_all(runs, setup, inputs(first, args.seq), Path(folder))
-                shape_report |= {"profile_ms": groups, **tables}
-                shape_report["profile_ms_at"] = {
-                    point(b, args.seq): profile_all(runs, setup, inputs(b, args.seq), Path(folder))[0] for b in others}
-                for at, profiled in {point(first, args.seq): groups, **shape_report["profile_ms_at"]}.items():
-                    for name, ms in profiled.items():
-                        print(f"  profile {at} {name}: " + ", ".join(f"{k} {v:.1f} ms" for k, v in ms.items()))
-                at = shape_report["latency"].get(point(first, args.seq), {})
+                profiled = {b: profile_all(runs, setup, inputs(b, args.seq), Path(folder)) for b in (first, *others)}
+                groups, tables = profiled[first]  # the peers' op and node tables: the first batch's only
+                shape_report |= {"profile_ms": groups, **tables,
+                                 "profile_ms_at": {point_name(b, args.seq): profiled[b][0] for b in others}}
+                for b, (by_kind, _) in profiled.items():
+                    for name, ms in by_kind.items():
+                        print(f"  profile batch {b} {name}: " + ", ".join(f"{k} {v:.1f} ms" for k, v in ms.items()))
+                at = shape_report["latency"].get(point_name(first, args.seq), {})
                 shape_report["achieved_gops"] = achieved(setup.model, groups, at, first * args.seq)
             if "qbook_int8_safetensors" in setup.sizes:
                 share = setup.sizes["qbook_int8_safetensors"] / setup.sizes["fp32_safetensors"]

@@ -34,6 +34,7 @@ from qlib.bert.pq_modules import PQEmbedding, PQLinear, product_quantize_all  # 
 from qlib.common.cpu import cpu_class, cpu_model  # noqa: E402
 from qlib.experiments.models import DEFAULT_MODEL, load_classifier  # noqa: E402
 from qlib.experiments.results import benchmark_path, provenance, write_json  # noqa: E402
+from qlib.experiments.speed import point_name  # noqa: E402
 
 SHAPES = {"bert-base": lambda: BertForSequenceClassification(BertConfig(num_labels=2)),
           "packaged": lambda: load_classifier(DEFAULT_MODEL, num_labels=2)[0]}
@@ -120,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         variants = {"fp32": model, "ipq": ipq, "ipq_decoded_once": decoded_once(ipq)}
         report["shapes"][shape] = {
             "pq_layers": len(pq_layers(ipq)), "decode_all_ms": decode_all_ms(ipq),
-            "latency": {f"batch{b}-seq{s}": interleaved(variants, batch_of(b, s), args.rounds) for b, s in POINTS}}
+            "latency": {point_name(b, s): interleaved(variants, batch_of(b, s), args.rounds) for b, s in POINTS}}
         for point, timed in report["shapes"][shape]["latency"].items():
             print(f"{shape} {point}: " + ", ".join(f"{k} {v['median_ms']:.1f} ms" for k, v in timed.items())
                   + f"; decoding every weight once {report['shapes'][shape]['decode_all_ms']:.1f} ms")

@@ -111,6 +111,26 @@ def test_a_benchmark_writes_a_new_file_named_after_the_cpu_class_never_over_one(
         results.benchmark_path("ipq_decode", tmp_path)
 
 
+@pytest.mark.slow
+def test_a_run_profiles_each_profile_batch_and_the_speed_chapter_reads_them(tmp_path, monkeypatch):
+    from qlib.experiments.speed import batch_and_seq, point_name, profile_at
+
+    monkeypatch.setattr(int8_cpu, "inputs", tiny_inputs)
+    monkeypatch.setattr(int8_cpu, "CALIBRATION", ((2, 16), (3, 8)))
+    tiny = lambda: BertForSequenceClassification(tiny_config()).eval()  # noqa: E731
+    monkeypatch.setattr(int8_cpu, "bert_base", tiny)
+    monkeypatch.setattr(int8_cpu, "packaged", tiny)
+    out = tmp_path / "run.json"
+    assert int8_cpu.main(["--variants", "fp32", "--batches", "2", "--seq", "16", "--sweep-batches", "--repeats", "7",
+                          "--warmup", "1", "--pause", "0", "--profile-batches", "2", "1", "--out", str(out)]) == 0
+    run = json.loads(out.read_text())
+    assert list(run["shapes"]["bert-base"]["profile_ms_at"]) == [point_name(1, 16)]
+    assert batch_and_seq(point_name(1, 16)) == (1, 16)
+    for batch in (2, 1):
+        assert profile_at(run, batch, 16)["fp32"]["GEMM"] > 0
+    assert profile_at(run, 2, 16) is run["shapes"]["bert-base"]["profile_ms"]
+
+
 def test_the_verdicts_printed_give_the_rounds_spread_and_say_when_it_straddles_the_target(capsys):
     timing = {"qbook_int8": {"median_ms": 10.0, "runs_ms": [10.0, 10.0, 10.0]},
               "openvino_int8": {"median_ms": 9.5, "runs_ms": [9.0, 9.5, 10.5]},

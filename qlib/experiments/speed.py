@@ -61,8 +61,13 @@ def latest_per_class(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return newest | full
 
 
+def point_name(batch: int, seq: int) -> str:
+    """The name a benchmark gives the point (``batch``, ``seq``) in its result file: ``"batch8-seq128"``."""
+    return f"batch{batch}-seq{seq}"
+
+
 def batch_and_seq(point: str) -> tuple[int, int]:
-    """A benchmark point's batch and sequence length from its name: ``"batch8-seq128"`` -> (8, 128)."""
+    """A benchmark point's batch and sequence length from its name (``point_name``): ``"batch8-seq128"`` -> (8, 128)."""
     batch, seq = (int(part.lstrip("batchseq")) for part in point.split("-"))
     return batch, seq
 
@@ -216,7 +221,7 @@ def profile_at(run: dict[str, Any], batch: int, seq: int, shape: str = "bert-bas
     first = params.get("profile_batches", [params.get("profile_batch")])[0]
     if batch == first and seq == params.get("seq"):
         return report.get("profile_ms", {})
-    return report.get("profile_ms_at", {}).get(f"batch{batch}-seq{seq}", {})
+    return report.get("profile_ms_at", {}).get(point_name(batch, seq), {})
 
 
 def newest_profiled(runs: list[dict[str, Any]], batch: int, seq: int) -> dict[str, dict[str, Any]]:
