@@ -251,3 +251,40 @@ def test_a_run_killed_mid_stage_resumes_from_its_snapshots_to_the_same_result(gl
     name = f"sst2/{straight['method']}-seed0.safetensors"
     first, second = load_file(tmp_path / "straight" / name), load_file(tmp_path / "resumed" / name)
     assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_a_run_killed_during_its_evaluations_resumes_with_the_rows_not_yet_evaluated(glue_dir, tiny_model_dir,
+                                                                                    tmp_path, monkeypatch):
+    from conftest import Killed
+    from safetensors.torch import load_file
+
+    from qlib.experiments import experiment
+
+    rows = dict(post_training=("dq", "directq-w4", "directq-w2"))
+    straight = run(tiny_model_dir, tmp_path / "straight", "fp32", checkpoint_dir=tmp_path / "straight", **rows)
+    evaluate, evaluated, kill_at = experiment._evaluate, [], [2]
+
+    def killed_at_the_third_row(model, task, data):
+        if len(evaluated) in kill_at:
+            raise Killed
+        evaluated.append(model)
+        return evaluate(model, task, data)
+
+    monkeypatch.setattr(experiment, "_evaluate", killed_at_the_third_row)
+    snapshots = tmp_path / "snapshots"
+    with pytest.raises(Killed):
+        run(tiny_model_dir, tmp_path / "resumed", "fp32", checkpoint_dir=tmp_path / "resumed", snapshot_dir=snapshots,
+            **rows)
+    assert not list((tmp_path / "resumed").rglob("*.json"))  # nothing written until every row is evaluated
+    evaluated.clear()
+    kill_at.clear()
+    resumed = run(tiny_model_dir, tmp_path / "resumed", "fp32", checkpoint_dir=tmp_path / "resumed",
+                  snapshot_dir=snapshots, **rows)
+    assert len(evaluated) == 2  # the two rows left, no more
+    assert [r["metrics"] for r in resumed] == [r["metrics"] for r in straight]
+    assert [set(r["eval"]) for r in resumed] == [{"examples", "seconds", "made_by"}] * 2 + [{"examples", "seconds"}] * 2
+    assert resumed[0]["eval"]["made_by"]["git_commit"] == resumed[0]["provenance"]["git_commit"]
+    assert not snapshots.exists() or not any(snapshots.rglob("*.*"))  # cleared once the results are written
+    name = "sst2/fp32-seed0.safetensors"
+    first, second = load_file(tmp_path / "straight" / name), load_file(tmp_path / "resumed" / name)
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)

@@ -15,6 +15,7 @@ import hashlib
 import json
 import time
 from dataclasses import fields
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -26,7 +27,7 @@ from qlib.bert.pq_noise import add_pq_noise, remove_pq_noise
 from qlib.deploy.checkpoint import load_float, save_float, save_quantized
 from qlib.experiments.data import get_task
 from qlib.experiments.distill import distillation_loss
-from qlib.experiments.results import provenance, read_json, write_json
+from qlib.experiments.results import code_state, provenance, read_json, write_json
 from qlib.experiments.snapshots import Snapshots
 from qlib.experiments.spec import RunSpec, TrainingProtocol
 from qlib.experiments.tasks import RunTask, get_run_task
@@ -94,6 +95,30 @@ def _evaluate(model: torch.nn.Module, task: RunTask, data: Any) -> dict[str, Any
     return {"metrics": metrics, "examples": examples, "seconds": time.perf_counter() - start}
 
 
+def _evaluate_rows(net: torch.nn.Module, spec: RunSpec, rows: Sequence[RunSpec], task: RunTask, data: Any,
+                   device: torch.device, snapshots: Snapshots | None) -> dict[str, dict[str, Any]]:
+    """The trained ``net`` evaluated as ``spec`` and under each post-training row (on a converted copy), by label.
+
+    With ``snapshots``, each evaluation is kept beside them as it lands (``Snapshots.keep_evaluation``, keyed by the
+    row's whole settings), and a run killed during its evaluations reuses the kept ones when it resumes instead of
+    evaluating them again; a reused evaluation names the process that made it (``made_by``: git commit and date).
+    """
+    kept = {} if snapshots is None else snapshots.kept_evaluations()
+    evaluations = {}
+    for row in (spec, *rows):
+        key = json.dumps(row.to_dict(), sort_keys=True)
+        if key in kept:
+            evaluations[row.label] = kept[key]
+            continue
+        model = net if row is spec else convert_bert(copy.deepcopy(net), row.quant_config()).to(device)
+        evaluations[row.label] = _evaluate(model, task, data)
+        if snapshots is not None:
+            made_by = {"git_commit": code_state()["git_commit"],
+                       "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+            snapshots.keep_evaluation(key, evaluations[row.label] | {"made_by": made_by})
+    return evaluations
+
+
 def checkpoint_path(spec: RunSpec, checkpoint_dir: str | Path) -> Path:
     """Where ``run`` keeps the model of ``spec`` (``<checkpoint_dir>/<task>/<label>-seed<seed>.safetensors``): the
     FP32 file of an ``fp32`` run (what Q-BERT's QAT rows start from), else the bit-packed file with its ranges."""
@@ -158,8 +183,8 @@ def run(spec: RunSpec, post_training: Sequence[RunSpec] = (), experiment: str = 
             rows of it evaluated for that folder only. One training then serves two chapters (Q-BERT's FP32
             Baseline is Q8BERT's FP32 run, and gives its DQ row).
         snapshot_dir: save the training state every few minutes under ``snapshot_folder(spec, snapshot_dir)``, and
-            go on from it if a snapshot is there (a killed run resumes: ``qlib.experiments.snapshots``); removed once
-            the results are written.
+            each evaluation as it lands, and go on from them if they are there (a killed run resumes:
+            ``qlib.experiments.snapshots``); removed once the results are written.
 
     Returns:
         The run's records, its own first, read back from disk when resuming.
@@ -202,9 +227,7 @@ def run(spec: RunSpec, post_training: Sequence[RunSpec] = (), experiment: str = 
     else:
         training = finetune(net, train_batches, protocol.epochs, protocol.lr, progress=progress, loss_fn=loss,
                             snapshots=snapshots)
-    evaluations = {spec.label: _evaluate(net, task, dev)}
-    for row in evaluated:
-        evaluations[row.label] = _evaluate(convert_bert(copy.deepcopy(net), row.quant_config()).to(target), task, dev)
+    evaluations = _evaluate_rows(net, spec, evaluated, task, dev, target, snapshots)
     if checkpoint_dir is not None:
         (save_float if spec.method == "fp32" else save_quantized)(net.cpu(), checkpoint_path(spec, checkpoint_dir))
     wall = time.perf_counter() - start
@@ -218,7 +241,7 @@ def run(spec: RunSpec, post_training: Sequence[RunSpec] = (), experiment: str = 
             "experiment": experiment, "task": task.name, "method": row.label, "seed": spec.seed,
             "spec": row.to_dict(), "metrics": evaluation["metrics"], "main_metric": task.metrics[0],
             "params": params, "train": {**training, "train_examples": len(train_batches.dataset)},
-            "eval": {"examples": evaluation["examples"], "seconds": evaluation["seconds"]},
+            "eval": {key: evaluation[key] for key in ("examples", "seconds", "made_by") if key in evaluation},
             "provenance": origin,
         }
         write_json(path, record)

@@ -13,8 +13,10 @@ A snapshot is one safetensors file (no pickle) per ``finetune`` call of a run, n
   it again and skips the batches done.
 
 A call that finished keeps its last snapshot, so a run of several calls replays the finished ones (their weights and
-RNG are loaded, nothing is trained) and goes on with the one that was cut short. ``Snapshots.clear`` removes them once
-the run's results are written.
+RNG are loaded, nothing is trained) and goes on with the one that was cut short. After training, each evaluation of
+the trained model is kept beside the snapshots as it lands (``Snapshots.keep_evaluation``), so a run killed during its
+evaluations (SQuAD's dev set takes minutes per row) goes on with the rows not yet evaluated. ``Snapshots.clear``
+removes all of it once the run's results are written.
 
 Where training stands (``Progress``: epoch, step, examples, training seconds so far, the global steps at which a
 process resumed, and the git commit each process ran) travels in the file's metadata; a result trained across
@@ -35,6 +37,10 @@ from safetensors.torch import save_file
 from torch import nn
 
 from qlib.common.atomic import atomic_write
+from qlib.experiments.results import read_json, write_json
+
+EVALUATIONS_FILE = "evaluations.json"
+"""The file beside a run's snapshots that keeps its evaluations so far (row key -> evaluation)."""
 
 SNAPSHOT_EVERY_S = 600.0
 """Seconds of training between two snapshots: at most that much is lost to a kill, for a few seconds of writing."""
@@ -70,8 +76,18 @@ class Snapshots:
         self._calls += 1
         return path
 
+    def kept_evaluations(self) -> dict[str, dict[str, Any]]:
+        """The evaluations ``keep_evaluation`` kept so far, by key; {} when none."""
+        path = self.directory / EVALUATIONS_FILE
+        return read_json(path) if path.is_file() else {}
+
+    def keep_evaluation(self, key: str, evaluation: dict[str, Any]) -> None:
+        """Keep one evaluation of the trained model under ``key`` (the evaluated row's settings), atomically, beside
+        the ones kept before."""
+        write_json(self.directory / EVALUATIONS_FILE, self.kept_evaluations() | {key: evaluation})
+
     def clear(self) -> None:
-        """Remove every snapshot of the run (its results are written)."""
+        """Remove every snapshot and kept evaluation of the run (its results are written)."""
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
