@@ -75,6 +75,31 @@ def test_tokenize_and_dynamic_padding(glue_dir, tiny_model_dir):
     assert batch["token_type_ids"].max() == 1  # a sentence pair
 
 
+def test_length_grouped_batches_hold_every_example_once_with_less_padding_and_repeat_by_seed(tiny_model_dir):
+    import datasets
+    import torch
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    lengths = torch.randint(2, 60, (400,), generator=torch.Generator().manual_seed(0)).tolist()
+    encoded = datasets.Dataset.from_dict({"input_ids": [[5 + i % 50] * n for i, n in enumerate(lengths)],
+                                          "labels": list(range(400))})
+
+    def epoch(batches):
+        return [(batch["labels"].tolist(), batch["input_ids"].numel()) for batch in batches]
+
+    grouped = loader(encoded, tokenizer, 8, shuffle=True, seed=1, group_by_length=True)
+    first, second = epoch(grouped), epoch(grouped)
+    for one in (first, second):
+        assert sorted(i for labels, _ in one for i in labels) == list(range(400))  # each example once an epoch
+    assert first != second  # a new order each epoch
+    assert first == epoch(loader(encoded, tokenizer, 8, shuffle=True, seed=1, group_by_length=True))  # by the seed
+    assert first != epoch(loader(encoded, tokenizer, 8, shuffle=True, seed=2, group_by_length=True))
+    shuffled = epoch(loader(encoded, tokenizer, 8, shuffle=True, seed=1))
+    assert sum(n for _, n in first) < 0.75 * sum(n for _, n in shuffled)  # padded tokens: far fewer than random
+    ordered = loader(encoded, tokenizer, 8, shuffle=False, group_by_length=True)
+    assert [i for labels, _ in epoch(ordered) for i in labels] == list(range(400))  # grouping needs shuffle
+
+
 def test_all_glue_tasks_are_known():
     assert set(TASKS) == {"cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli"}
     assert get_task("SST-2").name == "sst2" and get_task("stsb").num_labels == 1

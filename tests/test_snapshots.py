@@ -60,6 +60,33 @@ def test_a_killed_training_resumes_to_the_weights_of_one_that_never_stopped(tmp_
     assert_same_weights(resumed, straight)
 
 
+def test_a_killed_training_on_length_grouped_batches_resumes_to_the_same_weights(tmp_path, tiny_model_dir):
+    """The protocol's batches (``qlib.experiments.data.loader`` grouped by length) are drawn from the generator a
+    snapshot keeps, so a resumed epoch sees the same batches as one that never stopped."""
+    import datasets
+    from transformers import AutoTokenizer
+
+    from qlib.experiments.data import loader as qlib_loader
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    lengths = torch.randint(2, 20, (24,), generator=torch.Generator().manual_seed(2)).tolist()
+    encoded = datasets.Dataset.from_dict({"input_ids": [[5 + i] * n for i, n in enumerate(lengths)],
+                                          "labels": [i % 2 for i in range(24)]})
+
+    def grouped() -> DataLoader:
+        return qlib_loader(encoded, tokenizer, 4, shuffle=True, seed=0, group_by_length=True)
+
+    straight = model("q8bert")
+    finetune(straight, grouped(), epochs=2, lr=1e-3, progress=False)
+    with pytest.raises(Killed):
+        finetune(model("q8bert"), grouped(), 2, 1e-3, progress=False, loss_fn=killed_after(8),
+                 snapshots=Snapshots(tmp_path, every_s=0))
+    resumed = model("q8bert")
+    again = finetune(resumed, grouped(), 2, 1e-3, progress=False, snapshots=Snapshots(tmp_path, every_s=0))
+    assert again["resumed_at_steps"] == [8]
+    assert_same_weights(resumed, straight)
+
+
 def test_finished_calls_replay_without_training_and_the_cut_one_goes_on(tmp_path):
     straight = model("fp32")
     for epochs in (1, 2):

@@ -135,10 +135,19 @@ def test_post_training_rows_know_their_trained_run():
 def test_an_old_record_without_a_spec_is_read_from_its_params():
     params = {"method": "fp32", "epochs": 1, "lr": 5e-5, "groups": 12, "weight_bits": 8, "post_training": ["dq"]}
     old = {"task": "sst2", "method": "directq-w2-p99.9", "seed": 1, "params": params}
+    protocol = TrainingProtocol(epochs=1, group_by_length=False)  # written before batches were grouped by length
     assert RunSpec.from_record(old) == RunSpec("sst2", "directq", 1, weight_bits=2, groups=12, percentile=99.9,
-                                               protocol=TrainingProtocol(epochs=1))
-    assert RunSpec.from_record(old | {"method": "fp32"}) == RunSpec("sst2", "fp32", 1,
-                                                                    protocol=TrainingProtocol(epochs=1))
+                                               protocol=protocol)
+    assert RunSpec.from_record(old | {"method": "fp32"}) == RunSpec("sst2", "fp32", 1, protocol=protocol)
+
+
+def test_a_record_from_before_batches_were_grouped_by_length_reads_back_as_random_batches():
+    spec = RunSpec("rte", "qat", 1, protocol=TrainingProtocol(epochs=6, lr=2e-5))
+    assert spec.protocol.group_by_length  # the protocol's default
+    record = {"task": "rte", "method": "qat", "seed": 1, "spec": spec.to_dict()}
+    assert RunSpec.from_record(record) == spec
+    del record["spec"]["protocol"]["group_by_length"]  # as written before the field existed
+    assert RunSpec.from_record(record) == spec.with_(group_by_length=False)
 
 
 @pytest.mark.parametrize("kwargs,message", [
@@ -173,6 +182,7 @@ def test_bad_specs_are_refused_naming_the_value(kwargs, message):
     (dict(lr=-1.0), "lr must be a positive number, got -1.0"),
     (dict(max_train_examples=0), "max_train_examples must be a positive integer or None, got 0"),
     (dict(source="web"), "unknown source 'web'"),
+    (dict(group_by_length="yes"), "group_by_length must be True or False, got 'yes'"),
 ])
 def test_bad_protocols_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):

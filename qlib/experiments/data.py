@@ -20,12 +20,13 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import datasets
 import torch
 from torch.utils.data import DataLoader
 from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
+from transformers.trainer_pt_utils import LengthGroupedSampler
 
 DATA_DIR_ENV = "QBOOK_DATA_DIR"
 SPLITS = ("train", "dev")
@@ -371,16 +372,32 @@ def tokenize(ds: datasets.Dataset, tokenizer: PreTrainedTokenizerBase, task: str
 
 
 def loader(encoded: datasets.Dataset, tokenizer: PreTrainedTokenizerBase, batch_size: int, shuffle: bool,
-           seed: int = 0) -> DataLoader:
-    """Batches padded to their own longest sequence (dynamic padding)."""
+           seed: int = 0, group_by_length: bool = False, collator: Callable[[list], dict] | None = None
+           ) -> DataLoader:
+    """Batches padded to their own longest sequence (dynamic padding), by ``collator`` (default
+    ``DataCollatorWithPadding``).
+
+    Args:
+        shuffle: a new random order each epoch, drawn from a generator seeded by ``seed`` (the loader's
+            ``generator``, which a training snapshot keeps); False: the dataset's order.
+        group_by_length: with ``shuffle``, batches of similar lengths (``transformers``' ``LengthGroupedSampler``:
+            the random order sorted by length within runs of 50 batches, the longest batch first), from the same
+            generator.
+    """
     generator = torch.Generator().manual_seed(seed)
-    return DataLoader(encoded.with_format("torch"), batch_size=batch_size, shuffle=shuffle, generator=generator,
-                      collate_fn=DataCollatorWithPadding(tokenizer))
+    sampler = None
+    if shuffle and group_by_length:
+        sampler = LengthGroupedSampler(batch_size, lengths=[len(ids) for ids in encoded["input_ids"]],
+                                       generator=generator)
+    return DataLoader(encoded.with_format("torch"), batch_size=batch_size, shuffle=shuffle and sampler is None,
+                      sampler=sampler, generator=generator,
+                      collate_fn=collator or DataCollatorWithPadding(tokenizer))
 
 
 def glue_batches(task: str, tokenizer: PreTrainedTokenizerBase, split: str, batch_size: int, max_length: int = 128,
                  max_examples: int | None = None, seed: int = 0, source: str = "auto",
-                 shuffle: bool = False) -> DataLoader:
-    """Load, tokenize and batch one GLUE split in one call (the pipeline every experiment starts with)."""
+                 shuffle: bool = False, group_by_length: bool = False) -> DataLoader:
+    """Load, tokenize and batch one GLUE split in one call (the pipeline every experiment starts with); ``shuffle``
+    and ``group_by_length`` as ``loader``'s."""
     encoded = tokenize(load_glue(task, split, source, max_examples, seed), tokenizer, task, max_length)
-    return loader(encoded, tokenizer, batch_size, shuffle=shuffle, seed=seed)
+    return loader(encoded, tokenizer, batch_size, shuffle=shuffle, seed=seed, group_by_length=group_by_length)

@@ -37,13 +37,14 @@ PROTOCOL: dict[str, dict[str, Any]] = {
     "sst2": {"epochs": 1, "lr": 5e-5},
     "squad": {"epochs": 1, "lr": 5e-5, "max_train_examples": 20_000, "max_length": 256, "doc_stride": 128},
 }
-"""The CPU protocol's fixed per-task settings (all: whole train set, batch 32, max 128 tokens, warm-up 10 %, weight
-decay 0.01, seeds 0-2, unless the task's entry says otherwise). SST-2 gets one epoch: its 67 k sentences make it the
-longest GLUE job. SQuAD trains one epoch on a fixed random 20 k of the reconstructed train file's questions (seeded by
-the run's seed), in windows of 256 tokens that overlap by 128, and is scored on the whole official dev set; that size
-was chosen from the throughput of one measured FP32 run (``results/squad-sizing``), so that an epoch takes a few hours
-on a 2-core CPU rather than a working day for all 88 k questions. The small tasks of ``SWEEP_TASKS`` take theirs from
-their FP32 sweep; any other task (CoNLL-2003 among them), BERT's usual 3 epochs at 5e-5."""
+"""The CPU protocol's fixed per-task settings (all: whole train set, batches of 32 grouped by length, max 128 tokens,
+warm-up 10 %, weight decay 0.01, seeds 0-2, unless the task's entry says otherwise). SST-2 gets one epoch: its 67 k
+sentences make it the longest GLUE job. SQuAD trains one epoch on a fixed random 20 k of the reconstructed train
+file's questions (seeded by the run's seed), in windows of 256 tokens that overlap by 128, and is scored on the whole
+official dev set; that size was chosen from the throughput of one measured FP32 run on random batches
+(``results/squad-sizing``), so that an epoch takes a few hours on a 2-core CPU rather than a working day for all 88 k
+questions. The small tasks of ``SWEEP_TASKS`` take theirs from their FP32 sweep; any other task (CoNLL-2003 among
+them), BERT's usual 3 epochs at 5e-5."""
 
 SWEEP_TASKS = ("rte", "mrpc", "stsb", "cola")
 SWEEP_GRID: dict[str, tuple] = {"lr": (2e-5, 5e-5), "epochs": (3, 6)}

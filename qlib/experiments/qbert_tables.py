@@ -57,8 +57,8 @@ SIZE_COLUMNS = {"without_embedding_mb": "w/o embedding (MB)", "codes_without_emb
                 "embedding_mb": "embedding (MB)", "file_mb": "file (MB)"}
 """``qlib.deploy.checkpoint.size_mb``'s keys as the chapter's column headers."""
 
-PROTOCOL_COLUMNS = ["model", "data", "train examples", "epochs", "max tokens", "lr", "G", "device", "CPU", "threads",
-                    "wall h", "commit"]
+PROTOCOL_COLUMNS = ["model", "data", "train examples", "epochs", "max tokens", "batches", "lr", "G", "device", "CPU",
+                    "threads", "wall h", "commit"]
 """The columns of ``qlib.experiments.report.protocol_frame`` shown under each table."""
 
 

@@ -116,7 +116,8 @@ def against_qat(task: str, groups: int | str | None, results_dir: str | Path, qb
                 gaps[(bits, label)] = gap.iloc[0]
     fp32 = mean_std(runs).loc[(task, "fp32")]
     protocol = protocol_frame(noise_records).set_index(["method", "seed"])[
-        ["model", "data", "train examples", "epochs", "max tokens", "lr", "G", "CPU", "threads", "wall h", "commit"]]
+        ["model", "data", "train examples", "epochs", "max tokens", "batches", "lr", "G", "CPU", "threads", "wall h",
+         "commit"]]
     return [table, data_caveat(chosen),
             *([f"Quant-Noise minus QAT of the same bits, per seed they share (points of {runs['metric'].iloc[0]}). "
                f"For scale, this task's FP32 Baselines span a sample std of {fp32['std']:.2f} points over "

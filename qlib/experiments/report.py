@@ -93,12 +93,15 @@ def mean_std_text(summary: pd.DataFrame) -> pd.Series:
 
 def protocol_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
     """How each trained run was made, one row per run (a post-training row such as ``dq`` or ``directq-w2`` trains
-    nothing and is left out): model, data, schedule, G, device, CPU and threads, torch, commit, examples/s, wall
-    hours, the data it read (``data_label``), and the note a run's provenance carries ("" if none)."""
+    nothing and is left out): model, data, schedule, batches (``by length`` or ``random``: ``TrainingProtocol``'s
+    ``group_by_length``), G, device, CPU and threads, torch, commit, examples/s, wall hours, the data it read
+    (``data_label``), and the note a run's provenance carries ("" if none)."""
     rows = [
         {"task": r["task"], "method": r["method"], "seed": r["seed"], "model": r["params"]["model"],
          "train examples": r["train"]["train_examples"], "epochs": r["params"]["epochs"],
-         "max tokens": r["params"]["max_length"], "batch": r["params"]["batch_size"], "lr": r["params"]["lr"],
+         "max tokens": r["params"]["max_length"], "batch": r["params"]["batch_size"],
+         "batches": "by length" if RunSpec.from_record(r).protocol.group_by_length else "random",
+         "lr": r["params"]["lr"],
          "G": r["params"].get("groups"), "device": r["provenance"]["machine"].get("device", "cpu"),
          "CPU": r["provenance"]["machine"]["cpu"],
          "CPU class": cpu.cpu_class(r["provenance"]["machine"].get("cpu_features") or ()),  # "" before recorded
@@ -109,6 +112,18 @@ def protocol_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
         for r in records if not RunSpec.from_record(r).is_post_training
     ]
     return pd.DataFrame(rows)
+
+
+def batching_frame(run: dict[str, Any]) -> pd.DataFrame:
+    """One run of ``benchmarks/batching.py`` as a table, one row per task: padded tokens per input token with random
+    and with length-grouped batches over one epoch, and how many times faster a grouped training step is (mean
+    seconds of the random order's steps over the grouped order's), FP32 and QAT."""
+    rows = {task: {
+        "random: padded / input tokens": row["random"]["padded_tokens"] / row["random"]["input_tokens"],
+        "grouped: padded / input tokens": row["grouped"]["padded_tokens"] / row["grouped"]["input_tokens"],
+        "FP32 step, random / grouped": row["fp32_speedup"], "QAT step, random / grouped": row["qat_speedup"]}
+        for task, row in run["tasks"].items()}
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("task").round(2)
 
 
 def data_label(record: dict[str, Any]) -> str:

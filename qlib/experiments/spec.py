@@ -63,6 +63,10 @@ class TrainingProtocol:
         doc_stride: how many tokens consecutive windows of a long SQuAD context share (QA tasks only).
         max_train_examples, max_eval_examples: a fixed random subset of the splits (None: all of them).
         source: where the data comes from (``auto``, ``local`` files, the ``hub``).
+        group_by_length: draw training batches of similar lengths (``transformers``' ``LengthGroupedSampler``, what
+            its Trainer's ``group_by_length`` does: a seeded random order, sorted by length within runs of 50
+            batches), each padded to its own longest input; False: uniformly random batches, which on a task of
+            short, uneven sentences (SST-2) are mostly padding (``benchmarks/batching.py`` measures both).
     """
 
     model: str = DEFAULT_MODEL
@@ -74,6 +78,7 @@ class TrainingProtocol:
     max_train_examples: int | None = None
     max_eval_examples: int | None = None
     source: str = "auto"
+    group_by_length: bool = True
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "max_length", "doc_stride"):
@@ -88,6 +93,15 @@ class TrainingProtocol:
             raise ValueError(f"lr must be a positive number, got {self.lr!r}")
         if self.source not in SOURCES:
             raise ValueError(f"unknown source {self.source!r}; allowed: {SOURCES}")
+        if not isinstance(self.group_by_length, bool):
+            raise ValueError(f"group_by_length must be True or False, got {self.group_by_length!r}")
+
+    @classmethod
+    def recorded(cls, data: Mapping[str, Any]) -> TrainingProtocol:
+        """The protocol a result recorded (its fields; others ignored). A record written before the protocol grouped
+        batches by length has no ``group_by_length``: its run trained on random batches."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{"group_by_length": False} | {k: v for k, v in data.items() if k in names})
 
 
 @dataclass(frozen=True)
@@ -376,9 +390,9 @@ class RunSpec:
         """The spec of a result record: its ``spec`` field, or for a record written before records carried one,
         rebuilt from its ``params`` (the trained run's arguments) and ``method`` (its label)."""
         if "spec" in record:
-            return cls.from_dict(record["spec"])
+            return cls.from_dict(record["spec"] | {"protocol": TrainingProtocol.recorded(record["spec"]["protocol"])})
         params = record["params"]
-        protocol = TrainingProtocol(**{f.name: params[f.name] for f in fields(TrainingProtocol) if f.name in params})
+        protocol = TrainingProtocol.recorded(params)
         trained = params["method"]
         knobs = {"weight_bits": params.get("weight_bits", 8), "embedding_bits": params.get("embedding_bits", 8),
                  "integer_nonlinearities": params.get("integer_nonlinearities", False),

@@ -51,6 +51,7 @@ class Settings(Protocol):
     max_train_examples: int | None
     max_eval_examples: int | None
     source: str
+    group_by_length: bool
 
 
 class RunTask(Protocol):
@@ -92,7 +93,8 @@ class GlueTask:
 
     def train_batches(self, tokenizer, settings, seed, shuffle=True):
         return glue_batches(self.name, tokenizer, "train", settings.batch_size, settings.max_length,
-                            settings.max_train_examples, seed, settings.source, shuffle=shuffle)
+                            settings.max_train_examples, seed, settings.source, shuffle=shuffle,
+                            group_by_length=settings.group_by_length)
 
     def eval_data(self, tokenizer, settings, seed):
         return glue_batches(self.name, tokenizer, "dev", EVAL_BATCH, settings.max_length, settings.max_eval_examples,
@@ -126,7 +128,8 @@ class SquadTask:
     def train_batches(self, tokenizer, settings, seed, shuffle=True):
         questions = _subset(load_squad("train", settings.source), settings.max_train_examples, seed)
         windows = qa_train_features(questions, tokenizer, settings.max_length, settings.doc_stride)
-        return loader(windows, tokenizer, settings.batch_size, shuffle=shuffle, seed=seed)
+        return loader(windows, tokenizer, settings.batch_size, shuffle=shuffle, seed=seed,
+                      group_by_length=settings.group_by_length)
 
     def eval_data(self, tokenizer, settings, seed):
         questions = _subset(load_squad("dev", settings.source), settings.max_eval_examples, seed)
@@ -165,9 +168,8 @@ class ConllTask:
     def _batches(self, split, tokenizer, settings, batch_size, limit, seed, shuffle):
         sentences = _subset(load_conll2003(split, source=settings.source), limit, seed)
         encoded = tokenize_ner(sentences, tokenizer, settings.max_length)
-        return DataLoader(encoded.with_format("torch"), batch_size=batch_size, shuffle=shuffle,
-                          generator=torch.Generator().manual_seed(seed),
-                          collate_fn=DataCollatorForTokenClassification(tokenizer))
+        return loader(encoded, tokenizer, batch_size, shuffle, seed, settings.group_by_length,
+                      DataCollatorForTokenClassification(tokenizer))
 
     def train_batches(self, tokenizer, settings, seed, shuffle=True):
         return self._batches("train", tokenizer, settings, settings.batch_size, settings.max_train_examples, seed,
