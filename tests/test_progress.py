@@ -35,7 +35,7 @@ def test_progress_counts_finished_jobs_and_estimates_the_rest_per_epoch(tmp_path
     row = table.loc[("q8bert-sweep", "rte")]
     assert row[["finished", "to run"]].tolist() == [1, 3] and row["estimate"] == "measured"
     per_epoch = read_json(target)["provenance"]["wall_time_s"] / 3600 / 3
-    assert row["est. CPU h"] == pytest.approx(per_epoch * (3 + 6 + 6), abs=0.05)  # the other three points
+    assert row["est. CPU h"] == pytest.approx(per_epoch * (3 + 6 + 6), abs=0.1)  # the other three (table: 0.1 h)
     assert table.loc[("q8bert-sweep", "mrpc"), "est. CPU h"] != table.loc[("q8bert-sweep", "mrpc"),
                                                                                 "est. CPU h"]  # NaN: unknown
     earlier = read_json(SWEEP_POINT) | {"task": "mrpc", "metrics": {"f1": 0.8, "accuracy": 0.7}}  # altered copy, CPU
@@ -43,7 +43,7 @@ def test_progress_counts_finished_jobs_and_estimates_the_rest_per_epoch(tmp_path
     write_json(tmp_path / "results" / "q8bert-sweep" / "lr5e-05-ep6" / "mrpc" / "fp32-seed0.json", earlier)
     row = protocol_progress(tmp_path / "results", tmp_path / "ckpt")[0].loc[("q8bert-sweep", "mrpc")]
     assert row[["finished", "to run"]].tolist() == [0, 4] and row["estimate"] == "earlier copy"
-    assert row["est. CPU h"] == pytest.approx(per_epoch * (3 + 3 + 6 + 6), abs=0.05)  # all four, it included
+    assert row["est. CPU h"] == pytest.approx(per_epoch * (3 + 3 + 6 + 6), abs=0.1)  # all four, it included
     earlier["provenance"]["machine"] = earlier["provenance"]["machine"] | {"device": "cuda"}  # a GPU's time is no guide
     write_json(tmp_path / "results" / "q8bert-sweep" / "lr5e-05-ep6" / "mrpc" / "fp32-seed0.json", earlier)
     row = protocol_progress(tmp_path / "results", tmp_path / "ckpt")[0].loc[("q8bert-sweep", "mrpc")]
@@ -63,7 +63,7 @@ def test_a_task_with_no_protocol_run_is_estimated_from_its_sizing_run_with_the_w
         (tmp_path / "results" / target).parent.mkdir(parents=True)
         shutil.copy(source, tmp_path / "results" / target)
     row = protocol_progress(tmp_path / "results", tmp_path / "ckpt")[0].loc[("q8bert", "squad")]
-    assert row["estimate"] == "sizing run (lower bound)"
+    assert row["estimate"] == "sizing run (lower bound), from random batches"  # recorded before grouping
     sizing = read_json(SIZING)  # 320 questions for 1 epoch and 320 dev questions; the protocol: 20 k, the whole dev
     per_job = (sizing["train"]["seconds"] / 320 * 20_000
                + sizing["eval"]["seconds"] * read_json(FLOORS)["tasks"]["squad"]["dev examples"] / 320) / 3600

@@ -28,7 +28,9 @@ def protocol_progress(results: str | Path = "results", checkpoints: str | Path =
     finished FP32 jobs (a lower bound: QAT trains slower), else from a CPU run of the task's FP32 outside the protocol
     that records its data (a sizing run such as ``results/squad-sizing``: a lower bound), else unknown (a Hessian
     spectrum has no such estimate); each one's dev evaluation is scaled to the whole dev set
-    (``qlib.experiments.results.dev_set_size``). The hours are None where none of a row's jobs has one.
+    (``qlib.experiments.results.dev_set_size``). An estimate of a length-grouped job from runs on random batches only
+    says so (", from random batches": they pad more, so it overstates). The hours are None where none of a row's
+    jobs has one.
 
     Returns:
         The table, and what it leaves out (tasks whose FP32 sweep is incomplete, spectra that stage 3 waits for).
@@ -64,10 +66,13 @@ def protocol_progress(results: str | Path = "results", checkpoints: str | Path =
                                         (job.spec.method, "earlier copy", earlier),
                                         ("fp32", "FP32 (lower bound)", finished),
                                         ("fp32", "sizing run (lower bound)", sizing)):
-                alike = [r for spec, r in pool if (spec.task, spec.method) == (job.spec.task, method)]
-                hours = estimated_hours(alike, job.spec.protocol.max_train_examples, job.spec.passes, dev)
+                alike = [(spec, r) for spec, r in pool if (spec.task, spec.method) == (job.spec.task, method)]
+                hours = estimated_hours([r for _, r in alike], job.spec.protocol.max_train_examples, job.spec.passes,
+                                        dev)
                 if hours is not None:
-                    how = basis
+                    random = job.spec.protocol.group_by_length and not any(
+                        spec.protocol.group_by_length for spec, _ in alike)
+                    how = basis + (", from random batches" if random else "")
                     break
         if hours is not None:
             row["est. CPU h"] = (row["est. CPU h"] or 0.0) + hours
