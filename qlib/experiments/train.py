@@ -63,9 +63,9 @@ def finetune(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]], epoch
         {"params": [p for n, p in model.named_parameters() if not n.endswith(no_decay)], "weight_decay": weight_decay},
         {"params": [p for n, p in model.named_parameters() if n.endswith(no_decay)], "weight_decay": 0.0},
     ]
-    # foreach: the same arithmetic as the per-parameter loop PyTorch picks on a CPU (byte-identical weights after
-    # seeded QAT steps), in a few multi-tensor calls instead of some hundred small ones per step.
-    optimizer = torch.optim.AdamW(groups, lr=lr, foreach=True)
+    # fused: AdamW's update in one kernel over all tensors (CPU and CUDA), several times faster than the per-parameter
+    # or foreach loops here, where the optimizer is a fixed cost of every step; the same update, rounded differently.
+    optimizer = torch.optim.AdamW(groups, lr=lr, fused=True)
     total = epochs * len(batches)
     schedule = get_linear_schedule_with_warmup(optimizer, int(warmup_ratio * total), total)
     device = _device_of(model)
