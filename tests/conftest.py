@@ -105,8 +105,10 @@ def glue_dir(tmp_path, monkeypatch) -> Path:
     return tmp_path
 
 
-RESULT_TEMPLATE = Path(__file__).parents[1] / "results" / "qbert" / "sst2" / "fp32-seed0.json"
-"""A committed result file: the template of ``write_run``'s (its provenance and protocol fields are real)."""
+RESULT_TEMPLATE = Path(__file__).parent / "data" / "result_template.json"
+"""The template of ``write_run``'s files: a copy of a real result record (``results/qbert/sst2/fp32-seed0.json`` as
+the protocol wrote it at 3fba983, before the protocol grouped batches by length), so its provenance and protocol fields
+are real and the table tests do not depend on what ``results/`` holds today."""
 
 
 def write_run(folder: Path, task: str, method: str, seed: int, accuracy: float, **params) -> Path:

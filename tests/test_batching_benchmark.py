@@ -35,8 +35,9 @@ def test_a_run_counts_both_orders_over_one_epoch_and_times_each(glue_dir, tiny_m
         assert all(order[f"{m}_s_per_step"] > 0 for order in (random, grouped) for m in ("fp32", "qat"))
     table = batching_frame(run)  # as the Q8BERT chapter shows it
     assert sorted(table.index) == ["rte", "sst2"]
-    assert (table["random: padded / input tokens"] >= table["grouped: padded / input tokens"]).all()
-    assert (table["grouped: padded / input tokens"] >= 1).all()
+    padded = table["padded tokens per input token"]
+    assert (padded["random"] >= padded["grouped"]).all() and (padded["grouped"] >= 1).all()
+    assert list(table["step time, random ÷ grouped"]) == ["FP32", "QAT"]
 
 
 def test_bad_steps_are_refused(capsys):

@@ -6,12 +6,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import RESULT_TEMPLATE, write_run
+from conftest import write_run
 
 from qlib.experiments.beyond_tables import distilled_against_plain, integer_against_float
 from qlib.experiments.spec import FROM_CHECKPOINT, RunSpec
-
-pytestmark = pytest.mark.skipif(not RESULT_TEMPLATE.is_file(), reason=f"{RESULT_TEMPLATE} is the template")
 
 
 def official(path, spec: RunSpec | None = None):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import RESULT_TEMPLATE, tiny_config, write_run
+from conftest import tiny_config, write_run
 from transformers import BertForSequenceClassification
 
 from qlib.experiments.protocol import NOISE_STUDY_BLOCKS, NOISE_STUDY_RATES, QUANT_NOISE_SETTINGS, noise_study_jobs
@@ -33,8 +33,6 @@ def qbert_params(bits: int, noise_rate: float) -> dict:
 
 
 def test_quant_noise_is_compared_with_qat_of_its_bits_seed_by_seed(tmp_path, model):
-    if not RESULT_TEMPLATE.is_file():
-        pytest.skip(f"the committed result {RESULT_TEMPLATE} is the template of these files")
     qbert, noise = tmp_path / "results" / "qbert", tmp_path / "results" / "quant-noise"
     qat = RunSpec("sst2", "qbert", weight_bits=2, groups=12, percentile=99.9, init_from=FROM_CHECKPOINT)
     noisy = qat.with_(noise_rate=0.5)
@@ -73,8 +71,6 @@ def test_ipq_files_are_measured_and_ipq_runs_listed(tmp_path, model):
 
 
 def test_the_noise_study_puts_each_p_and_block_size_beside_qat(tmp_path):
-    if not RESULT_TEMPLATE.is_file():
-        pytest.skip(f"the committed result {RESULT_TEMPLATE} is the template of these files")
     results = tmp_path / "results"
     study = noise_study_jobs("ckpt", results=results, tasks=["sst2"])
     setting = QUANT_NOISE_SETTINGS["sst2"][0]
@@ -98,8 +94,6 @@ def test_the_noise_study_puts_each_p_and_block_size_beside_qat(tmp_path):
 
 
 def test_each_quantizer_is_shown_trained_with_and_without_the_noise(tmp_path, model):
-    if not RESULT_TEMPLATE.is_file():
-        pytest.skip(f"the committed result {RESULT_TEMPLATE} is the template of these files")
     results = tmp_path / "results"
     assert with_and_without_noise("sst2", results, model) == ["*No committed runs of sst2 for this comparison yet.*"]
     int8 = RunSpec("sst2", "qbert", weight_bits=8, groups=12, percentile=99.9, init_from=FROM_CHECKPOINT)

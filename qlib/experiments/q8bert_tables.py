@@ -78,10 +78,11 @@ def _ablation_lines(runs: pd.DataFrame, short: str) -> str:
         change = {None: "not comparable with Q8BERT's decay (one seed)",
                   False: "no different from Q8BERT's decay (within the seed spread)",
                   True: "better than Q8BERT's decay" if gap["mean gap"] > 0 else "worse than Q8BERT's decay"}
-        lines.append(f"* **{task}** ({int(gap['pairs'])} paired seeds): QAT − FP32 "
+        pairs, std = int(gap["pairs"]), "" if pd.isna(gap["gap std"]) else f" ± {gap['gap std']:.2f}"
+        lines.append(f"* **{task}** ({pairs} paired seed{'s' * (pairs != 1)}): QAT − FP32 "
                      f"{to_fp32.loc[task, 'mean gap']:+.2f} points with Q8BERT's decay, "
                      f"{short_to_fp32.loc[task, 'mean gap']:+.2f} with `{short}` "
-                     f"({gap['mean gap']:+.2f} ± {gap['gap std']:.2f} against QAT on the same seeds): "
+                     f"({gap['mean gap']:+.2f}{std} against QAT on the same seeds): "
                      f"{change[gap['beyond spread']]}, and {spread[short_to_fp32.loc[task, 'beyond spread']]} "
                      "FP32's seed-to-seed spread.")
     return "\n".join(lines)

@@ -33,6 +33,7 @@ from qlib.experiments.report import (
     baseline_over_seeds,
     constant_answer_scores,
     data_caveat,
+    drop_text,
     mean_std,
     mean_std_text,
     notes_markdown,
@@ -439,8 +440,8 @@ def spectrum_comparison(tables: Mapping[str, TaskTable], groups: int | str | Non
                     "layers at the higher width": ", ".join(n.removeprefix("encoder.layer.")
                                                             for n, b in row["layer_bits"].items() if b == high),
                     "score": mean_std_text(summary).get(row["label"], "not run"),
-                    "drop vs FP32 (%)": (f"{relative_drop(reference, summary['mean'][row['label']]):+.2f}"
-                                         if reference else "")}
+                    "drop vs FP32 (%)": drop_text(relative_drop(reference, summary["mean"][row["label"]]))
+                                        if scored else ""}
     if not compared:
         return ["*No MP rows with bits from the short fine-tune's spectrum are committed.*"]
     gaps = {f"{t.upper()} {n}": means[(t, n, s)] - means[(t, n, "short fine-tune")]

@@ -120,8 +120,9 @@ def against_qat(task: str, groups: int | str | None, results_dir: str | Path, qb
          "commit"]]
     return [table, data_caveat(chosen),
             *([f"Quant-Noise minus QAT of the same bits, per seed they share (points of {runs['metric'].iloc[0]}). "
-               f"For scale, this task's FP32 Baselines span a sample std of {fp32['std']:.2f} points over "
-               f"{int(fp32['seeds'])} seed(s):",
+               + (f"For scale, this task's FP32 Baselines span a sample std of {fp32['std']:.2f} points over "
+                  f"{int(fp32['seeds'])} seeds:" if fp32["seeds"] > 1 else
+                  "This task has one FP32 Baseline seed so far, so no seed-to-seed spread to set them against:"),
                pd.DataFrame(gaps).T.rename_axis(["bits", "Quant-Noise run"])[["pairs", "mean gap", "gap std"]]
                .astype({"pairs": int, "mean gap": float, "gap std": float}).round(2)] if gaps else []),
             "Protocol of each Quant-Noise run:", protocol.round({"wall h": 2}),

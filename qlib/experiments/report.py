@@ -115,14 +115,14 @@ def protocol_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
 
 
 def batching_frame(run: dict[str, Any]) -> pd.DataFrame:
-    """One run of ``benchmarks/batching.py`` as a table, one row per task: padded tokens per input token with random
-    and with length-grouped batches over one epoch, and how many times faster a grouped training step is (mean
+    """One run of ``benchmarks/batching.py`` as a table, one row per task: padded tokens per input token over one
+    epoch with random and with length-grouped batches, and how many times faster a grouped training step is (mean
     seconds of the random order's steps over the grouped order's), FP32 and QAT."""
-    rows = {task: {
-        "random: padded / input tokens": row["random"]["padded_tokens"] / row["random"]["input_tokens"],
-        "grouped: padded / input tokens": row["grouped"]["padded_tokens"] / row["grouped"]["input_tokens"],
-        "FP32 step, random / grouped": row["fp32_speedup"], "QAT step, random / grouped": row["qat_speedup"]}
-        for task, row in run["tasks"].items()}
+    padded, step = "padded tokens per input token", "step time, random ÷ grouped"
+    rows = {task: {(padded, order): row[order]["padded_tokens"] / row[order]["input_tokens"]
+                   for order in ("random", "grouped")}
+            | {(step, "FP32"): row["fp32_speedup"], (step, "QAT"): row["qat_speedup"]}
+            for task, row in run["tasks"].items()}
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis("task").round(2)
 
 
