@@ -48,7 +48,7 @@ def test_quant_noise_is_compared_with_qat_of_its_bits_seed_by_seed(tmp_path, mod
         ((0.90 + 0.88) / 2 - 0.84) / ((0.90 + 0.88) / 2) * 100, abs=0.01)
     gaps = next(p for p in parts if hasattr(p, "columns") and "mean gap" in p.columns)
     assert gaps.loc[(2, noisy.label)].tolist() == pytest.approx([2, 4.0, 1.41], abs=0.01)
-    assert "sample std of 1.41 points over 2 seed(s)" in next(p for p in parts if isinstance(p, str)
+    assert "sample std of 1.41 points over 2 seeds:" in next(p for p in parts if isinstance(p, str)
                                                              and p.startswith("Quant-Noise minus QAT"))
     assert against_qat("cola", 12, noise, qbert, model) == [
         f"*No committed Quant-Noise runs for cola yet (`{noise}/cola/`).*"]
