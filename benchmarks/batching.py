@@ -26,12 +26,13 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from transformers import AutoTokenizer  # noqa: E402
 
 from qlib.bert.config import q8bert_config  # noqa: E402
 from qlib.bert.convert import convert_bert  # noqa: E402
 from qlib.experiments.data import data_provenance  # noqa: E402
 from qlib.experiments.experiment import PROTOCOL  # noqa: E402
-from qlib.experiments.models import DEFAULT_MODEL  # noqa: E402
+from qlib.experiments.models import DEFAULT_MODEL, model_path  # noqa: E402
 from qlib.experiments.results import benchmark_path, provenance, write_json  # noqa: E402
 from qlib.experiments.spec import TrainingProtocol  # noqa: E402
 from qlib.experiments.tasks import get_run_task  # noqa: E402
@@ -78,7 +79,7 @@ def step_seconds(task: str, model: str, quantized: bool, batches: dict[str, list
 
 def measure(task: str, steps: int, model: str = DEFAULT_MODEL) -> dict[str, Any]:
     """``task``'s padding and step times under both orders, and the grouped order's savings."""
-    _, tokenizer = get_run_task(task).load(model)
+    tokenizer = AutoTokenizer.from_pretrained(model_path(model))
     counts, batches = {}, {}
     for order, grouped in ORDERS.items():
         counts[order], batches[order] = epoch_batches(task, tokenizer, grouped, steps)

@@ -30,6 +30,7 @@ from qlib.experiments.qbert import (
     setting_spec,
 )
 from qlib.experiments.report import (
+    PROTOCOL_COLUMNS,
     baseline_over_seeds,
     constant_answer_scores,
     data_caveat,
@@ -57,11 +58,6 @@ from qlib.second_order.sensitivity import negative_curvature
 SIZE_COLUMNS = {"without_embedding_mb": "w/o embedding (MB)", "codes_without_embedding_mb": "of which codes (MB)",
                 "embedding_mb": "embedding (MB)", "file_mb": "file (MB)"}
 """``qlib.deploy.checkpoint.size_mb``'s keys as the chapter's column headers."""
-
-PROTOCOL_COLUMNS = ["model", "data", "train examples", "epochs", "max tokens", "batches", "lr", "G", "device", "CPU",
-                    "threads", "wall h", "commit"]
-"""The columns of ``qlib.experiments.report.protocol_frame`` shown under each table."""
-
 
 def committed_spectra(folder: str | Path) -> dict[str, dict[str, Any]]:
     """Every spectrum committed under ``folder`` (``spectrum-<task>.json``, measured on the task's FP32 Baseline)
@@ -453,7 +449,7 @@ def spectrum_comparison(tables: Mapping[str, TaskTable], groups: int | str | Non
             if gaps else None,
             "Protocol of the runs with bits from the short fine-tune's spectrum:",
             pd.concat(protocols).set_index(["task", "method", "seed"])[
-                [c for c in PROTOCOL_COLUMNS if c != "device"]].round({"wall h": 2}),
+                PROTOCOL_COLUMNS].round({"wall h": 2}),
             notes_markdown(short_records)]
 
 

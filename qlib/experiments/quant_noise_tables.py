@@ -25,6 +25,7 @@ from qlib.experiments.protocol import (
 )
 from qlib.experiments.qbert import QBERT_PERCENTILE, setting_spec
 from qlib.experiments.report import (
+    PROTOCOL_COLUMNS,
     data_caveat,
     mean_std,
     mean_std_text,
@@ -115,9 +116,7 @@ def against_qat(task: str, groups: int | str | None, results_dir: str | Path, qb
             if not gap.empty:
                 gaps[(bits, label)] = gap.iloc[0]
     fp32 = mean_std(runs).loc[(task, "fp32")]
-    protocol = protocol_frame(noise_records).set_index(["method", "seed"])[
-        ["model", "data", "train examples", "epochs", "max tokens", "batches", "lr", "G", "CPU", "threads", "wall h",
-         "commit"]]
+    protocol = protocol_frame(noise_records).set_index(["method", "seed"])[PROTOCOL_COLUMNS]
     return [table, data_caveat(chosen),
             *([f"Quant-Noise minus QAT of the same bits, per seed they share (points of {runs['metric'].iloc[0]}). "
                + (f"For scale, this task's FP32 Baselines span a sample std of {fp32['std']:.2f} points over "

@@ -91,6 +91,11 @@ def mean_std_text(summary: pd.DataFrame) -> pd.Series:
                          else f"{r['mean']:.2f} (n=1)", axis=1)
 
 
+PROTOCOL_COLUMNS = ["model", "data", "train examples", "epochs", "max tokens", "batches", "lr", "G", "device", "CPU",
+                    "threads", "wall h", "commit"]
+"""The columns of ``protocol_frame`` shown under each table."""
+
+
 def protocol_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
     """How each trained run was made, one row per run (a post-training row such as ``dq`` or ``directq-w2`` trains
     nothing and is left out): model, data, schedule, batches (``by length`` or ``random``: ``TrainingProtocol``'s
