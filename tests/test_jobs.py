@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import dask
 import pytest
 import torch
 from distributed import Client
@@ -175,6 +176,8 @@ def test_one_worker_starts_the_jobs_in_the_order_they_are_listed(tmp_path):
         jobs += [fp32, Record(f"{task}/qat-seed{i // 6}", log, needs=(fp32.name,))]
     client, _ = make_client(workers=1, threads=1)
     try:
+        # the worker samples no stacks: that profiler's CPU would come out of the training's two cores
+        assert set(client.run(dask.config.get, "distributed.worker.profile.enabled").values()) == {False}
         report = execute(jobs, client, progress=lambda line: None, poll_s=0.05)
     finally:
         close_client(client)

@@ -242,8 +242,9 @@ def make_client(scheduler: str | None = None, workers: int | None = None, thread
     resources = {"GPU": max(1, gpus // workers)} if gpus else None
     # No worker-ttl: a run paused with SIGSTOP (to give a benchmark a quiet CPU) stops the scheduler and its workers
     # together, and on resume the scheduler would otherwise see no heartbeat for the whole pause, drop the worker
-    # and start its run again from the beginning.
-    with dask.config.set({"distributed.scheduler.worker-ttl": None}):
+    # and start its run again from the beginning. No worker profiler: it samples every thread's stack every 10 ms,
+    # CPU that a 2-core machine takes from the training (its dashboard is off here anyway).
+    with dask.config.set({"distributed.scheduler.worker-ttl": None, "distributed.worker.profile.enabled": False}):
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
                                resources=resources)
     return Client(cluster), threads
