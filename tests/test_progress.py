@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from qlib.experiments.experiment import snapshot_folder
-from qlib.experiments.progress import protocol_progress
+from qlib.experiments.progress import main, protocol_progress
 from qlib.experiments.protocol import sweep_jobs
 from qlib.experiments.results import read_json, write_json
 
@@ -68,3 +68,13 @@ def test_a_task_with_no_protocol_run_is_estimated_from_its_sizing_run_with_the_w
     per_job = (sizing["train"]["seconds"] / 320 * 20_000
                + sizing["eval"]["seconds"] * read_json(FLOORS)["tasks"]["squad"]["dev examples"] / 320) / 3600
     assert row["est. CPU h"] == pytest.approx(per_job * row["to run"], abs=0.05)
+
+
+def test_the_command_refuses_a_results_folder_that_does_not_exist(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([str(tmp_path / "no-such-folder"), "--checkpoints", str(tmp_path / "ckpt")])
+    assert exit_.value.code == 2 and "no-such-folder' does not exist" in capsys.readouterr().err
+    (tmp_path / "results").mkdir()
+    assert main([str(tmp_path / "results"), "--checkpoints", str(tmp_path / "ckpt"),
+                 "--snapshots", str(tmp_path / "snapshots")]) == 0
+    assert "to run: " in capsys.readouterr().out

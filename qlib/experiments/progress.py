@@ -5,6 +5,7 @@ it."""
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 from typing import Any
@@ -85,9 +86,25 @@ def protocol_progress(results: str | Path = "results", checkpoints: str | Path =
     return table, left_out
 
 
-if __name__ == "__main__":
-    progress, notes = protocol_progress(*sys.argv[1:2])
+def main(argv: list[str] | None = None) -> int:
+    """``python -m qlib.experiments.progress [RESULTS] [--checkpoints DIR] [--snapshots DIR]``: print the table, what
+    it leaves out, and the total; a results folder that does not exist is an error (a typo would read as nothing
+    run)."""
+    parser = argparse.ArgumentParser(prog="python -m qlib.experiments.progress",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("results", nargs="?", default="results", help="the protocol's results folder")
+    parser.add_argument("--checkpoints", default="runs/checkpoints", help="where the protocol keeps its models")
+    parser.add_argument("--snapshots", default="runs/snapshots", help="where it keeps its training snapshots")
+    args = parser.parse_args(argv)
+    if not Path(args.results).is_dir():
+        parser.error(f"results folder {args.results!r} does not exist (default: 'results', run from the book's root)")
+    progress, notes = protocol_progress(args.results, args.checkpoints, args.snapshots)
     print(progress.to_string())
     print("\n".join(notes))
     print(f"to run: {int(progress['to run'].sum())} job(s), est. {progress['est. CPU h'].sum():.1f} CPU h "
           "where estimated")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
