@@ -93,8 +93,12 @@ def test_sweep_frame_shows_each_tasks_points_and_its_pick(tmp_path):
         write_json(tmp_path / sweep_folder(point["lr"], point["epochs"]) / "rte" / "fp32-seed0.json",
                    {"metrics": {"accuracy": score}})
     write_json(tmp_path / sweep_folder(2e-5, 3) / "mrpc" / "fp32-seed0.json", {"metrics": {"f1": 0.8}})
+    for point, score in zip(sweep_points(), [0.2, 0.3, 0.4, 0.5]):  # the best at the grid's largest lr and epochs
+        write_json(tmp_path / sweep_folder(point["lr"], point["epochs"]) / "stsb" / "fp32-seed0.json",
+                   {"metrics": {"pearson": score}})
     frame = sweep_frame(tmp_path)
     assert frame.loc["rte", "picked"] == "3 ep, lr 5e-05" and frame.loc["rte", "6 ep, lr 2e-05"] == 60.0
+    assert frame.loc["stsb", "picked"] == "6 ep, lr 5e-05 (the grid's largest)"
     assert frame.loc["mrpc", "picked"] == "waits for 3 of 4" and frame.loc["mrpc", "3 ep, lr 5e-05"] == "not run"
     assert frame.loc["mrpc", "metric"] == "f1" and list(frame.index) == ["rte", "mrpc", "stsb", "cola"]
 

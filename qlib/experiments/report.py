@@ -10,7 +10,7 @@ import pandas as pd
 
 from qlib.common import cpu
 from qlib.experiments.data import get_task, read_official_data
-from qlib.experiments.experiment import SWEEP_TASKS, protocol_for, sweep_scores
+from qlib.experiments.experiment import SWEEP_GRID, SWEEP_TASKS, protocol_for, sweep_scores
 from qlib.experiments.results import read_json
 from qlib.experiments.spec import RunSpec
 
@@ -183,7 +183,9 @@ def notes_markdown(records: Iterable[dict[str, Any]], heading: str = "Notes on t
 def sweep_frame(results: str | Path = "results") -> pd.DataFrame:
     """The FP32 protocol sweep as one row per task: its metric, the dev score (percent) at each grid point
     (``"3 ep, lr 2e-05"``; "not run" until it is), and ``picked``: the point ``protocol_for`` takes once the task's
-    sweep is whole, or how many points it still waits for."""
+    sweep is whole ("(the grid's largest)" when it has both the largest learning rate and the most epochs of
+    ``SWEEP_GRID``: the sweep cannot tell whether more of either would score higher), or how many points it still
+    waits for."""
     rows = {}
     for task in SWEEP_TASKS:
         scores = sweep_scores(task, results)
@@ -195,7 +197,8 @@ def sweep_frame(results: str | Path = "results") -> pd.DataFrame:
             row["picked"] = f"waits for {waiting} of {len(scores)}"
         else:
             picked = protocol_for(task, results)
-            row["picked"] = f"{picked['epochs']} ep, lr {picked['lr']:g}"
+            largest = all(picked[key] == max(values) for key, values in SWEEP_GRID.items())
+            row["picked"] = f"{picked['epochs']} ep, lr {picked['lr']:g}" + (" (the grid's largest)" if largest else "")
         rows[task] = row
     return pd.DataFrame(rows).T.rename_axis("task")
 
