@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from qlib.experiments.experiment import snapshot_folder
-from qlib.experiments.progress import main, protocol_progress
+from qlib.experiments.progress import grouped_speedups, main, protocol_progress
 from qlib.experiments.protocol import sweep_jobs
 from qlib.experiments.results import read_json, write_json
 
@@ -68,6 +68,18 @@ def test_a_task_with_no_protocol_run_is_estimated_from_its_sizing_run_with_the_w
     per_job = (sizing["train"]["seconds"] / 320 * 20_000
                + sizing["eval"]["seconds"] * read_json(FLOORS)["tasks"]["squad"]["dev examples"] / 320) / 3600
     assert row["est. CPU h"] == pytest.approx(per_job * row["to run"], abs=0.05)
+    write_json(tmp_path / "results" / "benchmarks" / "batching-avx2-2026-01-01T0000.json", {
+        "provenance": {"date": "2026-01-01T00:00:00+00:00"}, "tasks": {"squad": {"fp32_speedup": 2.0,
+                                                                                 "qat_speedup": 1.5}}})
+    assert grouped_speedups(tmp_path / "results") == {"squad": {"fp32": 2.0, "qat": 1.5}}
+    row = protocol_progress(tmp_path / "results", tmp_path / "ckpt")[0].loc[("q8bert", "squad")]
+    assert row["estimate"] == "sizing run (lower bound), from random batches ÷ their measured speed-up"
+    evaluation = sizing["eval"]["seconds"] * read_json(FLOORS)["tasks"]["squad"]["dev examples"] / 320
+    training = sizing["train"]["seconds"] / 320 * 20_000
+    # q8bert/squad's jobs are its QAT seeds (its FP32 and DQ rows come with Q-BERT's Baseline): QAT's speed-up
+    assert row["est. CPU h"] == pytest.approx(row["to run"] * (training / 1.5 + evaluation) / 3600, abs=0.05)
+    assert protocol_progress(tmp_path / "results", tmp_path / "ckpt")[0].loc[("qbert", "squad"), "estimate"] == (
+        "sizing run (lower bound), from random batches ÷ their measured speed-up")
 
 
 def test_the_command_refuses_a_results_folder_that_does_not_exist(tmp_path, capsys):

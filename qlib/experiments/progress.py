@@ -6,16 +6,59 @@ it."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import pandas as pd
 
 from qlib.experiments.experiment import snapshot_folder
 from qlib.experiments.protocol import Job, second_stage, sweep_jobs, wanted_tasks
-from qlib.experiments.results import dev_set_size, estimated_hours, read_json, records_its_data
-from qlib.experiments.spec import RunSpec
+from qlib.experiments.results import read_json, records_its_data
+from qlib.experiments.spec import RunSpec, TrainingProtocol
+
+
+def dev_set_size(results: str | os.PathLike, task: str) -> int | None:
+    """How many examples ``task``'s whole dev set has, as ``<results>/benchmarks/constant_answer.json`` counted them
+    (None where that file or the task is missing): what ``estimated_hours`` scales a run's evaluation to."""
+    floors = Path(results) / "benchmarks" / "constant_answer.json"
+    return read_json(floors)["tasks"].get(task, {}).get("dev examples") if floors.is_file() else None
+
+
+def grouped_speedups(results: str | os.PathLike) -> dict[str, dict[str, float]]:
+    """Per task, how many times faster a training step on length-grouped batches is than one on random batches,
+    FP32 and QAT (``{"fp32": …, "qat": …}``), from the newest run of ``benchmarks/batching.py`` under
+    ``<results>/benchmarks`` ({} where none is committed)."""
+    runs = [read_json(p) for p in Path(results, "benchmarks").glob("batching-*.json")]
+    if not runs:
+        return {}
+    newest = max(runs, key=lambda run: run["provenance"]["date"])
+    return {task: {"fp32": row["fp32_speedup"], "qat": row["qat_speedup"]} for task, row in newest["tasks"].items()}
+
+
+def estimated_hours(records: Sequence[dict[str, Any]], examples: int | None, passes: int,
+                    dev_examples: int | None = None, grouped_speedup: float | None = None) -> float | None:
+    """What one run of a protocol would take, in wall hours, estimated from measured runs (``records``) of the same
+    task: the mean over them of their training seconds per training example and pass over the data (a record's
+    ``train.seconds`` over its epochs; an iPQ record's are its last stage's) times ``examples`` (None: the whole
+    training set, known only from a record trained on all of it) and ``passes`` (a spec's ``passes``: iPQ makes one
+    per stage), plus their dev evaluation, scaled to ``dev_examples`` (None: as measured). ``grouped_speedup``: for
+    a run on length-grouped batches, how many times faster its steps are than random batches' (``grouped_speedups``);
+    the training time of a record made on random batches (``TrainingProtocol.recorded``) is divided by it. None when
+    no record gives an estimate."""
+    estimates = []
+    for r in records:
+        trained_on = r["params"].get("max_train_examples") or r["train"]["train_examples"]
+        n = examples or (r["train"]["train_examples"] if r["params"].get("max_train_examples") is None else None)
+        if n is None:
+            continue
+        evaluation = r["eval"]["seconds"] * (dev_examples / r["eval"]["examples"] if dev_examples else 1)
+        random = not TrainingProtocol.recorded(r["params"]).group_by_length
+        speedup = grouped_speedup if grouped_speedup is not None and random else 1.0
+        estimates.append(r["train"]["seconds"] / (trained_on * r["params"]["epochs"]) * n * passes / speedup
+                         + evaluation)
+    return sum(estimates) / len(estimates) / 3600 if estimates else None
 
 
 def protocol_progress(results: str | Path = "results", checkpoints: str | Path = "runs/checkpoints",
@@ -24,19 +67,22 @@ def protocol_progress(results: str | Path = "results", checkpoints: str | Path =
     spectrum; the FP32 sweep's points are one folder): its jobs, how many are finished, how many are still to run,
     how many of those are partly trained (a training snapshot under ``snapshots``, which the protocol's runner goes on
     from: ``qlib.experiments.snapshots``), and the estimated CPU hours of those still to run, as if from the start
-    (``qlib.experiments.results.estimated_hours``): each one from the finished jobs of the same task and method, else
+    (``estimated_hours``): each one from the finished jobs of the same task and method, else
     from their CPU runs on the earlier, altered copy (the same sizes, so about the same cost), else from the task's
     finished FP32 jobs (a lower bound: QAT trains slower), else from a CPU run of the task's FP32 outside the protocol
     that records its data (a sizing run such as ``results/squad-sizing``: a lower bound), else unknown (a Hessian
     spectrum has no such estimate); each one's dev evaluation is scaled to the whole dev set
-    (``qlib.experiments.results.dev_set_size``). An estimate of a length-grouped job from runs on random batches only
-    says so (", from random batches": they pad more, so it overstates). The hours are None where none of a row's
+    (``dev_set_size``). An estimate of a length-grouped job from runs on random batches only says so (", from random
+    batches": they pad more), and divides their training time by the step speed-up that ``benchmarks/batching.py``
+    measured for the task (``grouped_speedups``; FP32's for an FP32 job, QAT's for the others), where one is
+    committed (" ÷ their measured speed-up"); without one it overstates. The hours are None where none of a row's
     jobs has one.
 
     Returns:
         The table, and what it leaves out (tasks whose FP32 sweep is incomplete, spectra that stage 3 waits for).
     """
     jobs, waiting, unmeasured = second_stage(wanted_tasks(), results, checkpoints)
+    speedups = grouped_speedups(results)
     jobs = [*sweep_jobs(results=results), *jobs]
     on_disk = [(j, read_json(j.spec.result_path(j.results_dir))) for j in jobs
                if isinstance(j, Job) and j.spec.result_path(j.results_dir).is_file()]
@@ -63,17 +109,20 @@ def protocol_progress(results: str | Path = "results", checkpoints: str | Path =
         hours, how = None, "partly unknown"
         if is_run:
             dev = None if job.spec.protocol.max_eval_examples else dev_set_size(results, job.spec.task)
+            speedup = (speedups.get(job.spec.task, {}).get("fp32" if job.spec.method == "fp32" else "qat")
+                       if job.spec.protocol.group_by_length else None)
             for method, basis, pool in ((job.spec.method, "measured", finished),
                                         (job.spec.method, "earlier copy", earlier),
                                         ("fp32", "FP32 (lower bound)", finished),
                                         ("fp32", "sizing run (lower bound)", sizing)):
                 alike = [(spec, r) for spec, r in pool if (spec.task, spec.method) == (job.spec.task, method)]
                 hours = estimated_hours([r for _, r in alike], job.spec.protocol.max_train_examples, job.spec.passes,
-                                        dev)
+                                        dev, speedup)
                 if hours is not None:
                     random = job.spec.protocol.group_by_length and not any(
-                        spec.protocol.group_by_length for spec, _ in alike)
-                    how = basis + (", from random batches" if random else "")
+                        TrainingProtocol.recorded(r["params"]).group_by_length for _, r in alike)
+                    how = basis + ((", from random batches" + (" ÷ their measured speed-up" if speedup else ""))
+                                   if random else "")
                     break
         if hours is not None:
             row["est. CPU h"] = (row["est. CPU h"] or 0.0) + hours

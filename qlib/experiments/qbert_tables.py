@@ -21,6 +21,7 @@ from qlib.bert.config import qbert_config
 from qlib.deploy.checkpoint import size_mb
 from qlib.experiments.experiment import protocol_for
 from qlib.experiments.papers import QBERT_CLAIMS
+from qlib.experiments.progress import dev_set_size, estimated_hours, grouped_speedups
 from qlib.experiments.qbert import (
     DIRECTQ_BITS,
     MIXED_SETTINGS,
@@ -43,15 +44,13 @@ from qlib.experiments.report import (
     runs_frame,
 )
 from qlib.experiments.results import (
-    dev_set_size,
-    estimated_hours,
     notes_for,
     read_json,
     read_results,
     records_data,
     records_its_data,
 )
-from qlib.experiments.spec import RunSpec
+from qlib.experiments.spec import RunSpec, TrainingProtocol
 from qlib.experiments.tasks import get_run_task
 from qlib.second_order.sensitivity import negative_curvature
 
@@ -323,7 +322,8 @@ def missing_runs(task: str, rows: Mapping[str, dict[str, Any]], results_dir: str
     estimated from the committed runs of the task that record their data (any folder of ``results_dir``'s parent,
     e.g. a sizing run) by their training seconds per example and epoch (``estimated_hours``): FP32 runs for the
     Baseline, QAT runs for the others, or FP32's speed where no QAT run is measured yet (QAT trains slower, so
-    that is a lower bound). None when nothing is missing."""
+    that is a lower bound); a run made on random batches counts at the measured speed-up of length-grouped ones
+    (``qlib.experiments.progress.grouped_speedups``) where the protocol groups them. None when nothing is missing."""
     results_dir = Path(results_dir)
     missing = {name: [s for s in seeds if not records_its_data(row["spec"].with_(seed=s).result_path(results_dir))]
                for name, row in rows.items() if not row["spec"].is_post_training}
@@ -336,14 +336,21 @@ def missing_runs(task: str, rows: Mapping[str, dict[str, Any]], results_dir: str
     dev = dev_set_size(results_dir.parent, task)
     fp32 = [r for r in measured if r["spec"]["method"] == "fp32"]
     qat = [r for r in measured if r["spec"]["method"] == "qbert"]
-    per_kind = {kind: estimated_hours(runs, protocol.get("max_train_examples"), protocol["epochs"], dev)
-                for kind, runs in (("fp32", fp32), ("qat", qat))}
+    grouped = any(row["spec"].protocol.group_by_length for row in rows.values())
+    speedups = grouped_speedups(results_dir.parent).get(task, {}) if grouped else {}
+    per_kind = {kind: estimated_hours(runs, protocol.get("max_train_examples"), protocol["epochs"], dev,
+                                      speedups.get(kind)) for kind, runs in (("fp32", fp32), ("qat", qat))}
     table = {}
     for name, left in missing.items():
         kind = "fp32" if rows[name]["spec"].method == "fp32" else "qat"
         hours = per_kind[kind] if per_kind[kind] is not None else per_kind["fp32"]
         basis = (f"{len(fp32 if kind == 'fp32' else qat)} measured {kind.upper()} run(s)" if per_kind[kind] is not None
                  else f"FP32's speed ({len(fp32)} run(s)), a lower bound" if hours is not None else "no run measured")
+        used = fp32 if kind == "fp32" or per_kind[kind] is None else qat
+        if hours is not None and grouped and any(not TrainingProtocol.recorded(r["params"]).group_by_length
+                                                 for r in used):
+            basis += (", random batches ÷ their measured speed-up" if speedups else
+                      ", on random batches (an overestimate)")
         table[name] = {"seeds missing": ", ".join(map(str, left)), "est. h per run": hours,
                        "est. h in all": None if hours is None else hours * len(left), "estimated from": basis}
     return pd.DataFrame(table).T.astype({"est. h per run": float, "est. h in all": float}).round(2)

@@ -10,7 +10,7 @@ import sys
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -181,29 +181,3 @@ def read_results(folder: str | os.PathLike, superseded: bool = False) -> list[di
     records = [read_json(p) | {"path": str(p), "notes": notes_for(p)} for p in sorted(folder.rglob("*.json"))]
     rerun = {r.get("task") for r in records if records_data(r)}
     return [r for r in records if superseded or records_data(r) or r.get("task") not in rerun]
-
-
-def estimated_hours(records: Sequence[dict[str, Any]], examples: int | None, passes: int,
-                    dev_examples: int | None = None) -> float | None:
-    """What one run of a protocol would take, in wall hours, estimated from measured runs (``records``) of the same
-    task: the mean over them of their training seconds per training example and pass over the data (a record's
-    ``train.seconds`` over its epochs; an iPQ record's are its last stage's) times ``examples`` (None: the whole
-    training set, known only from a record trained on all of it) and ``passes`` (a spec's ``passes``: iPQ makes one
-    per stage), plus their dev evaluation, scaled to ``dev_examples`` (None: as measured). None when no record gives
-    an estimate."""
-    estimates = []
-    for r in records:
-        trained_on = r["params"].get("max_train_examples") or r["train"]["train_examples"]
-        n = examples or (r["train"]["train_examples"] if r["params"].get("max_train_examples") is None else None)
-        if n is None:
-            continue
-        evaluation = r["eval"]["seconds"] * (dev_examples / r["eval"]["examples"] if dev_examples else 1)
-        estimates.append(r["train"]["seconds"] / (trained_on * r["params"]["epochs"]) * n * passes + evaluation)
-    return sum(estimates) / len(estimates) / 3600 if estimates else None
-
-
-def dev_set_size(results: str | os.PathLike, task: str) -> int | None:
-    """How many examples ``task``'s whole dev set has, as ``<results>/benchmarks/constant_answer.json`` counted them
-    (None where that file or the task is missing): what ``estimated_hours`` scales a run's evaluation to."""
-    floors = Path(results) / "benchmarks" / "constant_answer.json"
-    return read_json(floors)["tasks"].get(task, {}).get("dev examples") if floors.is_file() else None
