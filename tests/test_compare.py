@@ -82,6 +82,9 @@ def test_side_by_side_measures_sizes_and_pairs_each_chapter_with_its_own_fp32(ti
     assert list(table.xs("Q-BERT")["file (MB)"]) == sorted(table.xs("Q-BERT")["file (MB)"], reverse=True)
     with pytest.raises(ValueError, match="no point packaged batch 1 seq 128"):
         side_by_side({"Q8BERT": q8bert}, tiny_bert, bench, batch=1)
+    bench["shapes"]["packaged"]["latency"]["batch8-seq128"]["qbook_int8_compiled"] = {"median_ms": 8.0}
+    table = side_by_side({"Q8BERT": q8bert}, tiny_bert, bench).set_index("method")
+    assert table.loc["qat", "CPU latency vs FP32"] == 0.2  # the compiled route, where the run measured it
 
 
 def test_pareto_keeps_the_rows_no_smaller_file_beats():

@@ -13,6 +13,7 @@ from qlib.experiments.speed import (
     latest_per_class,
     limits,
     round_speedups,
+    run_for,
     verdicts,
 )
 
@@ -60,6 +61,20 @@ def test_runs_are_read_oldest_first_with_their_class(folder):
     write_json(folder / "int8_cpu-amx-3.json", full)
     write_json(folder / "int8_cpu-amx-4.json", short | {"provenance": short["provenance"] | {"date": "2026-12-04"}})
     assert latest_per_class(benchmark_runs(folder))["AMX"]["path"].endswith("int8_cpu-amx-3.json")  # not the short one
+
+
+def test_a_one_cpu_table_reads_the_run_of_a_class_or_of_this_machine(folder, monkeypatch):
+    from qlib.experiments import speed
+
+    runs = benchmark_runs(folder)
+    assert run_for(runs, "AVX-512 VNNI")["class"] == "AVX-512 VNNI"
+    with pytest.raises(ValueError, match=r"no committed run of CPU class 'AVX2'; runs exist for \['AMX', 'AVX-512"):
+        run_for(runs, "AVX2")
+    monkeypatch.setattr(speed, "cpu_class", lambda: "AVX-512 VNNI")
+    assert run_for(runs)["class"] == "AVX-512 VNNI"  # this machine's class
+    monkeypatch.setattr(speed, "cpu_class", lambda: "AVX2")
+    assert run_for(runs) is max(latest_per_class(runs).values(), key=lambda r: r["provenance"]["date"])
+    assert run_for([]) is None
 
 
 def test_classes_side_by_side_and_their_verdicts(folder):

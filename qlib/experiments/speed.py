@@ -61,6 +61,24 @@ def latest_per_class(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return newest | full
 
 
+
+def run_for(runs: list[dict[str, Any]], of_class: str | None = None) -> dict[str, Any] | None:
+    """The run a one-CPU table reads (``latest_per_class``'s run): of CPU class ``of_class`` (``AMX``,
+    ``AVX-512 VNNI`` or ``AVX2``; a class with no committed run is a ``ValueError`` naming those that have one), or
+    by default of this machine's class where one is committed, else the newest of any class; None when there is no
+    run.
+
+    Args:
+        runs: benchmark runs oldest first (``benchmark_runs``).
+        of_class: the class to read, or None.
+    """
+    latest = latest_per_class(runs)
+    if of_class is not None:
+        if of_class not in latest:
+            raise ValueError(f"no committed run of CPU class {of_class!r}; runs exist for {sorted(latest)}")
+        return latest[of_class]
+    return latest.get(cpu_class()) or max(latest.values(), key=lambda r: r["provenance"]["date"], default=None)
+
 def point_name(batch: int, seq: int) -> str:
     """The name a benchmark gives the point (``batch``, ``seq``) in its result file: ``"batch8-seq128"``."""
     return f"batch{batch}-seq{seq}"
