@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from qlib.experiments.experiment import snapshot_folder
-from qlib.experiments.progress import grouped_speedups, main, protocol_progress
+from qlib.experiments.progress import grouped_speedups, main, protocol_progress, random_batches_caveat
 from qlib.experiments.protocol import sweep_jobs
 from qlib.experiments.results import read_json, write_json
 
@@ -63,7 +63,7 @@ def test_a_task_with_no_protocol_run_is_estimated_from_its_sizing_run_with_the_w
         (tmp_path / "results" / target).parent.mkdir(parents=True)
         shutil.copy(source, tmp_path / "results" / target)
     row = protocol_progress(tmp_path / "results", tmp_path / "ckpt")[0].loc[("q8bert", "squad")]
-    assert row["estimate"] == "sizing run (lower bound), from random batches"  # recorded before grouping
+    assert row["estimate"] == "sizing run (lower bound), from random batches (an overestimate)"  # before grouping
     sizing = read_json(SIZING)  # 320 questions for 1 epoch and 320 dev questions; the protocol: 20 k, the whole dev
     per_job = (sizing["train"]["seconds"] / 320 * 20_000
                + sizing["eval"]["seconds"] * read_json(FLOORS)["tasks"]["squad"]["dev examples"] / 320) / 3600
@@ -80,6 +80,14 @@ def test_a_task_with_no_protocol_run_is_estimated_from_its_sizing_run_with_the_w
     assert row["est. CPU h"] == pytest.approx(row["to run"] * (training / 1.5 + evaluation) / 3600, abs=0.05)
     assert protocol_progress(tmp_path / "results", tmp_path / "ckpt")[0].loc[("qbert", "squad"), "estimate"] == (
         "sizing run (lower bound), from random batches ÷ their measured speed-up")
+
+
+def test_an_estimate_says_so_when_any_of_its_runs_trained_on_random_batches():
+    grouped, random = {"params": {"group_by_length": True}}, {"params": {}}  # a record from before grouping
+    assert random_batches_caveat([grouped, grouped], True, None) == ""
+    assert random_batches_caveat([grouped, random], True, 1.5) == ", from random batches ÷ their measured speed-up"
+    assert random_batches_caveat([random], True, None) == ", from random batches (an overestimate)"
+    assert random_batches_caveat([random], False, 1.5) == ""  # a job on random batches is estimated as measured
 
 
 def test_the_command_refuses_a_results_folder_that_does_not_exist(tmp_path, capsys):

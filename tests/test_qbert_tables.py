@@ -210,15 +210,16 @@ def test_missing_runs_are_named_with_their_cost_estimated_from_measured_runs(tmp
     assert table.loc["Baseline", "est. h per run"] == pytest.approx(per_run, abs=0.01)
     assert table.loc["Q-BERT 2/8", "est. h in all"] == pytest.approx(3 * per_run, abs=0.01)
     assert table.loc["Baseline", "seeds missing"] == "0, 1, 2" and table.loc["Baseline", "estimated from"] == (
-        "1 measured FP32 run(s), on random batches (an overestimate)")  # the template's run predates grouping
+        "1 measured FP32 run(s), from random batches (an overestimate)")  # the template's run predates grouping
     assert table.loc["Q-BERT 3/8", "estimated from"] == (
-        "FP32's speed (1 run(s)), a lower bound, on random batches (an overestimate)")
+        "FP32's speed (1 run(s)), a lower bound, from random batches (an overestimate)")
     (tmp_path / "benchmarks" / "batching-avx2-2026-01-01T0000.json").write_text(json.dumps({
         "provenance": {"date": "2026-01-01T00:00:00+00:00"},
         "tasks": {"squad": {"fp32_speedup": 2.0, "qat_speedup": 1.5}}}))
     table = missing_runs("squad", main_table_rows(None, 12, "squad"), tmp_path / "qbert")
     assert table.loc["Baseline", "est. h per run"] == pytest.approx(
         (120 / 320 * 20_000 / 2.0 + 20 * 10570 / 320) / 3600, abs=0.01)  # training at the measured speed-up
-    assert table.loc["Baseline", "estimated from"] == "1 measured FP32 run(s), random batches ÷ their measured speed-up"
+    assert table.loc["Baseline", "estimated from"] == (
+        "1 measured FP32 run(s), from random batches ÷ their measured speed-up")
     assert missing_runs("conll2003", main_table_rows(None, 12, "conll2003"), tmp_path / "qbert").loc[
         "Baseline", "estimated from"] == "no run measured"

@@ -61,21 +61,30 @@ def estimated_hours(records: Sequence[dict[str, Any]], examples: int | None, pas
     return sum(estimates) / len(estimates) / 3600 if estimates else None
 
 
+def random_batches_caveat(records: Sequence[dict[str, Any]], grouped: bool, speedup: float | None) -> str:
+    """What an estimate for a job on length-grouped batches (``grouped``) adds when any of the ``records`` it comes
+    from trained on random batches (``TrainingProtocol.recorded``), which pad more: ", from random batches ÷ their
+    measured speed-up" where ``estimated_hours`` divided their training time by ``speedup``, ", from random batches
+    (an overestimate)" where none is measured; "" when nothing needs saying."""
+    if not grouped or all(TrainingProtocol.recorded(r["params"]).group_by_length for r in records):
+        return ""
+    return ", from random batches" + (" ÷ their measured speed-up" if speedup else " (an overestimate)")
+
+
 def protocol_progress(results: str | Path = "results", checkpoints: str | Path = "runs/checkpoints",
                       snapshots: str | Path = "runs/snapshots") -> tuple[pd.DataFrame, list[str]]:
-    """One row per (results folder, task) of the protocol's stages 1 and 2 (stage 3's MP rows wait for their
-    spectrum; the FP32 sweep's points are one folder): its jobs, how many are finished, how many are still to run,
-    how many of those are partly trained (a training snapshot under ``snapshots``, which the protocol's runner goes on
-    from: ``qlib.experiments.snapshots``), and the estimated CPU hours of those still to run, as if from the start
-    (``estimated_hours``): each one from the finished jobs of the same task and method, else
-    from their CPU runs on the earlier, altered copy (the same sizes, so about the same cost), else from the task's
-    finished FP32 jobs (a lower bound: QAT trains slower), else from a CPU run of the task's FP32 outside the protocol
-    that records its data (a sizing run such as ``results/squad-sizing``: a lower bound), else unknown (a Hessian
-    spectrum has no such estimate); each one's dev evaluation is scaled to the whole dev set
-    (``dev_set_size``). An estimate of a length-grouped job from runs on random batches only says so (", from random
-    batches": they pad more), and divides their training time by the step speed-up that ``benchmarks/batching.py``
-    measured for the task (``grouped_speedups``; FP32's for an FP32 job, QAT's for the others), where one is
-    committed (" ÷ their measured speed-up"); without one it overstates. The hours are None where none of a row's
+    """One row per (results folder, task) of the protocol's stages 1 and 2 (stage 3's MP rows wait for their spectrum;
+    the FP32 sweep's points are one folder): its jobs, how many are finished, how many are still to run, how many of
+    those are partly trained (a training snapshot under ``snapshots``, which the protocol's runner goes on from:
+    ``qlib.experiments.snapshots``), and the estimated CPU hours of those still to run, as if from the start
+    (``estimated_hours``): each one from the finished jobs of the same task and method, else from their CPU runs on the
+    earlier, altered copy (the same sizes, so about the same cost), else from the task's finished FP32 jobs (a lower
+    bound: QAT trains slower), else from a CPU run of the task's FP32 outside the protocol that records its data (a
+    sizing run such as ``results/squad-sizing``: a lower bound), else unknown (a Hessian spectrum has no such estimate);
+    each one's dev evaluation is scaled to the whole dev set (``dev_set_size``). An estimate of a length-grouped job
+    from runs on random batches divides their training time by the step speed-up that ``benchmarks/batching.py``
+    measured for the task (``grouped_speedups``; FP32's for an FP32 job, QAT's for the others), and says so
+    (``random_batches_caveat``); without a measured speed-up it overstates. The hours are None where none of a row's
     jobs has one.
 
     Returns:
@@ -119,10 +128,8 @@ def protocol_progress(results: str | Path = "results", checkpoints: str | Path =
                 hours = estimated_hours([r for _, r in alike], job.spec.protocol.max_train_examples, job.spec.passes,
                                         dev, speedup)
                 if hours is not None:
-                    random = job.spec.protocol.group_by_length and not any(
-                        TrainingProtocol.recorded(r["params"]).group_by_length for _, r in alike)
-                    how = basis + ((", from random batches" + (" ÷ their measured speed-up" if speedup else ""))
-                                   if random else "")
+                    how = basis + random_batches_caveat([r for _, r in alike], job.spec.protocol.group_by_length,
+                                                        speedup)
                     break
         if hours is not None:
             row["est. CPU h"] = (row["est. CPU h"] or 0.0) + hours

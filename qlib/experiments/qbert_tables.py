@@ -21,7 +21,7 @@ from qlib.bert.config import qbert_config
 from qlib.deploy.checkpoint import size_mb
 from qlib.experiments.experiment import protocol_for
 from qlib.experiments.papers import QBERT_CLAIMS
-from qlib.experiments.progress import dev_set_size, estimated_hours, grouped_speedups
+from qlib.experiments.progress import dev_set_size, estimated_hours, grouped_speedups, random_batches_caveat
 from qlib.experiments.qbert import (
     DIRECTQ_BITS,
     MIXED_SETTINGS,
@@ -50,7 +50,7 @@ from qlib.experiments.results import (
     records_data,
     records_its_data,
 )
-from qlib.experiments.spec import RunSpec, TrainingProtocol
+from qlib.experiments.spec import RunSpec
 from qlib.experiments.tasks import get_run_task
 from qlib.second_order.sensitivity import negative_curvature
 
@@ -346,11 +346,9 @@ def missing_runs(task: str, rows: Mapping[str, dict[str, Any]], results_dir: str
         hours = per_kind[kind] if per_kind[kind] is not None else per_kind["fp32"]
         basis = (f"{len(fp32 if kind == 'fp32' else qat)} measured {kind.upper()} run(s)" if per_kind[kind] is not None
                  else f"FP32's speed ({len(fp32)} run(s)), a lower bound" if hours is not None else "no run measured")
-        used = fp32 if kind == "fp32" or per_kind[kind] is None else qat
-        if hours is not None and grouped and any(not TrainingProtocol.recorded(r["params"]).group_by_length
-                                                 for r in used):
-            basis += (", random batches ÷ their measured speed-up" if speedups else
-                      ", on random batches (an overestimate)")
+        used = kind if per_kind[kind] is not None else "fp32"
+        if hours is not None:
+            basis += random_batches_caveat(fp32 if used == "fp32" else qat, grouped, speedups.get(used))
         table[name] = {"seeds missing": ", ".join(map(str, left)), "est. h per run": hours,
                        "est. h in all": None if hours is None else hours * len(left), "estimated from": basis}
     return pd.DataFrame(table).T.astype({"est. h per run": float, "est. h in all": float}).round(2)
