@@ -217,6 +217,22 @@ def test_bf16_attention_reads_q_k_v_in_bf16_straight_from_their_gemm(tiny_bert):
 
 
 @needs_vnni
+def test_bf16_attention_runs_a_float32_softmax_and_honours_padding(tiny_bert):
+    fake = trained(convert_bert(tiny_bert, q8bert_config()))
+    implementation = fake.config._attn_implementation
+    real = to_int8(fake, attention_dtype=torch.bfloat16)
+    assert real.config._attn_implementation == "eager" and fake.config._attn_implementation == implementation
+    ids = torch.randint(5, 64, (4, 12), generator=torch.Generator().manual_seed(3))
+    mask = torch.ones_like(ids)
+    mask[:2, 7:] = 0
+    with torch.no_grad():
+        got = real(input_ids=ids, attention_mask=mask).logits
+        assert (got - fake(input_ids=ids, attention_mask=mask).logits).abs().max() < 0.05
+        unpadded = real(input_ids=ids[:2, :7]).logits  # the padded rows score as if the padding were not there
+    assert (got[:2] - unpadded).abs().max() < 0.02
+
+
+@needs_vnni
 @settings(max_examples=40, deadline=None)
 @given(out_scale=st.floats(1e-4, 0.5), seed=st.integers(0, 2**16))
 def test_the_ffn_codes_stay_on_the_symmetric_grid_when_their_clamp_is_skipped(out_scale, seed):

@@ -277,7 +277,11 @@ class Int8SelfAttention(nn.Module):
     """BERT self-attention with Q, K, V as one int8 GEMM: ``[Q K V] = Int8Linear(h)`` [B, T, 3·H·d], then
     the attention products on Q, K, V in ``attention_dtype`` (float32, as the fake-quantized model; or bfloat16,
     which AMX and AVX-512 BF16 CPUs multiply natively, and which the GEMM then writes directly: no float32 Q, K, V
-    and no conversion pass), by the model's own attention function (SDPA or eager); output float32 [B, T, H·d]."""
+    and no conversion pass), by the model's own attention function; output float32 [B, T, H·d]. ``to_int8`` sets
+    that function to transformers' eager attention for bfloat16: ``softmax(Q·Kᵀ·scale + mask)`` in float32, rounded
+    to bf16 before ·V. Compiled, Inductor fuses the scale, mask, softmax and rounding into one pass over the scores
+    between two bf16 GEMMs; SDPA's bf16 kernel was slower on AVX-512 BF16 and agreed less with the fake-quantized
+    model (the speed chapter's ``qbook_int8_compiled_bf16_attention`` rows measure this route)."""
 
     def __init__(self, attention: BertSelfAttention, widths: CodeWidths = CodeWidths(),
                  attention_dtype: torch.dtype = torch.float32, qkv: nn.Module | None = None) -> None:
@@ -385,8 +389,9 @@ def to_int8(model: nn.Module, widths: CodeWidths | None = None,
             model's arithmetic; 8-bit inputs × 7-bit weights or 7-bit inputs × 8-bit weights are for CPUs whose int8
             kernels saturate with two 8-bit operands (AVX2 without VNNI). ``None`` picks the first of ``WIDTHS``
             this CPU computes exactly (``exact_widths``).
-        attention_dtype: the dtype of the attention products (Q·Kᵀ, softmax, ·V): ``torch.float32`` (the
-            fake-quantized model's) or ``torch.bfloat16``.
+        attention_dtype: the dtype of the attention products (Q·Kᵀ, ·V): ``torch.float32`` (the fake-quantized
+            model's, by its own attention function) or ``torch.bfloat16`` (by transformers' eager attention, whose
+            softmax runs in float32; the copy's attention implementation is set to ``"eager"``).
         compile: return it compiled whole by Inductor (``CompiledInt8``), for inference.
     """
     layers = list(quantized_modules(model))
@@ -411,6 +416,8 @@ def to_int8(model: nn.Module, widths: CodeWidths | None = None,
     check_int8_engine(widths)
     model = copy.deepcopy(model).eval()
     bert = find_bert(model)
+    if attention_dtype == torch.bfloat16:  # bf16 products around a float32 softmax (see Int8SelfAttention)
+        bert.set_attn_implementation("eager")
     if not bert.config.is_decoder:
         for layer in bert.encoder.layer:
             _fuse_layer(layer, bert.config.hidden_act, widths, attention_dtype)
