@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 
 from qlib.experiments.results import write_json
@@ -14,6 +15,7 @@ from qlib.experiments.speed import (
     limits,
     round_speedups,
     run_for,
+    runs_at_point,
     verdicts,
 )
 
@@ -183,7 +185,7 @@ def test_the_peers_kernels_are_listed_per_class_largest_first():
 
 
 def test_profiles_are_read_at_each_profiled_batch_old_runs_at_their_one_batch():
-    from qlib.experiments.speed import newest_profiled, profile_at, profiles
+    from qlib.experiments.speed import newest_profiled, profile_at, profile_views, profiles
 
     groups = {"GEMM": 30.0, "attention": 8.0, "total": 40.0}
     old = {"class": "AMX", "params": {"profile_batch": 8, "seq": 128},
@@ -197,6 +199,12 @@ def test_profiles_are_read_at_each_profiled_batch_old_runs_at_their_one_batch():
     assert newest_profiled([old], 1, 128) == {} and newest_profiled([new, old], 8, 128) == {"AMX": old}
     table = profiles(newest_profiled([old, new], 1, 128), batch=1)
     assert table.loc[("AMX", "qbook_int8"), "GEMM"] == 5.0
+    old["provenance"], new["provenance"] = {"date": "2026-12-01"}, {"date": "2026-12-02"}
+    assert profile_views([old, new], {"AMX": old}, 8, 128) == [  # the short run after the verdicts' full one
+        ("batch 8, the verdicts' runs", 8, {"AMX": old}), ("batch 8, newer runs", 8, {"AMX": new}),
+        ("batch 1, the newest run of each class that profiled it", 1, {"AMX": new})]
+    assert [view[0] for view in profile_views([old, new], {"AMX": new}, 8, 128)] == [
+        "batch 8, the verdicts' runs", "batch 1, the newest run of each class that profiled it"]
 
 
 def test_judge_gives_the_speed_up_and_its_spread_and_a_verdict_only_where_a_target_is_set():
@@ -207,3 +215,16 @@ def test_judge_gives_the_speed_up_and_its_spread_and_a_verdict_only_where_a_targ
     assert met["verdict"] == "meets" and met["target"] == 1.15 and met["every round agrees"] is False
     missed = judge(other, route, 1.5)
     assert missed["verdict"] == "misses" and missed["every round agrees"] is True
+
+
+def test_every_run_at_a_point_shows_its_fastest_qbook_route(folder):
+    write_json(folder / "int8_cpu-amx-3.json", run("2026-12-03T10:00", "AMX", {  # a short run: compiled routes only
+        "qbook_int8_compiled": 9, "qbook_int8_compiled_bf16_attention": 6, "openvino_int8": 12}))
+    write_json(folder / "int8_cpu-amx-4.json", run("2026-12-04T10:00", "AMX", {"fp32": 50, "ort_int8": 20}))
+    table = runs_at_point(benchmark_runs(folder), batch=8)
+    assert list(table.index.str.split(" ").str[0]) == ["int8_cpu-old", "int8_cpu-amx-1", "int8_cpu-amx-2",
+                                                       "int8_cpu-amx-3"]  # amx-4 timed no qbook route
+    short = table.iloc[-1]
+    assert short["fastest qbook route"] == "qbook_int8_compiled_bf16_attention" and short["its ms"] == 48
+    assert short["vs openvino_int8"] == pytest.approx(2.0) and pd.isna(short["vs ort_int8"])
+    assert table.iloc[0]["FP32 ms"] == 800 and table.iloc[0]["its ms"] == 240

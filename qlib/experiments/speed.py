@@ -215,19 +215,22 @@ def agreement(run: dict[str, Any], shape: str = "bert-base") -> pd.DataFrame:
 
 def runs_at_point(runs: list[dict[str, Any]], batch: int = 8, seq: int = 128, shape: str = "bert-base"
                   ) -> pd.DataFrame:
-    """Every run's medians at one point, qbook int8's and FP32's ms with the speed-ups its class has targets for,
-    one row per run (oldest first): the run-to-run spread behind any one verdict."""
+    """Every run's medians at one point, one row per run that timed a qbook route (oldest first): FP32's and the
+    fastest qbook route's of those it timed (``QBOOK_ROUTES``; a short run may time only some), with that route's
+    speed-ups over each variant its class has targets for: the run-to-run spread behind any one verdict."""
     rows = {}
     for run in runs:
         ms = latency_frame(run).query("shape == @shape and batch == @batch and seq == @seq").set_index(
             "variant")["median ms"]
-        if "qbook_int8" not in ms:
+        routes = ms[ms.index.isin(QBOOK_ROUTES)]
+        if routes.empty:
             continue
-        ratios = {f"vs {other}": ms[other] / ms["qbook_int8"] for other in TARGETS.get(run["class"], {})
-                  if other in ms}
+        fastest = routes.idxmin()
+        ratios = {f"vs {other}": ms[other] / ms[fastest] for other in TARGETS.get(run["class"], {}) if other in ms}
         rows[f"{Path(run['path']).stem} ({run['provenance']['date'][:16]})"] = {
-            "CPU class": run["class"] or "not recorded", "FP32 ms": ms.get("fp32"), "qbook int8 ms": ms["qbook_int8"],
-            **ratios, "load avg (1 min)": run["provenance"]["machine"].get("load_avg_1_5_15_min", [None])[0]}
+            "CPU class": run["class"] or "not recorded", "FP32 ms": ms.get("fp32"), "fastest qbook route": fastest,
+            "its ms": ms[fastest], **ratios,
+            "load avg (1 min)": run["provenance"]["machine"].get("load_avg_1_5_15_min", [None])[0]}
     return pd.DataFrame.from_dict(rows, orient="index")
 
 
@@ -246,6 +249,21 @@ def newest_profiled(runs: list[dict[str, Any]], batch: int, seq: int) -> dict[st
     """The newest run of each CPU class that profiled the BERT-base shape at (``batch``, ``seq``), short runs
     included (``runs``: oldest first, as ``benchmark_runs`` gives them)."""
     return {r["class"]: r for r in runs if r["class"] and profile_at(r, batch, seq)}
+
+
+def profile_views(runs: list[dict[str, Any]], latest: dict[str, dict[str, Any]], batch: int, seq: int
+                  ) -> list[tuple[str, int, dict[str, dict[str, Any]]]]:
+    """The profiles the speed chapter shows, each as (what it is, its batch, CPU class -> run): at ``batch``, the
+    verdicts' runs (``latest``), then, where a class has one, its newest run that profiled that point after its
+    verdicts' run (a short run trying a change); then at batch 1 the newest run of each class that profiled it
+    (``runs``: oldest first, as ``benchmark_runs`` gives them)."""
+    newer = {cls: run for cls, run in newest_profiled(runs, batch, seq).items()
+             if cls in latest and run["provenance"]["date"] > latest[cls]["provenance"]["date"]}
+    views = [(f"batch {batch}, the verdicts' runs", batch, latest)]
+    views += [(f"batch {batch}, newer runs", batch, newer)] if newer else []
+    views += [("batch 1, the newest run of each class that profiled it", 1, newest_profiled(runs, 1, seq))
+              ] if batch != 1 else []
+    return views
 
 
 def profiles(runs: dict[str, dict[str, Any]], batch: int = 8, seq: int = 128, shape: str = "bert-base"
