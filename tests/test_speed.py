@@ -228,3 +228,20 @@ def test_every_run_at_a_point_shows_its_fastest_qbook_route(folder):
     assert short["fastest qbook route"] == "qbook_int8_compiled_bf16_attention" and short["its ms"] == 48
     assert short["vs openvino_int8"] == pytest.approx(2.0) and pd.isna(short["vs ort_int8"])
     assert table.iloc[0]["FP32 ms"] == 800 and table.iloc[0]["its ms"] == 240
+
+
+def test_the_sweep_comes_from_the_newest_full_run_of_this_machines_class(folder, monkeypatch):
+    from qlib.experiments import speed
+
+    write_json(folder / "int8_cpu-amx-5.json", run("2026-12-05T10:00", "AMX", {"qbook_int8": 9, "fp32": 40}) | {
+        "params": {"sweep_batches": [1, 8]}})
+    write_json(folder / "int8_cpu-vnni-6.json", run("2026-12-06T10:00", "AVX-512 VNNI", {"qbook_int8": 9}) | {
+        "params": {"sweep_batches": [1, 8]}})
+    write_json(folder / "int8_cpu-amx-7.json", run("2026-12-07T10:00", "AMX", {"qbook_int8": 9}) | {
+        "params": {"sweep_batches": []}})  # a short run: no sweep
+    runs = benchmark_runs(folder)
+    monkeypatch.setattr(speed, "cpu_class", lambda: "AMX")
+    assert speed.sweep_run(runs)["path"].endswith("int8_cpu-amx-5.json")
+    monkeypatch.setattr(speed, "cpu_class", lambda: "AVX2")  # no run of this class: the newest full run of any
+    assert speed.sweep_run(runs)["path"].endswith("int8_cpu-vnni-6.json")
+    assert speed.sweep_run(runs[:3]) is None  # the fixture's runs recorded no sweep

@@ -57,8 +57,21 @@ def latest_per_class(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         CPU class -> its run.
     """
     newest = {r["class"]: r for r in runs if r["class"]}
-    full = {r["class"]: r for r in runs if r["class"] and r.get("params", {}).get("sweep_batches")}
+    full = {r["class"]: r for r in runs if r["class"] and is_full(r)}
     return newest | full
+
+
+def is_full(run: dict[str, Any]) -> bool:
+    """Whether a benchmark run is a full one: it ran the sweep over batch sizes and sequence lengths (a short run
+    tries a few variants at the targets' points)."""
+    return bool(run.get("params", {}).get("sweep_batches"))
+
+
+def sweep_run(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The run whose sweep the speed chapter plots: the newest full run (``is_full``) of this machine's CPU class,
+    else the newest full run of any class; None when no run is full (``runs``: oldest first)."""
+    full = [r for r in runs if is_full(r)]
+    return next((r for r in reversed(full) if r["class"] == cpu_class()), full[-1] if full else None)
 
 
 
