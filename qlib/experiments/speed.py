@@ -74,7 +74,6 @@ def sweep_run(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
     return next((r for r in reversed(full) if r["class"] == cpu_class()), full[-1] if full else None)
 
 
-
 def run_for(runs: list[dict[str, Any]], of_class: str | None = None) -> dict[str, Any] | None:
     """The run a one-CPU table reads (``latest_per_class``'s run): of CPU class ``of_class`` (``AMX``,
     ``AVX-512 VNNI`` or ``AVX2``; a class with no committed run is a ``ValueError`` naming those that have one), or
