@@ -68,10 +68,9 @@ def is_full(run: dict[str, Any]) -> bool:
 
 
 def sweep_run(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The run whose sweep the speed chapter plots: the newest full run (``is_full``) of this machine's CPU class,
-    else the newest full run of any class; None when no run is full (``runs``: oldest first)."""
-    full = [r for r in runs if is_full(r)]
-    return next((r for r in reversed(full) if r["class"] == cpu_class()), full[-1] if full else None)
+    """The run whose sweep the speed chapter plots: ``run_for`` among the full runs (``is_full``), i.e. the newest
+    full run of this machine's CPU class, else the newest full run of any class; None when no run is full."""
+    return run_for([r for r in runs if is_full(r)])
 
 
 def run_for(runs: list[dict[str, Any]], of_class: str | None = None) -> dict[str, Any] | None:
