@@ -279,9 +279,10 @@ class Int8SelfAttention(nn.Module):
     which AMX and AVX-512 BF16 CPUs multiply natively, and which the GEMM then writes directly: no float32 Q, K, V
     and no conversion pass), by the model's own attention function; output float32 [B, T, H·d]. ``to_int8`` sets
     that function to transformers' eager attention for bfloat16: ``softmax(Q·Kᵀ·scale + mask)`` in float32, rounded
-    to bf16 before ·V. Compiled, Inductor fuses the scale, mask, softmax and rounding into one pass over the scores
-    between two bf16 GEMMs; SDPA's bf16 kernel was slower on AVX-512 BF16 and agreed less with the fake-quantized
-    model (the speed chapter's ``qbook_int8_compiled_bf16_attention`` rows measure this route)."""
+    to bf16 before ·V. Compiled, Inductor fuses the scale, mask, softmax and rounding into one kernel between the two
+    bf16 GEMMs (two loops over the scores, with the exponentials in a float32 buffer between them, as the padding
+    mask is broadcast over the heads); SDPA's bf16 kernel was slower on AVX-512 BF16 and agreed less with the
+    fake-quantized model (the speed chapter's ``qbook_int8_compiled_bf16_attention`` rows measure this route)."""
 
     def __init__(self, attention: BertSelfAttention, widths: CodeWidths = CodeWidths(),
                  attention_dtype: torch.dtype = torch.float32, qkv: nn.Module | None = None) -> None:
