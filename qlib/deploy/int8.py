@@ -392,7 +392,9 @@ def to_int8(model: nn.Module, widths: CodeWidths | None = None,
             this CPU computes exactly (``exact_widths``).
         attention_dtype: the dtype of the attention products (Q·Kᵀ, ·V): ``torch.float32`` (the fake-quantized
             model's, by its own attention function) or ``torch.bfloat16`` (by transformers' eager attention, whose
-            softmax runs in float32; the copy's attention implementation is set to ``"eager"``).
+            softmax runs in float32; the copy's attention implementation is set to ``"eager"``, which writes the
+            [B, H, T, T] scores to memory: at long sequences float32 with an SDPA model was faster in the speed
+            chapter's sweep).
         compile: return it compiled whole by Inductor (``CompiledInt8``), for inference.
     """
     layers = list(quantized_modules(model))
