@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import tiny_config
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -17,6 +18,7 @@ from transformers import BertForSequenceClassification
 
 from qlib import QuantGrid, calibrate, convert_bert, dynamic_config, q8bert_config, qbert_config
 from qlib.core.quantizers import QuantSpec
+from qlib.deploy import int8
 from qlib.deploy.checkpoint import load_quantized, save_quantized
 from qlib.deploy.int8 import (
     GELU_FLOOR,
@@ -230,6 +232,27 @@ def test_bf16_attention_runs_a_float32_softmax_and_honours_padding(tiny_bert):
         assert (got - fake(input_ids=ids, attention_mask=mask).logits).abs().max() < 0.05
         unpadded = real(input_ids=ids[:2, :7]).logits  # the padded rows score as if the padding were not there
     assert (got[:2] - unpadded).abs().max() < 0.02
+
+
+@needs_vnni
+def test_bf16_attention_runs_sdpa_past_the_eager_limit_with_the_same_padding(tiny_bert, monkeypatch):
+    fake = trained(convert_bert(tiny_bert, q8bert_config()))
+    real = to_int8(fake, attention_dtype=torch.bfloat16)
+    sdpa, calls = F.scaled_dot_product_attention, []
+    monkeypatch.setattr(F, "scaled_dot_product_attention", lambda q, *a, **k: calls.append(q.dtype) or sdpa(q, *a, **k))
+    ids = torch.randint(5, 64, (4, 12), generator=torch.Generator().manual_seed(3))
+    mask = torch.ones_like(ids)
+    mask[:2, 7:] = 0
+    logits = {}
+    with torch.no_grad():
+        expected = fake(input_ids=ids, attention_mask=mask).logits
+        for limit in (12, 11):  # the 12 keys within the eager limit, then past it
+            monkeypatch.setattr(int8, "EAGER_ATTENTION_MAX_TOKENS", limit)
+            calls.clear()
+            logits[limit] = real(input_ids=ids, attention_mask=mask).logits
+            assert calls == ([] if limit == 12 else [torch.bfloat16] * tiny_bert.config.num_hidden_layers)
+            assert (logits[limit] - expected).abs().max() < 0.05
+    assert (logits[11] - logits[12]).abs().max() < 0.02
 
 
 @needs_vnni

@@ -273,6 +273,15 @@ class Int8Linear(nn.Module):
                f"{bits}{fused}{out}{dtype}"
 
 
+ATTENTION_DTYPES = FLOAT_OUTPUTS  # the attention products run in the dtype the Q, K, V GEMM writes
+EAGER_ATTENTION_MAX_TOKENS = 256
+"""The longest key sequence whose bf16 attention runs by eager attention; a longer one runs by SDPA, whose kernel
+works through the scores in blocks instead of writing [B, H, T, T] to memory. Set from probes on an AVX-512 BF16
+CPU (BERT-base, batch 8, compiled, against the float32 route's SDPA): the bf16 route with eager attention was the
+faster at 128 tokens, about even at 256 (two probes disagreed on which was ahead) and far the slower at 512, where
+the bf16 route with SDPA was as fast as the float32 one."""
+
+
 class Int8SelfAttention(nn.Module):
     """BERT self-attention with Q, K, V as one int8 GEMM: ``[Q K V] = Int8Linear(h)`` [B, T, 3·H·d], then
     the attention products on Q, K, V in ``attention_dtype`` (float32, as the fake-quantized model; or bfloat16,
@@ -281,8 +290,10 @@ class Int8SelfAttention(nn.Module):
     that function to transformers' eager attention for bfloat16: ``softmax(Q·Kᵀ·scale + mask)`` in float32, rounded
     to bf16 before ·V. Compiled, Inductor fuses the scale, mask, softmax and rounding into one kernel between the two
     bf16 GEMMs (two loops over the scores, with the exponentials in a float32 buffer between them, as the padding
-    mask is broadcast over the heads); SDPA's bf16 kernel was slower on AVX-512 BF16 and agreed less with the
-    fake-quantized model (the speed chapter's ``qbook_int8_compiled_bf16_attention`` rows measure this route)."""
+    mask is broadcast over the heads); SDPA's bf16 kernel was slower at 128 tokens on AVX-512 BF16, and
+    agreed less with the fake-quantized model. Past ``EAGER_ATTENTION_MAX_TOKENS`` keys, where the scores
+    outgrow the caches, the bf16 products run by SDPA (the speed chapter's ``qbook_int8_compiled_bf16_attention``
+    rows measure this route)."""
 
     def __init__(self, attention: BertSelfAttention, widths: CodeWidths = CodeWidths(),
                  attention_dtype: torch.dtype = torch.float32, qkv: nn.Module | None = None) -> None:
@@ -309,6 +320,8 @@ class Int8SelfAttention(nn.Module):
             attention_mask = attention_mask.to(self.attention_dtype)
         kwargs.pop("past_key_values", None)  # only encoders are fused (see to_int8)
         attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
+        if self.attention_dtype == torch.bfloat16 and key.shape[-2] > EAGER_ATTENTION_MAX_TOKENS:
+            attention = ALL_ATTENTION_FUNCTIONS["sdpa"]  # takes the eager route's additive mask as it is
         output, weights = attention(self, query, key, value, attention_mask, dropout=0.0, scaling=self.scaling,
                                     **kwargs)
         return output.reshape(*shape, -1).to(torch.float32).contiguous(), weights
@@ -376,7 +389,6 @@ def _fuse_layer(layer: BertLayer, hidden_act: object, widths: CodeWidths, attent
         layer.intermediate = Int8Intermediate(layer.intermediate, layer.output.dense.x_scale, gelu, widths)
 
 
-ATTENTION_DTYPES = FLOAT_OUTPUTS  # the attention products run in the dtype the Q, K, V GEMM writes
 
 
 def to_int8(model: nn.Module, widths: CodeWidths | None = None,
@@ -392,9 +404,8 @@ def to_int8(model: nn.Module, widths: CodeWidths | None = None,
             this CPU computes exactly (``exact_widths``).
         attention_dtype: the dtype of the attention products (Q·Kᵀ, ·V): ``torch.float32`` (the fake-quantized
             model's, by its own attention function) or ``torch.bfloat16`` (by transformers' eager attention, whose
-            softmax runs in float32; the copy's attention implementation is set to ``"eager"``, which writes the
-            [B, H, T, T] scores to memory: at long sequences float32 with an SDPA model was faster in the speed
-            chapter's sweep).
+            softmax runs in float32; the copy's attention implementation is set to ``"eager"``; past
+            ``EAGER_ATTENTION_MAX_TOKENS`` tokens by SDPA, as eager attention writes the [B, H, T, T] scores).
         compile: return it compiled whole by Inductor (``CompiledInt8``), for inference.
     """
     layers = list(quantized_modules(model))
