@@ -389,8 +389,6 @@ def _fuse_layer(layer: BertLayer, hidden_act: object, widths: CodeWidths, attent
         layer.intermediate = Int8Intermediate(layer.intermediate, layer.output.dense.x_scale, gelu, widths)
 
 
-
-
 def to_int8(model: nn.Module, widths: CodeWidths | None = None,
             attention_dtype: torch.dtype = torch.float32, compile: bool = False) -> nn.Module:
     """A copy of the converted, trained (or calibrated) ``model`` running on int8 kernels, in eval mode.
