@@ -247,12 +247,24 @@ def test_bf16_attention_runs_sdpa_past_the_eager_limit_with_the_same_padding(tin
     with torch.no_grad():
         expected = fake(input_ids=ids, attention_mask=mask).logits
         for limit in (12, 11):  # the 12 keys within the eager limit, then past it
-            monkeypatch.setattr(int8, "EAGER_ATTENTION_MAX_TOKENS", limit)
+            for attention in [m for m in real.modules() if isinstance(m, Int8SelfAttention)]:
+                attention.eager_max_tokens = limit
             calls.clear()
             logits[limit] = real(input_ids=ids, attention_mask=mask).logits
             assert calls == ([] if limit == 12 else [torch.bfloat16] * tiny_bert.config.num_hidden_layers)
             assert (logits[limit] - expected).abs().max() < 0.05
     assert (logits[11] - logits[12]).abs().max() < 0.02
+
+
+@pytest.mark.parametrize("cpu, limit", [("AMX", 0), ("AVX-512 VNNI", 256),
+                                        ("AVX2", int8.DEFAULT_EAGER_ATTENTION_MAX_TOKENS)])
+def test_the_eager_attention_limit_follows_the_cpu_class(tiny_bert, monkeypatch, cpu, limit):
+    monkeypatch.setattr(int8, "cpu_class", lambda: cpu)
+    monkeypatch.setattr(int8, "check_int8_engine", lambda widths: None)  # builds the modules only; nothing runs
+    monkeypatch.setattr(int8, "exact_widths", lambda: (CodeWidths(),))
+    real = to_int8(trained(convert_bert(tiny_bert, q8bert_config())), attention_dtype=torch.bfloat16)
+    limits = {m.eager_max_tokens for m in real.modules() if isinstance(m, Int8SelfAttention)}
+    assert limits == {limit}
 
 
 @needs_vnni

@@ -43,6 +43,7 @@ from qlib.bert.convert import find_bert, quantized_modules
 from qlib.bert.integer_modules import IntegerNonlinearity
 from qlib.bert.modules import QuantEmbedding, QuantLinear
 from qlib.bert.pq_modules import PQEmbedding, PQLinear
+from qlib.common.cpu import cpu_class
 from qlib.core.observers import DynamicObserver
 from qlib.core.quantizers import QuantGrid, QuantSpec
 
@@ -274,12 +275,16 @@ class Int8Linear(nn.Module):
 
 
 ATTENTION_DTYPES = FLOAT_OUTPUTS  # the attention products run in the dtype the Q, K, V GEMM writes
-EAGER_ATTENTION_MAX_TOKENS = 256
-"""The longest key sequence whose bf16 attention runs by eager attention; a longer one runs by SDPA, whose kernel
-works through the scores in blocks instead of writing [B, H, T, T] to memory. Set from probes on an AVX-512 BF16
-CPU (BERT-base, batch 8, compiled, against the float32 route's SDPA): the bf16 route with eager attention was the
-faster at 128 tokens, about even at 256 (two probes disagreed on which was ahead) and far the slower at 512, where
-the bf16 route with SDPA was as fast as the float32 one."""
+EAGER_ATTENTION_MAX_TOKENS = {"AMX": 0, "AVX-512 VNNI": 256}
+"""By CPU class (``qlib.common.cpu.cpu_class``), the longest key sequence whose bf16 attention runs by eager attention;
+a longer one runs by SDPA, whose kernel works through the scores in blocks instead of writing [B, H, T, T] to memory.
+A class not named here gets ``DEFAULT_EAGER_ATTENTION_MAX_TOKENS``. Set from probes (BERT-base, compiled, interleaved,
+quiet CPU). AVX-512 BF16 without AMX (batch 8, against the float32 route's SDPA): eager attention was the faster at 128
+tokens, about even at 256 (two probes disagreed on which was ahead) and far the slower at 512, where the bf16 route with
+SDPA was as fast as the float32 one. AMX (bf16 eager against bf16 SDPA, batch 1 and 8): at 32 and 64 tokens eager
+was ahead by at most 4 % (batch 8) and SDPA by up to 13 % (batch 1, 64 tokens); at 128 tokens SDPA took 16-17 % less
+time, at 256 22-36 % less."""
+DEFAULT_EAGER_ATTENTION_MAX_TOKENS = 256
 
 
 class Int8SelfAttention(nn.Module):
@@ -291,8 +296,9 @@ class Int8SelfAttention(nn.Module):
     to bf16 before ·V. Compiled, Inductor fuses the scale, mask, softmax and rounding into one kernel between the two
     bf16 GEMMs (two loops over the scores, with the exponentials in a float32 buffer between them, as the padding
     mask is broadcast over the heads); SDPA's bf16 kernel was slower at 128 tokens on AVX-512 BF16, and
-    agreed less with the fake-quantized model. Past ``EAGER_ATTENTION_MAX_TOKENS`` keys, where the scores
-    outgrow the caches, the bf16 products run by SDPA (the speed chapter's ``qbook_int8_compiled_bf16_attention``
+    agreed less with the fake-quantized model. Past ``eager_max_tokens`` keys (``EAGER_ATTENTION_MAX_TOKENS`` of
+    this CPU's class: 256 on AVX-512 BF16, where the scores outgrow the caches; 0 on AMX, whose bf16 SDPA was the faster
+    at every length probed) the bf16 products run by SDPA (the speed chapter's ``qbook_int8_compiled_bf16_attention``
     rows measure this route)."""
 
     def __init__(self, attention: BertSelfAttention, widths: CodeWidths = CodeWidths(),
@@ -303,6 +309,7 @@ class Int8SelfAttention(nn.Module):
         self.num_attention_heads = attention.num_attention_heads
         self.attention_head_size, self.scaling = attention.attention_head_size, attention.scaling
         self.attention_dtype = attention_dtype
+        self.eager_max_tokens = EAGER_ATTENTION_MAX_TOKENS.get(cpu_class(), DEFAULT_EAGER_ATTENTION_MAX_TOKENS)
         if hasattr(attention, "integer_softmax"):  # I-BERT's softmax, read by the model's attention function
             if attention_dtype != torch.float32:
                 raise ValueError("the integer softmax takes float32 scores from the model's own attention function: "
@@ -320,14 +327,15 @@ class Int8SelfAttention(nn.Module):
             attention_mask = attention_mask.to(self.attention_dtype)
         kwargs.pop("past_key_values", None)  # only encoders are fused (see to_int8)
         attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
-        if self.attention_dtype == torch.bfloat16 and key.shape[-2] > EAGER_ATTENTION_MAX_TOKENS:
+        if self.attention_dtype == torch.bfloat16 and key.shape[-2] > self.eager_max_tokens:
             attention = ALL_ATTENTION_FUNCTIONS["sdpa"]  # takes the eager route's additive mask as it is
         output, weights = attention(self, query, key, value, attention_mask, dropout=0.0, scaling=self.scaling,
                                     **kwargs)
         return output.reshape(*shape, -1).to(torch.float32).contiguous(), weights
 
     def extra_repr(self) -> str:
-        return f"attention_dtype={self.attention_dtype}"
+        eager = f", eager_max_tokens={self.eager_max_tokens}" if self.attention_dtype == torch.bfloat16 else ""
+        return f"attention_dtype={self.attention_dtype}{eager}"
 
 
 class Int8Intermediate(nn.Module):
@@ -402,7 +410,7 @@ def to_int8(model: nn.Module, widths: CodeWidths | None = None,
             this CPU computes exactly (``exact_widths``).
         attention_dtype: the dtype of the attention products (Q·Kᵀ, ·V): ``torch.float32`` (the fake-quantized
             model's, by its own attention function) or ``torch.bfloat16`` (by transformers' eager attention, whose
-            softmax runs in float32; the copy's attention implementation is set to ``"eager"``; past
+            softmax runs in float32; the copy's attention implementation is set to ``"eager"``; past this CPU class's
             ``EAGER_ATTENTION_MAX_TOKENS`` tokens by SDPA, as eager attention writes the [B, H, T, T] scores).
         compile: return it compiled whole by Inductor (``CompiledInt8``), for inference.
     """
