@@ -297,9 +297,9 @@ class Int8SelfAttention(nn.Module):
     bf16 GEMMs (two loops over the scores, with the exponentials in a float32 buffer between them, as the padding
     mask is broadcast over the heads); SDPA's bf16 kernel was slower at 128 tokens on AVX-512 BF16, and
     agreed less with the fake-quantized model. Past ``eager_max_tokens`` keys (``EAGER_ATTENTION_MAX_TOKENS`` of
-    this CPU's class: 256 on AVX-512 BF16, where the scores outgrow the caches; 0 on AMX, whose bf16 SDPA was the faster
-    at every length probed) the bf16 products run by SDPA (the speed chapter's ``qbook_int8_compiled_bf16_attention``
-    rows measure this route)."""
+    this CPU's class: 256 on AVX-512 BF16, where the scores outgrow the caches; 0 on AMX, whose bf16 SDPA was about
+    as fast at 32 and 64 tokens and faster from 128 on) the bf16 products run by SDPA (the speed chapter's
+    ``qbook_int8_compiled_bf16_attention`` rows measure this route)."""
 
     def __init__(self, attention: BertSelfAttention, widths: CodeWidths = CodeWidths(),
                  attention_dtype: torch.dtype = torch.float32, qkv: nn.Module | None = None) -> None:
