@@ -35,6 +35,9 @@ def test_table2_says_qat_loses_beyond_the_spread_and_dq_does_not(results):
     write_run(results, "rte", "dq", 0, 0.54)
     runs = runs_frame(read_results(results))
     assert table2(runs, mean_std(runs))[1].endswith("no (+5.62 %); QAT not run yet: rte")
+    write_run(results, "squad", "qat", 0, 0.57)  # and one whose FP32 has not: said so too
+    runs = runs_frame(read_results(results))
+    assert table2(runs, mean_std(runs))[1].endswith("no (+5.62 %); QAT not run yet: rte; FP32 not run yet: squad")
 
 
 def test_the_ema_ablation_waits_for_its_runs_then_compares_each_decay(results):

@@ -45,10 +45,12 @@ def table2(runs: pd.DataFrame, summary: pd.DataFrame, bound: float = 1.0) -> lis
     table["paper QAT"] = pd.Series({t: round(relative_drop(p["fp32"], p["qat"]), 2)
                                     for t, p in Q8BERT_TABLE1.items()})
     drops = table["ours QAT"].dropna()
-    waiting = [t for t in table.index if t not in drops.index]  # FP32 run, QAT not yet
+    fp32 = summary["mean"].unstack("method")["fp32"]
+    waiting = {method: [t for t in table.index if t not in drops.index and pd.isna(fp32.get(t)) == (method == "FP32")]
+               for method in ("QAT", "FP32")}  # a task with one of the two methods run
     parts: list[Any] = [table, f"QAT within {bound:g} % relative of FP32: " + ", ".join(
         f"**{t}**: {'yes' if abs(d) <= bound else 'no'} ({d:+.2f} %)" for t, d in drops.items())
-        + (f"; QAT not run yet: {', '.join(waiting)}" if waiting else "")]
+        + "".join(f"; {method} not run yet: {', '.join(tasks)}" for method, tasks in waiting.items() if tasks)]
     beyond = {}
     for method in ("qat", "dq"):
         gaps = paired_gaps(runs, method)
