@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from conftest import write_run
 
-from qlib.experiments.q8bert_tables import ema_ablation, first_batch_weights, table2
+from qlib.experiments.q8bert_tables import ema_ablation, first_batch_weights, protocol_table, table1, table2
 from qlib.experiments.report import mean_std, runs_frame
 from qlib.experiments.results import read_results
 
@@ -56,3 +56,23 @@ def test_the_ema_ablation_waits_for_its_runs_then_compares_each_decay(results):
     parts = ema_ablation(records, runs, mean_std(runs))
     assert parts[-1].startswith("* **sst2** (2 paired seeds): QAT − FP32 -5.00 points with Q8BERT's decay, -1.00 "
                                 "with `qat-ema0.99` (+4.00 ± 0.00 against QAT on the same seeds)")
+
+
+def test_table1_puts_each_method_beside_the_paper_and_names_the_tasks_not_run(results):
+    parts = table1(read_results(results), ("sst2", "rte"), {"sst2": 50.9})
+    table = parts[0]
+    assert table.loc["sst2", "ours FP32"] == "89.00 ± 1.41 (n=2)" and table.loc["rte", "ours QAT"] == "not run"
+    assert table.loc["sst2", "paper FP32"] > 90 and table.loc["sst2", "metric"] == "accuracy"
+    assert table.loc["sst2", "constant answer"] == 50.9 and table.loc["rte", "constant answer"] == "–"
+    assert parts[1] == ""  # no result here is noted as computed on the altered copy (data_caveat)
+    assert parts[2] == "*Not yet run on the CPU protocol: rte* (see *Reproducing*)."
+    assert "constant answer" not in table1(read_results(results), ("sst2",), {})[0].columns
+    assert table1([], ("sst2",), {}) == []
+
+
+def test_the_protocol_table_lists_each_method_once_with_its_seeds_and_best_speed(results):
+    table, speed_words, notes, hours = protocol_table(read_results(results))
+    assert list(table.index) == [("sst2", m, "cpu") for m in ("fp32", "qat")]  # DQ trains nothing: not a row
+    assert table.loc[("sst2", "fp32", "cpu"), "seeds"] == "0,1"
+    assert speed_words.startswith("Throughput is the best") and hours.startswith("Total wall time of these runs: **")
+    assert protocol_table([]) == []

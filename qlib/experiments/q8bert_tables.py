@@ -1,16 +1,27 @@
-"""What the Q8BERT chapter shows beyond its Table 1, built from the committed results: Table 2 (the relative error of
-8-bit against FP32, beside the paper's) with the paired per-seed gaps and what they say, and the EMA ablation
-(Q8BERT's decay against one matched to short runs). Nothing here trains."""
+"""What the Q8BERT chapter shows, built from the committed results: Table 1 (FP32, QAT and DQ beside the paper's rows
+and the constant-answer floor), Table 2 (the relative error of 8-bit against FP32, beside the paper's) with the paired
+per-seed gaps and what they say, the EMA ablation (Q8BERT's decay against one matched to short runs), and how each
+run was made. Nothing here trains."""
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping, Sequence
 
 import pandas as pd
 
 from qlib.core.observers import Q8BERT_EMA_DECAY
 from qlib.experiments.papers import Q8BERT_TABLE1
-from qlib.experiments.report import mean_std_text, paired_gaps, relative_drop, relative_error
+from qlib.experiments.report import (
+    data_caveat,
+    mean_std,
+    mean_std_text,
+    notes_markdown,
+    paired_gaps,
+    protocol_frame,
+    relative_drop,
+    relative_error,
+    runs_frame,
+)
 from qlib.experiments.spec import RunSpec
 
 SPREAD_WORDS = {None: "no spread to compare with yet (one seed)", True: "larger than the seed-to-seed spread",
@@ -23,6 +34,37 @@ READINGS = {(True, False): "the cost comes from training with static input range
             (False, True): "QAT recovers what 8-bit precision alone (DQ) loses",
             (False, False): "neither loss is distinguishable from seed noise"}
 """What (QAT beyond the spread, DQ beyond the spread) says about where 8-bit's cost comes from."""
+
+
+def table1(records: list[dict[str, Any]], tasks: Sequence[str], floors: Mapping[str, float]) -> list[Any]:
+    """Q8BERT's Table 1 for the committed runs: per task of ``tasks``, the mean ± sample standard deviation over seeds
+    of the dev metric (percent) for FP32, QAT and DQ ("not run" where a method has no run), beside the paper's FP32 and
+    QAT (BERT-base, mean of 5 runs) and the task's constant-answer floor.
+
+    Args:
+        records: the results (``qlib.experiments.results.read_results``).
+        tasks: the rows, in order (the protocol's ``Q8BERT_TASKS``).
+        floors: each task's best constant answer in percent (``qlib.experiments.report.constant_answer_scores``; {}
+            leaves the column out).
+
+    Returns:
+        What the chapter shows, in order (``qlib.experiments.report.show``): the table, how many of its results saw
+        the altered data (``data_caveat``), and which tasks have no run yet; [] without runs.
+    """
+    runs = runs_frame(records)
+    if runs.empty:
+        return []
+    cell = mean_std_text(mean_std(runs)).unstack("method")
+    cell = cell.reindex(columns=[m for m in ("fp32", "qat", "dq") if m in cell.columns])
+    cell.columns = [f"ours {m.upper()}" for m in cell.columns]
+    paper = pd.DataFrame({t: {"paper FP32": p["fp32"], "paper QAT": p["qat"]} for t, p in Q8BERT_TABLE1.items()}).T
+    table = cell.reindex(list(tasks)).fillna("not run").join(paper, how="left")
+    table.insert(0, "metric", [Q8BERT_TABLE1[t]["metric"] for t in table.index])
+    if floors:
+        table["constant answer"] = [round(floors[t], 2) if t in floors else "–" for t in table.index]
+    missing = [t for t in tasks if t not in set(runs["task"])]
+    return [table, data_caveat(records),
+            f"*Not yet run on the CPU protocol: {', '.join(missing)}* (see *Reproducing*)." if missing else ""]
 
 
 def table2(runs: pd.DataFrame, summary: pd.DataFrame, bound: float = 1.0) -> list[Any]:
@@ -115,3 +157,29 @@ def ema_ablation(records: list[dict[str, Any]], runs: pd.DataFrame, summary: pd.
         "Each against FP32 of the same seed (points; negative = worse than FP32):",
         pd.concat({m: paired_gaps(runs, m)[["pairs", "mean gap", "gap std"]] for m in methods}, axis=1).round(2),
         *(_ablation_lines(runs, short) for short in methods if short != "qat")]
+
+
+def protocol_table(records: list[dict[str, Any]]) -> list[Any]:
+    """How the committed runs were made, one row per (task, method, device): the protocol's settings
+    (``qlib.experiments.report.protocol_frame``), the seeds run, and the best training throughput of those seeds
+    (some CPU runs shared the machine, which slows them without changing their results); then the notes on these
+    results and the total wall time per device.
+
+    Returns:
+        What the chapter shows, in order (``qlib.experiments.report.show``); [] without trained runs.
+    """
+    protocol = protocol_frame(records)
+    if protocol.empty:
+        return []
+    keys = ["task", "method", "device"]
+    grouped = protocol.groupby(keys)
+    table = protocol.drop(columns=["seed", "G", "examples/s", "wall h", "note"]).drop_duplicates(keys).set_index(keys)
+    table = table.join(grouped["seed"].apply(lambda s: ",".join(map(str, sorted(s)))).rename("seeds"))
+    hours = protocol.groupby("device")["wall h"].sum()
+    return [table.join(grouped["examples/s"].max().rename("best examples/s")),
+            "Throughput is the best of the seeds' runs on that device: some CPU runs shared the 2-core machine with "
+            "other work, which slows them without changing their results.",
+            notes_markdown(records),
+            "Total wall time of these runs: " + ", ".join(f"**{h:.2f} h** on {d}" for d, h in hours.items())
+            + " (an FP32 run's time includes its DQ evaluation; where it is also Q-BERT's Baseline, the same training "
+              "written for both chapters, its DirectQ evaluations too)."]
