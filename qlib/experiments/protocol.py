@@ -374,8 +374,6 @@ def spectrum_job(task: str, checkpoints: str | Path, results: str | Path) -> dic
                 **hessian_length(task))
 
 
-
-
 def _by_seed(jobs: list[Any]) -> list[Any]:
     """Seed 0 of every row first, then seed 1, …: a partial run still fills every row (stable within a seed; a
     spectrum job counts as seed 0, whose Baseline it measures)."""
