@@ -17,7 +17,9 @@ from qlib.experiments.jobs import (
     execute,
     local_cluster_size,
     make_client,
+    plan_lines,
     resources_for,
+    select_jobs,
 )
 from qlib.experiments.protocol import Job
 from qlib.experiments.results import read_json
@@ -238,3 +240,44 @@ def test_jobs_wait_for_a_worker_to_join(tmp_path):
     finally:
         close_client(client)
     assert [o.status for o in report.outcomes] == ["done", "done"] and open(log).read().split() == ["a", "b"]
+
+
+@dataclass(frozen=True)
+class Planned:
+    """A job as the runner finds it: its result written (``finished``), or only its model missing (``recorded``)."""
+
+    name: str
+    needs: tuple[str, ...] = ()
+    finished: bool = False
+    model_lost: bool = False
+    resources: tuple = ()
+
+    def done(self) -> bool:
+        return self.finished
+
+    def recorded(self) -> bool:
+        return self.finished or self.model_lost
+
+    def __call__(self) -> str:
+        raise AssertionError("a plan runs nothing")
+
+
+def test_a_pattern_selects_its_jobs_with_everything_they_need_and_one_matching_nothing_is_named():
+    baseline = Planned("qbert/sst2/fp32-seed0")
+    spectrum = Planned("spectrum of sst2", needs=(baseline.name,))
+    mixed = Planned("qbert/sst2/qbert-w2e8-g12-p99.9-mp2-3-ft-seed0", needs=(spectrum.name,))
+    other = Planned("qbert/cola/fp32-seed0")
+    jobs = [baseline, other, spectrum, mixed]
+    selected, unmatched = select_jobs(jobs, ["qbert/sst2/*mp2-3*", "qbert/mnli/*"])
+    assert selected == [baseline, spectrum, mixed]  # the spectrum's Baseline too, through the spectrum; list order
+    assert unmatched == ["qbert/mnli/*"]
+    assert select_jobs(jobs, ["qbert/*/fp32-seed0"]) == ([baseline, other], [])
+    assert select_jobs(jobs, ["QBERT/*"]) == ([], ["QBERT/*"])  # whole names, case and all: no loose matches
+
+
+def test_the_plan_says_what_a_run_would_do_with_each_job():
+    jobs = [Planned("fp32-seed0", finished=True), Planned("fp32-seed1", model_lost=True), Planned("fp32-seed2"),
+            Planned("qat-seed0", needs=("fp32-seed0",)), Planned("qat-seed1", needs=("fp32-seed1",)),
+            Planned("qat-seed2", needs=("fp32-seed2",), finished=True)]
+    assert plan_lines(jobs) == ["done   fp32-seed0", "rerun  fp32-seed1", "to run fp32-seed2",
+                                "to run qat-seed0", "to run qat-seed1  (after fp32-seed1)", "done   qat-seed2"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -334,6 +335,20 @@ def test_runner_runs_jobs_in_worker_processes_and_names_a_failing_one(glue_dir, 
     capsys.readouterr()
     assert main(["--only", "q8bert", "--results", results, "--threads", "1", "--device", "cpu"]) == 1
     assert "q8bert/sst2/fp32-seed0: skipped" in capsys.readouterr().out  # resumed: the finished run is not redone
+    assert main(["--only", "q8bert", "--results", results, "--threads", "1", "--device", "cpu",
+                 "--jobs", "q8bert/sst2/qbert-*", "q8bert/mnli/*"]) == 1
+    out = capsys.readouterr()
+    assert "FAILED q8bert/sst2/qbert-w3e8-ft-seed0" in out.out and "q8bert/sst2/fp32-seed0" not in out.out
+    assert "--jobs 'q8bert/mnli/*' (no job of the protocol has a matching name)" in out.err
+
+
+def test_list_prints_the_selected_plan_runs_nothing_and_names_a_pattern_matching_no_job(capsys):
+    results = str(Path(__file__).parents[1] / "results")  # the committed results: RTE's seed-0 QAT is finished
+    assert main(["--list", "--results", results, "--only", "q8bert", "--jobs", "q8bert/rte/qat-seed0"]) == 0
+    out = capsys.readouterr().out
+    assert "stage 1: 0 job(s), 0 to run" in out and "stage 2: 1 job(s), 0 to run\n  done   q8bert/rte/qat-seed0" in out
+    assert main(["--list", "--results", results, "--only", "q8bert", "--jobs", "q8bert/mnli/*"]) == 1
+    assert "--jobs 'q8bert/mnli/*': no job of the protocol has a matching name" in capsys.readouterr().err
 
 
 def test_spectrum_job_measures_the_seed_0_baseline_where_the_tables_read_it():

@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import dask
@@ -213,6 +214,39 @@ def defer_model_reruns(waiting: Sequence[Runnable]) -> list[Runnable]:
             order.remove(job)  # listed before its dependents: they move up by one
             order.insert(first_dependent - 1, job)
     return order
+
+
+def select_jobs(jobs: Sequence[Runnable], patterns: Sequence[str]) -> tuple[list[Runnable], list[str]]:
+    """The jobs named by ``patterns`` and every job they need, directly or through others, in their listed order.
+
+    Args:
+        jobs: a job list in dependency order (a job's needs listed before it).
+        patterns: shell-style patterns matched against whole job names, as ``fnmatch`` reads them
+            (``"qbert/conll2003/*-seed0"``, ``"spectrum of sst2"``).
+
+    Returns:
+        (the selected jobs, the patterns that matched no job's name).
+    """
+    matches = {p: {j.name for j in jobs if fnmatchcase(j.name, p)} for p in patterns}
+    wanted = set().union(*matches.values())
+    for job in reversed(jobs):  # needs are listed before the jobs that need them: one backward pass closes the set
+        if job.name in wanted:
+            wanted.update(job.needs)
+    return [j for j in jobs if j.name in wanted], [p for p, names in matches.items() if not names]
+
+
+def plan_lines(jobs: Sequence[Runnable]) -> list[str]:
+    """One line per job saying what a run would do with it: ``done`` (its result exists: skipped), ``rerun`` (its
+    results exist but the model it keeps is missing: trained again before a job starts from it), or ``to run``
+    (after the needed jobs not done yet, named)."""
+    done = {job.name: job.done() for job in jobs}
+    lines = []
+    for job in jobs:
+        pending = [n for n in job.needs if not done.get(n, False)]
+        status = "done" if done[job.name] else "rerun" if job.recorded() else "to run"
+        lines.append(f"{status:7s}{job.name}" + (f"  (after {', '.join(pending)})" if pending and status != "done"
+                                                  else ""))
+    return lines
 
 
 def local_cluster_size(workers: int | None = None, threads: int | None = None,

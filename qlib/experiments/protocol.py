@@ -6,6 +6,10 @@ run on Dask (``qlib.experiments.jobs``): a local cluster by default, sized to th
 
     python -m qlib.experiments.protocol [--workers 1] [--threads 2] [--only q8bert] [--device cuda]
     python -m qlib.experiments.protocol --scheduler tcp://host:8786 --threads 8
+    python -m qlib.experiments.protocol --list --jobs 'qbert/conll2003/*-seed0'   # what would run, and why not
+
+``--jobs`` runs the jobs whose names match its shell-style patterns, with the jobs they need (``select_jobs``);
+``--list`` prints the plan (``plan_lines``: done, to run, or trained again for a lost model) and runs nothing.
 
 Three stages, each a graph of jobs whose edges are Dask futures: (1) the FP32 protocol sweep of the small tasks
 (``--only sweep``), which picks their epochs and learning rates (``qlib.experiments.experiment.protocol_for``); (2) the
@@ -36,7 +40,7 @@ from typing import Any, Mapping, Sequence
 
 from qlib.experiments.batch import NotebookJob, job_name
 from qlib.experiments.experiment import SWEEP_TASKS, checkpoint_path, protocol_for, run, sweep_folder, sweep_points
-from qlib.experiments.jobs import Report, close_client, execute, make_client, resources_for
+from qlib.experiments.jobs import Report, close_client, execute, make_client, plan_lines, resources_for, select_jobs
 from qlib.experiments.qbert import MIXED_SETTINGS, SETTINGS, directq_specs, fp32_checkpoint, run_spectrum, setting_spec
 from qlib.experiments.results import read_json, records_its_data
 from qlib.experiments.spec import RunSpec, TrainingProtocol
@@ -460,6 +464,30 @@ def second_stage(wanted: Mapping[str, Sequence[str]], results: str | Path, check
     return jobs, waiting, [t for t in qbert_tasks if t not in measured]
 
 
+def list_plan(results: str | Path, checkpoint_root: str | Path, only: str | None, qbert_tasks: Sequence[str],
+              patterns: Sequence[str] | None) -> int:
+    """``--list``: print stages 1 and 2 as a run would find them under ``results`` (``plan_lines``), then what waits
+    for a stage-2 job (a sweep or a spectrum); returns 1 where a ``--jobs`` pattern matches no job, else 0."""
+    sweep = sweep_jobs(results=results) if only in (None, "sweep") else []
+    jobs, waiting, unmeasured = second_stage(wanted_tasks(only, qbert_tasks), results, checkpoint_root)
+    missed: list[str] = []
+    if patterns is not None:
+        (sweep, missed_sweep), (jobs, missed_main) = select_jobs(sweep, patterns), select_jobs(jobs, patterns)
+        missed = [p for p in patterns if p in missed_sweep and p in missed_main]
+    for number, stage_jobs in ((1, sweep), (2, jobs)):
+        lines = plan_lines(stage_jobs)
+        print(f"stage {number}: {len(lines)} job(s), {sum(not line.startswith('done') for line in lines)} to run")
+        for line in lines:
+            print(f"  {line}")
+    for task in waiting:
+        print(f"{task}: its rows wait for its FP32 sweep (stage 1)")
+    for task in unmeasured:
+        print(f"{task}: its Q-BERT MP rows wait for its Hessian spectrum (stage 3, after the spectrum job)")
+    for pattern in missed:
+        print(f"--jobs {pattern!r}: no job of the protocol has a matching name", file=sys.stderr)
+    return 1 if missed else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--results", default="results",
@@ -488,7 +516,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="run each training job as a direct call (default) or as a papermill execution of its "
                              "chapter, keeping the executed notebook under --notebooks; both write the same results")
     parser.add_argument("--notebooks", default="runs/notebooks", help="where --via papermill keeps the notebooks")
+    parser.add_argument("--jobs", nargs="+", metavar="PATTERN", default=None,
+                        help="run only the jobs whose names match these shell-style patterns (quoted: "
+                             "'qbert/conll2003/*-seed0', 'spectrum of sst2'), with the jobs they need")
+    parser.add_argument("--list", action="store_true",
+                        help="print each job of stages 1 and 2 (after --only and --jobs) with what a run would do "
+                             "with it (done, to run, rerun), and run nothing")
     args = parser.parse_args(argv)
+    if args.list:
+        return list_plan(args.results, args.checkpoints, args.only, args.qbert_tasks.split(","), args.jobs)
     try:
         client, threads = make_client(args.scheduler, args.workers, args.threads,
                                       gpus=0 if args.device == "cpu" else None)
@@ -501,8 +537,13 @@ def main(argv: list[str] | None = None) -> int:
     failures: list[str] = []
     reports: list[Report] = []
 
+    unmatched = set(args.jobs or ())  # the --jobs patterns no stage has matched yet
+
     def stage(number: int, jobs: list[Any]) -> None:
-        """Run one stage's jobs on the cluster, each after the jobs it needs."""
+        """Run one stage's jobs (those --jobs selects) on the cluster, each after the jobs it needs."""
+        if args.jobs is not None:
+            jobs, missed = select_jobs(jobs, args.jobs)
+            unmatched.intersection_update(missed)
         snapshots = None if args.snapshots == "none" else args.snapshots
         jobs = [replace(j, device=args.device, checkpoint_dir=j.checkpoint_dir or args.keep_models,
                         snapshot_dir=snapshots) if isinstance(j, Job) else j for j in jobs]
@@ -532,6 +573,7 @@ def main(argv: list[str] | None = None) -> int:
             stage(3, _by_seed(new_baselines) + _by_seed([j for j in new_main + distilled if j.spec.layer_bits]))
     finally:
         close_client(client)
+    failures.extend(f"--jobs {p!r} (no job of the protocol has a matching name)" for p in sorted(unmatched))
     print("\n".join(report.summary() for report in reports), flush=True)
     if failures:
         print(f"{len(failures)} job(s) failed or not started: " + "; ".join(failures), file=sys.stderr)
