@@ -2,7 +2,7 @@
 
 Each job (``Job``: a ``RunSpec`` and what it serves) is the run a chapter's ``quick=False`` cell makes for one
 grid point of its papermill batch (see each chapter's *Reproducing*): the same ``run``, the same result files. Jobs
-run on Dask (``qlib.experiments.jobs``): a local cluster by default, sized to the cores, or an existing cluster:
+run on Dask (``qlib.experiments.jobs``): a local cluster by default, sized to the cores, or an existing cluster::
 
     python -m qlib.experiments.protocol [--workers 1] [--threads 2] [--only q8bert] [--device cuda]
     python -m qlib.experiments.protocol --scheduler tcp://host:8786 --threads 8
