@@ -16,6 +16,7 @@ from qlib.experiments.qbert import main_table_rows
 from qlib.experiments.qbert_tables import (
     batch_size_effect,
     committed_spectra,
+    float16_floats,
     group_ablation,
     main_table,
     main_tables,
@@ -223,3 +224,31 @@ def test_missing_runs_are_named_with_their_cost_estimated_from_measured_runs(tmp
         "1 measured FP32 run(s), from random batches ÷ their measured speed-up")
     assert missing_runs("conll2003", main_table_rows(None, 12, "conll2003"), tmp_path / "qbert").loc[
         "Baseline", "estimated from"] == "no run measured"
+
+
+def test_a_float16_run_gets_a_drop_only_against_the_baseline_on_the_same_data(tmp_path):
+    results = tmp_path / "results" / "qbert"
+    baseline = write_run(results, "sst2", "fp32", 0, 0.90)
+    official = {"source": "files", "files": {"glue/sst2/dev.tsv": "ab" * 32}, "folder": "/data"}
+    run = {"task": "sst2", "seed": 0, "metric": "accuracy", "result": "results/qbert/sst2/mp-seed0.json",
+           "scores": {"float32": {"accuracy": 0.89}, "float16": {"accuracy": 0.88}},
+           "sizes_bytes": {"float16": {"other": 0.5e6}}, "max_abs_logit_diff": 1e-3, "same_prediction": 1.0,
+           "examples": 872, "layer_bits": {"encoder.layer.0": 3, "encoder.layer.1": 2},
+           "provenance": {"git_commit": "0123456789", "data": None}}
+    bench = tmp_path / "results" / "benchmarks" / "float16_floats-sst2-mp-seed0.json"
+    bench.parent.mkdir(parents=True)
+    sizes = pd.DataFrame({"w/o embedding (MB)": [10.0]}, index=["Baseline"])
+
+    def written(run_data, baseline_data):
+        bench.write_text(json.dumps(run | {"provenance": run["provenance"] | {"data": run_data}}))
+        record = json.loads(baseline.read_text())
+        record["provenance"]["data"] = baseline_data
+        baseline.write_text(json.dumps(record))
+        return float16_floats(results, sizes)
+
+    table, said = written(None, official)  # the float16 run on the altered copy, its Baseline re-run since
+    assert pd.isna(table["float16 drop vs FP32 (%)"].iloc[0])
+    assert any("has no drop beside it" in line for line in said)
+    table, said = written(official, official)
+    assert table["float16 drop vs FP32 (%)"].iloc[0] == pytest.approx(100 * (0.90 - 0.88) / 0.90, abs=1e-4)  # 4 places
+    assert any("a drop of +2.22 % against its FP32 Baseline" in line and "**met**" in line for line in said)
