@@ -41,6 +41,7 @@ from qlib.experiments.protocol import (
     smallest_first,
     spectrum_job,
     sweep_jobs,
+    unmatched_patterns,
 )
 from qlib.experiments.qbert import (
     MIXED_SETTINGS,
@@ -339,7 +340,14 @@ def test_runner_runs_jobs_in_worker_processes_and_names_a_failing_one(glue_dir, 
                  "--jobs", "q8bert/sst2/qbert-*", "q8bert/mnli/*"]) == 1
     out = capsys.readouterr()
     assert "FAILED q8bert/sst2/qbert-w3e8-ft-seed0" in out.out and "q8bert/sst2/fp32-seed0" not in out.out
-    assert "--jobs 'q8bert/mnli/*' (no job of the protocol has a matching name)" in out.err
+    assert "--jobs 'q8bert/mnli/*': no job of the protocol has a matching name" in out.err
+
+
+def test_a_pattern_is_unmatched_only_where_every_stage_missed_it_in_the_order_given():
+    lines = unmatched_patterns(["b*", "a*", "c*"], [["a*", "b*", "c*"], ["c*", "b*"]])
+    assert lines == ["--jobs 'b*': no job of the protocol has a matching name",
+                     "--jobs 'c*': no job of the protocol has a matching name"]
+    assert unmatched_patterns(["a*"], []) == ["--jobs 'a*': no job of the protocol has a matching name"]
 
 
 def test_list_prints_the_selected_plan_runs_nothing_and_names_a_pattern_matching_no_job(capsys):

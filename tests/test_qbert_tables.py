@@ -249,6 +249,9 @@ def test_a_float16_run_gets_a_drop_only_against_the_baseline_on_the_same_data(tm
     table, said = written(None, official)  # the float16 run on the altered copy, its Baseline re-run since
     assert pd.isna(table["float16 drop vs FP32 (%)"].iloc[0])
     assert any("has no drop beside it" in line for line in said)
-    table, said = written(official, official)
+    other_dev = official | {"files": {"glue/sst2/dev.tsv": "cd" * 32}}
+    table, _ = written(other_dev, official | {"files": official["files"] | {"glue/sst2/train.tsv": "ef" * 32}})
+    assert pd.isna(table["float16 drop vs FP32 (%)"].iloc[0])  # another dev file: no drop either
+    table, said = written(official, official | {"files": official["files"] | {"glue/sst2/train.tsv": "ef" * 32}})
     assert table["float16 drop vs FP32 (%)"].iloc[0] == pytest.approx(100 * (0.90 - 0.88) / 0.90, abs=1e-4)  # 4 places
     assert any("a drop of +2.22 % against its FP32 Baseline" in line and "**met**" in line for line in said)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from qlib.experiments.data import OFFICIAL_SHA256
+from qlib.experiments.data import OFFICIAL_SHA256, read_same_data
 from qlib.experiments.report import data_label, notes_markdown, protocol_frame
 from qlib.experiments.results import NOTES_FILE, notes_for, read_notes, read_results, write_json
 
@@ -83,6 +83,18 @@ def test_protocol_frame_says_which_data_each_run_read():
     records = read_results(RESULTS / "q8bert" / "rte")
     frame = protocol_frame(records)
     assert set(frame["data"]) <= {"official", "altered copy", "local copy", "hub"}
+
+
+def test_two_runs_read_the_same_data_when_the_files_they_share_agree():
+    dev, train = "glue/sst2/dev.tsv", "glue/sst2/train.tsv"
+    dev_only = {"source": "local", "folder": "data", "files": {dev: OFFICIAL_SHA256[dev]}}
+    baseline = {**dev_only, "files": {dev: OFFICIAL_SHA256[dev], train: OFFICIAL_SHA256[train]}}
+    assert read_same_data(dev_only, baseline) and read_same_data(baseline, dev_only)
+    assert not read_same_data({**dev_only, "files": {dev: "0" * 64}}, baseline)  # another dev file
+    assert not read_same_data({**dev_only, "files": {"glue/cola/dev.tsv": "0" * 64}}, baseline)  # nothing shared
+    assert not read_same_data(None, baseline) and not read_same_data(baseline, None)  # the altered copy's era
+    hub = {"source": "hub", "folder": None, "files": {}}
+    assert read_same_data(hub, hub) and not read_same_data(hub, baseline)
 
 
 def test_sweep_frame_shows_each_tasks_points_and_its_pick(tmp_path):

@@ -313,6 +313,20 @@ def read_official_data(data: dict[str, Any] | None) -> bool:
     return bool(files) and all(OFFICIAL_SHA256.get(name) == sha for name, sha in files.items())
 
 
+def read_same_data(data: dict[str, Any] | None, other: dict[str, Any] | None) -> bool:
+    """Whether two results' ``provenance["data"]`` say they read the same data: both the hub's, or local files that
+    share at least one name and agree on the SHA-256 of every name they share (a run that read the dev file alone
+    matches its Baseline that read train and dev). ``None`` (a result from the earlier, altered copy) matches
+    nothing."""
+    if data is None or other is None or data.get("source") != other.get("source"):
+        return False
+    if data.get("source") == "hub":
+        return True
+    files, others = data.get("files") or {}, other.get("files") or {}
+    shared = files.keys() & others.keys()
+    return bool(shared) and all(files[name] == others[name] for name in shared)
+
+
 _HASHES: dict[tuple[str, int, int], str] = {}
 
 

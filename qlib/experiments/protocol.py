@@ -464,6 +464,13 @@ def second_stage(wanted: Mapping[str, Sequence[str]], results: str | Path, check
     return jobs, waiting, [t for t in qbert_tasks if t not in measured]
 
 
+def unmatched_patterns(patterns: Sequence[str], missed_by_stage: Sequence[Sequence[str]]) -> list[str]:
+    """The ``--jobs`` patterns that matched no job in any stage (each stage's misses from ``select_jobs``), each as the
+    line that reports it, in the order given."""
+    missed = set(patterns).intersection(*missed_by_stage)
+    return [f"--jobs {p!r}: no job of the protocol has a matching name" for p in patterns if p in missed]
+
+
 def list_plan(results: str | Path, checkpoint_root: str | Path, only: str | None, qbert_tasks: Sequence[str],
               patterns: Sequence[str] | None) -> int:
     """``--list``: print stages 1 and 2 as a run would find them under ``results`` (``plan_lines``), then what waits
@@ -473,7 +480,7 @@ def list_plan(results: str | Path, checkpoint_root: str | Path, only: str | None
     missed: list[str] = []
     if patterns is not None:
         (sweep, missed_sweep), (jobs, missed_main) = select_jobs(sweep, patterns), select_jobs(jobs, patterns)
-        missed = [p for p in patterns if p in missed_sweep and p in missed_main]
+        missed = unmatched_patterns(patterns, [missed_sweep, missed_main])
     for number, stage_jobs in ((1, sweep), (2, jobs)):
         lines = plan_lines(stage_jobs)
         print(f"stage {number}: {len(lines)} job(s), {sum(not line.startswith('done') for line in lines)} to run")
@@ -483,8 +490,8 @@ def list_plan(results: str | Path, checkpoint_root: str | Path, only: str | None
         print(f"{task}: its rows wait for its FP32 sweep (stage 1)")
     for task in unmeasured:
         print(f"{task}: its Q-BERT MP rows wait for its Hessian spectrum (stage 3, after the spectrum job)")
-    for pattern in missed:
-        print(f"--jobs {pattern!r}: no job of the protocol has a matching name", file=sys.stderr)
+    for line in missed:
+        print(line, file=sys.stderr)
     return 1 if missed else 0
 
 
@@ -537,13 +544,13 @@ def main(argv: list[str] | None = None) -> int:
     failures: list[str] = []
     reports: list[Report] = []
 
-    unmatched = set(args.jobs or ())  # the --jobs patterns no stage has matched yet
+    missed_by_stage: list[list[str]] = []  # the --jobs patterns each stage did not match
 
     def stage(number: int, jobs: list[Any]) -> None:
         """Run one stage's jobs (those --jobs selects) on the cluster, each after the jobs it needs."""
         if args.jobs is not None:
             jobs, missed = select_jobs(jobs, args.jobs)
-            unmatched.intersection_update(missed)
+            missed_by_stage.append(missed)
         snapshots = None if args.snapshots == "none" else args.snapshots
         jobs = [replace(j, device=args.device, checkpoint_dir=j.checkpoint_dir or args.keep_models,
                         snapshot_dir=snapshots) if isinstance(j, Job) else j for j in jobs]
@@ -573,7 +580,7 @@ def main(argv: list[str] | None = None) -> int:
             stage(3, _by_seed(new_baselines) + _by_seed([j for j in new_main + distilled if j.spec.layer_bits]))
     finally:
         close_client(client)
-    failures.extend(f"--jobs {p!r} (no job of the protocol has a matching name)" for p in sorted(unmatched))
+    failures.extend(unmatched_patterns(args.jobs or (), missed_by_stage))
     print("\n".join(report.summary() for report in reports), flush=True)
     if failures:
         print(f"{len(failures)} job(s) failed or not started: " + "; ".join(failures), file=sys.stderr)

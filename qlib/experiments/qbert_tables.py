@@ -19,6 +19,7 @@ from torch import nn
 
 from qlib.bert.config import qbert_config
 from qlib.deploy.checkpoint import size_mb
+from qlib.experiments.data import read_same_data
 from qlib.experiments.experiment import protocol_for
 from qlib.experiments.papers import QBERT_CLAIMS
 from qlib.experiments.progress import dev_set_size, estimated_hours, grouped_speedups, random_batches_caveat
@@ -211,7 +212,7 @@ def float16_floats(results_dir: str | Path, sizes: pd.DataFrame) -> tuple[pd.Dat
         fp32 = read_json(fp32_path) if fp32_path.is_file() else None
         # a drop only against the Baseline on the same data: a run on the earlier, altered copy has none left once
         # the Baseline's re-run on the official files has replaced that file
-        same_data = fp32 is not None and records_data(fp32) and records_data(r)
+        same_data = fp32 is not None and read_same_data(fp32["provenance"].get("data"), r["provenance"].get("data"))
         fp32_score = fp32["metrics"][r["metric"]] if same_data else None
         half_score = r["scores"]["float16"][r["metric"]]
         table.append({
