@@ -50,7 +50,7 @@ from qlib.experiments.results import benchmark_path, provenance, write_json  # n
 from qlib.experiments.speed import QBOOK_ROUTES, TARGETS, judge, point_name  # noqa: E402
 
 TORCH_VARIANTS = ("fp32", "ao_dynamic", "torch_bf16", "pt2e_inductor", "qbook_int8", "qbook_int8_compiled",
-                  "qbook_int8_compiled_bf16_attention")
+                  "qbook_int8_compiled_bf16_attention", "qbook_int8_autotuned")
 """The variants that run inside PyTorch, so its profiler can split their time."""
 CALIBRATION = ((2, 128), (3, 64), (4, 96), (6, 128))  # post-training peers' calibration inputs: none is timed
 
@@ -267,6 +267,15 @@ def qbook_int8_compiled_bf16_attention(setup: Setup) -> Callable:
     return lambda b: compiled(**b)
 
 
+def qbook_int8_autotuned(setup: Setup) -> Callable:
+    """qbook int8 compiled whole with Inductor's GEMM autotuning (``to_int8(..., compile=True, autotune=True)``), its
+    attention products in bf16 where the CPU has native bf16, else in float32 (recorded in the settings)."""
+    attention = torch.bfloat16 if has_bf16() else torch.float32
+    setup.settings["qbook_int8_autotuned_attention"] = str(attention).removeprefix("torch.")
+    compiled = to_int8(setup.fake, attention_dtype=attention, compile=True, autotune=True)
+    return lambda b: compiled(**b)
+
+
 def qbook_int8_integer(setup: Setup) -> Callable:
     """qbook int8 of the Q8BERT model with I-BERT's integer GELU, softmax and LayerNorm (``RunSpec(...,
     integer_nonlinearities=True)``): the same int8 GEMMs, the nonlinearities on int64 codes in torch integer ops, as
@@ -307,7 +316,7 @@ VARIANTS: dict[str, Callable[[Setup], Callable]] = {
     "pt2e_inductor": pt2e_inductor, "torch_bf16": torch_bf16, "openvino_bf16": openvino_bf16,
     "openvino_int8": openvino_int8, "qbook_int8": qbook_int8, "qbook_int8_compiled": qbook_int8_compiled,
     "qbook_int8_compiled_bf16_attention": qbook_int8_compiled_bf16_attention,
-    "qbook_int8_integer": qbook_int8_integer,
+    "qbook_int8_autotuned": qbook_int8_autotuned, "qbook_int8_integer": qbook_int8_integer,
     "qbook_qdq_ort": qbook_qdq_ort, "qbook_qdq_openvino": qbook_qdq_openvino,
 }
 
@@ -404,7 +413,7 @@ PROFILE_GROUPS = {"GEMM": ("addmm", "linear", "aten::mm"), "attention": ("scaled
 """Profiler ranges by kind of work, each counted in the first group a key names: the eager ops, and the kernels of
 an Inductor graph (``cpp_fused_…``, named after the ops fused in them: a LayerNorm that also rounds its output to
 the next GEMM's codes counts as LayerNorm; the rounding fused elsewhere, as input quantization)."""
-COMPILED_QBOOK = ("qbook_int8_compiled", "qbook_int8_compiled_bf16_attention")
+COMPILED_QBOOK = ("qbook_int8_compiled", "qbook_int8_compiled_bf16_attention", "qbook_int8_autotuned")
 """qbook's compiled routes: Inductor's C++ wrapper hides their kernels from PyTorch's profiler, so ``profile`` times
 a second copy compiled with ``cpp.enable_kernel_profile``, which makes each kernel a profiler range."""
 

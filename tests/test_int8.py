@@ -344,6 +344,26 @@ def test_the_compiled_int8_model_is_one_graph_and_agrees(tiny_bert, attention_dt
             torch.testing.assert_close(got, fake(input_ids=ids).logits, atol=1e-3, rtol=0)
 
 
+@needs_vnni
+@pytest.mark.slow
+def test_the_autotuned_int8_model_agrees_on_inductors_own_gemm_template(tiny_bert, monkeypatch):
+    import qlib.deploy.int8 as int8
+
+    monkeypatch.setattr(int8, "AUTOTUNE_GEMM_BACKENDS", "CPP")  # the template alone: no oneDNN GEMM to fall back on
+    fake = trained(convert_bert(tiny_bert, q8bert_config()))
+    tuned = to_int8(fake, compile=True, autotune=True)
+    assert tuned.settings["max_autotune"] and tuned.settings["max_autotune_gemm_backends"] == "CPP"
+    ids = torch.randint(5, 64, (3, 10), generator=torch.Generator().manual_seed(5))
+    with torch.inference_mode():
+        torch.testing.assert_close(tuned(input_ids=ids).logits, fake(input_ids=ids).logits, atol=1e-3, rtol=0)
+
+
+def test_autotune_without_compile_is_refused(tiny_bert):
+    fake = trained(convert_bert(tiny_bert, q8bert_config()))
+    with pytest.raises(ValueError, match="autotune=True .* pass compile=True"):
+        to_int8(fake, autotune=True)
+
+
 @pytest.mark.slow
 def test_compiled_input_quantization_gives_the_eager_codes():
     from qlib.deploy.int8 import float32_reciprocal

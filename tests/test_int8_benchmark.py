@@ -34,7 +34,7 @@ def setup(tmp_path, monkeypatch):
 
 
 def test_torch_variants_build_and_agree(setup):
-    names = ["fp32", "ao_dynamic", "qbook_int8", "qbook_int8_compiled"]
+    names = ["fp32", "ao_dynamic", "qbook_int8", "qbook_int8_compiled", "qbook_int8_autotuned"]
     runs, skipped = int8_cpu.variants(setup, names)
     assert set(runs) | set(skipped) == set(names)
     agreement = int8_cpu.agreement(runs, setup, tiny_inputs(4, 16))
@@ -42,12 +42,14 @@ def test_torch_variants_build_and_agree(setup):
     if "qbook_int8" in runs:
         assert agreement["qbook_int8"]["max_abs_diff_vs_fake_quantized"] < 0.05
         assert agreement["qbook_int8_compiled"]["max_abs_diff_vs_fake_quantized"] < 0.05
+        assert agreement["qbook_int8_autotuned"]["max_abs_diff_vs_fake_quantized"] < 0.05
+        assert setup.settings["qbook_int8_autotuned_attention"] == ("bfloat16" if int8_cpu.has_bf16() else "float32")
         assert setup.sizes["qbook_int8_safetensors"] < setup.sizes["fp32_safetensors"]
 
 
 @pytest.mark.slow
 def test_the_profile_sees_the_kernels_of_eager_and_compiled_qbook_int8(setup):
-    runs, skipped = int8_cpu.variants(setup, ["fp32", "qbook_int8", "qbook_int8_compiled"])
+    runs, skipped = int8_cpu.variants(setup, ["fp32", "qbook_int8", "qbook_int8_compiled", "qbook_int8_autotuned"])
     if "qbook_int8" not in runs:
         pytest.skip(f"no exact int8 route on this CPU: {skipped}")
     profiled = int8_cpu.profile(runs, tiny_inputs(2, 16), setup, rounds=2)

@@ -397,8 +397,8 @@ def _fuse_layer(layer: BertLayer, hidden_act: object, widths: CodeWidths, attent
         layer.intermediate = Int8Intermediate(layer.intermediate, layer.output.dense.x_scale, gelu, widths)
 
 
-def to_int8(model: nn.Module, widths: CodeWidths | None = None,
-            attention_dtype: torch.dtype = torch.float32, compile: bool = False) -> nn.Module:
+def to_int8(model: nn.Module, widths: CodeWidths | None = None, attention_dtype: torch.dtype = torch.float32,
+            compile: bool = False, autotune: bool = False) -> nn.Module:
     """A copy of the converted, trained (or calibrated) ``model`` running on int8 kernels, in eval mode.
 
     Args:
@@ -413,7 +413,13 @@ def to_int8(model: nn.Module, widths: CodeWidths | None = None,
             softmax runs in float32; the copy's attention implementation is set to ``"eager"``; past this CPU class's
             ``EAGER_ATTENTION_MAX_TOKENS`` tokens by SDPA, as eager attention writes the [B, H, T, T] scores).
         compile: return it compiled whole by Inductor (``CompiledInt8``), for inference.
+        autotune: with ``compile``, let Inductor time each GEMM shape on oneDNN's kernel and on its own C++ GEMM
+            template (AMX or AVX-512 micro-kernels with the dequantization fused after them) and keep the faster
+            (``torch.compile``'s max-autotune for GEMMs, ``AUTOTUNE_GEMM_BACKENDS``); each compile takes a few times
+            longer. The int8 products stay exact; the float steps around them may run in another order.
     """
+    if autotune and not compile:
+        raise ValueError("autotune=True tunes the compiled model's GEMMs: pass compile=True with it")
     layers = list(quantized_modules(model))
     if not layers:
         raise ValueError(f"{type(model).__name__} has no quantized layer: convert it with qlib.convert_bert and "
@@ -446,7 +452,12 @@ def to_int8(model: nn.Module, widths: CodeWidths | None = None,
             else Int8Embedding(module)
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, child, new)
-    return CompiledInt8(model) if compile else model
+    return CompiledInt8(model, autotune) if compile else model
+
+
+AUTOTUNE_GEMM_BACKENDS = "CPP,ATEN"
+"""The GEMM kernels ``to_int8(..., autotune=True)`` times for each shape: Inductor's C++ template and ATen's (the
+oneDNN kernel the eager model calls)."""
 
 
 class CompiledInt8(nn.Module):
@@ -455,16 +466,20 @@ class CompiledInt8(nn.Module):
     oneDNN's, with their fused post-ops; each input's quantization (``quantize_input``, plain ops when compiled)
     fuses into the kernel that produces it (LayerNorm, the attention output); and the C++ wrapper calls the
     kernels without Python in between, which is most of the time at batch 1. One graph is compiled per input
-    shape (``dynamic=False``), on its first call, with those two Inductor settings in force for that call only.
-    The arithmetic is the eager model's but for the order of float operations Inductor picks."""
+    shape (``dynamic=False``), on its first call, with those Inductor settings in force for that call only; with
+    ``autotune``, each GEMM is also timed against Inductor's C++ template (``to_int8``'s ``autotune``). The
+    arithmetic is the eager model's but for the order of float operations Inductor picks."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, autotune: bool = False) -> None:
         super().__init__()
         self.model = model
         self.compiled = torch.compile(model, dynamic=False)
+        self.settings = {"freezing": True, "cpp_wrapper": True}
+        if autotune:
+            self.settings |= {"max_autotune": True, "max_autotune_gemm_backends": AUTOTUNE_GEMM_BACKENDS}
 
     def forward(self, *args, **kwargs):
-        with torch._inductor.config.patch(freezing=True, cpp_wrapper=True):
+        with torch._inductor.config.patch(self.settings):
             return self.compiled(*args, **kwargs)
 
 

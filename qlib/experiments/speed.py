@@ -19,12 +19,13 @@ TARGETS: dict[str, dict[str, float]] = {
 """qbook int8's speed-up wanted over each variant, per CPU class (issue 21: BERT-base shape, sequence 128, batch 1
 and 8, ratios of medians from one run of the benchmark, 2 threads, quiet CPU)."""
 
-QBOOK_ROUTES = ("qbook_int8", "qbook_int8_compiled", "qbook_int8_compiled_bf16_attention",
+QBOOK_ROUTES = ("qbook_int8", "qbook_int8_compiled", "qbook_int8_compiled_bf16_attention", "qbook_int8_autotuned",
                 "qbook_int8_compiled_bf16_gemm_attention")
-"""qbook's own int8 routes in the benchmark: eager, compiled whole by Inductor, and compiled with bf16 attention
-(``qlib.deploy.int8.to_int8``'s ``compile`` and ``attention_dtype``). The last one, bf16 attention by two batched
-GEMMs instead of SDPA, is kept here for the one committed run that measured it (AVX-512 VNNI): it gained only at batch 1
-of the BERT-base shape and came no closer to the fake-quantized model, so it left ``to_int8``."""
+"""qbook's own int8 routes in the benchmark: eager, compiled whole by Inductor, compiled with bf16 attention, and
+compiled with Inductor's GEMM autotuning (bf16 attention where the CPU has native bf16, else float32)
+(``qlib.deploy.int8.to_int8``'s ``compile``, ``attention_dtype`` and ``autotune``). The last one, bf16 attention by two
+batched GEMMs instead of SDPA, is kept here for the one committed run that measured it (AVX-512 VNNI): it gained only
+at batch 1 of the BERT-base shape and came no closer to the fake-quantized model, so it left ``to_int8``."""
 
 
 def run_class(run: dict[str, Any]) -> str:
