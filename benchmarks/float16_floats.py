@@ -26,7 +26,7 @@ from int8_agreement import logits_over  # noqa: E402  (this folder's agreement s
 
 from qlib import convert_bert, qbert_config  # noqa: E402
 from qlib.deploy.checkpoint import checkpoint_sizes, load_quantized, save_quantized  # noqa: E402
-from qlib.experiments.data import get_task, glue_batches, glue_provenance  # noqa: E402
+from qlib.experiments.data import file_sha256, get_task, glue_batches, glue_provenance  # noqa: E402
 from qlib.experiments.metrics import glue_metrics  # noqa: E402
 from qlib.experiments.models import load_classifier  # noqa: E402
 from qlib.experiments.results import provenance, read_json, write_json  # noqa: E402
@@ -70,13 +70,15 @@ def main(argv: list[str] | None = None) -> int:
     difference = (logits["float16"] - logits["float32"]).abs()
     report = {
         "task": info.name, "seed": params["seed"], "layer_bits": params["layer_bits"], "result": str(args.result),
-        "checkpoint": str(args.checkpoint), "examples": len(labels),
+        # the checkpoint by its file name and its bytes' SHA-256 (its path names only this machine's folders)
+        "checkpoint": args.checkpoint.name, "checkpoint_sha256": file_sha256(args.checkpoint), "examples": len(labels),
         "metric": metric, "recorded_score": record["metrics"][metric], "scores": scores,
         "gap_points": 100 * abs(scores["float16"][metric] - scores["float32"][metric]),
         "max_abs_logit_diff": float(difference.max()), "mean_abs_logit_diff": float(difference.mean()),
         "same_prediction": float((logits["float16"].argmax(-1) == logits["float32"].argmax(-1)).float().mean()),
         "sizes_bytes": sizes,
-        "params": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()} | {"out": str(out)},
+        "params": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+        | {"checkpoint": args.checkpoint.name, "out": str(out)},
         "provenance": provenance(time.perf_counter() - start, data=glue_provenance(info.name, ("dev",))),
     }
     write_json(out, report)
