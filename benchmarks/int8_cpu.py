@@ -5,7 +5,8 @@ FP32 eager; torch.ao dynamic int8; ONNX Runtime dynamic int8 and static QDQ int8
 route (PT2E with torchao's X86 Inductor quantizer, ``torch.compile``); torch bf16 (CPUs with AVX-512 BF16 or AMX);
 OpenVINO bf16 and OpenVINO int8 (NNCF post-training quantization); qbook int8 (``qlib.deploy.int8.to_int8``: 8-bit codes
 where the CPU computes them exactly, else a 7-bit operand), eager and compiled whole by Inductor, the compiled one also
-with its attention products in bf16 where the CPU has bf16, and eager with I-BERT's integer GELU, softmax and LayerNorm;
+with its attention products in bf16 where the CPU has bf16 and with Inductor's GEMM autotuning (``autotune=True``), and
+eager with I-BERT's integer GELU, softmax and LayerNorm;
 and qbook's QDQ export (``qlib.deploy.onnx_export``, the learned scales) run by ONNX Runtime and by OpenVINO.
 Post-training peers calibrate on ``CALIBRATION``, none of which is timed.
 
