@@ -2,6 +2,7 @@
 
     python benchmarks/int8_agreement.py --checkpoint CKPT [--task sst2] [--out FILE]
     python benchmarks/int8_agreement.py --train-examples 8000 [--seed 0] [--task sst2] [--out ...]
+    add --compiled to score the compiled, autotuned route too (minutes of compiling)
 
 CKPT is a Q8BERT QAT model kept by ``run_glue(..., method="qat", checkpoint_dir=...)`` (bit-packed, with its EMA input
 ranges; the protocol keeps SST-2's: ``runs/checkpoints/q8bert/sst2/qat-seed<N>.safetensors``); with ``--train-examples
@@ -12,7 +13,11 @@ routes on the same model (``ROUTES``): 7-bit inputs and 7-bit weights per output
 can take; target 0.5 points) and attention products in bf16 (target 0.2 points); each route's scores, gap and logit
 differences are reported under ``routes``. With ``--integer-nonlinearities`` the model is trained (or loaded) with
 I-BERT's integer GELU, softmax and LayerNorm, which the export runs between its int8 GEMMs; a route the export refuses
-for such a model (bf16 attention: the integer softmax takes float32 scores) is reported as skipped with why."""
+for such a model (bf16 attention: the integer softmax takes float32 scores) is reported as skipped with why. With
+``--compiled`` it also scores ``COMPILED_ROUTES``, the speed benchmark's fastest route (``to_int8(..., compile=True,
+autotune=True)``, attention in ``native_attention_dtype()``): Inductor compiles one graph per input shape, so that route
+and the fake-quantized model it is compared with both see the dev set padded to ``--max-length`` tokens (a batch shape
+or two, not one per batch)."""
 
 from __future__ import annotations
 
@@ -27,11 +32,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import torch  # noqa: E402
+from transformers import DataCollatorWithPadding  # noqa: E402
 
 from qlib import convert_bert  # noqa: E402
 from qlib.deploy.checkpoint import load_quantized  # noqa: E402
-from qlib.deploy.int8 import CodeWidths, to_int8  # noqa: E402
-from qlib.experiments.data import file_sha256, get_task, glue_batches, glue_provenance  # noqa: E402
+from qlib.deploy.int8 import CodeWidths, native_attention_dtype, to_int8  # noqa: E402
+from qlib.experiments.data import file_sha256, get_task, glue_provenance, load_glue, loader, tokenize  # noqa: E402
 from qlib.experiments.experiment import run_glue  # noqa: E402
 from qlib.experiments.metrics import glue_metrics  # noqa: E402
 from qlib.experiments.models import DEFAULT_MODEL, load_classifier  # noqa: E402
@@ -45,6 +51,10 @@ ROUTES = {  # name: (to_int8 keyword arguments, target in points)
     "int8_7bit_weights": ({"widths": CodeWidths(weights=7)}, 0.5),
     "int8_bf16_attention": ({"attention_dtype": torch.bfloat16}, TARGET_POINTS),
 }
+COMPILED_ROUTES = {  # with --compiled, scored on batches padded to --max-length
+    "int8_compiled_autotuned": ({"compile": True, "autotune": True, "attention_dtype": native_attention_dtype()},
+                                TARGET_POINTS),
+}
 
 
 @torch.inference_mode()
@@ -54,6 +64,29 @@ def logits_over(model: torch.nn.Module, batches) -> tuple[torch.Tensor, torch.Te
         outputs.append(model(**{k: v for k, v in batch.items() if k != "labels"}).logits.float())
         labels.append(batch["labels"])
     return torch.cat(outputs), torch.cat(labels)
+
+
+def score_routes(fake: torch.nn.Module, routes: dict, batches, task: str) -> tuple[dict, int, dict]:
+    """The fake-quantized model's dev scores on ``batches``, how many examples, and per route of ``routes`` (name:
+    ``(to_int8 options, target in points)``) its scores, its gap to the fake-quantized model's main metric and the
+    logits' differences, or why it was skipped."""
+    fake_logits, labels = logits_over(fake, batches)
+    metric = get_task(task).metrics[0]
+    fake_score = glue_metrics(task, fake_logits.argmax(-1).numpy(), labels.numpy())
+    scored = {}
+    for name, (options, target) in routes.items():
+        try:
+            real_logits, _ = logits_over(to_int8(fake, **options), batches)
+        except (RuntimeError, ValueError) as err:  # a route this CPU cannot run exactly (8-bit inputs without
+            scored[name] = {"skipped": str(err)}  # VNNI), or one the model refuses (bf16 scores, integer softmax)
+            continue
+        score = glue_metrics(task, real_logits.argmax(-1).numpy(), labels.numpy())
+        scored[name] = {"scores": score, "gap_points": 100 * abs(score[metric] - fake_score[metric]),
+                        "target_points": target, "options": {k: str(v) for k, v in options.items()},
+                        "max_abs_logit_diff": float((real_logits - fake_logits).abs().max()),
+                        "mean_abs_logit_diff": float((real_logits - fake_logits).abs().mean()),
+                        "same_prediction": float((real_logits.argmax(-1) == fake_logits.argmax(-1)).float().mean())}
+    return fake_score, len(labels), scored
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--integer-nonlinearities", action="store_true",
                         help="the QAT model computes GELU, softmax and LayerNorm with I-BERT's integer kernels")
+    parser.add_argument("--compiled", action="store_true",
+                        help="also score the compiled, autotuned route (COMPILED_ROUTES), on padded batches")
+    parser.add_argument("--max-length", type=int, default=128, help="tokens per input (the padded length)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -83,23 +119,15 @@ def main(argv: list[str] | None = None) -> int:
         checkpoint = Path(folder.name) / info.name / f"{spec.label}-seed{args.seed}.safetensors"
     fake, tokenizer = load_classifier(args.model, info.num_labels)
     load_quantized(convert_bert(fake, spec.quant_config()), checkpoint).eval()
-    batches = glue_batches(info.name, tokenizer, "dev", 64, 128)
-    fake_logits, labels = logits_over(fake, batches)
+    encoded = tokenize(load_glue(info.name, "dev"), tokenizer, info.name, args.max_length)
     metric = info.metrics[0]
-    fake_score = glue_metrics(info.name, fake_logits.argmax(-1).numpy(), labels.numpy())
-    routes = {}
-    for name, (options, target) in ROUTES.items():
-        try:
-            real_logits, _ = logits_over(to_int8(fake, **options), batches)
-        except (RuntimeError, ValueError) as err:  # a route this CPU cannot run exactly (8-bit inputs without
-            routes[name] = {"skipped": str(err)}  # VNNI), or one the model refuses (bf16 scores, integer softmax)
-            continue
-        score = glue_metrics(info.name, real_logits.argmax(-1).numpy(), labels.numpy())
-        routes[name] = {"scores": score, "gap_points": 100 * abs(score[metric] - fake_score[metric]),
-                        "target_points": target, "options": {k: str(v) for k, v in options.items()},
-                        "max_abs_logit_diff": float((real_logits - fake_logits).abs().max()),
-                        "mean_abs_logit_diff": float((real_logits - fake_logits).abs().mean()),
-                        "same_prediction": float((real_logits.argmax(-1) == fake_logits.argmax(-1)).float().mean())}
+    fake_score, examples, routes = score_routes(fake, ROUTES, loader(encoded, tokenizer, 64, shuffle=False), info.name)
+    if args.compiled:
+        padded = DataCollatorWithPadding(tokenizer, padding="max_length", max_length=args.max_length)
+        fake_padded, _, compiled = score_routes(fake, COMPILED_ROUTES, loader(encoded, tokenizer, 64, shuffle=False,
+                                                                              collator=padded), info.name)
+        routes |= {name: route | {"batches": f"padded to {args.max_length} tokens", "fake_quant_scores": fake_padded}
+                   for name, route in compiled.items()}
     # the route to_int8 takes by default on this CPU (qlib.deploy.int8.WIDTHS' order)
     main_route = next(routes[n] for n in ("int8", "int8_7bit_weights", "int8_7bit_inputs") if "scores" in routes[n])
     gap = main_route["gap_points"]
@@ -108,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     kept = {"checkpoint": args.checkpoint.name, "checkpoint_sha256": file_sha256(args.checkpoint)} \
         if args.checkpoint else {"checkpoint": "trained by this run"}
     report = {
-        "task": info.name, **kept, "examples": len(labels),
+        "task": info.name, **kept, "examples": examples,
         "nonlinearities": "integer (I-BERT)" if args.integer_nonlinearities else "float",
         "metric": metric, "trained": trained,
         "scores": {"fake_quant": fake_score, "int8": main_route["scores"]}, "gap_points": gap,
@@ -124,12 +152,13 @@ def main(argv: list[str] | None = None) -> int:
         if "skipped" in route:
             print(f"{name}: skipped: {route['skipped']}")
             continue
-        print(f"{info.name} dev ({len(labels)} examples), {name}: fake-quant {metric} "
-              f"{100 * fake_score[metric]:.2f}, int8 {100 * route['scores'][metric]:.2f}: "
+        fake = route.get("fake_quant_scores", fake_score)  # a compiled route's: on its padded batches
+        print(f"{info.name} dev ({examples} examples), {name}: fake-quant {metric} "
+              f"{100 * fake[metric]:.2f}, int8 {100 * route['scores'][metric]:.2f}: "
               f"gap {route['gap_points']:.2f} points "
               f"({'meets' if route['gap_points'] <= route['target_points'] else 'MISSES'} the "
               f"{route['target_points']}-point target); max |Δlogit| {route['max_abs_logit_diff']:.4f}, "
-              f"same prediction {route['same_prediction']:.2%}")
+              f"same prediction {route['same_prediction']:.2%}; batches {route.get('batches', 'padded per batch')}")
     print(f"wrote {out}")
     return 0
 

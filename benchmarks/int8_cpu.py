@@ -42,9 +42,9 @@ from transformers import BertConfig, BertForSequenceClassification  # noqa: E402
 
 from qlib import convert_bert, q8bert_config  # noqa: E402
 from qlib.bert.integer_modules import use_integer_nonlinearities  # noqa: E402
-from qlib.common.cpu import cpu_class, cpu_features, cpu_model  # noqa: E402
+from qlib.common.cpu import cpu_class, cpu_model, has_bf16  # noqa: E402
 from qlib.deploy.checkpoint import save_float, save_quantized  # noqa: E402
-from qlib.deploy.int8 import exact_widths, to_int8  # noqa: E402
+from qlib.deploy.int8 import exact_widths, native_attention_dtype, to_int8  # noqa: E402
 from qlib.deploy.onnx_export import export_onnx  # noqa: E402
 from qlib.experiments.models import DEFAULT_MODEL, load_classifier  # noqa: E402
 from qlib.experiments.results import benchmark_path, provenance, write_json  # noqa: E402
@@ -103,11 +103,6 @@ class Setup:
                               output_names=["logits"], dynamic_axes={k: {0: "batch", 1: "seq"} for k in self.example},
                               dynamo=False)
         return path
-
-
-def has_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (AVX-512 BF16 or AMX), where bf16 rows mean something."""
-    return bool({"avx512_bf16", "amx_bf16"} & set(cpu_features()))
 
 
 def needs_bf16() -> None:
@@ -271,7 +266,7 @@ def qbook_int8_compiled_bf16_attention(setup: Setup) -> Callable:
 def qbook_int8_autotuned(setup: Setup) -> Callable:
     """qbook int8 compiled whole with Inductor's GEMM autotuning (``to_int8(..., compile=True, autotune=True)``), its
     attention products in bf16 where the CPU has native bf16, else in float32 (recorded in the settings)."""
-    attention = torch.bfloat16 if has_bf16() else torch.float32
+    attention = native_attention_dtype()
     setup.settings["qbook_int8_autotuned_attention"] = str(attention).removeprefix("torch.")
     compiled = to_int8(setup.fake, attention_dtype=attention, compile=True, autotune=True)
     return lambda b: compiled(**b)

@@ -200,3 +200,31 @@ def test_the_agreement_benchmark_names_a_kept_checkpoint_by_file_and_hash_not_by
     assert report["checkpoint"] == report["params"]["checkpoint"] == "qat-seed0.safetensors"
     assert report["checkpoint_sha256"] == file_sha256(checkpoint)
     assert str(tmp_path / "kept") not in out.read_text()
+
+
+@pytest.mark.slow
+def test_the_agreement_benchmark_scores_the_compiled_autotuned_route_on_padded_batches(glue_dir, tiny_model_dir,
+                                                                                      tmp_path):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import int8_agreement
+
+    sys.path.pop(0)
+    from qlib.deploy.int8 import exact_widths
+
+    if not exact_widths():
+        pytest.skip("no exact int8 route on this CPU")
+    out = tmp_path / "agreement.json"
+    assert int8_agreement.main(["--train-examples", "8", "--model", str(tiny_model_dir), "--threads", "1",
+                                "--compiled", "--max-length", "32", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    route = report["routes"]["int8_compiled_autotuned"]
+    assert route["batches"] == "padded to 32 tokens" and route["options"]["autotune"] == "True"
+    assert route["max_abs_logit_diff"] < 0.05 and route["same_prediction"] > 0.9
+    # the padded batches change no prediction of the fake-quantized model: padding is masked
+    assert route["fake_quant_scores"] == report["scores"]["fake_quant"]
+    from qlib.experiments.speed import int8_agreement_table
+
+    table, _ = int8_agreement_table([out])
+    batches = table.xs("int8_compiled_autotuned", level="route")["batches"]
+    assert list(batches) == ["padded to 32 tokens"]
+    assert set(table.xs("int8", level="route")["batches"]) == {"padded per batch"}

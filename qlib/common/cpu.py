@@ -57,6 +57,11 @@ def cpu_features() -> list[str]:
     return [f for f in ISA_FLAGS if f in flags]
 
 
+def has_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX-512 BF16 or AMX), where bf16 rows mean something."""
+    return bool({"avx512_bf16", "amx_bf16"} & set(cpu_features()))
+
+
 def cpu_class(features: Iterable[str] | None = None) -> str:
     """The CPU class of ``features`` (default: this CPU's): ``AMX``, ``AVX-512 VNNI``, ``AVX2``, or "" when none
     of them (or nothing) was recorded."""

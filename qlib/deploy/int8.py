@@ -43,7 +43,7 @@ from qlib.bert.convert import find_bert, quantized_modules
 from qlib.bert.integer_modules import IntegerNonlinearity
 from qlib.bert.modules import QuantEmbedding, QuantLinear
 from qlib.bert.pq_modules import PQEmbedding, PQLinear
-from qlib.common.cpu import cpu_class
+from qlib.common.cpu import cpu_class, has_bf16
 from qlib.core.observers import DynamicObserver
 from qlib.core.quantizers import QuantGrid, QuantSpec
 
@@ -453,6 +453,13 @@ def to_int8(model: nn.Module, widths: CodeWidths | None = None, attention_dtype:
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, child, new)
     return CompiledInt8(model, autotune) if compile else model
+
+
+def native_attention_dtype() -> torch.dtype:
+    """bf16 where this CPU computes it natively (AVX-512 BF16 or AMX), else float32: the attention products of the
+    fastest compiled route (``to_int8(..., compile=True, autotune=True)`` as the speed benchmark and the agreement
+    benchmark run it)."""
+    return torch.bfloat16 if has_bf16() else torch.float32
 
 
 AUTOTUNE_GEMM_BACKENDS = "CPP,ATEN"

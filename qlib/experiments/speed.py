@@ -350,8 +350,10 @@ def int8_agreement_table(paths: list[str | Path]) -> tuple[pd.DataFrame, list[di
         for route, r in routes.items():
             if "skipped" in r:
                 continue
+            fake = r.get("fake_quant_scores", a["scores"]["fake_quant"])  # a compiled route's: on its padded batches
             rows[(f"{model}, {a['provenance']['date'][:16]}", route)] = {
-                "examples": a["examples"], "fake-quant acc %": 100 * a["scores"]["fake_quant"]["accuracy"],
+                "examples": a["examples"], "batches": r.get("batches", "padded per batch"),
+                "fake-quant acc %": 100 * fake["accuracy"],
                 "int8 acc %": 100 * r["scores"]["accuracy"], "gap (points)": r["gap_points"],
                 "target (points)": r["target_points"], "within target": r["gap_points"] <= r["target_points"],
                 "max |Δlogit|": r["max_abs_logit_diff"], "mean |Δlogit|": r["mean_abs_logit_diff"],
