@@ -36,6 +36,14 @@ def test_every_committed_result_records_the_hashes_of_its_data_or_is_noted_as_be
         assert not kinds & {"altered-data", "no-data-record"}, f"{path} records its data; its note is wrong"
 
 
+def test_every_q8bert_result_read_the_official_files():
+    """The Q8BERT chapter says every run of its tables read the official files (the altered-copy rows were re-run)."""
+    records = read_results(RESULTS / "q8bert") + read_results(RESULTS / "q8bert-sweep")
+    assert records
+    unofficial = sorted(r["path"] for r in records if data_label(r) != "official")
+    assert not unofficial, f"the Q8BERT chapter says all its runs read the official files; these did not: {unofficial}"
+
+
 def _record(tmp_path, name, data="absent", note=None):
     provenance = {"machine": {"device": "cpu"}} | ({} if data == "absent" else {"data": data})
     provenance |= {"note": note} if note else {}
