@@ -33,7 +33,7 @@ def test_integer_only_qat_is_judged_against_float_qat_on_shared_seeds(tmp_path):
     table, verdict = integer_against_float("sst2", tmp_path)
     assert table.loc["qat-int", "score"] == "88.25 ± 1.06 (n=2)"
     drop = (89.0 - 88.25) / 89.0 * 100
-    assert verdict.startswith(f"On the 2 seed(s) both have, integer-only QAT is {drop:+.2f} % relative below")
+    assert verdict.startswith(f"On the 2 seed(s) both have, integer-only QAT is {drop:.2f} % relative below float QAT")
     assert verdict.endswith("**within 1 %**.")
 
 

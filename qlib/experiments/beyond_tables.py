@@ -54,8 +54,9 @@ def integer_against_float(task: str, results: str | Path) -> list[Any]:
     drop = relative_drop(pairs["qat"].mean(), pairs[label].mean())
     within = drop <= INTEGER_TARGET
     gaps = paired_gaps(runs, label, baseline="qat")
-    return [table, f"On the {len(pairs)} seed(s) both have, integer-only QAT is {drop:+.2f} % relative below float "
-                   f"QAT (paired gap {gaps['mean gap'].iloc[0]:+.2f} points): "
+    return [table, f"On the {len(pairs)} seed(s) both have, integer-only QAT is {abs(drop):.2f} % relative "
+                   f"{'below' if drop >= 0 else 'above'} float QAT "
+                   f"(paired gap {gaps['mean gap'].iloc[0]:+.2f} points): "
                    f"**{'within' if within else 'not within'} {INTEGER_TARGET:g} %**."]
 
 
