@@ -50,4 +50,5 @@ def test_distillation_is_judged_by_the_share_of_plain_qats_drop_it_recovers(tmp_
     row = table.loc[distilled.label]
     assert row["plain QAT"] == plain.label and row["seeds"] == 1 and row["weights"] == "2"
     assert row["share of the drop recovered"] == pytest.approx(0.7)  # (84 - 70) / (90 - 70)
+    assert row["FP32"] == 90.0 and row["plain drop (%)"] == round(100 * 20 / 90, 2)  # rounded for the book
     assert verdict == "2-bit weights: distillation recovers 70% of plain QAT's drop over 1 seed(s): **at least 50%**."

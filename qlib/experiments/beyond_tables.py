@@ -87,7 +87,7 @@ def distilled_against_plain(task: str, results: str | Path) -> list[Any]:
             "seeds": len(both), "FP32": fp32, "plain": before, "distilled": after,
             "plain drop (%)": relative_drop(fp32, before), "distilled drop (%)": relative_drop(fp32, after),
             "share of the drop recovered": (after - before) / (fp32 - before) if fp32 != before else float("nan")}
-    table = pd.DataFrame(rows).T.rename_axis("distilled row")
+    table = pd.DataFrame.from_dict(rows, orient="index").rename_axis("distilled row")
     two_bit = table[(table["weights"] == "2") & (table["seeds"] > 0)]
     if two_bit.empty:
         verdict = "*No 2-bit distilled row with its plain QAT and FP32 on a shared seed yet: no verdict.*"
@@ -96,4 +96,4 @@ def distilled_against_plain(task: str, results: str | Path) -> list[Any]:
         reached = "at least" if share >= RECOVERY_TARGET else "less than"
         verdict = (f"2-bit weights: distillation recovers {share:.0%} of plain QAT's drop over "
                    f"{int(two_bit['seeds'].iloc[0])} seed(s): **{reached} {RECOVERY_TARGET:.0%}**.")
-    return [table, verdict]
+    return [table.round(2), verdict]  # the verdict judges the unrounded share
