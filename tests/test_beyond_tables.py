@@ -37,6 +37,16 @@ def test_integer_only_qat_is_judged_against_float_qat_on_shared_seeds(tmp_path):
     assert verdict.endswith("**within 1 %**.")
 
 
+def test_integer_only_qat_above_float_qat_is_said_to_be_above(tmp_path):
+    integer = RunSpec("sst2", "qat", integer_nonlinearities=True)
+    official(write_run(tmp_path / "q8bert", "sst2", "fp32", 0, 0.90))
+    official(write_run(tmp_path / "q8bert", "sst2", "qat", 0, 0.88, trained="qat"))
+    official(write_run(tmp_path / "beyond", "sst2", integer.label, 0, 0.89), integer)
+    verdict = integer_against_float("sst2", tmp_path)[1]
+    assert verdict.startswith(f"On the 1 seed(s) both have, integer-only QAT is {100 / 88:.2f} % relative above float")
+    assert verdict.endswith("**within 1 %**.")
+
+
 def test_distillation_is_judged_by_the_share_of_plain_qats_drop_it_recovers(tmp_path):
     qbert, beyond = tmp_path / "qbert", tmp_path / "beyond"
     plain = RunSpec("sst2", "qbert", weight_bits=2, groups=12, percentile=99.9, init_from=FROM_CHECKPOINT)
