@@ -147,6 +147,28 @@ def test_each_agreement_run_keeps_its_rows_even_on_the_same_model(tmp_path):
     assert table.index[0] == ("QAT on 4,000 sst2 examples, seed 0, 2026-12-02T20:00", "int8_7bit_weights")
 
 
+def test_the_compiled_routes_accuracy_is_said_per_run_and_only_where_a_run_scored_it(tmp_path):
+    from qlib.experiments.speed import int8_agreement_table, route_accuracy_lines
+
+    def route(gap: float, **extra) -> dict:
+        return {"scores": {"accuracy": 0.8 - gap / 100}, "gap_points": gap, "target_points": 0.2,
+                "max_abs_logit_diff": 1.0, "mean_abs_logit_diff": 0.01, "same_prediction": 0.97, **extra}
+
+    run_record = {"task": "sst2", "examples": 872, "checkpoint": "qat-seed0.safetensors",
+                  "scores": {"fake_quant": {"accuracy": 0.8}}, "routes": {"int8": route(0.1)},
+                  "provenance": {"date": "2026-12-05T04:56:00", "git_commit": "abcdef123", "machine": {"cpu": "x"}}}
+    write_json(tmp_path / "a.json", run_record)
+    assert route_accuracy_lines(int8_agreement_table([tmp_path / "a.json"])[0]) is None
+    assert route_accuracy_lines(int8_agreement_table([])[0]) is None
+    run_record["routes"]["int8_compiled_autotuned"] = route(0.57, batches="padded to 128 tokens",
+                                                            fake_quant_scores={"accuracy": 0.8})
+    write_json(tmp_path / "b.json", run_record)
+    lines = route_accuracy_lines(int8_agreement_table([tmp_path / "b.json"])[0])
+    assert lines == ("* `int8_compiled_autotuned` (checkpoint qat-seed0.safetensors, 2026-12-05T04:56, x): 0.57 points "
+                     "from the fake-quantized model on 872 dev examples, outside its 0.2-point target.")
+    assert "within its" in route_accuracy_lines(int8_agreement_table([tmp_path / "a.json"])[0], route="int8")
+
+
 def test_the_ipq_decode_table_sets_ipq_against_fp32_per_shape_and_batch():
     from qlib.experiments.speed import ipq_decode_table
 

@@ -363,6 +363,18 @@ def int8_agreement_table(paths: list[str | Path]) -> tuple[pd.DataFrame, list[di
     return (table.rename_axis(["run", "route"]) if rows else table), records
 
 
+def route_accuracy_lines(table: pd.DataFrame, route: str = "int8_compiled_autotuned") -> str | None:
+    """One line per run of ``int8_agreement_table``'s ``table`` that scored ``route`` (default: the compiled,
+    autotuned route the AMX speed verdicts rest on): its gap to the fake-quantized model and whether it keeps its
+    accuracy target; None where no run scored it."""
+    if table.empty or route not in table.index.get_level_values("route"):
+        return None
+    return "\n".join(
+        f"* `{route}` ({run}, {row['CPU']}): {row['gap (points)']:.2f} points from the fake-quantized model on "
+        f"{row['examples']} dev examples, {'within' if row['within target'] else 'outside'} its "
+        f"{row['target (points)']}-point target." for run, row in table.xs(route, level="route").iterrows())
+
+
 def ipq_decode_table(runs: dict[str, dict[str, Any]]) -> pd.DataFrame:
     """The newest ``benchmarks/ipq_decode.py`` run of each CPU class: per shape and batch, the median ms per forward
     of FP32, of iPQ decoding every weight per forward and of iPQ decoded once at load; iPQ's time over FP32's; and
