@@ -61,4 +61,26 @@ def test_distillation_is_judged_by_the_share_of_plain_qats_drop_it_recovers(tmp_
     assert row["plain QAT"] == plain.label and row["seeds"] == 1 and row["weights"] == "2"
     assert row["share of the drop recovered"] == pytest.approx(0.7)  # (84 - 70) / (90 - 70)
     assert row["FP32"] == 90.0 and row["plain drop (%)"] == round(100 * 20 / 90, 2)  # rounded for the book
-    assert verdict == "2-bit weights: distillation recovers 70% of plain QAT's drop over 1 seed(s): **at least 50%**."
+    assert row["learns from the teacher"] == "the logits, hidden states and attention maps"
+    assert verdict == ("* 2-bit weights, learning the logits, hidden states and attention maps: distillation recovers "
+                       "70% of plain QAT's drop over 1 seed(s) (84.00 against plain 70.00, FP32 90.00): **at least "
+                       "50%**.")
+
+
+def test_each_distillation_mode_of_the_2_bit_row_gets_its_own_verdict(tmp_path):
+    """The logits-only ablation sits beside TernaryBERT's full distillation: each 2-bit row is judged, named by what
+    its student learns, and a row below plain QAT is said to recover less than the target (a negative share)."""
+    qbert, beyond = tmp_path / "qbert", tmp_path / "beyond"
+    plain = RunSpec("sst2", "qbert", weight_bits=2, groups=12, percentile=99.9, init_from=FROM_CHECKPOINT)
+    official(write_run(qbert, "sst2", "fp32", 0, 0.90))
+    official(write_run(qbert, "sst2", plain.label, 0, 0.80), plain)
+    for mode, score in (("hidden", 0.79), ("logits", 0.86)):
+        distilled = plain.with_(distillation=mode)
+        official(write_run(beyond, "sst2", distilled.label, 0, score), distilled)
+    table, verdicts = distilled_against_plain("sst2", tmp_path)
+    assert table.loc[plain.with_(distillation="logits").label, "learns from the teacher"] == "the logits alone"
+    logits_only, full = verdicts.split("\n")  # rows in label order: -kd before -kdh
+    assert logits_only.startswith("* 2-bit weights, learning the logits alone: distillation recovers 60% ")
+    assert logits_only.endswith("**at least 50%**.")
+    assert full.startswith("* 2-bit weights, learning the logits, hidden states and attention maps: "
+                           "distillation recovers -10% ") and full.endswith("**less than 50%**.")

@@ -453,14 +453,16 @@ def test_a_job_run_through_its_chapter_writes_what_the_direct_call_writes(glue_d
 
 
 def test_the_beyond_chapters_jobs_are_integer_qat_and_distilled_rows_after_their_baselines(swept):
-    from qlib.experiments.protocol import DISTILLED_SETTINGS, INTEGER_TASKS, beyond_jobs
+    from qlib.experiments.protocol import DISTILLED_SETTINGS, INTEGER_TASKS, LOGITS_ONLY_SETTINGS, beyond_jobs
 
     jobs = beyond_jobs("ckpt", seeds=(0, 1), results=swept)
     integer = [j for j in jobs if j.spec.integer_nonlinearities]
     distilled = [j for j in jobs if j.spec.distillation]
     assert {j.spec.label for j in integer} == {"qat-int"} and {j.spec.task for j in integer} == set(INTEGER_TASKS)
-    assert len(distilled) == (len(DISTILLED_SETTINGS) - 1) * 2 and all(j.experiment == "beyond" for j in jobs)
-    assert {j.spec.label for j in distilled} == {f"qbert-w{b}e8-g12-p99.9-kdh-ft" for b in (8, 4, 3, 2)}
+    assert len(distilled) == (len(DISTILLED_SETTINGS) - 1 + len(LOGITS_ONLY_SETTINGS)) * 2
+    assert all(j.experiment == "beyond" for j in jobs)
+    assert {j.spec.label for j in distilled} == {f"qbert-w{b}e8-g12-p99.9-kdh-ft" for b in (8, 4, 3, 2)} | {
+        "qbert-w2e8-g12-p99.9-kd-ft"}  # the 2-bit row distilled from the logits alone, beside its full distillation
     assert all(j.needs == (f"qbert/sst2/fp32-seed{j.spec.seed}",) and j.spec.init_from
                == str(fp32_checkpoint("ckpt", "sst2", j.spec.seed)) for j in distilled)
     assert {j.spec.protocol.epochs for j in integer if j.spec.task == "mrpc"} == {6}  # the sweep's pick

@@ -78,6 +78,9 @@ recommends 0.05 to 0.2."""
 INTEGER_TASKS = ("sst2", "mrpc")  # the beyond chapter's integer-only QAT: SST-2 and one more task
 DISTILLATION_TASKS = ("sst2",)
 DISTILLED_SETTINGS = ("Q-BERT 8/8", "Q-BERT 4/8", "Q-BERT 3/8", "Q-BERT 2/8", "Q-BERT_MP 2/3")  # MP: once spectrum
+LOGITS_ONLY_SETTINGS = ("Q-BERT 2/8",)
+"""The distillation ablation: these settings also distilled from the teacher's logits alone (TernaryBERT's L_pred
+without its hidden-state and attention-map terms), beside their full (``hidden``) distillation."""
 LANDSCAPE_BLOCKS = ("encoder.layer.0", "encoder.layer.2", "encoder.layer.5")  # Q-BERT I's default, fig. 2's
 HESSIAN_BATCH_SIZES = (8, 16, 32, 64)  # the batch-size study: the top λ of one block at each Hessian batch size
 HESSIAN_MAX_LENGTH = {"squad": 256}
@@ -345,14 +348,16 @@ def beyond_jobs(checkpoints: str | Path, seeds=SEEDS, results: str | Path = "res
     """The "Beyond the papers" chapter: Q8BERT's QAT with I-BERT's integer GELU, softmax and LayerNorm on
     ``integer_tasks`` (against the Q8BERT chapter's QAT and FP32 rows of the same seeds), and Q-BERT's QAT rows of
     ``DISTILLED_SETTINGS`` distilled from their seed's FP32 Baseline (TernaryBERT's logits, hidden states and
-    attention maps), each after that Baseline, on ``distillation_tasks``; a mixed-precision setting only on a task
-    of ``spectra`` (its bits come from the task's spectrum, as in the Q-BERT table)."""
+    attention maps), each after that Baseline, on ``distillation_tasks``, and those of ``LOGITS_ONLY_SETTINGS``
+    distilled from the logits alone; a mixed-precision setting only on a task of ``spectra`` (its bits come from the
+    task's spectrum, as in the Q-BERT table)."""
     spectra = spectra or {}
     integer = [Job(RunSpec(t, "qat", s, integer_nonlinearities=True, protocol=_protocol(t, results)), "beyond",
                    results=str(results)) for t in integer_tasks for s in seeds]
+    modes = [(name, "hidden") for name in DISTILLED_SETTINGS] + [(name, "logits") for name in LOGITS_ONLY_SETTINGS]
     distilled = [Job(setting_spec(name, t, s, HEADS, checkpoints, spectra.get(t), _protocol(t, results)).with_(
-                         distillation="hidden"), "beyond", needs=(baseline_name(t, s),), results=str(results))
-                 for t in distillation_tasks for name in DISTILLED_SETTINGS for s in seeds
+                         distillation=mode), "beyond", needs=(baseline_name(t, s),), results=str(results))
+                 for t in distillation_tasks for name, mode in modes for s in seeds
                  if name not in MIXED_SETTINGS or t in spectra]
     return integer + distilled
 
