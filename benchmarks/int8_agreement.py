@@ -57,6 +57,14 @@ COMPILED_ROUTES = {  # with --compiled, scored on batches padded to --max-length
 }
 
 
+def load_fake_quantized(checkpoint: Path, spec: RunSpec, model: str, max_length: int):
+    """The Q8BERT QAT model of ``spec`` loaded from its packed ``checkpoint`` (eval mode), its tokenizer and the task's
+    dev set tokenized to ``max_length``."""
+    fake, tokenizer = load_classifier(model, get_task(spec.task).num_labels)
+    load_quantized(convert_bert(fake, spec.quant_config()), checkpoint).eval()
+    return fake, tokenizer, tokenize(load_glue(spec.task, "dev"), tokenizer, spec.task, max_length)
+
+
 @torch.inference_mode()
 def logits_over(model: torch.nn.Module, batches) -> tuple[torch.Tensor, torch.Tensor]:
     outputs, labels = [], []
@@ -71,7 +79,6 @@ def score_routes(fake: torch.nn.Module, routes: dict, batches, task: str) -> tup
     ``(to_int8 options, target in points)``) its scores, its gap to the fake-quantized model's main metric and the
     logits' differences, or why it was skipped."""
     fake_logits, labels = logits_over(fake, batches)
-    metric = get_task(task).metrics[0]
     fake_score = glue_metrics(task, fake_logits.argmax(-1).numpy(), labels.numpy())
     scored = {}
     for name, (options, target) in routes.items():
@@ -80,13 +87,21 @@ def score_routes(fake: torch.nn.Module, routes: dict, batches, task: str) -> tup
         except (RuntimeError, ValueError) as err:  # a route this CPU cannot run exactly (8-bit inputs without
             scored[name] = {"skipped": str(err)}  # VNNI), or one the model refuses (bf16 scores, integer softmax)
             continue
-        score = glue_metrics(task, real_logits.argmax(-1).numpy(), labels.numpy())
-        scored[name] = {"scores": score, "gap_points": 100 * abs(score[metric] - fake_score[metric]),
-                        "target_points": target, "options": {k: str(v) for k, v in options.items()},
-                        "max_abs_logit_diff": float((real_logits - fake_logits).abs().max()),
-                        "mean_abs_logit_diff": float((real_logits - fake_logits).abs().mean()),
-                        "same_prediction": float((real_logits.argmax(-1) == fake_logits.argmax(-1)).float().mean())}
+        scored[name] = compared(real_logits, fake_logits, labels, task) | {
+            "target_points": target, "options": {k: str(v) for k, v in options.items()}}
     return fake_score, len(labels), scored
+
+
+def compared(logits: torch.Tensor, fake_logits: torch.Tensor, labels: torch.Tensor, task: str) -> dict:
+    """One route's dev ``logits`` [N, classes] against the fake-quantized model's: its scores, the gap of its main
+    metric in points, how far the logits move and how often the predicted class is the same."""
+    metric = get_task(task).metrics[0]
+    score = glue_metrics(task, logits.argmax(-1).numpy(), labels.numpy())
+    fake_score = glue_metrics(task, fake_logits.argmax(-1).numpy(), labels.numpy())
+    return {"scores": score, "gap_points": 100 * abs(score[metric] - fake_score[metric]),
+            "max_abs_logit_diff": float((logits - fake_logits).abs().max()),
+            "mean_abs_logit_diff": float((logits - fake_logits).abs().mean()),
+            "same_prediction": float((logits.argmax(-1) == fake_logits.argmax(-1)).float().mean())}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -117,9 +132,7 @@ def main(argv: list[str] | None = None) -> int:
                            integer_nonlinearities=args.integer_nonlinearities, results_dir=folder.name,
                            checkpoint_dir=folder.name, device="cpu", progress=False)[0]
         checkpoint = Path(folder.name) / info.name / f"{spec.label}-seed{args.seed}.safetensors"
-    fake, tokenizer = load_classifier(args.model, info.num_labels)
-    load_quantized(convert_bert(fake, spec.quant_config()), checkpoint).eval()
-    encoded = tokenize(load_glue(info.name, "dev"), tokenizer, info.name, args.max_length)
+    fake, tokenizer, encoded = load_fake_quantized(checkpoint, spec, args.model, args.max_length)
     metric = info.metrics[0]
     fake_score, examples, routes = score_routes(fake, ROUTES, loader(encoded, tokenizer, 64, shuffle=False), info.name)
     if args.compiled:

@@ -375,6 +375,23 @@ def route_accuracy_lines(table: pd.DataFrame, route: str = "int8_compiled_autotu
         f"{row['target (points)']}-point target." for run, row in table.xs(route, level="route").iterrows())
 
 
+def attention_rounding_table(run: dict[str, Any]) -> pd.DataFrame:
+    """One ``benchmarks/attention_rounding.py`` run as a table: per rounding of the two attention products' inputs
+    (Q·Kᵀ, P·V: float32, bf16 or int8, multiplied exactly in float32) and the export's native bf16 route where it ran,
+    the dev accuracy, its gap to the fake-quantized model in points, the share of predictions that flip, and how far
+    the logits move."""
+    rows = {}
+    for name, r in run["routes"].items():
+        if "skipped" in r:
+            continue
+        index = (r["scores_inputs"], r["values_inputs"]) if "scores_inputs" in r else (name, "")
+        rows[index] = {"int8 acc %": 100 * r["scores"][run["metric"]], "gap (points)": r["gap_points"],
+                       "within target": r["gap_points"] <= run["target_points"],
+                       "flips %": 100 * (1 - r["same_prediction"]), "mean |Δlogit|": r["mean_abs_logit_diff"],
+                       "max |Δlogit|": r["max_abs_logit_diff"]}
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis(["Q·Kᵀ inputs", "P·V inputs"])
+
+
 def ipq_decode_table(runs: dict[str, dict[str, Any]]) -> pd.DataFrame:
     """The newest ``benchmarks/ipq_decode.py`` run of each CPU class: per shape and batch, the median ms per forward
     of FP32, of iPQ decoding every weight per forward and of iPQ decoded once at load; iPQ's time over FP32's; and
