@@ -8,7 +8,7 @@ is faster on AMX and AVX-512 BF16 CPUs but misses the export's 0.2-point accurac
 (``benchmarks/int8_agreement.py``). This benchmark asks why, and whether another split would keep it: it exports the
 QAT model ``CKPT`` (a packed Q8BERT SST-2 QAT checkpoint, as for ``int8_agreement.py``) with float32 attention and
 swaps its attention function for one that rounds the *inputs* of each product (Q and K; P and V) to a chosen format
-and multiplies them exactly in float32 (``ROUNDINGS``):
+and multiplies them exactly in float32 (``ROUNDINGS``, ``qlib.experiments.speed.ATTENTION_ROUNDINGS``):
 
 * ``float32``: no rounding (the export's own route);
 * ``bfloat16``: each input rounded to bf16, as a bf16 kernel reads it (its float32 sums and output kept: what a bf16
@@ -48,8 +48,7 @@ from qlib.experiments.metrics import glue_metrics  # noqa: E402
 from qlib.experiments.models import DEFAULT_MODEL  # noqa: E402
 from qlib.experiments.results import benchmark_path, provenance, write_json  # noqa: E402
 from qlib.experiments.spec import RunSpec  # noqa: E402
-
-ROUNDINGS = ("float32", "bfloat16", "int8")
+from qlib.experiments.speed import ATTENTION_ROUNDINGS as ROUNDINGS  # noqa: E402
 
 
 def rounded(x: torch.Tensor, rounding: str, nonnegative: bool = False) -> torch.Tensor:

@@ -47,7 +47,7 @@ def test_a_run_scores_every_pair_and_only_float32_products_keep_the_fake_quantiz
                                                                                           tmp_path):
     from qlib.deploy.int8 import exact_widths
     from qlib.experiments.experiment import run_glue
-    from qlib.experiments.speed import attention_rounding_table
+    from qlib.experiments.speed import attention_rounding_table, rounding_drift_line
 
     if not exact_widths():
         pytest.skip("no exact int8 route on this CPU")
@@ -57,9 +57,10 @@ def test_a_run_scores_every_pair_and_only_float32_products_keep_the_fake_quantiz
     assert attention_rounding.main(["--checkpoint", str(tmp_path / "kept" / "sst2" / "qat-seed0.safetensors"),
                                     "--model", str(tiny_model_dir), "--threads", "1", "--out", str(out)]) == 0
     report = read_json(out)
-    table = attention_rounding_table(report)
+    table, records = attention_rounding_table([out])
     pairs = {(s, v) for s in attention_rounding.ROUNDINGS for v in attention_rounding.ROUNDINGS}
-    assert pairs <= set(table.index)
-    exact, coarse = table.loc[("float32", "float32")], table.loc[("int8", "int8")]
-    assert exact["mean |Δlogit|"] < coarse["mean |Δlogit|"] / 100  # float32 products: the fake-quantized model's
+    assert pairs <= set(table.index) and records[0]["checkpoint"] == "qat-seed0.safetensors"
+    drift = table.xs("mean |Δlogit|", axis=1, level=1).iloc[:, 0]
+    assert drift[("float32", "float32")] < drift[("int8", "int8")] / 100  # float32 products: the fake-quantized model's
+    assert rounding_drift_line(table).startswith("* qat-seed0.safetensors")
     assert report["provenance"]["git_commit"] and report["checkpoint"] == "qat-seed0.safetensors"

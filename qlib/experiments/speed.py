@@ -375,21 +375,48 @@ def route_accuracy_lines(table: pd.DataFrame, route: str = "int8_compiled_autotu
         f"{row['target (points)']}-point target." for run, row in table.xs(route, level="route").iterrows())
 
 
-def attention_rounding_table(run: dict[str, Any]) -> pd.DataFrame:
-    """One ``benchmarks/attention_rounding.py`` run as a table: per rounding of the two attention products' inputs
-    (Q·Kᵀ, P·V: float32, bf16 or int8, multiplied exactly in float32) and the export's native bf16 route where it ran,
-    the dev accuracy, its gap to the fake-quantized model in points, the share of predictions that flip, and how far
-    the logits move."""
-    rows = {}
-    for name, r in run["routes"].items():
-        if "skipped" in r:
-            continue
-        index = (r["scores_inputs"], r["values_inputs"]) if "scores_inputs" in r else (name, "")
-        rows[index] = {"int8 acc %": 100 * r["scores"][run["metric"]], "gap (points)": r["gap_points"],
-                       "within target": r["gap_points"] <= run["target_points"],
-                       "flips %": 100 * (1 - r["same_prediction"]), "mean |Δlogit|": r["mean_abs_logit_diff"],
-                       "max |Δlogit|": r["max_abs_logit_diff"]}
-    return pd.DataFrame.from_dict(rows, orient="index").rename_axis(["Q·Kᵀ inputs", "P·V inputs"])
+ATTENTION_ROUNDINGS = ("float32", "bfloat16", "int8")
+"""The formats ``benchmarks/attention_rounding.py`` rounds the attention products' inputs to, coarser down the list."""
+
+
+def attention_rounding_table(paths: list[str | Path]) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
+    """The ``benchmarks/attention_rounding.py`` runs at ``paths`` side by side: one row per rounding of the two
+    attention products' inputs (Q·Kᵀ, P·V: float32, bf16 or int8, multiplied exactly in float32) and the export's
+    native bf16 route where it ran; per run (its checkpoint and CPU class) the gap of dev accuracy to the
+    fake-quantized model in points, the share of predictions that flip and the mean |Δlogit|. Also the records (with
+    their notes) for ``qlib.experiments.report.notes_markdown``."""
+    columns, rows, records = {}, {}, []
+    for path in (Path(p) for p in paths):
+        run = read_json(path)
+        records.append(run | {"path": str(path), "notes": notes_for(path)})
+        for name, r in run["routes"].items():
+            if "skipped" in r:
+                continue
+            row = (r["scores_inputs"], r["values_inputs"]) if "scores_inputs" in r else (name, "")
+            rows[row] = None
+            label = f"{run['checkpoint']}, {run_class(run)}"
+            for metric, value in (("gap (points)", r["gap_points"]), ("flips %", 100 * (1 - r["same_prediction"])),
+                                  ("mean |Δlogit|", r["mean_abs_logit_diff"])):
+                columns.setdefault((label, metric), {})[row] = value
+    if not columns:
+        return pd.DataFrame(), records
+    rank = {rounding: i for i, rounding in enumerate(ATTENTION_ROUNDINGS)}  # float32 first, the native route last
+    order = sorted(rows, key=lambda row: [rank.get(part, len(rank)) for part in row])
+    return pd.DataFrame(columns).reindex(pd.MultiIndex.from_tuples(order, names=["Q·Kᵀ inputs", "P·V inputs"])), records
+
+
+def rounding_drift_line(table: pd.DataFrame) -> str | None:
+    """How far rounded attention inputs move the logits against float32 products, per run of
+    ``attention_rounding_table``'s ``table``: the float32 pair's mean |Δlogit| and the range over every other row."""
+    if table.empty:
+        return None
+    drift = table.xs("mean |Δlogit|", axis=1, level=1)
+    exact = drift.loc[("float32", "float32")]
+    rounded = drift.drop(index=("float32", "float32"))
+    return "\n".join(
+        f"* {run}: float32 products {exact[run]:.3f}; any rounded input {rounded[run].min():.3f} to "
+        f"{rounded[run].max():.3f} ({rounded[run].min() / exact[run]:.1f}× to {rounded[run].max() / exact[run]:.1f}×)"
+        for run in drift.columns)
 
 
 def ipq_decode_table(runs: dict[str, dict[str, Any]]) -> pd.DataFrame:
