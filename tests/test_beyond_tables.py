@@ -8,7 +8,7 @@ import json
 import pytest
 from conftest import write_run
 
-from qlib.experiments.beyond_tables import distilled_against_plain, integer_against_float
+from qlib.experiments.beyond_tables import distilled_against_plain, integer_against_float, longer_schedule
 from qlib.experiments.spec import FROM_CHECKPOINT, RunSpec
 
 
@@ -84,3 +84,24 @@ def test_each_distillation_mode_of_the_2_bit_row_gets_its_own_verdict(tmp_path):
     assert logits_only.endswith("**at least 50%**.")
     assert full.startswith("* 2-bit weights, learning the logits, hidden states and attention maps: "
                            "distillation recovers -10% ") and full.endswith("**less than 50%**.")
+
+
+def test_the_schedule_ablation_sets_the_longer_schedules_recovery_beside_the_protocols(tmp_path):
+    """The 2-bit row plain and distilled on TernaryBERT's longer schedule, each schedule judged against the FP32
+    Baseline of the same seeds, its schedule read from the runs' own parameters."""
+    qbert, beyond, longer = tmp_path / "qbert", tmp_path / "beyond", tmp_path / "beyond-schedule"
+    plain = RunSpec("sst2", "qbert", weight_bits=2, groups=12, percentile=99.9, init_from=FROM_CHECKPOINT)
+    distilled = plain.with_(distillation="hidden")
+    assert longer_schedule("sst2", tmp_path)[0].startswith("*No run of the schedule ablation of sst2")
+    official(write_run(qbert, "sst2", "fp32", 0, 0.90))
+    official(write_run(qbert, "sst2", plain.label, 0, 0.80), plain)
+    official(write_run(beyond, "sst2", distilled.label, 0, 0.81), distilled)
+    for spec, score in ((plain, 0.82), (distilled, 0.87)):
+        official(write_run(longer, "sst2", spec.label, 0, score, epochs=3, lr=2e-5), spec)
+    table, line = longer_schedule("sst2", tmp_path)
+    schedules = table.loc[distilled.label]
+    protocol = next(s for s in schedules.index if s != "3 epochs at 2e-05")
+    assert schedules.loc["3 epochs at 2e-05", "share of the drop recovered"] == pytest.approx(0.62)  # 5 / 8, rounded
+    assert schedules.loc[protocol, "share of the drop recovered"] == pytest.approx(0.1)  # 1 / 10
+    assert line.startswith(f"* `{distilled.label}`: distillation recovers 10% of plain QAT's drop on {protocol} "
+                           "(1 seed(s)); 62% of plain QAT's drop on 3 epochs at 2e-05 (1 seed(s)).")

@@ -453,14 +453,28 @@ def test_a_job_run_through_its_chapter_writes_what_the_direct_call_writes(glue_d
 
 
 def test_the_beyond_chapters_jobs_are_integer_qat_and_distilled_rows_after_their_baselines(swept):
-    from qlib.experiments.protocol import DISTILLED_SETTINGS, INTEGER_TASKS, LOGITS_ONLY_SETTINGS, beyond_jobs
+    from qlib.experiments.protocol import (
+        DISTILLED_SETTINGS,
+        INTEGER_TASKS,
+        LOGITS_ONLY_SETTINGS,
+        LONGER_SCHEDULE,
+        SCHEDULE_FOLDER,
+        beyond_jobs,
+    )
 
     jobs = beyond_jobs("ckpt", seeds=(0, 1), results=swept)
     integer = [j for j in jobs if j.spec.integer_nonlinearities]
     distilled = [j for j in jobs if j.spec.distillation]
     assert {j.spec.label for j in integer} == {"qat-int"} and {j.spec.task for j in integer} == set(INTEGER_TASKS)
+    longer = [j for j in jobs if j.folder == SCHEDULE_FOLDER]
+    distilled = [j for j in distilled if j not in longer]
     assert len(distilled) == (len(DISTILLED_SETTINGS) - 1 + len(LOGITS_ONLY_SETTINGS)) * 2
     assert all(j.experiment == "beyond" for j in jobs)
+    # the schedule ablation: the 2-bit row plain and distilled, seed 0, on TernaryBERT's schedule, in its own folder
+    assert sorted(j.name for j in longer) == [f"{SCHEDULE_FOLDER}/sst2/qbert-w2e8-g12-p99.9-{k}ft-seed0"
+                                              for k in ("", "kdh-")]
+    assert all((j.spec.protocol.epochs, j.spec.protocol.lr) == (LONGER_SCHEDULE["epochs"], LONGER_SCHEDULE["lr"])
+               and j.needs == ("qbert/sst2/fp32-seed0",) for j in longer)
     assert {j.spec.label for j in distilled} == {f"qbert-w{b}e8-g12-p99.9-kdh-ft" for b in (8, 4, 3, 2)} | {
         "qbert-w2e8-g12-p99.9-kd-ft"}  # the 2-bit row distilled from the logits alone, beside its full distillation
     assert all(j.needs == (f"qbert/sst2/fp32-seed{j.spec.seed}",) and j.spec.init_from

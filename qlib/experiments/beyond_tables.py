@@ -10,6 +10,7 @@ from typing import Any
 
 import pandas as pd
 
+from qlib.experiments.protocol import SCHEDULE_FOLDER
 from qlib.experiments.report import mean_std, mean_std_text, paired_gaps, relative_drop, runs_frame
 from qlib.experiments.results import read_results, records_data
 from qlib.experiments.spec import RunSpec
@@ -30,6 +31,15 @@ def _same_seeds(runs: pd.DataFrame, method: str, other: str) -> pd.Series:
     """Per seed that both ``method`` and ``other`` have: their scores side by side ([seed] × 2)."""
     scores = runs[runs["method"].isin([method, other])].pivot_table(index="seed", columns="method", values="score")
     return scores.dropna() if {method, other} <= set(scores.columns) else pd.DataFrame(columns=[method, other])
+
+
+def _recovery(runs: pd.DataFrame, distilled: str, plain: str) -> dict[str, float]:
+    """On the seeds where ``runs`` has FP32, ``plain`` and ``distilled`` rows: how many, their mean scores, and the
+    share of plain QAT's drop against FP32 that distillation recovers, (distilled − plain) / (FP32 − plain)."""
+    both = _same_seeds(runs, distilled, plain).join(_same_seeds(runs, "fp32", plain)["fp32"], how="inner")
+    fp32, before, after = (both[c].mean() if not both.empty else float("nan") for c in ("fp32", plain, distilled))
+    return {"seeds": len(both), "FP32": fp32, "plain": before, "distilled": after,
+            "share of the drop recovered": (after - before) / (fp32 - before) if fp32 != before else float("nan")}
 
 
 def integer_against_float(task: str, results: str | Path) -> list[Any]:
@@ -81,15 +91,15 @@ def distilled_against_plain(task: str, results: str | Path) -> list[Any]:
     for label in sorted({r["method"] for r in distilled}):
         spec = RunSpec.from_record(next(r for r in distilled if r["method"] == label))
         plain = spec.with_(distillation=None).label
-        both = _same_seeds(runs, label, plain).join(_same_seeds(runs, "fp32", plain)["fp32"], how="inner")
-        fp32, before, after = (both[c].mean() if not both.empty else float("nan") for c in ("fp32", plain, label))
+        recovery = _recovery(runs, label, plain)
         bits = sorted({spec.weight_bits, *spec.layer_bits.values()})
         rows[label] = {
             "weights": "/".join(map(str, bits)) + (" MP" if len(bits) > 1 else ""),
             "learns from the teacher": TAUGHT[spec.distillation], "plain QAT": plain,
-            "seeds": len(both), "FP32": fp32, "plain": before, "distilled": after,
-            "plain drop (%)": relative_drop(fp32, before), "distilled drop (%)": relative_drop(fp32, after),
-            "share of the drop recovered": (after - before) / (fp32 - before) if fp32 != before else float("nan")}
+            **{k: recovery[k] for k in ("seeds", "FP32", "plain", "distilled")},
+            "plain drop (%)": relative_drop(recovery["FP32"], recovery["plain"]),
+            "distilled drop (%)": relative_drop(recovery["FP32"], recovery["distilled"]),
+            "share of the drop recovered": recovery["share of the drop recovered"]}
     table = pd.DataFrame.from_dict(rows, orient="index").rename_axis("distilled row")
     two_bit = table[(table["weights"] == "2") & (table["seeds"] > 0)]
     if two_bit.empty:
@@ -101,3 +111,41 @@ def distilled_against_plain(task: str, results: str | Path) -> list[Any]:
                 f"**{'at least' if row['share of the drop recovered'] >= RECOVERY_TARGET else 'less than'} "
                 f"{RECOVERY_TARGET:.0%}**." for _, row in two_bit.iterrows()]
     return [table.round(2), "\n".join(verdicts)]  # the verdicts judge the unrounded shares
+
+
+def _schedule(records: list[dict[str, Any]]) -> str:
+    """The training schedule the ``records`` ran, as the table names it: ``3 epochs at 2e-05``."""
+    schedules = {(r["params"]["epochs"], r["params"]["lr"]) for r in records}
+    return " / ".join(f"{e} epoch{'s' * (e != 1)} at {lr:g}" for e, lr in sorted(schedules))
+
+
+def longer_schedule(task: str, results: str | Path) -> list[Any]:
+    """The schedule ablation (``qlib.experiments.protocol.LONGER_SCHEDULE``): each distilled row of ``task`` under
+    ``<results>/beyond-schedule`` with its plain row on the same longer schedule, beside the same setting on the
+    task's protocol (the Q-BERT chapter's plain row under ``qbert``, this chapter's distilled one under ``beyond``),
+    each against the FP32 Baseline of the same seeds: the scores and the share of plain QAT's drop that distillation
+    recovers at each schedule.
+
+    Returns:
+        What the chapter shows: the table and one line per distilled row, or a sentence saying which runs are missing.
+    """
+    results = Path(results)
+    longer = _official(results / SCHEDULE_FOLDER / task)
+    distilled = sorted({r["method"] for r in longer if RunSpec.from_record(r).distillation})
+    if not distilled:
+        return [f"*No run of the schedule ablation of {task} on the official files yet "
+                f"(`{results / SCHEDULE_FOLDER / task}`).*"]
+    baselines = [r for r in _official(results / "qbert" / task) if r["method"] == "fp32"]
+    on_protocol = _official(results / "qbert" / task) + _official(results / "beyond" / task)
+    rows, lines = {}, []
+    for label in distilled:
+        plain = RunSpec.from_record(next(r for r in longer if r["method"] == label)).with_(distillation=None).label
+        compared = {}
+        for records in (on_protocol, baselines + longer):
+            schedule = _schedule([r for r in records if r["method"] in (label, plain)])
+            compared[schedule] = rows[(label, schedule)] = _recovery(runs_frame(records), label, plain)
+        lines.append(f"* `{label}`: distillation recovers " + "; ".join(
+            f"{row['share of the drop recovered']:.0%} of plain QAT's drop on {schedule} ({row['seeds']} seed(s))"
+            for schedule, row in compared.items()) + ".")
+    table = pd.DataFrame.from_dict(rows, orient="index").rename_axis(["distilled row", "schedule"])
+    return [table.round(2), "\n".join(lines)]

@@ -81,6 +81,13 @@ DISTILLED_SETTINGS = ("Q-BERT 8/8", "Q-BERT 4/8", "Q-BERT 3/8", "Q-BERT 2/8", "Q
 LOGITS_ONLY_SETTINGS = ("Q-BERT 2/8",)
 """The distillation ablation: these settings also distilled from the teacher's logits alone (TernaryBERT's L_pred
 without its hidden-state and attention-map terms), beside their full (``hidden``) distillation."""
+LONGER_SCHEDULE = {"epochs": 3, "lr": 2e-5}
+"""The schedule ablation: TernaryBERT's released GLUE example (``TernaryBERT/README.md`` in
+huawei-noah/Pretrained-Language-Model: three epochs at 2·10⁻⁵) for the settings of ``LONGER_SCHEDULE_SETTINGS``, plain
+and distilled (TernaryBERT's full loss), seed 0, under ``SCHEDULE_FOLDER``: does distillation recover more of the 2-bit
+drop with three times the steps than on the task's protocol?"""
+LONGER_SCHEDULE_SETTINGS = ("Q-BERT 2/8",)
+SCHEDULE_FOLDER = "beyond-schedule"
 LANDSCAPE_BLOCKS = ("encoder.layer.0", "encoder.layer.2", "encoder.layer.5")  # Q-BERT I's default, fig. 2's
 HESSIAN_BATCH_SIZES = (8, 16, 32, 64)  # the batch-size study: the top λ of one block at each Hessian batch size
 HESSIAN_MAX_LENGTH = {"squad": 256}
@@ -350,7 +357,9 @@ def beyond_jobs(checkpoints: str | Path, seeds=SEEDS, results: str | Path = "res
     ``DISTILLED_SETTINGS`` distilled from their seed's FP32 Baseline (TernaryBERT's logits, hidden states and
     attention maps), each after that Baseline, on ``distillation_tasks``, and those of ``LOGITS_ONLY_SETTINGS``
     distilled from the logits alone; a mixed-precision setting only on a task of ``spectra`` (its bits come from the
-    task's spectrum, as in the Q-BERT table)."""
+    task's spectrum, as in the Q-BERT table). Last, the schedule ablation: ``LONGER_SCHEDULE_SETTINGS`` plain and
+    distilled on ``LONGER_SCHEDULE`` instead of the task's protocol, on the first of ``seeds``, in
+    ``SCHEDULE_FOLDER``."""
     spectra = spectra or {}
     integer = [Job(RunSpec(t, "qat", s, integer_nonlinearities=True, protocol=_protocol(t, results)), "beyond",
                    results=str(results)) for t in integer_tasks for s in seeds]
@@ -359,7 +368,12 @@ def beyond_jobs(checkpoints: str | Path, seeds=SEEDS, results: str | Path = "res
                          distillation=mode), "beyond", needs=(baseline_name(t, s),), results=str(results))
                  for t in distillation_tasks for name, mode in modes for s in seeds
                  if name not in MIXED_SETTINGS or t in spectra]
-    return integer + distilled
+    longer = [Job(setting_spec(name, t, s, HEADS, checkpoints, spectra.get(t),
+                               replace(_protocol(t, results), **LONGER_SCHEDULE)).with_(distillation=mode),
+                  "beyond", folder=SCHEDULE_FOLDER, needs=(baseline_name(t, s),), results=str(results))
+              for t in distillation_tasks for name in LONGER_SCHEDULE_SETTINGS for mode in (None, "hidden")
+              for s in seeds[:1]]
+    return integer + distilled + longer
 
 
 def read_spectra(folder: Path, tasks: Sequence[str]) -> dict[str, dict[str, Any]]:
