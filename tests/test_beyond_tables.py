@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pandas as pd
 import pytest
 from conftest import write_run
 
@@ -56,7 +57,12 @@ def test_distillation_is_judged_by_the_share_of_plain_qats_drop_it_recovers(tmp_
     official(write_run(qbert, "sst2", plain.label, 0, 0.70), plain)
     official(write_run(beyond, "sst2", distilled.label, 0, 0.84), distilled)
     official(write_run(beyond, "sst2", distilled.label, 1, 0.88), distilled.with_(seed=1))  # no plain seed 1
+    eight_bit = plain.with_(weight_bits=8)  # plain QAT above FP32: no drop, so no share to recover
+    official(write_run(qbert, "sst2", eight_bit.label, 0, 0.905), eight_bit)
+    official(write_run(beyond, "sst2", eight_bit.with_(distillation="hidden").label, 0, 0.89),
+             eight_bit.with_(distillation="hidden"))
     table, verdict = distilled_against_plain("sst2", tmp_path)
+    assert pd.isna(table.loc[eight_bit.with_(distillation="hidden").label, "share of the drop recovered"])
     row = table.loc[distilled.label]
     assert row["plain QAT"] == plain.label and row["seeds"] == 1 and row["weights"] == "2"
     assert row["share of the drop recovered"] == pytest.approx(0.7)  # (84 - 70) / (90 - 70)

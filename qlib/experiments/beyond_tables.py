@@ -35,11 +35,12 @@ def _same_seeds(runs: pd.DataFrame, method: str, other: str) -> pd.Series:
 
 def _recovery(runs: pd.DataFrame, distilled: str, plain: str) -> dict[str, float]:
     """On the seeds where ``runs`` has FP32, ``plain`` and ``distilled`` rows: how many, their mean scores, and the
-    share of plain QAT's drop against FP32 that distillation recovers, (distilled − plain) / (FP32 − plain)."""
+    share of plain QAT's drop against FP32 that distillation recovers, (distilled − plain) / (FP32 − plain), where
+    plain QAT dropped (else NaN: no drop to recover, and a share of a rounding-sized gap would read as a large one)."""
     both = _same_seeds(runs, distilled, plain).join(_same_seeds(runs, "fp32", plain)["fp32"], how="inner")
     fp32, before, after = (both[c].mean() if not both.empty else float("nan") for c in ("fp32", plain, distilled))
     return {"seeds": len(both), "FP32": fp32, "plain": before, "distilled": after,
-            "share of the drop recovered": (after - before) / (fp32 - before) if fp32 != before else float("nan")}
+            "share of the drop recovered": (after - before) / (fp32 - before) if fp32 > before else float("nan")}
 
 
 def integer_against_float(task: str, results: str | Path) -> list[Any]:
