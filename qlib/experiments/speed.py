@@ -383,7 +383,7 @@ def attention_rounding_table(paths: list[str | Path]) -> tuple[pd.DataFrame, lis
     """The ``benchmarks/attention_rounding.py`` runs at ``paths`` side by side: one row per rounding of the two
     attention products' inputs (Q·Kᵀ, P·V: float32, bf16 or int8, multiplied exactly in float32) and the export's
     native bf16 route where it ran; per run (its checkpoint and CPU class) the gap of dev accuracy to the
-    fake-quantized model in points, the share of predictions that flip and the mean |Δlogit|. Also the records (with
+    fake-quantized model in points, the share of predictions that flip and the mean ``|Δlogit|``. Also the records (with
     their notes) for ``qlib.experiments.report.notes_markdown``."""
     columns, rows, records = {}, {}, []
     for path in (Path(p) for p in paths):
@@ -407,7 +407,8 @@ def attention_rounding_table(paths: list[str | Path]) -> tuple[pd.DataFrame, lis
 
 def rounding_drift_line(table: pd.DataFrame) -> str | None:
     """How far rounded attention inputs move the logits against float32 products, per run of
-    ``attention_rounding_table``'s ``table``: the float32 pair's mean |Δlogit| and the range over every other row."""
+    ``attention_rounding_table``'s ``table``: the float32 pair's mean ``|Δlogit|`` and the range over every other
+    row."""
     if table.empty:
         return None
     drift = table.xs("mean |Δlogit|", axis=1, level=1)
