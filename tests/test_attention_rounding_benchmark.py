@@ -45,7 +45,7 @@ def test_an_unknown_rounding_is_refused_by_name():
 @pytest.mark.slow
 def test_a_run_scores_every_pair_and_only_float32_products_keep_the_fake_quantized_logits(glue_dir, tiny_model_dir,
                                                                                           tmp_path):
-    from qlib.deploy.int8 import exact_widths
+    from qlib.deploy.int8 import CodeWidths, exact_widths
     from qlib.experiments.experiment import run_glue
     from qlib.experiments.speed import attention_rounding_table, rounding_drift_line
 
@@ -61,6 +61,7 @@ def test_a_run_scores_every_pair_and_only_float32_products_keep_the_fake_quantiz
     pairs = {(s, v) for s in attention_rounding.ROUNDINGS for v in attention_rounding.ROUNDINGS}
     assert pairs <= set(table.index) and records[0]["checkpoint"] == "qat-seed0.safetensors"
     drift = table.xs("mean |Δlogit|", axis=1, level=1).iloc[:, 0]
-    assert drift[("float32", "float32")] < drift[("int8", "int8")] / 100  # float32 products: the fake-quantized model's
+    if exact_widths()[0] == CodeWidths():  # 8-bit codes: the float32 pair is the fake-quantized model's arithmetic
+        assert drift[("float32", "float32")] < drift[("int8", "int8")] / 100  # (7-bit codes move it by themselves)
     assert rounding_drift_line(table).startswith("* qat-seed0.safetensors")
     assert report["provenance"]["git_commit"] and report["checkpoint"] == "qat-seed0.safetensors"
