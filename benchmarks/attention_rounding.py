@@ -37,7 +37,7 @@ from transformers import AttentionInterface  # noqa: E402
 from transformers.masking_utils import AttentionMaskInterface, eager_mask  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from int8_agreement import TARGET_POINTS, compared, load_fake_quantized, logits_over  # noqa: E402
+from int8_agreement import TARGET_POINTS, add_dev_set_arguments, compared, load_fake_quantized, logits_over  # noqa: E402
 
 sys.path.pop(0)
 from qlib.bert.convert import find_bert  # noqa: E402
@@ -45,7 +45,6 @@ from qlib.common.cpu import has_bf16  # noqa: E402
 from qlib.deploy.int8 import to_int8  # noqa: E402
 from qlib.experiments.data import file_sha256, get_task, glue_provenance, loader  # noqa: E402
 from qlib.experiments.metrics import glue_metrics  # noqa: E402
-from qlib.experiments.models import DEFAULT_MODEL  # noqa: E402
 from qlib.experiments.results import benchmark_path, provenance, write_json  # noqa: E402
 from qlib.experiments.spec import RunSpec  # noqa: E402
 from qlib.experiments.speed import ATTENTION_ROUNDINGS as ROUNDINGS  # noqa: E402
@@ -87,11 +86,7 @@ def route_name(scores_rounding: str, values_rounding: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", type=Path, required=True, help="a packed Q8BERT QAT checkpoint")
-    parser.add_argument("--task", default="sst2")
-    parser.add_argument("--model", default=DEFAULT_MODEL)
-    parser.add_argument("--max-length", type=int, default=128)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=None)
+    add_dev_set_arguments(parser)
     args = parser.parse_args(argv)
     out = args.out or benchmark_path(f"attention_rounding-{args.task}")
     torch.set_num_threads(args.threads)

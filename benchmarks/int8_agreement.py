@@ -57,6 +57,16 @@ COMPILED_ROUTES = {  # with --compiled, scored on batches padded to --max-length
 }
 
 
+def add_dev_set_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options every dev-set agreement benchmark takes: the task, the model, the tokens per input, the threads
+    and the result file."""
+    parser.add_argument("--task", default="sst2")
+    parser.add_argument("--model", default=DEFAULT_MODEL)
+    parser.add_argument("--max-length", type=int, default=128, help="tokens per input (the padded length)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=None)
+
+
 def load_fake_quantized(checkpoint: Path, spec: RunSpec, model: str, max_length: int):
     """The Q8BERT QAT model of ``spec`` loaded from its packed ``checkpoint`` (eval mode), its tokenizer and the task's
     dev set tokenized to ``max_length``."""
@@ -110,15 +120,11 @@ def main(argv: list[str] | None = None) -> int:
     source.add_argument("--checkpoint", type=Path, help="a packed Q8BERT QAT checkpoint")
     source.add_argument("--train-examples", type=int, help="train a QAT model on this many examples first")
     parser.add_argument("--seed", type=int, default=0, help="seed of the --train-examples run")
-    parser.add_argument("--task", default="sst2")
-    parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--integer-nonlinearities", action="store_true",
                         help="the QAT model computes GELU, softmax and LayerNorm with I-BERT's integer kernels")
     parser.add_argument("--compiled", action="store_true",
                         help="also score the compiled, autotuned route (COMPILED_ROUTES), on padded batches")
-    parser.add_argument("--max-length", type=int, default=128, help="tokens per input (the padded length)")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=None)
+    add_dev_set_arguments(parser)
     args = parser.parse_args(argv)
     out = args.out or benchmark_path(f"int8_agreement-{args.task}")
     torch.set_num_threads(args.threads)

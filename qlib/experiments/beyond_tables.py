@@ -147,6 +147,7 @@ def longer_schedule(task: str, results: str | Path) -> list[Any]:
             compared[schedule] = rows[(label, schedule)] = _recovery(runs_frame(records), label, plain)
         lines.append(f"* `{label}`: distillation recovers " + "; ".join(
             f"{row['share of the drop recovered']:.0%} of plain QAT's drop on {schedule} ({row['seeds']} seed(s))"
+            if row["seeds"] else f"nothing measured yet on {schedule} (no seed has FP32, plain and distilled rows)"
             for schedule, row in compared.items()) + ".")
     table = pd.DataFrame.from_dict(rows, orient="index").rename_axis(["distilled row", "schedule"])
     return [table.round(2), "\n".join(lines)]

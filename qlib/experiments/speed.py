@@ -385,7 +385,7 @@ def attention_rounding_table(paths: list[str | Path]) -> tuple[pd.DataFrame, lis
     native bf16 route where it ran; per run (its checkpoint and CPU class) the gap of dev accuracy to the
     fake-quantized model in points, the share of predictions that flip and the mean ``|Δlogit|``. Also the records (with
     their notes) for ``qlib.experiments.report.notes_markdown``."""
-    columns, rows, records = {}, {}, []
+    columns, rows, records = {}, set(), []
     for path in (Path(p) for p in paths):
         run = read_json(path)
         records.append(run | {"path": str(path), "notes": notes_for(path)})
@@ -393,7 +393,7 @@ def attention_rounding_table(paths: list[str | Path]) -> tuple[pd.DataFrame, lis
             if "skipped" in r:
                 continue
             row = (r["scores_inputs"], r["values_inputs"]) if "scores_inputs" in r else (name, "")
-            rows[row] = None
+            rows.add(row)
             label = f"{run['checkpoint']}, {run_class(run)}"
             for metric, value in (("gap (points)", r["gap_points"]), ("flips %", 100 * (1 - r["same_prediction"])),
                                   ("mean |Δlogit|", r["mean_abs_logit_diff"])):
