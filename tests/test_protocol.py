@@ -256,17 +256,21 @@ def test_ipq_jobs_quantize_their_seeds_baseline_in_float_and_with_int8(swept):
                and j.spec.init_from == str(fp32_checkpoint("ckpt", j.spec.task, j.spec.seed)) for j in jobs)
 
 
-def test_the_noise_study_varies_p_and_the_block_size_of_one_setting_apart_from_the_main_rows(swept):
-    from qlib.experiments.protocol import NOISE_STUDY_BLOCKS, NOISE_STUDY_RATES, noise_study_jobs
+def test_the_noise_study_varies_p_and_the_block_size_of_its_settings_apart_from_the_main_rows(swept):
+    from qlib.experiments.protocol import NOISE_STUDY_BLOCKS, NOISE_STUDY_RATES, NOISE_STUDY_SETTINGS, noise_study_jobs
 
-    jobs = noise_study_jobs("ckpt", results=swept, tasks=["cola"])
-    assert [(j.spec.noise_rate, j.spec.noise_block) for j in jobs] == (
-        [(p, 8) for p in NOISE_STUDY_RATES] + [(QUANT_NOISE_RATE, b) for b in NOISE_STUDY_BLOCKS])
-    assert {j.spec.seed for j in jobs} == {0} and {j.spec.weight_bits for j in jobs} == {2}  # CoLA's Q-BERT 2/8
+    assert NOISE_STUDY_SETTINGS["cola"] == ("Q-BERT 3/8", "Q-BERT 2/8")
+    jobs = noise_study_jobs("ckpt", results=swept)
+    first = [(p, 8) for p in NOISE_STUDY_RATES] + [(QUANT_NOISE_RATE, b) for b in NOISE_STUDY_BLOCKS]
+    assert [(j.spec.weight_bits, j.spec.noise_rate, j.spec.noise_block) for j in jobs] == (
+        [(3, p, b) for p, b in first] + [(2, p, 8) for p in NOISE_STUDY_RATES])  # blocks on the first setting only
+    assert {j.spec.seed for j in jobs} == {0}
     assert all(j.results_dir == swept / "quant-noise-study" and j.needs == ("qbert/cola/fp32-seed0",) for j in jobs)
     main_rows = {j.name for j in quant_noise_jobs("ckpt", results=swept, tasks=["cola"])}
     assert not main_rows & {j.name for j in jobs}
-    assert jobs[3].spec.label == f"qbert-w2e8-g12-p99.9-qn{QUANT_NOISE_RATE:g}-b4-ft"
+    assert jobs[3].spec.label == f"qbert-w3e8-g12-p99.9-qn{QUANT_NOISE_RATE:g}-b4-ft"
+    with pytest.raises(ValueError, match=r"'Q-BERT 2/8' on 'sst2' has no Quant-Noise main rows; allowed: \('Q-BERT 8"):
+        noise_study_jobs("ckpt", results=swept, settings={"sst2": ("Q-BERT 2/8",)})
     planned = second_stage({"q8bert": (), "qbert": (), "quant-noise": ("cola",), "beyond": (), "ipq": ()}, swept,
                            "ckpt")[0]
     seeds = [j.spec.seed for j in planned]

@@ -9,7 +9,13 @@ import pytest
 from conftest import tiny_config, write_run
 from transformers import BertForSequenceClassification
 
-from qlib.experiments.protocol import NOISE_STUDY_BLOCKS, NOISE_STUDY_RATES, QUANT_NOISE_SETTINGS, noise_study_jobs
+from qlib.experiments.protocol import (
+    NOISE_STUDY_BLOCKS,
+    NOISE_STUDY_RATES,
+    NOISE_STUDY_SETTINGS,
+    QUANT_NOISE_SETTINGS,
+    noise_study_jobs,
+)
 from qlib.experiments.qbert import setting_spec
 from qlib.experiments.quant_noise_tables import (
     against_qat,
@@ -72,7 +78,8 @@ def test_ipq_files_are_measured_and_ipq_runs_listed(tmp_path, model):
 
 def test_the_noise_study_puts_each_p_and_block_size_beside_qat(tmp_path):
     results = tmp_path / "results"
-    study = noise_study_jobs("ckpt", results=results, tasks=["sst2"])
+    settings = {"sst2": QUANT_NOISE_SETTINGS["sst2"]}  # the first with the block sizes, the second p alone
+    study = noise_study_jobs("ckpt", results=results, settings=settings)
     setting = QUANT_NOISE_SETTINGS["sst2"][0]
     qat = setting_spec(setting, "sst2", 0, 12, None)
     bits = qat.weight_bits
@@ -84,13 +91,19 @@ def test_the_noise_study_puts_each_p_and_block_size_beside_qat(tmp_path):
         if "quant-noise/" not in str(path):  # the main p = 0.5 row stays on the altered copy: not run yet
             record["provenance"]["data"] = {"source": "local", "folder": "data", "files": {}}
         path.write_text(json.dumps(record))
-    sentence, table = noise_study("sst2", "ckpt", results)
+    sentence, table = noise_study("sst2", setting, "ckpt", results, settings=settings)
     assert len(table) == 2 + len(NOISE_STUDY_RATES) + len(NOISE_STUDY_BLOCKS)
     assert table.loc[(1.0, 8), "score"] == 80 and table.loc[(0.1, 8), "vs p = 1 (points)"] == pytest.approx(3)
     assert table.loc[(0.5, NOISE_STUDY_BLOCKS[0]), "result"] == table.loc[(0.5, 8), "result"] == "not run yet"
     assert table.loc[(0.1, 8), "result"] == f"quant-noise-study/sst2/{study[0].spec.label}-seed0.json"
     assert sentence.startswith(f"{setting} (`{qat.label}` at p = 1) on sst2, seed 0")
-    assert noise_study("cola", "ckpt", results)[0].startswith("*The study of p and block size waits for cola's")
+    second = noise_study("sst2", QUANT_NOISE_SETTINGS["sst2"][1], "ckpt", results, settings=settings)[1]
+    assert sorted(second.index) == sorted([(p, 8) for p in (*NOISE_STUDY_RATES, 0.5, 1.0)])  # no block sizes
+    assert (second["result"] == "not run yet").all()
+    with pytest.raises(ValueError, match=r"'Q-BERT 2/8' is not a noise study setting of 'sst2'; allowed: \("):
+        noise_study("sst2", "Q-BERT 2/8", "ckpt", results, settings=settings)
+    waiting = noise_study("cola", NOISE_STUDY_SETTINGS["cola"][0], "ckpt", results)[0]
+    assert waiting.startswith("*The study of p and block size waits for cola's")
 
 
 def test_each_quantizer_is_shown_trained_with_and_without_the_noise(tmp_path, model):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import pandas as pd
 from torch import nn
@@ -18,12 +18,13 @@ from qlib.experiments.protocol import (
     IPQ_CENTROIDS,
     IPQ_NOISE_RATE,
     IPQ_TASKS,
+    NOISE_STUDY_SETTINGS,
     QUANT_NOISE_RATE,
     QUANT_NOISE_SETTINGS,
     noise_study_jobs,
     quant_noise_jobs,
 )
-from qlib.experiments.qbert import QBERT_PERCENTILE, setting_spec
+from qlib.experiments.qbert import QBERT_PERCENTILE, SETTINGS, setting_spec
 from qlib.experiments.report import (
     PROTOCOL_COLUMNS,
     data_caveat,
@@ -142,20 +143,28 @@ def missing_runs(task: str, checkpoints: str | Path, results_dir: str | Path) ->
             f"yet: {', '.join(missing)}." if missing else None)
 
 
-def noise_study(task: str, checkpoints: str | Path, results: str | Path) -> list[Any]:
-    """The effect of the noise rate p and of the block size on one setting (``noise_study_jobs``: seed 0 of
-    ``QUANT_NOISE_SETTINGS[task]``'s first), with the main rows of that setting and seed beside (p =
+def noise_study(task: str, setting: str, checkpoints: str | Path, results: str | Path,
+                settings: Mapping[str, Sequence[str]] = NOISE_STUDY_SETTINGS) -> list[Any]:
+    """The effect of the noise rate p (and, on a task's first study setting, of the block size) on ``setting`` of
+    ``task`` (``noise_study_jobs`` of ``settings``: seed 0), with the main rows of that setting and seed beside (p =
     ``QUANT_NOISE_RATE`` on blocks of 8, and QAT at p = 1): one row per (p, block size), its dev score, its gap to p =
     1, and the result file it comes from, or "not run yet" (a result on the altered copy counts as not run).
 
     Returns:
         What the chapter shows (``qlib.experiments.report.show``): the setting in a sentence and the table, or a
         sentence alone while the task's protocol is not picked.
+
+    Raises:
+        ValueError: ``setting`` is not one of ``settings[task]``.
     """
+    if setting not in settings.get(task, ()):
+        raise ValueError(f"{setting!r} is not a noise study setting of {task!r}; allowed: {settings.get(task, ())}")
+    bits = SETTINGS[setting]["weight_bits"]
     try:
-        study = noise_study_jobs(checkpoints, results=results, tasks=[task])
+        study = [j for j in noise_study_jobs(checkpoints, results=results, settings={task: settings[task]})
+                 if j.spec.weight_bits == bits]
         main = [j for j in quant_noise_jobs(checkpoints, seeds=(0,), results=results, tasks=[task])
-                if j.spec.weight_bits == study[0].spec.weight_bits]
+                if j.spec.weight_bits == bits]
     except FileNotFoundError as err:
         return [f"*The study of p and block size waits for {task}'s protocol: {err}.*"]
     rows, metric = {}, None
@@ -169,7 +178,7 @@ def noise_study(task: str, checkpoints: str | Path, results: str | Path) -> list
     table = pd.DataFrame.from_dict(rows, orient="index").rename_axis(["p", "block (inputs)"]).sort_index()
     table.insert(1, "vs p = 1 (points)", table["score"] - table.loc[(1.0, 8), "score"])
     qat = next(j.spec for j in main if j.spec.noise_rate == 1.0)
-    return [f"{QUANT_NOISE_SETTINGS[task][0]} (`{qat.label}` at p = 1) on {task}, seed 0, the task's protocol "
+    return [f"{setting} (`{qat.label}` at p = 1) on {task}, seed 0, the task's protocol "
             f"({qat.protocol.epochs} epoch(s) at lr {qat.protocol.lr:g}); score: "
             f"{metric or get_run_task(task).metrics[0]} × 100. One seed: a difference smaller than the seed-to-seed "
             "spread of the main rows above is not a finding.", table.round(2)]
