@@ -420,6 +420,31 @@ def rounding_drift_line(table: pd.DataFrame) -> str | None:
         for run in drift.columns)
 
 
+def peer_accuracy_table(paths: list[str | Path]) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
+    """The ``benchmarks/peer_accuracy.py`` runs at ``paths`` side by side: one row for the FP32 model and one per
+    post-training peer (skipped peers left out); per run (its checkpoint and CPU class) the dev score in percent, its
+    difference to the FP32 model in points (negative: the peer loses) and the share of predictions that flip. Also
+    the records (with their notes) for ``qlib.experiments.report.notes_markdown``."""
+    columns, records = {}, []
+    for path in (Path(p) for p in paths):
+        run = read_json(path)
+        records.append(run | {"path": str(path), "notes": notes_for(path)})
+        label, metric = f"{run['checkpoint']}, {run_class(run)}", run["metric"]
+        fp32 = 100 * run["fp32_scores"][metric]
+        for column, value in ((f"{metric} %", fp32), ("vs FP32 (points)", 0.0), ("flips %", 0.0)):
+            columns.setdefault((label, column), {})["FP32"] = value
+        for name in run["params"]["peers"].split(","):  # in the order the run took them
+            peer = run["peers"][name]
+            if "skipped" in peer:
+                continue
+            score = 100 * peer["scores"][metric]
+            for column, value in ((f"{metric} %", score), ("vs FP32 (points)", score - fp32),
+                                  ("flips %", 100 * (1 - peer["same_prediction"]))):
+                columns.setdefault((label, column), {})[name] = value
+    table = pd.DataFrame(columns)
+    return (table.rename_axis("model") if columns else table), records
+
+
 def ipq_decode_table(runs: dict[str, dict[str, Any]]) -> pd.DataFrame:
     """The newest ``benchmarks/ipq_decode.py`` run of each CPU class: per shape and batch, the median ms per forward
     of FP32, of iPQ decoding every weight per forward and of iPQ decoded once at load; iPQ's time over FP32's; and
