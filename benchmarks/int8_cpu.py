@@ -45,7 +45,7 @@ from qlib.bert.integer_modules import use_integer_nonlinearities  # noqa: E402
 from qlib.common.cpu import cpu_class, cpu_model, has_bf16  # noqa: E402
 from qlib.deploy.checkpoint import save_float, save_quantized  # noqa: E402
 from qlib.deploy.int8 import exact_widths, native_attention_dtype, to_int8  # noqa: E402
-from qlib.deploy.onnx_export import export_onnx  # noqa: E402
+from qlib.deploy.onnx_export import export_onnx, in_forward_order  # noqa: E402
 from qlib.experiments.models import DEFAULT_MODEL, load_classifier  # noqa: E402
 from qlib.experiments.results import benchmark_path, provenance, write_json  # noqa: E402
 from qlib.experiments.speed import QBOOK_ROUTES, TARGETS, judge, point_name  # noqa: E402
@@ -99,7 +99,8 @@ class Setup:
     def fp32_onnx(self) -> Path:
         path = self.folder / "model.onnx"
         if not path.exists():
-            torch.onnx.export(self.model, (), str(path), kwargs=self.example, input_names=list(self.example),
+            example = in_forward_order(self.model, self.example)
+            torch.onnx.export(self.model, (), str(path), kwargs=example, input_names=list(example),
                               output_names=["logits"], dynamic_axes={k: {0: "batch", 1: "seq"} for k in self.example},
                               dynamo=False)
         return path

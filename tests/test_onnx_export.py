@@ -65,6 +65,20 @@ def test_onnx_runtime_runs_the_export_at_other_shapes_and_agrees(fake, tmp_path)
     assert not list(tmp_path.glob("*.tmp")), "no temporary file is left behind"
 
 
+def test_an_example_in_a_tokenizers_order_names_each_graph_input_by_its_own_tensor(fake, tmp_path):
+    x = batch(4, 10, 5)
+    ordered = {"input_ids": x["input_ids"], "token_type_ids": torch.zeros_like(x["input_ids"]),
+               "attention_mask": x["attention_mask"]}  # as a BERT tokenizer returns them; forward takes the mask 2nd
+    session = onnxruntime.InferenceSession(str(export_onnx(fake, tmp_path / "model.onnx", ordered)),
+                                           providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["input_ids", "attention_mask", "token_type_ids"]
+    (logits,) = session.run(None, {k: v.numpy() for k, v in ordered.items()})
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(logits), fake(**ordered).logits, atol=1e-3, rtol=1e-3)
+    with pytest.raises(ValueError, match=r"example inputs \['segment_ids'\] are not parameters of .*allowed: "):
+        export_onnx(fake, tmp_path / "bad.onnx", {**ordered, "segment_ids": ordered["token_type_ids"]})
+
+
 def test_learned_input_scales_reach_the_graph(fake, tmp_path):
     graph = onnx.load(str(export_onnx(fake, tmp_path / "model.onnx", batch(2, 8, 0)))).graph
     constants = {n.output[0]: onnx.numpy_helper.to_array(n.attribute[0].t) for n in graph.node

@@ -23,6 +23,8 @@ models; the dynamo exporter has no such mapping for them.
 from __future__ import annotations
 
 import copy
+import inspect
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -176,6 +178,23 @@ def fold_constant_quantization(graph) -> int:
     return len(folded)
 
 
+def in_forward_order(model: nn.Module, example: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``example`` reordered as ``model.forward`` declares its parameters. ``torch.onnx.export`` lays the graph's
+    inputs out in that order whatever the order of its ``kwargs``, so ``input_names`` must follow it: a tokenizer's
+    order (``input_ids, token_type_ids, attention_mask``) would otherwise name BERT's mask input ``token_type_ids``,
+    and an engine fed by name would read the segment ids as the attention mask.
+
+    Raises:
+        ValueError: an input that is not a parameter of ``model.forward``, naming it and the allowed ones.
+    """
+    parameters = list(inspect.signature(model.forward).parameters)
+    unknown = sorted(set(example) - set(parameters))
+    if unknown:
+        raise ValueError(f"example inputs {unknown} are not parameters of {type(model).__name__}.forward; "
+                         f"allowed: {parameters}")
+    return {name: example[name] for name in parameters if name in example}
+
+
 def export_onnx(model: nn.Module, path: str | Path, example: dict[str, torch.Tensor]) -> Path:
     """Write ``to_qdq(model)`` to ``path`` as an ONNX QDQ graph (opset 17), whole or not at all.
 
@@ -192,6 +211,7 @@ def export_onnx(model: nn.Module, path: str | Path, example: dict[str, torch.Ten
         raise ValueError(f"example must map input names to [batch, seq] tensors, got "
                          f"{ {k: getattr(v, 'shape', type(v).__name__) for k, v in example.items()} }")
     qdq = to_qdq(model)
+    example = in_forward_order(qdq, example)
     with torch.no_grad():
         output_names = list(qdq(**example).keys())
     axes = {name: {0: "batch", 1: "seq"} for name in example}
