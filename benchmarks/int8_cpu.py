@@ -168,9 +168,10 @@ def ort_int8(setup: Setup) -> Callable:
     return ort_run(path)
 
 
-def ort_qdq_static(setup: Setup) -> Callable:
+def ort_static(setup: Setup, op_types: list[str] | None, file: str) -> Callable:
     """ONNX Runtime's static int8 (``quantize_static``, QDQ format, uint8 inputs and int8 weights as ONNX Runtime
-    advises for x86, MinMax ranges from the calibration batches)."""
+    advises for x86, MinMax ranges from the calibration batches) of the ops of ``op_types`` (None: every op type it
+    can quantize, its default), written to ``file`` in the scratch folder."""
     try:
         from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     except ImportError as err:
@@ -183,10 +184,18 @@ def ort_qdq_static(setup: Setup) -> Callable:
         def get_next(self):
             return next(self.batches, None)
 
-    path = setup.folder / "model.qdq.onnx"
+    path = setup.folder / file
     quantize_static(str(setup.fp32_onnx()), str(path), Batches(), quant_format=QuantFormat.QDQ,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, op_types_to_quantize=op_types)
     return ort_run(path)
+
+
+def ort_qdq_static(setup: Setup) -> Callable:
+    """ONNX Runtime's static int8 of the GEMMs (``MatMul``, ``Gemm``) only (``ort_static``). Its default, every op
+    type, also quantizes the path of BERT's attention mask, whose padded positions hold the float minimum: a MinMax
+    range that holds them leaves no resolution for the attention scores. ``benchmarks/peer_accuracy.py`` scores both
+    on padded dev batches."""
+    return ort_static(setup, ["MatMul", "Gemm"], "model.qdq.onnx")
 
 
 def pt2e_inductor(setup: Setup) -> Callable:
@@ -318,13 +327,15 @@ VARIANTS: dict[str, Callable[[Setup], Callable]] = {
 }
 
 
-def variants(setup: Setup, names: list[str]) -> tuple[dict[str, Callable], dict[str, str]]:
-    """(forward per variant that runs here, skipped variants with why). A builder that fails for another reason
-    is reported as skipped with its error, so the rest of the benchmark still runs."""
+def variants(setup: Setup, names: list[str], builders: dict[str, Callable[[Setup], Callable]] = VARIANTS
+             ) -> tuple[dict[str, Callable], dict[str, str]]:
+    """(forward per variant of ``names`` that runs here, by its builder in ``builders``; skipped variants with why). A
+    builder that fails for another reason is reported as skipped with its error, so the rest of the benchmark still
+    runs."""
     runs, skipped = {}, {}
     for name in names:
         try:
-            runs[name] = VARIANTS[name](setup)
+            runs[name] = builders[name](setup)
         except Skip as why:
             skipped[name] = str(why)
         except Exception as err:  # noqa: BLE001 - a peer's failure is reported, not fatal

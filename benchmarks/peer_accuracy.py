@@ -5,12 +5,13 @@ to a task's fine-tuned FP32 model, scored on the whole dev set beside that FP32 
 
 CKPT is an FP32 model kept by a Baseline run (``qlib.deploy.checkpoint.save_float``; the protocol keeps Q-BERT's:
 ``runs/checkpoints/qbert/<task>/fp32-seed<N>.safetensors``, the model Q8BERT's FP32 and DQ rows of that seed score).
-The peers (``PEERS``) are built exactly as the speed benchmark builds them (``int8_cpu.VARIANTS``); those that calibrate
-(ONNX Runtime static QDQ, PT2E, OpenVINO int8 by NNCF) see ``--calibration-batches`` batches of 32 training examples, a
-seeded random draw (NNCF's default subset is 300 examples). Every batch is padded to ``--max-length`` tokens, so a
-compiled peer compiles once. A peer that cannot run here is reported as skipped with why. qbook's own int8 route is
-scored against its QAT model by ``int8_agreement.py``; the speed chapter puts both beside the latencies. Accuracy only:
-no timing, so a busy CPU changes nothing but the wall time."""
+The peers (``PEERS``) are built exactly as the speed benchmark builds them (``int8_cpu.VARIANTS``), and ONNX Runtime's
+static int8 also with its default op types (``ort_qdq_static_all_ops``, not timed by the speed benchmark); those that
+calibrate (ONNX Runtime static QDQ, PT2E, OpenVINO int8 by NNCF) see ``--calibration-batches`` batches of 32 training
+examples, a seeded random draw (NNCF's default subset is 300 examples). Every batch is padded to ``--max-length``
+tokens, so a compiled peer compiles once. A peer that cannot run here is reported as skipped with why. qbook's own
+int8 route is scored against its QAT model by ``int8_agreement.py``; the speed chapter puts both beside the latencies.
+Accuracy only: no timing, so a busy CPU changes nothing but the wall time."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Callable
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -30,7 +31,7 @@ from transformers import DataCollatorWithPadding  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from int8_agreement import add_dev_set_arguments, compared  # noqa: E402
-from int8_cpu import Setup, variants  # noqa: E402
+from int8_cpu import VARIANTS, Setup, logits_of, ort_static, variants  # noqa: E402
 
 sys.path.pop(0)
 from qlib.deploy.checkpoint import load_float  # noqa: E402
@@ -39,17 +40,18 @@ from qlib.experiments.metrics import glue_metrics  # noqa: E402
 from qlib.experiments.models import load_classifier  # noqa: E402
 from qlib.experiments.results import benchmark_path, provenance, write_json  # noqa: E402
 
-PEERS = ("ao_dynamic", "ort_int8", "ort_qdq_static", "pt2e_inductor", "openvino_int8", "torch_bf16", "openvino_bf16")
+PEERS = ("ao_dynamic", "ort_int8", "ort_qdq_static", "ort_qdq_static_all_ops", "pt2e_inductor", "openvino_int8",
+         "torch_bf16", "openvino_bf16")
 CALIBRATION_BATCH = 32
 
 
-def logits_of(output: Any) -> torch.Tensor:
-    """A peer's forward output as float32 logits [batch, classes]: a ``transformers`` output (``.logits``), ONNX
-    Runtime's list of arrays or OpenVINO's results (the first output, the logits)."""
-    if hasattr(output, "logits"):
-        return output.logits.float()
-    first = output[0] if isinstance(output, (list, tuple)) else next(iter(output.values()))
-    return torch.as_tensor(first).float()
+def ort_qdq_static_all_ops(setup: Setup) -> Callable:
+    """ONNX Runtime's static int8 with its default op types (every op it can quantize, the attention mask's path
+    too): not a speed peer, scored here to show what the speed benchmark's ``ort_qdq_static`` (GEMMs only) avoids."""
+    return ort_static(setup, None, "model.qdq-all-ops.onnx")
+
+
+BUILDERS = VARIANTS | {"ort_qdq_static_all_ops": ort_qdq_static_all_ops}
 
 
 @torch.inference_mode()
@@ -94,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     fp32 = peer_logits(lambda b: model(**b), dev)
     with tempfile.TemporaryDirectory() as folder:
         setup = Setup(model, dev[0], Path(folder), calibration=calibration)
-        built, skipped = variants(setup, peers)
+        built, skipped = variants(setup, peers, BUILDERS)
         scored: dict[str, dict] = {name: {"skipped": why} for name, why in skipped.items()}
         for name, forward in built.items():
             scored[name] = compared(peer_logits(forward, dev), fp32, labels, info.name)

@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from qlib.deploy.checkpoint import save_float
 from qlib.experiments.data import load_glue
@@ -21,25 +20,12 @@ import peer_accuracy  # noqa: E402
 sys.path.pop(0)
 
 
-def test_each_engines_output_becomes_float_logits():
-    logits = torch.tensor([[0.25, -1.0]], dtype=torch.float16)
-
-    class Output:
-        pass
-
-    output = Output()
-    output.logits = logits
-    for given in (output, [logits.numpy()], {"logits": logits.numpy()}):
-        got = peer_accuracy.logits_of(given)
-        assert got.dtype == torch.float32 and torch.equal(got, logits.float())
-
-
 @pytest.mark.slow
 def test_a_run_scores_each_peer_against_the_fp32_model(glue_dir, tiny_model_dir, tmp_path):
     model, _ = load_classifier(str(tiny_model_dir), 2)
     checkpoint = save_float(model, tmp_path / "fp32-seed0.safetensors")
     out = tmp_path / "peers.json"
-    peers = ["ao_dynamic", "ort_int8", "openvino_int8"]
+    peers = ["ao_dynamic", "ort_int8", "ort_qdq_static", "ort_qdq_static_all_ops", "openvino_int8"]
     assert peer_accuracy.main(["--checkpoint", str(checkpoint), "--model", str(tiny_model_dir), "--threads", "1",
                                "--max-length", "16", "--calibration-batches", "1", "--peers", ",".join(peers),
                                "--out", str(out)]) == 0
