@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import write_run
 
 from qlib.deploy.checkpoint import save_float
 from qlib.experiments.data import load_glue
@@ -38,7 +39,7 @@ def test_a_run_scores_each_peer_against_the_fp32_model(glue_dir, tiny_model_dir,
         peer = report["peers"][name]
         assert "skipped" in peer and "not installed" in peer["skipped"] or 0 <= peer["same_prediction"] <= 1
     assert report["provenance"]["data"]["files"] and report["params"]["checkpoint"] == "fp32-seed0.safetensors"
-    from qlib.experiments.speed import peer_accuracy_table
+    from qlib.experiments.speed import QAT_ROW, peer_accuracy_lines, peer_accuracy_table
 
     table, records = peer_accuracy_table([out])
     ran = [name for name in peers if "scores" in report["peers"][name]]
@@ -48,6 +49,17 @@ def test_a_run_scores_each_peer_against_the_fp32_model(glue_dir, tiny_model_dir,
     accuracy = 100 * dynamic["scores"]["accuracy"] - 100 * report["fp32_scores"]["accuracy"]
     assert table.loc["ao_dynamic", (run, "vs FP32 (points)")] == pytest.approx(accuracy)
     assert table.loc["ao_dynamic", (run, "flips %")] == pytest.approx(100 * (1 - dynamic["same_prediction"]))
+    qat = tmp_path / "q8bert"  # the Q8BERT rows of the seed: its QAT row joins where its FP32 row is this model's
+    write_run(qat, "sst2", "qat", 0, 0.75)
+    write_run(qat, "sst2", "fp32", 0, report["fp32_scores"]["accuracy"] + 0.01)
+    assert QAT_ROW not in peer_accuracy_table([out], qat_results=qat)[0].index  # another FP32 model: no row
+    write_run(qat, "sst2", "fp32", 0, report["fp32_scores"]["accuracy"])
+    with_qat = peer_accuracy_table([out], qat_results=qat)[0]
+    fp32 = 100 * report["fp32_scores"]["accuracy"]
+    assert with_qat.loc[QAT_ROW, (run, "vs FP32 (points)")] == pytest.approx(75 - fp32)
+    lines = peer_accuracy_lines(table).splitlines()
+    assert len(lines) == len(ran) and lines[0] == f"* `ao_dynamic`: {accuracy:+.2f} points from FP32 on average " \
+        f"over 1 model(s) ({accuracy:+.2f} to {accuracy:+.2f})"
 
 
 def test_unknown_peers_and_empty_calibration_are_refused_by_name(capsys):

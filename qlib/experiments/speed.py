@@ -3,6 +3,7 @@ tables the speed chapter shows, one row per committed run or per CPU class."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -420,29 +421,57 @@ def rounding_drift_line(table: pd.DataFrame) -> str | None:
         for run in drift.columns)
 
 
-def peer_accuracy_table(paths: list[str | Path]) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
+QAT_ROW = "Q8BERT QAT (the model qbook int8 runs)"
+
+
+def peer_accuracy_table(paths: list[str | Path], qat_results: str | Path | None = None
+                        ) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
     """The ``benchmarks/peer_accuracy.py`` runs at ``paths`` side by side: one row for the FP32 model and one per
     post-training peer (skipped peers left out); per run (its checkpoint and CPU class) the dev score in percent, its
-    difference to the FP32 model in points (negative: the peer loses) and the share of predictions that flip. Also
-    the records (with their notes) for ``qlib.experiments.report.notes_markdown``."""
+    difference to the FP32 model in points (negative: the peer loses) and the share of predictions that flip. With
+    ``qat_results`` (the Q8BERT chapter's results folder) also the row ``QAT_ROW``: the Q8BERT QAT run of the run's
+    seed against the same FP32 score, where that folder's FP32 row of the seed has the run's FP32 score (the same
+    model). Also the records (with their notes) for ``qlib.experiments.report.notes_markdown``."""
     columns, records = {}, []
     for path in (Path(p) for p in paths):
         run = read_json(path)
         records.append(run | {"path": str(path), "notes": notes_for(path)})
         label, metric = f"{run['checkpoint']}, {run_class(run)}", run["metric"]
         fp32 = 100 * run["fp32_scores"][metric]
-        for column, value in ((f"{metric} %", fp32), ("vs FP32 (points)", 0.0), ("flips %", 0.0)):
-            columns.setdefault((label, column), {})["FP32"] = value
-        for name in run["params"]["peers"].split(","):  # in the order the run took them
-            peer = run["peers"][name]
-            if "skipped" in peer:
-                continue
-            score = 100 * peer["scores"][metric]
-            for column, value in ((f"{metric} %", score), ("vs FP32 (points)", score - fp32),
-                                  ("flips %", 100 * (1 - peer["same_prediction"]))):
+        scores = {"FP32": (fp32, 0.0)}
+        scores |= {name: (100 * run["peers"][name]["scores"][metric], 100 * (1 - run["peers"][name]["same_prediction"]))
+                   for name in run["params"]["peers"].split(",") if "scores" in run["peers"][name]}  # the run's order
+        qat = _qat_score(qat_results, run) if qat_results is not None else None
+        scores |= {QAT_ROW: (qat, float("nan"))} if qat is not None else {}
+        for name, (score, flips) in scores.items():
+            for column, value in ((f"{metric} %", score), ("vs FP32 (points)", score - fp32), ("flips %", flips)):
                 columns.setdefault((label, column), {})[name] = value
     table = pd.DataFrame(columns)
     return (table.rename_axis("model") if columns else table), records
+
+
+def _qat_score(qat_results: str | Path, run: dict[str, Any]) -> float | None:
+    """The Q8BERT QAT dev score (percent) of the seed of ``run``'s FP32 checkpoint (``fp32-seed<N>``) under
+    ``qat_results``, where that folder's FP32 row of the seed scores what ``run``'s FP32 model scores; else None."""
+    seed = re.search(r"fp32-seed(\d+)\.", run["checkpoint"])
+    folder = Path(qat_results) / run["task"]
+    if seed is None or not (folder / f"qat-seed{seed[1]}.json").is_file():
+        return None
+    fp32 = folder / f"fp32-seed{seed[1]}.json"
+    if not fp32.is_file() or read_json(fp32)["metrics"][run["metric"]] != run["fp32_scores"][run["metric"]]:
+        return None
+    return 100 * read_json(folder / f"qat-seed{seed[1]}.json")["metrics"][run["metric"]]
+
+
+def peer_accuracy_lines(table: pd.DataFrame) -> str | None:
+    """One line per peer of ``peer_accuracy_table``'s ``table``: its difference to the FP32 model in points, mean and
+    range over the runs that scored it; None for an empty table."""
+    if table.empty:
+        return None
+    change = table.xs("vs FP32 (points)", axis=1, level=1).drop(index="FP32")
+    return "\n".join(
+        f"* `{peer}`: {row.mean():+.2f} points from FP32 on average over {row.count()} model(s) "
+        f"({row.min():+.2f} to {row.max():+.2f})" for peer, row in change.iterrows() if row.count())
 
 
 def ipq_decode_table(runs: dict[str, dict[str, Any]]) -> pd.DataFrame:
