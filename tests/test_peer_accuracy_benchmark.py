@@ -50,10 +50,18 @@ def test_a_run_scores_each_peer_against_the_fp32_model(glue_dir, tiny_model_dir,
     assert table.loc["ao_dynamic", (run, "vs FP32 (points)")] == pytest.approx(accuracy)
     assert table.loc["ao_dynamic", (run, "flips %")] == pytest.approx(100 * (1 - dynamic["same_prediction"]))
     qat = tmp_path / "q8bert"  # the Q8BERT rows of the seed: its QAT row joins where its FP32 row is this model's
-    write_run(qat, "sst2", "qat", 0, 0.75)
-    write_run(qat, "sst2", "fp32", 0, report["fp32_scores"]["accuracy"] + 0.01)
+
+    def official(path):  # as on the official files: the run records its data
+        record = json.loads(path.read_text())
+        record["provenance"]["data"] = {"source": "local", "folder": "data", "files": {}}
+        path.write_text(json.dumps(record))
+
+    official(write_run(qat, "sst2", "qat", 0, 0.75))
+    official(write_run(qat, "sst2", "fp32", 0, report["fp32_scores"]["accuracy"] + 0.01))
     assert QAT_ROW not in peer_accuracy_table([out], qat_results=qat)[0].index  # another FP32 model: no row
     write_run(qat, "sst2", "fp32", 0, report["fp32_scores"]["accuracy"])
+    assert QAT_ROW not in peer_accuracy_table([out], qat_results=qat)[0].index  # a row on the altered copy: none
+    official(qat / "sst2" / "fp32-seed0.json")
     with_qat = peer_accuracy_table([out], qat_results=qat)[0]
     fp32 = 100 * report["fp32_scores"]["accuracy"]
     assert with_qat.loc[QAT_ROW, (run, "vs FP32 (points)")] == pytest.approx(75 - fp32)

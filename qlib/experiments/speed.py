@@ -10,7 +10,7 @@ from typing import Any, Mapping, Sequence
 import pandas as pd
 
 from qlib.common.cpu import cpu_class
-from qlib.experiments.results import notes_for, read_json
+from qlib.experiments.results import notes_for, read_json, records_its_data
 
 TARGETS: dict[str, dict[str, float]] = {
     "AMX": {"openvino_int8": 1.0, "ort_int8": 1.25, "ort_qdq_static": 1.25, "torch_bf16": 1.5},
@@ -452,15 +452,17 @@ def peer_accuracy_table(paths: list[str | Path], qat_results: str | Path | None 
 
 def _qat_score(qat_results: str | Path, run: dict[str, Any]) -> float | None:
     """The Q8BERT QAT dev score (percent) of the seed of ``run``'s FP32 checkpoint (``fp32-seed<N>``) under
-    ``qat_results``, where that folder's FP32 row of the seed scores what ``run``'s FP32 model scores; else None."""
+    ``qat_results``, where both rows record the official data files they read and that folder's FP32 row of the seed
+    scores what ``run``'s FP32 model scores; else None."""
     seed = re.search(r"fp32-seed(\d+)\.", run["checkpoint"])
-    folder = Path(qat_results) / run["task"]
-    if seed is None or not (folder / f"qat-seed{seed[1]}.json").is_file():
+    if seed is None:
         return None
-    fp32 = folder / f"fp32-seed{seed[1]}.json"
-    if not fp32.is_file() or read_json(fp32)["metrics"][run["metric"]] != run["fp32_scores"][run["metric"]]:
+    qat, fp32 = (Path(qat_results) / run["task"] / f"{method}-seed{seed[1]}.json" for method in ("qat", "fp32"))
+    if not (records_its_data(qat) and records_its_data(fp32)):  # committed on the official files
         return None
-    return 100 * read_json(folder / f"qat-seed{seed[1]}.json")["metrics"][run["metric"]]
+    if read_json(fp32)["metrics"][run["metric"]] != run["fp32_scores"][run["metric"]]:
+        return None
+    return 100 * read_json(qat)["metrics"][run["metric"]]
 
 
 def peer_accuracy_lines(table: pd.DataFrame) -> str | None:
