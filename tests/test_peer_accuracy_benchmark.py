@@ -39,7 +39,7 @@ def test_a_run_scores_each_peer_against_the_fp32_model(glue_dir, tiny_model_dir,
         peer = report["peers"][name]
         assert "skipped" in peer and "not installed" in peer["skipped"] or 0 <= peer["same_prediction"] <= 1
     assert report["provenance"]["data"]["files"] and report["params"]["checkpoint"] == "fp32-seed0.safetensors"
-    from qlib.experiments.speed import QAT_ROW, peer_accuracy_lines, peer_accuracy_table
+    from qlib.experiments.speed import QAT_ROW, peer_accuracy_lines, peer_accuracy_table, peer_calibration_line
 
     table, records = peer_accuracy_table([out])
     ran = [name for name in peers if "scores" in report["peers"][name]]
@@ -65,6 +65,9 @@ def test_a_run_scores_each_peer_against_the_fp32_model(glue_dir, tiny_model_dir,
     with_qat = peer_accuracy_table([out], qat_results=qat)[0]
     fp32 = 100 * report["fp32_scores"]["accuracy"]
     assert with_qat.loc[QAT_ROW, (run, "vs FP32 (points)")] == pytest.approx(75 - fp32)
+    calibration = report["params"]["calibration_batches"]
+    assert f"fp32-seed0.safetensors: {calibration} batch(es) drawn with seed 0" in peer_calibration_line(records)
+    assert peer_calibration_line([]) is None
     lines = peer_accuracy_lines(table).splitlines()
     assert len(lines) == len(ran) and lines[0] == f"* `ao_dynamic`: {accuracy:+.2f} points from FP32 on average " \
         f"over 1 model(s) ({accuracy:+.2f} to {accuracy:+.2f})"

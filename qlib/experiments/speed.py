@@ -476,6 +476,18 @@ def peer_accuracy_lines(table: pd.DataFrame) -> str | None:
         f"({row.min():+.2f} to {row.max():+.2f})" for peer, row in change.iterrows() if row.count())
 
 
+def peer_calibration_line(records: list[dict[str, Any]]) -> str | None:
+    """What the calibrating peers of ``peer_accuracy_table``'s runs (its ``records``) saw: per run, the
+    ``--calibration-batches`` of training examples and the seed that drew them, as each run records them; None for
+    no runs."""
+    if not records:
+        return None
+    runs = [f"{r['checkpoint']}: {r['params']['calibration_batches']} batch(es) drawn with seed {r['params']['seed']}"
+            for r in records]
+    return ("Calibration (ONNX Runtime static, PT2E, OpenVINO int8) on training examples, in batches of "
+            "`benchmarks/peer_accuracy.py`'s `CALIBRATION_BATCH`: " + "; ".join(runs) + ".")
+
+
 def ipq_decode_table(runs: dict[str, dict[str, Any]]) -> pd.DataFrame:
     """The newest ``benchmarks/ipq_decode.py`` run of each CPU class: per shape and batch, the median ms per forward
     of FP32, of iPQ decoding every weight per forward and of iPQ decoded once at load; iPQ's time over FP32's; and
