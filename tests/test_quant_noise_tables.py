@@ -91,7 +91,10 @@ def test_the_noise_study_puts_each_p_and_block_size_beside_qat(tmp_path):
         if "quant-noise/" not in str(path):  # the main p = 0.5 row stays on the altered copy: not run yet
             record["provenance"]["data"] = {"source": "local", "folder": "data", "files": {}}
         path.write_text(json.dumps(record))
-    sentence, table = noise_study("sst2", setting, "ckpt", results, settings=settings)
+    (results / "notes.toml").write_text('[[note]]\nkind = "remark"\ntext = "From another Baseline."\nfiles = '
+                                        f'["quant-noise-study/sst2/{study[0].spec.label}-seed0.json"]\n')
+    sentence, table, notes = noise_study("sst2", setting, "ckpt", results, settings=settings)
+    assert "* From another Baseline. (*1 result: sst2 " in notes  # the remark beside the study's rows
     assert len(table) == 2 + len(NOISE_STUDY_RATES) + len(NOISE_STUDY_BLOCKS)
     assert table.loc[(1.0, 8), "score"] == 80 and table.loc[(0.1, 8), "vs p = 1 (points)"] == pytest.approx(3)
     assert table.loc[(0.5, NOISE_STUDY_BLOCKS[0]), "result"] == table.loc[(0.5, 8), "result"] == "not run yet"

@@ -35,7 +35,7 @@ from qlib.experiments.report import (
     protocol_frame,
     runs_frame,
 )
-from qlib.experiments.results import read_json, read_results, records_its_data
+from qlib.experiments.results import notes_for, read_json, read_results, records_its_data
 from qlib.experiments.spec import FROM_CHECKPOINT, RunSpec
 from qlib.experiments.tasks import get_run_task
 
@@ -151,8 +151,9 @@ def noise_study(task: str, setting: str, checkpoints: str | Path, results: str |
     1, and the result file it comes from, or "not run yet" (a result on the altered copy counts as not run).
 
     Returns:
-        What the chapter shows (``qlib.experiments.report.show``): the setting in a sentence and the table, or a
-        sentence alone while the task's protocol is not picked.
+        What the chapter shows (``qlib.experiments.report.show``): the setting in a sentence, the table and the
+        remarks ``results/notes.toml`` keeps on its rows (``notes_markdown``; "" when none), or a sentence alone while
+        the task's protocol is not picked.
 
     Raises:
         ValueError: ``setting`` is not one of ``settings[task]``.
@@ -167,11 +168,12 @@ def noise_study(task: str, setting: str, checkpoints: str | Path, results: str |
                 if j.spec.weight_bits == bits]
     except FileNotFoundError as err:
         return [f"*The study of p and block size waits for {task}'s protocol: {err}.*"]
-    rows, metric = {}, None
+    rows, metric, records = {}, None, []
     for job in main + study:
         path = job.spec.result_path(job.results_dir)
-        record = read_json(path) if records_its_data(path) else None
+        record = read_json(path) | {"path": str(path), "notes": notes_for(path)} if records_its_data(path) else None
         metric = record["main_metric"] if record else metric
+        records += [record] if record else []
         rows[(job.spec.noise_rate, job.spec.noise_block)] = {
             "score": 100 * record["metrics"][record["main_metric"]] if record else float("nan"),
             "result": str(Path(path).relative_to(results)) if record else "not run yet"}
@@ -181,7 +183,7 @@ def noise_study(task: str, setting: str, checkpoints: str | Path, results: str |
     return [f"{setting} (`{qat.label}` at p = 1) on {task}, seed 0, the task's protocol "
             f"({qat.protocol.epochs} epoch(s) at lr {qat.protocol.lr:g}); score: "
             f"{metric or get_run_task(task).metrics[0]} × 100. One seed: a difference smaller than the seed-to-seed "
-            "spread of the main rows above is not a finding.", table.round(2)]
+            "spread of the main rows above is not a finding.", table.round(2), notes_markdown(records)]
 
 
 def ipq_files(model: nn.Module, centroids: int = IPQ_CENTROIDS, task: str = "sst2") -> pd.DataFrame:
