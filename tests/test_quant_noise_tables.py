@@ -93,8 +93,16 @@ def test_the_noise_study_puts_each_p_and_block_size_beside_qat(tmp_path):
         path.write_text(json.dumps(record))
     (results / "notes.toml").write_text('[[note]]\nkind = "remark"\ntext = "From another Baseline."\nfiles = '
                                         f'["quant-noise-study/sst2/{study[0].spec.label}-seed0.json"]\n')
-    sentence, table, notes = noise_study("sst2", setting, "ckpt", results, settings=settings)
+    sentence, table, spread, notes = noise_study("sst2", setting, "ckpt", results, settings=settings)
     assert "* From another Baseline. (*1 result: sst2 " in notes  # the remark beside the study's rows
+    assert spread.startswith("Plain QAT (p = 1) of this setting has 1 committed seed(s): no seed-to-seed spread")
+    seed1 = write_run(results / "qbert", "sst2", qat.label, 1, 0.82, **qbert_params(bits, 1.0))
+    record = json.loads(seed1.read_text())
+    record["provenance"]["data"] = {"source": "local", "folder": "data", "files": {}}  # on the official files
+    seed1.write_text(json.dumps(record))
+    spread = noise_study("sst2", setting, "ckpt", results, settings=settings)[2]
+    assert spread == ("Plain QAT (p = 1) of this setting over its 2 committed seeds: 80.00 to 82.00. The study's rows "
+                      "outside that range: p = 0.1 on blocks of 8 (above).")
     assert len(table) == 2 + len(NOISE_STUDY_RATES) + len(NOISE_STUDY_BLOCKS)
     assert table.loc[(1.0, 8), "score"] == 80 and table.loc[(0.1, 8), "vs p = 1 (points)"] == pytest.approx(3)
     assert table.loc[(0.5, NOISE_STUDY_BLOCKS[0]), "result"] == table.loc[(0.5, 8), "result"] == "not run yet"

@@ -21,6 +21,7 @@ from qlib.experiments.protocol import (
     NOISE_STUDY_SETTINGS,
     QUANT_NOISE_RATE,
     QUANT_NOISE_SETTINGS,
+    Job,
     noise_study_jobs,
     quant_noise_jobs,
 )
@@ -164,10 +165,11 @@ def noise_study(task: str, setting: str, checkpoints: str | Path, results: str |
     try:
         study = [j for j in noise_study_jobs(checkpoints, results=results, settings={task: settings[task]})
                  if j.spec.weight_bits == bits]
-        main = [j for j in quant_noise_jobs(checkpoints, seeds=(0,), results=results, tasks=[task])
-                if j.spec.weight_bits == bits]
+        every_seed = [j for j in quant_noise_jobs(checkpoints, results=results, tasks=[task])
+                      if j.spec.weight_bits == bits]
     except FileNotFoundError as err:
         return [f"*The study of p and block size waits for {task}'s protocol: {err}.*"]
+    main = [j for j in every_seed if j.spec.seed == 0]
     rows, metric, records = {}, None, []
     for job in main + study:
         path = job.spec.result_path(job.results_dir)
@@ -183,7 +185,25 @@ def noise_study(task: str, setting: str, checkpoints: str | Path, results: str |
     return [f"{setting} (`{qat.label}` at p = 1) on {task}, seed 0, the task's protocol "
             f"({qat.protocol.epochs} epoch(s) at lr {qat.protocol.lr:g}); score: "
             f"{metric or get_run_task(task).metrics[0]} × 100. One seed: a difference smaller than the seed-to-seed "
-            "spread of the main rows above is not a finding.", table.round(2), notes_markdown(records)]
+            "spread of the main rows above is not a finding.", table.round(2),
+            outside_qat_spread(table["score"], [j for j in every_seed if j.spec.noise_rate == 1.0]),
+            notes_markdown(records)]
+
+
+def outside_qat_spread(scores: pd.Series, qat_jobs: Sequence[Job]) -> str:
+    """The rows of a noise study (``scores``, indexed by (p, block size)) that fall outside the range plain QAT's
+    committed seeds span (``qat_jobs``: the p = 1 job of each seed; a result on the altered copy is left out), as a
+    sentence: the chapter's rule that a difference within the seed-to-seed spread is not a finding, applied."""
+    paths = [job.spec.result_path(job.results_dir) for job in qat_jobs]
+    qat = [100 * r["metrics"][r["main_metric"]] for r in (read_json(p) for p in paths if records_its_data(p))]
+    if len(qat) < 2:
+        return (f"Plain QAT (p = 1) of this setting has {len(qat)} committed seed(s): no seed-to-seed spread to read "
+                "the study against yet.")
+    low, high = min(qat), max(qat)
+    outside = [f"p = {p:g} on blocks of {block} ({'below' if score < low else 'above'})"
+               for (p, block), score in scores.items() if score < low or score > high]
+    return (f"Plain QAT (p = 1) of this setting over its {len(qat)} committed seeds: {low:.2f} to {high:.2f}. The "
+            f"study's rows outside that range: {'; '.join(outside) or 'none'}.")
 
 
 def ipq_files(model: nn.Module, centroids: int = IPQ_CENTROIDS, task: str = "sst2") -> pd.DataFrame:
