@@ -152,9 +152,10 @@ def noise_study(task: str, setting: str, checkpoints: str | Path, results: str |
     1, and the result file it comes from, or "not run yet" (a result on the altered copy counts as not run).
 
     Returns:
-        What the chapter shows (``qlib.experiments.report.show``): the setting in a sentence, the table and the
-        remarks ``results/notes.toml`` keeps on its rows (``notes_markdown``; "" when none), or a sentence alone while
-        the task's protocol is not picked.
+        What the chapter shows (``qlib.experiments.report.show``): the setting in a sentence, the table, a sentence
+        naming its rows outside the range plain QAT spans over its committed seeds (``outside_qat_spread``), and the
+        remarks ``results/notes.toml`` keeps on its rows (``notes_markdown``; "" when none); or a sentence alone
+        while the task's protocol is not picked.
 
     Raises:
         ValueError: ``setting`` is not one of ``settings[task]``.
