@@ -45,8 +45,8 @@ from qlib.experiments.report import (
     runs_frame,
 )
 from qlib.experiments.results import (
-    notes_for,
     read_json,
+    read_result,
     read_results,
     records_data,
     records_its_data,
@@ -66,7 +66,7 @@ def committed_spectra(folder: str | Path) -> dict[str, dict[str, Any]]:
     paths = {p.stem.removeprefix("spectrum-"): p for p in sorted(folder.glob("spectrum-*.json"))}
     paths |= {f"{p.stem.removeprefix('spectrum-')}, short fine-tune": p
               for p in sorted(folder.glob("short-finetune/spectrum-*.json"))}
-    return {name: read_json(p) | {"path": str(p), "notes": notes_for(p)} for name, p in paths.items()}
+    return {name: read_result(p) for name, p in paths.items()}
 
 
 def _unsound(block: Mapping[str, Any]) -> str:
@@ -201,8 +201,7 @@ def float16_floats(results_dir: str | Path, sizes: pd.DataFrame) -> tuple[pd.Dat
     share of FP32; and per 2/3-bit MP run, whether both of Q-BERT's targets hold at once. ``(None, [note])`` when
     none is committed."""
     results_dir = Path(results_dir)
-    runs = [read_json(p) | {"notes": notes_for(p)}
-            for p in sorted(results_dir.parent.glob("benchmarks/float16_floats-*.json"))]
+    runs = [read_result(p) for p in sorted(results_dir.parent.glob("benchmarks/float16_floats-*.json"))]
     if not runs:
         return None, ["*No committed `float16_floats` run yet.*"]
     fp32_mb = sizes.loc["Baseline", "w/o embedding (MB)"]

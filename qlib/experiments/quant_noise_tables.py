@@ -36,7 +36,7 @@ from qlib.experiments.report import (
     protocol_frame,
     runs_frame,
 )
-from qlib.experiments.results import notes_for, read_json, read_results, records_its_data
+from qlib.experiments.results import read_json, read_result, read_results, records_its_data
 from qlib.experiments.spec import FROM_CHECKPOINT, RunSpec
 from qlib.experiments.tasks import get_run_task
 
@@ -174,7 +174,7 @@ def noise_study(task: str, setting: str, checkpoints: str | Path, results: str |
     rows, metric, records = {}, None, []
     for job in main + study:
         path = job.spec.result_path(job.results_dir)
-        record = read_json(path) | {"path": str(path), "notes": notes_for(path)} if records_its_data(path) else None
+        record = read_result(path) if records_its_data(path) else None
         metric = record["main_metric"] if record else metric
         records += [record] if record else []
         rows[(job.spec.noise_rate, job.spec.noise_block)] = {

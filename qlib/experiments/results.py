@@ -154,6 +154,12 @@ def notes_for(path: str | os.PathLike) -> list[dict[str, str]]:
     return []
 
 
+def read_result(path: str | os.PathLike) -> dict[str, Any]:
+    """One result file as the tables use it: its record (``read_json``) with its ``path`` and the ``notes`` that
+    ``notes.toml`` keeps on it (``notes_for``)."""
+    return read_json(path) | {"path": str(path), "notes": notes_for(path)}
+
+
 def records_data(record: dict[str, Any]) -> bool:
     """Whether a result record (or a spectrum's) records the data it read (``provenance['data']``); one from before
     results recorded their data was computed on the earlier, altered copy of GLUE."""
@@ -178,6 +184,6 @@ def read_results(folder: str | os.PathLike, superseded: bool = False) -> list[di
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    records = [read_json(p) | {"path": str(p), "notes": notes_for(p)} for p in sorted(folder.rglob("*.json"))]
+    records = [read_result(p) for p in sorted(folder.rglob("*.json"))]
     rerun = {r.get("task") for r in records if records_data(r)}
     return [r for r in records if superseded or records_data(r) or r.get("task") not in rerun]

@@ -10,7 +10,7 @@ from typing import Any, Mapping, Sequence
 import pandas as pd
 
 from qlib.common.cpu import cpu_class
-from qlib.experiments.results import notes_for, read_json, records_its_data
+from qlib.experiments.results import read_json, read_result, records_its_data
 
 TARGETS: dict[str, dict[str, float]] = {
     "AMX": {"openvino_int8": 1.0, "ort_int8": 1.25, "ort_qdq_static": 1.25, "torch_bf16": 1.5},
@@ -43,8 +43,7 @@ def run_class(run: dict[str, Any]) -> str:
 def benchmark_runs(folder: str | Path, pattern: str = "int8_cpu*.json") -> list[dict[str, Any]]:
     """Every committed run of the benchmark in ``folder``, oldest first, each with its ``path``, ``class`` and the
     ``notes`` attached to it in ``results/notes.toml``."""
-    runs = [read_json(p) | {"path": str(p)} for p in sorted(Path(folder).glob(pattern))]
-    runs = [r | {"class": run_class(r), "notes": notes_for(r["path"])} for r in runs]
+    runs = [r | {"class": run_class(r)} for r in map(read_result, sorted(Path(folder).glob(pattern)))]
     return sorted(runs, key=lambda r: r["provenance"]["date"])
 
 
@@ -341,8 +340,8 @@ def int8_agreement_table(paths: list[str | Path]) -> tuple[pd.DataFrame, list[di
     for path in (Path(p) for p in paths):
         if not path.is_file():
             continue
-        a = read_json(path)
-        records.append(a | {"path": str(path), "notes": notes_for(path)})
+        a = read_result(path)
+        records.append(a)
         trained = a.get("trained")
         model = (f"QAT on {trained['train']['train_examples']:,} {a['task']} examples, seed {trained['seed']}"
                  if trained else f"checkpoint {Path(a['checkpoint']).name}")
@@ -388,8 +387,8 @@ def attention_rounding_table(paths: list[str | Path]) -> tuple[pd.DataFrame, lis
     their notes) for ``qlib.experiments.report.notes_markdown``."""
     columns, rows, records = {}, set(), []
     for path in (Path(p) for p in paths):
-        run = read_json(path)
-        records.append(run | {"path": str(path), "notes": notes_for(path)})
+        run = read_result(path)
+        records.append(run)
         for name, r in run["routes"].items():
             if "skipped" in r:
                 continue
@@ -434,8 +433,8 @@ def peer_accuracy_table(paths: list[str | Path], qat_results: str | Path | None 
     model). Also the records (with their notes) for ``qlib.experiments.report.notes_markdown``."""
     columns, records = {}, []
     for path in (Path(p) for p in paths):
-        run = read_json(path)
-        records.append(run | {"path": str(path), "notes": notes_for(path)})
+        run = read_result(path)
+        records.append(run)
         label, metric = f"{run['checkpoint']}, {run_class(run)}", run["metric"]
         fp32 = 100 * run["fp32_scores"][metric]
         scores = {"FP32": (fp32, 0.0)}
