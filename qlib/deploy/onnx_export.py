@@ -26,6 +26,7 @@ import copy
 import inspect
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +39,9 @@ from qlib.bert.pq_modules import PQEmbedding, PQLinear
 from qlib.common.atomic import atomic_write
 from qlib.core.quantizers import QuantSpec
 from qlib.deploy.int8 import Int8SelfAttention, check_exportable
+
+if TYPE_CHECKING:  # onnx comes with the bench and test extras, imported where a graph is written
+    import onnx
 
 ONNX_INT8 = (-128, 127)  # the only signed range ONNX's QuantizeLinear has
 SYMMETRIC_MAX_CODE = 127
@@ -142,7 +146,7 @@ def to_qdq(model: nn.Module) -> nn.Module:
     return model
 
 
-def fold_constant_quantization(graph) -> int:
+def fold_constant_quantization(graph: onnx.GraphProto) -> int:
     """Replace each ``QuantizeLinear`` whose input is an initializer by an int8 initializer holding its result
     (``saturate(round(w / s) + z)``, ONNX's rule, per tensor or along the node's ``axis``), in place; float
     initializers nothing else reads are dropped. Returns how many were folded."""

@@ -253,8 +253,8 @@ def picked_protocols(tasks: Sequence[str], results: str | Path = "results",
     return picked, waiting
 
 
-def q8bert_jobs(protocols: Mapping[str, dict[str, Any]], seeds=SEEDS, results: str | Path = "results",
-                checkpoints: str | Path | None = None) -> tuple[list[Job], list[Job]]:
+def q8bert_jobs(protocols: Mapping[str, dict[str, Any]], seeds: Sequence[int] = SEEDS,
+                results: str | Path = "results", checkpoints: str | Path | None = None) -> tuple[list[Job], list[Job]]:
     """Q8BERT chapter, for each task of ``protocols`` (task -> its epochs and learning rate): (FP32 (+DQ) and QAT,
     the main table; QAT with a shorter EMA on the tasks of ``EMA_ABLATION_TASKS``, the ablation). With
     ``checkpoints``, the main table's QAT jobs of ``DEPLOY_TASKS`` keep their models there (bit-packed, with their
@@ -273,7 +273,7 @@ def q8bert_jobs(protocols: Mapping[str, dict[str, Any]], seeds=SEEDS, results: s
     return main, ablation
 
 
-def baseline_jobs(tasks: Sequence[str], checkpoints: str | Path, seeds=SEEDS,
+def baseline_jobs(tasks: Sequence[str], checkpoints: str | Path, seeds: Sequence[int] = SEEDS,
                   results: str | Path = "results") -> list[Job]:
     """The FP32 Baselines of ``tasks`` (with their DirectQ rows at G = ``HEADS``): they keep the models that
     Q-BERT's and Quant-Noise's QAT rows start from under ``checkpoints``."""
@@ -289,7 +289,7 @@ def baseline_name(task: str, seed: int) -> str:
 
 
 def qbert_jobs(tasks: Sequence[str], checkpoints: str | Path, spectra: Mapping[str, dict[str, Any]] | None = None,
-               seeds=SEEDS, results: str | Path = "results") -> tuple[list[Job], list[Job], list[Job]]:
+               seeds: Sequence[int] = SEEDS, results: str | Path = "results") -> tuple[list[Job], list[Job], list[Job]]:
     """Q-BERT II chapter, for ``tasks``: (the FP32 Baselines, which keep their models under ``checkpoints``; the QAT
     rows of the main table at G = heads, each from its seed's Baseline model, which it needs; the group-wise ablation
     at 3 bits on the tasks of ``ABLATION_TASKS``). The MP rows take their bits from the task's Hessian spectrum: a task
@@ -308,7 +308,7 @@ def qbert_jobs(tasks: Sequence[str], checkpoints: str | Path, spectra: Mapping[s
     return baselines, main, ablation
 
 
-def quant_noise_jobs(checkpoints: str | Path, seeds=SEEDS, results: str | Path = "results",
+def quant_noise_jobs(checkpoints: str | Path, seeds: Sequence[int] = SEEDS, results: str | Path = "results",
                      tasks: Sequence[str] = QUANT_NOISE_TASKS) -> list[Job]:
     """Quant-Noise chapter: each task's Q-BERT rows of ``QUANT_NOISE_SETTINGS`` trained at noise rate
     ``QUANT_NOISE_RATE``, and the same rows at p = 1 (Q-BERT's QAT, written with the Q-BERT chapter's results)
@@ -325,7 +325,7 @@ def quant_noise_jobs(checkpoints: str | Path, seeds=SEEDS, results: str | Path =
     return jobs
 
 
-def ipq_jobs(checkpoints: str | Path, seeds=SEEDS, results: str | Path = "results",
+def ipq_jobs(checkpoints: str | Path, seeds: Sequence[int] = SEEDS, results: str | Path = "results",
              tasks: Sequence[str] = IPQ_TASKS) -> list[Job]:
     """Quant-Noise chapter: iPQ with ``IPQ_CENTROIDS`` centroids, in float and with int8 centroids and inputs, and
     iPQ + int8 after training with PQ noise at ``IPQ_NOISE_RATE`` (the paper's combination), each quantizing its
@@ -361,7 +361,7 @@ def noise_study_jobs(checkpoints: str | Path, results: str | Path = "results",
     return jobs
 
 
-def beyond_jobs(checkpoints: str | Path, seeds=SEEDS, results: str | Path = "results",
+def beyond_jobs(checkpoints: str | Path, seeds: Sequence[int] = SEEDS, results: str | Path = "results",
                 integer_tasks: Sequence[str] = INTEGER_TASKS,
                 distillation_tasks: Sequence[str] = DISTILLATION_TASKS,
                 spectra: Mapping[str, Mapping[str, Any]] | None = None) -> list[Job]:

@@ -34,7 +34,7 @@ def mean_std(runs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({"mean": grouped.mean(), "std": grouped.std(ddof=1), "seeds": grouped.count()})
 
 
-def relative_drop(reference, score):
+def relative_drop(reference: Any, score: Any) -> Any:
     """(reference - score) / reference in percent: Q8BERT Table 2's relative error and Q-BERT's accuracy drop
     (positive = ``score`` is worse). Works on numbers, NumPy arrays and pandas objects alike."""
     return (reference - score) / reference * 100

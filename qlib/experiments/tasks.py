@@ -88,28 +88,32 @@ class GlueTask:
     def metrics(self) -> tuple[str, ...]:
         return get_task(self.name).metrics
 
-    def load(self, model: str, attn_implementation: str | None = None):
+    def load(self, model: str, attn_implementation: str | None = None
+             ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
         return load_bert(model, "sequence", get_task(self.name).num_labels, attn_implementation)
 
-    def train_batches(self, tokenizer, settings, seed, shuffle=True):
+    def train_batches(self, tokenizer: PreTrainedTokenizerBase, settings: Settings, seed: int,
+                      shuffle: bool = True) -> DataLoader:
         return glue_batches(self.name, tokenizer, "train", settings.batch_size, settings.max_length,
                             settings.max_train_examples, seed, settings.source, shuffle=shuffle,
                             group_by_length=settings.group_by_length)
 
-    def eval_data(self, tokenizer, settings, seed):
+    def eval_data(self, tokenizer: PreTrainedTokenizerBase, settings: Settings, seed: int) -> DataLoader:
         return glue_batches(self.name, tokenizer, "dev", EVAL_BATCH, settings.max_length, settings.max_eval_examples,
                             seed, settings.source)
 
-    def score(self, model, data):
+    def score(self, model: PreTrainedModel, data: DataLoader) -> tuple[dict[str, float], int]:
         predictions, labels = predict(model, data)
         return glue_metrics(self.name, predictions, labels), len(labels)
 
-    def provenance(self, source):
+    def provenance(self, source: str) -> dict[str, Any]:
         return glue_provenance(self.name, source=source)
 
 
 @dataclass(frozen=True)
 class _SquadDev:
+    """SQuAD's dev data as ``SquadTask.score`` reads it: the questions, their windows, and the windows' batches."""
+
     examples: datasets.Dataset
     features: datasets.Dataset
     batches: DataLoader
@@ -122,23 +126,25 @@ class SquadTask:
     name: str = "squad"
     metrics: tuple[str, ...] = ("f1", "exact_match")
 
-    def load(self, model: str, attn_implementation: str | None = None):
+    def load(self, model: str, attn_implementation: str | None = None
+             ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
         return load_bert(model, "qa", attn_implementation=attn_implementation)
 
-    def train_batches(self, tokenizer, settings, seed, shuffle=True):
+    def train_batches(self, tokenizer: PreTrainedTokenizerBase, settings: Settings, seed: int,
+                      shuffle: bool = True) -> DataLoader:
         questions = _subset(load_squad("train", settings.source), settings.max_train_examples, seed)
         windows = qa_train_features(questions, tokenizer, settings.max_length, settings.doc_stride)
         return loader(windows, tokenizer, settings.batch_size, shuffle=shuffle, seed=seed,
                       group_by_length=settings.group_by_length)
 
-    def eval_data(self, tokenizer, settings, seed):
+    def eval_data(self, tokenizer: PreTrainedTokenizerBase, settings: Settings, seed: int) -> _SquadDev:
         questions = _subset(load_squad("dev", settings.source), settings.max_eval_examples, seed)
         windows = qa_eval_features(questions, tokenizer, settings.max_length, settings.doc_stride)
         inputs = windows.remove_columns(["example_id", "offset_mapping"])
         return _SquadDev(questions, windows, loader(inputs, tokenizer, EVAL_BATCH, shuffle=False))
 
     @torch.no_grad()
-    def score(self, model, data: _SquadDev):
+    def score(self, model: PreTrainedModel, data: _SquadDev) -> tuple[dict[str, float], int]:
         device = next(model.parameters()).device
         model.eval()
         starts, ends = [], []
@@ -151,7 +157,7 @@ class SquadTask:
         answers = decode_answers(starts, ends, data.features, contexts)
         return squad_scores(answers, data.examples), len(data.examples)
 
-    def provenance(self, source):
+    def provenance(self, source: str) -> dict[str, Any]:
         return squad_provenance(source)
 
 
@@ -162,24 +168,27 @@ class ConllTask:
     name: str = "conll2003"
     metrics: tuple[str, ...] = ("f1", "precision", "recall")
 
-    def load(self, model: str, attn_implementation: str | None = None):
+    def load(self, model: str, attn_implementation: str | None = None
+             ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
         return load_bert(model, "token", len(NER_LABELS), attn_implementation)
 
-    def _batches(self, split, tokenizer, settings, batch_size, limit, seed, shuffle):
+    def _batches(self, split: str, tokenizer: PreTrainedTokenizerBase, settings: Settings, batch_size: int,
+                 limit: int | None, seed: int, shuffle: bool) -> DataLoader:
         sentences = _subset(load_conll2003(split, source=settings.source), limit, seed)
         encoded = tokenize_ner(sentences, tokenizer, settings.max_length)
         return loader(encoded, tokenizer, batch_size, shuffle, seed, settings.group_by_length,
                       DataCollatorForTokenClassification(tokenizer))
 
-    def train_batches(self, tokenizer, settings, seed, shuffle=True):
+    def train_batches(self, tokenizer: PreTrainedTokenizerBase, settings: Settings, seed: int,
+                      shuffle: bool = True) -> DataLoader:
         return self._batches("train", tokenizer, settings, settings.batch_size, settings.max_train_examples, seed,
                              shuffle)
 
-    def eval_data(self, tokenizer, settings, seed):
+    def eval_data(self, tokenizer: PreTrainedTokenizerBase, settings: Settings, seed: int) -> DataLoader:
         return self._batches("dev", tokenizer, settings, EVAL_BATCH, settings.max_eval_examples, seed, False)
 
     @torch.no_grad()
-    def score(self, model, data):
+    def score(self, model: PreTrainedModel, data: DataLoader) -> tuple[dict[str, float], int]:
         device = next(model.parameters()).device
         model.eval()
         predictions, labels = [], []
@@ -190,7 +199,7 @@ class ConllTask:
         predicted, reference = word_tags(predictions, labels, NER_LABELS)
         return entity_scores(predicted, reference), len(labels)
 
-    def provenance(self, source):
+    def provenance(self, source: str) -> dict[str, Any]:
         return data_provenance(["conll2003/train.txt", "conll2003/dev.txt"], source)
 
 
