@@ -59,6 +59,9 @@ def test_paper_and_bits_of_each_row():
     mixed = bits_of(qbert_config(2, 8, groups=1, layer_bits={"encoder.layer.0": 4}, percentile=99.9, noise_rate=0.5))
     assert mixed == {"weights": "2/4 MP, Quant-Noise p=0.5", "weight ranges": "asymmetric, 1 group, [0.1, 99.9] pct",
                      "embedding": "8", "inputs": "8 (EMA)"}
+    ternary = RunSpec.from_label("qbert-w2e8-twn-kdh-ft", "sst2")
+    assert ternary.paper == "TernaryBERT (TWN)" and bits_of(ternary.quant_config()) == {
+        "weights": "2", "weight ranges": "ternary (TWN), per tensor", "embedding": "8", "inputs": "8 (EMA)"}
 
 
 def test_side_by_side_measures_sizes_and_pairs_each_chapter_with_its_own_fp32(tiny_bert):

@@ -462,6 +462,7 @@ def test_the_beyond_chapters_jobs_are_integer_qat_and_distilled_rows_after_their
         INTEGER_TASKS,
         LOGITS_ONLY_SETTINGS,
         LONGER_SCHEDULE,
+        QUANTIZER_FOLDER,
         SCHEDULE_FOLDER,
         beyond_jobs,
     )
@@ -471,7 +472,8 @@ def test_the_beyond_chapters_jobs_are_integer_qat_and_distilled_rows_after_their
     distilled = [j for j in jobs if j.spec.distillation]
     assert {j.spec.label for j in integer} == {"qat-int"} and {j.spec.task for j in integer} == set(INTEGER_TASKS)
     longer = [j for j in jobs if j.folder == SCHEDULE_FOLDER]
-    distilled = [j for j in distilled if j not in longer]
+    ternary = [j for j in jobs if j.folder == QUANTIZER_FOLDER]
+    distilled = [j for j in distilled if j not in longer + ternary]
     assert len(distilled) == (len(DISTILLED_SETTINGS) - 1 + len(LOGITS_ONLY_SETTINGS)) * 2
     assert all(j.experiment == "beyond" for j in jobs)
     # the schedule ablation: the 2-bit row plain and distilled, seed 0, on TernaryBERT's schedule, in its own folder
@@ -479,6 +481,11 @@ def test_the_beyond_chapters_jobs_are_integer_qat_and_distilled_rows_after_their
                                               for k in ("", "kdh-")]
     assert all((j.spec.protocol.epochs, j.spec.protocol.lr) == (LONGER_SCHEDULE["epochs"], LONGER_SCHEDULE["lr"])
                and j.needs == ("qbert/sst2/fp32-seed0",) for j in longer)
+    # the quantizer ablation: the 2-bit row with TernaryBERT's ternary weights, plain and distilled, every seed
+    assert sorted(j.name for j in ternary) == [f"{QUANTIZER_FOLDER}/sst2/qbert-w2e8-twn-{k}ft-seed{s}"
+                                               for k in ("", "kdh-") for s in (0, 1)]
+    assert all(j.spec.ternary and j.spec.groups is None and j.spec.protocol == distilled[0].spec.protocol
+               and j.needs == (f"qbert/sst2/fp32-seed{j.spec.seed}",) for j in ternary)
     assert {j.spec.label for j in distilled} == {f"qbert-w{b}e8-g12-p99.9-kdh-ft" for b in (8, 4, 3, 2)} | {
         "qbert-w2e8-g12-p99.9-kd-ft"}  # the 2-bit row distilled from the logits alone, beside its full distillation
     assert all(j.needs == (f"qbert/sst2/fp32-seed{j.spec.seed}",) and j.spec.init_from

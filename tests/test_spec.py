@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qlib.core.observers import Q8BERT_EMA_DECAY
+from qlib.core.ternary import TernarySpec
 from qlib.experiments.results import read_results
 from qlib.experiments.spec import FROM_CHECKPOINT, PAPERS, RunSpec, TrainingProtocol
 
@@ -35,6 +36,9 @@ specs = st.one_of(
               integer_nonlinearities=st.booleans(),
               init_from=st.sampled_from([None, FROM_CHECKPOINT]),
               protocol=st.builds(TrainingProtocol, epochs=st.integers(1, 6), lr=st.sampled_from([2e-5, 5e-5]))),
+    st.builds(RunSpec, task=st.just("sst2"), method=st.just("qbert"), seed=st.integers(0, 9), weight_bits=st.just(2),
+              embedding_bits=bits, groups=st.sampled_from([None, 12]), ternary=st.just(True),
+              distillation=st.sampled_from([None, "logits", "hidden"]), init_from=st.just(FROM_CHECKPOINT)),
     st.builds(RunSpec, task=st.just("sst2"), method=st.just("ipq"), seed=st.integers(0, 9),
               centroids=st.sampled_from([16, 256]), centroid_bits=st.sampled_from([None, 8]),
               noise_rate=st.sampled_from([1.0, 0.2, 0.05]), init_from=st.just(FROM_CHECKPOINT)),
@@ -97,6 +101,10 @@ def test_labels_of_the_papers_rows():
         RunSpec("sst2", "qat", centroids=16)
     assert [RunSpec("sst2", m).paper for m in ("fp32", "dq", "qat", "qbert")] == [
         "FP32", "Q8BERT (DQ)", "Q8BERT (QAT)", "Q-BERT"]
+    ternary = RunSpec("sst2", "qbert", weight_bits=2, ternary=True, init_from="x", distillation="hidden")
+    assert ternary.label == "qbert-w2e8-twn-kdh-ft" and ternary.paper == "TernaryBERT (TWN)"
+    assert ternary.quant_config().default.weight == TernarySpec(groups=1)  # one scale per matrix, as TernaryBERT
+    assert ternary.with_(groups=12).quant_config().default.weight == TernarySpec(groups=12)
 
 
 def test_distilled_runs_name_their_mode_and_need_their_teacher():
@@ -166,6 +174,14 @@ def test_a_record_from_before_batches_were_grouped_by_length_reads_back_as_rando
     (dict(seed=-1), "seed must be a non-negative integer, got -1"),
     (dict(method="qat", integer_nonlinearities="yes"), "integer_nonlinearities must be True or False, got 'yes'"),
     (dict(task="imdb"), "unknown task 'imdb'"),
+    (dict(method="qat", ternary=True), "ternary=True is not a knob of method 'qat'; it is for qbert"),
+    (dict(method="qbert", ternary=1), "ternary must be True or False, got 1"),
+    (dict(method="qbert", ternary=True), "weight_bits=8 does not go with ternary=True: ternary weights take "
+                                         "weight_bits=2"),
+    (dict(method="qbert", ternary=True, weight_bits=2, percentile=99.9), "percentile=99.9 does not go with ternary"),
+    (dict(method="qbert", ternary=True, weight_bits=2, groups="row"), "groups='row' does not go with ternary"),
+    (dict(method="qbert", ternary=True, weight_bits=2, layer_bits={"encoder.layer.0": 3}),
+     "layer_bits={'encoder.layer.0': 3} does not go with ternary"),
     (dict(protocol=TrainingProtocol()), None),
 ])
 def test_bad_specs_are_refused_naming_the_value(kwargs, message):

@@ -10,7 +10,8 @@ from typing import Any
 
 import pandas as pd
 
-from qlib.experiments.protocol import SCHEDULE_FOLDER
+from qlib.experiments.protocol import HEADS, QUANTIZER_FOLDER, SCHEDULE_FOLDER, TERNARY_SETTINGS, ternary_spec
+from qlib.experiments.qbert import setting_spec
 from qlib.experiments.report import mean_std, mean_std_text, paired_gaps, relative_drop, runs_frame
 from qlib.experiments.results import read_results, records_data
 from qlib.experiments.spec import RunSpec
@@ -33,11 +34,16 @@ def _same_seeds(runs: pd.DataFrame, method: str, other: str) -> pd.Series:
     return scores.dropna() if {method, other} <= set(scores.columns) else pd.DataFrame(columns=[method, other])
 
 
+def _compared_seeds(runs: pd.DataFrame, distilled: str, plain: str) -> pd.DataFrame:
+    """The FP32, ``plain`` and ``distilled`` scores on the seeds ``runs`` has all three of ([seed] × 3)."""
+    return _same_seeds(runs, distilled, plain).join(_same_seeds(runs, "fp32", plain)["fp32"], how="inner")
+
+
 def _recovery(runs: pd.DataFrame, distilled: str, plain: str) -> dict[str, float]:
     """On the seeds where ``runs`` has FP32, ``plain`` and ``distilled`` rows: how many, their mean scores, and the
     share of plain QAT's drop against FP32 that distillation recovers, (distilled − plain) / (FP32 − plain), where
     plain QAT dropped (else NaN: no drop to recover, and a share of a rounding-sized gap would read as a large one)."""
-    both = _same_seeds(runs, distilled, plain).join(_same_seeds(runs, "fp32", plain)["fp32"], how="inner")
+    both = _compared_seeds(runs, distilled, plain)
     fp32, before, after = (both[c].mean() if not both.empty else float("nan") for c in ("fp32", plain, distilled))
     return {"seeds": len(both), "FP32": fp32, "plain": before, "distilled": after,
             "share of the drop recovered": (after - before) / (fp32 - before) if fp32 > before else float("nan")}
@@ -150,4 +156,50 @@ def longer_schedule(task: str, results: str | Path) -> list[Any]:
             if row["seeds"] else f"nothing measured yet on {schedule} (no seed has FP32, plain and distilled rows)"
             for schedule, row in compared.items()) + ".")
     table = pd.DataFrame.from_dict(rows, orient="index").rename_axis(["distilled row", "schedule"])
+    return [table.round(2), "\n".join(lines)]
+
+
+def ternary_quantizer(task: str, results: str | Path) -> list[Any]:
+    """The quantizer ablation (``qlib.experiments.protocol.TERNARY_SETTINGS``): each setting's plain and distilled
+    rows with TernaryBERT's ternary weights (TWN; under ``<results>/beyond-quantizer``) beside the same setting with
+    Q-BERT's grid (the Q-BERT chapter's plain row, this chapter's distilled one), each against the FP32 Baseline,
+    both on the seeds where the ternary pair is complete: the scores, and the share of plain QAT's drop that
+    distillation recovers with each quantizer, (distilled − plain) / (FP32 − plain).
+
+    Returns:
+        What the chapter shows: the table and one line per setting, or a sentence saying which runs are missing.
+    """
+    results = Path(results)
+    ternary = _official(results / QUANTIZER_FOLDER / task)
+    if not any(RunSpec.from_record(r).distillation for r in ternary):
+        return [f"*No distilled run of the quantizer ablation of {task} on the official files yet "
+                f"(`{results / QUANTIZER_FOLDER / task}`).*"]
+    on_protocol = _official(results / "qbert" / task) + _official(results / "beyond" / task)
+    fp32 = [r for r in on_protocol if r["method"] == "fp32"]
+    rows, lines = {}, []
+    for setting in TERNARY_SETTINGS:
+        grid = setting_spec(setting, task, 0, HEADS, None)
+        quantizers = {"ternary (TWN), one scale per matrix": ternary_spec(grid),
+                      f"Q-BERT's grid, {HEADS} groups, clipped": grid}
+        twn = quantizers["ternary (TWN), one scale per matrix"]
+        seeds = set(_compared_seeds(runs_frame(fp32 + ternary), twn.with_(distillation="hidden").label,
+                                    twn.label).index)
+        if not seeds:
+            lines.append(f"* {setting}: nothing measured yet (no seed has FP32 and both ternary rows).")
+            continue
+        runs = runs_frame([r for r in on_protocol + ternary if r["seed"] in seeds])
+        shares = []
+        for quantizer, plain in quantizers.items():
+            recovery = _recovery(runs, plain.with_(distillation="hidden").label, plain.label)
+            rows[(setting, quantizer)] = {
+                "plain QAT": plain.label, **{k: recovery[k] for k in ("seeds", "FP32", "plain", "distilled")},
+                "plain drop (%)": relative_drop(recovery["FP32"], recovery["plain"]),
+                "distilled drop (%)": relative_drop(recovery["FP32"], recovery["distilled"]),
+                "share of the drop recovered": recovery["share of the drop recovered"]}
+            shares.append(f"{recovery['share of the drop recovered']:.0%} with {quantizer}")
+        lines.append(f"* {setting}, on the {len(seeds)} seed(s) the ternary rows have, the share of plain QAT's drop "
+                     "that distillation recovers: " + "; ".join(shares) + ".")
+    if not rows:
+        return ["\n".join(lines)]
+    table = pd.DataFrame.from_dict(rows, orient="index").rename_axis(["setting", "2-bit quantizer"])
     return [table.round(2), "\n".join(lines)]

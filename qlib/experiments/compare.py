@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from qlib.bert.config import BertQuantConfig
+from qlib.core.ternary import TernarySpec
 from qlib.deploy.checkpoint import size_mb
 from qlib.experiments.report import (
     baseline_over_seeds,
@@ -39,14 +40,17 @@ kernel here."""
 def bits_of(config: BertQuantConfig | None) -> dict[str, str]:
     """The bit widths a config gives the encoder weights (``2/3 MP`` when layers differ; with the Quant-Noise rate
     it trains at), their ranges (scheme, per tensor / G groups / per row, clipping), the embedding tables and the
-    Linears' inputs (with how their ranges are set); ``32`` where a tensor stays in float."""
+    Linears' inputs (with how their ranges are set); ``32`` where a tensor stays in float. Ternary weights (TWN) are
+    2 bits, their ranges ``ternary (TWN)``."""
     if config is None:
         return {"weights": "32", "weight ranges": "", "embedding": "32", "inputs": "32"}
     layer_quants = [config.default, *config.layers.values()]
     widths = sorted({q.weight.bits if q.weight is not None else 32 for q in layer_quants})
     weight, inputs, noise = config.default.weight, config.default.activation, config.default.noise_rate
     ranges = ""
-    if weight is not None:
+    if isinstance(weight, TernarySpec):
+        ranges = "ternary (TWN), " + ("per tensor" if weight.groups == 1 else f"{weight.groups} groups")
+    elif weight is not None:
         extent = {"tensor": "per tensor", "channel": "per row",
                   "group": f"{weight.groups} group{'s' if weight.groups != 1 else ''}"}[weight.granularity]
         clipped = f"[{100 - weight.percentile:g}, {weight.percentile:g}] pct" if weight.percentile else "min/max"

@@ -92,6 +92,12 @@ and distilled (TernaryBERT's full loss), seed 0, under ``SCHEDULE_FOLDER``: does
 drop with three times the steps than on the task's protocol?"""
 LONGER_SCHEDULE_SETTINGS = ("Q-BERT 2/8",)
 SCHEDULE_FOLDER = "beyond-schedule"
+TERNARY_SETTINGS = ("Q-BERT 2/8",)
+"""The quantizer ablation: these settings with TernaryBERT's own 2-bit quantizer, ternary weights by TWN with one
+threshold and scale per matrix (``RunSpec.ternary``), in place of Q-BERT's 12 groups of clipped 4-level grids,
+plain and distilled (TernaryBERT's full loss), every seed, under ``QUANTIZER_FOLDER``: does distillation recover more
+of the 2-bit drop from the quantizer TernaryBERT distils than from Q-BERT's?"""
+QUANTIZER_FOLDER = "beyond-quantizer"
 LANDSCAPE_BLOCKS = ("encoder.layer.0", "encoder.layer.2", "encoder.layer.5")  # Q-BERT I's default, fig. 2's
 HESSIAN_BATCH_SIZES = (8, 16, 32, 64)  # the batch-size study: the top λ of one block at each Hessian batch size
 HESSIAN_MAX_LENGTH = {"squad": 256}
@@ -372,7 +378,8 @@ def beyond_jobs(checkpoints: str | Path, seeds: Sequence[int] = SEEDS, results: 
     distilled from the logits alone; a mixed-precision setting only on a task of ``spectra`` (its bits come from the
     task's spectrum, as in the Q-BERT table). Last, the schedule ablation: ``LONGER_SCHEDULE_SETTINGS`` plain and
     distilled on ``LONGER_SCHEDULE`` instead of the task's protocol, on the first of ``seeds``, in
-    ``SCHEDULE_FOLDER``."""
+    ``SCHEDULE_FOLDER``; and the quantizer ablation: ``TERNARY_SETTINGS`` with ternary weights, plain and
+    distilled, on every seed, in ``QUANTIZER_FOLDER``."""
     spectra = spectra or {}
     integer = [Job(RunSpec(t, "qat", s, integer_nonlinearities=True, protocol=_protocol(t, results)), "beyond",
                    results=str(results)) for t in integer_tasks for s in seeds]
@@ -386,7 +393,17 @@ def beyond_jobs(checkpoints: str | Path, seeds: Sequence[int] = SEEDS, results: 
                   "beyond", folder=SCHEDULE_FOLDER, needs=(baseline_name(t, s),), results=str(results))
               for t in distillation_tasks for name in LONGER_SCHEDULE_SETTINGS for mode in (None, "hidden")
               for s in seeds[:1]]
-    return integer + distilled + longer
+    ternary = [Job(ternary_spec(setting_spec(name, t, s, HEADS, checkpoints, spectra.get(t),
+                                             _protocol(t, results))).with_(distillation=mode),
+                   "beyond", folder=QUANTIZER_FOLDER, needs=(baseline_name(t, s),), results=str(results))
+               for t in distillation_tasks for name in TERNARY_SETTINGS for mode in (None, "hidden") for s in seeds]
+    return integer + distilled + longer + ternary
+
+
+def ternary_spec(grid: RunSpec) -> RunSpec:
+    """The quantizer ablation's row of a Q-BERT ``grid`` row: the same run with ternary weights (TWN, one threshold
+    and scale per matrix, as TernaryBERT) in place of the grid's groups and clipping."""
+    return grid.with_(groups=None, percentile=None, ternary=True)
 
 
 def read_spectra(folder: Path, tasks: Sequence[str]) -> dict[str, dict[str, Any]]:

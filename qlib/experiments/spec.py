@@ -10,7 +10,7 @@ Methods:
 * ``qat``: Q8BERT's quantization-aware training (8-bit symmetric, EMA input ranges; ``ema_decay`` ablates the EMA);
 * ``qbert``: Q-BERT's QAT (asymmetric weights at ``weight_bits``, embedding at ``embedding_bits``, ``groups``,
   per-layer ``layer_bits``, ``percentile`` clipping; ``noise_rate`` < 1 is Quant-Noise, on blocks of ``noise_block``
-  inputs);
+  inputs; ``ternary`` puts TernaryBERT's ternary weights, TWN, in place of the 2-bit grid: ``qlib.core.ternary``);
 * ``ipq``: Quant-Noise's iterative product quantization of a trained FP32 model (``init_from``): FFNs, then
   embeddings, then attention are product-quantized (``centroids`` per layer, fairseq's block sizes), each stage
   followed by ``protocol.epochs`` of fine-tuning of what is left float and of the codebooks; ``centroid_bits=8``
@@ -24,7 +24,7 @@ Labels (the names result files start with) are unchanged from the first results:
 ``directq-w4-p99.9``, ``qat``, ``qat-ema0.99``, ``qbert-w2e8-g12-p99.9-mp2-3-qn0.5-ft``, ``ipq-k256-int8-ft``;
 ``-qn0.5-b4`` is noise on blocks of 4 inputs (8 unless it says), ``ipq-k256-int8-qn0.2-ft`` iPQ after PQ noise at 0.2;
 ``-int`` marks integer GELU, softmax and LayerNorm (``qat-int``), ``-kd`` / ``-kdh`` distillation from the FP32 model
-(``qat-kd-ft``)."""
+(``qat-kd-ft``), ``-twn`` ternary weights (``qbert-w2e8-twn-kdh-ft``)."""
 
 from __future__ import annotations
 
@@ -37,6 +37,7 @@ from qlib.bert.config import BertQuantConfig, dynamic_config, q8bert_config, qbe
 from qlib.bert.pq_modules import IPQ_STAGES
 from qlib.common.checks import check_bits
 from qlib.core.observers import Q8BERT_EMA_DECAY
+from qlib.core.ternary import TernarySpec
 from qlib.experiments.distill import MODES as DISTILLATION_MODES
 from qlib.experiments.models import DEFAULT_MODEL
 from qlib.experiments.tasks import get_run_task
@@ -128,6 +129,9 @@ class RunSpec:
             needs one).
         centroids: k, iPQ's centroids per layer (``ipq``; 2..256).
         centroid_bits: 8 for iPQ + int8 (``ipq``), None for float centroids and inputs.
+        ternary: TWN's ternary weights (TernaryBERT's quantizer, ``qlib.core.ternary.TernarySpec``: one threshold
+            and scale per group, per matrix when ``groups`` is None) in place of Q-BERT's grid (``qbert`` at
+            ``weight_bits=2``, the bits its codes take; no clipping percentile, no mixed precision).
         protocol: the ``TrainingProtocol``.
     """
 
@@ -147,6 +151,7 @@ class RunSpec:
     init_from: str | None = None
     centroids: int = 256
     centroid_bits: int | None = None
+    ternary: bool = False
     protocol: TrainingProtocol = field(default_factory=TrainingProtocol)
 
     def __post_init__(self) -> None:
@@ -188,6 +193,8 @@ class RunSpec:
             raise ValueError(f"centroids must be an integer k in 2..256, got {self.centroids!r}")
         if self.centroid_bits not in (None, 8):
             raise ValueError(f"centroid_bits must be 8 (iPQ + int8) or None, got {self.centroid_bits!r}")
+        if not isinstance(self.ternary, bool):
+            raise ValueError(f"ternary must be True or False, got {self.ternary!r}")
         if isinstance(self.protocol, Mapping):
             set_(self, "protocol", TrainingProtocol(**self.protocol))
         self._check_knobs()
@@ -198,14 +205,21 @@ class RunSpec:
                "layer_bits": ("qbert",), "percentile": ("qbert", "directq"), "ema_decay": ("qat",),
                "noise_rate": ("qbert", "ipq"), "noise_block": ("qbert",), "integer_nonlinearities": ("qat", "qbert"),
                "distillation": ("qat", "qbert"), "init_from": TRAINED_METHODS, "centroids": ("ipq",),
-               "centroid_bits": ("ipq",)}
+               "centroid_bits": ("ipq",), "ternary": ("qbert",)}
         unset = {"weight_bits": 8, "embedding_bits": 8, "groups": None, "layer_bits": {}, "percentile": None,
                  "ema_decay": None, "noise_rate": 1.0, "noise_block": 8, "integer_nonlinearities": False,
-                 "distillation": None, "init_from": None, "centroids": 256, "centroid_bits": None}
+                 "distillation": None, "init_from": None, "centroids": 256, "centroid_bits": None, "ternary": False}
         for knob, methods in has.items():
             if self.method not in methods and getattr(self, knob) != unset[knob]:
                 raise ValueError(f"{knob}={getattr(self, knob)!r} is not a knob of method {self.method!r}; "
                                  f"it is for {', '.join(methods)}")
+        if self.ternary:
+            clashes = {"weight_bits": self.weight_bits != 2, "percentile": self.percentile is not None,
+                       "layer_bits": bool(self.layer_bits), "groups": self.groups == "row"}
+            for knob, clash in clashes.items():
+                if clash:
+                    raise ValueError(f"{knob}={getattr(self, knob)!r} does not go with ternary=True: ternary weights "
+                                     "take weight_bits=2, no percentile, no layer_bits, groups G or None")
         if self.method == "ipq" and self.init_from is None:
             raise ValueError("ipq quantizes a trained model: give init_from, the task's FP32 checkpoint")
         if self.distillation is not None:
@@ -222,7 +236,8 @@ class RunSpec:
         """The name the run's result file starts with: ``fp32``, ``dq``, ``directq-w3-p99.9``, ``qat``,
         ``qat-ema0.99``, ``qbert-w3e8``, ``qbert-w3e8-per-row``, ``qbert-w2e8-g12-mp2-3`` (mixed precision, its bit
         widths), ``qbert-w2e8-g12-p99.9-qn0.5-ft`` (clipped, Quant-Noise at 0.5, from an FP32 checkpoint;
-        ``-qn0.5-b4`` on blocks of 4 inputs), ``ipq-k256-int8-qn0.2-ft`` (iPQ after PQ noise at 0.2); ``-ft``
+        ``-qn0.5-b4`` on blocks of 4 inputs), ``qbert-w2e8-twn-ft`` (ternary weights, TWN),
+        ``ipq-k256-int8-qn0.2-ft`` (iPQ after PQ noise at 0.2); ``-ft``
         marks any trained run that starts from an FP32 checkpoint (``init_from``)."""
         suffix = ({None: "", "logits": "-kd", "hidden": "-kdh"}[self.distillation]
                   + ("-int" if self.integer_nonlinearities else "") + ("-ft" if self.init_from is not None else ""))
@@ -240,7 +255,9 @@ class RunSpec:
         grouping = "-per-row" if self.groups == "row" else f"-g{self.groups}" if self.groups else ""
         mixed = ("-mp" + "-".join(map(str, sorted({self.weight_bits, *self.layer_bits.values()})))
                  if self.layer_bits else "")
-        return f"qbert-w{self.weight_bits}e{self.embedding_bits}{grouping}{clipping}{mixed}{self._noise}{suffix}"
+        ternary = "-twn" if self.ternary else ""
+        return (f"qbert-w{self.weight_bits}e{self.embedding_bits}{grouping}{ternary}{clipping}{mixed}{self._noise}"
+                f"{suffix}")
 
     @property
     def _noise(self) -> str:
@@ -279,6 +296,8 @@ class RunSpec:
     def paper(self) -> str:
         """The paper the row reproduces: one of ``PAPERS``."""
         if self.method == "qbert":
+            if self.ternary:
+                return "TernaryBERT (TWN)"
             return "Quant-Noise" if self.noise_rate < 1 else "Q-BERT_MP" if self.layer_bits else "Q-BERT"
         return {"fp32": "FP32", "ipq": "Quant-Noise (iPQ)", "dq": "Q8BERT (DQ)", "qat": "Q8BERT (QAT)",
                 "directq": "Q-BERT (DirectQ)"}[self.method]
@@ -288,7 +307,8 @@ class RunSpec:
 
         ``qat``: Q8BERT's (symmetric per-tensor 8-bit weights and inputs, EMA ranges); ``dq``: the same grids with
         input ranges per batch; ``qbert``: Q-BERT's asymmetric weights with its groups, bits, clipping and noise;
-        ``directq``: Q-BERT's weight grids with ranges per batch for the inputs, no fine-tuning; ``ipq``: Q8BERT's
+        ``directq``: Q-BERT's weight grids with ranges per batch for the inputs, no fine-tuning (``ternary``: TWN's
+        ternary weights instead of the grid, everything else as Q-BERT's); ``ipq``: Q8BERT's
         8-bit grids for iPQ + int8 (the product quantization itself comes in stages, ``qlib.bert.pq_modules``), else
         None."""
         if self.method == "qat":
@@ -304,6 +324,8 @@ class RunSpec:
             config = qbert_config(self.weight_bits, self.embedding_bits, groups=self.groups,
                                   layer_bits=dict(self.layer_bits) or None, percentile=self.percentile,
                                   noise_rate=self.noise_rate, noise_block=self.noise_block)
+            if self.ternary:
+                config = replace(config, default=replace(config.default, weight=TernarySpec(self.groups or 1)))
             return replace(config, integer_nonlinearities=self.integer_nonlinearities)
         return None
 
@@ -340,7 +362,7 @@ class RunSpec:
             "fp32": "fp32(?P<ft>-ft)?", "dq": "dq", "directq": rf"directq-w(?P<w>\d)(?:-p(?P<p>{number}))?",
             "qat": rf"qat(?:-ema(?P<ema>{number}))?(?P<kd>-kdh?)?(?P<int>-int)?(?P<ft>-ft)?",
             "ipq": rf"ipq-k(?P<k>\d+)(?P<c8>-int8)?(?:-qn(?P<qn>{number}))?(?P<ft>-ft)",
-            "qbert": rf"qbert-w(?P<w>\d)e(?P<e>\d)(?P<g>-per-row|-g\d+)?(?:-p(?P<p>{number}))?"
+            "qbert": rf"qbert-w(?P<w>\d)e(?P<e>\d)(?P<g>-per-row|-g\d+)?(?P<twn>-twn)?(?:-p(?P<p>{number}))?"
                      rf"(?P<mp>-mp[\d-]+)?(?:-qn(?P<qn>{number})(?:-b(?P<nb>\d+))?)?(?P<kd>-kdh?)?(?P<int>-int)?(?P<ft>-ft)?",
         }
         for method, pattern in patterns.items():
@@ -350,7 +372,7 @@ class RunSpec:
         else:
             raise ValueError(f"unknown result label {label!r}; allowed: fp32, dq, directq-w<b>[-p<p>], "
                              "qat[-ema<d>][-kd|-kdh][-int][-ft], ipq-k<k>[-int8][-qn<p>]-ft, "
-                             "qbert-w<b>e<b>[-g<G>|-per-row][-p<p>][-mp<bits>][-qn<p>[-b<d>]][-kd|-kdh][-int][-ft]")
+                             "qbert-w<b>e<b>[-g<G>|-per-row][-twn][-p<p>][-mp<bits>][-qn<p>[-b<d>]][-kd|-kdh][-int][-ft]")
         parsed: dict[str, Any] = {}
         found = match.groupdict()
         if method == "directq":
@@ -366,7 +388,7 @@ class RunSpec:
                       "groups": None if grouping is None else "row" if grouping == "-per-row" else int(grouping[2:]),
                       "percentile": float(found["p"]) if found["p"] else None,
                       "noise_rate": float(found["qn"]) if found["qn"] else 1.0,
-                      "noise_block": int(found["nb"]) if found["nb"] else 8}
+                      "noise_block": int(found["nb"]) if found["nb"] else 8, "ternary": bool(found["twn"])}
             if found["mp"] and not known.get("layer_bits"):
                 raise ValueError(f"label {label!r} names a mixed-precision run: pass its layer_bits (the label "
                                  "holds only their widths)")
@@ -401,7 +423,8 @@ class RunSpec:
                  "percentile": params.get("percentile"), "ema_decay": params.get("ema_decay"),
                  "noise_rate": params.get("noise_rate", 1.0), "noise_block": params.get("noise_block", 8),
                  "init_from": params.get("init_from"),
-                 "centroids": params.get("centroids", 256), "centroid_bits": params.get("centroid_bits")}
+                 "centroids": params.get("centroids", 256), "centroid_bits": params.get("centroid_bits"),
+                 "ternary": params.get("ternary", False)}
         if trained != "fp32" or record["method"] == "fp32":  # the trained run itself: the knobs its method has
             applies = {"fp32": ("init_from",),
                        "qat": ("ema_decay", "integer_nonlinearities", "distillation", "init_from"),
@@ -432,5 +455,5 @@ class _FrozenBits(dict):
 
 
 PAPERS = ("FP32", "Q8BERT (DQ)", "Q8BERT (QAT)", "Q-BERT (DirectQ)", "Q-BERT", "Q-BERT_MP", "Quant-Noise",
-          "Quant-Noise (iPQ)")
+          "Quant-Noise (iPQ)", "TernaryBERT (TWN)")
 """Every value ``RunSpec.paper`` gives, in a fixed order (for legends and colours)."""
