@@ -24,7 +24,7 @@ from qlib.core.packing import pack, unpack
 from qlib.core.quantizers import group_view
 
 TWN_THRESHOLD = 0.7
-"""TWN's t in Δ = t · mean|W| (Li & Liu 2016, eq. 8; TernaryBERT's default)."""
+"""TWN's t in ``Δ = t · mean|W|`` (Li & Liu 2016, eq. 8; TernaryBERT's default)."""
 
 
 def _fit(view: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -36,7 +36,7 @@ def _fit(view: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tens
 
 
 def _levels(x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
-    """T = sign(x) · 1[|x| > Δ], in {-1, 0, 1}, as ``x``'s dtype (``delta`` broadcasts against ``x``)."""
+    """``T = sign(x) · 1[|x| > Δ]``, in {-1, 0, 1}, as ``x``'s dtype (``delta`` broadcasts against ``x``)."""
     return torch.sign(x) * (x.abs() > delta)
 
 
@@ -58,7 +58,7 @@ class TernarySpec:
 
     Args:
         groups: G, dividing the weight's rows; 1 is one scale per matrix (TernaryBERT's layer-wise choice).
-        threshold: t in Δ = t · mean|W|, in (0, 1).
+        threshold: t in ``Δ = t · mean|W|``, in (0, 1).
     """
 
     groups: int = 1
