@@ -18,13 +18,16 @@ from qlib.deploy.checkpoint import load_quantized, save_quantized
 
 @settings(max_examples=150, deadline=None)
 @given(groups=st.sampled_from([1, 2, 4]), cols=st.integers(1, 12), seed=st.integers(0, 2**16),
-       threshold=st.sampled_from([0.5, 0.7, 0.9]), scale=st.sampled_from([1e-3, 1.0, 30.0]))
-def test_each_group_becomes_alpha_times_twns_levels(groups, cols, seed, threshold, scale):
-    """Ŵ_g = α_g · sign(W_g) · 1[|W_g| > Δ_g], Δ_g = t · mean|W_g|, α_g = mean of |W_g| above Δ_g (Li & Liu 2016)."""
+       threshold=st.sampled_from([0.5, 0.7, 0.9]), scale=st.sampled_from([1e-3, 1.0, 30.0]),
+       clip=st.sampled_from([None, 2.5]))
+def test_each_group_becomes_alpha_times_twns_levels(groups, cols, seed, threshold, scale, clip):
+    """Ŵ_g = α_g · sign(W_g) · 1[|W_g| > Δ_g], Δ_g = t · mean|W_g|, α_g = mean of |W_g| above Δ_g (Li & Liu 2016),
+    on W clipped to [-c, c] first (TernaryBERT)."""
     weight = torch.randn(4, cols, generator=torch.Generator().manual_seed(seed)) * scale
-    spec = TernarySpec(groups, threshold)
+    spec = TernarySpec(groups, threshold, clip)
     fake = spec.fake_quantize(weight)
-    for group, (w, q) in enumerate(zip(weight.reshape(groups, -1), fake.reshape(groups, -1))):
+    clipped = weight if clip is None else weight.clamp(-clip, clip)
+    for group, (w, q) in enumerate(zip(clipped.reshape(groups, -1), fake.reshape(groups, -1))):
         delta = threshold * w.abs().mean()
         kept = w.abs() > delta
         alpha = w.abs()[kept].mean() if kept.any() else torch.tensor(0.0)
@@ -41,17 +44,24 @@ def test_the_codes_take_two_bits_each_and_the_contract_holds():
     encoded = spec.encode(weight)
     assert isinstance(spec, WeightQuantizer) and spec.bits == 2
     assert encoded["codes"].numel() == packed_nbytes(80, 2) and encoded["alpha"].shape == (2,)
-    assert spec.describe(weight) == {"quantizer": "ternary", "bits": 2, "groups": 2, "threshold": 0.7}
+    assert spec.describe(weight) == {"quantizer": "ternary", "bits": 2, "groups": 2, "threshold": 0.7, "clip": 2.5}
 
 
-def test_the_gradient_passes_straight_through_to_the_weight_and_embedding_rows():
-    weight = torch.randn(6, 5, generator=torch.Generator().manual_seed(1), requires_grad=True)
+def test_the_gradient_passes_straight_through_inside_the_clip_range_only():
+    weight = torch.randn(6, 5, generator=torch.Generator().manual_seed(1)).clamp(-2, 2)
+    weight[0, :2] = torch.tensor([3.0, -4.0])  # outside TernaryBERT's clip at 2.5
+    weight.requires_grad_()
     upstream = torch.randn(6, 5, generator=torch.Generator().manual_seed(2))
     (TernarySpec().fake_quantize(weight) * upstream).sum().backward()
-    assert torch.equal(weight.grad, upstream)  # ∂Ŵ/∂W = 1 (TernaryBERT's TWN gradient)
-    rows = weight.detach()[torch.tensor([1, 4])].requires_grad_()
-    TernarySpec().fake_quantize_rows(weight.detach(), rows, torch.tensor([1, 4])).sum().backward()
-    assert torch.equal(rows.grad, torch.ones_like(rows))
+    inside = torch.ones(6, 5, dtype=torch.bool)
+    inside[0, :2] = False
+    assert torch.equal(weight.grad, torch.where(inside, upstream, 0.0))  # ∂Ŵ/∂W = 1 inside, 0 outside
+    unclipped = weight.detach().clone().requires_grad_()
+    (TernarySpec(clip=None).fake_quantize(unclipped) * upstream).sum().backward()
+    assert torch.equal(unclipped.grad, upstream)
+    rows = weight.detach()[torch.tensor([0, 4])].requires_grad_()
+    TernarySpec().fake_quantize_rows(weight.detach(), rows, torch.tensor([0, 4])).sum().backward()
+    assert torch.equal(rows.grad, inside[[0, 4]].float())
 
 
 def ternary_config() -> BertQuantConfig:
@@ -83,6 +93,7 @@ def test_a_ternary_bert_trains_saves_and_loads_exactly(tiny_bert, tmp_path):
     ({"groups": True}, "groups must be a positive integer, got True"),
     ({"threshold": 1.0}, r"threshold must be a number in \(0, 1\) \(TWN's t = 0.7\), got 1.0"),
     ({"threshold": "0.7"}, r"threshold must be a number in \(0, 1\)"),
+    ({"clip": 0}, r"clip must be a positive number or None \(TernaryBERT's c = 2.5\), got 0"),
 ])
 def test_bad_settings_are_refused_by_name(kwargs, message):
     with pytest.raises(ValueError, match=message):
