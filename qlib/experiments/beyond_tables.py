@@ -159,47 +159,57 @@ def longer_schedule(task: str, results: str | Path) -> list[Any]:
     return [table.round(2), "\n".join(lines)]
 
 
+def _share_text(recovery: dict[str, float]) -> str:
+    """A share of plain QAT's drop that distillation recovers, as a line says it."""
+    if not recovery["seeds"]:
+        return "not measured yet"
+    if pd.isna(recovery["share of the drop recovered"]):
+        return f"nothing to recover ({recovery['seeds']} seed(s): plain QAT is not below FP32)"
+    return f"{recovery['share of the drop recovered']:.0%} ({recovery['seeds']} seed(s))"
+
+
 def ternary_quantizer(task: str, results: str | Path) -> list[Any]:
-    """The quantizer ablation (``qlib.experiments.protocol.TERNARY_SETTINGS``): each setting's plain and distilled
-    rows with TernaryBERT's ternary weights (TWN; under ``<results>/beyond-quantizer``) beside the same setting with
-    Q-BERT's grid (the Q-BERT chapter's plain row, this chapter's distilled one), each against the FP32 Baseline,
-    both on the seeds where the ternary pair is complete: the scores, and the share of plain QAT's drop that
-    distillation recovers with each quantizer, (distilled − plain) / (FP32 − plain).
+    """The quantizer ablation (``qlib.experiments.protocol.TERNARY_SETTINGS``): each setting with TernaryBERT's
+    ternary weights (TWN; plain and distilled, under ``<results>/beyond-quantizer``) beside the same setting with
+    Q-BERT's grid (the Q-BERT chapter's plain row, this chapter's distilled one), on the seeds where the ternary plain
+    row and the FP32 Baseline both are: each quantizer's plain QAT drop against FP32 on those seeds, and the share of
+    that drop distillation recovers, (distilled − plain) / (FP32 − plain), on those of them that have the distilled
+    row too.
 
     Returns:
         What the chapter shows: the table and one line per setting, or a sentence saying which runs are missing.
     """
     results = Path(results)
     ternary = _official(results / QUANTIZER_FOLDER / task)
-    if not any(RunSpec.from_record(r).distillation for r in ternary):
-        return [f"*No distilled run of the quantizer ablation of {task} on the official files yet "
+    if not ternary:
+        return [f"*No run of the quantizer ablation of {task} on the official files yet "
                 f"(`{results / QUANTIZER_FOLDER / task}`).*"]
     on_protocol = _official(results / "qbert" / task) + _official(results / "beyond" / task)
-    fp32 = [r for r in on_protocol if r["method"] == "fp32"]
     rows, lines = {}, []
     for setting in TERNARY_SETTINGS:
         grid = setting_spec(setting, task, 0, HEADS, None)
-        quantizers = {"ternary (TWN), one scale per matrix": ternary_spec(grid),
-                      f"Q-BERT's grid, {HEADS} groups, clipped": grid}
-        twn = quantizers["ternary (TWN), one scale per matrix"]
-        seeds = set(_compared_seeds(runs_frame(fp32 + ternary), twn.with_(distillation="hidden").label,
-                                    twn.label).index)
+        quantizers = {"ternary (TWN)": ternary_spec(grid), "Q-BERT's grid": grid}
+        seeds = set(_same_seeds(runs_frame(on_protocol + ternary), ternary_spec(grid).label, "fp32").index)
         if not seeds:
-            lines.append(f"* {setting}: nothing measured yet (no seed has FP32 and both ternary rows).")
+            lines.append(f"* {setting}: nothing measured yet (no seed has FP32 and the ternary plain row).")
             continue
         runs = runs_frame([r for r in on_protocol + ternary if r["seed"] in seeds])
-        shares = []
+        drops, shares = [], []
         for quantizer, plain in quantizers.items():
+            against = _same_seeds(runs, plain.label, "fp32")
+            drop = relative_drop(against["fp32"].mean(), against[plain.label].mean())
             recovery = _recovery(runs, plain.with_(distillation="hidden").label, plain.label)
             rows[(setting, quantizer)] = {
-                "plain QAT": plain.label, **{k: recovery[k] for k in ("seeds", "FP32", "plain", "distilled")},
-                "plain drop (%)": relative_drop(recovery["FP32"], recovery["plain"]),
+                "plain QAT": plain.label, "seeds": len(against), "FP32": against["fp32"].mean(),
+                "plain": against[plain.label].mean(), "plain drop (%)": drop,
+                "distilled seeds": recovery["seeds"], "distilled": recovery["distilled"],
                 "distilled drop (%)": relative_drop(recovery["FP32"], recovery["distilled"]),
                 "share of the drop recovered": recovery["share of the drop recovered"]}
-            shares.append(f"{recovery['share of the drop recovered']:.0%} with {quantizer}")
-        lines.append(f"* {setting}, on the {len(seeds)} seed(s) the ternary rows have, the share of plain QAT's drop "
-                     "that distillation recovers: " + "; ".join(shares) + ".")
+            drops.append(f"{abs(drop):.2f} % {'below' if drop >= 0 else 'above'} FP32 with {quantizer}")
+            shares.append(f"{_share_text(recovery)} with {quantizer}")
+        lines.append(f"* {setting}, on the {len(seeds)} seed(s) with the ternary plain row: plain QAT is "
+                     + ", ".join(drops) + "; the share of that drop distillation recovers: " + "; ".join(shares) + ".")
     if not rows:
         return ["\n".join(lines)]
-    table = pd.DataFrame.from_dict(rows, orient="index").rename_axis(["setting", "2-bit quantizer"])
+    table = pd.DataFrame.from_dict(rows, orient="index").rename_axis(["setting", "2-bit weights"])
     return [table.round(2), "\n".join(lines)]
