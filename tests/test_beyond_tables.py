@@ -148,12 +148,14 @@ def test_the_quantizer_ablation_sets_ternary_weights_beside_the_grid_on_the_tern
     assert (twn["seeds"], grid["seeds"], twn["plain"], grid["plain"]) == (1, 1, 82.0, 80.0)  # seed 0 only
     assert twn["share of the drop recovered"] == pytest.approx(0.38)  # (85 - 82) / (90 - 82), rounded
     assert grid["share of the drop recovered"] == pytest.approx(0.1)  # (81 - 80) / (90 - 80)
+    examples = json.loads((ablation / "sst2" / f"{ternary.label}-seed0.json").read_text())["eval"]["examples"]
     assert line == ("* Q-BERT 2/8, on the 1 seed(s) with the ternary plain row: plain QAT is 8.89 % below FP32 with "
-                    "ternary (TWN), 11.11 % below FP32 with Q-BERT's grid; the share of that drop distillation "
-                    "recovers: 38% (1 seed(s)) with ternary (TWN); 10% (1 seed(s)) with Q-BERT's grid.")
+                    f"ternary (TWN) ({0.08 * examples:.0f} of {examples} dev examples), 11.11 % below FP32 with "
+                    f"Q-BERT's grid ({0.10 * examples:.0f} of {examples} dev examples); the share of that drop "
+                    "distillation recovers: 38% (1 seed(s)) with ternary (TWN); 10% (1 seed(s)) with Q-BERT's grid.")
     official(write_run(ablation, "sst2", ternary.label, 0, 0.91), ternary)  # above FP32: nothing to recover
     line = ternary_quantizer("sst2", tmp_path)[1]
-    assert "plain QAT is 1.11 % above FP32 with ternary (TWN)" in line
+    assert "plain QAT is 1.11 % above FP32 with ternary (TWN) (" in line
     assert "recovers: nothing to recover (1 seed(s): plain QAT is not below FP32) with ternary (TWN);" in line
     (ablation / "sst2" / f"{ternary.with_(distillation='hidden').label}-seed0.json").unlink()
     assert ternary_quantizer("sst2", tmp_path)[1].endswith(

@@ -172,9 +172,9 @@ def ternary_quantizer(task: str, results: str | Path) -> list[Any]:
     """The quantizer ablation (``qlib.experiments.protocol.TERNARY_SETTINGS``): each setting with TernaryBERT's
     ternary weights (TWN; plain and distilled, under ``<results>/beyond-quantizer``) beside the same setting with
     Q-BERT's grid (the Q-BERT chapter's plain row, this chapter's distilled one), on the seeds where the ternary plain
-    row and the FP32 Baseline both are: each quantizer's plain QAT drop against FP32 on those seeds, and the share of
-    that drop distillation recovers, (distilled − plain) / (FP32 − plain), on those of them that have the distilled
-    row too.
+    row and the FP32 Baseline both are: each quantizer's plain QAT drop against FP32 on those seeds (also in dev
+    examples, the mean over seeds: a share of a drop of a few examples says little), and the share of that drop
+    distillation recovers, (distilled − plain) / (FP32 − plain), on those of them that have the distilled row too.
 
     Returns:
         What the chapter shows: the table and one line per setting, or a sentence saying which runs are missing.
@@ -194,6 +194,7 @@ def ternary_quantizer(task: str, results: str | Path) -> list[Any]:
             lines.append(f"* {setting}: nothing measured yet (no seed has FP32 and the ternary plain row).")
             continue
         runs = runs_frame([r for r in on_protocol + ternary if r["seed"] in seeds])
+        examples = next(r["eval"]["examples"] for r in ternary if r["method"] == ternary_spec(grid).label)
         drops, shares = [], []
         for quantizer, plain in quantizers.items():
             against = _same_seeds(runs, plain.label, "fp32")
@@ -205,7 +206,9 @@ def ternary_quantizer(task: str, results: str | Path) -> list[Any]:
                 "distilled seeds": recovery["seeds"], "distilled": recovery["distilled"],
                 "distilled drop (%)": relative_drop(recovery["FP32"], recovery["distilled"]),
                 "share of the drop recovered": recovery["share of the drop recovered"]}
-            drops.append(f"{abs(drop):.2f} % {'below' if drop >= 0 else 'above'} FP32 with {quantizer}")
+            sentences = abs(against["fp32"].mean() - against[plain.label].mean()) / 100 * examples
+            drops.append(f"{abs(drop):.2f} % {'below' if drop >= 0 else 'above'} FP32 with {quantizer} "
+                         f"({sentences:.0f} of {examples} dev examples)")
             shares.append(f"{_share_text(recovery)} with {quantizer}")
         lines.append(f"* {setting}, on the {len(seeds)} seed(s) with the ternary plain row: plain QAT is "
                      + ", ".join(drops) + "; the share of that drop distillation recovers: " + "; ".join(shares) + ".")
