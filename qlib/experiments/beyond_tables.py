@@ -188,25 +188,27 @@ def ternary_quantizer(task: str, results: str | Path) -> list[Any]:
     rows, lines = {}, []
     for setting in TERNARY_SETTINGS:
         grid = setting_spec(setting, task, 0, HEADS, None)
-        quantizers = {"ternary (TWN)": ternary_spec(grid), "Q-BERT's grid": grid}
-        seeds = set(_same_seeds(runs_frame(on_protocol + ternary), ternary_spec(grid).label, "fp32").index)
+        twn = ternary_spec(grid)
+        quantizers = {"ternary (TWN)": twn, "Q-BERT's grid": grid}
+        seeds = set(_same_seeds(runs_frame(on_protocol + ternary), twn.label, "fp32").index)
         if not seeds:
             lines.append(f"* {setting}: nothing measured yet (no seed has FP32 and the ternary plain row).")
             continue
         runs = runs_frame([r for r in on_protocol + ternary if r["seed"] in seeds])
-        examples = next(r["eval"]["examples"] for r in ternary if r["method"] == ternary_spec(grid).label)
+        examples = next(r["eval"]["examples"] for r in ternary if r["method"] == twn.label)
         drops, shares = [], []
         for quantizer, plain in quantizers.items():
             against = _same_seeds(runs, plain.label, "fp32")
-            drop = relative_drop(against["fp32"].mean(), against[plain.label].mean())
+            fp32, plain_score = against["fp32"].mean(), against[plain.label].mean()
+            drop = relative_drop(fp32, plain_score)
             recovery = _recovery(runs, plain.with_(distillation="hidden").label, plain.label)
             rows[(setting, quantizer)] = {
-                "plain QAT": plain.label, "seeds": len(against), "FP32": against["fp32"].mean(),
-                "plain": against[plain.label].mean(), "plain drop (%)": drop,
+                "plain QAT": plain.label, "seeds": len(against), "FP32": fp32, "plain": plain_score,
+                "plain drop (%)": drop,
                 "distilled seeds": recovery["seeds"], "distilled": recovery["distilled"],
                 "distilled drop (%)": relative_drop(recovery["FP32"], recovery["distilled"]),
                 "share of the drop recovered": recovery["share of the drop recovered"]}
-            sentences = abs(against["fp32"].mean() - against[plain.label].mean()) / 100 * examples
+            sentences = abs(fp32 - plain_score) / 100 * examples
             drops.append(f"{abs(drop):.2f} % {'below' if drop >= 0 else 'above'} FP32 with {quantizer} "
                          f"({sentences:.0f} of {examples} dev examples)")
             shares.append(f"{_share_text(recovery)} with {quantizer}")
