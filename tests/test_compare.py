@@ -1,13 +1,15 @@
 """The side-by-side table: configs read back from result records, sizes measured, drops on the same seeds; and
 Quant-Noise as a Q-BERT run option."""
 
+import json
+
 import pandas as pd
 import pytest
 import torch
 
 from qlib.bert.config import qbert_config
 from qlib.bert.modules import QuantLinear
-from qlib.experiments.compare import bits_of, side_by_side
+from qlib.experiments.compare import bits_of, records_by_group, side_by_side
 from qlib.experiments.spec import RunSpec
 
 
@@ -62,6 +64,36 @@ def test_paper_and_bits_of_each_row():
     ternary = RunSpec.from_label("qbert-w2e8-twn-kdh-ft", "sst2")
     assert ternary.paper == "TernaryBERT (TWN)" and bits_of(ternary.quant_config()) == {
         "weights": "2", "weight ranges": "ternary (TWN), per tensor", "embedding": "8", "inputs": "8 (EMA)"}
+    assert RunSpec.from_label("qat-int", "sst2").paper == "I-BERT (integer-only)"
+
+
+def test_the_beyond_chapters_rows_join_the_group_of_their_baseline_and_say_how_they_trained(tmp_path, tiny_bert):
+    """``records_by_group`` takes each folder's rows whose label matches its pattern (integer-only QAT with the
+    Q8BERT rows, distilled Q-BERT rows with the Q-BERT rows); a distilled row says what it learned from the
+    teacher, and integer-only QAT's latency is the integer route's, not the float-nonlinearity export's."""
+    teacher = "runs/checkpoints/qbert/rte/fp32-seed0.safetensors"
+    files = {"q8bert": [record("rte", "fp32", 0, 0.60), record("rte", "qat", 0, 0.58)],
+             "beyond": [record("rte", "qat-int", 0, 0.57, trained="qat", integer_nonlinearities=True),
+                        record("rte", "qbert-w2e8-kdh-ft", 0, 0.52, trained="qbert", weight_bits=2,
+                               distillation="hidden", init_from=teacher)],
+             "qbert": [record("rte", "fp32", 0, 0.62)]}
+    for folder, records in files.items():
+        for r in records:
+            path = tmp_path / folder / "rte" / f"{r['method']}-seed0.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(r))
+    groups = records_by_group(tmp_path, ["rte", "sst2"], {"Q8BERT": {"q8bert": "*", "beyond": "qat*"},
+                                                          "Q-BERT": {"qbert": "*", "beyond": "qbert*"}})
+    assert {group: sorted(r["method"] for r in rows) for group, rows in groups.items()} == {
+        "Q8BERT": ["fp32", "qat", "qat-int"], "Q-BERT": ["fp32", "qbert-w2e8-kdh-ft"]}
+    bench = {"shapes": {"packaged": {"latency": {"batch8-seq128": {
+        "fp32": {"median_ms": 40.0}, "qbook_int8": {"median_ms": 10.0}, "qbook_int8_integer": {"median_ms": 30.0}}}}}}
+    table = side_by_side(groups, tiny_bert, bench).set_index(["chapter", "method"])
+    assert table.loc[("Q8BERT", "qat-int"), "CPU latency vs FP32"] == 0.75
+    assert table.loc[("Q8BERT", "qat"), "CPU latency vs FP32"] == 0.25
+    assert table.loc[("Q8BERT", "qat-int"), "drop vs FP32 (%)"] == pytest.approx(5.0)  # against Q8BERT's FP32: 60
+    assert table.loc[("Q-BERT", "qbert-w2e8-kdh-ft"), "training"] == (
+        "QAT distilled on the logits, hidden states and attention maps, 1 epoch from the FP32 Baseline")
 
 
 def test_side_by_side_measures_sizes_and_pairs_each_chapter_with_its_own_fp32(tiny_bert):

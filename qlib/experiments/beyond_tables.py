@@ -10,6 +10,7 @@ from typing import Any
 
 import pandas as pd
 
+from qlib.experiments.distill import MODES as DISTILLATION_MODES
 from qlib.experiments.protocol import HEADS, QUANTIZER_FOLDER, SCHEDULE_FOLDER, TERNARY_SETTINGS, ternary_spec
 from qlib.experiments.qbert import setting_spec
 from qlib.experiments.report import mean_std, mean_std_text, paired_gaps, relative_drop, runs_frame
@@ -20,8 +21,6 @@ INTEGER_TARGET = 1.0
 """Integer-only QAT within this relative drop (percent) of float-nonlinearity QAT."""
 RECOVERY_TARGET = 0.5
 """Distilled 2-bit QAT recovers at least this share of plain 2-bit QAT's drop against FP32."""
-TAUGHT = {"logits": "the logits alone", "hidden": "the logits, hidden states and attention maps"}
-"""What the student learns from the teacher, per ``RunSpec.distillation`` mode."""
 
 
 def _official(folder: Path) -> list[dict[str, Any]]:
@@ -102,7 +101,7 @@ def distilled_against_plain(task: str, results: str | Path) -> list[Any]:
         bits = sorted({spec.weight_bits, *spec.layer_bits.values()})
         rows[label] = {
             "weights": "/".join(map(str, bits)) + (" MP" if len(bits) > 1 else ""),
-            "learns from the teacher": TAUGHT[spec.distillation], "plain QAT": plain,
+            "learns from the teacher": DISTILLATION_MODES[spec.distillation], "plain QAT": plain,
             **{k: recovery[k] for k in ("seeds", "FP32", "plain", "distilled")},
             "plain drop (%)": relative_drop(recovery["FP32"], recovery["plain"]),
             "distilled drop (%)": relative_drop(recovery["FP32"], recovery["distilled"]),

@@ -9,7 +9,9 @@ it."""
 
 from __future__ import annotations
 
+import fnmatch
 import tempfile
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import pandas as pd
@@ -19,6 +21,7 @@ from torch import nn
 from qlib.bert.config import BertQuantConfig
 from qlib.core.ternary import TernarySpec
 from qlib.deploy.checkpoint import size_mb
+from qlib.experiments.distill import MODES as DISTILLATION_MODES
 from qlib.experiments.report import (
     baseline_over_seeds,
     drop_text,
@@ -27,14 +30,34 @@ from qlib.experiments.report import (
     relative_drop,
     runs_frame,
 )
+from qlib.experiments.results import read_results
 from qlib.experiments.spec import RunSpec
 from qlib.experiments.speed import latency_frame
 
-KERNELS = {"fp32": ("fp32",), "dq": ("ao_dynamic",), "qat": ("qbook_int8_compiled", "qbook_int8")}
+KERNELS = {"fp32": ("fp32",), "dq": ("ao_dynamic",), "qat": ("qbook_int8_compiled", "qbook_int8"),
+           "qat-int": ("qbook_int8_integer",)}
 """Which benchmark variants run a method's scheme on the CPU, the first one a run measured counts: DQ's per-batch
 8-bit inputs are torch.ao's dynamic int8 Linear; Q8BERT QAT's learned 8-bit ranges are ``qlib.deploy.int8``, compiled
-whole (``to_int8(..., compile=True)``) where the run measured that, else eager. The other methods have no low-bit
-kernel here."""
+whole (``to_int8(..., compile=True)``) where the run measured that, else eager; with integer nonlinearities
+(``qat-int``), the same export with I-BERT's integer GELU, softmax and LayerNorm between its GEMMs. The other methods
+have no low-bit kernel here."""
+
+
+def records_by_group(results_dir: str | Path, tasks: Sequence[str],
+                     groups: Mapping[str, Mapping[str, str]]) -> dict[str, list[dict[str, Any]]]:
+    """The result records of ``tasks`` that ``side_by_side`` compares, per group of rows sharing an FP32 baseline.
+
+    Args:
+        results_dir: the folder holding each chapter's results (``<folder>/<task>/*.json``).
+        tasks: the tasks to read.
+        groups: group → {folder under ``results_dir`` → a glob pattern on the rows' labels}: e.g.
+            ``{"Q8BERT": {"q8bert": "*", "beyond": "qat*"}}`` takes every Q8BERT row and the integer-only QAT rows of
+            the "Beyond the papers" chapter, whose FP32 reference is Q8BERT's.
+    """
+    return {group: [record for folder, pattern in folders.items() for task in tasks
+                    for record in read_results(Path(results_dir) / folder / task)
+                    if fnmatch.fnmatchcase(record["method"], pattern)]
+            for group, folders in groups.items()}
 
 
 def bits_of(config: BertQuantConfig | None) -> dict[str, str]:
@@ -87,7 +110,7 @@ def sizes_of(spec: RunSpec, model: nn.Module, folder: str) -> dict[str, float]:
 
 def training_of(record: Mapping[str, Any]) -> str:
     """How a record's model was made: post-training rows train nothing; others fine-tune for their epochs, from
-    the pretrained model or from an FP32 checkpoint (``init_from``)."""
+    the pretrained model or from an FP32 checkpoint (``init_from``), distilled from that checkpoint where they were."""
     spec = RunSpec.from_record(record)
     if spec.is_post_training:
         return "none: quantized after FP32 fine-tuning"
@@ -95,6 +118,8 @@ def training_of(record: Mapping[str, Any]) -> str:
     kind = {"fp32": "FP32", "ipq": "iPQ stages, each fine-tuned"}.get(spec.method, "QAT")
     if spec.method == "ipq" and spec.noise_rate < 1:
         kind = "PQ noise, then iPQ stages, each fine-tuned"
+    if spec.distillation:
+        kind = f"QAT distilled on {DISTILLATION_MODES[spec.distillation]}"  # the teacher: the model it starts from
     epochs = spec.protocol.epochs
     return f"{kind}, {epochs} epoch{'s' if epochs != 1 else ''} from {start}"
 
@@ -129,7 +154,8 @@ def side_by_side(sources: Mapping[str, Sequence[Mapping[str, Any]]], model: nn.M
                     if label not in sizes:
                         sizes[label] = sizes_of(spec, model, folder)["file_mb"]
                     reference, mean = fp32_same_seeds.get(label, float("nan")), summary["mean"][label]
-                    kernel = next((k for k in KERNELS.get(spec.method, ()) if k in latency), None)
+                    scheme = "qat-int" if spec.method == "qat" and spec.integer_nonlinearities else spec.method
+                    kernel = next((k for k in KERNELS.get(scheme, ()) if k in latency), None)
                     rows.append({
                         "task": task, "order": order, "chapter": chapter, "method": label, "paper": spec.paper,
                         **row_of(spec), "training": training_of(record), "score": scores[label],

@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-MODES = ("logits", "hidden")
+MODES = {"logits": "the logits alone", "hidden": "the logits, hidden states and attention maps"}
+"""Each distillation mode and what the student learns from the teacher in it."""
 TEMPERATURE = 1.0
 """TernaryBERT's temperature for the logits' soft cross-entropy."""
 
@@ -55,7 +56,7 @@ def distillation_loss(teacher: nn.Module, mode: str = "logits", temperature: flo
         ``loss(student, batch)``; the batch's labels are dropped.
     """
     if mode not in MODES:
-        raise ValueError(f"unknown distillation mode {mode!r}; allowed: {MODES}")
+        raise ValueError(f"unknown distillation mode {mode!r}; allowed: {tuple(MODES)}")
     if not temperature > 0:
         raise ValueError(f"temperature must be positive, got {temperature!r}")
     teacher.eval().requires_grad_(False)

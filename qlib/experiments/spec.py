@@ -224,7 +224,7 @@ class RunSpec:
             raise ValueError("ipq quantizes a trained model: give init_from, the task's FP32 checkpoint")
         if self.distillation is not None:
             if self.distillation not in DISTILLATION_MODES:
-                raise ValueError(f"unknown distillation {self.distillation!r}; allowed: {DISTILLATION_MODES}")
+                raise ValueError(f"unknown distillation {self.distillation!r}; allowed: {tuple(DISTILLATION_MODES)}")
             if self.init_from is None:
                 raise ValueError("distillation needs its teacher: init_from, the task's FP32 model (the student "
                                  "starts from it too)")
@@ -299,6 +299,8 @@ class RunSpec:
             if self.ternary:
                 return "TernaryBERT (TWN)"
             return "Quant-Noise" if self.noise_rate < 1 else "Q-BERT_MP" if self.layer_bits else "Q-BERT"
+        if self.method == "qat" and self.integer_nonlinearities:
+            return "I-BERT (integer-only)"
         return {"fp32": "FP32", "ipq": "Quant-Noise (iPQ)", "dq": "Q8BERT (DQ)", "qat": "Q8BERT (QAT)",
                 "directq": "Q-BERT (DirectQ)"}[self.method]
 
@@ -454,6 +456,6 @@ class _FrozenBits(dict):
         return (_FrozenBits, (dict(self),))
 
 
-PAPERS = ("FP32", "Q8BERT (DQ)", "Q8BERT (QAT)", "Q-BERT (DirectQ)", "Q-BERT", "Q-BERT_MP", "Quant-Noise",
-          "Quant-Noise (iPQ)", "TernaryBERT (TWN)")
+PAPERS = ("FP32", "Q8BERT (DQ)", "Q8BERT (QAT)", "I-BERT (integer-only)", "Q-BERT (DirectQ)", "Q-BERT", "Q-BERT_MP",
+          "Quant-Noise", "Quant-Noise (iPQ)", "TernaryBERT (TWN)")
 """Every value ``RunSpec.paper`` gives, in a fixed order (for legends and colours)."""
