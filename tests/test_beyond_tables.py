@@ -167,6 +167,8 @@ def test_the_quantizer_ablation_sets_ternary_weights_beside_the_grid_on_the_tern
 
 @pytest.mark.parametrize(("ternary_scores", "verdict"), [
     ((0.89, 0.875), "**no drop to recover**: plain ternary QAT loses {0.0075} dev examples on average, no more than "
+                    "what FP32 itself moves between these seeds ({0.02}), while Q-BERT's grid loses {0.095}."),
+    ((0.91, 0.885), "**no drop to recover**: plain ternary QAT gains {0.0075} dev examples on average, within what "
                     "FP32 itself moves between these seeds ({0.02}), while Q-BERT's grid loses {0.095}."),
     ((0.85, 0.83), "distillation recovers 60% of plain ternary QAT's drop over 1 seed(s): **at least 50%**."),
 ])

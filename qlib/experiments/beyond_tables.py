@@ -177,10 +177,11 @@ def _target_with_ternary(setting: str, ternary: dict[str, Any], ternary_lost: fl
     if ternary["seeds"] < 2:
         return head + "no verdict on one seed (the FP32 Baseline's seed-to-seed spread needs two)."
     if ternary_lost <= fp32_spread:
-        return (head + f"**no drop to recover**: plain ternary QAT loses {ternary_lost:.0f} dev examples "
-                f"on average, no more than FP32 itself moves between these seeds ({fp32_spread:.0f}), while Q-BERT's "
-                f"grid loses {grid_lost:.0f}. The drop the target asks distillation to recover is the "
-                "grid's, not 2-bit weights' as such.")
+        moved = (f"loses {ternary_lost:.0f} dev examples on average, no more than" if ternary_lost > 0 else
+                 f"gains {-ternary_lost:.0f} dev examples on average, within")
+        return (head + f"**no drop to recover**: plain ternary QAT {moved} what FP32 itself moves between these "
+                f"seeds ({fp32_spread:.0f}), while Q-BERT's grid loses {grid_lost:.0f}. The drop the target asks "
+                "distillation to recover is the grid's, not 2-bit weights' as such.")
     share = ternary["share of the drop recovered"]
     if pd.isna(share):
         return head + "the distilled ternary row has no seed with its plain row and FP32 yet: no verdict."
