@@ -218,9 +218,10 @@ def ternary_quantizer(task: str, results: str | Path) -> list[Any]:
             continue
         runs = runs_frame([r for r in on_protocol + ternary if r["seed"] in seeds])
         examples = next(r["eval"]["examples"] for r in ternary if r["method"] == twn.label)
-        drops, shares, lost = [], [], {}
+        drops, shares, lost, fp32_of = [], [], {}, {}
         for quantizer, plain in quantizers.items():
             against = _same_seeds(runs, plain.label, "fp32")
+            fp32_of[quantizer] = against["fp32"]
             fp32, plain_score = against["fp32"].mean(), against[plain.label].mean()
             drop = relative_drop(fp32, plain_score)
             recovery = _recovery(runs, plain.with_(distillation="hidden").label, plain.label)
@@ -236,8 +237,7 @@ def ternary_quantizer(task: str, results: str | Path) -> list[Any]:
             shares.append(f"{_share_text(recovery)} with {quantizer}")
         lines.append(f"* {setting}, on the {len(seeds)} seed(s) with the ternary plain row: plain QAT is "
                      + ", ".join(drops) + "; the share of that drop distillation recovers: " + "; ".join(shares) + ".")
-        fp32_scores = _same_seeds(runs, twn.label, "fp32")["fp32"]
-        fp32_spread = (fp32_scores.max() - fp32_scores.min()) / 100 * examples
+        fp32_spread = (fp32_of["ternary (TWN)"].max() - fp32_of["ternary (TWN)"].min()) / 100 * examples
         lines.append(_target_with_ternary(setting, rows[(setting, "ternary (TWN)")], lost["ternary (TWN)"],
                                           lost["Q-BERT's grid"], fp32_spread))
     if not rows:

@@ -34,13 +34,13 @@ from qlib.experiments.results import read_results
 from qlib.experiments.spec import RunSpec
 from qlib.experiments.speed import latency_frame
 
-KERNELS = {"fp32": ("fp32",), "dq": ("ao_dynamic",), "qat": ("qbook_int8_compiled", "qbook_int8"),
-           "qat-int": ("qbook_int8_integer",)}
-"""Which benchmark variants run a method's scheme on the CPU, the first one a run measured counts: DQ's per-batch
-8-bit inputs are torch.ao's dynamic int8 Linear; Q8BERT QAT's learned 8-bit ranges are ``qlib.deploy.int8``, compiled
-whole (``to_int8(..., compile=True)``) where the run measured that, else eager; with integer nonlinearities
-(``qat-int``), the same export with I-BERT's integer GELU, softmax and LayerNorm between its GEMMs. The other methods
-have no low-bit kernel here."""
+KERNELS = {"FP32": ("fp32",), "Q8BERT (DQ)": ("ao_dynamic",), "Q8BERT (QAT)": ("qbook_int8_compiled", "qbook_int8"),
+           "I-BERT (integer-only)": ("qbook_int8_integer",)}
+"""Which benchmark variants run a row's scheme on the CPU, per ``RunSpec.paper``; the first one a run measured counts:
+DQ's per-batch 8-bit inputs are torch.ao's dynamic int8 Linear; Q8BERT QAT's learned 8-bit ranges are
+``qlib.deploy.int8``, compiled whole (``to_int8(..., compile=True)``) where the run measured that, else eager; with
+integer nonlinearities, the same export with I-BERT's integer GELU, softmax and LayerNorm between its GEMMs. The other
+papers' rows have no low-bit kernel here."""
 
 
 def records_by_group(results_dir: str | Path, tasks: Sequence[str],
@@ -154,8 +154,7 @@ def side_by_side(sources: Mapping[str, Sequence[Mapping[str, Any]]], model: nn.M
                     if label not in sizes:
                         sizes[label] = sizes_of(spec, model, folder)["file_mb"]
                     reference, mean = fp32_same_seeds.get(label, float("nan")), summary["mean"][label]
-                    scheme = "qat-int" if spec.method == "qat" and spec.integer_nonlinearities else spec.method
-                    kernel = next((k for k in KERNELS.get(scheme, ()) if k in latency), None)
+                    kernel = next((k for k in KERNELS.get(spec.paper, ()) if k in latency), None)
                     rows.append({
                         "task": task, "order": order, "chapter": chapter, "method": label, "paper": spec.paper,
                         **row_of(spec), "training": training_of(record), "score": scores[label],
