@@ -128,11 +128,47 @@ def test_each_quantizer_is_shown_trained_with_and_without_the_noise(tmp_path, mo
                   **qbert_params(8, 0.5))
     write_run(results / "quant-noise", "sst2", "ipq-k256-int8-ft", 0, 0.85, trained="ipq", centroids=256,
               centroid_bits=8, init_from="runs/checkpoints/qbert/sst2/fp32-seed0.safetensors")
-    table = with_and_without_noise("sst2", results, model)[0]
+    table, verdicts, _ = with_and_without_noise("sst2", results, model)
     assert list(table.index) == ["Q-BERT 8/8", "Q-BERT 4/8", "iPQ + int8 (k = 256)"]
+    assert verdicts.splitlines() == [
+        "* Q-BERT 8/8: with noise − without = +2.00 points over 2 seed pair(s), beyond the spread (1.41 points): "
+        "**the noise is better**; without noise it is 2.00 points below FP32 on these seeds, and the noise recovers "
+        "100% of that. The 95 % interval of the mean gap over these pairs (Student's t) is [-10.71, +14.71] "
+        "points, which includes 0.",
+        "* Q-BERT 4/8: no seed has both rows yet.",
+        "* iPQ + int8 (k = 256): no seed has both rows yet."]
     assert table.loc["Q-BERT 8/8", "with − without (points)"] == pytest.approx(2.0)  # (+1, +3) / 2
     assert table.loc["Q-BERT 8/8", "pairs"] == 2 and table.loc["Q-BERT 4/8", "without noise"] == "not run yet"
     assert table.loc["iPQ + int8 (k = 256)", "without noise"] == "85.00 (n=1)"
     assert table.loc["iPQ + int8 (k = 256)", "with noise"] == "not run yet"
     assert 0 < table.loc["Q-BERT 4/8", "file (MB)"] < table.loc["Q-BERT 8/8", "file (MB)"]  # measured files
     assert table.loc["iPQ + int8 (k = 256)", "file (MB)"] > 0  # a tiny model: its 256 centroids outweigh the codes
+    write_run(results / "quant-noise", "sst2", "ipq-k256-int8-qn0.2-ft", 0, 0.86, trained="ipq", centroids=256,
+              centroid_bits=8, noise_rate=0.2, init_from="runs/checkpoints/qbert/sst2/fp32-seed0.safetensors")
+    verdicts = with_and_without_noise("sst2", results, model)[1]
+    assert verdicts.splitlines()[2] == ("* iPQ + int8 (k = 256): with noise − without = +1.00 points over 1 seed "
+                                        "pair(s): no verdict on one pair (the gap's own spread needs two).")
+
+
+def test_a_gap_is_judged_against_its_spread_and_its_interval(tmp_path, model):
+    results = tmp_path / "results"
+    int4 = RunSpec("sst2", "qbert", weight_bits=4, groups=12, percentile=99.9, init_from=FROM_CHECKPOINT)
+    int8 = int4.with_(weight_bits=8)
+    for seed, (fp32, plain, noisy, plain8, noisy8) in enumerate(((0.90, 0.80, 0.81, 0.80, 0.77),
+                                                                 (0.92, 0.82, 0.81, 0.82, 0.785))):
+        write_run(results / "qbert", "sst2", "fp32", seed, fp32)
+        write_run(results / "qbert", "sst2", int4.label, seed, plain, **qbert_params(4, 1.0))
+        write_run(results / "quant-noise", "sst2", int4.with_(noise_rate=0.5).label, seed, noisy,
+                  **qbert_params(4, 0.5))
+        write_run(results / "qbert", "sst2", int8.label, seed, plain8, **qbert_params(8, 1.0))
+        write_run(results / "quant-noise", "sst2", int8.with_(noise_rate=0.5).label, seed, noisy8,
+                  **qbert_params(8, 0.5))
+    int8_verdict, verdict = with_and_without_noise("sst2", results, model)[1].splitlines()[:2]
+    assert int8_verdict.endswith("beyond the spread (1.41 points): **the noise is worse**; without noise it is 10.00 "
+                                 "points below FP32 on these seeds, and the noise recovers -32% of that. The 95 % "
+                                 "interval of the mean gap over these pairs (Student's t) is [-6.43, -0.07] points, "
+                                 "which excludes 0.")
+    assert verdict == ("* Q-BERT 4/8: with noise − without = +0.00 points over 2 seed pair(s), within the spread "
+                       "(1.41 points): **no difference shown**; without noise it is 10.00 points below FP32 on these "
+                       "seeds, and the noise recovers 0% of that. The 95 % interval of the mean gap over these pairs "
+                       "(Student's t) is [-12.71, +12.71] points, which includes 0.")

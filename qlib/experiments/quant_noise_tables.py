@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import pandas as pd
+from scipy.stats import t as t_distribution
 from torch import nn
 
 from qlib.experiments.compare import side_by_side, sizes_of
@@ -56,7 +57,8 @@ def with_and_without_noise(task: str, results: str | Path, model: nn.Module) -> 
     both have).
 
     Returns:
-        What the chapter shows: the table, its data caveat; a sentence alone when nothing of ``task`` is committed.
+        What the chapter shows: the table, a verdict per quantizer (``_noise_verdict``), the data caveat; a sentence
+        alone when nothing of ``task`` is committed.
     """
     results = Path(results)
     records = read_results(results / "qbert" / task) + read_results(results / "quant-noise" / task)
@@ -83,7 +85,43 @@ def with_and_without_noise(task: str, results: str | Path, model: nn.Module) -> 
                           "with noise": scores.get(noisy.label, "not run yet"),
                           "with − without (points)": mean_gap,
                           "pairs": int(gap["pairs"].iloc[0]) if not gap.empty else 0}
-    return [pd.DataFrame(rows).T.rename_axis("quantizer"), data_caveat(chosen)]
+    verdicts = "\n".join(_noise_verdict(name, runs, plain.label, noisy.label) for name, (plain, noisy) in pairs.items())
+    return [pd.DataFrame(rows).T.rename_axis("quantizer"), verdicts, data_caveat(chosen)]
+
+
+def _noise_verdict(name: str, runs: pd.DataFrame, plain: str, noisy: str) -> str:
+    """Whether training with the noise beat training without it (``noisy`` against ``plain``, labels in one task's
+    ``runs_frame``), on the seeds that have both: the mean paired gap judged against its spread
+    (``qlib.experiments.report.paired_gaps``: the larger of the gaps' std and the plain row's std over seeds), and the
+    share of plain's drop against FP32 on those seeds that the noise recovers, (noisy − plain) / (FP32 − plain), and
+    the 95 % interval of the mean gap, mean ± t(0.975, n − 1) · std / √n over the n pairs: how large a gain the pairs
+    run so far can rule out."""
+    gap = paired_gaps(runs, noisy, baseline=plain)
+    if gap.empty:
+        return f"* {name}: no seed has both rows yet."
+    row = gap.iloc[0]
+    head = f"* {name}: with noise − without = {row['mean gap']:+.2f} points over {int(row['pairs'])} seed pair(s)"
+    if row["pairs"] < 2:
+        return head + ": no verdict on one pair (the gap's own spread needs two)."
+    if row["beyond spread"]:
+        verdict = (f"beyond the spread ({row['spread']:.2f} points): **the noise is "
+                   f"{'better' if row['mean gap'] > 0 else 'worse'}**")
+    else:
+        verdict = f"within the spread ({row['spread']:.2f} points): **no difference shown**"
+    scores = runs.pivot_table(index="seed", columns="method", values="score").reindex(
+        columns=["fp32", plain, noisy]).dropna()
+    lost = (scores["fp32"] - scores[plain]).mean()
+    if scores.empty:
+        drop = "no FP32 Baseline of these seeds to measure the drop against"
+    elif lost > 0:
+        drop = (f"without noise it is {lost:.2f} points below FP32 on these seeds, and the noise recovers "
+                f"{row['mean gap'] / lost:.0%} of that")
+    else:
+        drop = f"without noise it is not below FP32 on these seeds ({-lost:.2f} points above)"
+    half_width = t_distribution.ppf(0.975, row["pairs"] - 1) * row["gap std"] / row["pairs"] ** 0.5
+    low, high = row["mean gap"] - half_width, row["mean gap"] + half_width
+    return (f"{head}, {verdict}; {drop}. The 95 % interval of the mean gap over these pairs (Student's t) is "
+            f"[{low:+.2f}, {high:+.2f}] points, which {'includes' if low <= 0 <= high else 'excludes'} 0.")
 
 
 def against_qat(task: str, groups: int | str | None, results_dir: str | Path, qbert_results_dir: str | Path,
