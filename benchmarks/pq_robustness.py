@@ -17,7 +17,9 @@ task's whole dev set:
 
 For each arm: the float model's score, then the score after each of iPQ's stages is product-quantized in turn
 (``qlib.bert.pq_modules.product_quantize``, iPQ + int8's centroids and k-means seeds) with **no** fine-tuning in
-between. Accuracy only, no timing; the training order, the k-means draws and the noise masks follow ``--seed``.
+between; and the label of the protocol's iPQ row that starts from the same model (the baseline: iPQ + int8; trained
+with noise: iPQ + int8 + noise), whose score after its stages' fine-tuning the chapter sets beside it. Accuracy only,
+no timing; the training order, the k-means draws and the noise masks follow ``--seed``.
 """
 
 from __future__ import annotations
@@ -51,13 +53,13 @@ ARMS = ("baseline", "trained again without noise", "trained again with PQ noise"
 
 
 def quantized_in_stages(net: torch.nn.Module, spec: RunSpec, score: Any) -> dict[str, float]:
-    """``net``'s score (``score(net)``, the main metric in percent) as it is, then after each of ``IPQ_STAGES`` is
-    product-quantized in turn with ``spec``'s centroids, centroid bits and seed, nothing trained in between; keys
-    ``float`` and ``+ <stage>``. Quantizes ``net`` in place."""
+    """``net``'s score (``score(net)``, the main metric in percent) as it is (key ``float``), then after each of
+    ``IPQ_STAGES`` (keyed by the stage) is product-quantized in turn, on top of the stages before it, with ``spec``'s
+    centroids, centroid bits and seed, nothing trained in between. Quantizes ``net`` in place."""
     scores = {"float": score(net)}
     for stage in IPQ_STAGES:
         product_quantize(find_bert(net), stage, spec.centroids, centroid_bits=spec.centroid_bits, seed=spec.seed)
-        scores[f"+ {stage}"] = score(net)
+        scores[stage] = score(net)
     return scores
 
 
@@ -106,10 +108,11 @@ def main(argv: list[str] | None = None) -> int:
             remove_pq_noise(find_bert(net))
         arms[arm] = quantized_in_stages(net, spec, score)
         print(f"{arm}: " + ", ".join(f"{name} {value:.2f}" for name, value in arms[arm].items()), flush=True)
+    ipq_rows = {"baseline": spec.with_(noise_rate=1.0).label, "trained again with PQ noise": spec.label}
     report = {
         "task": task.name, "seed": args.seed, "metric": metric, "checkpoint": args.checkpoint.name,
-        "checkpoint_sha256": file_sha256(args.checkpoint), "spec": spec.to_dict(), "scores": arms,
-        "training": training,
+        "checkpoint_sha256": file_sha256(args.checkpoint), "spec": spec.to_dict(), "arms": list(ARMS),
+        "stages": list(IPQ_STAGES), "scores": arms, "ipq_rows": ipq_rows, "training": training,
         "params": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
         | {"checkpoint": args.checkpoint.name, "out": str(out)},
         "provenance": provenance(time.perf_counter() - start, data=task.provenance(protocol.source)),

@@ -1,5 +1,6 @@
 """benchmarks/pq_robustness.py on a tiny model: each arm's float score, then its score after each iPQ stage with no
-fine-tuning; only the two trained arms train; the checkpoint is named by file; bad input is refused."""
+fine-tuning; only the two trained arms train; the checkpoint is named by file; bad input is refused; the Quant-Noise
+chapter's table reads the run back (``noise_robustness``)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import write_run
 from transformers import BertForSequenceClassification
 
 from qlib.bert.pq_modules import IPQ_STAGES
 from qlib.deploy.checkpoint import save_float
+from qlib.experiments.quant_noise_tables import noise_robustness
 from qlib.experiments.results import read_json
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -23,20 +26,34 @@ sys.path.pop(0)
 def test_each_arm_is_scored_as_float_and_after_each_stage_without_fine_tuning(glue_dir, tiny_model_dir, tmp_path):
     model = BertForSequenceClassification.from_pretrained(tiny_model_dir)
     checkpoint = save_float(model, tmp_path / "fp32.safetensors")
-    out = tmp_path / "robustness.json"
+    out = tmp_path / "results" / "benchmarks" / "pq_robustness-sst2-seed1-amx-2026-12-06T1200.json"
     assert pq_robustness.main(["--checkpoint", str(checkpoint), "--model", str(tiny_model_dir), "--seed", "1",
                                "--max-train-examples", "16", "--centroids", "8", "--threads", "1",
                                "--out", str(out)]) == 0
     report = read_json(out)
+    assert report["arms"] == list(pq_robustness.ARMS) and report["stages"] == list(IPQ_STAGES)
     assert set(report["scores"]) == set(pq_robustness.ARMS)
     for scores in report["scores"].values():
-        assert set(scores) == {"float", *(f"+ {stage}" for stage in IPQ_STAGES)}
+        assert set(scores) == {"float", *IPQ_STAGES}
         assert all(0 <= value <= 100 for value in scores.values())
     assert set(report["training"]) == set(pq_robustness.ARMS[1:])  # the baseline arm trains nothing
     assert all(run["examples"] == 16 for run in report["training"].values())
     assert report["spec"]["noise_rate"] == 0.2 and report["spec"]["centroid_bits"] == 8 and report["seed"] == 1
     assert str(tmp_path) not in report["spec"]["init_from"] and report["checkpoint"] == "fp32.safetensors"
+    assert report["ipq_rows"] == {"baseline": "ipq-k8-int8-ft", "trained again with PQ noise": "ipq-k8-int8-qn0.2-ft"}
     assert report["provenance"]["data"]
+
+    # the chapter's table: one row per arm, the cost of quantizing without fine-tuning, the iPQ row it starts
+    write_run(tmp_path / "results" / "quant-noise", "sst2", "ipq-k8-int8-ft", 1, 0.75, trained="ipq", centroids=8,
+              centroid_bits=8, init_from="runs/checkpoints/qbert/sst2/fp32-seed1.safetensors")
+    table, lines = noise_robustness("sst2", tmp_path / "results")
+    assert list(table.index) == [(1, arm) for arm in pq_robustness.ARMS]
+    baseline = report["scores"]["baseline"]
+    assert table.loc[(1, "baseline"), "cost of PQ (points)"] == pytest.approx(
+        round(baseline["float"] - baseline["attention"], 2))
+    assert table.loc[(1, "baseline"), "iPQ row after fine-tuning"] == 75.0
+    assert table["iPQ row after fine-tuning"].isna().sum() == 2  # the noisy row is not committed; no row for the other
+    assert lines.startswith("* Seed 1 (`pq_robustness-sst2-seed1-amx-2026-12-06T1200.json`): product-quantizing")
 
 
 @pytest.mark.parametrize("arguments, message", [
@@ -49,3 +66,9 @@ def test_bad_input_is_refused_naming_it(tmp_path, capsys, arguments, message):
     with pytest.raises(SystemExit):
         pq_robustness.main(["--checkpoint", str(checkpoint), *arguments])
     assert message in capsys.readouterr().err
+
+
+def test_the_chapter_says_when_no_run_is_committed(tmp_path):
+    assert noise_robustness("sst2", tmp_path) == [
+        f"*No run of `benchmarks/pq_robustness.py` on sst2 committed yet "
+        f"(`{tmp_path / 'benchmarks'}/pq_robustness-sst2-seed<n>-*.json`).*"]

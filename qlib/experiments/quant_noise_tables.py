@@ -267,3 +267,41 @@ def ipq_runs(results_dir: str | Path, task: str = "sst2") -> str:
                        f"{100 * r['metrics'][r['main_metric']]:.1f}" for r in runs)
     return (f"iPQ runs committed under `{results_dir}/{task}`: "
             + (listed or f"*none yet: the protocol runs them after the {task.upper()} Baselines*") + ".")
+
+
+def noise_robustness(task: str, results: str | Path) -> list[Any]:
+    """What training with PQ noise does to a model before iPQ's fine-tuning repairs it: the newest run per seed of
+    ``benchmarks/pq_robustness.py`` on ``task`` (``<results>/benchmarks/pq_robustness-<task>-seed<n>-*.json``),
+    one row per seed and arm (the FP32 Baseline; trained again without noise; trained again with PQ noise): the float
+    model's score, its score after each iPQ stage is product-quantized in turn with no fine-tuning, the points that
+    costs (float − all stages quantized), and, where the protocol's iPQ row of that seed starts from the same model
+    (``<results>/quant-noise/<task>``), that row's score after its stages' fine-tuning.
+
+    Returns:
+        What the chapter shows: the table and one line per seed; a sentence alone when no run is committed.
+    """
+    results = Path(results)
+    newest = {}
+    for path in sorted((results / "benchmarks").glob(f"pq_robustness-{task}-seed*-*.json")):  # names end in time
+        run = read_json(path)
+        newest[run["seed"]] = (path, run)
+    if not newest:
+        return [f"*No run of `benchmarks/pq_robustness.py` on {task} committed yet "
+                f"(`{results / 'benchmarks'}/pq_robustness-{task}-seed<n>-*.json`).*"]
+    ipq = {(r["seed"], r["method"]): 100 * r["metrics"][r["main_metric"]]
+           for r in read_results(results / "quant-noise" / task)}
+    rows, lines = {}, []
+    for seed, (path, run) in sorted(newest.items()):
+        costs = []
+        for arm in run["arms"]:
+            scores = run["scores"][arm]
+            cost = scores["float"] - scores[run["stages"][-1]]
+            label = run["ipq_rows"].get(arm)
+            rows[(seed, arm)] = {"float": scores["float"], **{f"+ {s}": scores[s] for s in run["stages"]},
+                                 "cost of PQ (points)": cost,
+                                 "iPQ row after fine-tuning": ipq.get((seed, label)) if label else None}
+            costs.append(f"{arm} {cost:.2f}")
+        lines.append(f"* Seed {seed} (`{path.name}`): product-quantizing every layer with no fine-tuning costs "
+                     + ", ".join(costs) + f" points of {run['metric']}.")
+    table = pd.DataFrame.from_dict(rows, orient="index").rename_axis(["seed", "model"])
+    return [table.round(2), "\n".join(lines)]
