@@ -46,7 +46,7 @@ def test_each_arm_is_scored_as_float_and_after_each_stage_without_fine_tuning(gl
     # the chapter's table: one row per arm, the cost of quantizing without fine-tuning, the iPQ row it starts
     write_run(tmp_path / "results" / "quant-noise", "sst2", "ipq-k8-int8-ft", 1, 0.75, trained="ipq", centroids=8,
               centroid_bits=8, init_from="runs/checkpoints/qbert/sst2/fp32-seed1.safetensors")
-    table, lines = noise_robustness("sst2", tmp_path / "results")
+    table, lines, notes = noise_robustness("sst2", tmp_path / "results")
     assert list(table.index) == [(1, arm) for arm in pq_robustness.ARMS]
     baseline = report["scores"]["baseline"]
     assert table.loc[(1, "baseline"), "cost of PQ (points)"] == pytest.approx(
@@ -54,6 +54,7 @@ def test_each_arm_is_scored_as_float_and_after_each_stage_without_fine_tuning(gl
     assert table.loc[(1, "baseline"), "iPQ row after fine-tuning"] == 75.0
     assert table["iPQ row after fine-tuning"].isna().sum() == 2  # the noisy row is not committed; no row for the other
     assert lines.startswith("* Seed 1 (`pq_robustness-sst2-seed1-amx-2026-12-06T1200.json`): product-quantizing")
+    assert notes == ""  # no notes.toml beside these results
 
 
 @pytest.mark.parametrize("arguments, message", [

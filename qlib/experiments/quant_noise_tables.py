@@ -278,12 +278,13 @@ def noise_robustness(task: str, results: str | Path) -> list[Any]:
     (``<results>/quant-noise/<task>``), that row's score after its stages' fine-tuning.
 
     Returns:
-        What the chapter shows: the table and one line per seed; a sentence alone when no run is committed.
+        What the chapter shows: the table, one line per seed and the remarks on the runs shown; a sentence alone when
+        no run is committed.
     """
     results = Path(results)
     newest = {}
     for path in sorted((results / "benchmarks").glob(f"pq_robustness-{task}-seed*-*.json")):  # names end in time
-        run = read_json(path)
+        run = read_result(path)
         newest[run["seed"]] = (path, run)
     if not newest:
         return [f"*No run of `benchmarks/pq_robustness.py` on {task} committed yet "
@@ -304,4 +305,4 @@ def noise_robustness(task: str, results: str | Path) -> list[Any]:
         lines.append(f"* Seed {seed} (`{path.name}`): product-quantizing every layer with no fine-tuning costs "
                      + ", ".join(costs) + f" points of {run['metric']}.")
     table = pd.DataFrame.from_dict(rows, orient="index").rename_axis(["seed", "model"])
-    return [table.round(2), "\n".join(lines)]
+    return [table.round(2), "\n".join(lines), notes_markdown(run for _, run in newest.values())]
