@@ -14,6 +14,8 @@ can take; target 0.5 points) and attention products in bf16 (target 0.2 points);
 differences are reported under ``routes``. With ``--integer-nonlinearities`` the model is trained (or loaded) with
 I-BERT's integer GELU, softmax and LayerNorm, which the export runs between its int8 GEMMs; a route the export refuses
 for such a model (bf16 attention: the integer softmax takes float32 scores) is reported as skipped with why. With
+``--weight-bits 7`` the QAT model has 7-bit weights (``q8bert_config(weight_bits=7)``): the model for CPUs whose int8
+kernels saturate with two 8-bit operands (AVX2), where its 7-bit-weight route is its own arithmetic. With
 ``--compiled`` it also scores ``COMPILED_ROUTES``, the speed benchmark's fastest route (``to_int8(..., compile=True,
 autotune=True)``, attention in ``native_attention_dtype()``): Inductor compiles one graph per input shape, so that route
 and the fake-quantized model it is compared with both see the dev set padded to ``--max-length`` tokens (a batch shape
@@ -42,7 +44,7 @@ from qlib.experiments.experiment import run_glue  # noqa: E402
 from qlib.experiments.metrics import glue_metrics  # noqa: E402
 from qlib.experiments.models import DEFAULT_MODEL, load_classifier  # noqa: E402
 from qlib.experiments.results import benchmark_path, provenance, write_json  # noqa: E402
-from qlib.experiments.spec import RunSpec  # noqa: E402
+from qlib.experiments.spec import QAT_WEIGHT_BITS, RunSpec  # noqa: E402
 
 TARGET_POINTS = 0.2
 ROUTES = {  # name: (to_int8 keyword arguments, target in points)
@@ -120,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     source.add_argument("--checkpoint", type=Path, help="a packed Q8BERT QAT checkpoint")
     source.add_argument("--train-examples", type=int, help="train a QAT model on this many examples first")
     parser.add_argument("--seed", type=int, default=0, help="seed of the --train-examples run")
+    parser.add_argument("--weight-bits", type=int, choices=QAT_WEIGHT_BITS, default=8,
+                        help="the QAT model's weight bits: 8 (Q8BERT) or 7 (trained for CPUs without VNNI, AVX2)")
     parser.add_argument("--integer-nonlinearities", action="store_true",
                         help="the QAT model computes GELU, softmax and LayerNorm with I-BERT's integer kernels")
     parser.add_argument("--compiled", action="store_true",
@@ -132,11 +136,12 @@ def main(argv: list[str] | None = None) -> int:
     info = get_task(args.task)
     folder = tempfile.TemporaryDirectory()
     checkpoint, trained = args.checkpoint, None
-    spec = RunSpec(info.name, "qat", args.seed, integer_nonlinearities=args.integer_nonlinearities)
+    spec = RunSpec(info.name, "qat", args.seed, weight_bits=args.weight_bits,
+                   integer_nonlinearities=args.integer_nonlinearities)
     if args.train_examples is not None:
         trained = run_glue(info.name, "qat", args.seed, args.model, epochs=1, max_train_examples=args.train_examples,
-                           integer_nonlinearities=args.integer_nonlinearities, results_dir=folder.name,
-                           checkpoint_dir=folder.name, device="cpu", progress=False)[0]
+                           weight_bits=args.weight_bits, integer_nonlinearities=args.integer_nonlinearities,
+                           results_dir=folder.name, checkpoint_dir=folder.name, device="cpu", progress=False)[0]
         checkpoint = Path(folder.name) / info.name / f"{spec.label}-seed{args.seed}.safetensors"
     fake, tokenizer, encoded = load_fake_quantized(checkpoint, spec, args.model, args.max_length)
     metric = info.metrics[0]
@@ -157,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "task": info.name, **kept, "examples": examples,
         "nonlinearities": "integer (I-BERT)" if args.integer_nonlinearities else "float",
+        "weight_bits": args.weight_bits,
         "metric": metric, "trained": trained,
         "scores": {"fake_quant": fake_score, "int8": main_route["scores"]}, "gap_points": gap,
         "target_points": main_route["target_points"],

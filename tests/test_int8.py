@@ -112,7 +112,7 @@ def test_export_refuses_uncalibrated_dynamic_or_low_bit_models(tiny_bert):
         to_int8(convert_bert(copy.deepcopy(tiny_bert), q8bert_config()).eval())
     with pytest.raises(ValueError, match="static input scales"):
         to_int8(convert_bert(copy.deepcopy(tiny_bert), dynamic_config()))
-    with pytest.raises(ValueError, match="8-bit symmetric weights and inputs"):
+    with pytest.raises(ValueError, match="8-bit symmetric inputs and 8- or 7-bit symmetric weights"):
         to_int8(trained(convert_bert(copy.deepcopy(tiny_bert), qbert_config(4))))
     with pytest.raises(ValueError, match="has no quantized layer"):
         to_int8(tiny_bert)
@@ -158,20 +158,27 @@ for widths in (None, CodeWidths(7, 8)):
     assert {m.widths for m in real.modules() if isinstance(m, Int8Linear)} == {widths or CodeWidths(8, 7)}
     with torch.no_grad():
         print((real(input_ids=ids).logits - fake(input_ids=ids).logits).abs().max().item())
+# trained with 7-bit weights, the model's own arithmetic runs here: its codes fit the 7-bit route unchanged
+torch.manual_seed(0)
+fake = trained(convert_bert(BertForSequenceClassification(tiny_config()).eval(), q8bert_config(weight_bits=7)))
+with torch.no_grad():
+    print((to_int8(fake)(input_ids=ids).logits - fake(input_ids=ids).logits).abs().max().item())
 """
 
 
 def test_on_a_cpu_capped_at_avx2_int8_runs_a_7_bit_operand_and_refuses_two_8_bit_ones(tmp_path):
     """oneDNN capped at AVX2 (``ONEDNN_MAX_CPU_ISA``) runs the saturating kernels of a CPU without VNNI: the
     export takes 7-bit weights there by default (7-bit inputs on request), exactly, and stays close to the
-    fake-quantized model."""
+    fake-quantized model; a model trained with 7-bit weights (``q8bert_config(weight_bits=7)``) runs there with its
+    own arithmetic, as exactly as an 8-bit model on a VNNI CPU."""
     tests = Path(__file__).parent
     env = dict(os.environ, ONEDNN_MAX_CPU_ISA="AVX2", PYTHONPATH=str(tests))
     done = subprocess.run([sys.executable, "-c", AVX2_SCRIPT], env=env, capture_output=True, text=True, cwd=tests,
                           timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    errors = [float(line) for line in done.stdout.strip().splitlines()[-2:]]
+    *errors, trained_7_bit = [float(line) for line in done.stdout.strip().splitlines()[-3:]]
     assert max(errors) < 0.05, errors
+    assert trained_7_bit < 1e-4 < min(errors), (errors, trained_7_bit)
 
 
 @needs_vnni
@@ -183,6 +190,16 @@ def test_a_7_bit_operand_stays_close_and_8_bit_ones_are_exact(tiny_bert):
         error = {w: (to_int8(fake, w)(input_ids=ids).logits - expected).abs().max().item() for w in exact_widths()}
     assert error[CodeWidths(8, 8)] < 1e-4 < error[CodeWidths(7, 8)] < 0.05
     assert 1e-4 < error[CodeWidths(8, 7)] < 0.05
+
+
+@needs_vnni
+def test_a_model_trained_with_7_bit_weights_runs_its_own_arithmetic_on_either_8_bit_input_route(tiny_bert):
+    fake = trained(convert_bert(tiny_bert, q8bert_config(weight_bits=7)))
+    ids = torch.randint(5, 64, (6, 12), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        expected = fake(input_ids=ids).logits
+        for widths in (CodeWidths(8, 8), CodeWidths(8, 7)):
+            assert (to_int8(fake, widths)(input_ids=ids).logits - expected).abs().max() < 1e-4, widths
 
 
 def test_7_bit_weights_keep_the_codes_that_fit_and_re_round_the_others_per_channel():

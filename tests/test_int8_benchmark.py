@@ -190,6 +190,27 @@ def test_the_agreement_benchmark_runs_the_integer_route_and_skips_what_it_refuse
 
 
 @pytest.mark.slow
+def test_the_agreement_benchmark_exports_a_model_trained_with_7_bit_weights_exactly(glue_dir, tiny_model_dir,
+                                                                                  tmp_path):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import int8_agreement
+
+    sys.path.pop(0)
+    out = tmp_path / "agreement.json"
+    assert int8_agreement.main(["--train-examples", "8", "--weight-bits", "7", "--model", str(tiny_model_dir),
+                                "--threads", "1", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["weight_bits"] == 7 and report["trained"]["method"] == "qat-w7"
+    # the 7-bit-weight route runs every CPU's kernels exactly, and on this model it is the model's own arithmetic
+    assert report["routes"]["int8_7bit_weights"]["max_abs_logit_diff"] < 1e-4
+    assert report["max_abs_logit_diff"] < 1e-4 and report["gap_points"] == 0  # whichever route this CPU takes
+    from qlib.experiments.speed import int8_agreement_table
+
+    table, _ = int8_agreement_table([out])
+    assert all("7-bit weights" in run for run, _ in table.index)
+
+
+@pytest.mark.slow
 def test_the_agreement_benchmark_names_a_kept_checkpoint_by_file_and_hash_not_by_this_machines_path(
         glue_dir, tiny_model_dir, tmp_path):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))

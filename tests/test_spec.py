@@ -26,7 +26,7 @@ specs = st.one_of(
     st.builds(RunSpec, task=st.just("rte"), method=st.just("dq"), seed=st.integers(0, 9)),
     st.builds(RunSpec, task=st.just("rte"), method=st.just("directq"), weight_bits=bits,
               percentile=st.sampled_from([None, 99.9, 99.0]), groups=st.sampled_from([None, 12, "row"])),
-    st.builds(RunSpec, task=st.just("mrpc"), method=st.just("qat"),
+    st.builds(RunSpec, task=st.just("mrpc"), method=st.just("qat"), weight_bits=st.sampled_from([8, 7]),
               ema_decay=st.sampled_from([None, 0.99, 0.999, Q8BERT_EMA_DECAY]), integer_nonlinearities=st.booleans(),
               init_from=st.sampled_from([None, FROM_CHECKPOINT])),
     st.builds(RunSpec, task=st.just("sst2"), method=st.just("qbert"), seed=st.integers(0, 9), weight_bits=bits,
@@ -79,6 +79,10 @@ def test_labels_of_the_papers_rows():
     assert RunSpec("rte", "qat", ema_decay=0.99).label == "qat-ema0.99"
     assert RunSpec("rte", "qat", integer_nonlinearities=True).label == "qat-int"
     assert RunSpec("rte", "qat", integer_nonlinearities=True).quant_config().integer_nonlinearities
+    seven = RunSpec("sst2", "qat", weight_bits=7, ema_decay=0.99)
+    assert seven.label == "qat-w7-ema0.99" and seven.paper == "Q8BERT (QAT)"
+    assert (seven.quant_config().default.weight.bits, seven.quant_config().default.activation.bits) == (7, 8)
+    assert seven.quant_config().embeddings.bits == 8
     assert RunSpec("rte", "directq", weight_bits=3, percentile=99.9, groups=12).label == "directq-w3-p99.9"
     assert RunSpec("sst2", "qbert", weight_bits=3, groups="row").label == "qbert-w3e8-per-row"
     mixed = RunSpec("sst2", "qbert", weight_bits=2, groups=12, layer_bits={"encoder.layer.0": 4, "encoder.layer.1": 2})
@@ -167,6 +171,7 @@ def test_a_record_from_before_batches_were_grouped_by_length_reads_back_as_rando
     (dict(method="qbert", noise_block=4), "noise_block=4 needs Quant-Noise"),
     (dict(method="qbert", noise_rate=0.5, noise_block=0), "noise_block must be a positive integer, got 0"),
     (dict(method="qat", noise_rate=0.5), "noise_rate=0.5 is not a knob of method 'qat'"),
+    (dict(method="qat", weight_bits=4), r"weight_bits=4 is not one of qat's \(8, 7\): Q8BERT's 8, or 7"),
     (dict(method="qbert", weight_bits=9), "bits must be an integer in 2..8, got 9"),
     (dict(method="qbert", groups="rows"), "groups must be a positive integer G, 'row' or None; got 'rows'"),
     (dict(method="qbert", groups=0), "groups must be a positive integer G, 'row' or None; got 0"),

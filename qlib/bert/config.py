@@ -68,10 +68,17 @@ class BertQuantConfig:
         return self.layers[max(matches, key=len)] if matches else self.default
 
 
-def q8bert_config(bits: int = 8, ema_decay: float = Q8BERT_EMA_DECAY) -> BertQuantConfig:
-    """Q8BERT QAT: symmetric per-tensor weights and inputs of every Linear, EMA input ranges, quantized embeddings."""
+def q8bert_config(bits: int = 8, ema_decay: float = Q8BERT_EMA_DECAY,
+                  weight_bits: int | None = None) -> BertQuantConfig:
+    """Q8BERT QAT: symmetric per-tensor weights and inputs of every Linear, EMA input ranges, quantized embeddings.
+
+    ``weight_bits`` (default: ``bits``) narrows the Linears' weights alone. 7 trains the weights that an int8 GEMM
+    without VNNI multiplies exactly with 8-bit inputs (AVX2's ``vpmaddubsw`` sums u8·s8 pairs into saturating int16:
+    2·255·63 < 2^15 ≤ 2·255·127), so the int8 export runs the model's own arithmetic there; torch.ao's
+    ``reduce_range`` narrows the inputs instead."""
     spec = QuantSpec(bits, "symmetric")
-    return BertQuantConfig(default=LayerQuant(spec, spec, "ema", ema_decay), embeddings=spec)
+    weight = spec if weight_bits is None else QuantSpec(weight_bits, "symmetric")
+    return BertQuantConfig(default=LayerQuant(weight, spec, "ema", ema_decay), embeddings=spec)
 
 
 def dynamic_config(bits: int = 8) -> BertQuantConfig:

@@ -139,8 +139,10 @@ def check_exportable(module: QuantLinear) -> float:
     if spec is not None and not isinstance(spec, QuantSpec):
         raise ValueError(f"int8 export needs a uniform 8-bit grid (QuantSpec); this layer's weight quantizer is "
                          f"{type(spec).__name__}, which has no int8 kernel: run it decoded in float")
-    if spec is None or act is None or spec.bits != 8 or act.bits != 8 or not spec.symmetric or not act.symmetric:
-        raise ValueError(f"int8 export needs 8-bit symmetric weights and inputs, got weight={spec}, input={act}")
+    if (spec is None or act is None or spec.bits not in CODE_BITS or act.bits != 8 or not spec.symmetric
+            or not act.symmetric):
+        raise ValueError(f"int8 export needs 8-bit symmetric inputs and 8- or 7-bit symmetric weights, got "
+                         f"weight={spec}, input={act}")
     if spec.granularity == "group":
         raise ValueError("int8 export supports per-tensor and per-channel weights, not group-wise ones")
     if isinstance(module.input_observer, DynamicObserver):
@@ -402,8 +404,9 @@ def to_int8(model: nn.Module, widths: CodeWidths | None = None, attention_dtype:
     """A copy of the converted, trained (or calibrated) ``model`` running on int8 kernels, in eval mode.
 
     Args:
-        model: a BERT converted by ``qlib.convert_bert`` with 8-bit symmetric static quantization, trained or
-            calibrated; with integer nonlinearities (``RunSpec(..., integer_nonlinearities=True)``) they are kept.
+        model: a BERT converted by ``qlib.convert_bert`` with 8-bit symmetric static quantization (7-bit weights
+            too: ``q8bert_config(weight_bits=7)``, which ``CodeWidths(8, 7)`` runs exactly), trained or calibrated;
+            with integer nonlinearities (``RunSpec(..., integer_nonlinearities=True)``) they are kept.
         widths: the widths of the GEMMs' input and weight codes (``CodeWidths``): 8 × 8 is the fake-quantized
             model's arithmetic; 8-bit inputs × 7-bit weights or 7-bit inputs × 8-bit weights are for CPUs whose int8
             kernels saturate with two 8-bit operands (AVX2 without VNNI). ``None`` picks the first of ``WIDTHS``

@@ -7,7 +7,8 @@ from a result file or a label (``from_record``, ``from_label``). No other module
 Methods:
 
 * ``fp32``: fine-tune in float;
-* ``qat``: Q8BERT's quantization-aware training (8-bit symmetric, EMA input ranges; ``ema_decay`` ablates the EMA);
+* ``qat``: Q8BERT's quantization-aware training (8-bit symmetric, EMA input ranges; ``ema_decay`` ablates the EMA;
+  ``weight_bits=7`` trains 7-bit weights, which AVX2's int8 kernels multiply exactly);
 * ``qbert``: Q-BERT's QAT (asymmetric weights at ``weight_bits``, embedding at ``embedding_bits``, ``groups``,
   per-layer ``layer_bits``, ``percentile`` clipping; ``noise_rate`` < 1 is Quant-Noise, on blocks of ``noise_block``
   inputs; ``ternary`` puts TernaryBERT's ternary weights, TWN, in place of the 2-bit grid: ``qlib.core.ternary``);
@@ -23,8 +24,8 @@ Methods:
 Labels (the names result files start with) are unchanged from the first results: ``fp32``, ``dq``,
 ``directq-w4-p99.9``, ``qat``, ``qat-ema0.99``, ``qbert-w2e8-g12-p99.9-mp2-3-qn0.5-ft``, ``ipq-k256-int8-ft``;
 ``-qn0.5-b4`` is noise on blocks of 4 inputs (8 unless it says), ``ipq-k256-int8-qn0.2-ft`` iPQ after PQ noise at 0.2;
-``-int`` marks integer GELU, softmax and LayerNorm (``qat-int``), ``-kd`` / ``-kdh`` distillation from the FP32 model
-(``qat-kd-ft``), ``-twn`` ternary weights (``qbert-w2e8-twn-kdh-ft``)."""
+``qat-w7`` has 7-bit weights; ``-int`` marks integer GELU, softmax and LayerNorm (``qat-int``), ``-kd`` / ``-kdh``
+distillation from the FP32 model (``qat-kd-ft``), ``-twn`` ternary weights (``qbert-w2e8-twn-kdh-ft``)."""
 
 from __future__ import annotations
 
@@ -45,6 +46,9 @@ from qlib.experiments.tasks import get_run_task
 TRAINED_METHODS = ("fp32", "qat", "qbert", "ipq")
 POST_TRAINING_METHODS = ("dq", "directq")
 METHODS = TRAINED_METHODS + POST_TRAINING_METHODS
+QAT_WEIGHT_BITS = (8, 7)
+"""``qat``'s weight widths: Q8BERT's 8, and 7 for CPUs whose int8 kernels saturate with two 8-bit operands (AVX2
+without VNNI), which then run the trained model's own arithmetic (``qlib.bert.config.q8bert_config``)."""
 SOURCES = ("auto", "local", "hub")
 FROM_CHECKPOINT = "fp32"
 """The ``init_from`` of a spec read back from a label, which says (``-ft``) that the run started from an FP32
@@ -201,7 +205,7 @@ class RunSpec:
 
     def _check_knobs(self) -> None:
         """Refuse a knob its method does not have, naming both (a run is never labelled as something it is not)."""
-        has = {"weight_bits": ("qbert", "directq"), "embedding_bits": ("qbert",), "groups": ("qbert", "directq"),
+        has = {"weight_bits": ("qbert", "directq", "qat"), "embedding_bits": ("qbert",), "groups": ("qbert", "directq"),
                "layer_bits": ("qbert",), "percentile": ("qbert", "directq"), "ema_decay": ("qat",),
                "noise_rate": ("qbert", "ipq"), "noise_block": ("qbert",), "integer_nonlinearities": ("qat", "qbert"),
                "distillation": ("qat", "qbert"), "init_from": TRAINED_METHODS, "centroids": ("ipq",),
@@ -220,6 +224,9 @@ class RunSpec:
                 if clash:
                     raise ValueError(f"{knob}={getattr(self, knob)!r} does not go with ternary=True: ternary weights "
                                      "take weight_bits=2, no percentile, no layer_bits, groups G or None")
+        if self.method == "qat" and self.weight_bits not in QAT_WEIGHT_BITS:
+            raise ValueError(f"weight_bits={self.weight_bits!r} is not one of qat's {QAT_WEIGHT_BITS}: Q8BERT's 8, "
+                             "or 7 for the int8 kernels of CPUs without VNNI (AVX2)")
         if self.method == "ipq" and self.init_from is None:
             raise ValueError("ipq quantizes a trained model: give init_from, the task's FP32 checkpoint")
         if self.distillation is not None:
@@ -234,11 +241,11 @@ class RunSpec:
     @property
     def label(self) -> str:
         """The name the run's result file starts with: ``fp32``, ``dq``, ``directq-w3-p99.9``, ``qat``,
-        ``qat-ema0.99``, ``qbert-w3e8``, ``qbert-w3e8-per-row``, ``qbert-w2e8-g12-mp2-3`` (mixed precision, its bit
-        widths), ``qbert-w2e8-g12-p99.9-qn0.5-ft`` (clipped, Quant-Noise at 0.5, from an FP32 checkpoint;
-        ``-qn0.5-b4`` on blocks of 4 inputs), ``qbert-w2e8-twn-ft`` (ternary weights, TWN),
-        ``ipq-k256-int8-qn0.2-ft`` (iPQ after PQ noise at 0.2); ``-ft``
-        marks any trained run that starts from an FP32 checkpoint (``init_from``)."""
+        ``qat-ema0.99``, ``qat-w7`` (7-bit weights), ``qbert-w3e8``, ``qbert-w3e8-per-row``, ``qbert-w2e8-g12-mp2-3``
+        (mixed precision, its bit widths), ``qbert-w2e8-g12-p99.9-qn0.5-ft`` (clipped, Quant-Noise at 0.5, from an
+        FP32 checkpoint; ``-qn0.5-b4`` on blocks of 4 inputs), ``qbert-w2e8-twn-ft`` (ternary weights, TWN),
+        ``ipq-k256-int8-qn0.2-ft`` (iPQ after PQ noise at 0.2); ``-ft`` marks any trained run that starts from an
+        FP32 checkpoint (``init_from``)."""
         suffix = ({None: "", "logits": "-kd", "hidden": "-kdh"}[self.distillation]
                   + ("-int" if self.integer_nonlinearities else "") + ("-ft" if self.init_from is not None else ""))
         if self.method == "dq":
@@ -248,7 +255,8 @@ class RunSpec:
         if self.method == "ipq":
             return f"ipq-k{self.centroids}" + ("-int8" if self.centroid_bits else "") + self._noise + suffix
         if self.method == "qat":
-            return ("qat" if self.ema_decay is None else f"qat-ema{self.ema_decay:g}") + suffix
+            return ("qat" + (f"-w{self.weight_bits}" if self.weight_bits != 8 else "")
+                    + (f"-ema{self.ema_decay:g}" if self.ema_decay is not None else "") + suffix)
         clipping = f"-p{self.percentile:g}" if self.percentile is not None else ""
         if self.method == "directq":
             return f"directq-w{self.weight_bits}{clipping}"
@@ -314,7 +322,8 @@ class RunSpec:
         8-bit grids for iPQ + int8 (the product quantization itself comes in stages, ``qlib.bert.pq_modules``), else
         None."""
         if self.method == "qat":
-            config = q8bert_config(8, Q8BERT_EMA_DECAY if self.ema_decay is None else self.ema_decay)
+            config = q8bert_config(8, Q8BERT_EMA_DECAY if self.ema_decay is None else self.ema_decay,
+                                   weight_bits=self.weight_bits)
             return replace(config, integer_nonlinearities=self.integer_nonlinearities)
         if self.method == "dq":
             return dynamic_config(8)
@@ -362,7 +371,7 @@ class RunSpec:
         number = r"\d+(?:\.\d+)?(?:e-?\d+)?"
         patterns = {
             "fp32": "fp32(?P<ft>-ft)?", "dq": "dq", "directq": rf"directq-w(?P<w>\d)(?:-p(?P<p>{number}))?",
-            "qat": rf"qat(?:-ema(?P<ema>{number}))?(?P<kd>-kdh?)?(?P<int>-int)?(?P<ft>-ft)?",
+            "qat": rf"qat(?:-w(?P<w>\d))?(?:-ema(?P<ema>{number}))?(?P<kd>-kdh?)?(?P<int>-int)?(?P<ft>-ft)?",
             "ipq": rf"ipq-k(?P<k>\d+)(?P<c8>-int8)?(?:-qn(?P<qn>{number}))?(?P<ft>-ft)",
             "qbert": rf"qbert-w(?P<w>\d)e(?P<e>\d)(?P<g>-per-row|-g\d+)?(?P<twn>-twn)?(?:-p(?P<p>{number}))?"
                      rf"(?P<mp>-mp[\d-]+)?(?:-qn(?P<qn>{number})(?:-b(?P<nb>\d+))?)?(?P<kd>-kdh?)?(?P<int>-int)?(?P<ft>-ft)?",
@@ -373,14 +382,15 @@ class RunSpec:
                 break
         else:
             raise ValueError(f"unknown result label {label!r}; allowed: fp32, dq, directq-w<b>[-p<p>], "
-                             "qat[-ema<d>][-kd|-kdh][-int][-ft], ipq-k<k>[-int8][-qn<p>]-ft, "
+                             "qat[-w7][-ema<d>][-kd|-kdh][-int][-ft], ipq-k<k>[-int8][-qn<p>]-ft, "
                              "qbert-w<b>e<b>[-g<G>|-per-row][-twn][-p<p>][-mp<bits>][-qn<p>[-b<d>]][-kd|-kdh][-int][-ft]")
         parsed: dict[str, Any] = {}
         found = match.groupdict()
         if method == "directq":
             parsed = {"weight_bits": int(found["w"]), "percentile": float(found["p"]) if found["p"] else None}
         elif method == "qat":
-            parsed = {"ema_decay": float(found["ema"]) if found["ema"] else None}
+            parsed = {"ema_decay": float(found["ema"]) if found["ema"] else None,
+                      "weight_bits": int(found["w"]) if found["w"] else 8}
         elif method == "ipq":
             parsed = {"centroids": int(found["k"]), "centroid_bits": 8 if found["c8"] else None,
                       "noise_rate": float(found["qn"]) if found["qn"] else 1.0}
@@ -429,7 +439,7 @@ class RunSpec:
                  "ternary": params.get("ternary", False)}
         if trained != "fp32" or record["method"] == "fp32":  # the trained run itself: the knobs its method has
             applies = {"fp32": ("init_from",),
-                       "qat": ("ema_decay", "integer_nonlinearities", "distillation", "init_from"),
+                       "qat": ("weight_bits", "ema_decay", "integer_nonlinearities", "distillation", "init_from"),
                        "qbert": tuple(k for k in knobs if k not in ("centroids", "centroid_bits")),
                        "ipq": ("centroids", "centroid_bits", "noise_rate", "init_from")}[trained]
             return cls(record["task"], trained, record["seed"], **{k: knobs[k] for k in applies}, protocol=protocol)
