@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import tiny_config, write_run
 from transformers import BertForSequenceClassification
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -206,8 +206,16 @@ def test_the_agreement_benchmark_exports_a_model_trained_with_7_bit_weights_exac
     assert report["max_abs_logit_diff"] < 1e-4 and report["gap_points"] == 0  # whichever route this CPU takes
     from qlib.experiments.speed import int8_agreement_table
 
-    table, _ = int8_agreement_table([out])
+    table, records = int8_agreement_table([out])
     assert all("7-bit weights" in run for run, _ in table.index)
+    from qlib.experiments.speed import seven_bit_qat_lines
+
+    assert "Q8BERT's 8-bit QAT of that seed is not committed" in seven_bit_qat_lines(records, tmp_path / "q8bert")
+    write_run(tmp_path / "q8bert", "sst2", "qat", 0, 0.625)
+    line = seven_bit_qat_lines(records, tmp_path / "q8bert")
+    assert line.startswith("* QAT with 7-bit weights on 8 sst2 examples, seed 0 (")
+    assert "Q8BERT's 8-bit QAT of that seed scores 62.50; its 7-bit-weight route is 0.00 points from it" in line
+    assert seven_bit_qat_lines([], tmp_path / "q8bert") is None
 
 
 @pytest.mark.slow

@@ -376,6 +376,30 @@ def route_accuracy_lines(table: pd.DataFrame, route: str = "int8_compiled_autotu
         f"{row['target (points)']}-point target." for run, row in table.xs(route, level="route").iterrows())
 
 
+def seven_bit_qat_lines(records: Sequence[dict[str, Any]], q8bert_results: str | Path) -> str | None:
+    """One line per agreement run among ``records`` (``int8_agreement_table``'s) that trained its own QAT model with
+    7-bit weights: that model's dev score beside Q8BERT's 8-bit QAT of the same task and seed
+    (``<q8bert_results>/<task>/qat-seed<n>.json``, the same data and schedule: the accuracy the narrower weights
+    cost), and the gap of its 7-bit-weight route, the one a CPU without VNNI runs; None where there is no such run."""
+    lines = []
+    for a in records:
+        trained = a.get("trained")
+        if a.get("weight_bits", 8) == 8 or not trained:
+            continue
+        metric, seed = a["metric"], trained["seed"]
+        eight = Path(q8bert_results) / a["task"] / f"qat-seed{seed}.json"
+        seven_score = 100 * a["scores"]["fake_quant"][metric]
+        beside = (f"Q8BERT's 8-bit QAT of that seed scores {100 * read_json(eight)['metrics'][metric]:.2f}"
+                  if eight.is_file() else f"Q8BERT's 8-bit QAT of that seed is not committed (`{eight}`)")
+        route = a["routes"].get("int8_7bit_weights", {})
+        export = (f"its 7-bit-weight route is {route['gap_points']:.2f} points from it (max |Δlogit| "
+                  f"{route['max_abs_logit_diff']:.2g})" if "scores" in route else "its 7-bit-weight route did not run")
+        lines.append(f"* QAT with {a['weight_bits']}-bit weights on {trained['train']['train_examples']:,} "
+                     f"{a['task']} examples, seed {seed} ({a['provenance']['date'][:16]}): {metric} "
+                     f"{seven_score:.2f}; {beside}; {export}.")
+    return "\n".join(lines) or None
+
+
 ATTENTION_ROUNDINGS = ("float32", "bfloat16", "int8")
 """The formats ``benchmarks/attention_rounding.py`` rounds the attention products' inputs to, coarser down the list."""
 
