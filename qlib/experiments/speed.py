@@ -346,7 +346,7 @@ def int8_agreement_table(paths: list[str | Path]) -> tuple[pd.DataFrame, list[di
         model = (f"QAT on {trained['train']['train_examples']:,} {a['task']} examples, seed {trained['seed']}"
                  if trained else f"checkpoint {Path(a['checkpoint']).name}")
         model += ", integer GELU/softmax/LayerNorm" * (a.get("nonlinearities", "float") != "float")
-        model += f", {a['weight_bits']}-bit weights" * (a.get("weight_bits", 8) != 8)
+        model += f", {a['weight_bits']}-bit weights" if a.get("weight_bits", 8) != 8 else ""
         routes = a.get("routes") or {"int8": a | {"scores": a["scores"]["int8"], "target_points": a["target_points"]}}
         for route, r in routes.items():
             if "skipped" in r:
