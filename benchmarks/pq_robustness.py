@@ -9,17 +9,19 @@ repairs what quantization broke, and the run with noise trains one epoch more th
 takes the FP32 Baseline ``CKPT`` (the model both iPQ rows of its seed start from) and measures three arms on the
 task's whole dev set:
 
-* ``baseline``: the checkpoint as it is;
+* ``baseline``: the checkpoint as it is (its 8-bit input ranges set on ``CALIBRATION_BATCHES`` training batches);
 * ``trained again without noise``: the protocol's training once more, without noise (the run with noise's extra
   training, without its noise);
 * ``trained again with PQ noise``: that training with PQ noise at ``--noise-rate`` (``qlib.bert.pq_noise``, as the
-  iPQ + noise row trains before its stages).
+  iPQ + int8 + noise row trains before its stages: the same data order, its own dropout draws).
 
-For each arm: the float model's score, then the score after each of iPQ's stages is product-quantized in turn
-(``qlib.bert.pq_modules.product_quantize``, iPQ + int8's centroids and k-means seeds) with **no** fine-tuning in
-between; and the label of the protocol's iPQ row that starts from the same model (the baseline: iPQ + int8; trained
-with noise: iPQ + int8 + noise), whose score after its stages' fine-tuning the chapter sets beside it. Accuracy only,
-no timing; the training order, the k-means draws and the noise masks follow ``--seed``.
+Every model has iPQ + int8's 8-bit input grids (``RunSpec.quant_config``), as the iPQ rows do.
+
+For each arm: the score with float weights (key ``float``), then the score after each of iPQ's stages is
+product-quantized in turn (``qlib.bert.pq_modules.product_quantize``, iPQ + int8's centroids and k-means seeds) with
+**no** fine-tuning in between; and the label of the protocol's iPQ row that starts from the same model (the baseline:
+iPQ + int8; trained with noise: iPQ + int8 + noise), whose score after its stages' fine-tuning the chapter sets beside
+it. Accuracy only, no timing; the training order, the k-means draws and the noise masks follow ``--seed``.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import copy
 import os
 import sys
 import time
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +40,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from qlib.bert.convert import find_bert  # noqa: E402
+from qlib.bert.convert import calibrate, convert_bert, find_bert  # noqa: E402
 from qlib.bert.pq_modules import IPQ_STAGES, product_quantize  # noqa: E402
 from qlib.bert.pq_noise import add_pq_noise, remove_pq_noise  # noqa: E402
 from qlib.deploy.checkpoint import load_float  # noqa: E402
@@ -50,11 +53,13 @@ from qlib.experiments.tasks import get_run_task  # noqa: E402
 from qlib.experiments.train import finetune, set_seed  # noqa: E402
 
 ARMS = ("baseline", "trained again without noise", "trained again with PQ noise")
+CALIBRATION_BATCHES = 32
+"""Training batches that set the baseline arm's 8-bit input ranges (its weights are not trained)."""
 
 
 def quantized_in_stages(net: torch.nn.Module, spec: RunSpec, score: Any) -> dict[str, float]:
-    """``net``'s score (``score(net)``, the main metric in percent) as it is (key ``float``), then after each of
-    ``IPQ_STAGES`` (keyed by the stage) is product-quantized in turn, on top of the stages before it, with ``spec``'s
+    """``net``'s score (``score(net)``, the main metric in percent) with float weights (key ``float``), then after each
+    of ``IPQ_STAGES`` (keyed by the stage) is product-quantized in turn, on top of the stages before it, with ``spec``'s
     centroids, centroid bits and seed, nothing trained in between. Quantizes ``net`` in place."""
     scores = {"float": score(net)}
     for stage in IPQ_STAGES:
@@ -90,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
                    init_from=args.checkpoint.name, protocol=protocol)
     base, tokenizer = task.load(protocol.model)
     load_float(base, args.checkpoint)
-    batches = task.train_batches(tokenizer, protocol, args.seed)
+    convert_bert(base, spec.quant_config())  # iPQ + int8: every Linear's input on its 8-bit EMA grid, as the rows'
     dev = task.eval_data(tokenizer, protocol, args.seed)
     metric = task.metrics[0]
 
@@ -101,9 +106,12 @@ def main(argv: list[str] | None = None) -> int:
     for arm in ARMS:
         net = copy.deepcopy(base)
         set_seed(args.seed)
-        if arm == "trained again with PQ noise":
-            add_pq_noise(find_bert(net), spec.noise_rate, spec.centroids, spec.centroid_bits, seed=spec.seed)
-        if arm != "baseline":
+        batches = task.train_batches(tokenizer, protocol, args.seed)  # each arm: the seed's data order from the start
+        if arm == "baseline":  # the input ranges the first steps of the rows' training set, no weight moved
+            calibrate(net, islice(batches, CALIBRATION_BATCHES))
+        else:
+            if arm == "trained again with PQ noise":
+                add_pq_noise(find_bert(net), spec.noise_rate, spec.centroids, spec.centroid_bits, seed=spec.seed)
             training[arm] = finetune(net, batches, protocol.epochs, protocol.lr, progress=False)
             remove_pq_noise(find_bert(net))
         arms[arm] = quantized_in_stages(net, spec, score)

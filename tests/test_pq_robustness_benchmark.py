@@ -51,6 +51,7 @@ def test_each_arm_is_scored_as_float_and_after_each_stage_without_fine_tuning(gl
     baseline = report["scores"]["baseline"]
     assert table.loc[(1, "baseline"), "cost of PQ (points)"] == pytest.approx(
         round(baseline["float"] - baseline["attention"], 2))
+    assert table.loc[(1, "baseline"), "before PQ"] == pytest.approx(round(baseline["float"], 2))
     assert table.loc[(1, "baseline"), "iPQ row after fine-tuning"] == 75.0
     assert table["iPQ row after fine-tuning"].isna().sum() == 2  # the noisy row is not committed; no row for the other
     assert lines.startswith("* Seed 1 (`pq_robustness-sst2-seed1-amx-2026-12-06T1200.json`): product-quantizing")

@@ -272,10 +272,11 @@ def ipq_runs(results_dir: str | Path, task: str = "sst2") -> str:
 def noise_robustness(task: str, results: str | Path) -> list[Any]:
     """What training with PQ noise does to a model before iPQ's fine-tuning repairs it: the newest run per seed of
     ``benchmarks/pq_robustness.py`` on ``task`` (``<results>/benchmarks/pq_robustness-<task>-seed<n>-*.json``),
-    one row per seed and arm (the FP32 Baseline; trained again without noise; trained again with PQ noise): the float
-    model's score, its score after each iPQ stage is product-quantized in turn with no fine-tuning, the points that
-    costs (float − all stages quantized), and, where the protocol's iPQ row of that seed starts from the same model
-    (``<results>/quant-noise/<task>``), that row's score after its stages' fine-tuning.
+    one row per seed and arm (the FP32 Baseline; trained again without noise; trained again with PQ noise; each with iPQ
+    + int8's 8-bit inputs): the score before product quantization (float weights), after each iPQ stage is
+    product-quantized in turn with no fine-tuning, the points that costs (before − all stages quantized), and, where the
+    protocol's iPQ row of that seed starts from the same model (``<results>/quant-noise/<task>``), that row's score
+    after its stages' fine-tuning.
 
     Returns:
         What the chapter shows: the table, one line per seed and the remarks on the runs shown; a sentence alone when
@@ -298,7 +299,7 @@ def noise_robustness(task: str, results: str | Path) -> list[Any]:
             scores = run["scores"][arm]
             cost = scores["float"] - scores[run["stages"][-1]]
             label = run["ipq_rows"].get(arm)
-            rows[(seed, arm)] = {"float": scores["float"], **{f"+ {s}": scores[s] for s in run["stages"]},
+            rows[(seed, arm)] = {"before PQ": scores["float"], **{f"+ {s}": scores[s] for s in run["stages"]},
                                  "cost of PQ (points)": cost,
                                  "iPQ row after fine-tuning": ipq.get((seed, label)) if label else None}
             costs.append(f"{arm} {cost:.2f}")
