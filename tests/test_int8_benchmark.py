@@ -211,10 +211,15 @@ def test_the_agreement_benchmark_exports_a_model_trained_with_7_bit_weights_exac
     from qlib.experiments.speed import seven_bit_qat_lines
 
     assert "Q8BERT's 8-bit QAT of that seed is not committed" in seven_bit_qat_lines(records, tmp_path / "q8bert")
-    write_run(tmp_path / "q8bert", "sst2", "qat", 0, 0.625)
+    write_run(tmp_path / "q8bert", "sst2", "qat", 0, 0.625, model=str(tiny_model_dir))
     line = seven_bit_qat_lines(records, tmp_path / "q8bert")
     assert line.startswith("* QAT with 7-bit weights on 8 sst2 examples, seed 0 (")
-    assert "Q8BERT's 8-bit QAT of that seed scores 62.50; its 7-bit-weight route is 0.00 points from it" in line
+    # the template's run trained on all 67,349 examples: the line says so instead of calling the gap the bits' cost
+    assert ("Q8BERT's 8-bit QAT of that seed scores 62.50 (differs: examples 8 vs 67349); its 7-bit-weight route "
+            "is 0.00 points from it") in line
+    same = dict(report["trained"], metrics={"accuracy": 0.5})  # a run of the same schedule
+    (tmp_path / "q8bert" / "sst2" / "qat-seed0.json").write_text(json.dumps(same))
+    assert "scores 50.00 (the same model, examples, epochs and lr)" in seven_bit_qat_lines(records, tmp_path / "q8bert")
     assert seven_bit_qat_lines([], tmp_path / "q8bert") is None
 
 

@@ -75,28 +75,27 @@ def with_and_without_noise(task: str, results: str | Path, model: nn.Module) -> 
         return [f"*No committed runs of {task} for this comparison yet.*"]
     runs = runs_frame(chosen)
     scores = mean_std_text(mean_std(runs)).droplevel("task")
-    rows = {}
+    rows, verdicts = {}, []
     with tempfile.TemporaryDirectory() as folder:
         for name, (plain, noisy) in pairs.items():
             gap = paired_gaps(runs, noisy.label, baseline=plain.label)
+            verdicts.append(_noise_verdict(name, gap, runs, plain.label, noisy.label))
             mean_gap = round(gap["mean gap"].iloc[0], 2) if not gap.empty else float("nan")
             rows[name] = {"file (MB)": round(sizes_of(noisy, model, folder)["file_mb"], 2), "FP32": scores.get("fp32"),
                           "without noise": scores.get(plain.label, "not run yet"),
                           "with noise": scores.get(noisy.label, "not run yet"),
                           "with − without (points)": mean_gap,
                           "pairs": int(gap["pairs"].iloc[0]) if not gap.empty else 0}
-    verdicts = "\n".join(_noise_verdict(name, runs, plain.label, noisy.label) for name, (plain, noisy) in pairs.items())
-    return [pd.DataFrame(rows).T.rename_axis("quantizer"), verdicts, data_caveat(chosen)]
+    return [pd.DataFrame(rows).T.rename_axis("quantizer"), "\n".join(verdicts), data_caveat(chosen)]
 
 
-def _noise_verdict(name: str, runs: pd.DataFrame, plain: str, noisy: str) -> str:
+def _noise_verdict(name: str, gap: pd.DataFrame, runs: pd.DataFrame, plain: str, noisy: str) -> str:
     """Whether training with the noise beat training without it (``noisy`` against ``plain``, labels in one task's
-    ``runs_frame``), on the seeds that have both: the mean paired gap judged against its spread
-    (``qlib.experiments.report.paired_gaps``: the larger of the gaps' std and the plain row's std over seeds), and the
+    ``runs_frame``), on the seeds that have both: the mean paired gap judged against its spread (``gap``, the pair's
+    ``qlib.experiments.report.paired_gaps``: the larger of the gaps' std and the plain row's std over seeds), and the
     share of plain's drop against FP32 on those seeds that the noise recovers, (noisy − plain) / (FP32 − plain), and
     the 95 % interval of the mean gap, mean ± t(0.975, n − 1) · std / √n over the n pairs: how large a gain the pairs
     run so far can rule out."""
-    gap = paired_gaps(runs, noisy, baseline=plain)
     if gap.empty:
         return f"* {name}: no seed has both rows yet."
     row = gap.iloc[0]

@@ -11,6 +11,7 @@ import pandas as pd
 
 from qlib.common.cpu import cpu_class
 from qlib.experiments.results import read_json, read_result, records_its_data
+from qlib.experiments.spec import RunSpec
 
 TARGETS: dict[str, dict[str, float]] = {
     "AMX": {"openvino_int8": 1.0, "ort_int8": 1.25, "ort_qdq_static": 1.25, "torch_bf16": 1.5},
@@ -378,19 +379,24 @@ def route_accuracy_lines(table: pd.DataFrame, route: str = "int8_compiled_autotu
 
 def seven_bit_qat_lines(records: Sequence[dict[str, Any]], q8bert_results: str | Path) -> str | None:
     """One line per agreement run among ``records`` (``int8_agreement_table``'s) that trained its own QAT model with
-    7-bit weights: that model's dev score beside Q8BERT's 8-bit QAT of the same task and seed
-    (``<q8bert_results>/<task>/qat-seed<n>.json``, the same data and schedule: the accuracy the narrower weights
-    cost), and the gap of its 7-bit-weight route, the one a CPU without VNNI runs; None where there is no such run."""
+    7-bit weights: that model's dev score beside Q8BERT's 8-bit QAT of the same task and seed (its result file under
+    ``q8bert_results``), and whether the two trained the same model on the same examples with the same epochs and
+    learning rate (then the gap is what the narrower weights cost; else the line names what differs), and the gap of
+    its 7-bit-weight route, the one a CPU without VNNI runs; None where there is no such run."""
     lines = []
     for a in records:
         trained = a.get("trained")
         if a.get("weight_bits", 8) == 8 or not trained:
             continue
         metric, seed = a["metric"], trained["seed"]
-        eight = Path(q8bert_results) / a["task"] / f"qat-seed{seed}.json"
+        eight = RunSpec(a["task"], "qat", seed).result_path(q8bert_results)
         seven_score = 100 * a["scores"]["fake_quant"][metric]
-        beside = (f"Q8BERT's 8-bit QAT of that seed scores {100 * read_json(eight)['metrics'][metric]:.2f}"
-                  if eight.is_file() else f"Q8BERT's 8-bit QAT of that seed is not committed (`{eight}`)")
+        if eight.is_file():
+            q8bert = read_json(eight)
+            beside = (f"Q8BERT's 8-bit QAT of that seed scores {100 * q8bert['metrics'][metric]:.2f} "
+                      f"({_schedule_difference(trained, q8bert)})")
+        else:
+            beside = f"Q8BERT's 8-bit QAT of that seed is not committed (`{eight}`)"
         route = a["routes"].get("int8_7bit_weights", {})
         export = (f"its 7-bit-weight route is {route['gap_points']:.2f} points from it (max |Δlogit| "
                   f"{route['max_abs_logit_diff']:.2g})" if "scores" in route else "its 7-bit-weight route did not run")
@@ -398,6 +404,18 @@ def seven_bit_qat_lines(records: Sequence[dict[str, Any]], q8bert_results: str |
                      f"{a['task']} examples, seed {seed} ({a['provenance']['date'][:16]}): {metric} "
                      f"{seven_score:.2f}; {beside}; {export}.")
     return "\n".join(lines) or None
+
+
+def _schedule_difference(run: dict[str, Any], other: dict[str, Any]) -> str:
+    """Whether two trained result records share their model, training examples, epochs and learning rate: "the same
+    model, examples, epochs and lr", or what differs, "differs: epochs 1 vs 3"."""
+    def schedule(record: dict[str, Any]) -> dict[str, Any]:
+        return {"model": record["params"]["model"], "examples": record["train"]["train_examples"],
+                "epochs": record["params"]["epochs"], "lr": record["params"]["lr"]}
+
+    mine, theirs = schedule(run), schedule(other)
+    differences = [f"{key} {mine[key]} vs {theirs[key]}" for key in mine if mine[key] != theirs[key]]
+    return "differs: " + ", ".join(differences) if differences else "the same model, examples, epochs and lr"
 
 
 ATTENTION_ROUNDINGS = ("float32", "bfloat16", "int8")
