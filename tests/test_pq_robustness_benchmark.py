@@ -55,6 +55,14 @@ def test_each_arm_is_scored_as_float_and_after_each_stage_without_fine_tuning(gl
     assert table.loc[(1, "baseline"), "iPQ row after fine-tuning"] == 75.0
     assert table["iPQ row after fine-tuning"].isna().sum() == 2  # the noisy row is not committed; no row for the other
     assert lines.startswith("* Seed 1 (`pq_robustness-sst2-seed1-amx-2026-12-06T1200.json`): product-quantizing")
+    cost = {arm: table.loc[(1, arm), "cost of PQ (points)"] for arm in pq_robustness.ARMS}
+    spared = cost["trained again without noise"] - cost["trained again with PQ noise"]
+    assert (f"the noise spares {spared:.2f} of" if spared > 0 else "the noise spares nothing") in lines
+    assert "differ by" not in lines  # only one of the two iPQ rows is committed
+    write_run(tmp_path / "results" / "quant-noise", "sst2", "ipq-k8-int8-qn0.2-ft", 1, 0.8, trained="ipq", centroids=8,
+              centroid_bits=8, noise_rate=0.2, init_from="runs/checkpoints/qbert/sst2/fp32-seed1.safetensors")
+    _, lines, _ = noise_robustness("sst2", tmp_path / "results")
+    assert lines.endswith("the iPQ rows from the Baseline and from the noisy model differ by +5.00 points.")
     assert notes == ""  # no notes.toml beside these results
 
 
@@ -74,3 +82,14 @@ def test_the_chapter_says_when_no_run_is_committed(tmp_path):
     assert noise_robustness("sst2", tmp_path) == [
         f"*No run of `benchmarks/pq_robustness.py` on sst2 committed yet "
         f"(`{tmp_path / 'benchmarks'}/pq_robustness-sst2-seed<n>-*.json`).*"]
+
+
+@pytest.mark.parametrize("without, noisy, clause", [
+    (20.0, 5.0, ": the noise spares 15.00 of the 20.00 points PQ costs the model trained again without it"),
+    (5.0, 7.5, ": the noise spares nothing (PQ costs the noisy model 2.50 points more)"),
+])
+def test_the_line_says_how_much_of_pqs_cost_the_noise_spares(without, noisy, clause):
+    from qlib.experiments.quant_noise_tables import _what_the_noise_spares
+
+    costs = {"baseline": 30.0, "trained again without noise": without, "trained again with PQ noise": noisy}
+    assert _what_the_noise_spares(costs, {"baseline": None, "trained again with PQ noise": 80.0}) == clause

@@ -293,16 +293,31 @@ def noise_robustness(task: str, results: str | Path) -> list[Any]:
            for r in read_results(results / "quant-noise" / task)}
     rows, lines = {}, []
     for seed, (path, run) in sorted(newest.items()):
-        costs = []
+        costs, after = {}, {}
         for arm in run["arms"]:
             scores = run["scores"][arm]
-            cost = scores["float"] - scores[run["stages"][-1]]
+            costs[arm] = scores["float"] - scores[run["stages"][-1]]
             label = run["ipq_rows"].get(arm)
+            after[arm] = ipq.get((seed, label)) if label else None
             rows[(seed, arm)] = {"before PQ": scores["float"], **{f"+ {s}": scores[s] for s in run["stages"]},
-                                 "cost of PQ (points)": cost,
-                                 "iPQ row after fine-tuning": ipq.get((seed, label)) if label else None}
-            costs.append(f"{arm} {cost:.2f}")
+                                 "cost of PQ (points)": costs[arm], "iPQ row after fine-tuning": after[arm]}
         lines.append(f"* Seed {seed} (`{path.name}`): product-quantizing every layer with no fine-tuning costs "
-                     + ", ".join(costs) + f" points of {run['metric']}.")
+                     + ", ".join(f"{arm} {cost:.2f}" for arm, cost in costs.items()) + f" points of {run['metric']}"
+                     + _what_the_noise_spares(costs, after) + ".")
     table = pd.DataFrame.from_dict(rows, orient="index").rename_axis(["seed", "model"])
     return [table.round(2), "\n".join(lines), notes_markdown(run for _, run in newest.values())]
+
+
+def _what_the_noise_spares(costs: dict[str, float], after: dict[str, float | None]) -> str:
+    """The clause a ``noise_robustness`` line ends in: how much of PQ's cost (points, no fine-tuning) the noise
+    spares, the arm trained again without noise against the arm trained again with it (the same extra pass over the
+    data), and, where both iPQ rows of the seed are committed, how far apart they end after their stages'
+    fine-tuning (the row with noise minus the row from the Baseline)."""
+    without, noisy = costs["trained again without noise"], costs["trained again with PQ noise"]
+    spared = without - noisy
+    clause = (f": the noise spares {spared:.2f} of the {without:.2f} points PQ costs the model trained again without it"
+              if spared > 0 else f": the noise spares nothing (PQ costs the noisy model {-spared:.2f} points more)")
+    if after["baseline"] is not None and after["trained again with PQ noise"] is not None:
+        clause += (f"; after their stages' fine-tuning the iPQ rows from the Baseline and from the noisy model differ"
+                   f" by {after['trained again with PQ noise'] - after['baseline']:+.2f} points")
+    return clause
