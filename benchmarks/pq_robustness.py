@@ -47,12 +47,12 @@ from qlib.deploy.checkpoint import load_float  # noqa: E402
 from qlib.experiments.data import file_sha256  # noqa: E402
 from qlib.experiments.experiment import protocol_for  # noqa: E402
 from qlib.experiments.protocol import IPQ_CENTROIDS, IPQ_NOISE_RATE  # noqa: E402
+from qlib.experiments.quant_noise_tables import BASELINE, ROBUSTNESS_ARMS, WITH_NOISE  # noqa: E402
 from qlib.experiments.results import benchmark_path, provenance, write_json  # noqa: E402
 from qlib.experiments.spec import DEFAULT_MODEL, RunSpec, TrainingProtocol  # noqa: E402
 from qlib.experiments.tasks import get_run_task  # noqa: E402
 from qlib.experiments.train import finetune, set_seed  # noqa: E402
 
-ARMS = ("baseline", "trained again without noise", "trained again with PQ noise")
 CALIBRATION_BATCHES = 32
 """Training batches that set the baseline arm's 8-bit input ranges (its weights are not trained)."""
 
@@ -103,23 +103,23 @@ def main(argv: list[str] | None = None) -> int:
         return 100 * task.score(net.eval(), dev)[0][metric]
 
     arms, training = {}, {}
-    for arm in ARMS:
+    for arm in ROBUSTNESS_ARMS:
         net = copy.deepcopy(base)
         set_seed(args.seed)
         batches = task.train_batches(tokenizer, protocol, args.seed)  # each arm: the seed's data order from the start
-        if arm == "baseline":  # the input ranges the first steps of the rows' training set, no weight moved
+        if arm == BASELINE:  # the input ranges the first steps of the rows' training set, no weight moved
             calibrate(net, islice(batches, CALIBRATION_BATCHES))
         else:
-            if arm == "trained again with PQ noise":
+            if arm == WITH_NOISE:
                 add_pq_noise(find_bert(net), spec.noise_rate, spec.centroids, spec.centroid_bits, seed=spec.seed)
             training[arm] = finetune(net, batches, protocol.epochs, protocol.lr, progress=False)
             remove_pq_noise(find_bert(net))
         arms[arm] = quantized_in_stages(net, spec, score)
         print(f"{arm}: " + ", ".join(f"{name} {value:.2f}" for name, value in arms[arm].items()), flush=True)
-    ipq_rows = {"baseline": spec.with_(noise_rate=1.0).label, "trained again with PQ noise": spec.label}
+    ipq_rows = {BASELINE: spec.with_(noise_rate=1.0).label, WITH_NOISE: spec.label}
     report = {
         "task": task.name, "seed": args.seed, "metric": metric, "checkpoint": args.checkpoint.name,
-        "checkpoint_sha256": file_sha256(args.checkpoint), "spec": spec.to_dict(), "arms": list(ARMS),
+        "checkpoint_sha256": file_sha256(args.checkpoint), "spec": spec.to_dict(), "arms": list(ROBUSTNESS_ARMS),
         "stages": list(IPQ_STAGES), "scores": arms, "ipq_rows": ipq_rows, "training": training,
         "params": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
         | {"checkpoint": args.checkpoint.name, "out": str(out)},

@@ -13,7 +13,7 @@ from transformers import BertForSequenceClassification
 
 from qlib.bert.pq_modules import IPQ_STAGES
 from qlib.deploy.checkpoint import save_float
-from qlib.experiments.quant_noise_tables import noise_robustness
+from qlib.experiments.quant_noise_tables import ROBUSTNESS_ARMS, WITH_NOISE, WITHOUT_NOISE, noise_robustness
 from qlib.experiments.results import read_json
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -31,12 +31,12 @@ def test_each_arm_is_scored_as_float_and_after_each_stage_without_fine_tuning(gl
                                "--max-train-examples", "16", "--centroids", "8", "--threads", "1",
                                "--out", str(out)]) == 0
     report = read_json(out)
-    assert report["arms"] == list(pq_robustness.ARMS) and report["stages"] == list(IPQ_STAGES)
-    assert set(report["scores"]) == set(pq_robustness.ARMS)
+    assert report["arms"] == list(ROBUSTNESS_ARMS) and report["stages"] == list(IPQ_STAGES)
+    assert set(report["scores"]) == set(ROBUSTNESS_ARMS)
     for scores in report["scores"].values():
         assert set(scores) == {"float", *IPQ_STAGES}
         assert all(0 <= value <= 100 for value in scores.values())
-    assert set(report["training"]) == set(pq_robustness.ARMS[1:])  # the baseline arm trains nothing
+    assert set(report["training"]) == {WITHOUT_NOISE, WITH_NOISE}  # the baseline arm trains nothing
     assert all(run["examples"] == 16 for run in report["training"].values())
     assert report["spec"]["noise_rate"] == 0.2 and report["spec"]["centroid_bits"] == 8 and report["seed"] == 1
     assert str(tmp_path) not in report["spec"]["init_from"] and report["checkpoint"] == "fp32.safetensors"
@@ -47,16 +47,16 @@ def test_each_arm_is_scored_as_float_and_after_each_stage_without_fine_tuning(gl
     write_run(tmp_path / "results" / "quant-noise", "sst2", "ipq-k8-int8-ft", 1, 0.75, trained="ipq", centroids=8,
               centroid_bits=8, init_from="runs/checkpoints/qbert/sst2/fp32-seed1.safetensors")
     table, lines, notes = noise_robustness("sst2", tmp_path / "results")
-    assert list(table.index) == [(1, arm) for arm in pq_robustness.ARMS]
+    assert list(table.index) == [(1, "Baseline"), (1, "no noise"), (1, "PQ noise")]  # the short labels
     baseline = report["scores"]["baseline"]
-    assert table.loc[(1, "baseline"), "cost of PQ (points)"] == pytest.approx(
+    assert table.loc[(1, "Baseline"), "PQ cost"] == pytest.approx(
         round(baseline["float"] - baseline["attention"], 2))
-    assert table.loc[(1, "baseline"), "before PQ"] == pytest.approx(round(baseline["float"], 2))
-    assert table.loc[(1, "baseline"), "iPQ row after fine-tuning"] == 75.0
-    assert table["iPQ row after fine-tuning"].isna().sum() == 2  # the noisy row is not committed; no row for the other
+    assert table.loc[(1, "Baseline"), "float"] == pytest.approx(round(baseline["float"], 2))
+    assert table.loc[(1, "Baseline"), "iPQ row"] == 75.0
+    assert table["iPQ row"].isna().sum() == 2  # the noisy row is not committed; no row for the other
     assert lines.startswith("* Seed 1 (`pq_robustness-sst2-seed1-amx-2026-12-06T1200.json`): product-quantizing")
-    cost = {arm: table.loc[(1, arm), "cost of PQ (points)"] for arm in pq_robustness.ARMS}
-    spared = cost["trained again without noise"] - cost["trained again with PQ noise"]
+    cost = {arm: scores["float"] - scores["attention"] for arm, scores in report["scores"].items()}
+    spared = cost[WITHOUT_NOISE] - cost[WITH_NOISE]
     assert (f"the noise spares {spared:.2f} of" if spared > 0 else "the noise spares nothing") in lines
     assert "differ by" not in lines  # only one of the two iPQ rows is committed
     write_run(tmp_path / "results" / "quant-noise", "sst2", "ipq-k8-int8-qn0.2-ft", 1, 0.8, trained="ipq", centroids=8,

@@ -48,6 +48,14 @@ def _qat_label(task: str, bits: int, groups: int | str | None) -> str:
                    init_from=FROM_CHECKPOINT).label
 
 
+ROBUSTNESS_ARMS = {"baseline": "Baseline", "trained again without noise": "no noise",
+                   "trained again with PQ noise": "PQ noise"}
+"""The models ``benchmarks/pq_robustness.py`` scores, in its order (the names its result files use), each with its
+short label in ``noise_robustness``'s table: the FP32 Baseline, the Baseline trained once more without noise, and
+trained once more with PQ noise."""
+BASELINE, WITHOUT_NOISE, WITH_NOISE = ROBUSTNESS_ARMS
+
+
 def with_and_without_noise(task: str, results: str | Path, model: nn.Module) -> list[Any]:
     """The paper's comparison on ``task``: each quantizer the protocol trains with Quant-Noise
     (``QUANT_NOISE_SETTINGS[task]``, and iPQ + int8 on ``IPQ_TASKS``) trained without the noise (p = 1: plain QAT;
@@ -272,10 +280,11 @@ def noise_robustness(task: str, results: str | Path) -> list[Any]:
     """What training with PQ noise does to a model before iPQ's fine-tuning repairs it: the newest run per seed of
     ``benchmarks/pq_robustness.py`` on ``task`` (``<results>/benchmarks/pq_robustness-<task>-seed<n>-*.json``),
     one row per seed and arm (the FP32 Baseline; trained again without noise; trained again with PQ noise; each with iPQ
-    + int8's 8-bit inputs): the score before product quantization (float weights), after each iPQ stage is
-    product-quantized in turn with no fine-tuning, the points that costs (before − all stages quantized), and, where the
-    protocol's iPQ row of that seed starts from the same model (``<results>/quant-noise/<task>``), that row's score
-    after its stages' fine-tuning.
+    + int8's 8-bit inputs): the score before product quantization (*float*), after each iPQ stage is product-quantized
+    in turn with no fine-tuning (a column per stage, named by it), the points that costs (*PQ cost*: float − all stages
+    quantized), and, where the protocol's iPQ row of that seed starts from the same model
+    (``<results>/quant-noise/<task>``), that row's score after its stages' fine-tuning (*iPQ row*). The column names
+    and the models' labels (``ROBUSTNESS_ARMS``) are short so that the table fits the page.
 
     Returns:
         What the chapter shows: the table, one line per seed and the remarks on the runs shown; a sentence alone when
@@ -299,12 +308,12 @@ def noise_robustness(task: str, results: str | Path) -> list[Any]:
             costs[arm] = scores["float"] - scores[run["stages"][-1]]
             label = run["ipq_rows"].get(arm)
             after[arm] = ipq.get((seed, label)) if label else None
-            rows[(seed, arm)] = {"before PQ": scores["float"], **{f"+ {s}": scores[s] for s in run["stages"]},
-                                 "cost of PQ (points)": costs[arm], "iPQ row after fine-tuning": after[arm]}
+            rows[(seed, arm)] = {"float": scores["float"], **{s: scores[s] for s in run["stages"]},
+                                 "PQ cost": costs[arm], "iPQ row": after[arm]}
         lines.append(f"* Seed {seed} (`{path.name}`): product-quantizing every layer with no fine-tuning costs "
                      + ", ".join(f"{arm} {cost:.2f}" for arm, cost in costs.items()) + f" points of {run['metric']}"
                      + _what_the_noise_spares(costs, after) + ".")
-    table = pd.DataFrame.from_dict(rows, orient="index").rename_axis(["seed", "model"])
+    table = pd.DataFrame.from_dict(rows, orient="index").rename(index=ROBUSTNESS_ARMS).rename_axis(["seed", "model"])
     return [table.round(2), "\n".join(lines), notes_markdown(run for _, run in newest.values())]
 
 
@@ -313,11 +322,11 @@ def _what_the_noise_spares(costs: dict[str, float], after: dict[str, float | Non
     spares, the arm trained again without noise against the arm trained again with it (the same extra pass over the
     data), and, where both iPQ rows of the seed are committed, how far apart they end after their stages'
     fine-tuning (the row with noise minus the row from the Baseline)."""
-    without, noisy = costs["trained again without noise"], costs["trained again with PQ noise"]
+    without, noisy = costs[WITHOUT_NOISE], costs[WITH_NOISE]
     spared = without - noisy
     clause = (f": the noise spares {spared:.2f} of the {without:.2f} points PQ costs the model trained again without it"
               if spared > 0 else f": the noise spares nothing (PQ costs the noisy model {-spared:.2f} points more)")
-    if after["baseline"] is not None and after["trained again with PQ noise"] is not None:
+    if after[BASELINE] is not None and after[WITH_NOISE] is not None:
         clause += (f"; after their stages' fine-tuning the iPQ rows from the Baseline and from the noisy model differ"
-                   f" by {after['trained again with PQ noise'] - after['baseline']:+.2f} points")
+                   f" by {after[WITH_NOISE] - after[BASELINE]:+.2f} points")
     return clause
