@@ -201,3 +201,16 @@ def test_papermill_run_with_a_misspelt_value_fails_in_the_notebook(typed_noteboo
                                    progress_bar=False)
     papermill.execute_notebook(str(typed_notebook), str(tmp_path / "out.ipynb"), parameters={"quick": False},
                                progress_bar=False)
+
+
+def test_provenance_names_the_code_the_process_started_with_and_a_change_before_the_write(monkeypatch):
+    import qlib.experiments.results as results
+
+    now = results.code_state()
+    monkeypatch.setattr(results, "_CODE_AT_IMPORT", now)  # the tree as it was when the process started
+    assert "code_at_write" not in provenance(0.0, data=None) and provenance(0.0, data=None)["git_commit"] == now[
+        "git_commit"]
+    started = {"git_commit": "a" * 40, "git_dirty": False}  # as if a commit landed while the run ran
+    monkeypatch.setattr(results, "_CODE_AT_IMPORT", started)
+    record = provenance(0.0, data=None)
+    assert record["git_commit"] == "a" * 40 and record["git_dirty"] is False and record["code_at_write"] == now

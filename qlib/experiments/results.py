@@ -56,19 +56,28 @@ def code_state() -> dict[str, Any]:
     return state
 
 
+_CODE_AT_IMPORT = code_state()
+"""``code_state`` when this process imported this module, before its run began: the code the process runs (Python
+keeps the modules it imported, whatever the tree becomes while it runs)."""
+
+
 def provenance(wall_time_s: float, device: torch.device | str = "cpu", *,
                data: dict[str, Any] | None) -> dict[str, Any]:
-    """Where a result came from: the code (``code_state``), the data files it read with their SHA-256 (``data``, from
-    ``qlib.experiments.data.data_provenance``; ``None`` only for a result that read no data file), versions, machine and
-    the device the work ran on, wall time, date. Written once, by the run; nothing edits it afterwards."""
+    """Where a result came from: the code (``code_state`` when the process started, the code it ran; where the tree
+    changed before the record is written, ``code_at_write`` gives the state then), the data files it read with their
+    SHA-256 (``data``, from ``qlib.experiments.data.data_provenance``; ``None`` only for a result that read no data
+    file), versions, machine and the device the work ran on, wall time, date. Written once, by the run; nothing edits
+    it afterwards."""
     versions = {}
     for package in PACKAGES:
         try:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
             versions[package] = None
+    now = code_state()
+    started = now if now.get("git_commit_override") else _CODE_AT_IMPORT  # a copy without git: only the override
     return {
-        **code_state(),
+        **started, **({} if now == started else {"code_at_write": now}),
         "data": data,
         "versions": {"python": platform.python_version(), **versions},
         "machine": {"cpu": cpu_model(), "cpu_features": cpu_features(), "cpu_identity": cpu_identity(),
