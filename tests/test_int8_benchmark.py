@@ -217,9 +217,14 @@ def test_the_agreement_benchmark_exports_a_model_trained_with_7_bit_weights_exac
     # the template's run trained on all 67,349 examples: the line says so instead of calling the gap the bits' cost
     assert ("Q8BERT's 8-bit QAT of that seed scores 62.50 (differs: examples 8 vs 67349); its 7-bit-weight route "
             "is 0.00 points from it") in line
-    same = dict(report["trained"], metrics={"accuracy": 0.5})  # a run of the same schedule
+    same = dict(report["trained"], method="qat", metrics={"accuracy": 0.5})  # a run of the same schedule
     (tmp_path / "q8bert" / "sst2" / "qat-seed0.json").write_text(json.dumps(same))
-    assert "scores 50.00 (the same model, examples, epochs and lr)" in seven_bit_qat_lines(records, tmp_path / "q8bert")
+    line = seven_bit_qat_lines(records, tmp_path / "q8bert")
+    assert "scores 50.00 (the same model, examples, epochs and lr);" in line
+    second = dict(same, seed=1, metrics={"accuracy": 0.55})  # a second seed: the line gives the seeds' spread
+    (tmp_path / "q8bert" / "sst2" / "qat-seed1.json").write_text(json.dumps(second))
+    assert "scores 50.00 (the same model, examples, epochs and lr), over its 2 seeds 52.50 ± 3.54;" in \
+        seven_bit_qat_lines(records, tmp_path / "q8bert")
     assert seven_bit_qat_lines([], tmp_path / "q8bert") is None
 
 

@@ -10,7 +10,7 @@ from typing import Any, Mapping, Sequence
 import pandas as pd
 
 from qlib.common.cpu import cpu_class
-from qlib.experiments.results import read_json, read_result, records_its_data
+from qlib.experiments.results import read_json, read_result, read_results, records_its_data
 from qlib.experiments.spec import RunSpec
 
 TARGETS: dict[str, dict[str, float]] = {
@@ -380,9 +380,10 @@ def route_accuracy_lines(table: pd.DataFrame, route: str = "int8_compiled_autotu
 def seven_bit_qat_lines(records: Sequence[dict[str, Any]], q8bert_results: str | Path) -> str | None:
     """One line per agreement run among ``records`` (``int8_agreement_table``'s) that trained its own QAT model with
     7-bit weights: that model's dev score beside Q8BERT's 8-bit QAT of the same task and seed (its result file under
-    ``q8bert_results``), and whether the two trained the same model on the same examples with the same epochs and
-    learning rate (then the gap is what the narrower weights cost; else the line names what differs), and the gap of
-    its 7-bit-weight route, the one a CPU without VNNI runs; None where there is no such run."""
+    ``q8bert_results``) and that QAT's spread over its seeds, and whether the two trained the same model on the same
+    examples with the same epochs and learning rate (then the gap is what the narrower weights cost; else the line
+    names what differs), and the gap of its 7-bit-weight route, the one a CPU without VNNI runs; None where there is
+    no such run."""
     lines = []
     for a in records:
         trained = a.get("trained")
@@ -394,7 +395,7 @@ def seven_bit_qat_lines(records: Sequence[dict[str, Any]], q8bert_results: str |
         if eight.is_file():
             q8bert = read_json(eight)
             beside = (f"Q8BERT's 8-bit QAT of that seed scores {100 * q8bert['metrics'][metric]:.2f} "
-                      f"({_schedule_difference(trained, q8bert)})")
+                      f"({_schedule_difference(trained, q8bert)}){_seed_spread(eight.parent, metric)}")
         else:
             beside = f"Q8BERT's 8-bit QAT of that seed is not committed (`{eight}`)"
         route = a["routes"].get("int8_7bit_weights", {})
@@ -404,6 +405,13 @@ def seven_bit_qat_lines(records: Sequence[dict[str, Any]], q8bert_results: str |
                      f"{a['task']} examples, seed {seed} ({a['provenance']['date'][:16]}): {metric} "
                      f"{seven_score:.2f}; {beside}; {export}.")
     return "\n".join(lines) or None
+
+
+def _seed_spread(folder: Path, metric: str) -> str:
+    """", over its n seeds mean ± std" of Q8BERT's 8-bit QAT runs in ``folder`` (one task's results): how large a
+    gap its seeds alone make; "" with fewer than two seeds."""
+    scores = pd.Series([100 * r["metrics"][metric] for r in read_results(folder) if r["method"] == "qat"])
+    return f", over its {len(scores)} seeds {scores.mean():.2f} ± {scores.std():.2f}" if len(scores) > 1 else ""
 
 
 def _schedule_difference(run: dict[str, Any], other: dict[str, Any]) -> str:
