@@ -46,8 +46,13 @@ from qlib.bert.pq_noise import add_pq_noise, remove_pq_noise  # noqa: E402
 from qlib.deploy.checkpoint import load_float  # noqa: E402
 from qlib.experiments.data import file_sha256  # noqa: E402
 from qlib.experiments.experiment import protocol_for  # noqa: E402
-from qlib.experiments.protocol import IPQ_CENTROIDS, IPQ_NOISE_RATE  # noqa: E402
-from qlib.experiments.quant_noise_tables import BASELINE, ROBUSTNESS_ARMS, WITH_NOISE  # noqa: E402
+from qlib.experiments.protocol import (  # noqa: E402
+    BASELINE_ARM,
+    IPQ_CENTROIDS,
+    IPQ_NOISE_RATE,
+    ROBUSTNESS_ARMS,
+    WITH_NOISE_ARM,
+)
 from qlib.experiments.results import benchmark_path, provenance, write_json  # noqa: E402
 from qlib.experiments.spec import DEFAULT_MODEL, RunSpec, TrainingProtocol  # noqa: E402
 from qlib.experiments.tasks import get_run_task  # noqa: E402
@@ -107,16 +112,16 @@ def main(argv: list[str] | None = None) -> int:
         net = copy.deepcopy(base)
         set_seed(args.seed)
         batches = task.train_batches(tokenizer, protocol, args.seed)  # each arm: the seed's data order from the start
-        if arm == BASELINE:  # the input ranges the first steps of the rows' training set, no weight moved
+        if arm == BASELINE_ARM:  # the input ranges the first steps of the rows' training set, no weight moved
             calibrate(net, islice(batches, CALIBRATION_BATCHES))
         else:
-            if arm == WITH_NOISE:
+            if arm == WITH_NOISE_ARM:
                 add_pq_noise(find_bert(net), spec.noise_rate, spec.centroids, spec.centroid_bits, seed=spec.seed)
             training[arm] = finetune(net, batches, protocol.epochs, protocol.lr, progress=False)
             remove_pq_noise(find_bert(net))
         arms[arm] = quantized_in_stages(net, spec, score)
         print(f"{arm}: " + ", ".join(f"{name} {value:.2f}" for name, value in arms[arm].items()), flush=True)
-    ipq_rows = {BASELINE: spec.with_(noise_rate=1.0).label, WITH_NOISE: spec.label}
+    ipq_rows = {BASELINE_ARM: spec.with_(noise_rate=1.0).label, WITH_NOISE_ARM: spec.label}
     report = {
         "task": task.name, "seed": args.seed, "metric": metric, "checkpoint": args.checkpoint.name,
         "checkpoint_sha256": file_sha256(args.checkpoint), "spec": spec.to_dict(), "arms": list(ROBUSTNESS_ARMS),

@@ -13,8 +13,9 @@ from transformers import BertForSequenceClassification
 
 from qlib.bert.pq_modules import IPQ_STAGES
 from qlib.deploy.checkpoint import save_float
-from qlib.experiments.quant_noise_tables import ROBUSTNESS_ARMS, WITH_NOISE, WITHOUT_NOISE, noise_robustness
-from qlib.experiments.results import read_json
+from qlib.experiments.protocol import ROBUSTNESS_ARMS, WITH_NOISE_ARM, WITHOUT_NOISE_ARM
+from qlib.experiments.quant_noise_tables import noise_robustness
+from qlib.experiments.results import read_json, write_json
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import pq_robustness  # noqa: E402
@@ -36,7 +37,7 @@ def test_each_arm_is_scored_as_float_and_after_each_stage_without_fine_tuning(gl
     for scores in report["scores"].values():
         assert set(scores) == {"float", *IPQ_STAGES}
         assert all(0 <= value <= 100 for value in scores.values())
-    assert set(report["training"]) == {WITHOUT_NOISE, WITH_NOISE}  # the baseline arm trains nothing
+    assert set(report["training"]) == {WITHOUT_NOISE_ARM, WITH_NOISE_ARM}  # the baseline arm trains nothing
     assert all(run["examples"] == 16 for run in report["training"].values())
     assert report["spec"]["noise_rate"] == 0.2 and report["spec"]["centroid_bits"] == 8 and report["seed"] == 1
     assert str(tmp_path) not in report["spec"]["init_from"] and report["checkpoint"] == "fp32.safetensors"
@@ -56,7 +57,7 @@ def test_each_arm_is_scored_as_float_and_after_each_stage_without_fine_tuning(gl
     assert table["iPQ row"].isna().sum() == 2  # the noisy row is not committed; no row for the other
     assert lines.startswith("* Seed 1 (`pq_robustness-sst2-seed1-amx-2026-12-06T1200.json`): product-quantizing")
     cost = {arm: scores["float"] - scores["attention"] for arm, scores in report["scores"].items()}
-    spared = cost[WITHOUT_NOISE] - cost[WITH_NOISE]
+    spared = cost[WITHOUT_NOISE_ARM] - cost[WITH_NOISE_ARM]
     assert (f"the noise spares {spared:.2f} of" if spared > 0 else "the noise spares nothing") in lines
     assert "differ by" not in lines  # only one of the two iPQ rows is committed
     write_run(tmp_path / "results" / "quant-noise", "sst2", "ipq-k8-int8-qn0.2-ft", 1, 0.8, trained="ipq", centroids=8,
@@ -82,6 +83,13 @@ def test_the_chapter_says_when_no_run_is_committed(tmp_path):
     assert noise_robustness("sst2", tmp_path) == [
         f"*No run of `benchmarks/pq_robustness.py` on sst2 committed yet "
         f"(`{tmp_path / 'benchmarks'}/pq_robustness-sst2-seed<n>-*.json`).*"]
+
+
+def test_a_run_of_other_models_is_refused_naming_them(tmp_path):
+    path = tmp_path / "benchmarks" / "pq_robustness-sst2-seed0-amx-2026-12-06T1200.json"
+    write_json(path, {"seed": 0, "arms": ["baseline", "trained twice"]})
+    with pytest.raises(ValueError, match=r"scores the models \['baseline', 'trained twice'\]; the table reads"):
+        noise_robustness("sst2", tmp_path)
 
 
 @pytest.mark.parametrize("without, noisy, clause", [

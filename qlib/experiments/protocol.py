@@ -79,6 +79,10 @@ IPQ_CENTROIDS = 256  # fairseq's k
 IPQ_NOISE_RATE = 0.2
 """PQ noise before iPQ + int8: fairseq's README fine-tunes RoBERTa with ``--quant-noise-pq 0.2`` on blocks of 8 and
 recommends 0.05 to 0.2."""
+ROBUSTNESS_ARMS = ("baseline", "trained again without noise", "trained again with PQ noise")
+"""The models ``benchmarks/pq_robustness.py`` scores, in its order (the names its result files use): the FP32
+Baseline, the Baseline trained once more without noise, and trained once more with PQ noise at ``IPQ_NOISE_RATE``."""
+BASELINE_ARM, WITHOUT_NOISE_ARM, WITH_NOISE_ARM = ROBUSTNESS_ARMS
 INTEGER_TASKS = ("sst2", "mrpc")  # the beyond chapter's integer-only QAT: SST-2 and one more task
 DISTILLATION_TASKS = ("sst2",)
 DISTILLED_SETTINGS = ("Q-BERT 8/8", "Q-BERT 4/8", "Q-BERT 3/8", "Q-BERT 2/8", "Q-BERT_MP 2/3")  # MP: once spectrum

@@ -15,6 +15,7 @@ from torch import nn
 
 from qlib.experiments.compare import side_by_side, sizes_of
 from qlib.experiments.protocol import (
+    BASELINE_ARM,
     HEADS,
     IPQ_CENTROIDS,
     IPQ_NOISE_RATE,
@@ -22,6 +23,9 @@ from qlib.experiments.protocol import (
     NOISE_STUDY_SETTINGS,
     QUANT_NOISE_RATE,
     QUANT_NOISE_SETTINGS,
+    ROBUSTNESS_ARMS,
+    WITH_NOISE_ARM,
+    WITHOUT_NOISE_ARM,
     Job,
     noise_study_jobs,
     quant_noise_jobs,
@@ -48,12 +52,8 @@ def _qat_label(task: str, bits: int, groups: int | str | None) -> str:
                    init_from=FROM_CHECKPOINT).label
 
 
-ROBUSTNESS_ARMS = {"baseline": "Baseline", "trained again without noise": "no noise",
-                   "trained again with PQ noise": "PQ noise"}
-"""The models ``benchmarks/pq_robustness.py`` scores, in its order (the names its result files use), each with its
-short label in ``noise_robustness``'s table: the FP32 Baseline, the Baseline trained once more without noise, and
-trained once more with PQ noise."""
-BASELINE, WITHOUT_NOISE, WITH_NOISE = ROBUSTNESS_ARMS
+_ARM_LABELS = dict(zip(ROBUSTNESS_ARMS, ("Baseline", "no noise", "PQ noise")))
+"""Each of ``ROBUSTNESS_ARMS`` with its short label in ``noise_robustness``'s table, so that the table fits the page."""
 
 
 def with_and_without_noise(task: str, results: str | Path, model: nn.Module) -> list[Any]:
@@ -284,7 +284,7 @@ def noise_robustness(task: str, results: str | Path) -> list[Any]:
     in turn with no fine-tuning (a column per stage, named by it), the points that costs (*PQ cost*: float − all stages
     quantized), and, where the protocol's iPQ row of that seed starts from the same model
     (``<results>/quant-noise/<task>``), that row's score after its stages' fine-tuning (*iPQ row*). The column names
-    and the models' labels (``ROBUSTNESS_ARMS``) are short so that the table fits the page.
+    and the models' labels (``_ARM_LABELS``) are short so that the table fits the page.
 
     Returns:
         What the chapter shows: the table, one line per seed and the remarks on the runs shown; a sentence alone when
@@ -294,6 +294,8 @@ def noise_robustness(task: str, results: str | Path) -> list[Any]:
     newest = {}
     for path in sorted((results / "benchmarks").glob(f"pq_robustness-{task}-seed*-*.json")):  # names end in time
         run = read_result(path)
+        if run["arms"] != list(ROBUSTNESS_ARMS):
+            raise ValueError(f"{path} scores the models {run['arms']}; the table reads {list(ROBUSTNESS_ARMS)}")
         newest[run["seed"]] = (path, run)
     if not newest:
         return [f"*No run of `benchmarks/pq_robustness.py` on {task} committed yet "
@@ -313,7 +315,7 @@ def noise_robustness(task: str, results: str | Path) -> list[Any]:
         lines.append(f"* Seed {seed} (`{path.name}`): product-quantizing every layer with no fine-tuning costs "
                      + ", ".join(f"{arm} {cost:.2f}" for arm, cost in costs.items()) + f" points of {run['metric']}"
                      + _what_the_noise_spares(costs, after) + ".")
-    table = pd.DataFrame.from_dict(rows, orient="index").rename(index=ROBUSTNESS_ARMS).rename_axis(["seed", "model"])
+    table = pd.DataFrame.from_dict(rows, orient="index").rename(index=_ARM_LABELS).rename_axis(["seed", "model"])
     return [table.round(2), "\n".join(lines), notes_markdown(run for _, run in newest.values())]
 
 
@@ -322,11 +324,11 @@ def _what_the_noise_spares(costs: dict[str, float], after: dict[str, float | Non
     spares, the arm trained again without noise against the arm trained again with it (the same extra pass over the
     data), and, where both iPQ rows of the seed are committed, how far apart they end after their stages'
     fine-tuning (the row with noise minus the row from the Baseline)."""
-    without, noisy = costs[WITHOUT_NOISE], costs[WITH_NOISE]
+    without, noisy = costs[WITHOUT_NOISE_ARM], costs[WITH_NOISE_ARM]
     spared = without - noisy
     clause = (f": the noise spares {spared:.2f} of the {without:.2f} points PQ costs the model trained again without it"
               if spared > 0 else f": the noise spares nothing (PQ costs the noisy model {-spared:.2f} points more)")
-    if after[BASELINE] is not None and after[WITH_NOISE] is not None:
+    if after[BASELINE_ARM] is not None and after[WITH_NOISE_ARM] is not None:
         clause += (f"; after their stages' fine-tuning the iPQ rows from the Baseline and from the noisy model differ"
-                   f" by {after[WITH_NOISE] - after[BASELINE]:+.2f} points")
+                   f" by {after[WITH_NOISE_ARM] - after[BASELINE_ARM]:+.2f} points")
     return clause

@@ -3,6 +3,7 @@ tables the speed chapter shows, one row per committed run or per CPU class."""
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -384,7 +385,7 @@ def seven_bit_qat_lines(records: Sequence[dict[str, Any]], q8bert_results: str |
     examples with the same epochs and learning rate (then the gap is what the narrower weights cost; else the line
     names what differs), and the gap of its 7-bit-weight route, the one a CPU without VNNI runs; None where there is
     no such run."""
-    lines = []
+    lines, seed_spread = [], functools.cache(_seed_spread)  # each task's results read once
     for a in records:
         trained = a.get("trained")
         if a.get("weight_bits", 8) == 8 or not trained:
@@ -395,7 +396,7 @@ def seven_bit_qat_lines(records: Sequence[dict[str, Any]], q8bert_results: str |
         if eight.is_file():
             q8bert = read_json(eight)
             beside = (f"Q8BERT's 8-bit QAT of that seed scores {100 * q8bert['metrics'][metric]:.2f} "
-                      f"({_schedule_difference(trained, q8bert)}){_seed_spread(eight.parent, metric)}")
+                      f"({_schedule_difference(trained, q8bert)}){seed_spread(eight.parent, metric)}")
         else:
             beside = f"Q8BERT's 8-bit QAT of that seed is not committed (`{eight}`)"
         route = a["routes"].get("int8_7bit_weights", {})
