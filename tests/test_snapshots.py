@@ -102,6 +102,7 @@ def test_finished_calls_replay_without_training_and_the_cut_one_goes_on(tmp_path
     resumed, snapshots = model("fp32"), Snapshots(tmp_path, every_s=1e9)
     replayed = finetune(resumed, loader(), 1, 1e-3, progress=False, loss_fn=killed_after(0), snapshots=snapshots)
     assert replayed["examples"] == 24  # the finished call's figures, no step taken (the loss would raise)
+    assert replayed["resumed_at_steps"] == [replayed["steps"]] and len(replayed["commits"]) == 1  # who trained it
     finetune(resumed, loader(), 2, 1e-3, progress=False, snapshots=snapshots)
     assert_same_weights(resumed, straight)
     snapshots.clear()

@@ -54,8 +54,9 @@ def finetune(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]], epoch
     throughput figures. ``loss_fn(model, batch)``: the loss to minimize (default: the head's own, from the batch's
     labels), e.g. ``qlib.experiments.distill.distillation_loss``. With ``snapshots``, the training state is saved
     every ``snapshots.every_s`` seconds and at the end, and a call whose snapshot exists goes on from it
-    (``qlib.experiments.snapshots``): the figures then also give the steps it ``resumed_at_steps`` and the
-    ``commits`` of the processes that trained it."""
+    (``qlib.experiments.snapshots``): the figures then also give the steps it ``resumed_at_steps`` (the last step
+    where the call had finished and only its weights are loaded) and the ``commits`` of the processes that trained
+    it."""
     if epochs < 1:
         raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
     no_decay = ("bias", "LayerNorm.weight")
@@ -74,8 +75,8 @@ def finetune(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]], epoch
     done, data_state = Progress(), None
     if path is not None and path.is_file():
         done, data_state = load_snapshot(path, model, optimizer, schedule, identity)
-        if not done.finished:
-            done.resumed_at.append(done.epoch * len(batches) + done.step)
+        # a finished call replayed: taken over at its last step, so its figures name the process that trained it
+        done.resumed_at.append(total if done.finished else done.epoch * len(batches) + done.step)
     if path is not None and not done.finished:
         done.commits.append(code_state()["git_commit"])  # each process that trains this call
     generator = getattr(batches, "generator", None)  # a DataLoader's: it draws each epoch's order
