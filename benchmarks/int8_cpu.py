@@ -27,6 +27,7 @@ import argparse
 import copy
 import json
 import os
+import random
 import statistics
 import sys
 import tempfile
@@ -398,22 +399,39 @@ def linear_ops(model: torch.nn.Module, tokens: int) -> int:
     return 2 * tokens * sum(m.in_features * m.out_features for m in model.modules() if isinstance(m, torch.nn.Linear))
 
 
+HOST_PROBE_SHAPE = 512  # the host probe: an FP32 GEMM of two n×n matrices, about a millisecond on 2 threads
+
+
 def measure(runs: dict[str, Callable], batch: dict[str, torch.Tensor], repeats: int, warmup: int,
-            pause: float) -> dict:
-    """Each variant's forward in turn, ``warmup + repeats`` rounds. After each call the CPU is left idle for
-    ``pause`` s (untimed): thread pools keep spinning for a while after their work (ONNX Runtime's by default,
-    OpenMP's briefly), and on a 2-core machine those spinning threads would slow whichever variant runs next."""
+            pause: float, seed: int = 0) -> dict:
+    """Each variant's forward once per round, ``warmup + repeats`` rounds, the variants in a new random order each
+    round (``seed``). Before each call a host probe (an FP32 GEMM of ``HOST_PROBE_SHAPE``) is timed, so each call's
+    record shows how fast the machine was just then (``probe_ms``, one per call). After each call the CPU is left
+    idle (untimed) for ``pause`` s times a random factor in [0.5, 1.5]: thread pools keep spinning for a while after
+    their work (ONNX Runtime's by default, OpenMP's briefly), and on a 2-core machine those spinning threads would
+    slow whichever variant runs next. Order and pause are drawn at random because the host itself slows this machine
+    in bursts (a cloud VM's neighbours): a fixed order and period can meet those bursts at the same variant round
+    after round."""
+    rng = random.Random(seed)
+    generator = torch.Generator().manual_seed(seed)
+    a, b = (torch.randn(HOST_PROBE_SHAPE, HOST_PROBE_SHAPE, generator=generator) for _ in range(2))
     times: dict[str, list[float]] = {name: [] for name in runs}
+    probes: dict[str, list[float]] = {name: [] for name in runs}
     with torch.inference_mode():
         for round_ in range(warmup + repeats):
-            for name, run in runs.items():
+            order = list(runs)
+            rng.shuffle(order)
+            for name in order:
                 start = time.perf_counter()
-                run(batch)
+                torch.mm(a, b)
+                probed = time.perf_counter()
+                runs[name](batch)
                 if round_ >= warmup:
-                    times[name].append(time.perf_counter() - start)
-                time.sleep(pause)
-    return {name: {"median_ms": 1000 * statistics.median(t), "runs_ms": [round(1000 * x, 2) for x in t]}
-            for name, t in times.items()}
+                    times[name].append(time.perf_counter() - probed)
+                    probes[name].append(probed - start)
+                time.sleep(pause * rng.uniform(0.5, 1.5))
+    return {name: {"median_ms": 1000 * statistics.median(t), "runs_ms": [round(1000 * x, 2) for x in t],
+                   "probe_ms": [round(1000 * x, 3) for x in probes[name]]} for name, t in times.items()}
 
 
 PROFILE_GROUPS = {"GEMM": ("addmm", "linear", "aten::mm"), "attention": ("scaled_dot_product", "bmm", "softmax"),
@@ -558,8 +576,10 @@ def print_verdicts(cpu: str, timing: dict) -> None:
                 settled = "" if judged["every round agrees"] else "; not settled: rounds on both sides"
                 verdict = f" ({judged['verdict'].replace('misses', 'MISSES')} the {judged['target']}x target on {cpu}" \
                     f"{settled})"
+            calm = judged.get("calm speed-up")
+            calm = f"; outside host bursts {calm:.2f}x" if calm else ""
             print(f"  {route} vs {other}: {judged['speed-up']:.2f}x "
-                  f"(rounds {judged['lowest round']:.2f}-{judged['highest round']:.2f}x){verdict}")
+                  f"(rounds {judged['lowest round']:.2f}-{judged['highest round']:.2f}x{calm}){verdict}")
 
 
 def main(argv: list[str] | None = None) -> int:

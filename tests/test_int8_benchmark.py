@@ -95,6 +95,21 @@ def test_a_variant_that_cannot_run_is_skipped_with_why(setup, monkeypatch):
                        "ao_dynamic": "failed to build: OSError: engine exploded"}
 
 
+def test_measure_times_every_variant_once_a_round_in_a_random_order_with_a_host_probe_before_each_call():
+    calls = []
+    runs = {name: (lambda batch, name=name: calls.append(name)) for name in "abcd"}
+    timing = int8_cpu.measure(runs, {}, repeats=7, warmup=1, pause=0.0, seed=3)
+    assert set(timing) == set(runs)
+    for t in timing.values():
+        assert len(t["runs_ms"]) == len(t["probe_ms"]) == 7 and all(p > 0 for p in t["probe_ms"])
+    rounds = [tuple(calls[i:i + 4]) for i in range(0, len(calls), 4)]
+    assert len(rounds) == 8 and all(sorted(r) == list("abcd") for r in rounds)
+    assert len(set(rounds)) > 1  # not one fixed order
+    calls.clear()
+    int8_cpu.measure(runs, {}, repeats=7, warmup=1, pause=0.0, seed=3)
+    assert [tuple(calls[i:i + 4]) for i in range(0, len(calls), 4)] == rounds  # the seed fixes the orders
+
+
 def test_the_cpu_limits_are_measured():
     peaks = int8_cpu.gemm_peaks(m=64, k=128, n=128, repeats=3)
     assert peaks["fp32_gemm_gops"] > 0 and peaks.get("int8_gemm_gops", 1) > 0 and peaks["gemm_shape"] == [64, 128, 128]

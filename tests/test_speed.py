@@ -7,8 +7,10 @@ import pytest
 
 from qlib.experiments.results import write_json
 from qlib.experiments.speed import (
+    BURST_FACTOR,
     TARGETS,
     benchmark_runs,
+    calm_speedup,
     classes_side_by_side,
     judge,
     latest_per_class,
@@ -106,6 +108,18 @@ def test_a_verdict_shows_its_spread_over_the_rounds_and_whether_the_run_settles_
     assert row["verdict"] == "misses" and row["speed-up"] == pytest.approx(0.95)
     assert (row["lowest round"], row["highest round"]) == pytest.approx((0.9, 1.05))
     assert not row["every round agrees"]  # one round meets the 1.0x target: this run does not settle it
+
+
+def test_the_calm_speed_up_leaves_out_the_calls_made_in_a_host_burst():
+    other = {"median_ms": 30.0, "runs_ms": [20.0, 36.0, 30.0, 21.0], "probe_ms": [1.0, 1.8, 1.9, 1.1]}
+    route = {"median_ms": 25.0, "runs_ms": [19.0, 25.0, 31.0, 18.0], "probe_ms": [1.0, 1.05, 2.0, 1.2]}
+    calm = calm_speedup(other, route)  # calm: probes <= 1.3 ms; other 20, 21 against route 19, 25, 18
+    assert calm == pytest.approx({"calm speed-up": 20.5 / 19.0, "calls in bursts": 3 / 8})
+    assert judge(other, route, 1.0)["calm speed-up"] == pytest.approx(20.5 / 19.0)
+    assert BURST_FACTOR * 1.0 < 1.8  # the burst probes above are above the line
+    every_other_in_a_burst = other | {"probe_ms": [2.0, 2.0, 2.0, 2.0]}
+    assert calm_speedup(every_other_in_a_burst, route | {"probe_ms": [1.0] * 4})["calm speed-up"] is None
+    assert calm_speedup({"median_ms": 1.0, "runs_ms": [1.0]}, route) == {}  # a run from before the probes
 
 
 def test_round_speedups_pair_rounds_one_to_one():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import re
+import statistics
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -130,9 +131,10 @@ def classes_side_by_side(runs: dict[str, dict[str, Any]], shape: str = "bert-bas
 def round_speedups(other_ms: Sequence[float], route_ms: Sequence[float]) -> tuple[float, float]:
     """The spread of a speed-up over one run's rounds: the lowest and highest ``other_ms[i] / route_ms[i]``.
 
-    The benchmark times every variant once per round, in turn (``measure``), so a slow stretch of the machine that
-    spans a round slows its variants alike and drops out of their ratio; what is left is each call's own noise.
-    A target inside this range is not settled by the run: a second run can put the ratio of medians on its other side.
+    The benchmark times every variant once per round (``measure``). A slow stretch of the machine that lasts a whole
+    round slows its variants alike and drops out of their ratio; the host's shorter bursts (``BURST_FACTOR``) do not,
+    and widen this range. A target inside it is not settled by the run: a second run can put the ratio of medians
+    on its other side.
 
     Args:
         other_ms: the other variant's time in each round (ms).
@@ -149,20 +151,47 @@ def round_speedups(other_ms: Sequence[float], route_ms: Sequence[float]) -> tupl
     return min(ratios), max(ratios)
 
 
+BURST_FACTOR = 1.3
+"""A timed call ran in a burst of the host when the host probe just before it (``probe_ms``: a small FP32 GEMM,
+``benchmarks/int8_cpu.py``'s ``measure``) took more than this times the fastest probe of the two variants compared.
+On the virtual machines measured here the probe runs at two speeds, the slower one in bursts of a fraction of a
+second, and a call in a burst takes longer by a similar factor: this one lies between the two."""
+
+
+def calm_times(timing: Mapping[str, Any], fastest_probe: float) -> list[float]:
+    """A variant's times (ms) of the calls whose host probe ran outside a burst (``BURST_FACTOR``)."""
+    return [ms for ms, probe in zip(timing["runs_ms"], timing["probe_ms"]) if probe <= BURST_FACTOR * fastest_probe]
+
+
+def calm_speedup(other: Mapping[str, Any], route: Mapping[str, Any]) -> dict[str, Any]:
+    """A speed-up measured outside the host's bursts: median(other's calm times) / median(route's calm times)
+    (``calm_times``, against the fastest probe of either), and the share of the two variants' calls that ran in a
+    burst. Empty for a run that recorded no probes (before they were added); the speed-up is None where either
+    variant had no calm call."""
+    if "probe_ms" not in other or "probe_ms" not in route:
+        return {}
+    fastest = min(other["probe_ms"] + route["probe_ms"])
+    calm = [calm_times(t, fastest) for t in (other, route)]
+    calls = len(other["runs_ms"]) + len(route["runs_ms"])
+    return {"calm speed-up": statistics.median(calm[0]) / statistics.median(calm[1]) if all(calm) else None,
+            "calls in bursts": 1 - (len(calm[0]) + len(calm[1])) / calls}
+
+
 def judge(other: Mapping[str, Any], route: Mapping[str, Any], target: float | None) -> dict[str, Any]:
     """One qbook route's speed-up over another variant, timed side by side in one run, judged against a target.
 
     speed-up = median(other) / median(route); the verdict is "meets" when speed-up >= target. The run settles the
-    verdict only when every round's own speed-up (``round_speedups``) falls on the same side of the target.
+    verdict only when every round's own speed-up (``round_speedups``) falls on the same side of the target. Where
+    the run probed the host before each call, the speed-up outside its bursts too (``calm_speedup``).
 
     Args:
-        other: the other variant's timing (``median_ms`` and per-round ``runs_ms``).
+        other: the other variant's timing (``median_ms``, per-round ``runs_ms`` and, in newer runs, ``probe_ms``).
         route: qbook's route's timing in the same run (same keys, same rounds).
         target: the speed-up wanted (``TARGETS``), or ``None`` where its CPU class sets none.
 
     Returns:
         ``speed-up``, ``lowest round`` and ``highest round``; with a target also ``target``, ``verdict`` ("meets" or
-        "misses") and ``every round agrees``.
+        "misses") and ``every round agrees``; with probes also ``calm speed-up`` and ``calls in bursts``.
     """
     ratio = other["median_ms"] / route["median_ms"]
     low, high = round_speedups(other["runs_ms"], route["runs_ms"])
@@ -170,18 +199,19 @@ def judge(other: Mapping[str, Any], route: Mapping[str, Any], target: float | No
     if target is not None:
         judged |= {"target": target, "verdict": "meets" if ratio >= target else "misses",
                    "every round agrees": (low >= target) == (high >= target)}
-    return judged
+    return judged | calm_speedup(other, route)
 
 
 VERDICT_COLUMNS = ["CPU class", "batch", "qbook route", "vs", "verdict", "speed-up", "target", "lowest round",
-                   "highest round", "every round agrees"]
+                   "highest round", "every round agrees", "calm speed-up", "calls in bursts"]
 
 
 def verdicts(runs: dict[str, dict[str, Any]], shape: str = "bert-base", seq: int = 128) -> pd.DataFrame:
     """Per CPU class, batch and qbook route (``QBOOK_ROUTES``), its speed-up over each variant its class has a
     target for, the target, and whether the run meets it (ratios of medians measured side by side in that run);
     beside them the speed-up's spread over the run's rounds (``round_speedups``) and whether every round falls on
-    the verdict's side of the target (if not, the run does not settle it)."""
+    the verdict's side of the target (if not, the run does not settle it); for runs that probed the host, the
+    speed-up outside its bursts and the share of calls in them (``calm_speedup``)."""
     rows = []
     for cls, run in runs.items():
         for point, ms in run["shapes"].get(shape, {}).get("latency", {}).items():
