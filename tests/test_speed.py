@@ -10,6 +10,7 @@ from qlib.experiments.speed import (
     BURST_FACTOR,
     TARGETS,
     benchmark_runs,
+    calm_at_point,
     calm_speedup,
     classes_side_by_side,
     judge,
@@ -120,6 +121,23 @@ def test_the_calm_speed_up_leaves_out_the_calls_made_in_a_host_burst():
     every_other_in_a_burst = other | {"probe_ms": [2.0, 2.0, 2.0, 2.0]}
     assert calm_speedup(every_other_in_a_burst, route | {"probe_ms": [1.0] * 4})["calm speed-up"] is None
     assert calm_speedup({"median_ms": 1.0, "runs_ms": [1.0]}, route) == {}  # a run from before the probes
+
+
+def test_runs_that_probed_the_host_give_their_fastest_routes_calm_speed_ups(folder):
+    probed = run("2026-12-06T10:00", "AMX", {})
+    probed["path"] = str(folder / "int8_cpu-amx-9.json")
+    probed["shapes"]["bert-base"]["latency"] = {"batch8-seq128": {
+        "qbook_int8": {"median_ms": 30.0, "runs_ms": [30.0, 31.0], "probe_ms": [1.0, 1.0]},
+        "qbook_int8_autotuned": {"median_ms": 20.0, "runs_ms": [18.0, 22.0], "probe_ms": [1.0, 2.0]},
+        "openvino_int8": {"median_ms": 21.0, "runs_ms": [19.8, 24.0], "probe_ms": [1.1, 1.9]}}}
+    write_json(folder / "int8_cpu-amx-9.json", probed)
+    table = calm_at_point(benchmark_runs(folder), batch=8)
+    assert list(table.index.str.split(" ").str[0]) == ["int8_cpu-amx-9"]  # the others recorded no probes
+    row = table.iloc[0]
+    assert row["fastest qbook route"] == "qbook_int8_autotuned"
+    assert row["vs openvino_int8, calm"] == pytest.approx(19.8 / 18.0)  # the calls after a fast probe
+    assert row["calls in bursts"] == pytest.approx(2 / 6)
+    assert "vs ort_int8, calm" not in table  # not timed by this run
 
 
 def test_round_speedups_pair_rounds_one_to_one():

@@ -278,6 +278,30 @@ def runs_at_point(runs: list[dict[str, Any]], batch: int = 8, seq: int = 128, sh
     return pd.DataFrame.from_dict(rows, orient="index")
 
 
+def calm_at_point(runs: list[dict[str, Any]], batch: int = 8, seq: int = 128, shape: str = "bert-base"
+                  ) -> pd.DataFrame:
+    """For each run that probed the host before each call (``measure``'s ``probe_ms``), at one point: the fastest
+    qbook route's speed-up over each variant its class has targets for over the calls outside the host's bursts
+    (``calm_speedup``), and the share of all the point's calls that met a burst (against the point's fastest probe);
+    rows named as in ``runs_at_point``, whose ratios of medians they sit beside."""
+    rows = {}
+    for run in runs:
+        timing = run["shapes"].get(shape, {}).get("latency", {}).get(point_name(batch, seq), {})
+        routes = [r for r in QBOOK_ROUTES if "probe_ms" in timing.get(r, {})]
+        if not routes:
+            continue
+        fastest = min(routes, key=lambda r: timing[r]["median_ms"])
+        row: dict[str, Any] = {"fastest qbook route": fastest} | {
+            f"vs {other}, calm": calm_speedup(timing[other], timing[fastest])["calm speed-up"]
+            for other in TARGETS.get(run["class"], {}) if "probe_ms" in timing.get(other, {})}
+        probed = [t for t in timing.values() if "probe_ms" in t]
+        fastest_probe = min(p for t in probed for p in t["probe_ms"])
+        calls = sum(len(t["runs_ms"]) for t in probed)
+        row["calls in bursts"] = 1 - sum(len(calm_times(t, fastest_probe)) for t in probed) / calls
+        rows[f"{Path(run['path']).stem} ({run['provenance']['date'][:16]})"] = row
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
 def profile_at(run: dict[str, Any], batch: int, seq: int, shape: str = "bert-base") -> dict[str, dict[str, float]]:
     """A run's profile at (``batch``, ``seq``): variant -> ms per kind of work; {} where it profiled no such point.
     The first of its ``profile_batches`` (before them, its one ``profile_batch``) is ``profile_ms``, the others
