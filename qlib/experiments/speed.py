@@ -154,8 +154,9 @@ def round_speedups(other_ms: Sequence[float], route_ms: Sequence[float]) -> tupl
 BURST_FACTOR = 1.3
 """A timed call ran in a burst of the host when the host probe just before it (``probe_ms``: a small FP32 GEMM,
 ``benchmarks/int8_cpu.py``'s ``measure``) took more than this times the fastest probe of the two variants compared.
-On the virtual machines measured here the probe runs at two speeds, the slower one in bursts of a fraction of a
-second, and a call in a burst takes longer by a similar factor: this one lies between the two."""
+On the AMX virtual machine where the bursts were found (int8_cpu-amx-2026-12-06T1704 and the probes before it) a
+GEMM ran at two speeds, the slower one in bursts of a fraction of a second, and a short call after a slow probe
+took longer by a similar factor: this one lies between the two speeds."""
 
 
 def calm_times(timing: Mapping[str, Any], fastest_probe: float) -> list[float]:
