@@ -247,8 +247,8 @@ def test_a_run_killed_mid_stage_resumes_from_its_snapshots_to_the_same_result(gl
     assert resumed["metrics"] == straight["metrics"]
     stages = resumed["train"]["stages"]
     # the two finished calls replayed (taken over at their last step), the cut one resumed after its first step
-    assert [s.get("resumed_at_steps") for s in stages.values()] == [[s["steps"]] for s in stages.values()][:2] + [
-        [1], None]
+    steps = [s["steps"] for s in stages.values()]
+    assert [s.get("resumed_at_steps") for s in stages.values()] == [[steps[0]], [steps[1]], [1], None]
     assert not list(snapshots.rglob("*.safetensors"))  # cleared once the results are written
     name = f"sst2/{straight['method']}-seed0.safetensors"
     first, second = load_file(tmp_path / "straight" / name), load_file(tmp_path / "resumed" / name)

@@ -173,9 +173,16 @@ def calm_speedup(other: Mapping[str, Any], route: Mapping[str, Any]) -> dict[str
         return {}
     fastest = min(other["probe_ms"] + route["probe_ms"])
     calm = [calm_times(t, fastest) for t in (other, route)]
-    calls = len(other["runs_ms"]) + len(route["runs_ms"])
     return {"calm speed-up": statistics.median(calm[0]) / statistics.median(calm[1]) if all(calm) else None,
-            "calls in bursts": 1 - (len(calm[0]) + len(calm[1])) / calls}
+            "calls in bursts": burst_share([other, route])}
+
+
+def burst_share(timings: Sequence[Mapping[str, Any]]) -> float:
+    """The share of the calls of ``timings`` (variants timed with probes) whose probe ran in a host burst, against the
+    fastest probe among them (``calm_times``)."""
+    fastest = min(p for t in timings for p in t["probe_ms"])
+    calls = sum(len(t["runs_ms"]) for t in timings)
+    return 1 - sum(len(calm_times(t, fastest)) for t in timings) / calls
 
 
 def judge(other: Mapping[str, Any], route: Mapping[str, Any], target: float | None) -> dict[str, Any]:
@@ -295,10 +302,7 @@ def calm_at_point(runs: list[dict[str, Any]], batch: int = 8, seq: int = 128, sh
         row: dict[str, Any] = {"fastest qbook route": fastest} | {
             f"vs {other}, calm": calm_speedup(timing[other], timing[fastest])["calm speed-up"]
             for other in TARGETS.get(run["class"], {}) if "probe_ms" in timing.get(other, {})}
-        probed = [t for t in timing.values() if "probe_ms" in t]
-        fastest_probe = min(p for t in probed for p in t["probe_ms"])
-        calls = sum(len(t["runs_ms"]) for t in probed)
-        row["calls in bursts"] = 1 - sum(len(calm_times(t, fastest_probe)) for t in probed) / calls
+        row["calls in bursts"] = burst_share([t for t in timing.values() if "probe_ms" in t])
         rows[f"{Path(run['path']).stem} ({run['provenance']['date'][:16]})"] = row
     return pd.DataFrame.from_dict(rows, orient="index")
 
