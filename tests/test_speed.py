@@ -13,6 +13,7 @@ from qlib.experiments.speed import (
     calm_at_point,
     calm_speedup,
     classes_side_by_side,
+    export_against_engines,
     judge,
     latest_per_class,
     limits,
@@ -299,3 +300,18 @@ def test_the_sweep_comes_from_the_newest_full_run_of_this_machines_class(folder,
     monkeypatch.setattr(speed, "cpu_class", lambda: "AVX2")  # no run of this class: the newest full run of any
     assert speed.sweep_run(runs)["path"].endswith("int8_cpu-vnni-6.json")
     assert speed.sweep_run(runs[:3]) is None  # the fixture's runs recorded no sweep
+
+
+def test_the_export_is_set_against_each_engines_own_int8_model():
+    timed = run("2026-12-06T20:00", "AVX-512 VNNI", {"qbook_qdq_openvino": 9.0, "openvino_int8": 10.0,
+                                                     "qbook_qdq_ort": 20.0, "fp32": 40.0})
+    timed["shapes"]["bert-base"]["agreement"] = {"qbook_qdq_openvino": {"max_abs_diff_vs_fake_quantized": 0.01},
+                                                 "openvino_int8": {"max_abs_diff_vs_fake_quantized": 0.04}}
+    table = export_against_engines({"AVX-512 VNNI": timed})
+    assert list(table.index) == [("AVX-512 VNNI", 1, "qbook_qdq_openvino"), ("AVX-512 VNNI", 8, "qbook_qdq_openvino")]
+    row = table.loc[("AVX-512 VNNI", 8, "qbook_qdq_openvino")]  # ONNX Runtime's own static model was not timed
+    assert row["against"] == "openvino_int8"
+    assert (row["export ms"], row["its own ms"]) == (72.0, 80.0)
+    assert row["speed-up of the export"] == pytest.approx(10.0 / 9.0)
+    assert (row["export max |Δlogit|"], row["its own max |Δlogit|"]) == (0.01, 0.04)
+    assert export_against_engines({"AVX-512 VNNI": timed}, seq=512).empty  # no point at that length

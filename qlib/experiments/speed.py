@@ -259,6 +259,32 @@ def limits(runs: dict[str, dict[str, Any]], variants: tuple[str, ...] = PROFILED
     return pd.DataFrame(rows).set_index("CPU class") if rows else pd.DataFrame()
 
 
+EXPORT_PAIRS = {"qbook_qdq_openvino": "openvino_int8", "qbook_qdq_ort": "ort_qdq_static"}
+"""qbook's QDQ export (``qlib.deploy.onnx_export``, the QAT model's learned scales) run by an engine -> the int8 model
+that engine makes itself from the float model by post-training quantization, in the benchmark's variants."""
+
+
+def export_against_engines(runs: dict[str, dict[str, Any]], shape: str = "bert-base", seq: int = 128
+                           ) -> pd.DataFrame:
+    """Per CPU class and batch, each engine on qbook's QDQ export against the same engine on its own post-training
+    int8 model (``EXPORT_PAIRS``): both medians, the export's speed-up (the engine's model's median over the
+    export's, from one run: above 1 the export is the faster) and each one's max ``|Δlogit|`` against the
+    fake-quantized model (the run's agreement batch). One run per class, as ``latest_per_class`` gives them."""
+    rows = []
+    for cls, run in runs.items():
+        report = run["shapes"].get(shape, {})
+        drift = {name: a.get("max_abs_diff_vs_fake_quantized") for name, a in report.get("agreement", {}).items()}
+        for point, timing in report.get("latency", {}).items():
+            batch, point_seq = batch_and_seq(point)
+            pairs = [(e, o) for e, o in EXPORT_PAIRS.items() if e in timing and o in timing]
+            rows += [{"CPU class": cls, "batch": batch, "export run by": export, "against": own,
+                      "export ms": timing[export]["median_ms"], "its own ms": timing[own]["median_ms"],
+                      "speed-up of the export": timing[own]["median_ms"] / timing[export]["median_ms"],
+                      "export max |Δlogit|": drift.get(export), "its own max |Δlogit|": drift.get(own)}
+                     for export, own in pairs if point_seq == seq]
+    return pd.DataFrame(rows).set_index(["CPU class", "batch", "export run by"]) if rows else pd.DataFrame()
+
+
 def agreement(run: dict[str, Any], shape: str = "bert-base") -> pd.DataFrame:
     """Each variant's max ``|Δlogit|`` and class agreement against the fake-quantized model and FP32, as the run
     measured them on one batch of random tokens."""
