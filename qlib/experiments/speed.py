@@ -272,16 +272,18 @@ def export_against_engines(runs: dict[str, dict[str, Any]], shape: str = "bert-b
     fake-quantized model (the run's agreement batch). One run per class, as ``latest_per_class`` gives them."""
     rows = []
     for cls, run in runs.items():
-        report = run["shapes"].get(shape, {})
-        drift = {name: a.get("max_abs_diff_vs_fake_quantized") for name, a in report.get("agreement", {}).items()}
-        for point, timing in report.get("latency", {}).items():
+        if shape not in run["shapes"]:
+            continue
+        drift = agreement(run, shape).get("max_abs_diff_vs_fake_quantized", pd.Series(dtype=float))
+        for point, timing in run["shapes"][shape].get("latency", {}).items():
             batch, point_seq = batch_and_seq(point)
-            pairs = [(e, o) for e, o in EXPORT_PAIRS.items() if e in timing and o in timing]
+            if point_seq != seq:
+                continue
             rows += [{"CPU class": cls, "batch": batch, "export run by": export, "against": own,
                       "export ms": timing[export]["median_ms"], "its own ms": timing[own]["median_ms"],
                       "speed-up of the export": timing[own]["median_ms"] / timing[export]["median_ms"],
                       "export max |Δlogit|": drift.get(export), "its own max |Δlogit|": drift.get(own)}
-                     for export, own in pairs if point_seq == seq]
+                     for export, own in EXPORT_PAIRS.items() if export in timing and own in timing]
     return pd.DataFrame(rows).set_index(["CPU class", "batch", "export run by"]) if rows else pd.DataFrame()
 
 
