@@ -223,6 +223,8 @@ def test_a_baseline_that_is_a_q8bert_fp32_run_trains_once_for_both_chapters(swep
         "q8bert/sst2/fp32-seed0")  # it runs where Q8BERT's FP32 run would have
     assert all(j.also == (("q8bert", (j.spec, j.spec.with_(method="dq"))),) for j in shared)
     assert all(len(j.post_training) == len(directq_specs(j.spec, HEADS)) for j in shared)  # its DirectQ rows too
+    assert all(j.evaluations == 1 + len(j.post_training) + 1 for j in shared)  # FP32 once, then DirectQ and DQ
+    assert all(j.evaluations == 1 + len(j.post_training) for j in left)
     assert {j.spec.task for j in left} == {"conll2003"} and len(rows) == len(q8_main)
     assert Job.from_json(shared[0].to_json()) == shared[0]
 

@@ -12,7 +12,7 @@ import pytest
 from conftest import RESULT_TEMPLATE as TEMPLATE
 from conftest import write_run
 
-from qlib.experiments.qbert import main_table_rows
+from qlib.experiments.qbert import DIRECTQ, main_table_rows
 from qlib.experiments.qbert_tables import (
     batch_size_effect,
     committed_spectra,
@@ -207,11 +207,13 @@ def test_missing_runs_are_named_with_their_cost_estimated_from_measured_runs(tmp
         "dev examples": 10570}}}))
     table = missing_runs("squad", main_table_rows(None, 12, "squad"), tmp_path / "qbert")
     assert list(table.index) == ["Baseline", "Q-BERT 8/8", "Q-BERT 4/8", "Q-BERT 3/8", "Q-BERT 2/8"]  # no DirectQ
-    per_run = (120 / 320 * 20_000 + 20 * 10570 / 320) / 3600  # the protocol's 20 k questions, the whole dev set
-    assert table.loc["Baseline", "est. h per run"] == pytest.approx(per_run, abs=0.01)
-    assert table.loc["Q-BERT 2/8", "est. h in all"] == pytest.approx(3 * per_run, abs=0.01)
+    training, evaluation = 120 / 320 * 20_000, 20 * 10570 / 320  # the protocol's 20 k questions, the whole dev set
+    assert len(DIRECTQ) == 6  # DirectQ 4/3/2, with and without the clip: each evaluated on the Baseline's weights
+    assert table.loc["Baseline", "est. h per run"] == pytest.approx((training + 7 * evaluation) / 3600, abs=0.01)
+    assert table.loc["Q-BERT 2/8", "est. h in all"] == pytest.approx(3 * (training + evaluation) / 3600, abs=0.01)
     assert table.loc["Baseline", "seeds missing"] == "0, 1, 2" and table.loc["Baseline", "estimated from"] == (
-        "1 measured FP32 run(s), from random batches (an overestimate)")  # the template's run predates grouping
+        "1 measured FP32 run(s), from random batches (an overestimate); training and 7 dev evaluations (its own, "
+        "its DirectQ rows')")  # the template's run predates grouping
     assert table.loc["Q-BERT 3/8", "estimated from"] == (
         "FP32's speed (1 run(s)), a lower bound, from random batches (an overestimate)")
     (tmp_path / "benchmarks" / "batching-avx2-2026-01-01T0000.json").write_text(json.dumps({
@@ -219,9 +221,9 @@ def test_missing_runs_are_named_with_their_cost_estimated_from_measured_runs(tmp
         "tasks": {"squad": {"fp32_speedup": 2.0, "qat_speedup": 1.5}}}))
     table = missing_runs("squad", main_table_rows(None, 12, "squad"), tmp_path / "qbert")
     assert table.loc["Baseline", "est. h per run"] == pytest.approx(
-        (120 / 320 * 20_000 / 2.0 + 20 * 10570 / 320) / 3600, abs=0.01)  # training at the measured speed-up
-    assert table.loc["Baseline", "estimated from"] == (
-        "1 measured FP32 run(s), from random batches ÷ their measured speed-up")
+        (training / 2.0 + 7 * evaluation) / 3600, abs=0.01)  # training at the measured speed-up
+    assert table.loc["Baseline", "estimated from"].startswith(
+        "1 measured FP32 run(s), from random batches ÷ their measured speed-up; training and 7")
     assert missing_runs("conll2003", main_table_rows(None, 12, "conll2003"), tmp_path / "qbert").loc[
         "Baseline", "estimated from"] == "no run measured"
 

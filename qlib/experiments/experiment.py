@@ -163,6 +163,14 @@ def _params(spec: RunSpec, post_training: Sequence[RunSpec]) -> dict[str, Any]:
                                           "post_training": [row.label for row in post_training]}
 
 
+def evaluated_rows(spec: RunSpec, post_training: Sequence[RunSpec] = (),
+                   also: Mapping[str | Path, Sequence[RunSpec]] | None = None) -> list[RunSpec]:
+    """The post-training rows ``run`` evaluates on ``spec``'s trained weights, one per label: ``post_training``'s
+    and those of ``also`` other than ``spec`` itself (a row two folders want is evaluated once)."""
+    others = [row for rows in (also or {}).values() for row in rows if row != spec]
+    return list({row.label: row for row in [*post_training, *others]}.values())
+
+
 def run(spec: RunSpec, post_training: Sequence[RunSpec] = (), experiment: str = "q8bert",
         results_dir: str | Path = "results/q8bert", resume: bool = True, progress: bool = True,
         device: str | None = None, checkpoint_dir: str | Path | None = None,
@@ -194,7 +202,7 @@ def run(spec: RunSpec, post_training: Sequence[RunSpec] = (), experiment: str = 
         raise ValueError(f"{spec.label} trains nothing: run its trained spec ({spec.trained_spec.label}) with it "
                          "in post_training")
     elsewhere = [(row, row.result_path(folder)) for folder, rows in (also or {}).items() for row in rows]
-    evaluated = list({row.label: row for row in [*post_training, *(r for r, _ in elsewhere if r != spec)]}.values())
+    evaluated = evaluated_rows(spec, post_training, also)
     foreign = [row.label for row in evaluated
                if not row.is_post_training or row.trained_spec != spec.with_(init_from=None)]
     if foreign or (evaluated and spec.method != "fp32"):

@@ -38,12 +38,15 @@ def grouped_speedups(results: str | os.PathLike) -> dict[str, dict[str, float]]:
 
 
 def estimated_hours(records: Sequence[dict[str, Any]], examples: int | None, passes: int,
-                    dev_examples: int | None = None, grouped_speedup: float | None = None) -> float | None:
+                    dev_examples: int | None = None, grouped_speedup: float | None = None,
+                    evaluations: int = 1) -> float | None:
     """What one run of a protocol would take, in wall hours, estimated from measured runs (``records``) of the same
     task: the mean over them of their training seconds per training example and pass over the data (a record's
     ``train.seconds`` over its epochs; an iPQ record's are its last stage's) times ``examples`` (None: the whole
     training set, known only from a record trained on all of it) and ``passes`` (a spec's ``passes``: iPQ makes one
-    per stage), plus their dev evaluation, scaled to ``dev_examples`` (None: as measured). ``grouped_speedup``: for
+    per stage), plus their dev evaluation, scaled to ``dev_examples`` (None: as measured), times ``evaluations`` (how
+    many the run makes: an FP32 Baseline also evaluates each of its post-training rows, ``Job.evaluations``; each
+    counts as long as the record's own, so a quantized row's slower one is understated). ``grouped_speedup``: for
     a run on length-grouped batches, how many times faster its steps are than random batches' (``grouped_speedups``);
     the training time of a record made on random batches (``TrainingProtocol.recorded``) is divided by it. None when
     no record gives an estimate."""
@@ -57,7 +60,7 @@ def estimated_hours(records: Sequence[dict[str, Any]], examples: int | None, pas
         random = not TrainingProtocol.recorded(r["params"]).group_by_length
         speedup = grouped_speedup if grouped_speedup is not None and random else 1.0
         estimates.append(r["train"]["seconds"] / (trained_on * r["params"]["epochs"]) * n * passes / speedup
-                         + evaluation)
+                         + evaluation * evaluations)
     return sum(estimates) / len(estimates) / 3600 if estimates else None
 
 
@@ -81,7 +84,8 @@ def protocol_progress(results: str | Path = "results", checkpoints: str | Path =
     earlier, altered copy (the same sizes, so about the same cost), else from the task's finished FP32 jobs (a lower
     bound: QAT trains slower), else from a CPU run of the task's FP32 outside the protocol that records its data (a
     sizing run such as ``results/squad-sizing``: a lower bound), else unknown (a Hessian spectrum has no such estimate);
-    each one's dev evaluation is scaled to the whole dev set (``dev_set_size``). An estimate of a length-grouped job
+    each one's dev evaluation is scaled to the whole dev set (``dev_set_size``) and counted once per evaluation the job
+    makes (``Job.evaluations``: a Baseline's post-training rows too). An estimate of a length-grouped job
     from runs on random batches divides their training time by the step speed-up that ``benchmarks/batching.py``
     measured for the task (``grouped_speedups``; FP32's for an FP32 job, QAT's for the others), and says so
     (``random_batches_caveat``); without a measured speed-up it overstates. The hours are None where none of a row's
@@ -126,7 +130,7 @@ def protocol_progress(results: str | Path = "results", checkpoints: str | Path =
                                         ("fp32", "sizing run (lower bound)", sizing)):
                 alike = [(spec, r) for spec, r in pool if (spec.task, spec.method) == (job.spec.task, method)]
                 hours = estimated_hours([r for _, r in alike], job.spec.protocol.max_train_examples, job.spec.passes,
-                                        dev, speedup)
+                                        dev, speedup, job.evaluations)
                 if hours is not None:
                     how = basis + random_batches_caveat([r for _, r in alike], job.spec.protocol.group_by_length,
                                                         speedup)

@@ -39,7 +39,15 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from qlib.experiments.batch import NotebookJob, job_name
-from qlib.experiments.experiment import SWEEP_TASKS, checkpoint_path, protocol_for, run, sweep_folder, sweep_points
+from qlib.experiments.experiment import (
+    SWEEP_TASKS,
+    checkpoint_path,
+    evaluated_rows,
+    protocol_for,
+    run,
+    sweep_folder,
+    sweep_points,
+)
 from qlib.experiments.jobs import Report, close_client, execute, make_client, plan_lines, resources_for, select_jobs
 from qlib.experiments.qbert import MIXED_SETTINGS, SETTINGS, directq_specs, fp32_checkpoint, run_spectrum, setting_spec
 from qlib.experiments.results import read_json, records_its_data
@@ -156,6 +164,11 @@ class Job:
         results = [row.result_path(self.results_dir) for row in (self.spec, *self.post_training)]
         results += [row.result_path(folder) for folder, rows in self._also().items() for row in rows]
         return all(records_its_data(f) for f in results)
+
+    @property
+    def evaluations(self) -> int:
+        """How many dev evaluations the job makes: its run's, and one per row ``evaluated_rows`` gives it."""
+        return 1 + len(evaluated_rows(self.spec, self.post_training, self._also()))
 
     def done(self) -> bool:
         """Whether the job's results are ``recorded`` and, for a job that keeps its model, the model is there."""

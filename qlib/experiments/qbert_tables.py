@@ -24,6 +24,7 @@ from qlib.experiments.experiment import protocol_for
 from qlib.experiments.papers import QBERT_CLAIMS
 from qlib.experiments.progress import dev_set_size, estimated_hours, grouped_speedups, random_batches_caveat
 from qlib.experiments.qbert import (
+    DIRECTQ,
     DIRECTQ_BITS,
     MIXED_SETTINGS,
     QBERT_PERCENTILE,
@@ -331,7 +332,9 @@ def missing_runs(task: str, rows: Mapping[str, dict[str, Any]], results_dir: str
     e.g. a sizing run) by their training seconds per example and epoch (``estimated_hours``): FP32 runs for the
     Baseline, QAT runs for the others, or FP32's speed where no QAT run is measured yet (QAT trains slower, so
     that is a lower bound); a run made on random batches counts at the measured speed-up of length-grouped ones
-    (``qlib.experiments.progress.grouped_speedups``) where the protocol groups them. None when nothing is missing."""
+    (``qlib.experiments.progress.grouped_speedups``) where the protocol groups them. A Baseline's estimate counts its
+    dev evaluation once more per row of ``DIRECTQ`` (each evaluated on its weights, at its own evaluation's measured
+    time). None when nothing is missing."""
     results_dir = Path(results_dir)
     missing = {name: [s for s in seeds if not records_its_data(row["spec"].with_(seed=s).result_path(results_dir))]
                for name, row in rows.items() if not row["spec"].is_post_training}
@@ -346,17 +349,23 @@ def missing_runs(task: str, rows: Mapping[str, dict[str, Any]], results_dir: str
     qat = [r for r in measured if r["spec"]["method"] == "qbert"]
     grouped = any(row["spec"].protocol.group_by_length for row in rows.values())
     speedups = grouped_speedups(results_dir.parent).get(task, {}) if grouped else {}
-    per_kind = {kind: estimated_hours(runs, protocol.get("max_train_examples"), protocol["epochs"], dev,
-                                      speedups.get(kind)) for kind, runs in (("fp32", fp32), ("qat", qat))}
+    runs = {"fp32": fp32, "qat": qat}
+
+    def hours_from(kind: str, evaluations: int) -> float | None:
+        return estimated_hours(runs[kind], protocol.get("max_train_examples"), protocol["epochs"], dev,
+                               speedups.get(kind), evaluations)
+
     table = {}
     for name, left in missing.items():
         kind = "fp32" if rows[name]["spec"].method == "fp32" else "qat"
-        hours = per_kind[kind] if per_kind[kind] is not None else per_kind["fp32"]
-        basis = (f"{len(fp32 if kind == 'fp32' else qat)} measured {kind.upper()} run(s)" if per_kind[kind] is not None
+        evaluations = 1 + len(DIRECTQ) if kind == "fp32" else 1  # a Baseline evaluates every DirectQ row
+        used = kind if hours_from(kind, evaluations) is not None else "fp32"
+        hours = hours_from(used, evaluations)
+        basis = (f"{len(runs[kind])} measured {kind.upper()} run(s)" if used == kind and hours is not None
                  else f"FP32's speed ({len(fp32)} run(s)), a lower bound" if hours is not None else "no run measured")
-        used = kind if per_kind[kind] is not None else "fp32"
         if hours is not None:
-            basis += random_batches_caveat(fp32 if used == "fp32" else qat, grouped, speedups.get(used))
+            basis += random_batches_caveat(runs[used], grouped, speedups.get(used))
+            basis += f"; training and {evaluations} dev evaluations (its own, its DirectQ rows')" * (evaluations > 1)
         table[name] = {"seeds missing": ", ".join(map(str, left)), "est. h per run": hours,
                        "est. h in all": None if hours is None else hours * len(left), "estimated from": basis}
     return pd.DataFrame(table).T.astype({"est. h per run": float, "est. h in all": float}).round(2)
