@@ -81,6 +81,12 @@ def test_layer_spectrum_on_a_tiny_bert(tiny_model_dir):
     assert set(layer_blocks(model)) == {"embeddings", "encoder.layer.0", "encoder.layer.1"}
     with pytest.raises(ValueError, match=r"unknown block\(s\) \['encoder.layer.9'\]"):
         layer_spectrum(model, batches, blocks=["encoder.layer.9"])
+    landed = []  # a resumed caller: the first subset's records were measured before
+    before = {(0, r["block"]): r | {"top": 123.0} for r in first}
+    again = layer_spectrum(model, batches, blocks=["encoder.layer.1", "embeddings"], max_iter=30, smallest_subsets=1,
+                           measured=before, on_record=landed.append)
+    assert [r["top"] for r in again[:2]] == [123.0, 123.0] and landed == again[2:]  # only the new ones land
+    assert [r["top"] for r in again[2:]] == [r["top"] for r in later]  # the same seed: the same eigenvalues
 
 
 def test_bit_assignment_respects_its_target_and_ranks():
@@ -157,6 +163,53 @@ def test_spectrum_of_a_given_fp32_model_skips_the_fine_tune(glue_dir, tiny_model
     with pytest.raises(FileNotFoundError, match=r"nope.safetensors not found: a task's Baseline run keeps it"):
         run_spectrum("sst2", str(tiny_model_dir), results_path=tmp_path / "z.json",
                      init_from=tmp_path / "nope.safetensors")
+
+
+@pytest.mark.slow
+def test_a_killed_spectrum_goes_on_with_the_measurements_it_kept(glue_dir, tiny_model_dir, tmp_path, monkeypatch):
+    import qlib.experiments.qbert as qbert
+    from qlib.deploy.checkpoint import save_float
+    from qlib.experiments.models import load_classifier
+    from qlib.experiments.results import code_state
+    from qlib.experiments.snapshots import Snapshots
+
+    path = save_float(load_classifier(str(tiny_model_dir), 2)[0], tmp_path / "fp32-seed0.safetensors")
+    arguments = dict(task="sst2", model=str(tiny_model_dir), subsets=2, subset_size=4, max_length=16, max_iter=5,
+                     landscape_blocks=["encoder.layer.1"], landscape_points=3, batch_sizes=[2], progress=False,
+                     init_from=path)
+    fresh = qbert.run_spectrum(**arguments, results_path=tmp_path / "fresh.json")
+    with pytest.raises(ValueError, match="snapshot_dir keeps the spectrum of a fixed model: give init_from"):
+        qbert.run_spectrum(**arguments | {"init_from": None}, results_path=tmp_path / "x.json", snapshot_dir="s")
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt("the session ended")
+
+    with monkeypatch.context() as patched:  # killed after the eigenvalues, during the landscape
+        patched.setattr(qbert, "block_landscape", killed)
+        with pytest.raises(KeyboardInterrupt):
+            qbert.run_spectrum(**arguments, results_path=tmp_path / "resumed.json", snapshot_dir=tmp_path / "snap")
+    (folder,) = (tmp_path / "snap" / "spectrum").iterdir()
+    assert folder.name.startswith("sst2-") and not (tmp_path / "resumed.json").exists()
+    assert sorted(Snapshots(folder).kept()) == [f"eigenvalue {s} {b}" for s in (0, 1)
+                                                for b in ("embeddings", "encoder.layer.0", "encoder.layer.1")]
+    measured = []
+    with monkeypatch.context() as patched:  # what the resumed run measures again: the landscape and batch size only
+        patched.setattr(qbert, "layer_spectrum",
+                        lambda *a, **k: measured.append(len(a[1])) or layer_spectrum(*a, **k))
+        resumed = qbert.run_spectrum(**arguments, results_path=tmp_path / "resumed.json",
+                                     snapshot_dir=tmp_path / "snap")
+    assert measured == [2, 3] and resumed["reused_measurements"] == 6  # the 2 subsets came back kept; the study's 3
+    assert all("made_by" not in r for r in fresh["records"])  # batches of size 2 were measured (they were not kept)
+    assert all(r["made_by"]["git_commit"] == code_state()["git_commit"] for r in resumed["records"])
+    assert [r["top"] for r in resumed["records"]] == [r["top"] for r in fresh["records"]]
+    assert resumed["landscape"] == fresh["landscape"] and resumed["batch_size_effect"] == fresh["batch_size_effect"]
+    assert resumed["spectrum_seconds"] == pytest.approx(sum(r["seconds"] for r in resumed["records"]))
+    assert not folder.exists()  # cleared once the result is written
+    retrained, _ = load_classifier(str(tiny_model_dir), 2)
+    with torch.no_grad():
+        retrained.classifier.weight.add_(1.0)
+    save_float(retrained, path)  # the Baseline trained again: other bytes, other kept measurements
+    assert qbert.spectrum_snapshot_folder(resumed["params"], tmp_path / "snap") != folder
 
 
 def test_block_landscape_matches_the_loss_at_its_centre_and_names_bad_blocks(tiny_model_dir):

@@ -15,7 +15,6 @@ import hashlib
 import json
 import time
 from dataclasses import fields
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -27,7 +26,7 @@ from qlib.bert.pq_noise import add_pq_noise, remove_pq_noise
 from qlib.deploy.checkpoint import load_float, save_float, save_quantized
 from qlib.experiments.data import get_task
 from qlib.experiments.distill import distillation_loss
-from qlib.experiments.results import code_state, provenance, read_json, write_json
+from qlib.experiments.results import provenance, read_json, write_json
 from qlib.experiments.snapshots import Snapshots
 from qlib.experiments.spec import RunSpec, TrainingProtocol
 from qlib.experiments.tasks import RunTask, get_run_task
@@ -100,11 +99,11 @@ def _evaluate_rows(net: torch.nn.Module, spec: RunSpec, rows: Sequence[RunSpec],
                    device: torch.device, snapshots: Snapshots | None) -> dict[str, dict[str, Any]]:
     """The trained ``net`` evaluated as ``spec`` and under each post-training row (on a converted copy), by label.
 
-    With ``snapshots``, each evaluation is kept beside them as it lands (``Snapshots.keep_evaluation``, keyed by the
+    With ``snapshots``, each evaluation is kept beside them as it lands (``Snapshots.keep``, keyed by the
     row's whole settings), and a run killed during its evaluations reuses the kept ones when it resumes instead of
     evaluating them again; a reused evaluation names the process that made it (``made_by``: git commit and date).
     """
-    kept = {} if snapshots is None else snapshots.kept_evaluations()
+    kept = {} if snapshots is None else snapshots.kept()
     evaluations = {}
     for row in (spec, *rows):
         key = json.dumps(row.to_dict(), sort_keys=True)
@@ -114,9 +113,7 @@ def _evaluate_rows(net: torch.nn.Module, spec: RunSpec, rows: Sequence[RunSpec],
         model = net if row is spec else convert_bert(copy.deepcopy(net), row.quant_config()).to(device)
         evaluations[row.label] = _evaluate(model, task, data)
         if snapshots is not None:
-            made_by = {"git_commit": code_state()["git_commit"],
-                       "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-            snapshots.keep_evaluation(key, evaluations[row.label] | {"made_by": made_by})
+            snapshots.keep(key, evaluations[row.label])
     return evaluations
 
 

@@ -24,10 +24,10 @@ soon as its seed's Baseline is written, the ablations, the "Beyond the papers" r
 Quant-Noise study of p and block size (``noise_study_jobs``, seed 0); (3) the mixed-precision rows (plain and distilled)
 of the tasks whose spectrum stage 2 measured (it sets their bits). Finished runs are skipped, so an interrupted protocol
 resumes, and a job cut short goes on from its last training snapshot (``--snapshots``, every few minutes:
-``qlib.experiments.snapshots``); a result that does not record its data (one computed on the earlier, altered GLUE copy)
-is not finished: it is re-run, and its file replaced. A failing job is named and the jobs that need it are reported as
-not started; the others still run, and the exit status is non-zero at the end. A task whose sweep or spectrum is missing
-gets no rows that need it, and is named too."""
+``qlib.experiments.snapshots``), a spectrum from the eigenvalues it kept there; a result that does not record its data
+(one computed on the earlier, altered GLUE copy) is not finished: it is re-run, and its file replaced. A failing job is
+named and the jobs that need it are reported as not started; the others still run, and the exit status is non-zero at
+the end. A task whose sweep or spectrum is missing gets no rows that need it, and is named too."""
 
 from __future__ import annotations
 
@@ -229,11 +229,13 @@ def via_papermill(job: Job, chapters: Path, notebooks: Path) -> NotebookJob:
 @dataclass(frozen=True)
 class SpectrumJob:
     """Q-BERT I's job: the Hessian spectrum of a task's seed-0 FP32 Baseline (``run_spectrum`` with ``arguments``,
-    see ``spectrum_job``), after the Baseline it ``needs``."""
+    see ``spectrum_job``), after the Baseline it ``needs``; with ``snapshot_dir``, a killed job goes on with the
+    measurements it kept there (``run_spectrum``'s)."""
 
     arguments: Mapping[str, Any] = field(hash=False)
     needs: tuple[str, ...] = ()
     resources: Mapping[str, float] = field(default_factory=dict, hash=False)  # the Hessian runs on the CPU
+    snapshot_dir: str | None = None
 
     @property
     def name(self) -> str:
@@ -245,7 +247,7 @@ class SpectrumJob:
     done = recorded
 
     def __call__(self) -> str:
-        result = run_spectrum(**self.arguments, progress=False, resume=False)
+        result = run_spectrum(**self.arguments, progress=False, resume=False, snapshot_dir=self.snapshot_dir)
         ranking = sorted(result["blocks"], key=lambda block: result["blocks"][block]["omega"], reverse=True)
         return f"Ω ranks {', '.join(ranking)}"
 
@@ -584,8 +586,9 @@ def main(argv: list[str] | None = None) -> int:
                              "benchmark under its q8bert/ (default: runs/checkpoints)")
     parser.add_argument("--keep-models", default=None, help="also keep every other trained model under this folder")
     parser.add_argument("--snapshots", default="runs/snapshots",
-                        help="where each job saves its training state every few minutes; a killed job resumes from "
-                             "it (default: runs/snapshots; 'none': no snapshots)")
+                        help="where each job saves its training state every few minutes (a spectrum: each "
+                             "eigenvalue); a killed job resumes from it (default: runs/snapshots; 'none': no "
+                             "snapshots)")
     parser.add_argument("--via", choices=("direct", "papermill"), default="direct",
                         help="run each training job as a direct call (default) or as a papermill execution of its "
                              "chapter, keeping the executed notebook under --notebooks; both write the same results")
@@ -620,7 +623,8 @@ def main(argv: list[str] | None = None) -> int:
             missed_by_stage.append(missed)
         snapshots = None if args.snapshots == "none" else args.snapshots
         jobs = [replace(j, device=args.device, checkpoint_dir=j.checkpoint_dir or args.keep_models,
-                        snapshot_dir=snapshots) if isinstance(j, Job) else j for j in jobs]
+                        snapshot_dir=snapshots) if isinstance(j, Job) else replace(j, snapshot_dir=snapshots)
+                for j in jobs]
         if args.via == "papermill":
             chapters = Path(__file__).resolve().parents[2] / "chapters"
             jobs = [via_papermill(j, chapters, Path(args.notebooks).resolve()) if isinstance(j, Job) else j

@@ -13,17 +13,22 @@ row starts from its seed's FP32 Baseline model, with clipped weight ranges), ``r
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
+from functools import partial
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from qlib.deploy.checkpoint import load_float
+from qlib.experiments.data import file_sha256
 from qlib.experiments.experiment import RUN_OPTIONS, checkpoint_path, run
 from qlib.experiments.models import DEFAULT_MODEL
 from qlib.experiments.results import provenance, read_json, write_json
+from qlib.experiments.snapshots import Snapshots
 from qlib.experiments.spec import FROM_CHECKPOINT, RunSpec, TrainingProtocol
 from qlib.experiments.tasks import get_run_task
 from qlib.experiments.train import finetune, set_seed
@@ -64,15 +69,25 @@ def run_spectrum(task: str = "sst2", model: str = DEFAULT_MODEL, seed: int = 0, 
                  batch_sizes: Sequence[int] = (), batch_size_block: str = "encoder.layer.0",
                  batch_size_subsets: int = 3, source: str = "auto",
                  results_path: str | Path = "results/qbert/spectrum-sst2.json",
-                 resume: bool = True, progress: bool = True, init_from: str | Path | None = None) -> dict[str, Any]:
+                 resume: bool = True, progress: bool = True, init_from: str | Path | None = None,
+                 snapshot_dir: str | Path | None = None) -> dict[str, Any]:
     """Fine-tune ``model`` on ``finetune_examples`` of ``task`` (FP32, eager attention), or load the FP32 model
     ``init_from`` instead (``finetuned_for_hessian``), then measure each block's top Hessian eigenvalue on
     ``subsets`` disjoint training subsets of ``subset_size`` examples each, and its smallest eigenvalue on the first
     ``saddle_subsets`` of them; for each of ``landscape_blocks``, the loss on the first subset along its top two
     eigenvectors, ``landscape_points`` steps from -1 to 1 each way; and the batch-size study: the top eigenvalue of
     ``batch_size_block`` on the first ``batch_size_subsets`` disjoint batches of each size in ``batch_sizes`` (how
-    far λ, and so Ω, depends on the Hessian's batch size: PyHessian's users ask), under ``batch_size_effect``."""
+    far λ, and so Ω, depends on the Hessian's batch size: PyHessian's users ask), under ``batch_size_effect``.
+
+    With ``snapshot_dir`` (only for a spectrum of a fixed model, ``init_from``), each eigenvalue, landscape and
+    batch-size point is kept as it lands under ``spectrum_snapshot_folder`` (``qlib.experiments.snapshots``), and a
+    run killed part way (SQuAD's spectrum takes an hour or more on two cores) goes on with what is not measured yet;
+    a reused measurement names the process that made it (``made_by``), and ``spectrum_seconds`` sums every
+    eigenvalue's seconds, whichever process measured it."""
     info = get_run_task(task)
+    if snapshot_dir is not None and init_from is None:
+        raise ValueError("snapshot_dir keeps the spectrum of a fixed model: give init_from (a short fine-tune is not "
+                         "kept, so its eigenvalues cannot be resumed)")
     if landscape_points < 2:
         raise ValueError(f"landscape_points must be at least 2, got {landscape_points}")
     bad = [b for b in batch_sizes if isinstance(b, bool) or not isinstance(b, int) or b < 1]
@@ -95,23 +110,39 @@ def run_spectrum(task: str = "sst2", model: str = DEFAULT_MODEL, seed: int = 0, 
     unknown = [b for b in [*landscape_blocks, *[batch_size_block] * bool(batch_sizes)] if b not in layer_blocks(net)]
     if unknown:  # before the spectrum's minutes, not after
         raise ValueError(f"unknown landscape or batch-size block(s) {unknown}; allowed: {list(layer_blocks(net))}")
+    snapshots = None if snapshot_dir is None else Snapshots(spectrum_snapshot_folder(params, snapshot_dir))
+    kept = {} if snapshots is None else snapshots.kept()
+
+    def measure(key: str, how: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        """The kept measurement ``key``, else ``how()`` measured now and kept."""
+        if key in kept:
+            return kept[key]
+        measurement = how()
+        if snapshots is not None:
+            snapshots.keep(key, measurement)
+        return measurement
+
     probe = info.train_batches(tokenizer, _hessian_data(subset_size, max_length, subsets * subset_size, source),
                                seed + 1, shuffle=False)
     batches = list(probe)[:subsets]
-    spectrum_start = time.perf_counter()
     records = layer_spectrum(net, batches, blocks, max_iter=max_iter, tol=tol, smallest_subsets=saddle_subsets,
-                            seed=seed)
-    spectrum_seconds = time.perf_counter() - spectrum_start
+                             seed=seed, measured={(r["subset"], r["block"]): r for k, r in kept.items()
+                                                  if k.startswith("eigenvalue ")},
+                             on_record=None if snapshots is None else
+                             lambda r: snapshots.keep(f"eigenvalue {r['subset']} {r['block']}", r))
     alphas = np.linspace(-1.0, 1.0, landscape_points)
-    landscape = {block: block_landscape(net, batches[0], block, alphas, max_iter, tol, seed)
+    landscape = {block: measure(f"landscape {block}",
+                                partial(block_landscape, net, batches[0], block, alphas, max_iter, tol, seed))
                  for block in landscape_blocks}
-    by_size = {}
-    for size in batch_sizes:
+
+    def top_at(size: int) -> dict[str, Any]:
         sized = info.train_batches(tokenizer, _hessian_data(size, max_length, batch_size_subsets * size, source),
                                    seed + 1, shuffle=False)
         rows = layer_spectrum(net, list(sized)[:batch_size_subsets], [batch_size_block], max_iter=max_iter, tol=tol,
                               seed=seed)
-        by_size[str(size)] = {"top": [r["top"] for r in rows], "converged": all(r["converged"] for r in rows)}
+        return {"top": [r["top"] for r in rows], "converged": all(r["converged"] for r in rows)}
+
+    by_size = {str(size): measure(f"batch size {size}", partial(top_at, size)) for size in batch_sizes}
     summary = {}
     for name in dict.fromkeys(r["block"] for r in records):
         rows = [r for r in records if r["block"] == name]
@@ -121,10 +152,21 @@ def run_spectrum(task: str = "sst2", model: str = DEFAULT_MODEL, seed: int = 0, 
     result = {"experiment": "qbert-spectrum", "task": info.name, "params": params, "blocks": summary,
               "records": records, "landscape": landscape,
               "batch_size_effect": {"block": batch_size_block, "sizes": by_size}, "finetune": training,
-              "spectrum_seconds": spectrum_seconds,
+              "spectrum_seconds": sum(r["seconds"] for r in records), "reused_measurements": len(kept),
               "provenance": provenance(time.perf_counter() - start, data=info.provenance(source))}
     write_json(path, result)
+    if snapshots is not None:
+        snapshots.clear()
     return result
+
+
+def spectrum_snapshot_folder(params: Mapping[str, Any], snapshot_dir: str | Path) -> Path:
+    """Where ``run_spectrum`` keeps its measurements while it runs: ``<snapshot_dir>/spectrum/<task>-<digest>``, the
+    digest of its whole ``params`` and of the model file's bytes (``init_from``), so that no other spectrum, nor one
+    of a Baseline trained again, ever reuses them."""
+    identity = dict(params) | {"init_from_sha256": file_sha256(params["init_from"])}
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
+    return Path(snapshot_dir) / "spectrum" / f"{params['task']}-{digest}"
 
 
 SETTINGS: dict[str, dict[str, Any]] = {

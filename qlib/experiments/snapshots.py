@@ -14,9 +14,10 @@ A snapshot is one safetensors file (no pickle) per ``finetune`` call of a run, n
 
 A call that finished keeps its last snapshot, so a run of several calls replays the finished ones (their weights and
 RNG are loaded, nothing is trained) and goes on with the one that was cut short. After training, each evaluation of
-the trained model is kept beside the snapshots as it lands (``Snapshots.keep_evaluation``), so a run killed during its
-evaluations (SQuAD's dev set takes minutes per row) goes on with the rows not yet evaluated. ``Snapshots.clear``
-removes all of it once the run's results are written.
+the trained model is kept beside the snapshots as it lands (``Snapshots.keep``), so a run killed during its
+evaluations (SQuAD's dev set takes minutes per row) goes on with the rows not yet evaluated; a Hessian spectrum keeps
+each eigenvalue it measures the same way (``qlib.experiments.qbert.run_spectrum``). ``Snapshots.clear`` removes all
+of it once the results are written.
 
 Where training stands (``Progress``: epoch, step, examples, training seconds so far, the global steps at which a
 process resumed, and the git commit each process ran) travels in the file's metadata; a result trained across
@@ -28,6 +29,7 @@ from __future__ import annotations
 import json
 import shutil
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -37,10 +39,11 @@ from safetensors.torch import save_file
 from torch import nn
 
 from qlib.common.atomic import atomic_write
-from qlib.experiments.results import read_json, write_json
+from qlib.experiments.results import code_state, read_json, write_json
 
 EVALUATIONS_FILE = "evaluations.json"
-"""The file beside a run's snapshots that keeps its evaluations so far (row key -> evaluation)."""
+"""The file beside a run's snapshots that keeps its measurements so far (key -> measurement: an evaluated row's, a
+spectrum's eigenvalue)."""
 
 SNAPSHOT_EVERY_S = 600.0
 """Seconds of training between two snapshots: at most that much is lost to a kill, for a few seconds of writing."""
@@ -76,15 +79,19 @@ class Snapshots:
         self._calls += 1
         return path
 
-    def kept_evaluations(self) -> dict[str, dict[str, Any]]:
-        """The evaluations ``keep_evaluation`` kept so far, by key; {} when none."""
+    def kept(self) -> dict[str, dict[str, Any]]:
+        """The measurements ``keep`` kept so far, by key; {} when none."""
         path = self.directory / EVALUATIONS_FILE
         return read_json(path) if path.is_file() else {}
 
-    def keep_evaluation(self, key: str, evaluation: dict[str, Any]) -> None:
-        """Keep one evaluation of the trained model under ``key`` (the evaluated row's settings), atomically, beside
-        the ones kept before."""
-        write_json(self.directory / EVALUATIONS_FILE, self.kept_evaluations() | {key: evaluation})
+    def keep(self, key: str, measurement: dict[str, Any]) -> dict[str, Any]:
+        """Keep one measurement of the trained model under ``key`` (what was measured, e.g. an evaluated row's
+        settings), atomically, beside the ones kept before, stamped with the process that made it (``made_by``: git
+        commit and date), which a result that reuses it records. Returns the kept measurement."""
+        stamped = measurement | {"made_by": {"git_commit": code_state()["git_commit"],
+                                             "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}}
+        write_json(self.directory / EVALUATIONS_FILE, self.kept() | {key: stamped})
+        return stamped
 
     def clear(self) -> None:
         """Remove every snapshot and kept evaluation of the run (its results are written)."""

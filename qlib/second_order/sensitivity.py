@@ -9,7 +9,7 @@ more bits.
 from __future__ import annotations
 
 import time
-from typing import Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -31,7 +31,8 @@ def layer_blocks(model: nn.Module) -> dict[str, list[nn.Parameter]]:
 
 def layer_spectrum(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]], blocks: Sequence[str] | None = None,
                    max_iter: int = 50, tol: float = 1e-4, smallest_subsets: int = 0, seed: int = 0,
-                   ) -> list[dict[str, object]]:
+                   measured: Mapping[tuple[int, str], dict[str, object]] | None = None,
+                   on_record: Callable[[dict[str, object]], object] | None = None) -> list[dict[str, object]]:
     """Q-BERT's per-block Hessian spectrum (sec. 3.2): the top eigenvalue λ_i of each block's Hessian on each data
     subset, by power iteration on that block's parameters only.
 
@@ -43,6 +44,9 @@ def layer_spectrum(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]],
         smallest_subsets: on the first this many subsets, also the smallest eigenvalue (the saddle check: the top
             one if it is negative, else power iteration on H - λ_top·I).
         seed: the start vectors' seed.
+        measured: records measured before, by (subset, block) (a resumed caller's): returned as they are, not
+            measured again (each measurement depends only on its subset, block and ``seed``).
+        on_record: called with each record as it is measured (a caller that keeps them, to resume from).
 
     Returns:
         One record per (subset, block): ``block``, ``subset``, ``top``, iterations, ``converged``, seconds, and
@@ -54,9 +58,12 @@ def layer_spectrum(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]],
     if unknown:
         raise ValueError(f"unknown block(s) {unknown}; allowed: {list(all_blocks)}")
     model.eval()  # no dropout: the loss must be a fixed function of the weights
-    records = []
+    records, measured = [], measured or {}
     for subset, batch in enumerate(batches):
         for name in names:
+            if (subset, name) in measured:
+                records.append(measured[(subset, name)])
+                continue
             params = all_blocks[name]
             start = time.perf_counter()
             top = power_iteration(lambda: model(**batch).loss, params, max_iter=max_iter, tol=tol, seed=seed)[0]
@@ -71,6 +78,8 @@ def layer_spectrum(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]],
                 record |= {"smallest": low.eigenvalue, "smallest_converged": low.converged}
             record["seconds"] = time.perf_counter() - start
             records.append(record)
+            if on_record is not None:
+                on_record(record)
     return records
 
 
