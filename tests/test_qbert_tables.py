@@ -216,6 +216,14 @@ def test_missing_runs_are_named_with_their_cost_estimated_from_measured_runs(tmp
         "its DirectQ rows')")  # the template's run predates grouping
     assert table.loc["Q-BERT 3/8", "estimated from"] == (
         "FP32's speed (1 run(s)), a lower bound, from random batches (an overestimate)")
+    for folder, record in (("q8bert", sizing),  # the same run, written for a second chapter: it counts once
+                           ("gpu", sizing | {"train": sizing["train"] | {"seconds": 1.0}, "provenance": sizing[
+                               "provenance"] | {"machine": {"device": "cuda"}}})):  # a GPU's time: not a CPU cost
+        (tmp_path / folder / "squad").mkdir(parents=True)
+        (tmp_path / folder / "squad" / "fp32-seed0.json").write_text(json.dumps(record))
+    again = missing_runs("squad", main_table_rows(None, 12, "squad"), tmp_path / "qbert")
+    assert again.loc["Baseline", "estimated from"] == table.loc["Baseline", "estimated from"]
+    assert again.loc["Baseline", "est. h per run"] == table.loc["Baseline", "est. h per run"]
     (tmp_path / "benchmarks" / "batching-avx2-2026-01-01T0000.json").write_text(json.dumps({
         "provenance": {"date": "2026-01-01T00:00:00+00:00"},
         "tasks": {"squad": {"fp32_speedup": 2.0, "qat_speedup": 1.5}}}))

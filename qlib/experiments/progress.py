@@ -37,6 +37,11 @@ def grouped_speedups(results: str | os.PathLike) -> dict[str, dict[str, float]]:
     return {task: {"fp32": row["fp32_speedup"], "qat": row["qat_speedup"]} for task, row in newest["tasks"].items()}
 
 
+def on_cpu(record: dict[str, Any]) -> bool:
+    """Whether a result record was measured on a CPU (a GPU's time is no guide to a CPU run's)."""
+    return record["provenance"].get("machine", {}).get("device") == "cpu"
+
+
 def estimated_hours(records: Sequence[dict[str, Any]], examples: int | None, passes: int,
                     dev_examples: int | None = None, grouped_speedup: float | None = None,
                     evaluations: int = 1) -> float | None:
@@ -101,11 +106,11 @@ def protocol_progress(results: str | Path = "results", checkpoints: str | Path =
                if isinstance(j, Job) and j.spec.result_path(j.results_dir).is_file()]
     finished = [(j.spec, r) for j, r in on_disk if j.recorded()]
     earlier = [(j.spec, r) for j, r in on_disk if not j.recorded()  # a CPU run on the earlier, altered copy
-               and r["provenance"].get("machine", {}).get("device") == "cpu"]
+               and on_cpu(r)]
     planned = {j.spec.result_path(j.results_dir).resolve() for j in jobs if isinstance(j, Job)}
     sizing = [(RunSpec.from_record(r), r) for path in sorted(Path(results).glob("*/*/*.json"))  # e.g. squad-sizing
               if path.resolve() not in planned and records_its_data(path) and "spec" in (r := read_json(path))
-              and r["provenance"].get("machine", {}).get("device") == "cpu"]
+              and on_cpu(r)]
     rows: dict[tuple[str, str], dict[str, Any]] = {}
     for job in jobs:
         is_run = isinstance(job, Job)

@@ -8,6 +8,7 @@ Scores are percent; a drop is ``qlib.experiments.report.relative_drop`` against 
 
 from __future__ import annotations
 
+import json
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +23,7 @@ from qlib.deploy.checkpoint import size_mb
 from qlib.experiments.data import read_same_data
 from qlib.experiments.experiment import protocol_for
 from qlib.experiments.papers import QBERT_CLAIMS
-from qlib.experiments.progress import dev_set_size, estimated_hours, grouped_speedups, random_batches_caveat
+from qlib.experiments.progress import dev_set_size, estimated_hours, grouped_speedups, on_cpu, random_batches_caveat
 from qlib.experiments.qbert import (
     DIRECTQ,
     DIRECTQ_BITS,
@@ -326,15 +327,15 @@ def main_table(task: str, rows: Mapping[str, dict[str, Any]], sizes: pd.DataFram
 
 def missing_runs(task: str, rows: Mapping[str, dict[str, Any]], results_dir: str | Path,
                  seeds: Sequence[int] = (0, 1, 2)) -> pd.DataFrame | None:
-    """The trained rows of ``task``'s main table (``rows``) without a result on the official files for every seed
-    of ``seeds`` (a DirectQ row comes with its Baseline), each with what one run would cost on the task's protocol:
-    estimated from the committed runs of the task that record their data (any folder of ``results_dir``'s parent,
-    e.g. a sizing run) by their training seconds per example and epoch (``estimated_hours``): FP32 runs for the
-    Baseline, QAT runs for the others, or FP32's speed where no QAT run is measured yet (QAT trains slower, so
-    that is a lower bound); a run made on random batches counts at the measured speed-up of length-grouped ones
-    (``qlib.experiments.progress.grouped_speedups``) where the protocol groups them. A Baseline's estimate counts its
-    dev evaluation once more per row of ``DIRECTQ`` (each evaluated on its weights, at its own evaluation's measured
-    time). None when nothing is missing."""
+    """The trained rows of ``task``'s main table (``rows``) without a result on the official files for every seed of
+    ``seeds`` (a DirectQ row comes with its Baseline), each with what one run would cost on the task's protocol:
+    estimated from the committed CPU runs of the task that record their data (any folder of ``results_dir``'s parent,
+    e.g. a sizing run; a run two chapters' folders hold counts once) by their training seconds per example and epoch
+    (``estimated_hours``): FP32 runs for the Baseline, QAT runs for the others, or FP32's speed where no QAT run is
+    measured yet (QAT trains slower, so that is a lower bound); a run made on random batches counts at the measured
+    speed-up of length-grouped ones (``qlib.experiments.progress.grouped_speedups``) where the protocol groups them. A
+    Baseline's estimate counts its dev evaluation once more per row of ``DIRECTQ`` (each evaluated on its weights, at
+    its own evaluation's measured time). None when nothing is missing."""
     results_dir = Path(results_dir)
     missing = {name: [s for s in seeds if not records_its_data(row["spec"].with_(seed=s).result_path(results_dir))]
                for name, row in rows.items() if not row["spec"].is_post_training}
@@ -342,8 +343,9 @@ def missing_runs(task: str, rows: Mapping[str, dict[str, Any]], results_dir: str
     if not missing:
         return None
     protocol = protocol_for(task, results_dir.parent)
-    measured = [r for path in sorted(results_dir.parent.glob(f"*/{task}/*.json")) if records_its_data(path)
-                and not RunSpec.from_record(r := read_json(path)).is_post_training]
+    measured = {json.dumps(r, sort_keys=True): r for path in sorted(results_dir.parent.glob(f"*/{task}/*.json"))
+                if records_its_data(path) and not RunSpec.from_record(r := read_json(path)).is_post_training
+                and on_cpu(r)}.values()  # one run written for two chapters counts once
     dev = dev_set_size(results_dir.parent, task)
     fp32 = [r for r in measured if r["spec"]["method"] == "fp32"]
     qat = [r for r in measured if r["spec"]["method"] == "qbert"]
