@@ -205,6 +205,8 @@ def test_a_killed_spectrum_goes_on_with_the_measurements_it_kept(glue_dir, tiny_
     assert resumed["landscape"] == fresh["landscape"] and resumed["batch_size_effect"] == fresh["batch_size_effect"]
     assert resumed["spectrum_seconds"] == pytest.approx(sum(r["seconds"] for r in resumed["records"]))
     assert not folder.exists()  # cleared once the result is written
+    assert qbert.spectrum_params(arguments) == resumed["params"]  # what the progress table finds the folder by
+    assert qbert.spectrum_snapshot_folder(resumed["params"], tmp_path / "snap") == folder
     retrained, _ = load_classifier(str(tiny_model_dir), 2)
     with torch.no_grad():
         retrained.classifier.weight.add_(1.0)

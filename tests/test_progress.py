@@ -21,8 +21,8 @@ def test_progress_counts_finished_jobs_and_estimates_the_rest_per_epoch(tmp_path
     snapshot.mkdir(parents=True)
     (snapshot / "finetune-0.safetensors").touch()  # the first sweep job is partly trained
     table, left_out = protocol_progress(tmp_path / "results", tmp_path / "ckpt", tmp_path / "snapshots")
-    assert table.loc[("q8bert-sweep", "rte"), ["jobs", "finished", "to run", "partly trained"]].tolist() == [4, 0, 4, 1]
-    assert table.loc[("q8bert-sweep", "mrpc"), "partly trained"] == 0
+    assert table.loc[("q8bert-sweep", "rte"), ["jobs", "finished", "to run", "partly done"]].tolist() == [4, 0, 4, 1]
+    assert table.loc[("q8bert-sweep", "mrpc"), "partly done"] == 0
     assert table["finished"].sum() == 0 and ("qbert", "squad") in table.index and ("qbert", "cola") not in table.index
     assert any(line.startswith("cola: its FP32 sweep is incomplete") for line in left_out)  # CoLA's rows wait
     assert "squad: the Q-BERT MP rows wait for its Hessian spectrum (stage 3)" in left_out
@@ -48,6 +48,27 @@ def test_progress_counts_finished_jobs_and_estimates_the_rest_per_epoch(tmp_path
     write_json(tmp_path / "results" / "q8bert-sweep" / "lr5e-05-ep6" / "mrpc" / "fp32-seed0.json", earlier)
     row = protocol_progress(tmp_path / "results", tmp_path / "ckpt")[0].loc[("q8bert-sweep", "mrpc")]
     assert row["estimate"] == "partly unknown"
+
+
+def test_a_spectrum_with_kept_eigenvalues_counts_as_partly_done(tmp_path):
+    from qlib.experiments.protocol import chapter_checkpoints, spectrum_job
+    from qlib.experiments.qbert import spectrum_params, spectrum_snapshot_folder
+    from qlib.experiments.snapshots import Snapshots
+
+    def spectrum_row():
+        table, _ = protocol_progress(tmp_path / "results", tmp_path / "ckpt", tmp_path / "snapshots")
+        return table.loc[("qbert (spectrum)", "squad"), ["to run", "partly done"]].tolist()
+
+    assert spectrum_row() == [1, 0]  # no Baseline yet: nothing to have kept
+    job = spectrum_job("squad", chapter_checkpoints(tmp_path / "ckpt", "qbert"), tmp_path / "results")
+    params = spectrum_params(job)
+    Path(params["init_from"]).parent.mkdir(parents=True)
+    Path(params["init_from"]).write_bytes(b"the Baseline's weights")
+    assert spectrum_row() == [1, 0]
+    Snapshots(spectrum_snapshot_folder(params, tmp_path / "snapshots")).keep("eigenvalue 0 embeddings", {"top": 1.0})
+    assert spectrum_row() == [1, 1]
+    Path(params["init_from"]).write_bytes(b"a Baseline trained again")  # its kept eigenvalues are of another model
+    assert spectrum_row() == [1, 0]
 
 
 SIZING = Path(__file__).parents[1] / "results" / "squad-sizing" / "squad" / "fp32-seed0.json"

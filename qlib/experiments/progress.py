@@ -83,18 +83,18 @@ def protocol_progress(results: str | Path = "results", checkpoints: str | Path =
                       snapshots: str | Path = "runs/snapshots") -> tuple[pd.DataFrame, list[str]]:
     """One row per (results folder, task) of the protocol's stages 1 and 2 (stage 3's MP rows wait for their spectrum;
     the FP32 sweep's points are one folder): its jobs, how many are finished, how many are still to run, how many of
-    those are partly trained (a training snapshot under ``snapshots``, which the protocol's runner goes on from:
-    ``qlib.experiments.snapshots``), and the estimated CPU hours of those still to run, as if from the start
-    (``estimated_hours``): each one from the finished jobs of the same task and method, else from their CPU runs on the
-    earlier, altered copy (the same sizes, so about the same cost), else from the task's finished FP32 jobs (a lower
-    bound: QAT trains slower), else from a CPU run of the task's FP32 outside the protocol that records its data (a
-    sizing run such as ``results/squad-sizing``: a lower bound), else unknown (a Hessian spectrum has no such estimate);
-    each one's dev evaluation is scaled to the whole dev set (``dev_set_size``) and counted once per evaluation the job
-    makes (``Job.evaluations``: a Baseline's post-training rows too). An estimate of a length-grouped job
-    from runs on random batches divides their training time by the step speed-up that ``benchmarks/batching.py``
-    measured for the task (``grouped_speedups``; FP32's for an FP32 job, QAT's for the others), and says so
-    (``random_batches_caveat``); without a measured speed-up it overstates. The hours are None where none of a row's
-    jobs has one.
+    those are partly done (a training snapshot under ``snapshots``, or a spectrum's kept eigenvalues, which the
+    protocol's runner goes on from: ``qlib.experiments.snapshots``), and the estimated CPU hours of those still to run,
+    as if from the start (``estimated_hours``): each one from the finished jobs of the same task and method, else from
+    their CPU runs on the earlier, altered copy (the same sizes, so about the same cost), else from the task's finished
+    FP32 jobs (a lower bound: QAT trains slower), else from a CPU run of the task's FP32 outside the protocol that
+    records its data (a sizing run such as ``results/squad-sizing``: a lower bound), else unknown (a Hessian spectrum
+    has no such estimate); each one's dev evaluation is scaled to the whole dev set (``dev_set_size``) and counted once
+    per evaluation the job makes (``Job.evaluations``: a Baseline's post-training rows too). An estimate of a
+    length-grouped job from runs on random batches divides their training time by the step speed-up that
+    ``benchmarks/batching.py`` measured for the task (``grouped_speedups``; FP32's for an FP32 job, QAT's for the
+    others), and says so (``random_batches_caveat``); without a measured speed-up it overstates. The hours are None
+    where none of a row's jobs has one.
 
     Returns:
         The table, and what it leaves out (tasks whose FP32 sweep is incomplete, spectra that stage 3 waits for).
@@ -116,14 +116,15 @@ def protocol_progress(results: str | Path = "results", checkpoints: str | Path =
         is_run = isinstance(job, Job)
         folder = (job.folder or job.experiment).split("/")[0] if is_run else "qbert (spectrum)"
         key = (folder, job.spec.task if is_run else job.arguments["task"])
-        row = rows.setdefault(key, {"jobs": 0, "finished": 0, "to run": 0, "partly trained": 0,
+        row = rows.setdefault(key, {"jobs": 0, "finished": 0, "to run": 0, "partly done": 0,
                                     "est. CPU h": None, "estimate": set()})
         row["jobs"] += 1
         if job.recorded():
             row["finished"] += 1
             continue
         row["to run"] += 1
-        row["partly trained"] += is_run and any(snapshot_folder(job.spec, snapshots).glob("finetune-*.safetensors"))
+        row["partly done"] += (any(snapshot_folder(job.spec, snapshots).glob("finetune-*.safetensors")) if is_run
+                               else job.kept(snapshots) > 0)
         hours, how = None, "partly unknown"
         if is_run:
             dev = None if job.spec.protocol.max_eval_examples else dev_set_size(results, job.spec.task)

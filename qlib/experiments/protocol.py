@@ -49,8 +49,18 @@ from qlib.experiments.experiment import (
     sweep_points,
 )
 from qlib.experiments.jobs import Report, close_client, execute, make_client, plan_lines, resources_for, select_jobs
-from qlib.experiments.qbert import MIXED_SETTINGS, SETTINGS, directq_specs, fp32_checkpoint, run_spectrum, setting_spec
+from qlib.experiments.qbert import (
+    MIXED_SETTINGS,
+    SETTINGS,
+    directq_specs,
+    fp32_checkpoint,
+    run_spectrum,
+    setting_spec,
+    spectrum_params,
+    spectrum_snapshot_folder,
+)
 from qlib.experiments.results import read_json, records_its_data
+from qlib.experiments.snapshots import Snapshots
 from qlib.experiments.spec import RunSpec, TrainingProtocol
 
 SEEDS = (0, 1, 2)
@@ -245,6 +255,14 @@ class SpectrumJob:
         return records_its_data(self.arguments["results_path"])
 
     done = recorded
+
+    def kept(self, snapshot_dir: str | Path) -> int:
+        """How many measurements a killed run of the job kept under ``snapshot_dir`` for the Baseline model now on
+        disk (0 while there is none)."""
+        params = spectrum_params(self.arguments)
+        if not Path(params["init_from"]).is_file():
+            return 0
+        return len(Snapshots(spectrum_snapshot_folder(params, snapshot_dir)).kept())
 
     def __call__(self) -> str:
         result = run_spectrum(**self.arguments, progress=False, resume=False, snapshot_dir=self.snapshot_dir)

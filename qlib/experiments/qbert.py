@@ -14,6 +14,7 @@ row starts from its seed's FP32 Baseline model, with clipped weight ranges), ``r
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import time
 from functools import partial
@@ -84,6 +85,7 @@ def run_spectrum(task: str = "sst2", model: str = DEFAULT_MODEL, seed: int = 0, 
     run killed part way (SQuAD's spectrum takes an hour or more on two cores) goes on with what is not measured yet;
     a reused measurement names the process that made it (``made_by``), and ``spectrum_seconds`` sums every
     eigenvalue's seconds, whichever process measured it."""
+    arguments = dict(locals())  # the call's arguments, before any other name is bound
     info = get_run_task(task)
     if snapshot_dir is not None and init_from is None:
         raise ValueError("snapshot_dir keeps the spectrum of a fixed model: give init_from (a short fine-tune is not "
@@ -97,13 +99,7 @@ def run_spectrum(task: str = "sst2", model: str = DEFAULT_MODEL, seed: int = 0, 
     path = Path(results_path)
     if resume and path.is_file():
         return read_json(path)
-    params = dict(task=info.name, model=model, seed=seed, finetune_examples=finetune_examples,
-                  finetune_epochs=finetune_epochs, lr=lr, subsets=subsets, subset_size=subset_size,
-                  max_length=max_length, max_iter=max_iter, tol=tol, blocks=blocks, saddle_subsets=saddle_subsets,
-                  landscape_blocks=list(landscape_blocks), landscape_points=landscape_points,
-                  batch_sizes=list(batch_sizes), batch_size_block=batch_size_block,
-                  batch_size_subsets=batch_size_subsets, source=source,
-                  init_from=None if init_from is None else str(init_from))
+    params = spectrum_params(arguments)
     start = time.perf_counter()
     net, tokenizer, training = finetuned_for_hessian(info.name, model, finetune_examples, finetune_epochs, lr, seed,
                                                      max_length, source, progress, init_from)
@@ -158,6 +154,21 @@ def run_spectrum(task: str = "sst2", model: str = DEFAULT_MODEL, seed: int = 0, 
     if snapshots is not None:
         snapshots.clear()
     return result
+
+
+SPECTRUM_OPTIONS = ("results_path", "resume", "progress", "snapshot_dir")
+"""``run_spectrum``'s keywords that are not part of what a spectrum measures."""
+
+
+def spectrum_params(arguments: Mapping[str, Any]) -> dict[str, Any]:
+    """What ``run_spectrum(**arguments)`` measures, as its result's ``params``: every argument but
+    ``SPECTRUM_OPTIONS``, the defaults filled in, the task by its canonical name and paths as strings."""
+    bound = inspect.signature(run_spectrum).bind(**arguments)
+    bound.apply_defaults()
+    params = {name: value for name, value in bound.arguments.items() if name not in SPECTRUM_OPTIONS}
+    return params | {"task": get_run_task(params["task"]).name, "landscape_blocks": list(params["landscape_blocks"]),
+                     "batch_sizes": list(params["batch_sizes"]),
+                     "init_from": None if params["init_from"] is None else str(params["init_from"])}
 
 
 def spectrum_snapshot_folder(params: Mapping[str, Any], snapshot_dir: str | Path) -> Path:
