@@ -82,7 +82,7 @@ def run_spectrum(task: str = "sst2", model: str = DEFAULT_MODEL, seed: int = 0, 
 
     With ``snapshot_dir`` (only for a spectrum of a fixed model, ``init_from``), each eigenvalue, landscape and
     batch-size point is kept as it lands under ``spectrum_snapshot_folder`` (``qlib.experiments.snapshots``), and a
-    run killed part way (SQuAD's spectrum takes an hour or more on two cores) goes on with what is not measured yet;
+    run killed part way (SQuAD's spectrum takes hours on two cores) goes on with what is not measured yet;
     a reused measurement names the process that made it (``made_by``), and ``spectrum_seconds`` sums every
     eigenvalue's seconds, whichever process measured it."""
     arguments = dict(locals())  # the call's arguments, before any other name is bound
