@@ -124,7 +124,7 @@ def spectrum(omegas: dict[str, float], tops: dict[str, list[float]] | None = Non
     return {"blocks": {n: {"omega": o, "top": tops.get(n, [o, o]), "converged": True, "smallest": []}
                        for n, o in omegas.items()},
             "params": {"model": "tiny", "init_from": init_from, "finetune_examples": 96, "subsets": 2,
-                       "subset_size": 4},
+                       "subset_size": 4, "max_length": 64},
             "spectrum_seconds": 60.0, "provenance": {"git_commit": "0123456789"}, "notes": []}
 
 
@@ -138,6 +138,7 @@ def test_spectra_side_by_side_name_the_raised_layers_and_those_on_an_unsound_ome
                         "negative on 1 of 2 subsets)")
     assert parts[4].loc["sst2", "cola, short fine-tune"] == -1.0  # opposite rankings
     assert parts[5]["measured on"].tolist() == ["FP32 Baseline", "96-example fine-tune"]
+    assert parts[5]["tokens per example (at most)"].tolist() == [64, 64]  # SQuAD's windows: 256
     assert parts[5].loc["cola, short fine-tune", "blocks with a negative top λ"] == 1
     assert spectra_across_tasks({"sst2": first}) == ["*Only 1 committed spectrum: the comparison needs two.*"]
 

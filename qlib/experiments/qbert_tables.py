@@ -103,6 +103,7 @@ def spectra_across_tasks(spectra: Mapping[str, Mapping[str, Any]], setting: str 
         "measured on": ("FP32 Baseline" if s["params"].get("init_from")
                         else f"{s['params']['finetune_examples']}-example fine-tune"),
         "subsets × size": f"{s['params']['subsets']} × {s['params']['subset_size']}",
+        "tokens per example (at most)": s["params"]["max_length"],
         "spectrum min": round(s["spectrum_seconds"] / 60, 1),
         "blocks converged": f"{sum(b['converged'] for b in s['blocks'].values())} of {len(s['blocks'])}",
         "blocks with a negative top λ": sum(negative_curvature(b["top"])["negative_curvature"]
