@@ -362,8 +362,9 @@ def missing_runs(task: str, rows: Mapping[str, dict[str, Any]], results_dir: str
     for name, left in missing.items():
         kind = "fp32" if rows[name]["spec"].method == "fp32" else "qat"
         evaluations = 1 + len(DIRECTQ) if kind == "fp32" else 1  # a Baseline evaluates every DirectQ row
-        used = kind if hours_from(kind, evaluations) is not None else "fp32"
-        hours = hours_from(used, evaluations)
+        used, hours = kind, hours_from(kind, evaluations)
+        if hours is None:
+            used, hours = "fp32", hours_from("fp32", evaluations)
         basis = (f"{len(runs[kind])} measured {kind.upper()} run(s)" if used == kind and hours is not None
                  else f"FP32's speed ({len(fp32)} run(s)), a lower bound" if hours is not None else "no run measured")
         if hours is not None:

@@ -84,14 +84,13 @@ class Snapshots:
         path = self.directory / EVALUATIONS_FILE
         return read_json(path) if path.is_file() else {}
 
-    def keep(self, key: str, measurement: dict[str, Any]) -> dict[str, Any]:
+    def keep(self, key: str, measurement: dict[str, Any]) -> None:
         """Keep one measurement of the trained model under ``key`` (what was measured, e.g. an evaluated row's
         settings), atomically, beside the ones kept before, stamped with the process that made it (``made_by``: git
-        commit and date), which a result that reuses it records. Returns the kept measurement."""
-        stamped = measurement | {"made_by": {"git_commit": code_state()["git_commit"],
-                                             "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}}
-        write_json(self.directory / EVALUATIONS_FILE, self.kept() | {key: stamped})
-        return stamped
+        commit and date), which a result that reuses it records."""
+        made_by = {"git_commit": code_state()["git_commit"],
+                   "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        write_json(self.directory / EVALUATIONS_FILE, self.kept() | {key: measurement | {"made_by": made_by}})
 
     def clear(self) -> None:
         """Remove every snapshot and kept evaluation of the run (its results are written)."""
