@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
 from conftest import tiny_config
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch.func import functional_call
 from transformers import BertForSequenceClassification
 
@@ -52,6 +55,22 @@ def test_non_convergence_is_reported_not_hidden():
     with pytest.warns(RuntimeWarning, match="did not converge in 2 iterations"):
         pair = power_iteration(lambda: 0.5 * x @ a @ x, [x], max_iter=2, tol=1e-12)[0]
     assert not pair.converged and pair.iterations == 2
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.floats(-10, 10), min_size=2, max_size=6), st.integers(1, 3), st.integers(0, 2**16))
+def test_every_estimate_lies_between_the_extreme_eigenvalues(eigenvalues, iterations, seed):
+    """A stopped power iteration's estimate is a Rayleigh quotient vᵀHv of a unit v, so λ_min ≤ it ≤ λ_max: a
+    negative estimate proves negative curvature whether or not the iteration converged (the saddle check relies on
+    it)."""
+    q, _ = torch.linalg.qr(torch.randn(len(eigenvalues), len(eigenvalues), dtype=torch.float64,
+                                       generator=torch.Generator().manual_seed(seed)))
+    a = q @ torch.diag(torch.tensor(eigenvalues, dtype=torch.float64)) @ q.T
+    x = torch.randn(len(eigenvalues), dtype=torch.float64, requires_grad=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # most stop unconverged: that is the case under test
+        estimate = power_iteration(lambda: 0.5 * x @ a @ x, [x], max_iter=iterations, tol=1e-12, seed=seed)[0]
+    assert min(eigenvalues) - 1e-9 <= estimate.eigenvalue <= max(eigenvalues) + 1e-9
 
 
 def test_omega_on_a_constructed_case():

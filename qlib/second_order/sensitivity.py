@@ -111,7 +111,9 @@ def negative_curvature(top: Sequence[float], smallest: float | None = None,
                        noise: float = 1e-3) -> dict[str, int | bool]:
     """The saddle check for one block: with ``ε = noise·|mean(λ_top)|`` (below it an eigenvalue is the power iteration's
     numerical noise), how many of the K subsets' dominant eigenvalues ``top`` are below -ε, and whether any of them
-    or the ``smallest`` eigenvalue is, i.e. the weights are not at a minimum of some subset's loss."""
+    or the ``smallest`` eigenvalue is, i.e. the weights are not at a minimum of some subset's loss. Each estimate is a
+    Rayleigh quotient vᵀHv of a unit v, an upper bound on λ_min: a negative one counts whether or not its power
+    iteration converged."""
     eps = noise * abs(float(np.mean(top)))
     negative_subsets = sum(t < -eps for t in top)
     return {"negative_top_subsets": negative_subsets,
