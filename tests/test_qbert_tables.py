@@ -71,6 +71,20 @@ def test_each_row_gets_its_drop_on_the_same_seeds_its_margin_kept_and_the_verdic
     assert parts[0] == "### SST2: dev accuracy (%)" and parts[1] is table.table
 
 
+def test_an_mp_verdict_gives_the_mean_drop_against_the_bound_and_each_seeds_drop(results, sizes):
+    layers = [f"encoder.layer.{i}" for i in range(6)]
+    rows = main_table_rows(spectrum(dict(zip(layers, (6.0, 5.0, 4.0, 3.0, 2.0, 1.0)))), 12, "sst2")
+    for seed, accuracy in ((0, 0.885), (1, 0.855)):  # FP32 90 and 88: drops 1.67 and 2.84, mean 2.25 (89 vs 87)
+        write_run(results, "sst2", rows["Q-BERT_MP 2/3"]["label"], seed, accuracy,
+                  trained="qbert", weight_bits=2, groups=12, percentile=99.9, init_from="fp32",
+                  layer_bits=rows["Q-BERT_MP 2/3"]["layer_bits"])
+    floors = results.parent / "benchmarks" / "constant_answer.json"
+    said = "\n".join(main_table("sst2", rows, sizes, results, floors).verdicts)
+    assert (f"**Q-BERT_MP 2/3**: {(89 - 87) / 89 * 100:+.2f} % against FP32, within the paper's 2.3 % bound "
+            f"(per seed: {(90 - 88.5) / 90 * 100:+.2f} on seed 0, {(88 - 85.5) / 88 * 100:+.2f} on seed 1)") in said
+    assert "**Q-BERT_MP 2/4**: not run yet" in said
+
+
 def test_a_task_without_results_still_gets_its_rows_marked_not_run_but_other_tasks_need_results(results, sizes):
     tables = main_tables(["cola", "sst2", "rte"], 12, sizes, results)
     assert list(tables) == ["cola", "sst2"]  # rte has no results: left out; the chapter's own task never is

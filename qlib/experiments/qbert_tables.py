@@ -39,6 +39,7 @@ from qlib.experiments.report import (
     constant_answer_scores,
     data_caveat,
     drop_text,
+    drops_per_seed,
     mean_std,
     mean_std_text,
     notes_markdown,
@@ -271,6 +272,14 @@ class TaskTable:
                 self.protocol, self.notes or None]
 
 
+def seed_spread(drops: pd.Series) -> str:
+    """The per-seed drops behind a mean of several seeds, as a verdict's tail ("" for one seed): a mean near the
+    paper's bound reads differently when the seeds straddle it."""
+    if len(drops) < 2:
+        return ""
+    return " (per seed: " + ", ".join(f"{d:+.2f} on seed {seed}" for seed, d in drops.items()) + ")"
+
+
 def main_table(task: str, rows: Mapping[str, dict[str, Any]], sizes: pd.DataFrame, results_dir: str | Path,
                floors_path: str | Path) -> TaskTable:
     """``task``'s main table: each row of ``rows`` with its measured sizes, its score over the committed seeds
@@ -299,6 +308,7 @@ def main_table(task: str, rows: Mapping[str, dict[str, Any]], sizes: pd.DataFram
 
     verdicts = [f"**{name}**: " + (f"{drops[name]:+.2f} % against FP32, "
                                    f"{'within' if drops[name] <= bound else 'beyond'} the paper's {bound:g} % bound"
+                                   + seed_spread(drops_per_seed(runs, rows[name]["label"]))
                                    if name in drops else "not run yet")
                 for name in rows if name.startswith("Q-BERT_MP")]
     if chance is not None and fp32_mean is not None:

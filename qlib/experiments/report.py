@@ -40,6 +40,15 @@ def relative_drop(reference: Any, score: Any) -> Any:
     return (reference - score) / reference * 100
 
 
+def drops_per_seed(runs: pd.DataFrame, method: str, baseline: str = "fp32") -> pd.Series:
+    """``method``'s ``relative_drop`` against ``baseline`` on each seed of one task's ``runs_frame`` that both have,
+    indexed by seed (empty where they share none)."""
+    scores = runs.pivot_table(index="seed", columns="method", values="score")
+    if not {baseline, method} <= set(scores.columns):
+        return pd.Series(dtype=float)
+    return relative_drop(scores[baseline], scores[method]).dropna()
+
+
 UNPAIRED = "no FP32 on its seeds"
 """How a table shows a drop that cannot be taken: the FP32 runs lack one of the row's seeds."""
 
