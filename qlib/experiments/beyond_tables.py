@@ -13,7 +13,7 @@ import pandas as pd
 from qlib.experiments.distill import MODES as DISTILLATION_MODES
 from qlib.experiments.protocol import HEADS, QUANTIZER_FOLDER, SCHEDULE_FOLDER, TERNARY_SETTINGS, ternary_spec
 from qlib.experiments.qbert import setting_spec
-from qlib.experiments.report import mean_std, mean_std_text, paired_gaps, relative_drop, runs_frame
+from qlib.experiments.report import mean_std, mean_std_text, paired_gaps, relative_drop, runs_frame, same_seeds
 from qlib.experiments.results import read_results, records_data
 from qlib.experiments.spec import RunSpec
 
@@ -27,15 +27,9 @@ def _official(folder: Path) -> list[dict[str, Any]]:
     return [r for r in read_results(folder) if records_data(r)]
 
 
-def _same_seeds(runs: pd.DataFrame, method: str, other: str) -> pd.Series:
-    """Per seed that both ``method`` and ``other`` have: their scores side by side ([seed] × 2)."""
-    scores = runs[runs["method"].isin([method, other])].pivot_table(index="seed", columns="method", values="score")
-    return scores.dropna() if {method, other} <= set(scores.columns) else pd.DataFrame(columns=[method, other])
-
-
 def _compared_seeds(runs: pd.DataFrame, distilled: str, plain: str) -> pd.DataFrame:
     """The FP32, ``plain`` and ``distilled`` scores on the seeds ``runs`` has all three of ([seed] × 3)."""
-    return _same_seeds(runs, distilled, plain).join(_same_seeds(runs, "fp32", plain)["fp32"], how="inner")
+    return same_seeds(runs, distilled, plain).join(same_seeds(runs, "fp32", plain)["fp32"], how="inner")
 
 
 def _recovery(runs: pd.DataFrame, distilled: str, plain: str) -> dict[str, float]:
@@ -66,7 +60,7 @@ def integer_against_float(task: str, results: str | Path) -> list[Any]:
     runs = runs_frame(float_rows + integer)
     table = mean_std_text(mean_std(runs)).droplevel("task").rename("score").to_frame()
     label = integer[0]["method"]
-    pairs = _same_seeds(runs, label, "qat")
+    pairs = same_seeds(runs, label, "qat")
     if pairs.empty:
         return [table, f"*No seed of {task} has both `{label}` and Q8BERT's `qat` yet: no verdict.*"]
     drop = relative_drop(pairs["qat"].mean(), pairs[label].mean())
@@ -212,7 +206,7 @@ def ternary_quantizer(task: str, results: str | Path) -> list[Any]:
         grid = setting_spec(setting, task, 0, HEADS, None)
         twn = ternary_spec(grid)
         quantizers = {"ternary (TWN)": twn, "Q-BERT's grid": grid}
-        seeds = set(_same_seeds(runs_frame(on_protocol + ternary), twn.label, "fp32").index)
+        seeds = set(same_seeds(runs_frame(on_protocol + ternary), twn.label, "fp32").index)
         if not seeds:
             lines.append(f"* {setting}: nothing measured yet (no seed has FP32 and the ternary plain row).")
             continue
@@ -220,7 +214,7 @@ def ternary_quantizer(task: str, results: str | Path) -> list[Any]:
         examples = next(r["eval"]["examples"] for r in ternary if r["method"] == twn.label)
         drops, shares, lost, fp32_of = [], [], {}, {}
         for quantizer, plain in quantizers.items():
-            against = _same_seeds(runs, plain.label, "fp32")
+            against = same_seeds(runs, plain.label, "fp32")
             fp32_of[quantizer] = against["fp32"]
             fp32, plain_score = against["fp32"].mean(), against[plain.label].mean()
             drop = relative_drop(fp32, plain_score)

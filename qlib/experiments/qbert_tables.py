@@ -39,13 +39,13 @@ from qlib.experiments.report import (
     constant_answer_scores,
     data_caveat,
     drop_text,
-    drops_per_seed,
     mean_std,
     mean_std_text,
     notes_markdown,
     protocol_frame,
     relative_drop,
     runs_frame,
+    same_seeds,
 )
 from qlib.experiments.results import (
     read_json,
@@ -272,11 +272,13 @@ class TaskTable:
                 self.protocol, self.notes or None]
 
 
-def seed_spread(drops: pd.Series) -> str:
-    """The per-seed drops behind a mean of several seeds, as a verdict's tail ("" for one seed): a mean near the
-    paper's bound reads differently when the seeds straddle it."""
-    if len(drops) < 2:
+def per_seed_drops(runs: pd.DataFrame, label: str) -> str:
+    """``label``'s drop against FP32 on each seed both have (``relative_drop``), as a verdict's tail ("" for one
+    seed): a mean near the paper's bound reads differently when the seeds straddle it."""
+    pairs = same_seeds(runs, label, "fp32")
+    if len(pairs) < 2:
         return ""
+    drops = relative_drop(pairs["fp32"], pairs[label])
     return " (per seed: " + ", ".join(f"{d:+.2f} on seed {seed}" for seed, d in drops.items()) + ")"
 
 
@@ -308,7 +310,7 @@ def main_table(task: str, rows: Mapping[str, dict[str, Any]], sizes: pd.DataFram
 
     verdicts = [f"**{name}**: " + (f"{drops[name]:+.2f} % against FP32, "
                                    f"{'within' if drops[name] <= bound else 'beyond'} the paper's {bound:g} % bound"
-                                   + seed_spread(drops_per_seed(runs, rows[name]["label"]))
+                                   + per_seed_drops(runs, rows[name]["label"])
                                    if name in drops else "not run yet")
                 for name in rows if name.startswith("Q-BERT_MP")]
     if chance is not None and fp32_mean is not None:

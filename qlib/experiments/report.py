@@ -40,13 +40,11 @@ def relative_drop(reference: Any, score: Any) -> Any:
     return (reference - score) / reference * 100
 
 
-def drops_per_seed(runs: pd.DataFrame, method: str, baseline: str = "fp32") -> pd.Series:
-    """``method``'s ``relative_drop`` against ``baseline`` on each seed of one task's ``runs_frame`` that both have,
-    indexed by seed (empty where they share none)."""
-    scores = runs.pivot_table(index="seed", columns="method", values="score")
-    if not {baseline, method} <= set(scores.columns):
-        return pd.Series(dtype=float)
-    return relative_drop(scores[baseline], scores[method]).dropna()
+def same_seeds(runs: pd.DataFrame, method: str, other: str) -> pd.DataFrame:
+    """Per seed of one task's ``runs_frame`` that both ``method`` and ``other`` have: their scores side by side
+    ([seed] × 2; empty where they share none)."""
+    scores = runs[runs["method"].isin([method, other])].pivot_table(index="seed", columns="method", values="score")
+    return scores.dropna() if {method, other} <= set(scores.columns) else pd.DataFrame(columns=[method, other])
 
 
 UNPAIRED = "no FP32 on its seeds"
