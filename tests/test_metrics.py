@@ -116,6 +116,21 @@ def test_paired_gaps_compare_the_same_seeds():
     assert paired_gaps(runs, "dq").empty
 
 
+def test_same_seeds_keeps_the_seeds_every_method_has_in_the_order_asked():
+    import pandas as pd
+
+    from qlib.experiments.report import same_seeds
+
+    runs = pd.DataFrame({"method": ["fp32", "fp32", "fp32", "qat", "qat", "noise", "noise"],
+                         "seed": [0, 1, 2, 0, 2, 2, 1], "score": [90.0, 91.0, 92.0, 89.0, 88.0, 89.5, 90.5]})
+    three = same_seeds(runs, "noise", "fp32", "qat")
+    assert list(three.columns) == ["noise", "fp32", "qat"] and list(three.index) == [2]
+    assert three.loc[2].tolist() == [89.5, 92.0, 88.0]
+    assert list(same_seeds(runs, "qat", "fp32").index) == [0, 2]
+    absent = same_seeds(runs, "fp32", "dq")  # no run of one method: no seed, the columns still named
+    assert absent.empty and list(absent.columns) == ["fp32", "dq"]
+
+
 def test_latency_frame_reads_every_point_of_a_benchmark():
     from qlib.experiments.speed import latency_frame
 

@@ -27,16 +27,11 @@ def _official(folder: Path) -> list[dict[str, Any]]:
     return [r for r in read_results(folder) if records_data(r)]
 
 
-def _compared_seeds(runs: pd.DataFrame, distilled: str, plain: str) -> pd.DataFrame:
-    """The FP32, ``plain`` and ``distilled`` scores on the seeds ``runs`` has all three of ([seed] × 3)."""
-    return same_seeds(runs, distilled, plain).join(same_seeds(runs, "fp32", plain)["fp32"], how="inner")
-
-
 def _recovery(runs: pd.DataFrame, distilled: str, plain: str) -> dict[str, float]:
     """On the seeds where ``runs`` has FP32, ``plain`` and ``distilled`` rows: how many, their mean scores, and the
     share of plain QAT's drop against FP32 that distillation recovers, (distilled − plain) / (FP32 − plain), where
     plain QAT dropped (else NaN: no drop to recover, and a share of a rounding-sized gap would read as a large one)."""
-    both = _compared_seeds(runs, distilled, plain)
+    both = same_seeds(runs, "fp32", plain, distilled)
     fp32, before, after = (both[c].mean() if not both.empty else float("nan") for c in ("fp32", plain, distilled))
     return {"seeds": len(both), "FP32": fp32, "plain": before, "distilled": after,
             "share of the drop recovered": (after - before) / (fp32 - before) if fp32 > before else float("nan")}

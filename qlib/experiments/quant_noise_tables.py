@@ -40,6 +40,7 @@ from qlib.experiments.report import (
     paired_gaps,
     protocol_frame,
     runs_frame,
+    same_seeds,
 )
 from qlib.experiments.results import read_json, read_result, read_results, records_its_data
 from qlib.experiments.spec import FROM_CHECKPOINT, RunSpec
@@ -115,8 +116,7 @@ def _noise_verdict(name: str, gap: pd.DataFrame, runs: pd.DataFrame, plain: str,
                    f"{'better' if row['mean gap'] > 0 else 'worse'}**")
     else:
         verdict = f"within the spread ({row['spread']:.2f} points): **no difference shown**"
-    scores = runs.pivot_table(index="seed", columns="method", values="score").reindex(
-        columns=["fp32", plain, noisy]).dropna()
+    scores = same_seeds(runs, "fp32", plain, noisy)
     lost = (scores["fp32"] - scores[plain]).mean()
     if scores.empty:
         drop = "no FP32 Baseline of these seeds to measure the drop against"

@@ -40,11 +40,11 @@ def relative_drop(reference: Any, score: Any) -> Any:
     return (reference - score) / reference * 100
 
 
-def same_seeds(runs: pd.DataFrame, method: str, other: str) -> pd.DataFrame:
-    """Per seed of one task's ``runs_frame`` that both ``method`` and ``other`` have: their scores side by side
-    ([seed] × 2; empty where they share none)."""
-    scores = runs[runs["method"].isin([method, other])].pivot_table(index="seed", columns="method", values="score")
-    return scores.dropna() if {method, other} <= set(scores.columns) else pd.DataFrame(columns=[method, other])
+def same_seeds(runs: pd.DataFrame, *methods: str) -> pd.DataFrame:
+    """Per seed of one task's ``runs_frame`` that every one of ``methods`` has: their scores side by side ([seed] ×
+    methods, in that order; empty where they share none)."""
+    scores = runs[runs["method"].isin(methods)].pivot_table(index="seed", columns="method", values="score")
+    return scores.reindex(columns=list(methods)).dropna()
 
 
 UNPAIRED = "no FP32 on its seeds"
