@@ -16,6 +16,7 @@ from qlib.experiments.qbert import DIRECTQ, main_table_rows
 from qlib.experiments.qbert_tables import (
     batch_size_effect,
     committed_spectra,
+    drops_across_tasks,
     float16_floats,
     group_ablation,
     main_table,
@@ -204,6 +205,42 @@ def test_saddle_points_and_the_batch_size_study_read_each_spectrum():
     assert list(study.index) == [("sst2", 8), ("sst2", 64)]  # the spectrum without a study has no rows
     assert study.loc[("sst2", 8), "mean λ"] == 3.0 and study.loc[("sst2", 64), "batches"] == 3
     assert not study.loc[("sst2", 64), "converged"] and batch_size_effect({"squad": spectra["squad"]}) is None
+
+
+def test_the_tasks_are_ordered_by_their_drop_and_the_papers_ordering_is_checked(results, sizes):
+    layers = [f"encoder.layer.{i}" for i in range(6)]
+    omegas = dict(zip(layers, (6.0, 5.0, 4.0, 3.0, 2.0, 1.0)))
+    saddle = spectrum(omegas, tops={"encoder.layer.1": [4.0, -2.0]})  # a negative top λ: negative curvature
+    rows = {task: main_table_rows(spectrum(omegas), 12, task) for task in ("sst2", "conll2003", "squad")}
+    mp = rows["sst2"]["Q-BERT_MP 2/3"]
+    write_run(results, "sst2", mp["label"], 0, 0.88, trained="qbert", weight_bits=2, groups=12, percentile=99.9,
+              init_from="fp32", layer_bits=mp["layer_bits"])  # FP32 90 on seed 0: a 2.22 % drop
+    for seed, fp32, score in ((0, 0.90, 0.81), (1, 0.80, 0.76)):  # drops 10 % and 5 %: 7.65 % on the means
+        write_run(results, "conll2003", "fp32", seed, fp32)
+        write_run(results, "conll2003", mp["label"], seed, score, trained="qbert", weight_bits=2, groups=12,
+                  percentile=99.9, init_from="fp32", layer_bits=mp["layer_bits"])
+    write_run(results, "squad", "fp32", 0, 0.80)
+    floors = results.parent / "benchmarks" / "constant_answer.json"
+    tables = {task: main_table(task, rows[task], sizes, results, floors) for task in rows}
+    _, drops, saddles, said = drops_across_tasks(tables, {"sst2": spectrum(omegas), "squad": saddle})
+    assert list(drops.columns) == ["sst2", "conll2003", "squad"] and drops.index[0] == "DirectQ 4/8"
+    assert drops.loc["Q-BERT_MP 2/3", "conll2003"] == f"{(85 - 78.5) / 85 * 100:+.2f}"
+    assert drops.loc["Q-BERT_MP 2/3", "squad"] == "not run"
+    assert saddles.iloc[:, 0].to_dict() == {"sst2": "no", "conll2003": "no spectrum committed",
+                                            "squad": "yes: 1 of 6 blocks"}
+    assert (f"**Q-BERT_MP 2/3**: conll2003 {(85 - 78.5) / 85 * 100:+.2f} %, then sst2 {(90 - 88) / 90 * 100:+.2f} %"
+            in said)
+    assert "**The paper's ordering** (squad loses the most at Q-BERT_MP 2/3): waits for Q-BERT_MP 2/3 on squad" in said
+    assert "shows in the Baselines of squad (not in sst2)" in said
+    write_run(results, "squad", mp["label"], 0, 0.70, trained="qbert", weight_bits=2, groups=12, percentile=99.9,
+              init_from="fp32", layer_bits=mp["layer_bits"])  # a 12.5 % drop: the largest
+    tables["squad"] = main_table("squad", rows["squad"], sizes, results, floors)
+    assert "(squad loses the most at Q-BERT_MP 2/3): **holds**" in drops_across_tasks(tables, {})[3]
+    write_run(results, "rte", "fp32", 0, 0.70)  # a Baseline alone scores no row
+    only_fp32 = {"sst2": tables["sst2"], "rte": main_table("rte", main_table_rows(None, 12, "rte"), sizes, results,
+                                                            floors)}
+    assert only_fp32["rte"].drops.to_dict() == {"Baseline": 0.0}
+    assert drops_across_tasks(only_fp32, {}) == ["*The comparison across tasks needs scored rows on two tasks.*"]
 
 
 def test_missing_runs_are_named_with_their_cost_estimated_from_measured_runs(tmp_path):

@@ -120,15 +120,19 @@ def spectra_across_tasks(spectra: Mapping[str, Mapping[str, Any]], setting: str 
             protocol, notes_markdown(spectra.values())]
 
 
+def negative_blocks(spectrum: Mapping[str, Any]) -> list[str]:
+    """The blocks of ``spectrum`` whose smallest eigenvalue, or the top one on some subset, is clearly negative
+    (``negative_curvature``), named without their ``encoder.`` prefix: where its model is not at a local minimum."""
+    return [block.removeprefix("encoder.") for block, b in spectrum["blocks"].items()
+            if negative_curvature(b["top"], b["smallest"][0] if b.get("smallest") else None)["negative_curvature"]]
+
+
 def saddle_points(spectra: Mapping[str, Mapping[str, Any]]) -> list[str]:
-    """Per committed spectrum, whether its model sits at a saddle point (Q-BERT found SQuAD's does): the blocks whose
-    smallest eigenvalue, or the top one on some subset, is clearly negative (``negative_curvature``), or that none
-    is."""
+    """Per committed spectrum, whether its model sits at a saddle point (Q-BERT found SQuAD's does): its blocks with
+    negative curvature (``negative_blocks``), or that none has."""
     said = []
     for name, spectrum in spectra.items():
-        negative = [block.removeprefix("encoder.") for block, b in spectrum["blocks"].items()
-                    if negative_curvature(b["top"], b["smallest"][0] if b.get("smallest") else None)[
-                        "negative_curvature"]]
+        negative = negative_blocks(spectrum)
         measured = sum(bool(b.get("smallest")) for b in spectrum["blocks"].values())
         altered = not records_data(spectrum)
         title = f"**{name}**" + " (on the earlier, altered copy of the data)" * altered
@@ -250,7 +254,8 @@ def float16_floats(results_dir: str | Path, sizes: pd.DataFrame) -> tuple[pd.Dat
 class TaskTable:
     """One task's main table and what goes with it. ``summary``: mean, std and seeds per result label; ``runs``: one row
     per result (``qlib.experiments.report.runs_frame``); ``table``: the sizes beside each row's score, drop and margin
-    kept; ``verdicts``: Markdown bullets; ``protocol`` (None without runs) and ``notes``."""
+    kept; ``verdicts``: Markdown bullets; ``protocol`` (None without runs) and ``notes``; ``drops``: each scored row's
+    relative drop against FP32 on the same seeds (%, by row name; positive: a loss)."""
 
     task: str
     metric: str
@@ -262,6 +267,7 @@ class TaskTable:
     verdicts: list[str] = field(default_factory=list)
     protocol: pd.DataFrame | None = None
     notes: str = ""
+    drops: pd.Series = field(default_factory=lambda: pd.Series(dtype=float))
 
     def parts(self) -> list[Any]:
         """What the chapter shows for this task, in order (``qlib.experiments.report.show``)."""
@@ -335,7 +341,60 @@ def main_table(task: str, rows: Mapping[str, dict[str, Any]], sizes: pd.DataFram
                 .round({"wall h": 2}) if records else None)
     metric = runs["metric"].iloc[0] if records else get_run_task(task).metrics[0]
     return TaskTable(task, metric, dict(rows), summary, runs, table, data_caveat(records), verdicts, protocol,
-                     notes_markdown(records) if records else "")
+                     notes_markdown(records) if records else "", drops)
+
+
+PAPER_MOST_LOSS = {"setting": "Q-BERT_MP 2/3", "task": "squad"}
+"""Q-BERT's ordering of its tasks: at its headline setting, SQuAD loses the most (its fine-tuned model is not at a
+local minimum, Q-BERT I)."""
+
+
+def drops_across_tasks(tables: Mapping[str, TaskTable], spectra: Mapping[str, Mapping[str, Any]],
+                       paper: Mapping[str, str] = PAPER_MOST_LOSS) -> list[Any]:
+    """Which task loses the most: each row's relative drop against FP32 on the same seeds (``TaskTable.drops``: each
+    task's own main metric, over its own committed seeds), one column per task of ``tables``, with whether the task's
+    Baseline spectrum (``spectra``, ``committed_spectra``) shows negative curvature (``negative_blocks``).
+
+    Returns:
+        What the chapter shows, in order (``qlib.experiments.report.show``): the drops [row × task] ("+1.23", "not
+        run") under their caption, the saddle check per task, and the verdicts: for each row scored on two tasks or
+        more, the tasks from the largest drop down; for ``paper``'s setting, whether its task loses the most, as
+        Q-BERT found, or which task is still to be run; and the tasks whose Baseline shows negative curvature. A
+        sentence alone while fewer than two tasks have a scored row.
+    """
+    order = dict.fromkeys(name for table in tables.values() for name, row in table.rows.items()
+                          if row["spec"].method != "fp32")  # the Baseline's drop is 0 by definition
+    drops = pd.DataFrame({task: table.drops for task, table in tables.items()}).reindex(list(order)).dropna(how="all")
+    if drops.notna().any().sum() < 2:
+        return ["*The comparison across tasks needs scored rows on two tasks.*"]
+    saddle = pd.Series({task: (f"yes: {len(blocks)} of {len(spectra[task]['blocks'])} blocks"
+                               if (blocks := negative_blocks(spectra[task])) else "no")
+                        if task in spectra else "no spectrum committed"
+                        for task in tables}, name="negative curvature in the Baseline's spectrum (Q-BERT I)")
+    verdicts = []
+    for name, row in drops.iterrows():
+        scored = row.dropna().sort_values(ascending=False)
+        if len(scored) > 1:
+            verdicts.append(f"**{name}**: " + ", then ".join(f"{task} {drop:+.2f} %" for task, drop in scored.items()))
+    setting, task = paper["setting"], paper["task"]
+    row = drops.loc[setting].dropna() if setting in drops.index else pd.Series(dtype=float)
+    waiting = [t for t in tables if t not in row.index]
+    if task in row.index and len(row) > 1:
+        most = row.idxmax()
+        verdicts.append(f"**The paper's ordering** ({task} loses the most at {setting}): "
+                        + ("**holds**" if most == task else f"**does not hold**: {most} loses more")
+                        + (f" (not run yet on {', '.join(waiting)})" if waiting else ""))
+    else:
+        verdicts.append(f"**The paper's ordering** ({task} loses the most at {setting}): waits for {setting} on "
+                        f"{', '.join(waiting)}")
+    curved = [t for t, said in saddle.items() if said.startswith("yes")]
+    if curved:
+        verdicts.append("**Negative curvature** (Q-BERT found it in SQuAD's model) shows in the Baselines of "
+                        f"{', '.join(curved)}" + (f" (not in {', '.join(flat)})" if (flat := [
+                            t for t, said in saddle.items() if said == "no"]) else ""))
+    shown = drops.apply(lambda column: column.map(lambda d: "not run" if pd.isna(d) else f"{d:+.2f}"))
+    return ["Relative drop against FP32 on the same seeds (%; positive: a loss):", shown, saddle.to_frame(),
+            "\n".join(f"* {v}" for v in verdicts)]
 
 
 def missing_runs(task: str, rows: Mapping[str, dict[str, Any]], results_dir: str | Path,
