@@ -41,16 +41,18 @@ needs_vnni = pytest.mark.skipif(
 
 
 def trained(model):
-    """Set the EMA input ranges with a few training-mode forwards, as QAT would."""
+    """Set the EMA input ranges with a few training-mode forwards, as QAT would (without gradients: flex attention
+    has no backward on CPU)."""
     model.train()
-    for seed in range(3):
-        model(input_ids=torch.randint(5, 64, (8, 16), generator=torch.Generator().manual_seed(seed)))
+    with torch.no_grad():
+        for seed in range(3):
+            model(input_ids=torch.randint(5, 64, (8, 16), generator=torch.Generator().manual_seed(seed)))
     return model.eval()
 
 
 @needs_vnni
 @pytest.mark.parametrize("attention, activation, fused_ffn", [("sdpa", "gelu", True), ("eager", "gelu_new", True),
-                                                             ("sdpa", "relu", False)])
+                                                             ("sdpa", "relu", False), ("flex_attention", "gelu", True)])
 def test_int8_model_agrees_with_the_fake_quantized_model(attention, activation, fused_ffn):
     torch.manual_seed(0)
     config = tiny_config(hidden_act=activation)

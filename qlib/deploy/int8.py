@@ -325,7 +325,7 @@ class Int8SelfAttention(nn.Module):
         shape = hidden_states.shape[:-1]
         qkv = self.qkv(hidden_states).view(*shape, 3 * self.num_attention_heads, self.attention_head_size)
         query, key, value = qkv.transpose(1, 2).to(self.attention_dtype).split(self.num_attention_heads, dim=1)
-        if attention_mask is not None and attention_mask.is_floating_point():
+        if isinstance(attention_mask, torch.Tensor) and attention_mask.is_floating_point():  # not flex's BlockMask
             attention_mask = attention_mask.to(self.attention_dtype)
         kwargs.pop("past_key_values", None)  # only encoders are fused (see to_int8)
         attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
