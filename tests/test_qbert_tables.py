@@ -230,12 +230,13 @@ def test_the_tasks_are_ordered_by_their_drop_and_the_papers_ordering_is_checked(
                                             "squad": "yes: 1 of 6 blocks"}
     assert (f"**Q-BERT_MP 2/3**: conll2003 {(85 - 78.5) / 85 * 100:+.2f} %, then sst2 {(90 - 88) / 90 * 100:+.2f} %"
             in said)
-    assert "**The paper's ordering** (squad loses the most at Q-BERT_MP 2/3): waits for Q-BERT_MP 2/3 on squad" in said
+    assert ("**The paper's ordering** (squad loses the most; checked at Q-BERT_MP 2/3): waits for Q-BERT_MP 2/3 "
+            "on squad") in said
     assert "shows in the Baselines of squad (not in sst2)" in said
     write_run(results, "squad", mp["label"], 0, 0.70, trained="qbert", weight_bits=2, groups=12, percentile=99.9,
               init_from="fp32", layer_bits=mp["layer_bits"])  # a 12.5 % drop: the largest
     tables["squad"] = main_table("squad", rows["squad"], sizes, results, floors)
-    assert "(squad loses the most at Q-BERT_MP 2/3): **holds**" in drops_across_tasks(tables, {})[3]
+    assert "(squad loses the most; checked at Q-BERT_MP 2/3): **holds**" in drops_across_tasks(tables, {})[3]
     write_run(results, "rte", "fp32", 0, 0.70)  # a Baseline alone scores no row
     only_fp32 = {"sst2": tables["sst2"], "rte": main_table("rte", main_table_rows(None, 12, "rte"), sizes, results,
                                                             floors)}
