@@ -367,10 +367,10 @@ def drops_across_tasks(tables: Mapping[str, TaskTable], spectra: Mapping[str, Ma
     drops = pd.DataFrame({task: table.drops for task, table in tables.items()}).reindex(list(order)).dropna(how="all")
     if drops.notna().any().sum() < 2:
         return ["*The comparison across tasks needs scored rows on two tasks.*"]
-    saddle = pd.Series({task: (f"yes: {len(blocks)} of {len(spectra[task]['blocks'])} blocks"
-                               if (blocks := negative_blocks(spectra[task])) else "no")
-                        if task in spectra else "no spectrum committed"
-                        for task in tables}, name="negative curvature in the Baseline's spectrum (Q-BERT I)")
+    negative = {task: negative_blocks(spectra[task]) for task in tables if task in spectra}
+    saddle = pd.Series({task: "no spectrum committed" if task not in negative else "no" if not negative[task] else
+                        f"yes: {len(negative[task])} of {len(spectra[task]['blocks'])} blocks" for task in tables},
+                       name="negative curvature in the Baseline's spectrum (Q-BERT I)")
     verdicts = []
     for name, row in drops.iterrows():
         scored = row.dropna().sort_values(ascending=False)
@@ -386,11 +386,10 @@ def drops_across_tasks(tables: Mapping[str, TaskTable], spectra: Mapping[str, Ma
                         + (f" (not run yet on {', '.join(waiting)})" if waiting else ""))
     else:
         verdicts.append(ordering + f"waits for {setting} on {', '.join(waiting)}")
-    curved = [t for t, said in saddle.items() if said.startswith("yes")]
+    curved, flat = [t for t, b in negative.items() if b], [t for t, b in negative.items() if not b]
     if curved:
-        verdicts.append("**Negative curvature** (Q-BERT found it in SQuAD's model) shows in the Baselines of "
-                        f"{', '.join(curved)}" + (f" (not in {', '.join(flat)})" if (flat := [
-                            t for t, said in saddle.items() if said == "no"]) else ""))
+        verdicts.append(f"**Negative curvature** (Q-BERT found it in {task}'s model) shows in the Baselines of "
+                        f"{', '.join(curved)}" + (f" (not in {', '.join(flat)})" if flat else ""))
     shown = drops.apply(lambda column: column.map(lambda d: "not run" if pd.isna(d) else f"{d:+.2f}"))
     return ["Relative drop against FP32 on the same seeds (%; positive: a loss):", shown, saddle.to_frame(),
             "\n".join(f"* {v}" for v in verdicts)]
