@@ -12,6 +12,7 @@ import pytest
 from conftest import RESULT_TEMPLATE as TEMPLATE
 from conftest import write_run
 
+from qlib.experiments.protocol import baseline_job
 from qlib.experiments.qbert import DIRECTQ, main_table_rows
 from qlib.experiments.qbert_tables import (
     batch_size_effect,
@@ -262,11 +263,13 @@ def test_missing_runs_are_named_with_their_cost_estimated_from_measured_runs(tmp
     assert list(table.index) == ["Baseline", "Q-BERT 8/8", "Q-BERT 4/8", "Q-BERT 3/8", "Q-BERT 2/8"]  # no DirectQ
     training, evaluation = 120 / 320 * 20_000, 20 * 10570 / 320  # the protocol's 20 k questions, the whole dev set
     assert len(DIRECTQ) == 6  # DirectQ 4/3/2, with and without the clip: each evaluated on the Baseline's weights
-    assert table.loc["Baseline", "est. h per run"] == pytest.approx((training + 7 * evaluation) / 3600, abs=0.01)
+    # SQuAD's Baseline is also Q8BERT's FP32 run: its job evaluates Q8BERT's DQ row as well
+    assert baseline_job("squad", 0, tmp_path).evaluations == 8 == 2 + len(DIRECTQ)
+    assert table.loc["Baseline", "est. h per run"] == pytest.approx((training + 8 * evaluation) / 3600, abs=0.01)
     assert table.loc["Q-BERT 2/8", "est. h in all"] == pytest.approx(3 * (training + evaluation) / 3600, abs=0.01)
     assert table.loc["Baseline", "seeds missing"] == "0, 1, 2" and table.loc["Baseline", "estimated from"] == (
-        "1 measured FP32 run(s), from random batches (an overestimate); training and 7 dev evaluations (its own, "
-        "its DirectQ rows')")  # the template's run predates grouping
+        "1 measured FP32 run(s), from random batches (an overestimate); training and 8 dev evaluations (its own, "
+        "its post-training rows')")  # the template's run predates grouping
     assert table.loc["Q-BERT 3/8", "estimated from"] == (
         "FP32's speed (1 run(s)), a lower bound, from random batches (an overestimate)")
     for folder, record in (("q8bert", sizing),  # the same run, written for a second chapter: it counts once
@@ -282,11 +285,12 @@ def test_missing_runs_are_named_with_their_cost_estimated_from_measured_runs(tmp
         "tasks": {"squad": {"fp32_speedup": 2.0, "qat_speedup": 1.5}}}))
     table = missing_runs("squad", main_table_rows(None, 12, "squad"), tmp_path / "qbert")
     assert table.loc["Baseline", "est. h per run"] == pytest.approx(
-        (training / 2.0 + 7 * evaluation) / 3600, abs=0.01)  # training at the measured speed-up
+        (training / 2.0 + 8 * evaluation) / 3600, abs=0.01)  # training at the measured speed-up
     assert table.loc["Baseline", "estimated from"].startswith(
-        "1 measured FP32 run(s), from random batches ÷ their measured speed-up; training and 7")
+        "1 measured FP32 run(s), from random batches ÷ their measured speed-up; training and 8")
     assert missing_runs("conll2003", main_table_rows(None, 12, "conll2003"), tmp_path / "qbert").loc[
         "Baseline", "estimated from"] == "no run measured"
+    assert baseline_job("conll2003", 0, tmp_path).evaluations == 1 + len(DIRECTQ)  # no Q8BERT row on CoNLL-03
 
 
 def test_a_float16_run_gets_a_drop_only_against_the_baseline_on_the_same_data(tmp_path):

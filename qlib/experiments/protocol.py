@@ -492,6 +492,17 @@ def share_fp32_runs(q8bert_rows: list[Job], baselines: list[Job]) -> tuple[list[
     return [shared.get(j.name, j) for j in q8bert_rows], [b for b in baselines if b.name not in merged]
 
 
+def baseline_job(task: str, seed: int, results: str | Path = "results",
+                 checkpoint_root: str | Path = "runs/checkpoints") -> Job:
+    """The Baseline job of ``task`` and ``seed`` as stage 2 plans it: on a task of ``Q8BERT_TASKS`` whose protocol is
+    picked, the same training also gives Q8BERT's FP32 and DQ rows (``share_fp32_runs``), so it makes one dev
+    evaluation more (``Job.evaluations``)."""
+    baseline = baseline_jobs([task], chapter_checkpoints(checkpoint_root, "qbert"), seeds=(seed,), results=results)
+    protocols, _ = picked_protocols([task] if task in Q8BERT_TASKS else [], results)
+    q8bert_rows, left = share_fp32_runs(q8bert_jobs(protocols, seeds=(seed,), results=results)[0], baseline)
+    return left[0] if left else next(j for j in q8bert_rows if j.name == baseline[0].name)
+
+
 def _present_spectra(folder: Path, tasks: Sequence[str]) -> dict[str, dict[str, Any]]:
     """The spectra of ``tasks`` that are measured and record their data (one on the altered copy is re-measured)."""
     return read_spectra(folder, [t for t in tasks if records_its_data(folder / f"spectrum-{t}.json")])

@@ -24,8 +24,8 @@ from qlib.experiments.data import read_same_data
 from qlib.experiments.experiment import protocol_for
 from qlib.experiments.papers import QBERT_CLAIMS
 from qlib.experiments.progress import dev_set_size, estimated_hours, grouped_speedups, on_cpu, random_batches_caveat
+from qlib.experiments.protocol import baseline_job
 from qlib.experiments.qbert import (
-    DIRECTQ,
     DIRECTQ_BITS,
     MIXED_SETTINGS,
     QBERT_PERCENTILE,
@@ -404,8 +404,9 @@ def missing_runs(task: str, rows: Mapping[str, dict[str, Any]], results_dir: str
     (``estimated_hours``): FP32 runs for the Baseline, QAT runs for the others, or FP32's speed where no QAT run is
     measured yet (QAT trains slower, so that is a lower bound); a run made on random batches counts at the measured
     speed-up of length-grouped ones (``qlib.experiments.progress.grouped_speedups``) where the protocol groups them. A
-    Baseline's estimate counts its dev evaluation once more per row of ``DIRECTQ`` (each evaluated on its weights, at
-    its own evaluation's measured time). None when nothing is missing."""
+    Baseline's estimate counts its dev evaluation once more per post-training row its job evaluates on its weights
+    (``qlib.experiments.protocol.baseline_job``: the DirectQ rows, and Q8BERT's DQ row where the two chapters share
+    the training), each at its own evaluation's measured time. None when nothing is missing."""
     results_dir = Path(results_dir)
     missing = {name: [s for s in seeds if not records_its_data(row["spec"].with_(seed=s).result_path(results_dir))]
                for name, row in rows.items() if not row["spec"].is_post_training}
@@ -430,7 +431,7 @@ def missing_runs(task: str, rows: Mapping[str, dict[str, Any]], results_dir: str
     table = {}
     for name, left in missing.items():
         kind = "fp32" if rows[name]["spec"].method == "fp32" else "qat"
-        evaluations = 1 + len(DIRECTQ) if kind == "fp32" else 1  # a Baseline evaluates every DirectQ row
+        evaluations = baseline_job(task, left[0], results_dir.parent).evaluations if kind == "fp32" else 1
         used, hours = kind, hours_from(kind, evaluations)
         if hours is None:
             used, hours = "fp32", hours_from("fp32", evaluations)
@@ -438,7 +439,8 @@ def missing_runs(task: str, rows: Mapping[str, dict[str, Any]], results_dir: str
                  else f"FP32's speed ({len(fp32)} run(s)), a lower bound" if hours is not None else "no run measured")
         if hours is not None:
             basis += random_batches_caveat(runs[used], grouped, speedups.get(used))
-            basis += f"; training and {evaluations} dev evaluations (its own, its DirectQ rows')" * (evaluations > 1)
+            basis += (f"; training and {evaluations} dev evaluations (its own, its post-training rows')"
+                      * (evaluations > 1))
         table[name] = {"seeds missing": ", ".join(map(str, left)), "est. h per run": hours,
                        "est. h in all": None if hours is None else hours * len(left), "estimated from": basis}
     return pd.DataFrame(table).T.astype({"est. h per run": float, "est. h in all": float}).round(2)
