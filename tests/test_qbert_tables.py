@@ -16,6 +16,7 @@ from qlib.experiments.protocol import baseline_job
 from qlib.experiments.qbert import DIRECTQ, main_table_rows
 from qlib.experiments.qbert_tables import (
     batch_size_effect,
+    batch_size_verdicts,
     committed_spectra,
     drops_across_tasks,
     float16_floats,
@@ -195,17 +196,26 @@ def test_saddle_points_and_the_batch_size_study_read_each_spectrum():
 
     spectra = {"squad": spectrum([3.0, 2.0], [-0.4]),  # clearly below -1e-3·mean: a saddle point
                "sst2": spectrum([3.0, 2.0], [-1e-4], {"block": "encoder.layer.0",  # within the noise: not negative
-                                                      "sizes": {"8": {"top": [4.0, 2.0], "converged": True},
-                                                                "64": {"top": [1.0, 1.5, 2.0], "converged": False}}})}
-    spectra["squad"]["provenance"] = {"data": {"source": "local", "folder": "data", "files": {}}}
+                                                      "sizes": {"64": {"top": [1.0, 1.5, 2.0], "converged": False},
+                                                                "8": {"top": [4.0, -2.0], "converged": True}}})}
+    spectra["squad"] |= {"provenance": {"data": {"source": "local", "folder": "data", "files": {}}},
+                         "params": {"subset_size": 32}}
     squad, sst2 = saddle_points(spectra)
-    assert squad.startswith("**squad**: negative curvature in 1 of 2 blocks (layer.0)") and "saddle point" in squad
+    assert squad == ("**squad**: negative curvature in 1 of 2 blocks (layer.0) on subsets of 32 examples: not a "
+                     "minimum of those subsets' loss, a saddle point by Q-BERT's test")
     assert sst2.startswith("**sst2** (on the earlier, altered copy of the data): no block shows negative curvature (2 "
                            "smallest eigenvalues measured)")
     study = batch_size_effect(spectra)
-    assert list(study.index) == [("sst2", 8), ("sst2", 64)]  # the spectrum without a study has no rows
-    assert study.loc[("sst2", 8), "mean λ"] == 3.0 and study.loc[("sst2", 64), "batches"] == 3
+    assert list(study.index) == [("sst2", 8), ("sst2", 64)]  # by size; the spectrum without a study has no rows
+    assert study.loc[("sst2", 8), "mean λ"] == 1.0 and study.loc[("sst2", 64), "batches"] == 3
+    assert study["negative λ"].tolist() == [1, 0]
     assert not study.loc[("sst2", 64), "converged"] and batch_size_effect({"squad": spectra["squad"]}) is None
+    assert batch_size_verdicts(study) == ["**sst2** (encoder.layer.0): a negative top λ on 1 of 2 at 8, 0 of 3 at 64: "
+                                          "the negative curvature of the smaller batches is not seen at 64 examples"]
+    study.loc[("sst2", 64), "negative λ"], study.loc[("sst2", 8), "negative λ"] = 1, 0
+    assert batch_size_verdicts(study)[0].endswith("0 of 2 at 8, 1 of 3 at 64: still seen at 64 examples")
+    study["negative λ"] = 0
+    assert batch_size_verdicts(study)[0].endswith(": no batch has one")
 
 
 def test_the_tasks_are_ordered_by_their_drop_and_the_papers_ordering_is_checked(results, sizes):

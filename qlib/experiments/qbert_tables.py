@@ -122,36 +122,62 @@ def spectra_across_tasks(spectra: Mapping[str, Mapping[str, Any]], setting: str 
 
 def negative_blocks(spectrum: Mapping[str, Any]) -> list[str]:
     """The blocks of ``spectrum`` whose smallest eigenvalue, or the top one on some subset, is clearly negative
-    (``negative_curvature``), named without their ``encoder.`` prefix: where its model is not at a local minimum."""
+    (``negative_curvature``), named without their ``encoder.`` prefix: where its model is not at a minimum of
+    some subset's loss."""
     return [block.removeprefix("encoder.") for block, b in spectrum["blocks"].items()
             if negative_curvature(b["top"], b["smallest"][0] if b.get("smallest") else None)["negative_curvature"]]
 
 
 def saddle_points(spectra: Mapping[str, Mapping[str, Any]]) -> list[str]:
     """Per committed spectrum, whether its model sits at a saddle point (Q-BERT found SQuAD's does): its blocks with
-    negative curvature (``negative_blocks``), or that none has."""
+    negative curvature (``negative_blocks``) on the subsets the spectrum measures, or that none has. A subset's
+    Hessian is an estimate of the training loss's: ``batch_size_verdicts`` says how the sign holds up on larger
+    batches."""
     said = []
     for name, spectrum in spectra.items():
         negative = negative_blocks(spectrum)
         measured = sum(bool(b.get("smallest")) for b in spectrum["blocks"].values())
         altered = not records_data(spectrum)
         title = f"**{name}**" + " (on the earlier, altered copy of the data)" * altered
+        size = spectrum.get("params", {}).get("subset_size")
+        on = f" on subsets of {size} examples" if size else ""
         said.append(f"{title}: negative curvature in {len(negative)} of {len(spectrum['blocks'])} blocks "
-                    f"({', '.join(negative)}): not a local minimum, a saddle point" if negative else
-                    f"{title}: no block shows negative curvature ({measured} smallest eigenvalues measured): "
+                    f"({', '.join(negative)}){on}: not a minimum of those subsets' loss, a saddle point by Q-BERT's "
+                    "test" if negative else
+                    f"{title}: no block shows negative curvature ({measured} smallest eigenvalues measured{on}): "
                     "consistent with a local minimum")
     return said
 
 
 def batch_size_effect(spectra: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame | None:
     """The batch-size study of each spectrum that has one (``run_spectrum``'s ``batch_sizes``): one row per (task,
-    Hessian batch size), the block measured, its top eigenvalue's mean and std over the batches, their count, and
-    whether every power iteration converged; None when no spectrum has it."""
+    Hessian batch size), smallest size first, the block measured, its top eigenvalue's mean and std over the batches,
+    their count, how many of them have a negative top eigenvalue, and whether every power iteration converged; None
+    when no spectrum has it."""
     rows = [{"task": name, "block": study["block"], "batch size": int(size), "mean λ": pd.Series(m["top"]).mean(),
-             "std λ": pd.Series(m["top"]).std(), "batches": len(m["top"]), "converged": m["converged"]}
+             "std λ": pd.Series(m["top"]).std(), "batches": len(m["top"]), "negative λ": sum(t < 0 for t in m["top"]),
+             "converged": m["converged"]}
             for name, s in spectra.items() if (study := s.get("batch_size_effect")) and study["sizes"]
-            for size, m in study["sizes"].items()]
+            for size, m in sorted(study["sizes"].items(), key=lambda item: int(item[0]))]
     return pd.DataFrame(rows).set_index(["task", "batch size"]).round(4) if rows else None
+
+
+def batch_size_verdicts(study: pd.DataFrame) -> list[str]:
+    """For each task of ``batch_size_effect``'s table: on how many batches of each size its block's top eigenvalue
+    is negative, and whether that negative curvature is still seen at the largest size measured. A small batch's
+    Hessian is one estimate of the training loss's (their mean): a sign seen only on small batches may be theirs
+    alone."""
+    said = []
+    for task, rows in study.groupby(level="task", sort=False):
+        rows = rows.droplevel("task")
+        counts = ", ".join(f"{n} of {b} at {size}" for size, n, b in zip(rows.index, rows["negative λ"],
+                                                                         rows["batches"]))
+        largest, negative = rows.index[-1], rows["negative λ"]
+        verdict = ("no batch has one" if not negative.any() else
+                   f"still seen at {largest} examples" if negative.iloc[-1] else
+                   f"the negative curvature of the smaller batches is not seen at {largest} examples")
+        said.append(f"**{task}** ({rows['block'].iloc[0]}): a negative top λ on {counts}: {verdict}")
+    return said
 
 
 def size_table(model: nn.Module, rows: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
