@@ -210,10 +210,14 @@ def test_saddle_points_and_the_batch_size_study_read_each_spectrum():
     assert study.loc[("sst2", 8), "mean λ"] == 1.0 and study.loc[("sst2", 64), "batches"] == 3
     assert study["negative λ"].tolist() == [1, 0]
     assert not study.loc[("sst2", 64), "converged"] and batch_size_effect({"squad": spectra["squad"]}) is None
-    assert batch_size_verdicts(study) == ["**sst2** (encoder.layer.0): a negative top λ on 1 of 2 at 8, 0 of 3 at 64: "
-                                          "the negative curvature of the smaller batches is not seen at 64 examples"]
+    assert study["first batch λ·B"].tolist() == [32.0, 64.0]  # the first batch's top λ times its size
+    assert batch_size_verdicts(study) == ["**sst2** (encoder.layer.0): a negative top λ on 1 of 2 batches of 8, 0 of 3 "
+                                          "batches of 64: the negative curvature of the smaller batches is not seen at "
+                                          "64 examples; the first batch's λ·B goes from 32 to 64 over the sizes (a "
+                                          "factor of 2.00)"]
     study.loc[("sst2", 64), "negative λ"], study.loc[("sst2", 8), "negative λ"] = 1, 0
-    assert batch_size_verdicts(study)[0].endswith("0 of 2 at 8, 1 of 3 at 64: still seen at 64 examples")
+    study.loc[("sst2", 64), "first batch λ·B"] = -64.0  # a negative first batch: no spread is given
+    assert batch_size_verdicts(study)[0].endswith("1 of 3 batches of 64: still seen at 64 examples")
     study["negative λ"] = 0
     assert batch_size_verdicts(study)[0].endswith(": no batch has one")
 

@@ -151,32 +151,39 @@ def saddle_points(spectra: Mapping[str, Mapping[str, Any]]) -> list[str]:
 
 def batch_size_effect(spectra: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame | None:
     """The batch-size study of each spectrum that has one (``run_spectrum``'s ``batch_sizes``): one row per (task,
-    Hessian batch size), smallest size first, the block measured, its top eigenvalue's mean and std over the batches,
-    their count, how many of them have a negative top eigenvalue, and whether every power iteration converged; None
-    when no spectrum has it."""
+    Hessian batch size B), smallest size first, the block measured, its top eigenvalue's mean and std over the batches,
+    their count, how many of them have a negative top eigenvalue, the first batch's λ·B, and whether every power
+    iteration converged; None when no spectrum has it.
+
+    Each size's batches are the first examples of one seeded shuffle, so each size's first batch begins with every
+    smaller size's. If one example's Hessian H₁ dominates the batch's, H_B = (1/B) Σᵢ Hᵢ ≈ H₁ / B and λ·B stays
+    near λ_max(H₁) as B grows; if the examples shared one direction of curvature, λ itself would stay near constant."""
     rows = [{"task": name, "block": study["block"], "batch size": int(size), "mean λ": pd.Series(m["top"]).mean(),
              "std λ": pd.Series(m["top"]).std(), "batches": len(m["top"]), "negative λ": sum(t < 0 for t in m["top"]),
-             "converged": m["converged"]}
+             "first batch λ·B": m["top"][0] * int(size), "converged": m["converged"]}
             for name, s in spectra.items() if (study := s.get("batch_size_effect")) and study["sizes"]
             for size, m in sorted(study["sizes"].items(), key=lambda item: int(item[0]))]
-    return pd.DataFrame(rows).set_index(["task", "batch size"]).round(4) if rows else None
+    return pd.DataFrame(rows).set_index(["task", "batch size"]).round(2) if rows else None
 
 
 def batch_size_verdicts(study: pd.DataFrame) -> list[str]:
     """For each task of ``batch_size_effect``'s table: on how many batches of each size its block's top eigenvalue
-    is negative, and whether that negative curvature is still seen at the largest size measured. A small batch's
-    Hessian is one estimate of the training loss's (their mean): a sign seen only on small batches may be theirs
-    alone."""
+    is negative, whether that negative curvature is still seen at the largest size measured, and (when every first
+    batch's λ is positive) how far the first batch's λ·B moves over the sizes. A small batch's Hessian is one estimate
+    of the training loss's (their mean): a sign seen only on small batches may be theirs alone."""
     said = []
     for task, rows in study.groupby(level="task", sort=False):
         rows = rows.droplevel("task")
-        counts = ", ".join(f"{n} of {b} at {size}" for size, n, b in zip(rows.index, rows["negative λ"],
-                                                                         rows["batches"]))
+        counts = ", ".join(f"{n} of {b} batches of {size}" for size, n, b in zip(rows.index, rows["negative λ"],
+                                                                                 rows["batches"]))
         largest, negative = rows.index[-1], rows["negative λ"]
         verdict = ("no batch has one" if not negative.any() else
                    f"still seen at {largest} examples" if negative.iloc[-1] else
                    f"the negative curvature of the smaller batches is not seen at {largest} examples")
-        said.append(f"**{task}** ({rows['block'].iloc[0]}): a negative top λ on {counts}: {verdict}")
+        scaled = rows["first batch λ·B"]
+        spread = (f"; the first batch's λ·B goes from {scaled.min():.4g} to {scaled.max():.4g} over the sizes (a "
+                  f"factor of {scaled.max() / scaled.min():.2f})" if (scaled > 0).all() else "")
+        said.append(f"**{task}** ({rows['block'].iloc[0]}): a negative top λ on {counts}: {verdict}{spread}")
     return said
 
 
@@ -409,8 +416,7 @@ def drops_across_tasks(tables: Mapping[str, TaskTable], spectra: Mapping[str, Ma
         or more, the tasks from the largest drop down; for ``paper``'s setting, whether its task loses the most on the
         means, as Q-BERT found, and whether the task that loses the most does so on every seed
         (``above_every_seed``), or which task is still to be run; and the tasks whose Baseline shows negative
-        curvature. A
-        sentence alone while fewer than two tasks have a scored row.
+        curvature. A sentence alone while fewer than two tasks have a scored row.
     """
     order = dict.fromkeys(name for table in tables.values() for name, row in table.rows.items()
                           if row["spec"].method != "fp32")  # the Baseline's drop is 0 by definition
