@@ -262,6 +262,16 @@ def test_the_tasks_are_ordered_by_their_drop_and_the_papers_ordering_is_checked(
         assert (f"(squad loses the most; checked at Q-BERT_MP 2/3): **holds** on the means; on every seed: squad's "
                 f"smallest drop ({(80 - score * 100) / 80 * 100:+.2f} on seed 0) is {every_seed} the others' largest "
                 "(conll2003 +10.00 on seed 0)") in drops_across_tasks(tables, {})[3]  # conll2003's seed 0 loses 10 %
+    sharper = spectrum({layer: 2 * omega for layer, omega in omegas.items()})  # Σ Ω 42 against 21
+    assert ("**The size of the curvature** (Ω summed over the Baseline's blocks): squad 42, sst2 21: the task with the "
+            "largest, squad, loses the most at Q-BERT_MP 2/3") in drops_across_tasks(tables, {"sst2": spectrum(omegas),
+                                                                                          "squad": sharper})[3]
+    said = drops_across_tasks(tables, {"sst2": spectrum(omegas), "squad": sharper, "conll2003": spectrum(
+        {layer: 5 * omega for layer, omega in omegas.items()})})[3]
+    assert said.endswith("conll2003 105, squad 42, sst2 21: squad loses the most at Q-BERT_MP 2/3, not conll2003, "
+                         "whose sum is the largest; the drops come in another order on the means (squad, conll2003, "
+                         "sst2)")
+    assert "size of the curvature" not in drops_across_tasks(tables, {"squad": sharper})[3]  # one task: no comparison
     write_run(results, "squad", mp["label"], 0, 0.75, trained="qbert", weight_bits=2, groups=12, percentile=99.9,
               init_from="fp32", layer_bits=mp["layer_bits"])  # 6.25 %: below conll2003's 7.65 % on the means
     tables["squad"] = main_table("squad", rows["squad"], sizes, results, floors)

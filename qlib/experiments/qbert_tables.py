@@ -419,6 +419,26 @@ def curvature_singles_out(negative: Mapping[str, list[str]], spectra: Mapping[st
             f"do not single {task} out")
 
 
+def curvature_size(drops: pd.Series, spectra: Mapping[str, Mapping[str, Any]], setting: str) -> str:
+    """Whether the size of the curvature tracks the loss: each task's Baseline Ω summed over its blocks (Q-BERT's
+    Ω = |mean λ| + std λ of a block's top eigenvalue over the subsets; to second order the same weight perturbation
+    Δw costs ΔL ≈ ½ λ‖Δw‖² along the top eigenvector, so a larger Ω means a larger loss), largest first, against the
+    task that loses the most at ``setting`` (``drops``: that row's drop per task) and the order of the drops; "" when
+    fewer than two tasks have both."""
+    tasks = [t for t in drops.index if t in spectra]
+    if len(tasks) < 2:
+        return ""
+    total = {t: sum(block["omega"] for block in spectra[t]["blocks"].values()) for t in tasks}
+    by_size, by_drop = sorted(tasks, key=total.get, reverse=True), sorted(tasks, key=drops.get, reverse=True)
+    verdict = (f"the task with the largest, {by_size[0]}, loses the most at {setting}" if by_size[0] == by_drop[0] else
+               f"{by_drop[0]} loses the most at {setting}, not {by_size[0]}, whose sum is the largest")
+    if len(tasks) > 2:
+        verdict += ("; the drops come in the same order on the means" if by_size == by_drop else
+                    f"; the drops come in another order on the means ({', '.join(by_drop)})")
+    return ("**The size of the curvature** (Ω summed over the Baseline's blocks): "
+            + ", ".join(f"{t} {total[t]:.4g}" for t in by_size) + f": {verdict}")
+
+
 def drops_across_tasks(tables: Mapping[str, TaskTable], spectra: Mapping[str, Mapping[str, Any]],
                        paper: Mapping[str, str] = PAPER_MOST_LOSS) -> list[Any]:
     """Which task loses the most: each row's relative drop against FP32 on the same seeds (``TaskTable.drops``: each
@@ -431,8 +451,9 @@ def drops_across_tasks(tables: Mapping[str, TaskTable], spectra: Mapping[str, Ma
         or more, the tasks from the largest drop down; for ``paper``'s setting, whether its task loses the most on the
         means, as Q-BERT found, and whether the task that loses the most does so on every seed
         (``above_every_seed``), or which task is still to be run; and the tasks whose Baseline shows negative
-        curvature, with whether their counts single out ``paper``'s task (``curvature_singles_out``). A sentence alone
-        while fewer than two tasks have a scored row.
+        curvature, with whether their counts single out ``paper``'s task (``curvature_singles_out``); and whether the
+        task with the largest curvature loses the most at that setting (``curvature_size``). A sentence alone while
+        fewer than two tasks have a scored row.
     """
     order = dict.fromkeys(name for table in tables.values() for name, row in table.rows.items()
                           if row["spec"].method != "fp32")  # the Baseline's drop is 0 by definition
@@ -465,6 +486,8 @@ def drops_across_tasks(tables: Mapping[str, TaskTable], spectra: Mapping[str, Ma
         verdicts.append(f"**Negative curvature** (Q-BERT found it in {task}'s model) shows in the Baselines of "
                         f"{', '.join(curved)}" + (f" (not in {', '.join(flat)})" if flat else "")
                         + curvature_singles_out(negative, spectra, task))
+    if size := curvature_size(row, spectra, setting):
+        verdicts.append(size)
     seeds = {task: table.summary["seeds"] for task, table in tables.items()}
     shown = pd.DataFrame({task: [f"{d:+.2f} (n={int(seeds[task][tables[task].rows[name]['label']])})"
                                  if pd.notna(d) else "not run" for name, d in column.items()]
