@@ -421,10 +421,10 @@ def curvature_singles_out(negative: Mapping[str, list[str]], spectra: Mapping[st
 
 def curvature_size(drops: pd.Series, spectra: Mapping[str, Mapping[str, Any]], setting: str) -> str:
     """Whether the size of the curvature tracks the loss: each task's Baseline Ω summed over its blocks (Q-BERT's
-    Ω = |mean λ| + std λ of a block's top eigenvalue over the subsets; to second order the same weight perturbation
-    Δw costs ΔL ≈ ½ λ‖Δw‖² along the top eigenvector, so a larger Ω means a larger loss), largest first, against the
-    task that loses the most at ``setting`` (``drops``: that row's drop per task) and the order of the drops; "" when
-    fewer than two tasks have both."""
+    ``Ω = |mean(λ)| + std(λ)`` of a block's top eigenvalue over the subsets; to second order the same weight
+    perturbation Δw costs ΔL ≈ ½ λ‖Δw‖² along the top eigenvector, so a larger Ω means a larger loss), largest first,
+    against the task that loses the most at ``setting`` (``drops``: that row's drop per task) and the order of the
+    drops; "" when fewer than two tasks have both."""
     tasks = [t for t in drops.index if t in spectra]
     if len(tasks) < 2:
         return ""
