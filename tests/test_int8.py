@@ -15,12 +15,14 @@ from conftest import tiny_config
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers import BertForSequenceClassification
+from transformers.masking_utils import bidirectional_mask_function, causal_mask_function, eager_mask
 
 from qlib import QuantGrid, calibrate, convert_bert, dynamic_config, q8bert_config, qbert_config
 from qlib.core.quantizers import QuantSpec
 from qlib.deploy import int8
 from qlib.deploy.checkpoint import load_quantized, save_quantized
 from qlib.deploy.int8 import (
+    BF16_ATTENTION,
     GELU_FLOOR,
     UINT8_ZERO_POINT,
     CodeWidths,
@@ -31,6 +33,7 @@ from qlib.deploy.int8 import (
     Int8SelfAttention,
     exact_widths,
     input_zero_point,
+    padding_row_mask,
     quantize_input,
     to_int8,
 )
@@ -146,6 +149,7 @@ AVX2_SCRIPT = """
 import torch, pytest
 from conftest import tiny_config
 from transformers import BertForSequenceClassification
+from transformers.masking_utils import bidirectional_mask_function, causal_mask_function, eager_mask
 from qlib import convert_bert, q8bert_config
 from qlib.deploy.int8 import CodeWidths, Int8Linear, exact_widths, to_int8
 from test_int8 import trained
@@ -242,15 +246,38 @@ def test_bf16_attention_runs_a_float32_softmax_and_honours_padding(tiny_bert):
     fake = trained(convert_bert(tiny_bert, q8bert_config()))
     implementation = fake.config._attn_implementation
     real = to_int8(fake, attention_dtype=torch.bfloat16)
-    assert real.config._attn_implementation == "eager" and fake.config._attn_implementation == implementation
+    assert real.config._attn_implementation == BF16_ATTENTION and fake.config._attn_implementation == implementation
     ids = torch.randint(5, 64, (4, 12), generator=torch.Generator().manual_seed(3))
     mask = torch.ones_like(ids)
     mask[:2, 7:] = 0
+    masks = []  # what each layer's attention adds to its scores
+    for attention in (m for m in real.modules() if isinstance(m, Int8SelfAttention)):
+        attention.register_forward_pre_hook(lambda _, args, kwargs: masks.append(kwargs["attention_mask"]),
+                                            with_kwargs=True)
     with torch.no_grad():
         got = real(input_ids=ids, attention_mask=mask).logits
+        assert masks[0].shape == (4, 1, 1, 12)  # one padding row per sequence, broadcast over heads and queries
+        assert torch.equal(masks[0][:, 0, 0] == 0, mask.bool())
         assert (got - fake(input_ids=ids, attention_mask=mask).logits).abs().max() < 0.05
         unpadded = real(input_ids=ids[:2, :7]).logits  # the padded rows score as if the padding were not there
     assert (got[:2] - unpadded).abs().max() < 0.02
+
+
+@pytest.mark.parametrize("padded", [True, False, None])
+def test_the_padding_row_is_each_query_row_of_the_whole_mask_and_a_causal_mask_stays_whole(padded):
+    padding = None if padded is None else torch.ones(3, 6, dtype=torch.bool)
+    if padded:
+        padding[1, 4:] = False
+    common = {"batch_size": 3, "kv_length": 6, "attention_mask": padding, "dtype": torch.float32}
+    for mask_function in (bidirectional_mask_function, causal_mask_function):  # as BERT's encoder, decoder ask
+        skip = {"allow_is_bidirectional_skip": mask_function is bidirectional_mask_function}
+        whole = eager_mask(q_length=5, mask_function=mask_function, **common, **skip)
+        got = padding_row_mask(q_length=5, mask_function=mask_function, **common, **skip)
+        if mask_function is causal_mask_function:
+            assert torch.equal(got, whole)
+        else:  # without padding (or a mask) transformers adds no mask; the row is then all zeros
+            assert got.shape == (3, 1, 1, 6)
+            assert torch.equal(got.expand(3, 1, 5, 6), whole) if padded else (whole is None and not got.any())
 
 
 @needs_vnni
@@ -356,11 +383,21 @@ def test_the_compiled_int8_model_is_one_graph_and_agrees(tiny_bert, attention_dt
     compiled = to_int8(fake, attention_dtype=attention_dtype, compile=True)
     assert isinstance(compiled, CompiledInt8)
     ids = torch.randint(5, 64, (3, 10), generator=torch.Generator().manual_seed(5))
+    mask = torch.ones_like(ids)
+    mask[0, 6:] = 0
+    other = copy.deepcopy(fake)  # another model of the same shape, compiled beside it: each keeps its own weights
+    with torch.no_grad():
+        for parameter in other.parameters():
+            parameter.mul_(1.5)
+    other_compiled, other_eager = (to_int8(other, attention_dtype=attention_dtype, compile=c) for c in (True, False))
     with torch.inference_mode():
-        got = compiled(input_ids=ids).logits
-        torch.testing.assert_close(got, eager(input_ids=ids).logits, atol=1e-3, rtol=0)
+        got = compiled(input_ids=ids, attention_mask=mask).logits
+        torch.testing.assert_close(got, eager(input_ids=ids, attention_mask=mask).logits, atol=1e-3, rtol=0)
         if attention_dtype == torch.float32:
-            torch.testing.assert_close(got, fake(input_ids=ids).logits, atol=1e-3, rtol=0)
+            torch.testing.assert_close(got, fake(input_ids=ids, attention_mask=mask).logits, atol=1e-3, rtol=0)
+        theirs = other_compiled(input_ids=ids, attention_mask=mask).logits
+        torch.testing.assert_close(theirs, other_eager(input_ids=ids, attention_mask=mask).logits, atol=1e-3, rtol=0)
+        assert (theirs - got).abs().max() > 1e-2
 
 
 @needs_vnni

@@ -24,11 +24,14 @@ from __future__ import annotations
 
 import copy
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers import AttentionInterface, AttentionMaskInterface
+from transformers.masking_utils import bidirectional_mask_function, eager_mask
 from transformers.models.bert.modeling_bert import (
     ALL_ATTENTION_FUNCTIONS,
     BertIntermediate,
@@ -289,19 +292,61 @@ time, at 256 22-36 % less."""
 DEFAULT_EAGER_ATTENTION_MAX_TOKENS = 256
 
 
+@torch.library.custom_op("qlib::padding_row", mutates_args=())
+def padding_row(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The additive padding row [B, 1, 1, kv] of a 2D bool padding mask [B, kv]: 0 where a key is attended, the
+    dtype's minimum where it is not. An op of its own so that, compiled, it is one stored tensor every layer reads;
+    as plain ops Inductor would recompute it inside each softmax loop, from the int64 mask, per score."""
+    return torch.where(attention_mask[:, None, None, :], torch.zeros((), dtype=dtype), torch.finfo(dtype).min)
+
+
+@padding_row.register_fake
+def _(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return attention_mask.new_empty((attention_mask.shape[0], 1, 1, attention_mask.shape[1]), dtype=dtype)
+
+
+def padding_row_mask(*, batch_size: int, q_length: int, kv_length: int, mask_function: Callable,
+                     attention_mask: torch.Tensor | None = None, kv_offset: int = 0,
+                     dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
+                     **kwargs) -> torch.Tensor | None:
+    """transformers' eager mask (0 where a key is attended, the dtype's minimum where it is not) as one row per
+    sequence, [B, 1, 1, kv] (``padding_row``), where the mask is bidirectional (BERT's encoder): there every query's
+    row is the same padding row, which the attention's add broadcasts over heads and queries (the same sums as the
+    whole [B, 1, q, kv] mask). Compiled, the softmax kernels then load a stored float row along the keys;
+    transformers' mask, built by indexing, was recomputed inside each of them per score, most of their time. Without
+    a padding mask the row is all zeros rather than no mask: with none, Inductor rewrites the attention into SDPA's
+    bf16 kernel, which took twice as long at 128 tokens (AVX-512 BF16, batch 8). Every other mask (causal, with an
+    offset, packed sequences, overlays) is transformers' ``eager_mask``, whose kwargs these are."""
+    if mask_function is not bidirectional_mask_function or kv_offset or \
+            (attention_mask is not None and attention_mask.shape[-1] != kv_length):
+        return eager_mask(batch_size=batch_size, q_length=q_length, kv_length=kv_length, mask_function=mask_function,
+                          attention_mask=attention_mask, kv_offset=kv_offset, dtype=dtype, device=device, **kwargs)
+    if attention_mask is None:
+        attention_mask = torch.ones(batch_size, kv_length, dtype=torch.bool, device=device)
+    return padding_row(attention_mask, dtype)
+
+
+BF16_ATTENTION = "qlib_int8_bf16"
+"""The attention implementation ``to_int8`` sets for bf16 attention products: transformers' eager attention,
+registered with ``padding_row_mask`` as its mask (transformers' ``AttentionInterface`` and
+``AttentionMaskInterface``, under this name only)."""
+AttentionInterface.register(BF16_ATTENTION, eager_attention_forward)
+AttentionMaskInterface.register(BF16_ATTENTION, padding_row_mask)
+
+
 class Int8SelfAttention(nn.Module):
     """BERT self-attention with Q, K, V as one int8 GEMM: ``[Q K V] = Int8Linear(h)`` [B, T, 3·H·d], then
     the attention products on Q, K, V in ``attention_dtype`` (float32, as the fake-quantized model; or bfloat16,
     which AMX and AVX-512 BF16 CPUs multiply natively, and which the GEMM then writes directly: no float32 Q, K, V
     and no conversion pass), by the model's own attention function; output float32 [B, T, H·d]. ``to_int8`` sets
-    that function to transformers' eager attention for bfloat16: ``softmax(Q·Kᵀ·scale + mask)`` in float32, rounded
-    to bf16 before ·V. Compiled, Inductor fuses the scale, mask, softmax and rounding into one kernel between the two
-    bf16 GEMMs (two loops over the scores, with the exponentials in a float32 buffer between them, as the padding
-    mask is broadcast over the heads); SDPA's bf16 kernel was slower at 128 tokens on AVX-512 BF16, and
-    agreed less with the fake-quantized model. Past ``eager_max_tokens`` keys (``EAGER_ATTENTION_MAX_TOKENS`` of
-    this CPU's class: 256 on AVX-512 BF16, where the scores outgrow the caches; 0 on AMX, whose bf16 SDPA was about
-    as fast at 32 and 64 tokens and faster from 128 on) the bf16 products run by SDPA (the speed chapter's
-    ``qbook_int8_compiled_bf16_attention`` rows measure this route)."""
+    that function to transformers' eager attention for bfloat16 (``BF16_ATTENTION``): ``softmax(Q·Kᵀ·scale + mask)``
+    in float32, rounded to bf16 before ·V, the padding mask one row per sequence (``padding_row_mask``). Compiled,
+    Inductor fuses the scale, mask, softmax and rounding into one kernel between the two bf16 GEMMs (two loops over
+    the scores, with the exponentials in a float32 buffer between them); SDPA's bf16 kernel was slower at 128 tokens
+    on AVX-512 BF16, and agreed less with the fake-quantized model. Past ``eager_max_tokens`` keys
+    (``EAGER_ATTENTION_MAX_TOKENS`` of this CPU's class: 256 on AVX-512 BF16, where the scores outgrow the caches; 0
+    on AMX, whose bf16 SDPA was about as fast at 32 and 64 tokens and faster from 128 on) the bf16 products run by
+    SDPA (the speed chapter's ``qbook_int8_compiled_bf16_attention`` rows measure this route)."""
 
     def __init__(self, attention: BertSelfAttention, widths: CodeWidths = CodeWidths(),
                  attention_dtype: torch.dtype = torch.float32, qkv: nn.Module | None = None) -> None:
@@ -413,8 +458,8 @@ def to_int8(model: nn.Module, widths: CodeWidths | None = None, attention_dtype:
             this CPU computes exactly (``exact_widths``).
         attention_dtype: the dtype of the attention products (Q·Kᵀ, ·V): ``torch.float32`` (the fake-quantized
             model's, by its own attention function) or ``torch.bfloat16`` (by transformers' eager attention, whose
-            softmax runs in float32; the copy's attention implementation is set to ``"eager"``; past this CPU class's
-            ``EAGER_ATTENTION_MAX_TOKENS`` tokens by SDPA, as eager attention writes the [B, H, T, T] scores).
+            softmax runs in float32; the copy's attention implementation is set to ``BF16_ATTENTION``; past this CPU
+            class's ``EAGER_ATTENTION_MAX_TOKENS`` tokens by SDPA, as eager attention writes the [B, H, T, T] scores).
         compile: return it compiled whole by Inductor (``CompiledInt8``), for inference.
         autotune: with ``compile``, let Inductor time each GEMM shape on oneDNN's kernel and on its own C++ GEMM
             template (AMX or AVX-512 micro-kernels with the dequantization fused after them) and keep the faster
@@ -446,7 +491,7 @@ def to_int8(model: nn.Module, widths: CodeWidths | None = None, attention_dtype:
     model = copy.deepcopy(model).eval()
     bert = find_bert(model)
     if attention_dtype == torch.bfloat16:  # bf16 products around a float32 softmax (see Int8SelfAttention)
-        bert.set_attn_implementation("eager")
+        bert.set_attn_implementation(BF16_ATTENTION)
     if not bert.config.is_decoder:
         for layer in bert.encoder.layer:
             _fuse_layer(layer, bert.config.hidden_act, widths, attention_dtype)
