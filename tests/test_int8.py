@@ -149,7 +149,6 @@ AVX2_SCRIPT = """
 import torch, pytest
 from conftest import tiny_config
 from transformers import BertForSequenceClassification
-from transformers.masking_utils import bidirectional_mask_function, causal_mask_function, eager_mask
 from qlib import convert_bert, q8bert_config
 from qlib.deploy.int8 import CodeWidths, Int8Linear, exact_widths, to_int8
 from test_int8 import trained
