@@ -397,6 +397,30 @@ def test_the_compiled_int8_model_is_one_graph_and_agrees(tiny_bert, attention_dt
         theirs = other_compiled(input_ids=ids, attention_mask=mask).logits
         torch.testing.assert_close(theirs, other_eager(input_ids=ids, attention_mask=mask).logits, atol=1e-3, rtol=0)
         assert (theirs - got).abs().max() > 1e-2
+        shorter = {"input_ids": ids[:2, :7], "attention_mask": mask[:2, :7]}
+        shorter_logits = compiled(**shorter).logits  # a new shape: full guards, a second graph
+        torch.testing.assert_close(shorter_logits, eager(**shorter).logits, atol=1e-3, rtol=0)
+        # Calls seen before run with only the guards that tell the cached graphs apart: each still gets its own
+        assert compiled.seen and other_compiled.seen
+        for _ in range(2):
+            assert torch.equal(other_compiled(input_ids=ids, attention_mask=mask).logits, theirs)
+            assert torch.equal(compiled(input_ids=ids, attention_mask=mask).logits, got)
+            assert torch.equal(compiled(**shorter).logits, shorter_logits)
+
+
+def test_a_call_signature_names_what_the_guards_check():
+    from qlib.deploy.int8 import call_signature
+
+    ids = torch.ones(2, 8, dtype=torch.long)
+    signature = call_signature((), {"input_ids": ids, "attention_mask": ids})
+    assert signature == call_signature((), {"attention_mask": ids.clone(), "input_ids": torch.zeros_like(ids)})
+    assert signature != call_signature((), {"input_ids": ids[:1], "attention_mask": ids[:1]})
+    assert signature != call_signature((), {"input_ids": ids.int(), "attention_mask": ids})
+    assert signature != call_signature((), {"input_ids": ids.t().contiguous().t(), "attention_mask": ids})
+    assert signature != call_signature((), {"input_ids": ids, "attention_mask": ids, "return_dict": False})
+    with torch.inference_mode():
+        assert signature != call_signature((), {"input_ids": ids, "attention_mask": ids})
+    assert call_signature((ids, [ids]), {}) is None  # a list: not a key, so always the full guards
 
 
 @needs_vnni

@@ -523,7 +523,15 @@ class CompiledInt8(nn.Module):
     kernels without Python in between, which is most of the time at batch 1. One graph is compiled per input
     shape (``dynamic=False``), on its first call, with those Inductor settings in force for that call only; with
     ``autotune``, each GEMM is also timed against Inductor's C++ template (``to_int8``'s ``autotune``). The
-    arithmetic is the eager model's but for the order of float operations Inductor picks."""
+    arithmetic is the eager model's but for the order of float operations Inductor picks.
+
+    The compiled graph is a snapshot of the model (freezing made its weights constants): a change to the model
+    after the first call is not seen; build a new one. So a call like one already made (``call_signature``: the
+    same tensor shapes, dtypes, devices and strides, the same other arguments, the same grad mode) runs with only
+    the guards that tell Dynamo's cached graphs apart (``torch.compiler.set_stance(skip_guard_eval_unsafe=True)``;
+    the rest re-check what the first call checked). Dynamo's full guards (on every module and parameter) took
+    0.6 ms per BERT-base call at batch 1 on an AMX CPU, these about 0.1 ms. A call unlike any before gets the full
+    guards (and compiles its graph)."""
 
     def __init__(self, model: nn.Module, autotune: bool = False) -> None:
         super().__init__()
@@ -532,10 +540,35 @@ class CompiledInt8(nn.Module):
         self.settings = {"freezing": True, "cpp_wrapper": True}
         if autotune:
             self.settings |= {"max_autotune": True, "max_autotune_gemm_backends": AUTOTUNE_GEMM_BACKENDS}
+        self.seen: set[tuple] = set()
 
     def forward(self, *args, **kwargs):
-        with torch._inductor.config.patch(self.settings):
-            return self.compiled(*args, **kwargs)
+        signature = call_signature(args, kwargs)
+        seen = signature is not None and signature in self.seen
+        with torch._inductor.config.patch(self.settings), \
+                torch.compiler.set_stance("default", skip_guard_eval_unsafe=seen):
+            output = self.compiled(*args, **kwargs)
+        if signature is not None:
+            self.seen.add(signature)
+        return output
+
+
+def call_signature(args: tuple, kwargs: dict) -> tuple | None:
+    """What Dynamo's guards on a call's inputs check, as a hashable key: per tensor its shape, dtype, device,
+    strides and ``requires_grad``; other arguments by value (``None``, bool, int, float, str); and the grad and
+    inference modes. ``None`` where an argument is anything else (such a call always gets the full guards)."""
+    def key(value):
+        if isinstance(value, torch.Tensor):
+            return "tensor", value.shape, value.dtype, value.device, value.stride(), value.requires_grad
+        if value is None or isinstance(value, (bool, int, float, str)):
+            return type(value), value
+        raise TypeError(type(value))
+
+    try:
+        return (tuple(key(a) for a in args), tuple((k, key(kwargs[k])) for k in sorted(kwargs)),
+                torch.is_grad_enabled(), torch.is_inference_mode_enabled())
+    except TypeError:
+        return None
 
 
 def int8_gemm_error(weight_bits: int, k: int = 64, seed: int = 0, input_bits: int = 8) -> float:
