@@ -288,7 +288,8 @@ quiet CPU). AVX-512 BF16 without AMX (batch 8, against the float32 route's SDPA)
 tokens, about even at 256 (two probes disagreed on which was ahead) and far the slower at 512, where the bf16 route with
 SDPA was as fast as the float32 one. AMX (bf16 eager against bf16 SDPA, batch 1 and 8): at 32 and 64 tokens eager
 was ahead by at most 4 % (batch 8) and SDPA by up to 13 % (batch 1, 64 tokens); at 128 tokens SDPA took 16-17 % less
-time, at 256 22-36 % less."""
+time, at 256 22-36 % less. Probed again on AMX at 128 tokens once the eager mask was one stored row (commit 48e54f0;
+autotuned, noisy host): SDPA 7 % faster at batch 1, eager 2 % faster at batch 8, so AMX keeps SDPA."""
 DEFAULT_EAGER_ATTENTION_MAX_TOKENS = 256
 
 
@@ -544,9 +545,10 @@ class CompiledInt8(nn.Module):
 
     def forward(self, *args, **kwargs):
         signature = call_signature(args, kwargs)
-        seen = signature is not None and signature in self.seen
-        with torch._inductor.config.patch(self.settings), \
-                torch.compiler.set_stance("default", skip_guard_eval_unsafe=seen):
+        if signature is not None and signature in self.seen:  # compiled: the Inductor settings are not read again
+            with torch.compiler.set_stance("default", skip_guard_eval_unsafe=True):
+                return self.compiled(*args, **kwargs)
+        with torch._inductor.config.patch(self.settings):
             output = self.compiled(*args, **kwargs)
         if signature is not None:
             self.seen.add(signature)
