@@ -248,11 +248,11 @@ def test_the_tasks_are_ordered_by_their_drop_and_the_papers_ordering_is_checked(
             in said)
     assert ("**The paper's ordering** (squad loses the most; checked at Q-BERT_MP 2/3): waits for Q-BERT_MP 2/3 "
             "on squad") in said
-    assert ("shows in the Baselines of squad (not in sst2); blocks with negative curvature: sst2 0 of 6, squad 1 of 6: "
-            "more in squad than in any other task") in said
+    assert ("shows in the Baselines of squad (not in sst2); more blocks with it in squad than in any other task "
+            "(counts in the negative-curvature table above)") in said
     also_curved = {"sst2": spectrum(omegas, tops={"encoder.layer.2": [-1.0, 3.0]}), "squad": saddle}
-    assert ("shows in the Baselines of sst2, squad; blocks with negative curvature: sst2 1 of 6, squad 1 of 6: not "
-            "more in squad than in every other task, so the spectra do not single squad out"
+    assert ("shows in the Baselines of sst2, squad; not more blocks with it in squad than in every other task "
+            "(counts in the negative-curvature table above), so the spectra do not single squad out"
             ) in drops_across_tasks(tables, also_curved)[3]
     assert drops_across_tasks(tables, {"squad": saddle})[3].endswith("shows in the Baselines of squad")
     for score, every_seed in ((0.70, "above"), (0.73, "not above")):  # drops of 12.5 % and 8.75 %

@@ -404,19 +404,19 @@ PAPER_MOST_LOSS = {"setting": "Q-BERT_MP 2/3", "task": "squad"}
 most under quantization; checked here at the setting the paper's bound is stated for, mixed precision 2/3."""
 
 
-def curvature_singles_out(negative: Mapping[str, list[str]], spectra: Mapping[str, Mapping[str, Any]],
-                          task: str) -> str:
+def curvature_singles_out(negative: Mapping[str, list[str]], task: str) -> str:
     """Whether the Baselines' spectra single ``task`` out, as Q-BERT's explanation of its larger loss (a model not at a
     local minimum) would need: its count of blocks with negative curvature (``negative``, ``negative_blocks`` per task)
-    against every other task's; "" when ``task`` or every other task has no spectrum."""
+    against every other task's, which the negative-curvature table above the verdicts shows; "" when ``task`` or
+    every other task has no spectrum."""
     others = {t: b for t, b in negative.items() if t != task}
     if task not in negative or not others:
         return ""
-    counts = ", ".join(f"{t} {len(b)} of {len(spectra[t]['blocks'])}" for t, b in negative.items())
+    counts = "counts in the negative-curvature table above"
     if all(len(negative[task]) > len(b) for b in others.values()):
-        return f"; blocks with negative curvature: {counts}: more in {task} than in any other task"
-    return (f"; blocks with negative curvature: {counts}: not more in {task} than in every other task, so the spectra "
-            f"do not single {task} out")
+        return f"; more blocks with it in {task} than in any other task ({counts})"
+    return f"; not more blocks with it in {task} than in every other task ({counts}), so the spectra do not single " \
+           f"{task} out"
 
 
 def curvature_size(drops: pd.Series, spectra: Mapping[str, Mapping[str, Any]], setting: str) -> str:
@@ -485,7 +485,7 @@ def drops_across_tasks(tables: Mapping[str, TaskTable], spectra: Mapping[str, Ma
     if curved:
         verdicts.append(f"**Negative curvature** (Q-BERT found it in {task}'s model) shows in the Baselines of "
                         f"{', '.join(curved)}" + (f" (not in {', '.join(flat)})" if flat else "")
-                        + curvature_singles_out(negative, spectra, task))
+                        + curvature_singles_out(negative, task))
     if size := curvature_size(row, spectra, setting):
         verdicts.append(size)
     seeds = {task: table.summary["seeds"] for task, table in tables.items()}
