@@ -530,9 +530,9 @@ class CompiledInt8(nn.Module):
     after the first call is not seen; build a new one. So a call like one already made (``call_signature``: the
     same tensor shapes, dtypes, devices and strides, the same other arguments, the same grad mode) runs with only
     the guards that tell Dynamo's cached graphs apart (``torch.compiler.set_stance(skip_guard_eval_unsafe=True)``;
-    the rest re-check what the first call checked). Dynamo's full guards (on every module and parameter) took
-    0.6 ms per BERT-base call at batch 1 on an AMX CPU, these about 0.1 ms. A call unlike any before gets the full
-    guards (and compiles its graph)."""
+    the rest re-check what the first call checked). Dynamo's full guards (on every module and parameter) are most
+    of its own time in a BERT-base call at batch 1. A call unlike any before gets the full guards (and compiles its
+    graph)."""
 
     def __init__(self, model: nn.Module, autotune: bool = False) -> None:
         super().__init__()
